@@ -22,3 +22,35 @@ def mnist5k_arrays():
 
     images, labels = data.read_mnist5k()
     return images.astype(np.float32) / 255.0, labels
+
+
+@pytest.fixture
+def mock_tfds():
+    """Factory of contexts where every tfds dataset yields `num_examples` fake examples.
+
+    `tfds.testing.mock_data` fakes the reads but not `is_prepared()`, which `data` checks to fail
+    fast offline, so that check is patched too: `with mock_tfds(num_examples=64): ...`.
+    """
+    import contextlib
+    from unittest import mock
+
+    import tensorflow_datasets as tfds
+
+    @contextlib.contextmanager
+    def mocked(num_examples):
+        with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
+            tfds.core.DatasetBuilder, "is_prepared", return_value=True
+        ):
+            yield
+
+    return mocked
+
+
+@pytest.fixture(scope="session")
+def mnist5k_data_dir(tmp_path_factory):
+    """A tfds data_dir with the real 'mnist5k' dataset prepared (about 2 s, once per session)."""
+    from tf_metric_robust import data
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    data.load_split("mnist5k", "test", data_dir=data_dir)  # auto-prepares: local file, no network
+    return data_dir

@@ -1,0 +1,284 @@
+"""The flag layer: every absl flag of bin/train, bin/evaluate and bin/export, defined once.
+
+`define_*` functions declare flags; `*_config()` functions turn parsed flags into the frozen
+configs of config.py, validating invariants with one-line messages. Library modules never read
+flags. `run(main)` wraps an entry point so that user errors print one line and exit non-zero.
+"""
+
+import sys
+
+from absl import app, flags, logging
+
+from tf_metric_robust.config import UserError
+
+FLAGS = flags.FLAGS
+
+
+def define_data_flags():
+    flags.DEFINE_string("dataset", "mnist5k", "Dataset name (mnist5k, mnist, fashion_mnist, "
+                        "cifar10, cifar100, svhn_cropped).")
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
+    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+
+
+def define_attack_flags(prefix, help_prefix, eps, step_size, steps):
+    """Flags of one PGD attack: <prefix>eps, <prefix>step_size, <prefix>steps, ..."""
+    flags.DEFINE_float(f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.")
+    flags.DEFINE_float(f"{prefix}step_size", step_size, f"{help_prefix} step size.")
+    flags.DEFINE_integer(f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.")
+    flags.DEFINE_enum(f"{prefix}norm", "linf", ["linf", "l2"], f"{help_prefix} norm.")
+    flags.DEFINE_enum(f"{prefix}attack_loss", "ce", ["ce", "cw"],
+                      f"{help_prefix} loss: cross-entropy or CW margin.")
+    flags.DEFINE_bool(f"{prefix}random_start", True, f"{help_prefix} random start in the ball.")
+
+
+def define_train_flags():
+    define_data_flags()
+    flags.DEFINE_string("model_dir", None, "Output folder: checkpoints/, tensorboard/, "
+                        "saved_model/, flags.txt, metrics.json. Re-running resumes.")
+    flags.DEFINE_string("model", "small_cnn", "Network: small_cnn, madry_mnist, wide_resnet, "
+                        "preact_resnet18.")
+    flags.DEFINE_integer("wrn_depth", 34, "WideResNet depth (6n+4).")
+    flags.DEFINE_integer("wrn_width", 10, "WideResNet widening factor.")
+    flags.DEFINE_enum("mode", "tla", ["natural", "pgd", "tla"],
+                      "natural: CE on clean; pgd: Madry PGD-AT; tla: PGD-AT + triplet loss.")
+    # Optimisation.
+    flags.DEFINE_integer("batch_size", 50, "Global batch size (split over replicas).")
+    flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps.")
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
+    flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate.")
+    flags.DEFINE_list("lr_boundaries", [], "Steps where the learning rate changes.")
+    flags.DEFINE_list("lr_values", [], "Learning rates, one more than boundaries.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 2e-4, "Coefficient of sum(l2_loss(kernel)) (Madry style).")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the CE loss.")
+    flags.DEFINE_bool("augment", None, "Force data augmentation on/off (default: per dataset).")
+    # Training attack (PGD inside the step).
+    define_attack_flags("", "Training attack:", 0.3, 0.01, 40)
+    # Evaluation attack (test_step, metrics.json).
+    define_attack_flags("eval_", "Evaluation attack:", 0.3, 0.01, 100)
+    flags.DEFINE_integer("eval_every", 500, "Steps between evaluations and checkpoints.")
+    flags.DEFINE_integer("eval_examples", 1000, "Test examples for periodic evaluation; final "
+                         "metrics.json uses the whole test split unless --final_eval_examples.")
+    flags.DEFINE_integer("final_eval_examples", None, "Limit of test examples for metrics.json.")
+    flags.DEFINE_integer("eval_batch_size", 200, "Batch size of evaluation.")
+    # TLA triplet term.
+    flags.DEFINE_enum("triplet_mining", "paper", ["paper", "semihard"],
+                      "paper: adversarial anchor vs hardest clean negative; semihard: TFA loss.")
+    flags.DEFINE_enum("negative_pool", "batch", ["batch", "bank", "extra"],
+                      "Where paper mining looks for negatives.")
+    flags.DEFINE_integer("pool_multiplier", 10, "Extra clean pool size in batches ('extra').")
+    flags.DEFINE_integer("bank_size", 4096, "Memory bank size in embeddings ('bank').")
+    flags.DEFINE_enum("triplet_positive", "own", ["own", "other", "both"],
+                      "Positive: the anchor's clean source, another clean image of its class, "
+                      "or both terms.")
+    flags.DEFINE_float("margin", 0.03, "Triplet margin alpha (own-source term).")
+    flags.DEFINE_float("margin_other", None, "Margin of the other-image term (default: margin).")
+    flags.DEFINE_enum("triplet_distance", "abs_cosine", ["abs_cosine", "cosine", "l2",
+                                                         "squared_l2"], "Distance D.")
+    flags.DEFINE_float("lambda_triplet", 2.0, "Weight of the triplet term.")
+    flags.DEFINE_float("lambda_norm", 1e-3, "Weight of the embedding-norm term.")
+    # System.
+    flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
+                                           "tpu"], "tf.distribute strategy.")
+    flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
+                      "Keras dtype policy (logits and losses stay float32).")
+    flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (slower on CPU).")
+    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and attack starts.")
+    flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+    flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints "
+                         "(default: --eval_every).")
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+    flags.DEFINE_string("init_checkpoint", None, "Initialise network weights from this checkpoint "
+                        "(e.g. a PGD-AT run's model_dir) before training.")
+    flags.DEFINE_bool("export", True, "Export the SavedModel at the end of training.")
+
+
+def _floats(values, name):
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise UsageError(f"--{name} must be a comma-separated list of numbers, got {values}")
+
+
+def attack_config(prefix=""):
+    from tf_metric_robust.config import AttackConfig
+
+    return AttackConfig(eps=FLAGS[f"{prefix}eps"].value, step_size=FLAGS[f"{prefix}step_size"].value,
+                        steps=FLAGS[f"{prefix}steps"].value, norm=FLAGS[f"{prefix}norm"].value,
+                        loss=FLAGS[f"{prefix}attack_loss"].value,
+                        random_start=FLAGS[f"{prefix}random_start"].value)
+
+
+def train_config():
+    """Parsed flags -> experiment.TrainConfig (raises UsageError with one line on bad values)."""
+    from tf_metric_robust import config as cfg
+    from tf_metric_robust.experiment import TrainConfig
+
+    if not FLAGS.model_dir:
+        raise UsageError("--model_dir is required (where checkpoints and results go)")
+    try:
+        optimizer = cfg.OptimizerConfig(
+            name=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
+            lr_boundaries=tuple(int(b) for b in _floats(FLAGS.lr_boundaries, "lr_boundaries")),
+            lr_values=_floats(FLAGS.lr_values, "lr_values"), momentum=FLAGS.momentum,
+            weight_decay=FLAGS.weight_decay)
+        triplet = cfg.TripletConfig(
+            mining=FLAGS.triplet_mining, negative_pool=FLAGS.negative_pool,
+            positive=FLAGS.triplet_positive, margin=FLAGS.margin, margin_other=FLAGS.margin_other,
+            distance=FLAGS.triplet_distance, lambda_triplet=FLAGS.lambda_triplet,
+            lambda_norm=FLAGS.lambda_norm, bank_size=FLAGS.bank_size,
+            pool_multiplier=FLAGS.pool_multiplier)
+        return TrainConfig(
+            model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
+            download=FLAGS.download, model=FLAGS.model,
+            model_kwargs=_model_kwargs(FLAGS.model), mode=FLAGS.mode,
+            batch_size=FLAGS.batch_size, train_steps=FLAGS.train_steps, optimizer=optimizer,
+            label_smoothing=FLAGS.label_smoothing, augment=FLAGS.augment,
+            attack=attack_config(""), eval_attack=attack_config("eval_"), triplet=triplet,
+            eval_every=FLAGS.eval_every, eval_examples=FLAGS.eval_examples,
+            final_eval_examples=FLAGS.final_eval_examples, eval_batch_size=FLAGS.eval_batch_size,
+            strategy=FLAGS.strategy, tpu=FLAGS.tpu, mixed_precision=FLAGS.mixed_precision,
+            jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
+            checkpoint_every=FLAGS.checkpoint_every or FLAGS.eval_every,
+            keep_checkpoints=FLAGS.keep_checkpoints, init_checkpoint=FLAGS.init_checkpoint,
+            export=FLAGS.export)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _model_kwargs(model):
+    if model == "wide_resnet":
+        return {"depth": FLAGS.wrn_depth, "width": FLAGS.wrn_width}
+    return {}
+
+
+def flag_values_text():
+    """Every flag of the running program with its value, in flagfile syntax (for flags.txt)."""
+    return FLAGS.flags_into_string()
+
+
+class UsageError(UserError):
+    """A bad flag value: printed as one line, exit status 2, no traceback."""
+
+
+def run(main):
+    """absl app.run with user errors (UserError and its kin) as one clean line, exit status 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except (UserError, FileNotFoundError) as error:
+            if FLAGS.verbosity >= logging.DEBUG:  # --verbosity=1 shows the traceback
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            logging.flush()
+            sys.exit(2)
+
+    # absl logs INFO by default, which buries the progress bar under TF's save/load chatter.
+    FLAGS.set_default("verbosity", logging.WARNING)
+    app.run(wrapped)
+
+
+# bin/evaluate ------------------------------------------------------------------------------------
+
+EVAL_DEFAULT_ATTACKS = ["fgsm", "pgd", "pgd_cw", "mifgsm"]
+
+
+def define_evaluate_flags():
+    """Flags of bin/evaluate; unset attack settings take the dataset's literature defaults."""
+    flags.DEFINE_string("model_dir", None, "A bin/train run: its latest checkpoint (or its "
+                        "saved_model/) is evaluated; recipe.json gives the dataset.")
+    flags.DEFINE_string("saved_model", None, "Evaluate this SavedModel instead (signature "
+                        "serving_default: images [N,H,W,C] in [0,1] -> logits, embedding).")
+    flags.DEFINE_string("dataset", None, "Dataset (default: the run's recipe.json; required for "
+                        "a SavedModel outside a run).")
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
+    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+    flags.DEFINE_string("split", None, "Split to evaluate (default: the test split).")
+    flags.DEFINE_integer("num_examples", None, "Evaluate only the first N examples.")
+    flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.")
+    flags.DEFINE_string("output", None, "report.json path (default: "
+                        "<model_dir>/evaluation/report.json); figures go next to it.")
+    flags.DEFINE_list("attacks", EVAL_DEFAULT_ATTACKS, "Attacks at --eps: names of the attack "
+                      "registry (fgsm, pgd, mifgsm, ...) or <name>_<loss> (pgd_cw).")
+    flags.DEFINE_string("eps", None, "Threat-model radius on [0,1], a number or a fraction like "
+                        "8/255 (default: MNIST 0.3, CIFAR 8/255).")
+    flags.DEFINE_string("step_size", None, "PGD step size (default: MNIST 0.01, CIFAR 1/255).")
+    flags.DEFINE_integer("steps", None, "PGD steps (default: MNIST 100, CIFAR 20).")
+    flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
+    flags.DEFINE_integer("restarts", 1, "Random restarts of each PGD attack at --eps.")
+    flags.DEFINE_bool("random_start", True, "PGD starts at a random point of the ball.")
+    flags.DEFINE_list("eps_sweep", None, "PGD radii of the eps sweep; empty to skip (default: "
+                      "MNIST 0,0.1,...,0.4; CIFAR 0,2/255,...,16/255).")
+    flags.DEFINE_list("steps_sweep", None, "PGD step counts of the steps sweep; empty to skip "
+                      "(default: MNIST 1,10,20,40,100; CIFAR 1,5,10,20,50).")
+    flags.DEFINE_string("large_eps", "0.5", "L-inf radius of the 'unbounded attack' sanity "
+                        "check (accuracy must fall near 0).")
+    flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
+    flags.DEFINE_bool("detection", False, "Also run kNN detection in the embedding space.")
+    flags.DEFINE_list("detection_eps", None, "PGD radii scored by the detector (default: MNIST "
+                      "0.3,0.4; CIFAR 8/255,16/255).")
+    flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
+                         "reference.")
+    flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.")
+    flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
+                      "kNN detection score (see detection.KnnDetector).")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_bool("tensorboard", True, "Write TensorBoard summaries.")
+
+
+def _number(text, name):
+    """'0.3' or '8/255' -> float; UsageError otherwise."""
+    try:
+        if "/" in str(text):
+            numerator, denominator = str(text).split("/")
+            return float(numerator) / float(denominator)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--{name} must be a number or a fraction like 8/255, got {text!r}")
+
+
+def _numbers(values, name, kind=float):
+    if values is None:
+        return None
+    parsed = tuple(_number(v, name) for v in values if str(v).strip())
+    if kind is int:
+        if any(v != int(v) for v in parsed):
+            raise UsageError(f"--{name} must list whole numbers, got {','.join(values)}")
+        parsed = tuple(int(v) for v in parsed)
+    return parsed
+
+
+def evaluate_config():
+    """Parsed flags -> evaluation_run.EvaluateRun (raises UsageError with one line on bad values)."""
+    optional = lambda value, name: None if value is None else _number(value, name)  # noqa: E731
+    eps, step_size = optional(FLAGS.eps, "eps"), optional(FLAGS.step_size, "step_size")
+    large_eps = _number(FLAGS.large_eps, "large_eps")
+    for name, value in (("eps", eps), ("large_eps", large_eps)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UsageError(f"--{name} must be in [0, 1] (images are on [0,1]), got {value}")
+    from tf_metric_robust import attacks, evaluation_plan
+    from tf_metric_robust.evaluation_run import EvaluateRun
+
+    attack_names = tuple(a.strip() for a in FLAGS.attacks if a.strip())
+    for name in attack_names:
+        evaluation_plan.resolve_attack(name, attacks.ATTACKS)
+    try:
+        config = evaluation_plan.EvalConfig(
+            eps=eps, step_size=step_size, steps=FLAGS.steps, norm=FLAGS.norm,
+            restarts=FLAGS.restarts, random_start=FLAGS.random_start, attacks=attack_names,
+            eps_sweep=_numbers(FLAGS.eps_sweep, "eps_sweep"),
+            steps_sweep=_numbers(FLAGS.steps_sweep, "steps_sweep", int), large_eps=large_eps,
+            seed=FLAGS.seed, detection=FLAGS.detection,
+            detection_eps=_numbers(FLAGS.detection_eps, "detection_eps"),
+            detection_reference=FLAGS.detection_reference, detection_k=FLAGS.detection_k,
+            detection_score=FLAGS.detection_score)
+        return EvaluateRun(
+            model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, dataset=FLAGS.dataset,
+            data_dir=FLAGS.data_dir, download=FLAGS.download, split=FLAGS.split,
+            num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, output=FLAGS.output,
+            progress=FLAGS.progress, tensorboard=FLAGS.tensorboard, config=config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None

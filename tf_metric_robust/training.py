@@ -1,0 +1,250 @@
+"""One Keras model whose train_step does natural training, PGD-AT (Madry et al. 2018) or TLA.
+
+TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus
+lambda_triplet * [D(h(x'_a), h(x_p)) - D(h(x'_a), h(x_n)) + margin]_+ + lambda_norm * L_norm,
+with h the penultimate embedding. The three modes share one step; only the loss differs.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_metric_robust import attacks, losses
+from tf_metric_robust.config import AttackConfig, TripletConfig
+from tf_metric_robust.memory_bank import EmbeddingBank
+
+
+def _split(tensor, parts):
+    return tf.split(tensor, parts, axis=0)
+
+
+class AdversarialTrainer(keras.Model):
+    """Wraps a network returning {'logits', 'embedding'} with a natural / pgd / tla train_step.
+
+    Use `fit()` as usual: callbacks, distribution and progress bars come from Keras. Losses are
+    reduced per example with `tf.nn.compute_average_loss` because Keras 3 *sums* gradients over
+    replicas (DESIGN.md); the regulariser goes through `tf.nn.scale_regularization_loss`.
+    """
+
+    def __init__(self, network, *, mode, attack=None, eval_attack=None, triplet=None,
+                 label_smoothing=0.0, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("natural", "pgd", "tla"):
+            raise ValueError(f"mode must be natural, pgd or tla; got {mode!r}")
+        if mode != "natural" and attack is None:
+            raise ValueError(f"mode {mode!r} needs an attack configuration")
+        self.network = network
+        self.mode = mode
+        self.attack = attack
+        self.eval_attack = eval_attack or attack
+        self.triplet = triplet or TripletConfig()
+        self.label_smoothing = float(label_smoothing)
+        self.seed = int(seed)
+        self.num_classes = int(network.output["logits"].shape[-1])
+        self.bank = None
+        if mode == "tla" and self.triplet.mining == "paper" and self.triplet.negative_pool == "bank":
+            dim = int(network.output["embedding"].shape[-1])
+            self.bank = EmbeddingBank(self.triplet.bank_size, dim, name="negative_bank")
+        names = ["loss", "ce_loss", "clean_accuracy", "pgd_accuracy"]
+        if mode == "tla":
+            names += ["triplet_loss", "positive_distance", "negative_distance", "embedding_norm"]
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def logits_fn(self, images):
+        """Inference-mode logits: what attacks differentiate (BN frozen, as the authors attack)."""
+        return self.network(images, training=False)["logits"]
+
+    # ----------------------------------------------------------------------------- losses
+    def _cross_entropy(self, labels, logits):
+        one_hot = tf.one_hot(labels, self.num_classes)
+        return keras.losses.categorical_crossentropy(
+            one_hot, tf.cast(logits, tf.float32), from_logits=True,
+            label_smoothing=self.label_smoothing)
+
+    def _attack_seed(self, offset):
+        """Stateless seed from the step, so a resumed run draws the same random starts."""
+        replica = tf.distribute.get_replica_context()
+        replica_id = tf.cast(replica.replica_id_in_sync_group if replica else 0, tf.int64)
+        step = tf.cast(self.optimizer.iterations, tf.int64) if self.optimizer else tf.constant(0, tf.int64)
+        return tf.stack([tf.constant(self.seed, tf.int64) * 1000 + replica_id + offset, step])
+
+    def _triplet_terms(self, labels, adversarial_embedding, clean_embedding, negative_embedding,
+                       negative_found):
+        """Per-example TLA hinge terms (own and/or other clean positive) and statistics."""
+        cfg = self.triplet
+        terms, positive_distances, positives = [], [], []
+        if cfg.positive in ("own", "both"):
+            positives.append((clean_embedding, cfg.margin))
+        if cfg.positive in ("other", "both"):
+            partner = losses.same_class_partner_index(labels, self._attack_seed(offset=500))
+            positives.append((tf.gather(clean_embedding, partner), cfg.other_margin))
+        stats = {}
+        for positive_embedding, margin in positives:
+            term, stats = losses.tla_triplet_loss(
+                adversarial_embedding, positive_embedding, negative_embedding, margin=margin,
+                distance=cfg.distance, valid=negative_found)
+            terms.append(term)
+            positive_distances.append(stats["positive_distance"])
+        norm = losses.embedding_norm_loss(adversarial_embedding, positives[0][0], negative_embedding)
+        return (tf.add_n(terms), norm, tf.add_n(positive_distances) / len(positive_distances),
+                stats["negative_distance"])
+
+    def _tla_losses(self, images, adversarial, labels, pool_images, pool_labels, training):
+        """Forward adversarial + clean (+ retrieved negatives) once; return CE and triplet parts."""
+        cfg = self.triplet
+        batch = tf.shape(images)[0]
+        if cfg.mining == "semihard":
+            outputs = self.network(tf.concat([adversarial, images], 0), training=training)
+            adversarial_logits, clean_logits = _split(outputs["logits"], 2)
+            adversarial_embedding, clean_embedding = _split(outputs["embedding"], 2)
+            joint_labels = tf.concat([labels, labels], 0)
+            batch_loss = losses.triplet_semihard_loss(joint_labels, outputs["embedding"],
+                                                      margin=cfg.margin,
+                                                      distance_metric=_tfa_metric(cfg.distance))
+            # One scalar per replica batch: spread it so compute_average_loss scales it once.
+            triplet = tf.fill([batch], batch_loss)
+            norm = losses.embedding_norm_loss(adversarial_embedding, clean_embedding)
+            zeros = tf.zeros([batch])
+            return (adversarial_logits, clean_logits, clean_embedding, triplet, norm, zeros, zeros)
+
+        if cfg.negative_pool == "extra" and pool_images is not None:
+            # The authors' retrieval: embed an extra clean pool in inference mode, pick the most
+            # similar other-class image, then run the chosen images through the training graph.
+            pool_embedding = tf.stop_gradient(
+                self.network(pool_images, training=False)["embedding"])
+            anchor_embedding = tf.stop_gradient(
+                self.network(adversarial, training=False)["embedding"])
+            index, found = losses.hardest_negative_index(
+                anchor_embedding, labels, pool_embedding, pool_labels, distance=cfg.distance)
+            negative_images = tf.gather(pool_images, index)
+            outputs = self.network(tf.concat([adversarial, images, negative_images], 0),
+                                   training=training)
+            adversarial_logits, clean_logits, _ = _split(outputs["logits"], 3)
+            adversarial_embedding, clean_embedding, negative_embedding = _split(
+                outputs["embedding"], 3)
+        else:
+            outputs = self.network(tf.concat([adversarial, images], 0), training=training)
+            adversarial_logits, clean_logits = _split(outputs["logits"], 2)
+            adversarial_embedding, clean_embedding = _split(outputs["embedding"], 2)
+            pool_embedding, pool_labels_all, pool_valid = clean_embedding, labels, None
+            if self.bank is not None:
+                bank_embedding, bank_labels, bank_valid = self.bank.read()
+                pool_embedding = tf.concat(
+                    [clean_embedding, tf.cast(bank_embedding, clean_embedding.dtype)], 0)
+                pool_labels_all = tf.concat([labels, tf.cast(bank_labels, labels.dtype)], 0)
+                pool_valid = tf.concat([tf.ones([batch], tf.bool), bank_valid], 0)
+            index, found = losses.hardest_negative_index(
+                adversarial_embedding, labels, pool_embedding, pool_labels_all,
+                distance=cfg.distance, pool_valid=pool_valid)
+            negative_embedding = tf.gather(pool_embedding, index)
+            if self.bank is not None and training:
+                self.bank.enqueue(clean_embedding, labels)
+        triplet, norm, positive_distance, negative_distance = self._triplet_terms(
+            labels, adversarial_embedding, clean_embedding, negative_embedding, found)
+        return (adversarial_logits, clean_logits, clean_embedding, triplet, norm,
+                positive_distance, negative_distance)
+
+    def compute_losses(self, images, labels, adversarial, training, pool_images=None,
+                       pool_labels=None):
+        """Per-example total loss and per-example logs, shared by train_step and test_step."""
+        logs = {}
+        if self.mode == "natural":
+            clean_logits = self.network(images, training=training)["logits"]
+            adversarial_logits = None
+            ce = self._cross_entropy(labels, clean_logits)
+            total = ce
+        elif self.mode == "pgd":
+            adversarial_logits = self.network(adversarial, training=training)["logits"]
+            clean_logits = None
+            ce = self._cross_entropy(labels, adversarial_logits)
+            total = ce
+        else:
+            (adversarial_logits, clean_logits, clean_embedding, triplet, norm, positive_distance,
+             negative_distance) = self._tla_losses(images, adversarial, labels, pool_images,
+                                                   pool_labels, training)
+            ce = self._cross_entropy(labels, adversarial_logits)
+            total = ce + self.triplet.lambda_triplet * triplet + self.triplet.lambda_norm * norm
+            logs.update(triplet_loss=triplet, positive_distance=positive_distance,
+                        negative_distance=negative_distance,
+                        embedding_norm=tf.norm(tf.cast(clean_embedding, tf.float32), axis=-1))
+        logs["ce_loss"] = ce
+        return total, logs, clean_logits, adversarial_logits
+
+    # ------------------------------------------------------------------------------ steps
+    def _unpack(self, data):
+        images, labels = data[0], data[1]
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+        pool_images = pool_labels = None
+        if self.mode == "tla" and self.triplet.negative_pool == "extra":
+            # The input pipeline delivers batch * (1 + pool_multiplier) images: batch, then pool.
+            batch = tf.shape(images)[0] // (1 + self.triplet.pool_multiplier)
+            images, pool_images = images[:batch], images[batch:]
+            labels, pool_labels = labels[:batch], labels[batch:]
+        return images, labels, pool_images, pool_labels
+
+    def _update_metrics(self, loss, logs, labels, clean_logits, adversarial_logits):
+        self.trackers["loss"].update_state(loss)
+        for name, value in logs.items():
+            self.trackers[name].update_state(value)
+        for name, logits in (("clean_accuracy", clean_logits), ("pgd_accuracy", adversarial_logits)):
+            if logits is not None:
+                correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
+                self.trackers[name].update_state(correct)
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def train_step(self, data):
+        images, labels, pool_images, pool_labels = self._unpack(data)
+        adversarial = images
+        if self.mode != "natural":
+            adversarial = tf.stop_gradient(attacks.pgd(
+                self.logits_fn, images, labels, seed=self._attack_seed(offset=0),
+                **self.attack.kwargs()))
+        with tf.GradientTape() as tape:
+            per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
+                images, labels, adversarial, True, pool_images, pool_labels)
+            loss = tf.nn.compute_average_loss(per_example)
+            if self.network.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.network.losses))
+            scaled_loss = self.optimizer.scale_loss(loss)
+        variables = self.network.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        # The tracker sees the global-mean loss of this replica's share (undo the replica split).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return self._update_metrics(loss * replicas, logs, labels, clean_logits, adversarial_logits)
+
+    def test_step(self, data):
+        images, labels, _, _ = self._unpack(data)
+        adversarial = attacks.pgd(self.logits_fn, images, labels, **self.eval_attack.kwargs())
+        per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
+            images, labels, adversarial, False)
+        if clean_logits is None:
+            clean_logits = self.logits_fn(images)
+        if adversarial_logits is None:
+            adversarial_logits = self.logits_fn(adversarial)
+        return self._update_metrics(tf.reduce_mean(per_example), logs, labels, clean_logits,
+                                    adversarial_logits)
+
+
+def _tfa_metric(distance):
+    """Our distance names -> TFA's distance_metric for triplet_semihard_loss (|cos|: a callable)."""
+    if distance == "abs_cosine":
+        return lambda embeddings: losses.pairwise_distance(embeddings, embeddings, "abs_cosine")
+    return {"l2": "L2", "squared_l2": "squared-L2", "cosine": "angular"}[distance]
+
+
+def make_optimizer(config):
+    """SGD/Adam with the piecewise-constant schedule of the recipe (Madry / TLA authors)."""
+    learning_rate = config.learning_rate
+    if config.lr_boundaries:
+        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            list(config.lr_boundaries), list(config.lr_values))
+    if config.name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=config.momentum)
+    return keras.optimizers.Adam(learning_rate)
