@@ -27,7 +27,6 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[bench]"
 	for script in bench/*.py; do $(PY) $$script || exit 1; done
 
 clean:

@@ -1,0 +1,83 @@
+"""TLA train-step time / PGD-AT train-step time (same model, batch, PGD-7), per negative pool.
+
+Goal (issue 3/6): <= 1.25 for the default pool. The authors' extra clean pool (10 x batch, embedded
+in inference mode every step) costs far more. Steps of all variants are interleaved round by round
+so machine noise hits them alike; the ratio uses medians.
+
+    .venv/bin/python bench/train_step.py [--model small_cnn] [--batch_size 50] [--rounds 15]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tf_metric_robust import models  # noqa: E402
+from tf_metric_robust.config import AttackConfig, TripletConfig  # noqa: E402
+from tf_metric_robust.training import AdversarialTrainer  # noqa: E402
+
+VARIANTS = {
+    "pgd": ("pgd", None),
+    "tla/batch (default)": ("tla", TripletConfig(negative_pool="batch")),
+    "tla/bank": ("tla", TripletConfig(negative_pool="bank", bank_size=2048)),
+    "tla/extra x10 (authors)": ("tla", TripletConfig(negative_pool="extra", pool_multiplier=10)),
+    "tla/semihard (TFA)": ("tla", TripletConfig(mining="semihard", distance="l2", margin=0.5)),
+}
+
+
+def make_step(name, model, shape, batch_size):
+    mode, triplet = VARIANTS[name]
+    keras.utils.set_random_seed(0)
+    network = models.build(model, 10, shape)
+    trainer = AdversarialTrainer(network, mode=mode, triplet=triplet, seed=0,
+                                 attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    rows = batch_size * (1 + triplet.pool_multiplier) if triplet and \
+        triplet.negative_pool == "extra" else batch_size
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(size=(rows, *shape)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 10, rows), tf.int64)
+    step = tf.function(trainer.train_step)
+
+    def run():
+        logs = step((images, labels))
+        float(logs["loss"])  # wait for the step to finish
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="small_cnn")
+    parser.add_argument("--batch_size", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist") else (32, 32, 3)
+    steps = {name: make_step(name, args.model, shape, args.batch_size) for name in VARIANTS}
+    for run in steps.values():  # warm-up: tracing and first-call allocation excluded
+        run()
+        run()
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, run in steps.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    baseline = np.median(times["pgd"])
+    print(f"model {args.model}, batch {args.batch_size}, PGD-7, median of {args.rounds} "
+          f"interleaved rounds")
+    print(f"{'variant':26s} {'step ms':>9s} {'/ PGD-AT':>9s}")
+    for name, values in times.items():
+        ratio = np.median(values) / baseline
+        goal = "  (goal <= 1.25)" if "default" in name else ""
+        print(f"{name:26s} {1000 * np.median(values):9.1f} {ratio:9.3f}{goal}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""CleverHans-style attack matrix for FGSM, PGD and MI-FGSM on a small CNN trained on MNIST-5k."""
+
+import gc
+import weakref
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_metric_robust import attacks
+from tf_metric_robust.attacks import objectives
+
+# Per-dtype slack for the ball check: x +- eps is itself rounded to the image dtype.
+_TOL = {tf.float32: 1e-6, tf.float16: 2e-3, tf.bfloat16: 1e-2}
+
+
+@pytest.fixture(scope="module")
+def trained(mnist5k_arrays):
+    """(model_fn, x [200,28,28,1], y [200]): a CNN after one epoch (~95% train accuracy)."""
+    images, labels = mnist5k_arrays
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
+    h = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(h)
+    h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, keras.layers.Dense(10)(h))
+    model.compile(keras.optimizers.Adam(2e-3),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(images, labels, batch_size=64, epochs=1, shuffle=True, verbose=0)
+    # Every 25th row: 20 examples per class (rows are sorted by class).
+    x, y = tf.constant(images[::25]), tf.constant(labels[::25])
+    return (lambda z: model(z, training=False)), x, y
+
+
+def _accuracy(model_fn, x, y):
+    return float(np.mean(np.argmax(model_fn(x).numpy(), axis=-1) == y.numpy()))
+
+
+def _mean_ce(model_fn, x, y):
+    return float(tf.reduce_mean(objectives.objective(model_fn(x), y, "ce", targeted=False)))
+
+
+def _attack(name, model_fn, x, y, **kwargs):
+    if name == "fgsm":
+        for key in ("step_size", "steps", "restarts", "seed", "random_start"):
+            kwargs.pop(key, None)
+    if name == "mifgsm":
+        kwargs.pop("restarts", None)
+    return attacks.ATTACKS[name](model_fn, x, y, **kwargs)
+
+
+def _assert_in_bounds(x_adv, x, eps, norm):
+    assert x_adv.dtype == x.dtype and x_adv.shape == x.shape
+    tol = _TOL[x.dtype]
+    delta = x_adv.numpy().astype(np.float64) - x.numpy().astype(np.float64)
+    if norm == "linf":
+        size = np.max(np.abs(delta), axis=(1, 2, 3))
+    else:
+        size = np.sqrt(np.sum(np.square(delta), axis=(1, 2, 3)))
+    assert np.all(size <= eps * (1 + tol) + tol), size.max()
+    assert np.min(x_adv.numpy()) >= 0.0 and np.max(x_adv.numpy()) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "mifgsm"])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_eps_zero_returns_input(trained, name, norm):
+    model_fn, x, y = trained
+    x_adv = _attack(name, model_fn, x[:16], y[:16], eps=0.0, step_size=0.1, steps=2, norm=norm)
+    np.testing.assert_array_equal(x_adv.numpy(), x[:16].numpy())
+
+
+@pytest.mark.parametrize("name,norm,loss,targeted,restarts,dtype", [
+    ("pgd", "linf", "ce", False, 1, tf.float32),
+    ("pgd", "l2", "ce", False, 1, tf.float32),
+    ("pgd", "linf", "cw", False, 1, tf.float32),
+    ("pgd", "l2", "cw", True, 1, tf.float32),
+    ("pgd", "linf", "ce", True, 2, tf.float32),
+    ("pgd", "l2", "ce", False, 2, tf.float32),
+    ("pgd", "linf", "ce", False, 1, tf.bfloat16),
+    ("pgd", "l2", "cw", False, 1, tf.float16),
+    ("fgsm", "linf", "ce", False, 1, tf.float32),
+    ("fgsm", "l2", "cw", False, 1, tf.bfloat16),
+    ("mifgsm", "linf", "ce", False, 1, tf.float32),
+    ("mifgsm", "l2", "ce", True, 1, tf.float16),
+])
+def test_results_inside_ball_and_box(trained, name, norm, loss, targeted, restarts, dtype):
+    model_fn, x, y = trained
+    x, y = tf.cast(x[:32], dtype), (y[:32] + 3) % 10 if targeted else y[:32]
+    eps = 0.1 if norm == "linf" else 1.0
+    x_adv = _attack(name, model_fn, x, y, eps=eps, step_size=eps / 2, steps=3, norm=norm,
+                    loss=loss, targeted=targeted, restarts=restarts)
+    _assert_in_bounds(x_adv, x, eps, norm)
+    assert np.any(x_adv.numpy() != x.numpy())
+
+
+def test_fgsm_is_one_signed_gradient_step(trained):
+    model_fn, x, y = trained
+    x, y = x[:16], y[:16]
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(objectives.objective(model_fn(x), y, "ce", targeted=False))
+    expected = tf.clip_by_value(x + 0.1 * tf.sign(tape.gradient(loss, x)), 0.0, 1.0)
+    np.testing.assert_allclose(attacks.fgsm(model_fn, x, y, eps=0.1), expected, atol=1e-6)
+
+
+def test_mifgsm_without_momentum_is_iterative_fgsm(trained):
+    model_fn, x, y = trained
+    kwargs = dict(eps=0.1, step_size=0.02, steps=4)
+    expected = attacks.pgd(model_fn, x[:32], y[:32], random_start=False, **kwargs)
+    np.testing.assert_allclose(
+        attacks.mifgsm(model_fn, x[:32], y[:32], decay=0.0, **kwargs), expected, atol=1e-6)
+
+
+def test_cw_margin_matches_numpy():
+    logits = np.array([[1.0, 3.0, 2.0], [0.5, -1.0, 0.0]], np.float32)
+    labels = np.array([1, 2])
+    np.testing.assert_allclose(objectives.margin(logits, labels), [2.0 - 3.0, 0.5 - 0.0])
+
+
+def test_pgd_raises_loss_and_beats_fgsm(trained):
+    model_fn, x, y = trained
+    x_fgsm = attacks.fgsm(model_fn, x, y, eps=0.1)
+    x_pgd = attacks.pgd(model_fn, x, y, eps=0.1, step_size=0.025, steps=10, seed=[0, 1])
+    clean, fgsm_acc, pgd_acc = (_accuracy(model_fn, v, y) for v in (x, x_fgsm, x_pgd))
+    assert clean > 0.85
+    assert _mean_ce(model_fn, x_pgd, y) > _mean_ce(model_fn, x_fgsm, y) > _mean_ce(model_fn, x, y)
+    assert pgd_acc < fgsm_acc - 0.1, (clean, fgsm_acc, pgd_acc)
+
+
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_restarts_never_worse_than_one(trained, loss):
+    model_fn, x, y = trained
+    kwargs = dict(eps=0.1, step_size=0.02, steps=2, loss=loss, seed=tf.constant([3, 4]))
+    one = attacks.pgd(model_fn, x, y, restarts=1, **kwargs)
+    three = attacks.pgd(model_fn, x, y, restarts=3, **kwargs)
+    logits_one, logits_three = model_fn(one), model_fn(three)
+    hit_one = objectives.success(logits_one, y, targeted=False).numpy()
+    hit_three = objectives.success(logits_three, y, targeted=False).numpy()
+    assert np.all(hit_three >= hit_one)
+    # Where success is the same, the kept run has the higher objective (restart 0 is `one`).
+    value_one = objectives.objective(logits_one, y, loss, targeted=False).numpy()
+    value_three = objectives.objective(logits_three, y, loss, targeted=False).numpy()
+    same = hit_one == hit_three
+    assert np.all(value_three[same] >= value_one[same] - 1e-4)
+    assert np.mean(value_three) > np.mean(value_one)
+
+
+def test_targeted_pgd_reaches_target(trained):
+    model_fn, x, y = trained
+    x, target = x[::2], (y[::2] + 1) % 10
+    for loss in ("ce", "cw"):
+        x_adv = attacks.pgd(model_fn, x, target, eps=0.3, step_size=0.05, steps=8, loss=loss,
+                            targeted=True)
+        reached = np.mean(np.argmax(model_fn(x_adv), -1) == target.numpy())
+        assert reached > 0.75, (loss, reached)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(eps=-0.1), "eps"),
+    (dict(eps=tf.constant(-0.1)), "eps"),
+    (dict(step_size=0.0), "step_size"),
+    (dict(steps=0), "steps"),
+    (dict(steps=2.0), "steps"),
+    (dict(restarts=0), "restarts"),
+    (dict(norm="l1"), "norm"),
+    (dict(loss="mse"), "loss"),
+    (dict(clip_min=1.0, clip_max=0.0), "clip_min"),
+    (dict(seed=[1, 2, 3]), "seed"),
+])
+def test_bad_arguments_raise(trained, kwargs, match):
+    model_fn, x, y = trained
+    args = dict(eps=0.1, step_size=0.01, steps=1)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        attacks.pgd(model_fn, x[:4], y[:4], **args)
+
+
+def test_bad_arguments_raise_in_fgsm_and_mifgsm(trained):
+    model_fn, x, y = trained
+    with pytest.raises(ValueError, match="norm"):
+        attacks.fgsm(model_fn, x[:4], y[:4], eps=0.1, norm="l0")
+    with pytest.raises(ValueError, match="decay"):
+        attacks.mifgsm(model_fn, x[:4], y[:4], eps=0.1, step_size=0.01, steps=1, decay=-1.0)
+
+
+def test_runtime_eps_is_checked_inside_tf_function(trained):
+    model_fn, x, y = trained
+    attack = tf.function(lambda eps: attacks.pgd(model_fn, x[:4], y[:4], eps=eps, step_size=0.01,
+                                                 steps=1))
+    attack(tf.constant(0.1))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="eps"):
+        attack(tf.constant(-0.1))
+
+
+def test_stateless_seed_is_reproducible(trained):
+    model_fn, x, y = trained
+    run = lambda seed, norm="linf": attacks.pgd(model_fn, x[:32], y[:32], eps=0.1, step_size=0.02,
+                                                steps=2, norm=norm, seed=seed)
+    np.testing.assert_array_equal(run(tf.constant([7, 8])), run(tf.constant([7, 8])))
+    np.testing.assert_array_equal(run([7, 8], "l2"), run([7, 8], "l2"))
+    assert np.any(run(tf.constant([7, 8])).numpy() != run(tf.constant([7, 9])).numpy())
+    assert np.any(run(None).numpy() != run(None).numpy())
+
+
+def test_inside_outer_tf_function_matches_eager(trained):
+    model_fn, x, y = trained
+    kwargs = dict(eps=0.1, step_size=0.02, steps=2, restarts=2, seed=tf.constant([5, 6]))
+
+    @tf.function
+    def outer(images, labels):
+        return attacks.pgd(model_fn, images, labels, **kwargs)
+
+    np.testing.assert_allclose(outer(x[:32], y[:32]), attacks.pgd(model_fn, x[:32], y[:32],
+                                                                   **kwargs), atol=1e-6)
+
+
+class _Counting:
+    """A model wrapper counting Python calls: those happen only while tracing."""
+
+    def __init__(self, model_fn):
+        self.model_fn, self.calls = model_fn, 0
+
+    def logits(self, x):
+        self.calls += 1
+        return self.model_fn(x)
+
+
+def test_repeated_eager_calls_do_not_retrace(trained):
+    model_fn, x, y = trained
+    counting = _Counting(model_fn)
+    for i, eps in enumerate([0.1, 0.2, tf.constant(0.05)]):
+        attacks.pgd(counting.logits, x[:16], y[:16], eps=eps, step_size=eps / 4, steps=3)
+        attacks.fgsm(counting.logits, x[:16], y[:16], eps=eps)
+        if i == 0:
+            traced = counting.calls
+            assert traced == 3 + 1  # one trace each: 3 unrolled PGD steps, 1 FGSM step
+    assert counting.calls == traced
+    # The cache holds model_fn owners weakly: dropping the wrapper frees it.
+    owner = weakref.ref(counting)
+    del counting
+    gc.collect()
+    assert owner() is None
+
+
+def test_model_fn_contract(trained):
+    model_fn, x, y = trained
+    # No gradient path reads as a zero gradient: the random start is returned, inside the ball.
+    frozen = lambda z: model_fn(tf.stop_gradient(z))  # noqa: E731
+    _assert_in_bounds(attacks.pgd(frozen, x[:8], y[:8], eps=0.1, step_size=0.05, steps=1), x[:8],
+                      0.1, "linf")
+    with pytest.raises(TypeError, match="logits"):
+        attacks.fgsm(lambda z: {"logits": model_fn(z)}, x[:8], y[:8], eps=0.1)

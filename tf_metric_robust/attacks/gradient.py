@@ -1,0 +1,219 @@
+"""FGSM, PGD and MI-FGSM: one iterative gradient loop, compiled once per model and settings.
+
+PGD: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
+FGSM: Goodfellow et al., ICLR 2015 (one step of size eps from x). MI-FGSM: Dong et al., "Boosting
+Adversarial Attacks with Momentum", CVPR 2018 (momentum on L1-normalised gradients).
+
+The step loop is a Python loop unrolled inside one tf.function: on CPU this costs the same as k
+separate input gradients, while a tf.while_loop is slower (DESIGN.md, "The stack").
+"""
+
+import functools
+import inspect
+import numbers
+import types
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from tf_metric_robust.attacks import objectives
+
+
+def _check_number(name, value, minimum, strict):
+    """Python ValueError for known values; a tf.debugging assertion list for symbolic tensors."""
+    known = tf.get_static_value(value) if tf.is_tensor(value) else value
+    if known is None:
+        check = tf.debugging.assert_greater if strict else tf.debugging.assert_greater_equal
+        return [check(value, tf.cast(minimum, value.dtype), message=f"{name} out of range")]
+    if np.ndim(known) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(known)}")
+    if not (known > minimum if strict else known >= minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {known}")
+    return []
+
+
+def validate_args(*, eps, step_size, steps, restarts, norm, loss, clip_min, clip_max, decay=0.0):
+    """Raises ValueError on bad arguments; returns assertions for values only known at run time.
+
+    `steps` and `restarts` must be Python ints: they are unrolled into the graph. step_size None
+    means "steps by eps" (FGSM) and is not checked.
+    """
+    if norm not in objectives.NORMS:
+        raise ValueError(f"norm must be one of {objectives.NORMS}, got {norm!r}")
+    if loss not in objectives.LOSSES:
+        raise ValueError(f"loss must be one of {objectives.LOSSES}, got {loss!r}")
+    for name, value in (("steps", steps), ("restarts", restarts)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(
+                f"{name} must be a Python int >= 1 (the loop is unrolled), got {value!r}")
+    checks = _check_number("eps", eps, 0.0, strict=False)
+    if step_size is not None:
+        checks += _check_number("step_size", step_size, 0.0, strict=True)
+    checks += _check_number("decay", decay, 0.0, strict=False)
+    lo, hi = (tf.get_static_value(v) if tf.is_tensor(v) else v for v in (clip_min, clip_max))
+    if lo is not None and hi is not None and not lo < hi:
+        raise ValueError(f"clip_min must be < clip_max, got {lo} and {hi}")
+    return checks
+
+
+# model_fn (or the object owning a bound method) -> {(graph_fn, method, static): tf.function}.
+# Weak keys: the cache never keeps a model alive; the traced functions hold only weak references.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def run_compiled(graph_fn, model_fn, static, *args):
+    """Returns graph_fn(model_fn, *args, **static), compiled and cached when called eagerly.
+
+    Inside an outer tf.function (e.g. a Keras train_step) the ops are built inline. Eagerly, one
+    tf.function per (model_fn, graph_fn, static settings) is traced once and reused; `args` should
+    be tensors so that new eps or step values do not retrace. Traced without AutoGraph (faster
+    tracing of the unrolled loop): a model_fn with tensor-dependent Python control flow should be
+    a tf.function itself.
+    """
+    if tf.inside_function():
+        return graph_fn(model_fn, *args, **static)
+    # A bound method is a new object on every attribute access: key on its owner instead.
+    owner, method = (model_fn.__self__, model_fn.__func__) if inspect.ismethod(model_fn) else (
+        model_fn, None)
+    key = (graph_fn, method, tuple(sorted(static.items())))
+    try:
+        per_owner = _COMPILED.setdefault(owner, {})
+        owner_ref = weakref.ref(owner)
+    except TypeError:  # not weak-referenceable or not hashable: compile for this call only
+        per_owner, owner_ref = {}, lambda: owner
+    compiled = per_owner.get(key)
+    if compiled is None:
+        # A partial, not a closure: TF's retracing warning counts closures sharing one code object.
+        traced = functools.partial(_call_owner, graph_fn, owner_ref, method, static)
+        compiled = per_owner[key] = tf.function(traced, autograph=False)
+    return compiled(*args)
+
+
+def _call_owner(graph_fn, owner_ref, method, static, *args):
+    """Rebuilds model_fn from its weak reference and runs graph_fn (traced by run_compiled)."""
+    owner = owner_ref()
+    model_fn = owner if method is None else types.MethodType(method, owner)
+    return graph_fn(model_fn, *args, **static)
+
+
+def _logits(model_fn, x):
+    """model_fn(x), with a clear error for models returning their output dict."""
+    logits = model_fn(x)
+    if isinstance(logits, dict):
+        raise TypeError("model_fn must return logits; for tf_metric_robust models pass "
+                        "lambda x: model(x, training=False)['logits']")
+    return logits
+
+
+def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, *, steps,
+                  norm, loss, targeted, random_start, momentum, restarts):
+    """The shared loop: `restarts` runs of `steps` projected ascent steps, worst case per example.
+
+    eps, step_size, decay, clip_min, clip_max: float32 scalars; seed: None or int [2].
+    """
+    best = best_success = best_objective = None
+    for restart in range(restarts):
+        run_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, restart)
+        x_adv = x
+        if random_start:
+            x_adv = objectives.random_start(x, eps, norm, run_seed)
+        x_adv = objectives.project(x_adv, x, eps, norm, clip_min, clip_max)
+        accumulated = tf.zeros(tf.shape(x), tf.float32) if momentum else None
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                total = tf.reduce_sum(objectives.objective(_logits(model_fn, x_adv), y, loss,
+                                                           targeted))
+            grad = tape.gradient(total, x_adv)
+            # No gradient path (e.g. a non-differentiable input quantiser) is a zero gradient.
+            grad = tf.zeros(tf.shape(x), tf.float32) if grad is None else tf.cast(grad, tf.float32)
+            if momentum:
+                accumulated = decay * accumulated + objectives.l1_normalize(grad)
+                grad = accumulated
+            step = step_size * objectives.step_direction(grad, norm)
+            x_adv = objectives.project(x_adv + tf.cast(step, x.dtype), x, eps, norm, clip_min,
+                                       clip_max)
+        if restarts == 1:
+            return x_adv
+        # Keep per example the run that succeeds, ties broken by the higher objective.
+        logits = _logits(model_fn, x_adv)
+        hit = objectives.success(logits, y, targeted)
+        value = objectives.objective(logits, y, loss, targeted)
+        if best is None:
+            best, best_success, best_objective = x_adv, hit, value
+            continue
+        better = (hit & ~best_success) | (tf.equal(hit, best_success) & (value > best_objective))
+        best = tf.where(tf.reshape(better, [-1] + [1] * (x.shape.rank - 1)), x_adv, best)
+        best_success = best_success | hit
+        best_objective = tf.where(better, value, best_objective)
+    return best
+
+
+def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, restarts, targeted,
+         clip_min, clip_max, seed, decay):
+    """Validates, converts arguments to tensors and runs the (cached) compiled attack.
+
+    step_size None steps by eps (FGSM); decay None turns momentum off (PGD).
+    """
+    checks = validate_args(eps=eps, step_size=step_size, steps=steps, restarts=restarts, norm=norm,
+                           loss=loss, clip_min=clip_min, clip_max=clip_max,
+                           decay=0.0 if decay is None else decay)
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise ValueError(f"x must be a floating-point image batch, got {x.dtype}")
+    y = tf.cast(y, tf.int64)
+    if y.shape.rank != 1:
+        raise ValueError(f"y must hold sparse int labels of shape [N], got shape {y.shape}")
+    step_size = eps if step_size is None else step_size
+    decay_value = 0.0 if decay is None else decay
+    scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, decay_value, clip_min, clip_max)]
+    if seed is not None:
+        seed = tf.cast(seed, tf.int64)
+        if seed.shape != [2]:
+            raise ValueError(f"seed must be None or an int tensor of shape [2], got {seed.shape}")
+    static = dict(steps=steps, norm=norm, loss=loss, targeted=bool(targeted),
+                  random_start=bool(random_start), momentum=decay is not None, restarts=restarts)
+    with tf.control_dependencies(checks):
+        x_adv = run_compiled(_attack_graph, model_fn, static, x, y, *scalars, seed)
+    # The result is data, not a function of the model weights (keeps outer tapes clean).
+    return tf.stop_gradient(x_adv)
+
+
+def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", norm="linf",
+        restarts=1, targeted=False, clip_min=0.0, clip_max=1.0, seed=None):
+    """Projected gradient descent (Madry et al. 2018) in the linf or l2 eps-ball around x.
+
+    Args: model_fn maps images to logits [N, C]; x images [N, ...] (any float dtype, kept);
+    y int labels [N] (the targets if `targeted`); eps, step_size on the image scale ([0, 1]);
+    `restarts` random starts keep per example the successful / highest-loss result; seed None
+    (stateful random) or an int tensor [2] (stateless, reproducible).
+    Returns adversarial images, same shape and dtype as x, inside the ball and [clip_min, clip_max].
+    """
+    return _run(model_fn, x, y, eps=eps, step_size=step_size, steps=steps,
+                random_start=random_start, loss=loss, norm=norm, restarts=restarts,
+                targeted=targeted, clip_min=clip_min, clip_max=clip_max, seed=seed, decay=None)
+
+
+def fgsm(model_fn, x, y, *, eps, loss="ce", norm="linf", targeted=False, clip_min=0.0,
+         clip_max=1.0):
+    """Fast gradient (sign) method (Goodfellow et al. 2015): one step of size eps from x.
+
+    For norm='l2' the step is eps * grad / ||grad||_2. Same arguments and result as `pgd`.
+    """
+    return _run(model_fn, x, y, eps=eps, step_size=None, steps=1, random_start=False,
+                loss=loss, norm=norm, restarts=1, targeted=targeted, clip_min=clip_min,
+                clip_max=clip_max, seed=None, decay=None)
+
+
+def mifgsm(model_fn, x, y, *, eps, step_size, steps, decay=1.0, loss="ce", norm="linf",
+           targeted=False, clip_min=0.0, clip_max=1.0, seed=None, random_start=False):
+    """Momentum iterative FGSM (Dong et al. 2018): steps along accumulated L1-normalised gradients.
+
+    g_{t+1} = decay * g_t + grad / ||grad||_1; the step is step_size * sign(g) (linf) or
+    step_size * g / ||g||_2 (l2). The paper starts at x; `random_start` (default off) and `seed`
+    work as in `pgd`. Dong et al. use decay 1.0 and step_size eps / steps.
+    """
+    return _run(model_fn, x, y, eps=eps, step_size=step_size, steps=steps,
+                random_start=random_start, loss=loss, norm=norm, restarts=1, targeted=targeted,
+                clip_min=clip_min, clip_max=clip_max, seed=seed, decay=decay)

@@ -1,0 +1,112 @@
+"""Small serialisable layers and the shared embedding -> logits head of every model.
+
+All models take float images in [0, 1]; any input standardisation lives in the model (these layers)
+so that attacks, which work in [0, 1] pixel space, never need to know about it.
+"""
+
+import keras
+from keras import ops
+
+_PACKAGE = "tf_metric_robust"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PerImageStandardization(keras.layers.Layer):
+    """(x - mean) / max(std, 1/sqrt(H*W*C)) per image, as `tf.image.per_image_standardization`.
+
+    Madry et al.'s CIFAR model (and TLA's) standardise each image this way at the input. The result
+    does not depend on the pixel scale (Madry feeds [0, 255], we feed [0, 1]) except for nearly
+    constant images, where the 1/sqrt(N) floor on the std takes over. Computed in float32.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, x):
+        num_elements = ops.cast(ops.prod(ops.shape(x)[1:]), x.dtype)
+        mean = ops.mean(x, axis=(1, 2, 3), keepdims=True)
+        std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2, 3), keepdims=True))
+        return (x - mean) / ops.maximum(std, ops.rsqrt(num_elements))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChannelZeroPad(keras.layers.Layer):
+    """Appends zero channels (NHWC): the parameter-free shortcut of Madry's WideResNet.
+
+    Args:
+      before: zero channels added in front of the input channels.
+      after: zero channels added after them.
+    """
+
+    def __init__(self, before, after, **kwargs):
+        super().__init__(**kwargs)
+        if before < 0 or after < 0:
+            raise ValueError(f"ChannelZeroPad needs before, after >= 0, got {before}, {after}")
+        self.before = int(before)
+        self.after = int(after)
+
+    def call(self, x):
+        return ops.pad(x, [[0, 0], [0, 0], [0, 0], [self.before, self.after]])
+
+    def compute_output_shape(self, input_shape):
+        channels = input_shape[-1]
+        if channels is not None:
+            channels += self.before + self.after
+        return tuple(input_shape[:-1]) + (channels,)
+
+    def get_config(self):
+        return {**super().get_config(), "before": self.before, "after": self.after}
+
+
+def kernel_regularizer(weight_decay):
+    """L2 regulariser equal to Madry/TLA's `weight_decay * tf.nn.l2_loss(w)`, or None if 0.
+
+    `tf.nn.l2_loss(w) = sum(w**2) / 2` while `keras.regularizers.L2(c)(w) = c * sum(w**2)`, so
+    `L2(weight_decay / 2)` adds exactly `weight_decay * l2_loss(w)` per kernel to `model.losses`.
+    Only conv and dense kernels get it (Madry's `_decay` sums the 'DW' variables: no biases, no BN).
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay == 0:
+        return None
+    return keras.regularizers.L2(weight_decay / 2.0)
+
+
+def classifier_outputs(embedding, num_classes, *, regularizer=None, kernel_initializer="glorot_uniform",
+                       bias_initializer="zeros"):
+    """Final float32 dense layer 'logits' on the embedding; returns the model's output dict.
+
+    The dense layer runs in float32 so mixed precision (mixed_float16 / mixed_bfloat16) still gives
+    float32 logits, as the Keras mixed-precision guide recommends for the softmax input.
+
+    Args:
+      embedding: symbolic [N, D] tensor, the output of the layer named 'embedding'.
+      num_classes: number of logits C.
+      regularizer: kernel regulariser (see `kernel_regularizer`) or None.
+      kernel_initializer, bias_initializer: Keras initialisers of the logits layer.
+
+    Returns:
+      {'logits': [N, C] float32, 'embedding': [N, D]}.
+    """
+    logits = keras.layers.Dense(
+        num_classes,
+        kernel_initializer=kernel_initializer,
+        bias_initializer=bias_initializer,
+        kernel_regularizer=regularizer,
+        dtype="float32",
+        name="logits",
+    )(embedding)
+    return {"logits": logits, "embedding": embedding}
+
+
+def input_standardization(x, standardization):
+    """Applies 'per_image' standardisation (Madry) or none ('none') to [0, 1] images."""
+    if standardization == "per_image":
+        return PerImageStandardization(name="standardize")(x)
+    if standardization == "none":
+        return x
+    raise ValueError(f"standardization must be 'per_image' or 'none', got {standardization!r}")
