@@ -1,0 +1,289 @@
+"""Evaluation: worst-case accuracy, sanity checks that fire on broken set-ups, detection wiring, the
+report schema, and bin/evaluate end to end and on bad input (small CNN trained briefly on MNIST-5k).
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_metric_robust import attacks, detection, evaluation, evaluation_run, export, models
+from tf_metric_robust.config import UserError
+from tf_metric_robust.evaluation import EvalConfig, ModelFns
+from tf_metric_robust.evaluation_run import write_figures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A tiny threat model: every attack runs 3 steps on 60 examples.
+TINY = EvalConfig(eps=0.3, step_size=0.1, steps=3, eps_sweep=(0.0, 0.1, 0.3), steps_sweep=(1, 3))
+
+
+@pytest.fixture(scope="module")
+def trained(mnist5k_arrays):
+    """(network, ModelFns, x [60], y [60]): small_cnn after 150 natural steps; x, y held out."""
+    images, labels = mnist5k_arrays
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    classifier = keras.Model(network.input, network.output["logits"])
+    classifier.compile(keras.optimizers.Adam(2e-3),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    held_out = np.arange(len(labels)) % 25 == 0  # 20 per class
+    classifier.fit(images[~held_out], labels[~held_out], batch_size=32, epochs=1,
+                   steps_per_epoch=150, shuffle=True, verbose=0)
+    x, y = images[held_out][::3][:60], labels[held_out][::3][:60]
+    return network, ModelFns(network), x, y
+
+
+@pytest.fixture(scope="module")
+def normal(trained):
+    network, fns, x, y = trained
+    return evaluation.evaluate(fns, (x, y), TINY, batch_size=30)
+
+
+def _checks(result):
+    return {c["name"]: c["passed"] for c in result.report["sanity"]["checks"]}
+
+
+def test_normal_model_passes_every_check(normal):
+    report = normal.report
+    assert report["clean_accuracy"] > 0.8
+    assert _checks(normal) == {name: True for name in _checks(normal)}, report["sanity"]
+    assert report["sanity"]["passed"]
+    # Worst case = AND of clean and every run inside the threat model, <= each of them.
+    expected = normal.correct["clean"].copy()
+    for name in report["robust_attacks"]:
+        expected &= normal.correct[name]
+    np.testing.assert_array_equal(normal.correct["robust"], expected)
+    assert report["robust_accuracy"] <= min(report["attacks"][n]["accuracy"]
+                                            for n in report["robust_attacks"])
+    assert report["attacks"]["pgd"]["accuracy"] < 0.2  # a natural model falls at eps 0.3
+    assert not report["attacks"]["pgd_large_eps"]["counts_for_robust"]
+
+
+def test_gradient_masking_is_flagged(trained, caplog):
+    """A quantiser with zero input gradient (stop_gradient trick) fails the gradient check."""
+    network, _, x, y = trained
+
+    def masked(images):
+        quantised = tf.stop_gradient(tf.round(images * 4.0) / 4.0) + 0.0 * images
+        return network(quantised, training=False)["logits"]
+
+    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
+                        steps_sweep=())
+    with caplog.at_level(logging.WARNING, logger="tf_metric_robust.sanity"):
+        result = evaluation.evaluate(masked, (x, y), config, batch_size=60)
+    checks = _checks(result)
+    assert checks["input_gradients_nonzero_finite"] is False
+    assert checks["eps_zero_is_clean"] is True
+    assert not result.report["sanity"]["passed"]
+    assert "input_gradients_nonzero_finite FAILED" in caplog.text
+    gradient_check = next(c for c in result.report["sanity"]["checks"]
+                          if c["name"] == "input_gradients_nonzero_finite")
+    assert gradient_check["value"] == 1.0
+
+
+def test_wrong_sign_attack_is_flagged(trained):
+    """PGD that descends the loss (targeted at the true label) fails the large-eps check."""
+    _, fns, x, y = trained
+
+    def descending_pgd(model_fn, images, labels, *, eps, step_size, steps, random_start=True,
+                       loss="ce", norm="linf", restarts=1, seed=None):
+        return attacks.pgd(model_fn, images, labels, eps=eps, step_size=step_size, steps=steps,
+                           random_start=random_start, loss=loss, norm=norm, restarts=restarts,
+                           seed=seed, targeted=True)
+
+    registry = {**attacks.ATTACKS, "pgd": descending_pgd}
+    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(),
+                        steps_sweep=())
+    result = evaluation.evaluate(fns, (x, y), config, registry=registry, batch_size=30)
+    checks = _checks(result)
+    assert checks["large_eps_breaks_model"] is False
+    assert checks["accuracy_non_increasing_in_eps"] is None  # no sweep: skipped, not passed
+    assert result.report["attacks"]["pgd_large_eps"]["accuracy"] > 0.8
+
+
+def test_plan_shares_equal_runs_and_marks_the_threat_model():
+    plan = evaluation.build_plan(TINY.resolve(), attacks.ATTACKS)
+    assert plan.main == ["fgsm", "pgd", "pgd_cw", "mifgsm"]
+    assert plan.specs["pgd_cw"].kwargs["loss"] == "cw"
+    assert plan.specs["mifgsm"].kwargs["step_size"] == pytest.approx(0.1)  # eps / steps
+    # PGD at eps with 3 steps = the eps sweep's 0.3 point = the steps sweep's 3 = random start.
+    assert dict(plan.eps_sweep)[0.3] == dict(plan.steps_sweep)[3] == "pgd"
+    assert plan.roles["random_start"] == "pgd" and plan.roles["eps_zero"] == "pgd_eps0"
+    assert not plan.specs[plan.roles["large_eps"]].counts_for_robust
+    assert all(spec.counts_for_robust for name, spec in plan.specs.items()
+               if name != plan.roles["large_eps"])
+    assert evaluation.resolve_attack("pgd_cw", attacks.ATTACKS) == ("pgd", {"loss": "cw"})
+    with pytest.raises(UserError, match="unknown attack 'nosuch'"):
+        evaluation.resolve_attack("nosuch", attacks.ATTACKS)
+
+
+def test_config_defaults_and_validation():
+    cifar = EvalConfig().resolve("cifar10")
+    assert (cifar.eps, cifar.step_size, cifar.steps) == (8 / 255, 1 / 255, 20)
+    mnist = EvalConfig().resolve("mnist5k")
+    assert (mnist.eps, mnist.step_size, mnist.steps) == (0.3, 0.01, 100)
+    with pytest.raises(UserError, match="eps must be in"):
+        EvalConfig(eps=1.5)
+    with pytest.raises(UserError, match="set eps, step_size, steps"):
+        EvalConfig().resolve(None)
+    other = EvalConfig(eps=0.1, step_size=0.01, steps=8).resolve("image_folder:/x")
+    assert other.eps_sweep == (0.0, 0.025, 0.05, 0.1, 0.15, 0.2)
+    assert other.steps_sweep == (1, 2, 4, 8, 16) and other.detection_eps == ()
+
+
+class _FixedDetector:
+    """Stands in for KnnDetector: the first `score` call gets the clean inputs, the rest attacks."""
+
+    def __init__(self, *args, separating, **kwargs):
+        self.calls, self.separating, self.k, self.score_type = 0, separating, 1, "fixed"
+        self.rng = np.random.default_rng(0)
+
+    def score(self, embeddings, predictions):
+        self.calls += 1
+        n = len(predictions)
+        if self.separating:
+            return tf.fill([n], 0.0 if self.calls % 2 == 1 else 1.0)
+        return tf.constant(self.rng.random(n), tf.float32)
+
+
+@pytest.mark.parametrize("separating, low, high", [(True, 0.999, 1.0), (False, 0.3, 0.7)])
+def test_detection_auc_wiring(trained, monkeypatch, separating, low, high):
+    _, fns, x, y = trained
+    monkeypatch.setattr(detection, "KnnDetector",
+                        lambda *a, **k: _FixedDetector(*a, separating=separating, **k))
+    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
+                        steps_sweep=(), detection=True, detection_eps=(0.3,))
+    result = evaluation.evaluate(fns, (x, y), config, reference=(x, y), batch_size=30)
+    (entry,) = result.report["detection"]["attacks"]
+    assert low <= entry["auc_clean_vs_adversarial"] <= high
+    assert set(result.roc_curves) == {"PGD eps 0.3"}
+
+
+def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arrays):
+    _, fns, x, y = trained
+    images, labels = mnist5k_arrays
+    rows = np.random.default_rng(0).permutation(len(labels))[:300]
+    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(0.0, 0.3),
+                        steps_sweep=(1, 3), detection=True, detection_eps=(0.3, 0.4),
+                        detection_reference=300, detection_k=10)
+    result = evaluation.evaluate(fns, (x, y), config, reference=(images[rows], labels[rows]),
+                                 batch_size=30, num_examples=40, model_info={"source": "python"})
+    report = result.report
+    assert report["data"]["num_examples"] == 40
+    assert report["detection"]["reference_examples"] == 300
+    for entry in report["detection"]["attacks"]:
+        assert 0.0 <= entry["auc_clean_vs_adversarial"] <= 1.0
+    report["figures"] = write_figures(result, str(tmp_path))
+    assert set(report["figures"]) == {"eps", "steps", "roc"}
+    for name in report["figures"].values():
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    _assert_report_schema(json.loads(json.dumps(report)))
+
+
+def _assert_report_schema(report):
+    """Keys and types every report.json has (bin/evaluate adds 'outputs')."""
+    types = {"schema_version": int, "versions": dict, "model": dict, "data": dict,
+             "threat_model": dict, "config": dict, "clean_accuracy": float,
+             "robust_accuracy": float, "robust_attacks": list, "attacks": dict, "sweeps": dict,
+             "metrics": dict, "sanity": dict, "figures": dict, "seconds": float}
+    for key, kind in types.items():
+        assert isinstance(report[key], kind), key
+    assert {"tensorflow", "keras", "tf_metric_robust"} <= set(report["versions"])
+    assert {"norm", "eps", "step_size", "steps", "restarts", "seed"} <= set(
+        report["threat_model"])
+    for entry in report["attacks"].values():
+        assert set(entry) == {"attack", "groups", "settings", "accuracy", "counts_for_robust",
+                              "max_bound_violation", "seconds"}
+        assert isinstance(entry["accuracy"], float) and "eps" in entry["settings"]
+    assert set(report["sweeps"]) == {"eps", "steps"}
+    assert isinstance(report["sanity"]["passed"], bool)
+    for check in report["sanity"]["checks"]:
+        assert set(check) == {"name", "passed", "value", "threshold", "detail"}
+    assert report["metrics"]["eval/clean_accuracy"] == report["clean_accuracy"]
+    if report["detection"] is not None:
+        for entry in report["detection"]["attacks"]:
+            assert {"eps", "attack", "auc_clean_vs_adversarial",
+                    "auc_misclassified_adversarial"} <= set(entry)
+
+
+def test_saved_model_of_a_run_matches_network(trained, tmp_path):
+    """A model_dir without checkpoints falls back to its (versioned) saved_model/."""
+    network, fns, x, y = trained
+    model_dir = str(tmp_path / "run")
+    _write_run(model_dir)
+    path = export.export_saved_model(network, os.path.join(model_dir, "saved_model"))
+    loaded, info, dataset, run_dir = evaluation_run.load_model(
+        evaluation_run.EvaluateRun(model_dir=model_dir))
+    assert (info["source"], info["saved_model"], dataset) == ("saved_model", path, "mnist5k")
+    np.testing.assert_allclose(loaded.outputs(x[:10])[0], fns.outputs(x[:10])[0], atol=1e-4)
+    config = EvalConfig(eps=0.3, step_size=0.1, steps=2, attacks=("fgsm",), eps_sweep=(),
+                        steps_sweep=())
+    result = evaluation.evaluate(loaded, (x[:20], y[:20]), config, batch_size=20)
+    assert result.report["sanity"]["checks"][0]["passed"]  # eps 0 = clean through the signature
+
+
+def _start_bin_evaluate(*args):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "evaluate"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _write_run(model_dir, network=None):
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
+        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
+                   "mode": "natural"}, f)
+    if network is not None:
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
+                                             os.path.join(model_dir, "checkpoints"), 1)
+        manager.save(checkpoint_number=150)
+
+
+def test_bin_evaluate_user_errors(tmp_path):
+    """Each bad input gives one 'error:' line on stderr, no traceback, a non-zero exit."""
+    model_dir = str(tmp_path / "run")
+    _write_run(model_dir)  # a recipe but neither checkpoint nor SavedModel
+    cases = {"--eps must be in [0, 1]": ["--eps=1.5"],
+             "unknown attack 'nosuch'": ["--attacks=pgd,nosuch"],
+             "no checkpoint in": []}
+    # Started together: each process spends most of its time importing TensorFlow.
+    running = {message: _start_bin_evaluate(f"--model_dir={model_dir}", *args)
+               for message, args in cases.items()}
+    for message, process in running.items():
+        _, stderr = process.communicate(timeout=600)
+        assert process.returncode != 0 and "Traceback" not in stderr, stderr
+        lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], stderr
+
+
+def test_bin_evaluate_end_to_end(trained, tmp_path):
+    network, _, _, _ = trained
+    model_dir = str(tmp_path / "run")
+    _write_run(model_dir, network)
+    process = _start_bin_evaluate(
+        f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'data'}", "--num_examples=40",
+        "--batch_size=20", "--attacks=fgsm,pgd_cw", "--steps=2", "--step_size=0.15",
+        "--eps_sweep=0,0.1,0.3", "--steps_sweep=1,2", "--detection", "--detection_eps=0.3,0.4",
+        "--detection_reference=200", "--detection_k=10")
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    report_path = os.path.join(model_dir, "evaluation", "report.json")
+    with open(report_path) as f:
+        report = json.load(f)
+    _assert_report_schema(report)
+    assert report["model"]["step"] == 150 and report["model"]["checkpoint"].endswith("ckpt-150")
+    assert report["data"] == {"dataset": "mnist5k", "split": "test", "num_examples": 40,
+                              "num_examples_requested": 40, "batch_size": 20,
+                              "data_dir": str(tmp_path / "data")}
+    assert report["threat_model"]["eps"] == 0.3 and len(report["detection"]["attacks"]) == 2
+    assert report["sanity"]["passed"], report["sanity"]
+    for name in ("accuracy_vs_eps.png", "accuracy_vs_steps.png", "detection_roc.png"):
+        assert os.path.getsize(os.path.join(model_dir, "evaluation", name)) > 1000
+    assert os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))
+    assert "robust accuracy (worst)" in stdout

@@ -1,0 +1,223 @@
+"""An evaluation run of a training run's model_dir or a SavedModel: load the model and the data,
+evaluate (evaluation.py), and write report.json, PNG figures and TensorBoard summaries.
+
+Outputs (DESIGN.md contract: `bin/evaluate --model_dir=DIR [--output=report.json]`): the report at
+--output (default DIR/evaluation/report.json), the figures next to it, TensorBoard events in
+DIR/tensorboard/evaluate (or next to the report when there is no model_dir).
+"""
+
+import dataclasses
+import os
+import re
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tf_metric_robust import data, export, plots, run_files
+from tf_metric_robust.config import UserError
+from tf_metric_robust.evaluation import ModelFns, evaluate
+from tf_metric_robust.evaluation_plan import EvalConfig
+
+FIGURES = {"eps": "accuracy_vs_eps.png", "steps": "accuracy_vs_steps.png",
+           "roc": "detection_roc.png"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateRun:
+    """What bin/evaluate was asked for; built from flags by cli.evaluate_config()."""
+
+    model_dir: Optional[str] = None
+    saved_model: Optional[str] = None
+    dataset: Optional[str] = None
+    data_dir: Optional[str] = None
+    download: bool = False
+    split: Optional[str] = None
+    num_examples: Optional[int] = None
+    batch_size: int = 200
+    output: Optional[str] = None
+    progress: bool = True
+    tensorboard: bool = True
+    config: EvalConfig = EvalConfig()
+
+    def __post_init__(self):
+        if bool(self.model_dir) == bool(self.saved_model):
+            raise UserError("pass exactly one of --model_dir and --saved_model")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_examples is not None and self.num_examples < 1:
+            raise UserError(f"num_examples must be >= 1, got {self.num_examples}")
+
+
+def _run_dir_of(saved_model):
+    """The training run holding a SavedModel (DIR/saved_model[/<version>]), else None."""
+    path = os.path.abspath(saved_model.rstrip("/"))
+    for _ in range(2):
+        path = os.path.dirname(path)
+        if os.path.exists(os.path.join(path, run_files.RECIPE_FILE)):
+            return path
+    return None
+
+
+def load_model(run):
+    """(ModelFns, model identity dict, dataset name, run directory or None)."""
+    model_dir, saved_model = run.model_dir, run.saved_model
+    if model_dir:
+        if not os.path.isdir(model_dir):
+            raise UserError(f"--model_dir {model_dir} does not exist")
+        if tf.train.latest_checkpoint(run_files.checkpoint_dir(model_dir)):
+            network, recipe, checkpoint = run_files.load_network(model_dir)
+            step = re.search(r"-(\d+)$", checkpoint)
+            info = {"source": "checkpoint", "model_dir": os.path.abspath(model_dir),
+                    "checkpoint": os.path.abspath(checkpoint), "recipe": recipe,
+                    "step": int(step.group(1)) if step else None}
+            return ModelFns(network), info, run.dataset or recipe["dataset"], model_dir
+        base = os.path.join(model_dir, "saved_model")
+        saved_model = export.latest_version(base)
+        if saved_model is None:
+            raise UserError(f"{model_dir}: no checkpoint in {run_files.checkpoint_dir(model_dir)}"
+                            f" and no SavedModel in {base}")
+    else:
+        given, saved_model = saved_model, export.latest_version(saved_model)
+        if saved_model is None:
+            raise UserError(f"--saved_model {given}: no saved_model.pb there nor in a version "
+                            "folder below it")
+    run_dir = model_dir or _run_dir_of(saved_model)
+    has_recipe = run_dir and os.path.exists(os.path.join(run_dir, run_files.RECIPE_FILE))
+    recipe = run_files.read_recipe(run_dir) if has_recipe else None
+    dataset = run.dataset or (recipe or {}).get("dataset")
+    if dataset is None:
+        raise UserError("--dataset is required with a SavedModel outside a training run")
+    info = {"source": "saved_model", "saved_model": os.path.abspath(saved_model),
+            "model_dir": os.path.abspath(run_dir) if run_dir else None, "recipe": recipe,
+            "step": None}
+    return ModelFns.from_saved_model(saved_model), info, dataset, run_dir
+
+
+def output_paths(run, run_dir):
+    """(report.json path, TensorBoard log directory)."""
+    if run.output:
+        report = run.output
+    elif run_dir:
+        report = os.path.join(run_dir, "evaluation", "report.json")
+    else:
+        raise UserError("--output is required with a SavedModel outside a training run")
+    report = os.path.abspath(report)
+    tensorboard = (os.path.join(run_dir, "tensorboard", "evaluate") if run_dir else
+                   os.path.join(os.path.dirname(report), "tensorboard"))
+    return report, tensorboard
+
+
+def write_figures(result, directory):
+    """Writes the PNGs an EvaluationResult supports; returns {kind: file name}."""
+    report, written = result.report, {}
+    eps_points = [(p["eps"], p["accuracy"]) for p in report["sweeps"]["eps"]]
+    steps_points = [(p["steps"], p["accuracy"]) for p in report["sweeps"]["steps"]]
+    if eps_points:
+        plots.plot_accuracy_vs_eps(eps_points, os.path.join(directory, FIGURES["eps"]),
+                                   clean_accuracy=report["clean_accuracy"],
+                                   threat_eps=report["threat_model"]["eps"],
+                                   norm=report["threat_model"]["norm"])
+        written["eps"] = FIGURES["eps"]
+    if steps_points:
+        plots.plot_accuracy_vs_steps(steps_points, os.path.join(directory, FIGURES["steps"]),
+                                     clean_accuracy=report["clean_accuracy"])
+        written["steps"] = FIGURES["steps"]
+    if result.roc_curves:
+        plots.plot_roc(result.roc_curves, os.path.join(directory, FIGURES["roc"]))
+        written["roc"] = FIGURES["roc"]
+    return written
+
+
+def write_tensorboard(report, directory, figure_dir, step):
+    """Scalars (eval/...), sweeps (x axis: steps, or eps in 1/1000), figures and sanity text."""
+    writer = tf.summary.create_file_writer(directory)
+    with writer.as_default():
+        for name, value in report["metrics"].items():
+            tf.summary.scalar(name, value, step=step)
+        for point in report["sweeps"]["eps"]:
+            tf.summary.scalar("eval_sweep/accuracy_vs_milli_eps", point["accuracy"],
+                              step=int(round(point["eps"] * 1000)))
+        for point in report["sweeps"]["steps"]:
+            tf.summary.scalar("eval_sweep/accuracy_vs_steps", point["accuracy"],
+                              step=point["steps"])
+        for entry in (report["detection"] or {}).get("attacks", []):
+            if entry["auc_misclassified_adversarial"] is not None:
+                tf.summary.scalar(f"eval/detection_auc_eps{entry['eps']:.4g}",
+                                  entry["auc_misclassified_adversarial"], step=step)
+        for kind, name in report["figures"].items():
+            with open(os.path.join(figure_dir, name), "rb") as f:
+                image = tf.io.decode_png(f.read(), channels=4)
+            tf.summary.image(f"eval_figures/{kind}", image[tf.newaxis], step=step)
+        rows = [f"| {c['name']} | {_status(c)} | {c['detail']} |"
+                for c in report["sanity"]["checks"]]
+        tf.summary.text("eval/sanity", "\n".join(["| check | status | detail |", "|-|-|-|"] + rows),
+                        step=step)
+    writer.flush()
+
+
+def _status(check):
+    return {True: "pass", False: "FAIL", None: "skipped"}[check["passed"]]
+
+
+def summary_text(report):
+    """A short human-readable table of the report (what bin/evaluate prints)."""
+    lines = [f"clean accuracy              {report['clean_accuracy']:.4f}"]
+    for name, entry in report["attacks"].items():
+        if "attacks" in entry["groups"]:
+            eps = entry["settings"]["eps"]
+            lines.append(f"{name:<27} {entry['accuracy']:.4f}  (eps {eps:.4g})")
+    lines.append(f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  over "
+                 f"{len(report['robust_attacks'])} runs")
+    for entry in (report["detection"] or {}).get("attacks", []):
+        auc = entry["auc_misclassified_adversarial"]
+        lines.append(f"detection AUC eps {entry['eps']:<9.4g} "
+                     f"{'n/a' if auc is None else f'{auc:.4f}'}")
+    checks = report["sanity"]["checks"]
+    lines += [f"sanity {_status(c):<7} {c['name']}: {c['detail']}" for c in checks]
+    return "\n".join(lines)
+
+
+def run(request):
+    """Evaluates, writes report.json + figures + TensorBoard; returns the report dict."""
+    keras.utils.set_random_seed(request.config.seed)
+    fns, model_info, dataset, run_dir = load_model(request)
+    report_path, tensorboard_dir = output_paths(request, run_dir)
+    try:
+        spec = data.dataset_info(dataset)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    split = request.split or spec.test_split
+    eval_data = data.eval_dataset(dataset, batch_size=request.batch_size, split=split,
+                                  num_examples=request.num_examples, data_dir=request.data_dir,
+                                  download=request.download)
+    reference = None
+    if request.config.detection:
+        count = min(request.config.detection_reference, spec.num_train_examples)
+        request = dataclasses.replace(request, config=dataclasses.replace(
+            request.config, detection_reference=count))
+        reference = data.train_dataset(dataset, batch_size=min(200, count),
+                                       seed=request.config.seed, data_dir=request.data_dir,
+                                       download=request.download, augment=False)
+    data_info = {"split": split, "data_dir": request.data_dir,
+                 "num_examples_requested": request.num_examples}
+    result = evaluate(fns, eval_data, request.config, dataset=dataset,
+                      num_classes=spec.num_classes, batch_size=request.batch_size,
+                      num_examples=request.num_examples, reference=reference,
+                      progress=request.progress, model_info=model_info, data_info=data_info)
+    report = result.report
+    if report["detection"] is not None:
+        report["detection"]["reference_split"] = spec.train_split
+    directory = os.path.dirname(report_path)
+    os.makedirs(directory, exist_ok=True)
+    report["figures"] = write_figures(result, directory)
+    report["outputs"] = {"report": report_path,
+                         "tensorboard": tensorboard_dir if request.tensorboard else None}
+    run_files.write_json_atomic(report_path, report)
+    if request.tensorboard:
+        write_tensorboard(report, tensorboard_dir, directory, step=model_info["step"] or 0)
+    return report
+
+
+__all__ = ["EvaluateRun", "load_model", "output_paths", "run", "summary_text",
+           "write_figures", "write_tensorboard"]

@@ -1,0 +1,135 @@
+"""Sanity checks run by every evaluation, from the checklist of Carlini et al. 2019, "On Evaluating
+Adversarial Robustness" (arXiv 1902.06705, Sec. 4-5): eps = 0 is clean accuracy, accuracy falls with
+eps and with steps, attacks never help the model, adversarial examples stay in the eps-ball and
+[0, 1], input gradients are finite and non-zero (no gradient masking), an unbounded attack breaks
+the model, and a random start changes little over a zero start.
+
+Each check is a dict {'name', 'passed' (True, False, or None when skipped), 'value', 'threshold',
+'detail'}; a failure means the evaluation, not the model, is suspect.
+"""
+
+import dataclasses
+import logging
+
+import numpy as np
+import tensorflow as tf
+
+from tf_metric_robust.attacks import objectives
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Tolerances of the checks. Accuracy tolerances are absolute and never below one example."""
+
+    accuracy_tolerance: float = 0.01  # allowed rise of accuracy with eps / steps / vs clean
+    bound_tolerance: float = 1e-6  # float32 rounding of x +- eps
+    max_zero_gradient_fraction: float = 0.01
+    large_eps_max_accuracy: float = 0.1
+    start_gap_tolerance: float = 0.05
+
+
+def gradient_stats(logits_fn, x, y, max_examples=100):
+    """Counts examples whose input gradient of CE or of the CW margin is all zero or non-finite.
+
+    Exact zeros signal masked gradients (quantisation, saturated softmax, stop_gradient tricks).
+    Returns {'examples', 'zero_ce', 'zero_cw', 'nonfinite'} as Python ints.
+    """
+    x, y = tf.convert_to_tensor(x[:max_examples]), tf.cast(y[:max_examples], tf.int64)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        logits = tf.cast(logits_fn(x), tf.float32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        cw = objectives.margin(logits, y)
+    axes = list(range(1, x.shape.rank))
+    stats = {"examples": int(x.shape[0]), "zero_ce": 0, "zero_cw": 0, "nonfinite": 0}
+    for key, loss in (("zero_ce", ce), ("zero_cw", cw)):
+        grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        stats[key] = int(tf.reduce_sum(tf.cast(tf.reduce_all(grad == 0, axes), tf.int32)))
+        finite = tf.reduce_all(tf.math.is_finite(grad), axes)
+        stats["nonfinite"] += int(tf.reduce_sum(tf.cast(~finite, tf.int32)))
+    return stats
+
+
+def bound_violation(x_adv, x, eps, norm, clip_min=0.0, clip_max=1.0):
+    """How far x_adv lies outside the eps-ball around x or the box (>= 0; inf if non-finite)."""
+    x_adv, x = np.asarray(x_adv, np.float64), np.asarray(x, np.float64)
+    if not np.all(np.isfinite(x_adv)):
+        return float("inf")
+    delta = (x_adv - x).reshape(len(x), -1)
+    size = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    box = max(clip_min - x_adv.min(), x_adv.max() - clip_max) if x_adv.size else 0.0
+    return float(max(size.max(initial=0.0) - eps, box, 0.0))
+
+
+def _check(name, passed, value, threshold, detail):
+    return {"name": name, "passed": None if passed is None else bool(passed), "value": value,
+            "threshold": threshold, "detail": detail}
+
+
+def _monotone(name, points, tol, what):
+    """Accuracy must not rise by more than tol between consecutive points sorted by `what`."""
+    if len(points) < 2:
+        return _check(name, None, None, tol, f"skipped: fewer than two {what} values")
+    points = sorted(points)
+    rises = [(b[1] - a[1], a[0], b[0]) for a, b in zip(points, points[1:])]
+    rise, lo, hi = max(rises)
+    return _check(name, rise <= tol, rise, tol,
+                  f"largest accuracy rise {rise:+.4f} from {what} {lo:.4g} to {hi:.4g}")
+
+
+def run_checks(*, clean_correct, clean_predictions, predictions, correct, plan, violations,
+               gradients, thresholds):
+    """All checks from an evaluation's per-example evidence (see evaluation.run_plan)."""
+    t = thresholds
+    n = len(clean_correct)
+    tol = max(t.accuracy_tolerance, 1.0 / n)
+    acc = {name: float(c.mean()) for name, c in correct.items()}
+    clean = float(clean_correct.mean())
+    roles = plan.roles
+    checks = []
+    differ = int(np.sum(predictions[roles["eps_zero"]] != clean_predictions))
+    checks.append(_check("eps_zero_is_clean", differ == 0, differ, 0,
+                         f"{differ} of {n} predictions change under an eps = 0 attack"))
+    checks.append(_monotone("accuracy_non_increasing_in_eps",
+                            [(e, acc[name]) for e, name in plan.eps_sweep], tol, "eps"))
+    checks.append(_monotone("accuracy_non_increasing_in_steps",
+                            [(s, acc[name]) for s, name in plan.steps_sweep], tol, "steps"))
+    attacked = {name: acc[name] - clean for name, spec in plan.specs.items()
+                if spec.kwargs["eps"] > 0}
+    worst = max(attacked, key=attacked.get)
+    checks.append(_check("robust_not_above_clean", attacked[worst] <= tol, attacked[worst], tol,
+                         f"{worst} accuracy minus clean accuracy {attacked[worst]:+.4f}"))
+    far = max(violations, key=violations.get)
+    checks.append(_check("inside_eps_ball_and_box", violations[far] <= t.bound_tolerance,
+                         violations[far], t.bound_tolerance,
+                         f"largest distance outside the eps-ball or [0,1]: {far} "
+                         f"{violations[far]:.3g}"))
+    g = gradients
+    zero = max(g["zero_ce"], g["zero_cw"]) / g["examples"]
+    checks.append(_check(
+        "input_gradients_nonzero_finite",
+        g["nonfinite"] == 0 and zero <= t.max_zero_gradient_fraction, zero,
+        t.max_zero_gradient_fraction,
+        f"of {g['examples']} examples: all-zero CE gradient {g['zero_ce']}, all-zero CW gradient "
+        f"{g['zero_cw']}, non-finite {g['nonfinite']}"))
+    large = acc[roles["large_eps"]]
+    eps = plan.specs[roles["large_eps"]].kwargs["eps"]
+    checks.append(_check("large_eps_breaks_model", large <= t.large_eps_max_accuracy, large,
+                         t.large_eps_max_accuracy,
+                         f"accuracy {large:.4f} under L-inf PGD at eps {eps:g}"))
+    gap = abs(acc[roles["random_start"]] - acc[roles["zero_start"]])
+    gap_tol = max(t.start_gap_tolerance, 1.0 / n)
+    checks.append(_check("random_vs_zero_start_gap", gap <= gap_tol, gap, gap_tol,
+                         f"PGD accuracy random start {acc[roles['random_start']]:.4f}, zero "
+                         f"start {acc[roles['zero_start']]:.4f}"))
+    return checks
+
+
+def warn_failures(checks):
+    """Logs one warning per failed check (Python logging; absl shows it on stderr)."""
+    for check in checks:
+        if check["passed"] is False:
+            _LOG.warning("sanity check %s FAILED: %s (threshold %s)", check["name"],
+                         check["detail"], check["threshold"])
