@@ -55,6 +55,8 @@ def define_train_flags():
     flags.DEFINE_bool("augment", None, "Force data augmentation on/off (default: per dataset).")
     # Training attack (PGD inside the step).
     define_attack_flags("", "Training attack:", 0.3, 0.01, 40)
+    flags.DEFINE_integer("eps_warmup_steps", 0, "Grow the training eps and step_size linearly "
+                         "from 0 over this many steps (0: full eps from the start).")
     # Evaluation attack (test_step, metrics.json).
     define_attack_flags("eval_", "Evaluation attack:", 0.3, 0.01, 100)
     flags.DEFINE_integer("eval_every", 500, "Steps between evaluations and checkpoints.")
@@ -136,7 +138,8 @@ def train_config():
             model_kwargs=_model_kwargs(FLAGS.model), mode=FLAGS.mode,
             batch_size=FLAGS.batch_size, train_steps=FLAGS.train_steps, optimizer=optimizer,
             label_smoothing=FLAGS.label_smoothing, augment=FLAGS.augment,
-            attack=attack_config(""), eval_attack=attack_config("eval_"), triplet=triplet,
+            attack=attack_config(""), eps_warmup_steps=FLAGS.eps_warmup_steps,
+            eval_attack=attack_config("eval_"), triplet=triplet,
             eval_every=FLAGS.eval_every, eval_examples=FLAGS.eval_examples,
             final_eval_examples=FLAGS.final_eval_examples, eval_batch_size=FLAGS.eval_batch_size,
             strategy=FLAGS.strategy, tpu=FLAGS.tpu, mixed_precision=FLAGS.mixed_precision,
@@ -252,7 +255,7 @@ def _numbers(values, name, kind=float):
 
 
 def evaluate_config():
-    """Parsed flags -> evaluation_run.EvaluateRun (raises UsageError with one line on bad values)."""
+    """Parsed flags -> evaluation_run.EvaluateRun (UsageError with one line on bad values)."""
     optional = lambda value, name: None if value is None else _number(value, name)  # noqa: E731
     eps, step_size = optional(FLAGS.eps, "eps"), optional(FLAGS.step_size, "step_size")
     large_eps = _number(FLAGS.large_eps, "large_eps")
@@ -280,5 +283,47 @@ def evaluate_config():
             data_dir=FLAGS.data_dir, download=FLAGS.download, split=FLAGS.split,
             num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, output=FLAGS.output,
             progress=FLAGS.progress, tensorboard=FLAGS.tensorboard, config=config)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+# bin/export --------------------------------------------------------------------------------------
+
+
+def define_export_flags():
+    """Flags of bin/export (SavedModel for TF Serving with the kNN detection reference inside)."""
+    flags.DEFINE_string("model_dir", None, "A bin/train run: its latest checkpoint is exported; "
+                        "recipe.json gives the model and the dataset of the detection reference.")
+    flags.DEFINE_string("export_dir", None, "TF Serving model base path; the export goes to "
+                        "<export_dir>/<version>/ (default: <model_dir>/saved_model).")
+    flags.DEFINE_integer("version", None, "Version folder to write (default: the largest "
+                         "existing version + 1); an existing version is never overwritten.")
+    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory (detection "
+                        "reference).")
+    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+    flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
+                         "reference stored in the SavedModel (split evenly over the classes).")
+    flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.")
+    flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
+                      "kNN detection score (see detection.KnnDetector).")
+    flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")
+
+
+def export_config():
+    """Parsed flags -> export.ExportConfig (raises UsageError with one line on bad values)."""
+    import os  # local: this section is appended to the module without touching its imports
+
+    if not FLAGS.model_dir:
+        raise UsageError("--model_dir is required (a bin/train run)")
+    if not os.path.isdir(FLAGS.model_dir):  # checked before importing TensorFlow: fails fast
+        raise UsageError(f"--model_dir {FLAGS.model_dir} does not exist")
+    from tf_metric_robust.export import ExportConfig
+
+    try:
+        return ExportConfig(
+            model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir, version=FLAGS.version,
+            data_dir=FLAGS.data_dir, download=FLAGS.download,
+            detection_reference=FLAGS.detection_reference, detection_k=FLAGS.detection_k,
+            detection_score=FLAGS.detection_score, warmup=FLAGS.warmup)
     except ValueError as error:
         raise UsageError(str(error)) from None

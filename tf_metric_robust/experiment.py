@@ -34,6 +34,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: Optional[bool] = None
     attack: AttackConfig = AttackConfig(eps=0.3, step_size=0.01, steps=40)
+    eps_warmup_steps: int = 0
     eval_attack: AttackConfig = AttackConfig(eps=0.3, step_size=0.01, steps=100)
     triplet: TripletConfig = TripletConfig()
     eval_every: int = 500
@@ -66,7 +67,8 @@ def build_trainer(config):
     network = run_files.build_network(config.recipe(), config.optimizer.weight_decay)
     trainer = AdversarialTrainer(network, mode=config.mode, attack=config.attack,
                                  eval_attack=config.eval_attack, triplet=config.triplet,
-                                 label_smoothing=config.label_smoothing, seed=config.seed)
+                                 label_smoothing=config.label_smoothing, seed=config.seed,
+                                 eps_warmup_steps=config.eps_warmup_steps)
     optimizer = make_optimizer(config.optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     optimizer.build(network.trainable_variables)
