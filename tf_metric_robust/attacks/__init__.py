@@ -5,12 +5,20 @@ the eps-ball and [clip_min, clip_max]). `ATTACKS` maps the names used by the `--
 evaluation reports to the functions.
 """
 
+from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
+from tf_metric_robust.attacks.autoattack import AutoAttackResult, autoattack
 from tf_metric_robust.attacks.gradient import fgsm, mifgsm, pgd
+from tf_metric_robust.attacks.square import square
 
 ATTACKS = {
     "fgsm": fgsm,
     "pgd": pgd,
     "mifgsm": mifgsm,
+    "apgd_ce": apgd,
+    "apgd_dlr": apgd_dlr,
+    "apgd_t": apgd_targeted,
+    "square": square,
 }
 
-__all__ = ["ATTACKS", "fgsm", "mifgsm", "pgd"]
+__all__ = ["ATTACKS", "AutoAttackResult", "apgd", "apgd_dlr", "apgd_targeted", "autoattack",
+           "fgsm", "mifgsm", "pgd", "square"]

@@ -1,0 +1,194 @@
+"""AutoAttack: a fixed, parameter-free ensemble run in sequence, worst case per example.
+
+Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020 (arXiv 2003.01690). Version 'standard': APGD-CE (100 steps,
+1 run), APGD-T (targeted DLR, 9 target classes, 100 steps each), Square (5000 queries); each
+attack only sees the points every earlier attack left correctly classified. FAB-T, the paper's
+fourth attack (minimum-norm, targeted), is not implemented: in the authors' results it rarely
+changes the final robust accuracy. Two diagnostics flag an unreliable evaluation: Square
+(gradient-free) fooling points the gradient attacks left robust is the signature of gradient
+masking, and APGD beating a PGD evaluation by a wide margin means that PGD number overstated
+robustness.
+
+Runs eagerly (a Python loop over batches of still-robust points); each attack call is one
+compiled tf.function, cached per model_fn.
+"""
+
+import dataclasses
+import logging
+import numbers
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
+from tf_metric_robust.attacks.gradient import run_compiled
+from tf_metric_robust.attacks.square import square
+
+GRADIENT_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t")
+# Attack sequences per version (FAB and FAB-T are left out). 'plus' puts Square last so that what
+# Square adds is measured against every gradient attack.
+VERSIONS = {
+    "standard": ("apgd_ce", "apgd_t", "square"),
+    "plus": ("apgd_ce", "apgd_dlr", "apgd_t", "square"),
+}
+_RESTARTS = {"standard": 1, "plus": 5}  # random restarts of the untargeted APGD runs
+
+
+@dataclasses.dataclass
+class AutoAttackResult:
+    """What `autoattack` found. Accuracies are fractions in [0, 1] of all N points.
+
+    attack_accuracy: attack name -> robust accuracy after that attack (cumulative, in run order).
+    fooled_by: per point, 'clean' (misclassified without attack), the first attack that fooled
+    it, or '' (still robust). x_adv: adversarial points (x itself where nothing was found).
+    """
+
+    clean_accuracy: float
+    robust_accuracy: float
+    attack_accuracy: dict
+    x_adv: np.ndarray
+    fooled_by: np.ndarray
+    warnings: list
+    seconds: dict
+
+    def as_dict(self):
+        """JSON-friendly summary (no arrays), for evaluation reports."""
+        return {"clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
+                "attack_accuracy": dict(self.attack_accuracy), "warnings": list(self.warnings),
+                "seconds": dict(self.seconds)}
+
+
+def _argmax_graph(model_fn, x):
+    return tf.argmax(model_fn(x), axis=-1)
+
+
+def _predict(model_fn, x, batch_size):
+    """Predicted classes int64 [N] for a NumPy batch of images, `batch_size` at a time."""
+    batches = [tf.convert_to_tensor(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return np.concatenate([run_compiled(_argmax_graph, model_fn, {}, b).numpy() for b in batches]
+                          or [np.zeros([0], np.int64)])
+
+
+def _attack_fn(name, *, eps, norm, steps, queries, num_target_classes, restarts, clip_min,
+               clip_max):
+    """(x, y, seed) -> x_adv for one AutoAttack member."""
+    common = dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
+    if name in ("apgd_ce", "apgd_dlr"):
+        attack = apgd if name == "apgd_ce" else apgd_dlr
+        return lambda m, x, y, seed: attack(m, x, y, steps=steps, restarts=restarts, seed=seed,
+                                            **common)
+    if name == "apgd_t":
+        return lambda m, x, y, seed: apgd_targeted(
+            m, x, y, steps=steps, num_target_classes=num_target_classes, seed=seed, **common)
+    return lambda m, x, y, seed: square(m, x, y, queries=queries, seed=seed, **common)
+
+
+def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, batch_size=None,
+               attacks=None, steps=100, queries=5000, num_target_classes=9, clip_min=0.0,
+               clip_max=1.0, pgd_accuracy=None, pgd_gap=0.05, square_gap=0.002):
+    """Runs the AutoAttack sequence on (x, y) and returns an `AutoAttackResult`.
+
+    Args:
+      model_fn: callable mapping images to logits [N, C].
+      x, y: images [N, H, W, C] in [clip_min, clip_max] and int labels [N] (NumPy or tensors).
+      eps, norm: the threat model ('linf' or 'l2'; eps on the image scale).
+      version: 'standard' or 'plus' (5 restarts of APGD-CE and APGD-DLR); `attacks` (names from
+        'apgd_ce', 'apgd_dlr', 'apgd_t', 'square') overrides the sequence.
+      seed: int; every attack and batch draws from it, so a run is reproducible.
+      batch_size: points per attack call (None: all remaining points at once). The last batch is
+        padded so that every call has the same shape and nothing retraces.
+      steps, queries, num_target_classes: APGD iterations, Square queries, APGD-T targets.
+      pgd_accuracy: robust accuracy a PGD evaluation reported (fraction); warns when APGD's is
+        lower by more than `pgd_gap`. square_gap: warns when Square lowers the accuracy the
+        gradient attacks left by more than this (AutoAttack's own check uses 0.002).
+    """
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {tuple(VERSIONS)} (FAB and 'rand' are not "
+                         f"implemented), got {version!r}")
+    names = tuple(VERSIONS[version] if attacks is None else attacks)
+    unknown = [n for n in names if n not in GRADIENT_ATTACKS + ("square",)]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"attacks must be distinct names from {GRADIENT_ATTACKS + ('square',)}, "
+                         f"got {names!r}")
+    if batch_size is not None and not (isinstance(batch_size, numbers.Integral)
+                                       and batch_size >= 1):
+        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+    if not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be a Python int, got {seed!r}")
+    x = np.asarray(x)
+    y = np.asarray(y).astype(np.int64)
+    if x.ndim < 2 or y.shape != (len(x),):
+        raise ValueError(f"x must be [N, ...] and y [N] labels, got {x.shape} and {y.shape}")
+    run = {n: _attack_fn(n, eps=eps, norm=norm, steps=steps, queries=queries,
+                         num_target_classes=num_target_classes, restarts=_RESTARTS[version],
+                         clip_min=clip_min, clip_max=clip_max) for n in names}
+    size = batch_size or max(len(x), 1)
+    log = logging.getLogger(__name__)
+
+    x_adv = x.copy()
+    fooled_by = np.where(_predict(model_fn, x, size) != y, "clean", "").astype(object)
+    clean_accuracy = float(np.mean(fooled_by == "")) if len(x) else 0.0
+    attack_accuracy, seconds = {}, {}
+    for a, name in enumerate(names):
+        start = time.time()
+        todo = np.flatnonzero(fooled_by == "")
+        for b, first in enumerate(range(0, len(todo), size)):
+            rows = todo[first:first + size]
+            padded = np.resize(rows, size) if batch_size else rows  # repeats rows; results dropped
+            batch_seed = tf.constant([int(seed), a * 1_000_003 + b], tf.int64)
+            adv = np.asarray(run[name](model_fn, x[padded], y[padded], batch_seed))[:len(rows)]
+            _check_bounds(name, adv, x[rows], eps, norm, clip_min, clip_max)
+            fooled = _predict(model_fn, adv, size) != y[rows]
+            x_adv[rows[fooled]] = adv[fooled]
+            fooled_by[rows[fooled]] = name
+        attack_accuracy[name] = float(np.mean(fooled_by == "")) if len(x) else 0.0
+        seconds[name] = time.time() - start
+        log.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name,
+                 100 * attack_accuracy[name], seconds[name])
+
+    warnings = _diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap,
+                         square_gap)
+    for message in warnings:
+        log.warning("autoattack: %s", message)
+    return AutoAttackResult(clean_accuracy=clean_accuracy,
+                            robust_accuracy=attack_accuracy[names[-1]],
+                            attack_accuracy=attack_accuracy, x_adv=x_adv,
+                            fooled_by=fooled_by.astype(str), warnings=warnings, seconds=seconds)
+
+
+def _check_bounds(name, adv, x, eps, norm, clip_min, clip_max, tolerance=1e-5):
+    """RuntimeError if an attack left the threat model (a bug, never a finding)."""
+    delta = (adv.astype(np.float64) - x).reshape(len(x), -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.sqrt(np.square(delta).sum(1))
+    if len(x) and (size.max() > eps + tolerance or adv.min() < clip_min - tolerance
+                   or adv.max() > clip_max + tolerance):
+        raise RuntimeError(f"{name} returned points outside the {norm} ball of radius {eps} or "
+                           f"the box [{clip_min}, {clip_max}]")
+
+
+def _diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
+    """The two reliability warnings, as messages starting with a fixed phrase."""
+    warnings = []
+    before = {}  # robust accuracy just before each attack ran
+    previous = clean_accuracy
+    for name in names:
+        before[name], previous = previous, attack_accuracy[name]
+    if "square" in names:
+        gain = before["square"] - attack_accuracy["square"]
+        if gain > square_gap:
+            warnings.append(
+                f"square beat the gradient attacks: Square lowered robust accuracy from "
+                f"{before['square']:.2%} to {attack_accuracy['square']:.2%} on points the gradient "
+                f"attacks left robust; gradients are likely masked or obfuscated, so trust "
+                f"neither PGD nor APGD numbers for this model")
+    gradient = [n for n in names if n in GRADIENT_ATTACKS]
+    if pgd_accuracy is not None and gradient:
+        apgd_accuracy = min(attack_accuracy[n] for n in gradient)
+        if pgd_accuracy - apgd_accuracy > pgd_gap:
+            warnings.append(
+                f"apgd found much more than pgd: robust accuracy {apgd_accuracy:.2%} after APGD vs "
+                f"{pgd_accuracy:.2%} under PGD (gap > {pgd_gap:.2%}); the PGD evaluation "
+                f"overstates robustness (too few steps, a bad step size, or masked gradients)")
+    return warnings
