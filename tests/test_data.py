@@ -28,7 +28,8 @@ def _assert_same_batches(got, want):
 
 def test_registry_has_every_dataset():
     assert data.dataset_names() == sorted(
-        ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped", "mnist5k"]
+        ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped", "mnist5k",
+         "tiny_imagenet"]
     )
     cifar = data.dataset_info("cifar10")
     assert (cifar.num_classes, cifar.image_shape, cifar.num_train_examples) == (

@@ -11,12 +11,15 @@ import dataclasses
 import gzip
 import math
 import os
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from tf_metric_robust import image_folder
 from tf_metric_robust import mnist5k_builder  # noqa: F401  (registers the 'mnist5k' builder)
+from tf_metric_robust import tiny_imagenet_builder  # noqa: F401  (registers 'tiny_imagenet')
 
 AUTOTUNE = tf.data.AUTOTUNE
 PAD = 4  # pixels of zero padding before the random crop (He et al. 2016; Madry et al. 2018)
@@ -42,6 +45,7 @@ class DatasetSpec:
       augment: whether training augments by default (pad-4 random crop, plus flip if `flip`).
       flip: whether a horizontal flip preserves the label (not for digits).
       auto_prepare: prepared from local files without network, so no `download=True` needed.
+      root_dir: for `image_folder:/path` datasets, the folder read by tfds.ImageFolder.
     """
 
     name: str
@@ -54,11 +58,14 @@ class DatasetSpec:
     augment: bool = False
     flip: bool = False
     auto_prepare: bool = False
+    root_dir: Optional[str] = None
 
 
 # CIFAR: pad-4 random crop + horizontal flip (He et al. 2016, as in Madry et al. 2018 and TLA).
 # SVHN: no augmentation, as in the WRN paper (Zagoruyko & Komodakis 2016) and the SVHN runs of
 # Rice et al. 2020; never flip digits. MNIST-like sets: none (Madry et al. 2018).
+# Tiny ImageNet: pad-4 crop + flip, as TLA's authors (their loader pads 64x64 to 72x72, crops and
+# flips); its 'validation' split is the test split because the official test labels are not public.
 _DATASETS = {
     spec.name: spec
     for spec in (
@@ -69,6 +76,10 @@ _DATASETS = {
         DatasetSpec("svhn_cropped", "svhn_cropped", 10, (32, 32, 3), "train", "test", 73_257),
         DatasetSpec(
             "mnist5k", "mnist5k", 10, (28, 28, 1), "train", "test", 4_000, auto_prepare=True
+        ),
+        DatasetSpec(
+            "tiny_imagenet", "tiny_imagenet", 200, (64, 64, 3), "train", "validation", 100_000,
+            True, True,
         ),
     )
 }
@@ -96,9 +107,23 @@ def dataset_names():
 
 
 def dataset_info(name):
-    """Returns the `DatasetSpec` of `name`; raises ValueError naming the known datasets."""
+    """Returns the `DatasetSpec` of `name`; raises ValueError naming the known datasets.
+
+    `image_folder:/path` is any labelled image folder (see `image_folder`); it has no augmentation
+    by default and flips when augmentation is forced on (`augment=True`, `--augment`).
+    """
+    if name.startswith(image_folder.PREFIX):
+        layout = image_folder.describe(image_folder.root_of(name))
+        return DatasetSpec(
+            name, "image_folder", len(layout.class_names), layout.image_shape, "train",
+            layout.test_split, layout.split_sizes["train"], augment=False, flip=True,
+            auto_prepare=True, root_dir=layout.root,
+        )
     if name not in _DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}; known: {', '.join(dataset_names())}")
+        raise ValueError(
+            f"Unknown dataset {name!r}; known: {', '.join(dataset_names())}, or "
+            f"{image_folder.PREFIX}/path/to/folder"
+        )
     return _DATASETS[name]
 
 
@@ -111,11 +136,16 @@ def _prepared_builder(spec, data_dir, download):
     """
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False)
     if not builder.is_prepared():
-        if not (download or spec.auto_prepare):
+        # Builders that read a manual download (tiny_imagenet) prepare offline when it is there.
+        manual_ready = getattr(builder, "manual_data_present", lambda: False)()
+        if not (download or spec.auto_prepare or manual_ready):
+            manual = ""
+            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+                manual = f", or put its files in {builder.data_dir_root}/downloads/manual/"
             raise DatasetNotFoundError(
                 f"Dataset {spec.name!r} is not prepared in {builder.data_dir_root} "
                 f"(looked for {builder.data_dir}): pass --download to fetch it, or --data_dir "
-                "pointing at a directory where it is prepared."
+                f"pointing at a directory where it is prepared{manual}."
             )
         builder.download_and_prepare()
     return builder
@@ -123,6 +153,8 @@ def _prepared_builder(spec, data_dir, download):
 
 def _raw_split(spec, split, data_dir, download):
     """(dataset of (image uint8 [H,W,C], label int64) in file order, number of examples)."""
+    if spec.root_dir is not None:
+        return image_folder.load_split(image_folder.describe(spec.root_dir), split)
     builder = _prepared_builder(spec, data_dir, download)
     # tfds' own autocache is off: the pipelines below decide what to cache and where.
     read_config = tfds.ReadConfig(try_autocache=False)

@@ -1,4 +1,4 @@
-"""TLA's Tiny ImageNet network: a pre-activation bottleneck ResNet for 64x64 inputs (Mao et al. 2019).
+"""TLA's Tiny ImageNet network: a pre-activation bottleneck ResNet for 64x64 images (Mao et al.).
 
 As in the authors' `model_imagenet_res50.py`: per-image standardisation; a 7x7 stride-1 stem conv
 -> BN -> ReLU and no max-pool (64x64 stays 64x64); four stages of [2, 3, 5, 2] bottleneck units

@@ -1,0 +1,129 @@
+"""Does the Tiny ImageNet input pipeline stay ahead of the TLA train step?
+
+Command: `.venv/bin/python bench/tiny_imagenet_pipeline.py [--width 64] [--steps 2]`.
+Builds a synthetic miniature Tiny ImageNet (the real zip layout, `--classes` x 50 smooth 64x64
+JPEGs), prepares it with the tfds builder offline, and times, in one run:
+  * the pipeline: `data.train_dataset` batches of 40 (TLA batch 20 + extra pool 1 x 20, as
+    configs/tiny_imagenet.flags), augmented, with the in-memory cache disabled because the real
+    100,000-image split (1.2 GB of pixels) is too big to cache and is decoded every epoch;
+  * the consumer: the TLA train step of configs/tiny_imagenet.flags (PGD-7, both positives,
+    extra pool) on `preact_resnet_tiny` of width `--width` (64 = the authors' network).
+Prints images/s of each and their ratio (> 1: the pipeline keeps up). On a CPU-only machine the
+train step is far slower than on a GPU (and the default width is 16 to keep the run short); the
+pipeline rate is then the number to compare with a GPU's step rate (images/s = 40 x steps/s).
+On a GPU machine the default width is 64 and the ratio is the real answer.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+import zipfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_metric_robust import data, models
+from tf_metric_robust.config import AttackConfig, TripletConfig
+from tf_metric_robust.training import AdversarialTrainer
+
+BATCH = 20  # authors' batch
+POOL = 1  # extra clean pool in batches (authors' mul_num)
+PER_CLASS = 50
+
+
+def _smooth_jpeg(rng):
+    """A 64x64 JPEG of upsampled 8x8 noise: compresses and decodes like a natural image."""
+    coarse = rng.uniform(0, 255, size=(1, 8, 8, 3)).astype(np.float32)
+    image = tf.cast(tf.image.resize(coarse, (64, 64), method="bicubic")[0], tf.uint8)
+    return tf.io.encode_jpeg(tf.clip_by_value(image, 0, 255), quality=90).numpy()
+
+
+def write_miniature(path, num_classes, per_class, seed=0):
+    """Writes tiny-imagenet-200.zip in the real layout with `num_classes` x `per_class` images."""
+    rng = np.random.default_rng(seed)
+    wnids = [f"n{index:08d}" for index in range(num_classes)]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("tiny-imagenet-200/wnids.txt", "\n".join(wnids) + "\n")
+        annotations = []
+        for wnid in wnids:
+            for i in range(per_class):
+                archive.writestr(f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG",
+                                 _smooth_jpeg(rng))
+            name = f"val_{len(annotations)}.JPEG"
+            archive.writestr(f"tiny-imagenet-200/val/images/{name}", _smooth_jpeg(rng))
+            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
+        archive.writestr("tiny-imagenet-200/val/val_annotations.txt", "\n".join(annotations))
+
+
+def pipeline_rate(data_dir, batches):
+    """(images/s, longest wait for one batch in s) of the uncached, augmented training stream.
+
+    Timed after one warm-up batch; the longest wait shows the stall where a new shuffle window
+    is decoded (each window of the split is decoded whole before its first batch comes out).
+    """
+    data._CACHE_MAX_BYTES = 0  # the real train split is never cached (see the module docstring)
+    ds = data.train_dataset("tiny_imagenet", batch_size=BATCH * (1 + POOL), seed=0,
+                            data_dir=data_dir)
+    iterator = iter(ds)
+    next(iterator)
+    waits = []
+    start = time.perf_counter()
+    for _ in range(batches):
+        before = time.perf_counter()
+        next(iterator)[0].numpy()
+        waits.append(time.perf_counter() - before)
+    return batches * BATCH * (1 + POOL) / (time.perf_counter() - start), max(waits)
+
+
+def train_step_rate(width, steps):
+    """Images/s the TLA train step consumes (batch + pool per step), after one traced step."""
+    network = models.build("preact_resnet_tiny", 200, (64, 64, 3), width=width, weight_decay=2e-4)
+    trainer = AdversarialTrainer(
+        network, mode="tla", attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7),
+        triplet=TripletConfig(negative_pool="extra", pool_multiplier=POOL, positive="both",
+                              margin=0.6, margin_other=0.02, lambda_triplet=0.5),
+        label_smoothing=0.1)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    images = tf.random.uniform([BATCH * (1 + POOL), 64, 64, 3])
+    labels = tf.random.uniform([BATCH * (1 + POOL)], maxval=200, dtype=tf.int64)
+    ds = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    trainer.fit(ds, steps_per_epoch=1, epochs=1, verbose=0)  # tracing
+    start = time.perf_counter()
+    trainer.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps * BATCH * (1 + POOL) / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=None,
+                        help="network width (64 = authors'; default 64 with a GPU, else 16)")
+    parser.add_argument("--steps", type=int, default=2, help="timed train steps")
+    parser.add_argument("--classes", type=int, default=40, help="classes of the miniature")
+    args = parser.parse_args()
+    if args.width is None:
+        args.width = 64 if tf.config.list_physical_devices("GPU") else 16
+    with tempfile.TemporaryDirectory() as data_dir:
+        manual = os.path.join(data_dir, "downloads", "manual")
+        os.makedirs(manual)
+        write_miniature(os.path.join(manual, "tiny-imagenet-200.zip"), args.classes, PER_CLASS)
+        start = time.perf_counter()
+        data.load_split("tiny_imagenet", "validation", data_dir=data_dir)  # prepares offline
+        prepare = time.perf_counter() - start
+        examples = args.classes * (PER_CLASS + 1)
+        print(f"prepared {examples} images in {prepare:.1f} s ({examples / prepare:.0f} images/s)")
+        batches = 2 * args.classes * PER_CLASS // (BATCH * (1 + POOL))  # two epochs
+        supply, longest = pipeline_rate(data_dir, batches)
+    demand = train_step_rate(args.width, args.steps)
+    print(f"pipeline: {supply:.0f} images/s (uncached, decode + pad-4 crop + flip, "
+          f"batches of {BATCH * (1 + POOL)}); longest wait for a batch {longest:.2f} s "
+          f"(a {args.classes * PER_CLASS}-image shuffle window; the real split's are 10,000)")
+    print(f"TLA train step, preact_resnet_tiny width {args.width}, PGD-7: {demand:.1f} images/s "
+          f"({BATCH * (1 + POOL) / demand:.2f} s/step)")
+    print(f"ratio pipeline / train step: {supply / demand:.1f} "
+          f"({'pipeline stays ahead' if supply > demand else 'PIPELINE IS THE BOTTLENECK'})")
+
+
+if __name__ == "__main__":
+    main()
