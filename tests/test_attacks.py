@@ -251,3 +251,19 @@ def test_model_fn_contract(trained):
                       0.1, "linf")
     with pytest.raises(TypeError, match="logits"):
         attacks.fgsm(lambda z: {"logits": model_fn(z)}, x[:8], y[:8], eps=0.1)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_model_ignoring_its_input_gets_a_zero_gradient(trained, norm):
+    """Logits that do not depend on x (a constant classifier): every attack runs, no step moves."""
+    _, x, y = trained
+    bias = tf.Variable(tf.range(10, dtype=tf.float32))
+    constant = lambda z: tf.tile(bias[tf.newaxis], [tf.shape(z)[0], 1])  # noqa: E731
+    np.testing.assert_array_equal(attacks.fgsm(constant, x[:8], y[:8], eps=0.1, norm=norm),
+                                  x[:8])
+    np.testing.assert_array_equal(attacks.mifgsm(constant, x[:8], y[:8], eps=0.1, step_size=0.05,
+                                                 steps=2, norm=norm), x[:8])
+    x_adv = attacks.pgd(constant, x[:8], y[:8], eps=0.1, step_size=0.05, steps=2, norm=norm,
+                        restarts=2, seed=tf.constant([1, 2]))
+    assert np.all(np.isfinite(x_adv.numpy()))
+    _assert_in_bounds(x_adv, x[:8], 0.1, norm)

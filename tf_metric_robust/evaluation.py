@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import attacks as attacks_lib
-from tf_metric_robust import detection, sanity
+from tf_metric_robust import detection, sanity, suite
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation_plan import (ATTACK_LOSSES, DEFAULT_ATTACKS, EvalConfig,
                                               build_plan, call_settings, dataset_defaults,
@@ -128,17 +128,18 @@ def _progbar(batches, num_examples, batch_size, enabled):
 
 
 def run_plan(fns, data, plan, *, registry, seed=0, num_examples=None, batch_size=100,
-             progress=False):
+             progress=False, keep_images=False):
     """Runs every attack of `plan` on every batch; returns per-example evidence as NumPy arrays.
 
-    Returns a dict: 'labels' [N], 'clean_predictions' [N], 'clean_embedding' [N, D] or None,
+    Returns a dict: 'labels' [N], 'images' [N, H, W, C] (None unless keep_images: for a suite
+    that needs the whole set), 'clean_predictions' [N], 'clean_embedding' [N, D] or None,
     'predictions' name -> [N], 'embeddings' name -> [N, D] (attacks with keep_embedding),
     'violations' name -> max distance outside the eps-ball/[0,1], 'seconds' name -> float,
     'gradients' (sanity.gradient_stats on the first batch).
     """
     batches = _batches(data, batch_size)
     bar = _progbar(batches, num_examples, batch_size, progress)
-    labels, clean_pred, clean_emb, gradients = [], [], [], None
+    labels, images, clean_pred, clean_emb, gradients = [], [], [], [], None
     preds = {name: [] for name in plan.specs}
     embs = {name: [] for name, spec in plan.specs.items() if spec.keep_embedding}
     violations = {name: 0.0 for name in plan.specs}
@@ -152,6 +153,8 @@ def run_plan(fns, data, plan, *, registry, seed=0, num_examples=None, batch_size
             gradients = sanity.gradient_stats(fns.logits, x, y)
         robust = tf.equal(tf.argmax(logits, -1), y).numpy()
         labels.append(y.numpy())
+        if keep_images:
+            images.append(x.numpy())
         clean_pred.append(tf.argmax(logits, -1).numpy())
         if embedding is not None:
             clean_emb.append(embedding.numpy())
@@ -180,7 +183,7 @@ def run_plan(fns, data, plan, *, registry, seed=0, num_examples=None, batch_size
     if not labels:
         raise UserError("no examples to evaluate (empty dataset or num_examples 0)")
     join = lambda parts: np.concatenate(parts) if parts else None  # noqa: E731
-    return {"labels": join(labels), "clean_predictions": join(clean_pred),
+    return {"labels": join(labels), "images": join(images), "clean_predictions": join(clean_pred),
             "clean_embedding": join(clean_emb), "gradients": gradients,
             "predictions": {k: join(v) for k, v in preds.items()},
             "embeddings": {k: join(v) for k, v in embs.items()},
@@ -247,8 +250,9 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     Args: model: a Keras network / callable (see ModelFns) or a ModelFns; config: EvalConfig
     (None fields take `dataset`'s literature defaults); reference: clean training (x, y) or a
     dataset, needed when config.detection; registry: attack name -> function (default
-    attacks.ATTACKS); extra_attacks: (name, attack, kwargs) runs that slot into the worst case
-    (e.g. a suite); model_info, data_info: identity dicts copied into the report.
+    attacks.ATTACKS); extra_attacks: (name, attack, kwargs) runs that slot into the worst case;
+    model_info, data_info: identity dicts copied into the report. config.suite runs AutoAttack
+    after the plan (suite.py) on all N examples held in memory, into the worst case.
     """
     started = time.perf_counter()
     config = (config or EvalConfig()).resolve(dataset)
@@ -258,7 +262,8 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     plan = build_plan(config, registry, extra_attacks)
     fns = model if isinstance(model, ModelFns) else ModelFns(model)
     evidence = run_plan(fns, data, plan, registry=registry, seed=config.seed,
-                        num_examples=num_examples, batch_size=batch_size, progress=progress)
+                        num_examples=num_examples, batch_size=batch_size, progress=progress,
+                        keep_images=config.suite != "none")
     labels = evidence["labels"]
     clean_correct = evidence["clean_predictions"] == labels
     correct = {name: pred == labels for name, pred in evidence["predictions"].items()}
@@ -267,6 +272,13 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
         if spec.counts_for_robust:
             robust &= correct[name]
     accuracy = lambda name: float(correct[name].mean())  # noqa: E731
+    suite_section, suite_correct, suite_checks = None, {}, []
+    if config.suite != "none":
+        pgd_attack, pgd_accuracy = suite.weakest_pgd(plan, accuracy)
+        suite_section, suite_correct[config.suite], suite_checks = suite.run_suite(
+            fns.logits, evidence["images"], labels, config, batch_size=batch_size,
+            pgd_attack=pgd_attack, pgd_accuracy=pgd_accuracy, progress=progress)
+        robust &= suite_correct[config.suite]
     report = {
         "schema_version": 1,
         "versions": versions(),
@@ -279,25 +291,30 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
         "config": dataclasses.asdict(config),
         "clean_accuracy": float(clean_correct.mean()),
         "robust_accuracy": float(robust.mean()),
-        "robust_attacks": [name for name, spec in plan.specs.items() if spec.counts_for_robust],
+        "robust_attacks": [name for name, spec in plan.specs.items() if spec.counts_for_robust]
+        + list(suite_correct),
         "attacks": {name: _attack_entry(spec, registry, accuracy(name), evidence, name)
                     for name, spec in plan.specs.items()},
         "sweeps": {"eps": [{"eps": e, "attack": n, "accuracy": accuracy(n)}
                            for e, n in plan.eps_sweep],
                    "steps": [{"steps": s, "attack": n, "accuracy": accuracy(n)}
                              for s, n in plan.steps_sweep]},
+        "suite": suite_section,
     }
     report["metrics"] = {"eval/clean_accuracy": report["clean_accuracy"],
                          "eval/robust_accuracy": report["robust_accuracy"],
-                         **{f"eval/{n}_accuracy": accuracy(n) for n in plan.main}}
+                         **{f"eval/{n}_accuracy": accuracy(n) for n in plan.main},
+                         **({f"eval/{config.suite}_accuracy": suite_section["robust_accuracy"]}
+                            if suite_section else {})}
     checks = sanity.run_checks(
         clean_correct=clean_correct, clean_predictions=evidence["clean_predictions"],
         predictions=evidence["predictions"], correct=correct, plan=plan,
         violations=evidence["violations"], gradients=evidence["gradients"],
         thresholds=config.thresholds)
+    sanity.warn_failures(checks)  # the suite's own warnings are already logged by autoattack
+    checks += suite_checks
     report["sanity"] = {"passed": all(c["passed"] is not False for c in checks),
                         "checks": checks}
-    sanity.warn_failures(checks)
     curves = {}
     report["detection"] = None
     if config.detection:
@@ -307,4 +324,5 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     report["figures"] = {}  # file names, filled by evaluation_run.write_figures
     report["seconds"] = round(time.perf_counter() - started, 2)
     return EvaluationResult(report=report, correct={"clean": clean_correct, "robust": robust,
-                                                    **correct}, roc_curves=curves)
+                                                    **correct, **suite_correct},
+                            roc_curves=curves)

@@ -12,6 +12,7 @@ import inspect
 import json
 from typing import Optional, Tuple
 
+from tf_metric_robust import suite as suite_lib
 from tf_metric_robust.config import UserError
 from tf_metric_robust.sanity import Thresholds
 
@@ -56,7 +57,9 @@ class EvalConfig:
 
     eps, step_size on the [0,1] image scale; `attacks` are registry names or '<name>_<loss>';
     `eps_sweep`/`steps_sweep` () to skip; `large_eps` is the L-inf radius of the "unbounded attack"
-    sanity check; `detection_eps` the PGD radii scored by the kNN detector.
+    sanity check; `detection_eps` the PGD radii scored by the kNN detector. `suite`
+    'autoattack' also runs AutoAttack (suite.py; `suite_steps` APGD iterations and
+    `suite_queries` Square queries, the paper's 100 and 5000) into the worst case.
     """
 
     eps: Optional[float] = None
@@ -76,6 +79,10 @@ class EvalConfig:
     detection_k: int = 50
     detection_score: str = "agreement"
     thresholds: Thresholds = Thresholds()
+    suite: str = "none"
+    suite_version: str = "standard"
+    suite_steps: int = 100
+    suite_queries: int = 5000
 
     def __post_init__(self):
         radii = [("eps", self.eps), ("large_eps", self.large_eps)]
@@ -102,6 +109,8 @@ class EvalConfig:
                             f"{self.detection_score!r}")
         if not self.attacks:
             raise UserError("attacks must name at least one attack")
+        suite_lib.check_settings(self.suite, self.suite_version, self.suite_steps,
+                                 self.suite_queries)
 
     def resolve(self, dataset=None):
         """A copy with every None field filled from `dataset`'s defaults."""

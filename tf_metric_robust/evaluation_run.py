@@ -14,7 +14,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import data, export, plots, run_files
+from tf_metric_robust import data, export, plots, run_files, suite
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation import ModelFns, evaluate
 from tf_metric_robust.evaluation_plan import EvalConfig
@@ -153,7 +153,21 @@ def write_tensorboard(report, directory, figure_dir, step):
                 for c in report["sanity"]["checks"]]
         tf.summary.text("eval/sanity", "\n".join(["| check | status | detail |", "|-|-|-|"] + rows),
                         step=step)
+        if report.get("suite"):
+            _suite_summaries(report["suite"], step)
     writer.flush()
+
+
+def _suite_summaries(section, step):
+    """The suite's per-attack accuracies (eval_suite/...) and a text table with its warnings."""
+    for name, value in section["attack_accuracy"].items():
+        tf.summary.scalar(f"eval_suite/{name}_accuracy", value, step=step)
+    rows = [f"| {name} | {value:.4f} |" for name, value in section["attack_accuracy"].items()]
+    text = "\n".join([f"{section['name']} ({section['version']}), robust accuracy after each "
+                      "attack (cumulative):", "", "| attack | accuracy |", "|-|-|",
+                      f"| clean | {section['clean_accuracy']:.4f} |", *rows, ""]
+                     + [f"**WARNING**: {message}" for message in section["warnings"]])
+    tf.summary.text("eval/suite", text, step=step)
 
 
 def _status(check):
@@ -167,6 +181,7 @@ def summary_text(report):
         if "attacks" in entry["groups"]:
             eps = entry["settings"]["eps"]
             lines.append(f"{name:<27} {entry['accuracy']:.4f}  (eps {eps:.4g})")
+    lines += suite.summary_lines(report.get("suite"))
     lines.append(f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  over "
                  f"{len(report['robust_attacks'])} runs")
     for entry in (report["detection"] or {}).get("attacks", []):

@@ -125,9 +125,11 @@ def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, see
                 tape.watch(x_adv)
                 total = tf.reduce_sum(objectives.objective(_logits(model_fn, x_adv), y, loss,
                                                            targeted))
-            grad = tape.gradient(total, x_adv)
-            # No gradient path (e.g. a non-differentiable input quantiser) is a zero gradient.
-            grad = tf.zeros(tf.shape(x), tf.float32) if grad is None else tf.cast(grad, tf.float32)
+            # No gradient path (a stop_gradient quantiser, logits that ignore the input) is a
+            # zero gradient, never None: the step below then leaves x_adv where it is.
+            grad = tf.cast(tape.gradient(total, x_adv,
+                                         unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                           tf.float32)
             if momentum:
                 accumulated = decay * accumulated + objectives.l1_normalize(grad)
                 grad = accumulated

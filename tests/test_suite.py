@@ -1,0 +1,163 @@
+"""The AutoAttack suite inside an evaluation: its report section, its place in the worst case,
+the gradient-masking warning, and bin/evaluate --suite=autoattack end to end (small CNN trained
+briefly on MNIST-5k; a few APGD steps and Square queries instead of the paper's 100 and 5000).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_metric_robust import evaluation, evaluation_run, models, suite
+from tf_metric_robust.config import UserError
+from tf_metric_robust.evaluation import EvalConfig, ModelFns
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# PGD-3 plus AutoAttack with 5 APGD steps and 100 Square queries; no sweeps.
+QUICK = dict(step_size=0.04, steps=3, attacks=("pgd",), eps_sweep=(), steps_sweep=(),
+             suite="autoattack", suite_steps=5, suite_queries=100)
+SECTION_KEYS = {"name", "version", "eps", "norm", "steps", "queries", "num_target_classes",
+                "seed", "batch_size", "attacks", "clean_accuracy", "attack_accuracy",
+                "robust_accuracy", "fooled_by", "pgd_attack", "pgd_accuracy", "warnings",
+                "seconds"}
+
+
+@pytest.fixture(scope="module")
+def trained(mnist5k_arrays):
+    """(network, x [40], y [40]): small_cnn after 100 natural steps; x, y held out."""
+    images, labels = mnist5k_arrays
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    classifier = keras.Model(network.input, network.output["logits"])
+    classifier.compile(keras.optimizers.Adam(2e-3),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    held_out = np.arange(len(labels)) % 25 == 0  # 20 per class
+    classifier.fit(images[~held_out], labels[~held_out], batch_size=32, epochs=1,
+                   steps_per_epoch=100, shuffle=True, verbose=0)
+    return network, images[held_out][::5], labels[held_out][::5]
+
+
+@pytest.fixture(scope="module")
+def bin_evaluate(trained, tmp_path_factory, mnist5k_data_dir):
+    """Starts bin/evaluate --suite=autoattack on a checkpoint run dir; yields (process, dir).
+
+    Started before the in-process tests so that its TensorFlow import overlaps with them.
+    """
+    network = trained[0]
+    model_dir = str(tmp_path_factory.mktemp("suite_run"))
+    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
+        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
+                   "mode": "natural"}, f)
+    tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
+                               os.path.join(model_dir, "checkpoints"), 1).save(
+        checkpoint_number=150)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "bin", "evaluate"), f"--model_dir={model_dir}",
+         f"--data_dir={mnist5k_data_dir}", "--num_examples=20", "--batch_size=20",
+         "--attacks=pgd", "--eps=0.1", "--step_size=0.04", "--steps=2", "--eps_sweep=",
+         "--steps_sweep=", "--suite=autoattack", "--suite_steps=3", "--suite_queries=50",
+         "--noprogress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    yield process, model_dir
+    if process.poll() is None:
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def normal(trained, bin_evaluate):
+    network, x, y = trained
+    return evaluation.evaluate(ModelFns(network), (x, y), EvalConfig(eps=0.1, **QUICK),
+                               batch_size=40)
+
+
+def _checks(report):
+    return {c["name"]: c for c in report["sanity"]["checks"]}
+
+
+def test_suite_section_and_worst_case(normal):
+    report = normal.report
+    section = report["suite"]
+    assert set(section) == SECTION_KEYS
+    assert section["attacks"] == ["apgd_ce", "apgd_t", "square"]
+    assert list(section["attack_accuracy"]) == section["attacks"]
+    assert (section["steps"], section["queries"], section["eps"]) == (5, 100, 0.1)
+    assert section["clean_accuracy"] == report["clean_accuracy"] > 0.8
+    assert section["robust_accuracy"] == section["attack_accuracy"]["square"]
+    assert sum(section["fooled_by"].values()) == round(
+        40 * (1 - section["robust_accuracy"]))
+    # APGD is compared with the evaluation's own PGD run.
+    assert section["pgd_attack"] == "pgd"
+    assert section["pgd_accuracy"] == report["attacks"]["pgd"]["accuracy"]
+    assert section["robust_accuracy"] <= section["pgd_accuracy"]
+    assert 0.0 < section["pgd_accuracy"] < 1.0  # eps 0.1 leaves something to find
+    # The worst case = clean AND every counted attack AND the suite.
+    assert "autoattack" in report["robust_attacks"]
+    expected = normal.correct["clean"].copy()
+    for name in report["robust_attacks"]:
+        expected &= normal.correct[name]
+    np.testing.assert_array_equal(normal.correct["robust"], expected)
+    assert report["robust_accuracy"] <= section["robust_accuracy"]
+    assert report["metrics"]["eval/autoattack_accuracy"] == section["robust_accuracy"]
+    checks = _checks(report)
+    assert checks["suite_square_not_beating_gradient_attacks"]["threshold"] == suite.SQUARE_GAP
+    assert checks["suite_apgd_not_far_below_pgd"]["value"] == pytest.approx(
+        section["pgd_accuracy"] - min(section["attack_accuracy"][n] for n in ("apgd_ce",
+                                                                              "apgd_t")))
+    fired = any(w.startswith("apgd found much more than pgd") for w in section["warnings"])
+    assert checks["suite_apgd_not_far_below_pgd"]["passed"] is not fired
+    json.dumps(report)  # JSON-ready
+
+
+def test_gradient_masking_warning(trained, tmp_path):
+    """A stop_gradient input quantiser: PGD and APGD see no gradient, Square still fools it."""
+    network, x, y = trained
+
+    def masked(images):
+        quantised = tf.stop_gradient(tf.round(images * 32.0) / 32.0)
+        return network(quantised, training=False)["logits"]
+
+    result = evaluation.evaluate(masked, (x, y), EvalConfig(eps=0.15, **QUICK), batch_size=40)
+    report = result.report
+    section = report["suite"]
+    assert any(w.startswith("square beat the gradient attacks") for w in section["warnings"])
+    assert section["attack_accuracy"]["square"] < section["attack_accuracy"]["apgd_t"]
+    square_check = _checks(report)["suite_square_not_beating_gradient_attacks"]
+    assert square_check["passed"] is False and not report["sanity"]["passed"]
+    text = evaluation_run.summary_text(report)
+    assert "suite autoattack (standard" in text and "WARNING: square beat" in text
+    evaluation_run.write_tensorboard(report, str(tmp_path / "tb"), str(tmp_path), step=0)
+    assert os.listdir(tmp_path / "tb")
+
+
+def test_suite_settings_are_checked():
+    with pytest.raises(UserError, match="suite must be one of"):
+        EvalConfig(suite="fab")
+    with pytest.raises(UserError, match="suite_version must be one of"):
+        EvalConfig(suite="autoattack", suite_version="rand")
+    with pytest.raises(UserError, match="suite_queries must be an integer >= 1"):
+        EvalConfig(suite="autoattack", suite_queries=0)
+    config = EvalConfig().resolve("mnist5k")
+    assert (config.suite, config.suite_steps, config.suite_queries) == ("none", 100, 5000)
+
+
+def test_bin_evaluate_suite_end_to_end(bin_evaluate):
+    process, model_dir = bin_evaluate
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    with open(os.path.join(model_dir, "evaluation", "report.json")) as f:
+        report = json.load(f)
+    section = report["suite"]
+    assert set(section) == SECTION_KEYS
+    assert (section["steps"], section["queries"], section["batch_size"]) == (3, 50, 20)
+    assert report["config"]["suite"] == "autoattack" and "autoattack" in report["robust_attacks"]
+    assert report["robust_accuracy"] <= section["robust_accuracy"]
+    assert section["robust_accuracy"] <= section["pgd_accuracy"]
+    assert "suite autoattack (standard, eps 0.1)" in stdout
+    assert "robust accuracy (worst)" in stdout
+    assert os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))
