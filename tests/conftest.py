@@ -54,3 +54,26 @@ def mnist5k_data_dir(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     data.load_split("mnist5k", "test", data_dir=data_dir)  # auto-prepares: local file, no network
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def trained_small_cnn(mnist5k_arrays):
+    """(network, x [200], y [200]): small_cnn after 150 natural Adam steps, trained once a session.
+
+    x, y are every 25th digit (20 per class), held out of training; the network returns
+    {'logits', 'embedding'}. Shared by the attack, suite and evaluation tests.
+    """
+    import keras
+
+    from tf_metric_robust import models
+
+    images, labels = mnist5k_arrays
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    classifier = keras.Model(network.input, network.output["logits"])
+    classifier.compile(keras.optimizers.Adam(2e-3),
+                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    held_out = np.arange(len(labels)) % 25 == 0
+    classifier.fit(images[~held_out], labels[~held_out], batch_size=32, epochs=1,
+                   steps_per_epoch=150, shuffle=True, verbose=0)
+    return network, images[held_out], labels[held_out]

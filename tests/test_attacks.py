@@ -3,7 +3,6 @@
 import gc
 import weakref
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,21 +15,10 @@ _TOL = {tf.float32: 1e-6, tf.float16: 2e-3, tf.bfloat16: 1e-2}
 
 
 @pytest.fixture(scope="module")
-def trained(mnist5k_arrays):
-    """(model_fn, x [200,28,28,1], y [200]): a CNN after one epoch (~95% train accuracy)."""
-    images, labels = mnist5k_arrays
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((28, 28, 1))
-    h = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(inputs)
-    h = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(h)
-    h = keras.layers.Dense(64, activation="relu")(keras.layers.Flatten()(h))
-    model = keras.Model(inputs, keras.layers.Dense(10)(h))
-    model.compile(keras.optimizers.Adam(2e-3),
-                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(images, labels, batch_size=64, epochs=1, shuffle=True, verbose=0)
-    # Every 25th row: 20 examples per class (rows are sorted by class).
-    x, y = tf.constant(images[::25]), tf.constant(labels[::25])
-    return (lambda z: model(z, training=False)), x, y
+def trained(trained_small_cnn):
+    """(model_fn, x [200,28,28,1], y [200]): the session's small CNN and its held-out digits."""
+    network, x, y = trained_small_cnn
+    return (lambda z: network(z, training=False)["logits"]), tf.constant(x), tf.constant(y)
 
 
 def _accuracy(model_fn, x, y):

@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import attacks, detection, evaluation, evaluation_run, export, models
+from tf_metric_robust import attacks, detection, evaluation, evaluation_run, export
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation import EvalConfig, ModelFns
 from tf_metric_robust.evaluation_run import write_figures
@@ -24,18 +23,10 @@ TINY = EvalConfig(eps=0.3, step_size=0.1, steps=3, eps_sweep=(0.0, 0.1, 0.3), st
 
 
 @pytest.fixture(scope="module")
-def trained(mnist5k_arrays):
-    """(network, ModelFns, x [60], y [60]): small_cnn after 150 natural steps; x, y held out."""
-    images, labels = mnist5k_arrays
-    keras.utils.set_random_seed(0)
-    network = models.build("small_cnn", 10, (28, 28, 1))
-    classifier = keras.Model(network.input, network.output["logits"])
-    classifier.compile(keras.optimizers.Adam(2e-3),
-                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    held_out = np.arange(len(labels)) % 25 == 0  # 20 per class
-    classifier.fit(images[~held_out], labels[~held_out], batch_size=32, epochs=1,
-                   steps_per_epoch=150, shuffle=True, verbose=0)
-    x, y = images[held_out][::3][:60], labels[held_out][::3][:60]
+def trained(trained_small_cnn):
+    """(network, ModelFns, x [60], y [60]): the session's small CNN; x, y held out."""
+    network, images, labels = trained_small_cnn
+    x, y = images[::3][:60], labels[::3][:60]
     return network, ModelFns(network), x, y
 
 

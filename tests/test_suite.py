@@ -8,12 +8,11 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import evaluation, evaluation_run, models, suite
+from tf_metric_robust import evaluation, evaluation_run, suite
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation import EvalConfig, ModelFns
 
@@ -28,18 +27,10 @@ SECTION_KEYS = {"name", "version", "eps", "norm", "steps", "queries", "num_targe
 
 
 @pytest.fixture(scope="module")
-def trained(mnist5k_arrays):
-    """(network, x [40], y [40]): small_cnn after 100 natural steps; x, y held out."""
-    images, labels = mnist5k_arrays
-    keras.utils.set_random_seed(0)
-    network = models.build("small_cnn", 10, (28, 28, 1))
-    classifier = keras.Model(network.input, network.output["logits"])
-    classifier.compile(keras.optimizers.Adam(2e-3),
-                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    held_out = np.arange(len(labels)) % 25 == 0  # 20 per class
-    classifier.fit(images[~held_out], labels[~held_out], batch_size=32, epochs=1,
-                   steps_per_epoch=100, shuffle=True, verbose=0)
-    return network, images[held_out][::5], labels[held_out][::5]
+def trained(trained_small_cnn):
+    """(network, x [40], y [40]): the session's small CNN; x, y held out."""
+    network, images, labels = trained_small_cnn
+    return network, images[::5], labels[::5]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from tf_metric_robust import attacks, losses
-from tf_metric_robust.config import AttackConfig, TripletConfig
+from tf_metric_robust.config import TripletConfig
 from tf_metric_robust.memory_bank import EmbeddingBank
 
 

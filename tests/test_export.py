@@ -1,0 +1,364 @@
+"""bin/export and export.py: signatures, fresh-process reload, saved_model_cli, input checks,
+atomic versioned export, TF Serving warm-up records, detection on PGD inputs (real MNIST-5k)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_metric_robust import detection, export, models
+from tf_metric_robust.attacks import pgd
+from tf_metric_robust.config import UserError
+from tf_metric_robust.mnist5k_builder import split_indices
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+OUTPUTS = ("logits", "probabilities", "classes", "embedding", "detection_score")
+
+
+class _Classifier(keras.Model):
+    """Logits of a {'logits', 'embedding'} network, for plain `fit`."""
+
+    def __init__(self, network):
+        super().__init__(name="classifier")
+        self.network = network
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)["logits"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, mnist5k_arrays, mnist5k_data_dir):
+    """A small_cnn trained one epoch on mnist5k's train split, saved as a run, then `bin/export`.
+
+    Returns (network, model_dir, version folder, test images, test labels, bin/export result).
+    """
+    images, labels = mnist5k_arrays
+    train, test = split_indices(labels)  # the tfds builder's split: the reference is train
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    classifier = _Classifier(network)
+    classifier.compile(optimizer=keras.optimizers.Adam(2e-3),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    order = np.random.default_rng(0).permutation(train)
+    classifier.fit(images[order], labels[order], batch_size=64, epochs=1, verbose=0)
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
+        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
+                   "mode": "natural"}, f)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
+                                         os.path.join(model_dir, "checkpoints"), max_to_keep=1)
+    manager.save(checkpoint_number=63)
+    # k = 10: the demo model is naturally trained, and fewer neighbours separate it better.
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_dir={model_dir}",
+         f"--data_dir={mnist5k_data_dir}", "--detection_k=10"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = os.path.join(model_dir, "saved_model", "1")
+    return network, model_dir, path, images[test], labels[test], result
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return tf.saved_model.load(exported[2])
+
+
+@pytest.fixture(scope="module")
+def outside_runs(exported):
+    """Starts a fresh Python process and `saved_model_cli run` on the export, in the background:
+    each pays a TensorFlow import, so they overlap with the in-process tests. `_finished(runs,
+    name)` waits for one and returns (returncode, stderr, output path)."""
+    _, model_dir, path, images, _, _ = exported
+    probe = os.path.join(model_dir, "probe.npy")
+    np.save(probe, images[::50])
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "from tf_metric_robust import export\n"
+        "model = tf.saved_model.load(export.latest_version(sys.argv[1]))\n"
+        "out = model.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
+        "np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})\n")
+    fresh_output = os.path.join(model_dir, "fresh.npz")
+    cli_output = os.path.join(model_dir, "cli_out")
+    saved_model_cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    commands = {
+        "fresh": ([sys.executable, "-c", script, os.path.dirname(path), probe, fresh_output],
+                  fresh_output),
+        "saved_model_cli": ([saved_model_cli, "run", "--dir", path, "--tag_set", "serve",
+                             "--signature_def", "serving_default", "--inputs",
+                             f"images={probe}", "--outdir", cli_output], cli_output),
+    }
+    runs = {name: {"process": subprocess.Popen(command, cwd=ROOT, env=ENV, text=True,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE),
+                   "output": output}
+            for name, (command, output) in commands.items()}
+    yield runs
+    for run in runs.values():
+        if run["process"].poll() is None:
+            run["process"].kill()
+            run["process"].communicate()
+
+
+def _finished(runs, name):
+    run = runs[name]
+    if "stderr" not in run:
+        _, run["stderr"] = run["process"].communicate(timeout=300)
+    return run["process"].returncode, run["stderr"], run["output"]
+
+
+def _expected(network, images):
+    out = network(images, training=False)
+    logits = out["logits"].numpy()
+    return {"logits": logits, "probabilities": tf.nn.softmax(logits).numpy(),
+            "classes": logits.argmax(1), "embedding": out["embedding"].numpy()}
+
+
+def test_bin_export_writes_a_tf_serving_version_folder(exported, loaded, outside_runs):
+    del outside_runs  # requested first so the background processes start now
+    network, model_dir, path, _, _, result = exported
+    assert path in result.stdout
+    assert os.listdir(os.path.join(model_dir, "saved_model")) == ["1"]  # no temporary left
+    for name in ("saved_model.pb", "variables", export.WARMUP_FILE):
+        assert os.path.exists(os.path.join(path, name)), name
+    assert export.versions(os.path.join(model_dir, "saved_model")) == [1]
+    assert export.latest_version(os.path.join(model_dir, "saved_model")) == path
+    assert set(loaded.signatures) == set(export.SIGNATURES)
+    for name in export.SIGNATURES:
+        assert set(loaded.signatures[name].structured_outputs) == set(OUTPUTS)
+    # The reference (mnist5k train split: 400 per class, all of it for the default 5000) is in it.
+    assert loaded.detector.reference_labels.shape == (4000,)
+    # Each weight is stored once: the network's variables plus the detector's reference.
+    weights = sum(int(np.prod(v.shape)) for v in network.variables)
+    stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(
+        os.path.join(path, "variables", "variables")) if name.endswith("VARIABLE_VALUE"))
+    assert stored == weights + 4000 * 128 + 4000
+
+
+def _run_like_tf_serving(path, signature_name, images):
+    """Runs a signature through the graph-mode SavedModel loader that TF Serving and
+    saved_model_cli use (a Session over the MetaGraph, variables restored by name)."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
+        signature = meta_graph.signature_def[signature_name]
+        names = sorted(signature.outputs)
+        values = session.run([signature.outputs[n].name for n in names],
+                             {signature.inputs["images"].name: images})
+    return dict(zip(names, values))
+
+
+def test_graph_mode_loader_of_tf_serving_finds_every_variable(exported):
+    network, _, path, images, _, _ = exported
+    out = _run_like_tf_serving(path, "serving_uint8", np.round(images[:8] * 255).astype(np.uint8))
+    expected = _expected(network, np.round(images[:8] * 255) / np.float32(255))
+    np.testing.assert_allclose(out["logits"], expected["logits"], rtol=1e-5, atol=1e-5)
+    assert set(out) == set(OUTPUTS)
+
+
+def test_network_built_under_a_two_replica_strategy_exports(tmp_path, mnist5k_arrays):
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        network = models.build("small_cnn", 10, (28, 28, 1))
+    path = export.export_saved_model(network, str(tmp_path / "serving"), warmup=False)
+    images = mnist5k_arrays[0][:4]
+    out = _run_like_tf_serving(path, "serving_default", images)
+    np.testing.assert_allclose(out["logits"], _expected(network, images)["logits"], rtol=1e-5,
+                               atol=1e-5)
+    assert "detection_score" not in out  # no reference given
+
+
+def test_uint8_and_float_signatures_agree(exported, loaded):
+    pixels = np.round(exported[3][:32] * 255).astype(np.uint8)
+    from_float = loaded.signatures["serving_default"](images=tf.constant(pixels / np.float32(255)))
+    from_uint8 = loaded.signatures["serving_uint8"](images=tf.constant(pixels))
+    for name in OUTPUTS:
+        np.testing.assert_allclose(from_uint8[name], from_float[name], rtol=1e-5, atol=1e-5,
+                                   err_msg=name)
+
+
+BAD_FLOAT_INPUTS = [
+    ("one image, no batch axis", np.zeros((28, 28, 1), np.float32), r"shape \[N, 28, 28, 1\]"),
+    ("rank 5", np.zeros((2, 28, 28, 1, 1), np.float32), r"got shape\] \[2 28 28 1 1\]"),
+    ("scalar", np.float32(0.5), r"shape \[N, 28, 28, 1\].*got shape\] \[\]"),
+    ("wrong size", np.zeros((2, 32, 32, 1), np.float32), r"got shape\] \[2 32 32 1\]"),
+    ("wrong channels", np.zeros((2, 28, 28, 3), np.float32), r"got shape\] \[2 28 28 3\]"),
+    ("0-255 scale", np.full((2, 28, 28, 1), 255.0, np.float32), r"in \[0, 1\].*max\] \[255"),
+    ("negative", np.full((2, 28, 28, 1), -0.1, np.float32), r"in \[0, 1\].*got min\] \[-0.1"),
+    ("NaN", np.where(np.eye(28)[None, :, :, None] > 0, np.nan, 0.5).astype(np.float32),
+     "NaN or Inf"),
+    ("Inf", np.full((1, 28, 28, 1), np.inf, np.float32), "NaN or Inf"),
+]
+
+
+def test_bad_inputs_get_a_clear_error_from_the_signature(loaded):
+    serve = loaded.signatures["serving_default"]
+    for what, images, message in BAD_FLOAT_INPUTS:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serve(images=tf.constant(images))
+            pytest.fail(f"accepted {what}")
+    serve_uint8 = loaded.signatures["serving_uint8"]
+    for images in (np.zeros((28, 28, 1), np.uint8), np.zeros((1, 28, 28, 3), np.uint8)):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"shape \[N, 28, 28, 1\] \(NHWC\) of uint8 in \[0, 255\]"):
+            serve_uint8(images=tf.constant(images))
+    assert serve(images=tf.zeros([0, 28, 28, 1]))["classes"].shape == (0,)  # empty batch is fine
+
+
+def test_crash_mid_export_leaves_previous_version_and_no_partial_version(exported, tmp_path,
+                                                                         monkeypatch):
+    network, model_dir, path, images, _, _ = exported
+    base = str(tmp_path / "serving")
+    shutil.copytree(os.path.dirname(path), base)
+    real_save = tf.saved_model.save
+
+    def crashing_save(obj, export_dir, *args, **kwargs):
+        os.makedirs(os.path.join(export_dir, "variables"))
+        with open(os.path.join(export_dir, "saved_model.pb"), "wb") as f:
+            f.write(b"half a graph")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(tf.saved_model, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated"):
+        export.export_saved_model(network, base)
+    assert os.listdir(base) == ["1"]  # the temporary folder was removed
+
+    # A hard kill skips the clean-up: the partial folder stays, but hidden and not a version.
+    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
+    with pytest.raises(OSError, match="simulated"):
+        export.export_saved_model(network, base)
+    leftovers = [name for name in os.listdir(base) if name != "1"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".")
+    assert export.versions(base) == [1] and export.latest_version(base) == os.path.join(base, "1")
+    first = tf.saved_model.load(export.latest_version(base)).signatures["serving_default"]
+    np.testing.assert_allclose(first(images=tf.constant(images[:8]))["logits"],
+                               _expected(network, images[:8])["logits"], rtol=1e-5, atol=1e-5)
+
+    # The next export after a gap (7 exists) is 8; an existing version is never overwritten.
+    monkeypatch.setattr(tf.saved_model, "save", real_save)
+    os.makedirs(os.path.join(base, "7"))
+    assert export.export_saved_model(network, base, warmup=False) == os.path.join(base, "8")
+    assert export.latest_version(base) == os.path.join(base, "8")
+    with pytest.raises(UserError, match="version 8 already exists"):
+        export.export_saved_model(network, base, version=8)
+
+
+def _prediction_log_class():
+    """tensorflow.serving.PredictionLog's fields that warm-up uses, built from descriptors (the
+    tensorflow_serving package is not installed); parsing uses protobuf's own decoder."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from tensorflow.core.framework import tensor_pb2
+
+    pool, added = descriptor_pool.DescriptorPool(), set()
+
+    def add(file_descriptor):
+        if file_descriptor.name in added:
+            return
+        for dependency in file_descriptor.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file_descriptor.CopyToProto(proto)
+        pool.Add(proto)
+        added.add(file_descriptor.name)
+
+    add(tensor_pb2.DESCRIPTOR)
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="warmup_test.proto", package="warmup_test", syntax="proto3",
+        dependency=[tensor_pb2.DESCRIPTOR.name])
+
+    def message(name, fields, parent=None):
+        new = (parent.nested_type if parent else proto.message_type).add(name=name)
+        for field_name, number, kind, type_name, label in fields:
+            new_field = new.field.add(name=field_name, number=number, type=kind, label=label)
+            if type_name:
+                new_field.type_name = type_name
+        return new
+
+    one, many = field.LABEL_OPTIONAL, field.LABEL_REPEATED
+    text, sub = field.TYPE_STRING, field.TYPE_MESSAGE
+    message("ModelSpec", [("name", 1, text, "", one), ("signature_name", 3, text, "", one)])
+    request = message("PredictRequest", [
+        ("model_spec", 1, sub, ".warmup_test.ModelSpec", one),
+        ("inputs", 2, sub, ".warmup_test.PredictRequest.InputsEntry", many)])
+    entry = message("InputsEntry", [("key", 1, text, "", one),
+                                    ("value", 2, sub, ".tensorflow.TensorProto", one)], request)
+    entry.options.map_entry = True
+    message("PredictLog", [("request", 1, sub, ".warmup_test.PredictRequest", one)])
+    message("PredictionLog", [("predict_log", 6, sub, ".warmup_test.PredictLog", one)])
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("warmup_test.PredictionLog"))
+
+
+def test_warmup_file_holds_prediction_logs_for_both_signatures(exported, loaded):
+    path = os.path.join(exported[2], export.WARMUP_FILE)
+    prediction_log = _prediction_log_class()
+    records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    requests = {}
+    for record in records:
+        log = prediction_log.FromString(record)
+        assert log.SerializeToString() == record  # canonical encoding, byte for byte
+        request = log.predict_log.request
+        requests[request.model_spec.signature_name] = {
+            name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+    assert set(requests) == set(export.SIGNATURES)
+    for name, dtype in (("serving_default", np.float32), ("serving_uint8", np.uint8)):
+        images = requests[name]["images"]
+        assert images.dtype == dtype and images.shape == (1, 28, 28, 1)
+        # A warm-up request must be valid input for its signature.
+        assert loaded.signatures[name](images=tf.constant(images))["classes"].shape == (1,)
+
+
+def test_detection_score_separates_clean_from_pgd_inputs(exported, loaded):
+    network, _, _, images, labels, _ = exported
+    x, y = images[::5], labels[::5]  # 200 test digits, 20 per class
+    adversarial = pgd(lambda v: network(v, training=False)["logits"], tf.constant(x),
+                      tf.constant(y), eps=0.3, step_size=0.05, steps=10,
+                      seed=tf.constant([1, 2], tf.int64))
+    serve = loaded.signatures["serving_default"]
+    clean, attacked = serve(images=tf.constant(x)), serve(images=adversarial)
+    assert np.mean(clean["classes"].numpy() == y) > 0.85
+    assert np.mean(attacked["classes"].numpy() == y) < 0.2
+    scores = np.r_[attacked["detection_score"].numpy(), clean["detection_score"].numpy()]
+    is_adversarial = np.arange(scores.size) < len(x)
+    auc = detection.roc_auc(scores, is_adversarial)
+    print(f"detection ROC AUC clean vs PGD (eps 0.3, 10 steps), natural small_cnn: {auc:.3f}")
+    assert auc > 0.65
+
+
+def test_bin_export_user_errors_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_dir={tmp_path}/none"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# Last: these wait for the background processes started by the first test.
+
+
+def test_reload_in_a_fresh_process_matches_the_training_model(exported, outside_runs):
+    network, _, _, images, _, _ = exported
+    returncode, stderr, output = _finished(outside_runs, "fresh")
+    assert returncode == 0, stderr[-3000:]
+    fresh = np.load(output)
+    for name, value in _expected(network, images[::50]).items():
+        np.testing.assert_allclose(fresh[name], value, rtol=1e-5, atol=1e-5, err_msg=name)
+    assert fresh["detection_score"].shape == (20,) and np.isfinite(fresh["detection_score"]).all()
+
+
+def test_saved_model_cli_run(exported, outside_runs):
+    network, _, _, images, _, _ = exported
+    returncode, stderr, outdir = _finished(outside_runs, "saved_model_cli")
+    assert returncode == 0, stderr[-3000:]
+    expected = _expected(network, images[::50])
+    np.testing.assert_allclose(np.load(os.path.join(outdir, "logits.npy")), expected["logits"],
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.load(os.path.join(outdir, "classes.npy")),
+                                  expected["classes"])
+    assert np.load(os.path.join(outdir, "detection_score.npy")).shape == (20,)
