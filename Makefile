@@ -27,6 +27,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[cpu,bench]"
+	$(PY) -m pip install --quiet --no-deps cleverhans==4.0.0
 	for script in bench/*.py; do $(PY) $$script || exit 1; done
 
 clean:

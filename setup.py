@@ -25,5 +25,8 @@ setuptools.setup(
         "cpu": ["tensorflow-cpu==2.21.0"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
         "test": ["pytest==9.2.0"],
+        # Peers for bench/peers.py only, never a runtime dependency. CleverHans 4.0.0 pins stale
+        # deps; `make bench` installs it with --no-deps (its TF2 PGD imports without them).
+        "bench": ["adversarial-robustness-toolbox==1.20.1"],
     },
 )

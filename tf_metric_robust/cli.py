@@ -5,6 +5,7 @@ configs of config.py, validating invariants with one-line messages. Library modu
 flags. `run(main)` wraps an entry point so that user errors print one line and exit non-zero.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -88,7 +89,10 @@ def define_train_flags():
                       "Keras dtype policy (logits and losses stay float32).")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (slower on CPU).")
     flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and attack starts.")
-    flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+    flags.DEFINE_bool("deterministic", False, "Also pin TF's kernels (tf.config.experimental."
+                      "enable_op_determinism; needed for bit-identical GPU runs, slower). Seeds "
+                      "always come from --seed, and a resumed run replays the same batches and "
+                      "attack starts.")
     flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints "
                          "(default: --eval_every).")
     flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
@@ -113,13 +117,65 @@ def attack_config(prefix=""):
                         random_start=FLAGS[f"{prefix}random_start"].value)
 
 
-def train_config():
-    """Parsed flags -> experiment.TrainConfig (raises UsageError with one line on bad values)."""
-    from tf_metric_robust import config as cfg
-    from tf_metric_robust.experiment import TrainConfig
+# Names accepted by --dataset and --model, checked before TensorFlow is imported (that import
+# takes seconds); tests/test_reliability.py checks they equal data.dataset_names() and
+# models.MODELS.
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist5k", "svhn_cropped",
+            "tiny_imagenet")
+DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
+MODELS = ("madry_mnist", "preact_resnet18", "preact_resnet_tiny", "small_cnn", "wide_resnet")
+_POSITIVE_TRAIN_FLAGS = ("batch_size", "train_steps", "eval_every", "eval_examples",
+                         "eval_batch_size", "keep_checkpoints", "checkpoint_every",
+                         "final_eval_examples", "bank_size", "pool_multiplier")
+
+
+def _check_train_flags():
+    """The invariants of bin/train's flags that need no TensorFlow, each as one-line UsageError."""
+    from tf_metric_robust import distribute  # its TF_CONFIG helpers do not import TensorFlow
 
     if not FLAGS.model_dir:
         raise UsageError("--model_dir is required (where checkpoints and results go)")
+    if FLAGS.dataset not in DATASETS and not FLAGS.dataset.startswith(DATASET_FOLDER_PREFIX):
+        raise UsageError(f"unknown --dataset {FLAGS.dataset!r}; known: {', '.join(DATASETS)}, "
+                         f"or {DATASET_FOLDER_PREFIX}/path/to/folder")
+    if FLAGS.model not in MODELS:
+        raise UsageError(f"unknown --model {FLAGS.model!r}; known: {', '.join(MODELS)}")
+    for name in _POSITIVE_TRAIN_FLAGS:
+        if FLAGS[name].value is not None and FLAGS[name].value < 1:
+            raise UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    if FLAGS.eps_warmup_steps < 0:
+        raise UsageError(f"--eps_warmup_steps must be >= 0, got {FLAGS.eps_warmup_steps}")
+    for name in ("model_dir", "data_dir"):
+        path = FLAGS[name].value
+        if path and "://" not in path and os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"--{name} {path} is a file, not a directory")
+    if FLAGS.strategy == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                             "(the cluster and this worker's task)")
+        _, _, workers = distribute.cluster_from_env()
+        if FLAGS.batch_size % workers:
+            raise UsageError(f"--batch_size {FLAGS.batch_size} is not divisible by the "
+                             f"{workers} workers of TF_CONFIG; use a multiple of {workers}")
+
+
+def _flag_attack(prefix):
+    """attack_config(prefix) with a bad value reported under its flag name (--eval_steps ...)."""
+    try:
+        return attack_config(prefix)
+    except ValueError as error:
+        raise UsageError(f"--{prefix}{error}") from None
+
+
+def train_config():
+    """Parsed flags -> experiment.TrainConfig (raises UsageError with one line on bad values).
+
+    Every check that needs no TensorFlow runs before experiment (and TensorFlow) is imported, so
+    a bad flag is rejected in about a second.
+    """
+    from tf_metric_robust import config as cfg
+
+    _check_train_flags()
     try:
         optimizer = cfg.OptimizerConfig(
             name=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
@@ -132,14 +188,20 @@ def train_config():
             distance=FLAGS.triplet_distance, lambda_triplet=FLAGS.lambda_triplet,
             lambda_norm=FLAGS.lambda_norm, bank_size=FLAGS.bank_size,
             pool_multiplier=FLAGS.pool_multiplier)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    attack, eval_attack = _flag_attack(""), _flag_attack("eval_")
+    from tf_metric_robust.experiment import TrainConfig  # imports TensorFlow
+
+    try:
         return TrainConfig(
             model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
             download=FLAGS.download, model=FLAGS.model,
             model_kwargs=_model_kwargs(FLAGS.model), mode=FLAGS.mode,
             batch_size=FLAGS.batch_size, train_steps=FLAGS.train_steps, optimizer=optimizer,
             label_smoothing=FLAGS.label_smoothing, augment=FLAGS.augment,
-            attack=attack_config(""), eps_warmup_steps=FLAGS.eps_warmup_steps,
-            eval_attack=attack_config("eval_"), triplet=triplet,
+            attack=attack, eps_warmup_steps=FLAGS.eps_warmup_steps,
+            eval_attack=eval_attack, triplet=triplet,
             eval_every=FLAGS.eval_every, eval_examples=FLAGS.eval_examples,
             final_eval_examples=FLAGS.final_eval_examples, eval_batch_size=FLAGS.eval_batch_size,
             strategy=FLAGS.strategy, tpu=FLAGS.tpu, mixed_precision=FLAGS.mixed_precision,
@@ -181,7 +243,23 @@ def run(main):
 
     # absl logs INFO by default, which buries the progress bar under TF's save/load chatter.
     FLAGS.set_default("verbosity", logging.WARNING)
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag (unknown flag, missing --flagfile, value out of an
+    enum) reported as one 'error:' line and exit status 2 like the other user errors (absl's
+    own parser prints two lines and exits 1)."""
+    try:
+        argv = FLAGS(argv)
+        if FLAGS["verbosity"].using_default_value:
+            # Assigned, not left at its default: app.run raises a default verbosity to INFO.
+            FLAGS.verbosity = FLAGS["verbosity"].default
+        return argv
+    except flags.Error as error:
+        message = " ".join(str(error).replace("ERROR:: ", "").split())
+        print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(2)
 
 
 # bin/evaluate ------------------------------------------------------------------------------------
@@ -228,6 +306,14 @@ def define_evaluate_flags():
     flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.")
     flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
                       "kNN detection score (see detection.KnnDetector).")
+    flags.DEFINE_enum("suite", "none", ["none", "autoattack"], "Also run a standard attack "
+                      "suite into the worst case: autoattack = APGD-CE, APGD-T (DLR), Square "
+                      "(Croce & Hein 2020) at --eps/--norm/--seed; report.json 'suite' section.")
+    flags.DEFINE_enum("suite_version", "standard", ["standard", "plus"], "AutoAttack version "
+                      "(plus: + APGD-DLR, 5 restarts; FAB-T and rand are not implemented).")
+    flags.DEFINE_integer("suite_steps", 100, "APGD iterations of the suite (paper: 100; fewer "
+                         "for a quick, weaker check).")
+    flags.DEFINE_integer("suite_queries", 5000, "Square queries of the suite (paper: 5000).")
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard summaries.")
 
@@ -277,7 +363,9 @@ def evaluate_config():
             seed=FLAGS.seed, detection=FLAGS.detection,
             detection_eps=_numbers(FLAGS.detection_eps, "detection_eps"),
             detection_reference=FLAGS.detection_reference, detection_k=FLAGS.detection_k,
-            detection_score=FLAGS.detection_score)
+            detection_score=FLAGS.detection_score, suite=FLAGS.suite,
+            suite_version=FLAGS.suite_version, suite_steps=FLAGS.suite_steps,
+            suite_queries=FLAGS.suite_queries)
         return EvaluateRun(
             model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, dataset=FLAGS.dataset,
             data_dir=FLAGS.data_dir, download=FLAGS.download, split=FLAGS.split,

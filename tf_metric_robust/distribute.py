@@ -1,25 +1,74 @@
-"""tf.distribute strategy from a name, so one recipe runs on a laptop, a multi-GPU box or a TPU."""
+"""tf.distribute strategy from a name, so one recipe runs on a laptop, a multi-GPU box, several
+machines (MultiWorkerMirroredStrategy, configured by TF_CONFIG) or a TPU.
+
+The TF_CONFIG helpers do not import TensorFlow, so the flag layer can reject a bad cluster
+specification before paying for that import.
+"""
 
 import json
 import os
-
-import tensorflow as tf
 
 from tf_metric_robust.config import UserError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
+def cluster_from_env():
+    """(task type, task index, number of worker processes) from TF_CONFIG; ('', 0, 1) without it.
+
+    TF_CONFIG is TF's JSON description of a cluster, e.g.
+    {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}};
+    a 'chief' task, if listed, counts as a worker (it trains too).
+    """
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return "", 0, 1
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        task_type, index = str(task["type"]), int(task["index"])
+        workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+        members = cluster[task_type]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"TF_CONFIG is not a valid cluster specification ({type(error).__name__}: "
+                        f"{error}); expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, "
+                        f"\"task\": {{\"type\": \"worker\", \"index\": 0}}}}") from None
+    if not 0 <= index < len(members):
+        raise UserError(f"TF_CONFIG task index {index} is outside its {task_type} list "
+                        f"({len(members)} entries)")
+    return task_type, index, max(workers, 1)
+
+
+def is_chief():
+    """Whether this process writes the run's files: the 'chief' task, else worker 0 (TF's rule)."""
+    text = os.environ.get("TF_CONFIG")
+    task_type, index, _ = cluster_from_env()
+    if not task_type:
+        return True
+    has_chief = "chief" in json.loads(text)["cluster"]
+    return task_type == "chief" or (task_type == "worker" and index == 0 and not has_chief)
+
+
 def make_strategy(name="auto", tpu_address=None):
     """Returns a tf.distribute.Strategy.
 
     Args:
-      name: 'auto' (MirroredStrategy over all local GPUs if there is any, else the CPU), 'one_device', 'mirrored' (all local GPUs, or all logical CPUs when
-        there is no GPU), 'multi_worker' (reads TF_CONFIG), 'tpu'.
+      name: 'auto' (MirroredStrategy over all local GPUs if there is any, else the CPU),
+        'one_device', 'mirrored' (all local GPUs, or all logical CPUs when there is no GPU),
+        'multi_worker' (MultiWorkerMirroredStrategy over the TF_CONFIG cluster; create it before
+        any other TensorFlow work), 'tpu'.
       tpu_address: TPU name or grpc address for 'tpu' ('' = the local TPU VM).
     """
     if name not in STRATEGIES:
         raise UserError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    import tensorflow as tf  # here, not at the top: the TF_CONFIG helpers above stay light
+
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("strategy 'multi_worker' needs the TF_CONFIG environment variable "
+                            "(cluster spec and this worker's task); see README 'Multi-worker'")
+        cluster_from_env()  # a clear message for malformed JSON
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         if gpus:
@@ -30,12 +79,6 @@ def make_strategy(name="auto", tpu_address=None):
     if name == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise UserError("strategy 'multi_worker' needs the TF_CONFIG environment variable "
-                             "(cluster spec and this worker's task); see README 'Multi-worker'")
-        json.loads(os.environ["TF_CONFIG"])  # fail early on malformed JSON
-        return tf.distribute.MultiWorkerMirroredStrategy()
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
@@ -43,8 +86,8 @@ def make_strategy(name="auto", tpu_address=None):
 
 
 def check_batch_size(batch_size, strategy):
-    """Raises ValueError unless the global batch splits evenly over the replicas."""
+    """Raises UserError unless the global batch splits evenly over the replicas."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise UserError(f"batch_size {batch_size} is not divisible by the {replicas} replicas "
-                         f"of the strategy; use a multiple of {replicas}")
+                        f"of the strategy; use a multiple of {replicas}")

@@ -2,19 +2,29 @@
 
 The contract (DESIGN.md): model_dir holds checkpoints/, tensorboard/, saved_model/, flags.txt and
 metrics.json; running the same command again resumes from the last checkpoint.
+
+Resuming is exact. A checkpoint holds the network, the optimizer with its step counter and the
+TLA memory bank; the step fixes everything else a step draws: the input position
+(data.train_dataset(start_step) equals the stream skipped by that many batches) and the stateless
+seeds of the attack's random starts. So a run killed at any point, even by SIGKILL, and re-run
+with the same command ends with the weights of an uninterrupted run (bit for bit on the same
+hardware; --deterministic also pins TF's op choice). How it stops early: see stopping.py.
 """
 
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Optional
 
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import data, distribute, export, run_files, summaries
+from tf_metric_robust import data, distribute, export, run_files, stopping, summaries
 from tf_metric_robust.config import AttackConfig, OptimizerConfig, TripletConfig, UserError
+from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
 from tf_metric_robust.training import AdversarialTrainer, make_optimizer
 
 @dataclasses.dataclass(frozen=True)
@@ -82,110 +92,173 @@ def make_checkpoint(trainer):
     return tf.train.Checkpoint(**parts)
 
 
-def _train_input(config, info, start_step):
+def _shard_by_data(dataset):
+    """Under MultiWorkerMirroredStrategy, each worker keeps its replicas' slices of every global
+    batch (AutoShardPolicy.DATA), so step s trains on the same global batch as on one machine.
+    The default (AUTO, i.e. by file) would feed workers different files: different batches, and
+    an error when a split has fewer files than workers. Single-process strategies ignore it."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _train_input(config, start_step):
     batch = config.batch_size
     if config.mode == "tla" and config.triplet.negative_pool == "extra":
         batch *= 1 + config.triplet.pool_multiplier
-    return data.train_dataset(config.dataset, batch_size=batch, seed=config.seed,
-                              start_step=start_step, data_dir=config.data_dir,
-                              download=config.download, augment=config.augment)
+    return _shard_by_data(data.train_dataset(
+        config.dataset, batch_size=batch, seed=config.seed, start_step=start_step,
+        data_dir=config.data_dir, download=config.download, augment=config.augment))
 
 
-class _CheckpointEvery(keras.callbacks.Callback):
-    """Saves a checkpoint every `every` optimizer steps; stops on a non-finite loss."""
+def _eval_input(config, num_examples):
+    """Evaluation batches; also where a missing or unwritable dataset is reported, before the
+    model is built (preparing a dataset writes into --data_dir)."""
+    try:
+        return _shard_by_data(data.eval_dataset(
+            config.dataset, batch_size=config.eval_batch_size, num_examples=num_examples,
+            data_dir=config.data_dir, download=config.download))
+    except data.DatasetNotFoundError:
+        raise
+    except OSError as error:
+        raise UserError(f"cannot prepare dataset {config.dataset!r} in --data_dir "
+                        f"{config.data_dir}: {error.strerror or error}: {error.filename}; pass a "
+                        "writable --data_dir, or one where the dataset is prepared") from None
 
-    def __init__(self, manager, every):
-        super().__init__()
-        self.manager, self.every = manager, every
 
-    def on_train_batch_end(self, batch, logs=None):
-        step = int(self.model.optimizer.iterations.numpy())
-        loss = (logs or {}).get("loss")
-        if loss is not None and not tf.math.is_finite(float(loss)):
-            last = self.manager.latest_checkpoint or "none yet"
-            raise FloatingPointError(f"non-finite loss {loss} at step {step}; training stopped. "
-                                     f"Last good checkpoint: {last}")
-        if step % self.every == 0:
-            self.manager.save(checkpoint_number=step)
+def _state_variables(trainer):
+    parts = [trainer.network.variables, trainer.optimizer.variables]
+    if trainer.bank is not None:
+        parts.append(trainer.bank.variables)
+    return [v for part in parts for v in part]
 
 
 def train(config, flags_text=None):
-    """Runs (or resumes) training; returns the final metrics dict also written to metrics.json."""
-    os.makedirs(config.model_dir, exist_ok=True)
-    run_files.check_or_write_recipe(config.model_dir, config.recipe())
-    if flags_text is not None:
-        with open(os.path.join(config.model_dir, "flags.txt"), "w") as f:
-            f.write(flags_text)
+    """Runs (or resumes) training; returns the final metrics dict also written to metrics.json.
+
+    Raises stopping.Interrupted after SIGTERM/SIGINT (the current step is checkpointed first),
+    stopping.TrainingDiverged on a non-finite loss, UserError on settings or files it cannot use.
+    With --strategy=multi_worker every worker runs this with the same config: all of them run
+    the same steps, evaluations and saves (collectives must match); only the chief writes into
+    model_dir, the others into a scratch folder deleted at the end.
+    """
+    try:
+        data.dataset_info(config.dataset)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    chief = distribute.is_chief()
+    if chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+        run_files.check_or_write_recipe(config.model_dir, config.recipe())
+        if flags_text is not None:
+            run_files.write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
+    output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="tf_metric_robust-")
+    try:
+        return _train(config, output_dir, chief)
+    finally:
+        if not chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def _train(config, output_dir, chief):
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything (it configures the
+    # collective runtime), so the strategy comes before any data or model work.
+    strategy = distribute.make_strategy(config.strategy, config.tpu)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(config.mixed_precision)
-
-    strategy = distribute.make_strategy(config.strategy, config.tpu)
     distribute.check_batch_size(config.batch_size, strategy)
-    info = data.dataset_info(config.dataset)
+    eval_data = _eval_input(config, config.eval_examples)
     with strategy.scope():
         trainer = build_trainer(config)
         checkpoint = make_checkpoint(trainer)
-    manager = tf.train.CheckpointManager(checkpoint, run_files.checkpoint_dir(config.model_dir),
+    restored = _restore(checkpoint, config, repair=chief)
+    step = first_step = int(trainer.optimizer.iterations.numpy())
+    manager = tf.train.CheckpointManager(checkpoint, run_files.checkpoint_dir(output_dir),
                                          max_to_keep=config.keep_checkpoints)
-    _restore(checkpoint, manager, config)
-    step = int(trainer.optimizer.iterations.numpy())
-    writer = summaries.Writer(os.path.join(config.model_dir, "tensorboard"))
-    eval_data = data.eval_dataset(config.dataset, batch_size=config.eval_batch_size,
-                                  num_examples=config.eval_examples, data_dir=config.data_dir,
-                                  download=config.download)
-    callbacks = [_CheckpointEvery(manager, config.checkpoint_every),
-                 summaries.TrainScalars(writer, every=min(50, config.eval_every))]
+    saver = stopping.Saver(manager, _state_variables(trainer), step if restored else None,
+                           run_files.checkpoint_dir(config.model_dir))
+    writer = summaries.Writer(os.path.join(output_dir, "tensorboard"))
     started = time.time()
-    if step >= config.train_steps:
-        print(f"Training already finished at step {step} in {config.model_dir}.")
-    while step < config.train_steps:
-        segment = min(config.eval_every - step % config.eval_every, config.train_steps - step)
-        print(f"Steps {step + 1}-{step + segment} of {config.train_steps}")
-        trainer.fit(_train_input(config, info, step), steps_per_epoch=segment, epochs=1,
-                    callbacks=callbacks, verbose=1, shuffle=False)
-        step = int(trainer.optimizer.iterations.numpy())
-        if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
-            manager.save(checkpoint_number=step)
-        results = trainer.evaluate(eval_data, return_dict=True, verbose=0)
-        writer.scalars("eval", results, step)
-        summaries.log_adversarial_grid(writer, trainer, eval_data, step)
-        print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
-    return _finish(config, trainer, writer, step, time.time() - started)
+    with stopping.StopSignals(enabled=config.strategy != "multi_worker") as signals:
+        guard = stopping.StepGuard(saver, config.checkpoint_every, signals)
+        callbacks = [guard, summaries.TrainScalars(writer, every=min(50, config.eval_every))]
+        if step >= config.train_steps:
+            print(f"Training already finished at step {step} in {config.model_dir}.")
+        while step < config.train_steps:
+            guard.check()
+            segment = min(config.eval_every - step % config.eval_every, config.train_steps - step)
+            print(f"Steps {step + 1}-{step + segment} of {config.train_steps}")
+            trainer.fit(_train_input(config, step), steps_per_epoch=segment, epochs=1,
+                        callbacks=callbacks, verbose=1, shuffle=False)
+            step = int(trainer.optimizer.iterations.numpy())
+            saver.save(step)  # no-op when the guard just saved this step
+            guard.check()
+            results = trainer.evaluate(eval_data, return_dict=True, verbose=0, callbacks=[guard])
+            writer.scalars("eval", results, step)
+            summaries.log_adversarial_grid(writer, trainer, eval_data, step)
+            print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+        return _finish(config, trainer, writer, guard, output_dir, step,
+                       trained=step > first_step, seconds=time.time() - started)
 
 
-def _restore(checkpoint, manager, config):
-    latest = manager.latest_checkpoint
+def _restore(checkpoint, config, repair):
+    """Restores the newest readable checkpoint of the run (True), else --init_checkpoint's
+    network weights if given (False)."""
+    latest = run_files.restore_newest_readable(
+        checkpoint, run_files.checkpoint_dir(config.model_dir), repair=repair)
     if latest:
-        try:
-            checkpoint.restore(latest).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as error:
-            raise UserError(f"cannot restore checkpoint {latest}: {error}") from None
         print(f"Resumed from {latest}")
-    elif config.init_checkpoint:
-        source = config.init_checkpoint
+        return True
+    if config.init_checkpoint:
+        source, network_only = config.init_checkpoint, tf.train.Checkpoint(
+            network=checkpoint.network)
         if os.path.isdir(source):
-            source = tf.train.latest_checkpoint(os.path.join(source, "checkpoints")) or \
-                tf.train.latest_checkpoint(source)
-        if not source:
-            raise UserError(f"--init_checkpoint {config.init_checkpoint}: no checkpoint found")
-        tf.train.Checkpoint(network=checkpoint.network).restore(source).expect_partial()
+            found = None
+            for folder in (run_files.checkpoint_dir(source), source):
+                if run_files.checkpoint_paths(folder):
+                    found = run_files.restore_newest_readable(network_only, folder)
+                    break
+            if not found:
+                raise UserError(f"--init_checkpoint {source}: no checkpoint found")
+            source = found
+        else:
+            try:
+                network_only.restore(source).assert_existing_objects_matched().expect_partial()
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                raise UserError(f"--init_checkpoint {source}: cannot restore the network "
+                                f"({type(error).__name__}: {error})") from None
         print(f"Initialised network weights from {source}")
+    return False
 
 
-def _finish(config, trainer, writer, step, seconds):
-    """Final evaluation on the test split -> metrics.json, projector data, SavedModel."""
+def _export_is_stale(model_dir):
+    """True without a SavedModel version newer than metrics.json (e.g. killed during export)."""
+    latest = export.latest_version(os.path.join(model_dir, "saved_model"))
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    return latest is None or (os.path.exists(metrics_path) and
+                              os.path.getmtime(latest) < os.path.getmtime(metrics_path))
+
+
+def _finish(config, trainer, writer, guard, output_dir, step, *, trained, seconds):
+    """Final evaluation on the test split -> projector data, metrics.json, SavedModel.
+
+    metrics.json is written after the projector data and before the export: its presence marks
+    a finished evaluation. A run that trained exports a new version (export.py never overwrites
+    one); a run killed during export exports when re-run.
+    """
     metrics_path = os.path.join(config.model_dir, "metrics.json")
-    final_data = data.eval_dataset(config.dataset, batch_size=config.eval_batch_size,
-                                   num_examples=config.final_eval_examples,
-                                   data_dir=config.data_dir, download=config.download)
-    if os.path.exists(metrics_path) and seconds < 1:
+    # Decided before any collective, from the (shared) model_dir: every worker takes the same path.
+    reuse_metrics = os.path.exists(metrics_path) and not trained
+    needs_export = config.export and (trained or _export_is_stale(config.model_dir))
+    final_data = _eval_input(config, config.final_eval_examples)
+    if reuse_metrics:
         with open(metrics_path) as f:
             metrics = json.load(f)
     else:
-        results = trainer.evaluate(final_data, return_dict=True, verbose=0)
+        results = trainer.evaluate(final_data, return_dict=True, verbose=0, callbacks=[guard])
         metrics = {
             "step": step, "dataset": config.dataset, "model": config.model, "mode": config.mode,
             "eval/clean_accuracy": float(results["clean_accuracy"]),
@@ -194,10 +267,17 @@ def _finish(config, trainer, writer, step, seconds):
             "num_examples": config.final_eval_examples or "full test split",
             "train_seconds_this_run": round(seconds, 1),
         }
-        run_files.write_json_atomic(metrics_path, metrics)
         summaries.log_projector(writer.logdir, trainer.network, final_data)
-    saved_model_dir = os.path.join(config.model_dir, "saved_model")
-    if config.export and not os.path.exists(saved_model_dir):
-        export.export_saved_model(trainer.network, saved_model_dir)
+        guard.check()
+        run_files.write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
+    if needs_export:
+        guard.check()
+        # The kNN detection reference (clean training examples) goes inside the SavedModel.
+        reference_images, reference_labels = export.reference_examples(
+            config.dataset, data_dir=config.data_dir, download=config.download)
+        # Written to a hidden folder and renamed into place (export.py): never half a version.
+        export.export_saved_model(trainer.network, os.path.join(output_dir, "saved_model"),
+                                  reference_images=reference_images,
+                                  reference_labels=reference_labels)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
