@@ -1,12 +1,19 @@
 """Tests for tf_metric_robust.losses: TFA parity (values and gradients), distances vs NumPy, TLA."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tf_metric_robust import losses
 
-REFERENCE = "/work/shared/reference/tfa_triplet_losses.npz"
+# Values dumped from real TFA 0.23, in the project's shared/ folder beside the repository.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFERENCE = next((path for path in (
+    os.path.join(_ROOT, "..", "shared", "reference", "tfa_triplet_losses.npz"),
+    "/work/shared/reference/tfa_triplet_losses.npz") if os.path.exists(path)),
+    "shared/reference/tfa_triplet_losses.npz (not found beside the repository)")
 TFA_LOSSES = {"semihard": losses.triplet_semihard_loss, "hard": losses.triplet_hard_loss}
 
 
