@@ -79,14 +79,6 @@ def _loss_value(logits, labels, targets, loss, targeted):
     return objectives.objective(logits, labels, "ce", targeted=False)
 
 
-def _logits(model_fn, x):
-    logits = model_fn(x)
-    if isinstance(logits, dict):
-        raise TypeError("model_fn must return logits; for tf_metric_robust models pass "
-                        "lambda x: model(x, training=False)['logits']")
-    return logits
-
-
 def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps, norm, loss,
                 targeted, rho):
     """One APGD run from a random start. Returns (x_adv, fooled bool [N], best loss float32 [N]).
@@ -102,7 +94,7 @@ def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps
     def evaluate(x_adv):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
-            logits = _logits(model_fn, x_adv)
+            logits = objectives.logits_of(model_fn, x_adv)
             value = _loss_value(logits, y, targets, loss, targeted)
             total = tf.reduce_sum(value)
         grad = tape.gradient(total, x_adv)
@@ -165,7 +157,7 @@ def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, n
     """
     if seed is None:
         seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
-    clean_logits = _logits(model_fn, x)
+    clean_logits = objectives.logits_of(model_fn, x)
     found = tf.not_equal(tf.argmax(clean_logits, axis=-1, output_type=y.dtype), y)
     # Targets: the 2nd, 3rd, ... highest clean logits (paper, Sec. 4).
     ranked = tf.argsort(clean_logits, axis=-1, direction="DESCENDING")

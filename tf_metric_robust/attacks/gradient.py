@@ -97,15 +97,6 @@ def _call_owner(graph_fn, owner_ref, method, static, *args):
     return graph_fn(model_fn, *args, **static)
 
 
-def _logits(model_fn, x):
-    """model_fn(x), with a clear error for models returning their output dict."""
-    logits = model_fn(x)
-    if isinstance(logits, dict):
-        raise TypeError("model_fn must return logits; for tf_metric_robust models pass "
-                        "lambda x: model(x, training=False)['logits']")
-    return logits
-
-
 def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, *, steps,
                   norm, loss, targeted, random_start, momentum, restarts):
     """The shared loop: `restarts` runs of `steps` projected ascent steps, worst case per example.
@@ -123,7 +114,7 @@ def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, see
         for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(x_adv)
-                total = tf.reduce_sum(objectives.objective(_logits(model_fn, x_adv), y, loss,
+                total = tf.reduce_sum(objectives.objective(objectives.logits_of(model_fn, x_adv), y, loss,
                                                            targeted))
             # No gradient path (a stop_gradient quantiser, logits that ignore the input) is a
             # zero gradient, never None: the step below then leaves x_adv where it is.
@@ -139,7 +130,7 @@ def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, see
         if restarts == 1:
             return x_adv
         # Keep per example the run that succeeds, ties broken by the higher objective.
-        logits = _logits(model_fn, x_adv)
+        logits = objectives.logits_of(model_fn, x_adv)
         hit = objectives.success(logits, y, targeted)
         value = objectives.objective(logits, y, loss, targeted)
         if best is None:

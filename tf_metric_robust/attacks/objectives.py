@@ -116,3 +116,12 @@ def project(x_adv, x, eps, norm, clip_min, clip_max):
         scale = tf.minimum(1.0, eps / tf.maximum(_per_example_norm(delta, 2), _TINY))
         return tf.cast(tf.clip_by_value(x32 + delta * scale, clip_min, clip_max), dtype)
     raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+
+
+def logits_of(model_fn, x):
+    """model_fn(x), with a clear error for models that return their output dict."""
+    logits = model_fn(x)
+    if isinstance(logits, dict):
+        raise TypeError("model_fn must return logits; for tf_metric_robust models pass "
+                        "lambda x: model(x, training=False)['logits']")
+    return logits
