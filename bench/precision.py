@@ -12,8 +12,8 @@ Keras dtype policy, then the global policy is restored to float32):
 Steps run round by round (interleaved) after a warm-up that includes tracing and XLA compilation;
 prints each variant's median step time and median per-round ratio to float32, in wall and in
 process-CPU time. Expect all ratios > 1 on CPU: x86 CPUs without AMX/AVX512-BF16 have no fast
-low-precision matmuls, and XLA's CPU convolutions are slower than oneDNN's. The flags are for GPUs
-and TPUs (see bench/README.md).
+low-precision matmuls, and XLA's CPU code is slower here than TF's default kernels. The flags are
+for GPUs and TPUs (see bench/README.md).
 """
 
 import argparse
