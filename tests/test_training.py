@@ -105,3 +105,11 @@ def test_bad_mode_and_missing_attack_raise():
         AdversarialTrainer(network, mode="fancy", attack=ATTACK)
     with pytest.raises(ValueError, match="attack"):
         AdversarialTrainer(network, mode="pgd")
+
+
+def test_extra_pool_evaluation_counts_every_example(mnist5k_arrays):
+    """Only training batches carry the extra clean pool; evaluation must score all examples."""
+    trainer = _trainer("tla", triplet=TripletConfig(negative_pool="extra", pool_multiplier=2))
+    trainer.fit(_batches(mnist5k_arrays, 30, 2), epochs=1, verbose=0)
+    trainer.evaluate(_batches(mnist5k_arrays, 25, 2, seed=3), verbose=0)
+    assert int(trainer.trackers["clean_accuracy"].count.numpy()) == 50

@@ -178,11 +178,11 @@ class AdversarialTrainer(keras.Model):
         return total, logs, clean_logits, adversarial_logits
 
     # ------------------------------------------------------------------------------ steps
-    def _unpack(self, data):
+    def _unpack(self, data, training):
         images, labels = data[0], data[1]
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
         pool_images = pool_labels = None
-        if self.mode == "tla" and self.triplet.negative_pool == "extra":
+        if training and self.mode == "tla" and self.triplet.negative_pool == "extra":
             # The input pipeline delivers batch * (1 + pool_multiplier) images: batch, then pool.
             batch = tf.shape(images)[0] // (1 + self.triplet.pool_multiplier)
             images, pool_images = images[:batch], images[batch:]
@@ -214,7 +214,7 @@ class AdversarialTrainer(keras.Model):
         return kwargs
 
     def train_step(self, data):
-        images, labels, pool_images, pool_labels = self._unpack(data)
+        images, labels, pool_images, pool_labels = self._unpack(data, training=True)
         adversarial = images
         if self.mode != "natural":
             adversarial = tf.stop_gradient(attacks.pgd(
@@ -235,7 +235,7 @@ class AdversarialTrainer(keras.Model):
         return self._update_metrics(loss * replicas, logs, labels, clean_logits, adversarial_logits)
 
     def test_step(self, data):
-        images, labels, _, _ = self._unpack(data)
+        images, labels, _, _ = self._unpack(data, training=False)
         adversarial = attacks.pgd(self.logits_fn, images, labels, **self.eval_attack.kwargs())
         per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
             images, labels, adversarial, False)
