@@ -125,3 +125,14 @@ def logits_of(model_fn, x):
         raise TypeError("model_fn must return logits; for tf_metric_robust models pass "
                         "lambda x: model(x, training=False)['logits']")
     return logits
+
+
+def images_and_labels(x, y):
+    """(x as a floating tensor, y as int64 [N]); ValueError for integer images or dense labels."""
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise ValueError(f"x must be a floating-point image batch, got {x.dtype}")
+    y = tf.cast(y, tf.int64)
+    if y.shape.rank != 1:
+        raise ValueError(f"y must hold sparse int labels of shape [N], got shape {y.shape}")
+    return x, y
