@@ -1,6 +1,6 @@
 """Input pipeline throughput vs what the train step consumes (goal: pipeline >= 5x the step).
 
-Command: `.venv/bin/python bench/input_pipeline.py [--batches 200] [--rounds 5]`.
+Command: `.venv/bin/python bench/input_pipeline.py [--batches 200] [--rounds 3]`.
 Two datasets through `data.train_dataset` (shuffle, decode to float, pad-4 crop + flip where the
 recipe augments, prefetch):
 
@@ -97,7 +97,7 @@ def measure(name, dataset, shape, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=200, help="batches per pipeline timing")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="PGD steps of the TLA step")
     args = parser.parse_args()
     tfds.disable_progress_bar()

@@ -2,7 +2,7 @@
 
 Command: `.venv/bin/python bench/pgd_overhead.py` (or `make bench`). Model: small_cnn, MNIST shape
 (28, 28, 1), batch 128, random weights and images (cost does not depend on them). Per k, prints
-(PGD-k wall time) / (k x one input-gradient time): the median over 7 repeats of the ratio of
+(PGD-k wall time) / (k x one input-gradient time): the median over 5 repeats of the ratio of
 adjacent runs (robust to load from other processes), after a warm-up that includes tracing; the
 same ratio in process CPU time is printed alongside. Goal <= 1.03 (DESIGN.md: an unrolled PGD
 costs k gradients). The baseline is a tf.function returning d CE / d x, i.e. one PGD step's work.
@@ -16,7 +16,7 @@ import tensorflow as tf
 from tf_metric_robust import attacks, models
 
 BATCH = 128
-REPEATS = 7
+REPEATS = 5
 GOAL = 1.03
 
 

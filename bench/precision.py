@@ -1,6 +1,6 @@
 """TLA train-step time under mixed precision and XLA, relative to float32 graph mode, in one run.
 
-Command: `.venv/bin/python bench/precision.py [--model small_cnn] [--steps 5] [--rounds 5]`.
+Command: `.venv/bin/python bench/precision.py [--model small_cnn] [--steps 5] [--rounds 3]`.
 Variants (same network architecture, batch, data and TLA step; each network is built under its own
 Keras dtype policy, then the global policy is restored to float32):
 
@@ -78,7 +78,7 @@ def main():
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--steps", type=int, default=5, help="PGD steps of the training attack")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist") else (32, 32, 3)
     runs = {name: make_step(*VARIANTS[name], args.model, shape, args.batch_size, args.steps)

@@ -9,7 +9,7 @@ Expected: a TLA step is the PGD-AT step plus one more weight-gradient pass over 
 its joint (adversarial + clean) batch. The two natural steps (batch B and 2B) measure that pass, so
 the script also prints the predicted ratio (PGD-AT - natural(B) + natural(2B)) / PGD-AT.
 
-    .venv/bin/python bench/train_step.py [--model small_cnn] [--batch_size 50] [--rounds 15]
+    .venv/bin/python bench/train_step.py [--model small_cnn] [--batch_size 50] [--rounds 10]
 """
 
 import argparse
@@ -64,7 +64,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--batch_size", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist") else (32, 32, 3)
     steps = {name: make_step(name, args.model, shape, args.batch_size) for name in VARIANTS}

@@ -5,6 +5,8 @@ and losses are float32, and `compile()` wraps the optimizer in a LossScaleOptimi
 Each test restores the global float32 policy, which is process-wide state.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -98,3 +100,23 @@ def test_pgd_under_mixed_precision_keeps_dtype_and_ball(mnist5k_arrays, policy, 
     # No random start: every moved pixel moved along a non-zero input-gradient sign, so most
     # pixels moving means the gradient did not underflow in the low dtype.
     assert np.mean(x_adv != images) > 0.3
+
+
+def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
+    """A --mixed_precision run leaves the process float32: the policy is process-wide state and
+    a Python-API caller builds its next model after the run (also when the run fails)."""
+    from tf_metric_robust import data, experiment
+
+    config = experiment.TrainConfig(
+        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
+        mode="natural", batch_size=BATCH, train_steps=2, eval_every=2, eval_examples=BATCH,
+        final_eval_examples=BATCH, eval_batch_size=BATCH, mixed_precision="mixed_bfloat16",
+        export=False)
+    metrics = experiment.train(config)
+    assert metrics["step"] == 2 and np.isfinite(metrics["eval/clean_accuracy"])
+    assert keras.mixed_precision.global_policy().name == "float32"
+    missing_data = dataclasses.replace(config, model_dir=str(tmp_path / "other"), dataset="mnist",
+                                       data_dir=str(tmp_path / "empty"))
+    with pytest.raises(data.DatasetNotFoundError):  # raised after the policy was set
+        experiment.train(missing_data)
+    assert keras.mixed_precision.global_policy().name == "float32"

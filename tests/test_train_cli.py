@@ -48,6 +48,11 @@ def test_run_writes_the_contract_outputs(finished_run):
         metrics = json.load(f)
     assert metrics["step"] == 12
     assert 0.0 <= metrics["eval/pgd_accuracy"] <= metrics["eval/clean_accuracy"] <= 1.0
+    # Accuracies average every example asked for (--eval_examples=50, --final_eval_examples=100)
+    # and say how many they average.
+    second = finished_run[3]
+    assert metrics["num_examples"] == 100
+    assert "(50 examples)" in second.stdout and "evaluation scored" not in second.stderr
     flags_text = open(os.path.join(model_dir, "flags.txt")).read()
     assert "--mode=tla" in flags_text and "--lambda_triplet=0.5" in flags_text
     events = [f for _, _, files in os.walk(os.path.join(model_dir, "tensorboard"))

@@ -113,3 +113,18 @@ def test_extra_pool_evaluation_counts_every_example(mnist5k_arrays):
     trainer.fit(_batches(mnist5k_arrays, 30, 2), epochs=1, verbose=0)
     trainer.evaluate(_batches(mnist5k_arrays, 25, 2, seed=3), verbose=0)
     assert int(trainer.trackers["clean_accuracy"].count.numpy()) == 50
+
+
+def test_cpu_strategies_keep_keras_off_the_multi_device_iterator():
+    """'auto' and 'one_device' on a host without GPUs are TF's default strategy: under a real
+    OneDeviceStrategy Keras feeds batches through a MultiDeviceIterator, after which every CPU op
+    of the process runs ~2x slower (bench/strategy_overhead.py)."""
+    from tf_metric_robust import distribute
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("GPU host: 'auto' is MirroredStrategy over the GPUs")
+    for name in ("auto", "one_device"):
+        strategy = distribute.make_strategy(name)
+        assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
+        dataset = tf.data.Dataset.range(4).batch(2)
+        assert isinstance(strategy.experimental_distribute_dataset(dataset), tf.data.Dataset)

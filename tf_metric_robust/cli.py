@@ -83,7 +83,11 @@ def define_train_flags():
     flags.DEFINE_float("lambda_norm", 1e-3, "Weight of the embedding-norm term.")
     # System.
     flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
-                                           "tpu"], "tf.distribute strategy.")
+                                           "tpu"],
+                      "tf.distribute strategy: auto = MirroredStrategy over the local GPUs, else "
+                      "TF's default strategy on the CPU; one_device = the first GPU (default "
+                      "strategy without one); mirrored = all GPUs or all logical CPUs; "
+                      "multi_worker = TF_CONFIG cluster; tpu.")
     flags.DEFINE_string("tpu", None, "TPU name or address for --strategy=tpu.")
     flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
                       "Keras dtype policy (logits and losses stay float32).")
@@ -348,6 +352,12 @@ def evaluate_config():
     for name, value in (("eps", eps), ("large_eps", large_eps)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"--{name} must be in [0, 1] (images are on [0,1]), got {value}")
+    if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
+        raise UsageError("pass exactly one of --model_dir and --saved_model")
+    for name in ("model_dir", "saved_model"):  # before the TensorFlow import: a typo fails fast
+        path = getattr(FLAGS, name)
+        if path and not os.path.exists(path):
+            raise UsageError(f"--{name} {path} does not exist")
     from tf_metric_robust import attacks, evaluation_plan
     from tf_metric_robust.evaluation_run import EvaluateRun
 

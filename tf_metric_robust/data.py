@@ -177,6 +177,13 @@ def _to_float(image, label):
     return tf.image.convert_image_dtype(image, tf.float32), label
 
 
+def eval_size(name, *, split=None, num_examples=None, data_dir=None, download=False):
+    """How many examples `eval_dataset` with the same arguments yields (to check a count)."""
+    spec = dataset_info(name)
+    _, total = _raw_split(spec, split or spec.test_split, data_dir, download)
+    return total if num_examples is None else min(total, num_examples)
+
+
 def load_split(name, split, *, data_dir=None, download=False):
     """Unbatched (image float32 [H,W,C] in [0,1], label int64) examples of a split, in order."""
     ds, _ = _raw_split(dataset_info(name), split, data_dir, download)

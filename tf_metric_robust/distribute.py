@@ -53,10 +53,11 @@ def make_strategy(name="auto", tpu_address=None):
     """Returns a tf.distribute.Strategy.
 
     Args:
-      name: 'auto' (MirroredStrategy over all local GPUs if there is any, else the CPU),
-        'one_device', 'mirrored' (all local GPUs, or all logical CPUs when there is no GPU),
-        'multi_worker' (MultiWorkerMirroredStrategy over the TF_CONFIG cluster; create it before
-        any other TensorFlow work), 'tpu'.
+      name: 'auto' (MirroredStrategy over all local GPUs if there is any, else TF's default
+        strategy on the CPU), 'one_device' (the first GPU, else the default strategy),
+        'mirrored' (all local GPUs, or all logical CPUs when there is no GPU), 'multi_worker'
+        (MultiWorkerMirroredStrategy over the TF_CONFIG cluster; create it before any other
+        TensorFlow work), 'tpu'.
       tpu_address: TPU name or grpc address for 'tpu' ('' = the local TPU VM).
     """
     if name not in STRATEGIES:
@@ -70,12 +71,16 @@ def make_strategy(name="auto", tpu_address=None):
         cluster_from_env()  # a clear message for malformed JSON
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
-    if name == "auto":
-        if gpus:
-            return tf.distribute.MirroredStrategy([d.name for d in gpus])
-        return tf.distribute.OneDeviceStrategy("/cpu:0")
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "auto" and gpus:
+        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+    if name == "one_device" and gpus:
+        return tf.distribute.OneDeviceStrategy(gpus[0].name)
+    if name in ("auto", "one_device"):
+        # On the host CPU, TF's default strategy, not OneDeviceStrategy("/cpu:0"): Keras feeds a
+        # real strategy through a MultiDeviceIterator, and once one exists in the process every
+        # CPU op runs ~2x slower in wall time, with kernel (sys) time as large as user time
+        # (measured with TF 2.21 on 2 cores: the demo step 318 -> 160 ms; bench/strategy_overhead.py).
+        return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])

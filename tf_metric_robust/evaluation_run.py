@@ -65,7 +65,9 @@ def load_model(run):
     if model_dir:
         if not os.path.isdir(model_dir):
             raise UserError(f"--model_dir {model_dir} does not exist")
-        if tf.train.latest_checkpoint(run_files.checkpoint_dir(model_dir)):
+        # Checkpoint files on disk, not the 'checkpoint' state file (which may be damaged);
+        # load_network skips unreadable ones for the previous checkpoint.
+        if run_files.checkpoint_paths(run_files.checkpoint_dir(model_dir)):
             network, recipe, checkpoint = run_files.load_network(model_dir)
             step = re.search(r"-(\d+)$", checkpoint)
             info = {"source": "checkpoint", "model_dir": os.path.abspath(model_dir),

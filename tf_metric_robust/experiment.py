@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from typing import Optional
@@ -153,9 +154,13 @@ def train(config, flags_text=None):
         if flags_text is not None:
             run_files.write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="tf_metric_robust-")
+    # --mixed_precision sets Keras' process-wide dtype policy; a caller of the Python API keeps
+    # building float32 models after this run.
+    policy = keras.mixed_precision.global_policy()
     try:
         return _train(config, output_dir, chief)
     finally:
+        keras.mixed_precision.set_global_policy(policy)
         if not chief:
             shutil.rmtree(output_dir, ignore_errors=True)
 
@@ -196,12 +201,28 @@ def _train(config, output_dir, chief):
             step = int(trainer.optimizer.iterations.numpy())
             saver.save(step)  # no-op when the guard just saved this step
             guard.check()
-            results = trainer.evaluate(eval_data, return_dict=True, verbose=0, callbacks=[guard])
+            results, count = _evaluate(trainer, eval_data, guard, config, config.eval_examples)
             writer.scalars("eval", results, step)
             summaries.log_adversarial_grid(writer, trainer, eval_data, step)
-            print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+            print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())) +
+                  f" ({count} examples)")
         return _finish(config, trainer, writer, guard, output_dir, step,
                        trained=step > first_step, seconds=time.time() - started)
+
+
+def _evaluate(trainer, dataset, guard, config, num_examples):
+    """(Keras evaluate results, number of examples they average), warning on a short count.
+
+    The count is the clean-accuracy tracker's: every accuracy in a report says what it is over.
+    """
+    results = trainer.evaluate(dataset, return_dict=True, verbose=0, callbacks=[guard])
+    count = int(trainer.trackers["clean_accuracy"].count.numpy())
+    expected = data.eval_size(config.dataset, num_examples=num_examples,
+                              data_dir=config.data_dir, download=config.download)
+    if count != expected:
+        print(f"warning: the evaluation scored {count} of {expected} test examples; its "
+              "accuracies average those only", file=sys.stderr)
+    return results, count
 
 
 def _restore(checkpoint, config, repair):
@@ -258,13 +279,13 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
         with open(metrics_path) as f:
             metrics = json.load(f)
     else:
-        results = trainer.evaluate(final_data, return_dict=True, verbose=0, callbacks=[guard])
+        results, count = _evaluate(trainer, final_data, guard, config, config.final_eval_examples)
         metrics = {
             "step": step, "dataset": config.dataset, "model": config.model, "mode": config.mode,
             "eval/clean_accuracy": float(results["clean_accuracy"]),
             "eval/pgd_accuracy": float(results["pgd_accuracy"]),
             "eval_attack": dataclasses.asdict(config.eval_attack),
-            "num_examples": config.final_eval_examples or "full test split",
+            "num_examples": count,
             "train_seconds_this_run": round(seconds, 1),
         }
         summaries.log_projector(writer.logdir, trainer.network, final_data)
