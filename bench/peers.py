@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -32,6 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tf_metric_robust import attacks, models  # noqa: E402
+from timing import seconds  # noqa: E402
 
 EPS, STEP_SIZE, STEPS = 0.3, 0.01, 10
 GOALS = {"cleverhans": 3.0, "art": 10.0}
@@ -77,12 +77,6 @@ def _art(logits_model, x, y, batch_size, num_classes):
     return lambda: attack.generate(x_np, y=one_hot)
 
 
-def _seconds(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch_size", type=int, default=128)
@@ -110,7 +104,7 @@ def main():
     times = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
-            times[name].append(_seconds(run))
+            times[name].append(seconds(run))
 
     print(f"PGD-{STEPS} L-inf, small_cnn 28x28x1, batch {args.batch_size}, median of "
           f"{args.rounds} interleaved rounds")

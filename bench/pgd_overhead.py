@@ -9,22 +9,15 @@ costs k gradients). The baseline is a tf.function returning d CE / d x, i.e. one
 """
 
 import statistics
-import time
 
 import tensorflow as tf
 
 from tf_metric_robust import attacks, models
+from timing import seconds
 
 BATCH = 128
 REPEATS = 5
 GOAL = 1.03
-
-
-def _seconds(fn):
-    """(wall, process-CPU) seconds of one `fn()` call; `fn` must block until its result exists."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def main():
@@ -50,8 +43,8 @@ def main():
         run_grad(), run_pgd()  # warm-up: tracing and first-run allocations
         grad_times, pgd_times = [], []
         for _ in range(REPEATS):  # interleaved, so load changes hit both alike
-            grad_times.append(_seconds(run_grad))
-            pgd_times.append(_seconds(run_pgd))
+            grad_times.append(seconds(run_grad))
+            pgd_times.append(seconds(run_pgd))
         # Ratio per adjacent (gradients, PGD) pair, then the median: robust to load drifting.
         ratio = statistics.median(p[0] / g[0] for g, p in zip(grad_times, pgd_times))
         cpu_ratio = statistics.median(p[1] / g[1] for g, p in zip(grad_times, pgd_times))

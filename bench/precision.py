@@ -20,7 +20,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -32,6 +31,7 @@ import tensorflow as tf  # noqa: E402
 from tf_metric_robust import models  # noqa: E402
 from tf_metric_robust.config import AttackConfig, TripletConfig  # noqa: E402
 from tf_metric_robust.training import AdversarialTrainer  # noqa: E402
+from timing import seconds  # noqa: E402
 
 VARIANTS = {  # name -> (Keras dtype policy, jit_compile)
     "float32": ("float32", False),
@@ -67,12 +67,6 @@ def make_step(policy, jit_compile, model, shape, batch_size, steps):
     return run
 
 
-def _seconds(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small_cnn")
@@ -89,7 +83,7 @@ def main():
     times = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
-            times[name].append(_seconds(run))
+            times[name].append(seconds(run))
     base = times["float32"]
     print(f"TLA step, {args.model} {shape}, batch {args.batch_size}, PGD-{args.steps}, median of "
           f"{args.rounds} interleaved rounds")

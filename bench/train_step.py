@@ -15,7 +15,6 @@ the script also prints the predicted ratio (PGD-AT - natural(B) + natural(2B)) /
 import argparse
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -27,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 from tf_metric_robust import models  # noqa: E402
 from tf_metric_robust.config import AttackConfig, TripletConfig  # noqa: E402
 from tf_metric_robust.training import AdversarialTrainer  # noqa: E402
+from timing import seconds  # noqa: E402
 
 VARIANTS = {
     "natural (batch B)": ("natural", None),
@@ -74,9 +74,7 @@ def main():
     times = {name: [] for name in steps}
     for _ in range(args.rounds):
         for name, run in steps.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            run()
-            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+            times[name].append(seconds(run))
     times = {name: np.array(values) for name, values in times.items()}
     ratios = {name: np.median(values / times["pgd"], axis=0) for name, values in times.items()}
     print(f"model {args.model}, batch B = {args.batch_size}, PGD-7, median of {args.rounds} "

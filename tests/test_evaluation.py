@@ -246,6 +246,11 @@ def test_bin_evaluate_user_errors(tmp_path):
     # Started together: each process spends most of its time importing TensorFlow.
     running = {message: _start_bin_evaluate(f"--model_dir={model_dir}", *args)
                for message, args in cases.items()}
+    # Checked before TensorFlow is imported: a typo in a path fails at once.
+    running[f"--model_dir {tmp_path}/typo does not exist"] = _start_bin_evaluate(
+        f"--model_dir={tmp_path}/typo")
+    running["exactly one of --model_dir and --saved_model"] = _start_bin_evaluate(
+        f"--model_dir={model_dir}", f"--saved_model={model_dir}")
     for message, process in running.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode != 0 and "Traceback" not in stderr, stderr

@@ -15,11 +15,16 @@ from tf_metric_robust.config import UserError
 FLAGS = flags.FLAGS
 
 
+def _define_data_location_flags(purpose=""):
+    """--data_dir and --download, shared by bin/train, bin/evaluate and bin/export."""
+    flags.DEFINE_string("data_dir", None, f"tensorflow-datasets data directory{purpose}.")
+    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+
+
 def define_data_flags():
     flags.DEFINE_string("dataset", "mnist5k", "Dataset name (mnist5k, mnist, fashion_mnist, "
                         "cifar10, cifar100, svhn_cropped).")
-    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
-    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+    _define_data_location_flags()
 
 
 def define_attack_flags(prefix, help_prefix, eps, step_size, steps):
@@ -279,8 +284,7 @@ def define_evaluate_flags():
                         "serving_default: images [N,H,W,C] in [0,1] -> logits, embedding).")
     flags.DEFINE_string("dataset", None, "Dataset (default: the run's recipe.json; required for "
                         "a SavedModel outside a run).")
-    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory.")
-    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+    _define_data_location_flags()
     flags.DEFINE_string("split", None, "Split to evaluate (default: the test split).")
     flags.DEFINE_integer("num_examples", None, "Evaluate only the first N examples.")
     flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.")
@@ -396,9 +400,7 @@ def define_export_flags():
                         "<export_dir>/<version>/ (default: <model_dir>/saved_model).")
     flags.DEFINE_integer("version", None, "Version folder to write (default: the largest "
                          "existing version + 1); an existing version is never overwritten.")
-    flags.DEFINE_string("data_dir", None, "tensorflow-datasets data directory (detection "
-                        "reference).")
-    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+    _define_data_location_flags(" (detection reference)")
     flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
                          "reference stored in the SavedModel (split evenly over the classes).")
     flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.")
