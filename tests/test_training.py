@@ -128,3 +128,27 @@ def test_cpu_strategies_keep_keras_off_the_multi_device_iterator():
         assert strategy is tf.distribute.get_strategy() and strategy.num_replicas_in_sync == 1
         dataset = tf.data.Dataset.range(4).batch(2)
         assert isinstance(strategy.experimental_distribute_dataset(dataset), tf.data.Dataset)
+
+
+def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
+    """With --negative_pool=extra the input is [batch; pool]; experiment.replica_major reorders it
+    so that the contiguous slice a strategy gives each replica is [its batch rows; its pool]."""
+    from tf_metric_robust.experiment import replica_major
+
+    batch, multiplier, replicas = 4, 2, 2
+    ids = tf.range(batch * (1 + multiplier), dtype=tf.int64)
+    np.testing.assert_array_equal(replica_major(ids, batch, replicas),
+                                  [0, 1, 4, 5, 6, 7, 2, 3, 8, 9, 10, 11])
+    images = tf.reshape(tf.cast(ids, tf.float32), [-1, 1, 1, 1]) * tf.ones([1, 2, 2, 1])
+    np.testing.assert_array_equal(replica_major(images, batch, replicas)[:, 0, 0, 0],
+                                  replica_major(ids, batch, replicas))
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+    strategy = tf.distribute.MirroredStrategy(cpus)
+    dataset = tf.data.Dataset.from_tensors(replica_major(ids, batch, replicas))
+    per_replica = next(iter(strategy.experimental_distribute_dataset(dataset)))
+    share = batch // replicas
+    for replica, rows in enumerate(strategy.experimental_local_results(per_replica)):
+        rows = rows.numpy()
+        # AdversarialTrainer._unpack takes the first 1/(1 + multiplier) rows as the batch.
+        assert sorted(rows[:share]) == list(range(replica * share, (replica + 1) * share))
+        assert all(row >= batch for row in rows[share:])

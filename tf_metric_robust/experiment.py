@@ -103,13 +103,32 @@ def _shard_by_data(dataset):
     return dataset.with_options(options)
 
 
-def _train_input(config, start_step):
-    batch = config.batch_size
-    if config.mode == "tla" and config.triplet.negative_pool == "extra":
-        batch *= 1 + config.triplet.pool_multiplier
-    return _shard_by_data(data.train_dataset(
+def _train_input(config, start_step, replicas=1):
+    extra_pool = config.mode == "tla" and config.triplet.negative_pool == "extra"
+    batch = config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1)
+    dataset = data.train_dataset(
         config.dataset, batch_size=batch, seed=config.seed, start_step=start_step,
-        data_dir=config.data_dir, download=config.download, augment=config.augment))
+        data_dir=config.data_dir, download=config.download, augment=config.augment)
+    if extra_pool and replicas > 1:
+        dataset = dataset.map(lambda images, labels: (
+            replica_major(images, config.batch_size, replicas),
+            replica_major(labels, config.batch_size, replicas)))
+    return _shard_by_data(dataset)
+
+
+def replica_major(rows, batch_size, replicas):
+    """[batch; pool] rows -> [batch_0; pool_0; batch_1; pool_1; ...] for `replicas` replicas.
+
+    With the extra pool a step's input is the batch followed by its pool, and the trainer splits
+    its input into the first 1/(1 + pool_multiplier) rows (batch) and the rest (pool). A strategy
+    hands replica r the r-th contiguous slice of the global rows, so the rows are reordered to
+    give each replica its share of the batch followed by its share of the pool.
+    """
+    batch, pool = rows[:batch_size], rows[batch_size:]
+    tail = tf.shape(rows)[1:]
+    batch = tf.reshape(batch, tf.concat([[replicas, -1], tail], 0))
+    pool = tf.reshape(pool, tf.concat([[replicas, -1], tail], 0))
+    return tf.reshape(tf.concat([batch, pool], axis=1), tf.shape(rows))
 
 
 def _eval_input(config, num_examples):
@@ -196,7 +215,8 @@ def _train(config, output_dir, chief):
             guard.check()
             segment = min(config.eval_every - step % config.eval_every, config.train_steps - step)
             print(f"Steps {step + 1}-{step + segment} of {config.train_steps}")
-            trainer.fit(_train_input(config, step), steps_per_epoch=segment, epochs=1,
+            trainer.fit(_train_input(config, step, strategy.num_replicas_in_sync),
+                        steps_per_epoch=segment, epochs=1,
                         callbacks=callbacks, verbose=1, shuffle=False)
             step = int(trainer.optimizer.iterations.numpy())
             saver.save(step)  # no-op when the guard just saved this step
