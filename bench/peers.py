@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tf_metric_robust import attacks, models  # noqa: E402
-from timing import seconds  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 EPS, STEP_SIZE, STEPS = 0.3, 0.01, 10
 GOALS = {"cleverhans": 3.0, "art": 10.0}
@@ -99,12 +99,7 @@ def main():
     art = _art(logits_model, x, y, args.batch_size, 10)
     if art is not None:
         runs["art"] = art
-    for run in runs.values():  # warm-up: tracing, first allocations
-        run()
-    times = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            times[name].append(seconds(run))
+    times = interleaved(runs, args.rounds)
 
     print(f"PGD-{STEPS} L-inf, small_cnn 28x28x1, batch {args.batch_size}, median of "
           f"{args.rounds} interleaved rounds")

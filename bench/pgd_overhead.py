@@ -13,7 +13,7 @@ import statistics
 import tensorflow as tf
 
 from tf_metric_robust import attacks, models
-from timing import seconds
+from timing import interleaved
 
 BATCH = 128
 REPEATS = 5
@@ -40,11 +40,8 @@ def main():
         run_grad = lambda: [input_gradient(x, y).numpy() for _ in range(steps)]  # noqa: E731
         run_pgd = lambda: attacks.pgd(model_fn, x, y, eps=0.3, step_size=0.01,  # noqa: E731
                                       steps=steps).numpy()
-        run_grad(), run_pgd()  # warm-up: tracing and first-run allocations
-        grad_times, pgd_times = [], []
-        for _ in range(REPEATS):  # interleaved, so load changes hit both alike
-            grad_times.append(seconds(run_grad))
-            pgd_times.append(seconds(run_pgd))
+        times = interleaved({"grad": run_grad, "pgd": run_pgd}, REPEATS)
+        grad_times, pgd_times = times["grad"], times["pgd"]
         # Ratio per adjacent (gradients, PGD) pair, then the median: robust to load drifting.
         ratio = statistics.median(p[0] / g[0] for g, p in zip(grad_times, pgd_times))
         cpu_ratio = statistics.median(p[1] / g[1] for g, p in zip(grad_times, pgd_times))

@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 from tf_metric_robust import models  # noqa: E402
 from tf_metric_robust.config import AttackConfig, TripletConfig  # noqa: E402
 from tf_metric_robust.training import AdversarialTrainer  # noqa: E402
-from timing import seconds  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 VARIANTS = {  # name -> (Keras dtype policy, jit_compile)
     "float32": ("float32", False),
@@ -77,13 +77,7 @@ def main():
     shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist") else (32, 32, 3)
     runs = {name: make_step(*VARIANTS[name], args.model, shape, args.batch_size, args.steps)
             for name in VARIANTS}
-    for run in runs.values():  # warm-up: tracing, XLA compilation, first allocations
-        run()
-        run()
-    times = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            times[name].append(seconds(run))
+    times = interleaved(runs, args.rounds, warmups=2)  # warm-up includes XLA compilation
     base = times["float32"]
     print(f"TLA step, {args.model} {shape}, batch {args.batch_size}, PGD-{args.steps}, median of "
           f"{args.rounds} interleaved rounds")

@@ -26,7 +26,7 @@ import tensorflow as tf  # noqa: E402
 from tf_metric_robust import models  # noqa: E402
 from tf_metric_robust.config import AttackConfig, TripletConfig  # noqa: E402
 from tf_metric_robust.training import AdversarialTrainer  # noqa: E402
-from timing import seconds  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 VARIANTS = {
     "natural (batch B)": ("natural", None),
@@ -68,13 +68,7 @@ def main():
     args = parser.parse_args()
     shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist") else (32, 32, 3)
     steps = {name: make_step(name, args.model, shape, args.batch_size) for name in VARIANTS}
-    for run in steps.values():  # warm-up: tracing and first-call allocation excluded
-        run()
-        run()
-    times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, run in steps.items():
-            times[name].append(seconds(run))
+    times = interleaved(steps, args.rounds, warmups=2)
     times = {name: np.array(values) for name, values in times.items()}
     ratios = {name: np.median(values / times["pgd"], axis=0) for name, values in times.items()}
     print(f"model {args.model}, batch B = {args.batch_size}, PGD-7, median of {args.rounds} "
