@@ -8,13 +8,23 @@ import tensorflow as tf
 
 from tf_metric_robust import losses
 
-# Values dumped from real TFA 0.23, in the project's shared/ folder beside the repository.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REFERENCE = next((path for path in (
-    os.path.join(_ROOT, "..", "shared", "reference", "tfa_triplet_losses.npz"),
-    "/work/shared/reference/tfa_triplet_losses.npz") if os.path.exists(path)),
-    "shared/reference/tfa_triplet_losses.npz (not found beside the repository)")
+
+
+def shared_reference(name):
+    """Path of a reference file in the project's shared/reference/ folder beside the repository."""
+    return next((path for path in (
+        os.path.join(_ROOT, "..", "shared", "reference", name),
+        os.path.join("/work/shared/reference", name)) if os.path.exists(path)),
+        f"shared/reference/{name} (not found beside the repository)")
+
+
+# Values dumped from real TFA 0.23.
+REFERENCE = shared_reference("tfa_triplet_losses.npz")
+# Values dumped by running the TLA authors' own utils.triplet_loss on TF2 eager.
+AUTHORS_REFERENCE = shared_reference("tla_authors_triplet_loss.npz")
 TFA_LOSSES = {"semihard": losses.triplet_semihard_loss, "hard": losses.triplet_hard_loss}
+AUTHORS_DISTANCE = {"cos": "abs_cosine", "l2": "squared_l2"}
 
 
 def _reference():
@@ -225,19 +235,70 @@ def test_hardest_negative_index_without_candidates():
     np.testing.assert_array_equal(index, [0, 1])  # anchor 1: pool 1, of class 0, is identical
 
 
+def _authors_case(ref, i):
+    kwargs = dict(margin=float(ref[f"margin{i}"]), lambda_norm=float(ref[f"regularize{i}"]),
+                  distance=AUTHORS_DISTANCE[str(ref[f"loss_type{i}"])])
+    return [ref[f"{part}{i}"] for part in ("anchor", "positive", "negative")], kwargs
+
+
+def test_authors_reference_has_both_distances_and_norms():
+    ref = np.load(AUTHORS_REFERENCE)
+    cases = range(int(ref["cases"]))
+    assert {str(ref[f"loss_type{i}"]) for i in cases} == {"cos", "l2"}
+    assert {float(ref[f"regularize{i}"]) > 0 for i in cases} == {True, False}
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_tla_triplet_loss_matches_the_authors_code(case):
+    """Batch mean of our per-example terms = the authors' utils.triplet_loss, value and gradients."""
+    ref = np.load(AUTHORS_REFERENCE)
+    assert int(ref["cases"]) == 12
+    embeddings, kwargs = _authors_case(ref, case)
+    embeddings = [tf.constant(e) for e in embeddings]
+    with tf.GradientTape() as tape:
+        tape.watch(embeddings)
+        per_example, stats = losses.tla_triplet_loss(*embeddings, **kwargs)
+        loss = tf.reduce_mean(per_example)
+    grads = tape.gradient(loss, embeddings)
+    assert per_example.shape == (embeddings[0].shape[0],)
+    np.testing.assert_allclose(loss, ref[f"triplet_loss{case}"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tf.reduce_mean(stats["positive_distance"]), ref[f"pos_dist{case}"],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.reduce_mean(stats["negative_distance"]), ref[f"neg_dist{case}"],
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tf.reduce_mean(stats["norm"]), ref[f"norm{case}"], rtol=1e-5)
+    for grad, part in zip(grads, ("a", "p", "n")):
+        expected = ref[f"grad_{part}{case}"]
+        # rel err <= 1e-5 against the largest entry (entries near 0 carry only rounding).
+        np.testing.assert_allclose(grad, expected, rtol=0,
+                                   atol=1e-5 * max(np.abs(expected).max(), 1e-12))
+
+
+def test_tla_triplet_loss_norm_part_and_valid_mask():
+    rng = np.random.default_rng(4)
+    a, p, n = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(3))
+    valid = np.array([True] * 6 + [False] * 2)
+    loss, stats = losses.tla_triplet_loss(a, p, n, margin=0.3, distance="l2", lambda_norm=0.1,
+                                          valid=valid)
+    d_ap = np.sqrt(((a - p) ** 2).sum(1))
+    d_an = np.sqrt(((a - n) ** 2).sum(1))
+    norm = (a ** 2).mean(1) + (p ** 2).mean(1) + (n ** 2).mean(1)  # a sum, not an average
+    expected = np.where(valid, np.maximum(d_ap - d_an + 0.3, 0.0) + 0.1 * norm, 0.0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats["norm"], norm, rtol=1e-5)
+    assert loss.shape == (8,) and loss.dtype == tf.float32
+
+
 @pytest.mark.parametrize("distance", losses.DISTANCES)
 def test_tla_triplet_loss_matches_numpy(distance):
     rng = np.random.default_rng(4)
     a, p, n = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(3))
-    valid = np.array([True] * 6 + [False] * 2)
-    loss, stats = losses.tla_triplet_loss(a, p, n, margin=0.3, distance=distance, valid=valid)
+    loss, stats = losses.tla_triplet_loss(a, p, n, margin=0.3, distance=distance)
     d_ap = _numpy_distance(a, p, distance, False)
     d_an = _numpy_distance(a, n, distance, False)
-    expected = np.where(valid, np.maximum(d_ap - d_an + 0.3, 0.0), 0.0)
-    np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss, np.maximum(d_ap - d_an + 0.3, 0.0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["positive_distance"], d_ap, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["negative_distance"], d_an, rtol=1e-5, atol=1e-6)
-    assert loss.shape == (8,) and loss.dtype == tf.float32
 
 
 def test_same_class_partner_index():
@@ -262,7 +323,7 @@ def test_same_class_partner_index():
 def test_embedding_norm_loss():
     rng = np.random.default_rng(5)
     a, p, n = (rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3))
-    expected = ((a ** 2).mean(1) + (p ** 2).mean(1) + (n ** 2).mean(1)) / 3
+    expected = (a ** 2).mean(1) + (p ** 2).mean(1) + (n ** 2).mean(1)
     np.testing.assert_allclose(losses.embedding_norm_loss(a, p, n), expected, rtol=1e-6)
     with pytest.raises(ValueError):
         losses.embedding_norm_loss()

@@ -152,3 +152,30 @@ def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
         # AdversarialTrainer._unpack takes the first 1/(1 + multiplier) rows as the batch.
         assert sorted(rows[:share]) == list(range(replica * share, (replica + 1) * share))
         assert all(row >= batch for row in rows[share:])
+
+
+def test_tla_loss_adds_lambda_triplet_times_each_authors_term(mnist5k_arrays):
+    """total = CE + lambda_triplet * sum over positive terms of (hinge + lambda_norm * norm), as
+    train_update_fast_triplet.py:366-376 adds utils.triplet_loss terms."""
+    triplet = TripletConfig(positive="both", margin=0.2, margin_other=0.1, lambda_triplet=3.0,
+                            lambda_norm=0.5)
+    trainer = _trainer("tla", triplet=triplet)
+    images, labels = next(iter(_batches(mnist5k_arrays, 32, 1)))
+    labels = tf.cast(labels, tf.int64)
+    adversarial = tf.clip_by_value(images + 0.1, 0.0, 1.0)
+    total, logs, _, _ = trainer.compute_losses(images, labels, adversarial, False)
+    out = trainer.network(tf.concat([adversarial, images], 0), training=False)
+    adv_emb, clean_emb = tf.split(out["embedding"], 2)
+    from tf_metric_robust import losses
+    index, found = losses.hardest_negative_index(adv_emb, labels, clean_emb, labels)
+    negative = tf.gather(clean_emb, index)
+    partner = losses.same_class_partner_index(labels, trainer._attack_seed(offset=500))
+    expected = 0.0
+    for positive, margin in ((clean_emb, 0.2), (tf.gather(clean_emb, partner), 0.1)):
+        term, _ = losses.tla_triplet_loss(adv_emb, positive, negative, margin=margin,
+                                          lambda_norm=0.5, valid=found)
+        expected += term
+    norm = losses.embedding_norm_loss(adv_emb, clean_emb, negative)
+    assert float(tf.reduce_mean(norm)) > 0.0
+    np.testing.assert_allclose(logs["triplet_loss"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(total, logs["ce_loss"] + 3.0 * expected, rtol=1e-5, atol=1e-6)

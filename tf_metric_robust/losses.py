@@ -244,8 +244,16 @@ def hardest_negative_index(anchor_embedding, anchor_labels, pool_embedding, pool
 
 
 def tla_triplet_loss(anchor_embedding, positive_embedding, negative_embedding, *, margin,
-                     distance="abs_cosine", valid=None):
-    """TLA's per-example hinge [D(a, p) - D(a, n) + margin]_+ (Mao et al. 2019, eq. 2).
+                     distance="abs_cosine", lambda_norm=0.0, valid=None):
+    """One TLA triplet term per example, with the authors' norm part inside (Mao et al. 2019).
+
+    loss_i = [D(a_i, p_i) - D(a_i, n_i) + margin]_+ + lambda_norm * mean_d(a_i^2 + p_i^2 + n_i^2),
+    so the batch mean equals the authors' `utils.triplet_loss(a, p, n, loss_type,
+    regularize=lambda_norm, margin=margin)[0]` (utils.py:116-157 of
+    columbia/Metric_Learning_Adversarial_Robustness): its norm part, `reduce_mean(a*a + p*p +
+    n*n)` (utils.py:154), is the SUM of the three mean squares. 'abs_cosine' is their 'cos'
+    (utils.py:122-128), 'squared_l2' their 'l2' (utils.py:130-132). The caller weights each term
+    by lambda_triplet (train_update_fast_triplet.py:372, 376).
 
     Args:
       anchor_embedding: float [N, D], embeddings of the adversarial examples.
@@ -253,17 +261,23 @@ def tla_triplet_loss(anchor_embedding, positive_embedding, negative_embedding, *
       negative_embedding: float [N, D], clean embeddings of the chosen negatives.
       margin: alpha (authors: 0.03 CIFAR-10, 0.05 MNIST for 'abs_cosine').
       distance: one of `DISTANCES`.
-      valid: optional bool [N]; the loss is 0 where False (e.g. no negative was found).
+      lambda_norm: weight of the embedding-norm part (authors' regularize_lambda).
+      valid: optional bool [N]; the whole term is 0 where False (e.g. no negative was found).
 
     Returns:
-      (loss float32 [N], {'positive_distance': [N], 'negative_distance': [N]}).
+      (loss float32 [N], {'positive_distance': [N], 'negative_distance': [N], 'norm': [N]}).
     """
-    positive_distance = rowwise_distance(anchor_embedding, positive_embedding, distance)
-    negative_distance = rowwise_distance(anchor_embedding, negative_embedding, distance)
+    anchor, positive, negative = (_float32(e) for e in (anchor_embedding, positive_embedding,
+                                                        negative_embedding))
+    positive_distance = rowwise_distance(anchor, positive, distance)
+    negative_distance = rowwise_distance(anchor, negative, distance)
+    norm = embedding_norm_loss(anchor, positive, negative)
     loss = tf.nn.relu(positive_distance - negative_distance + _float32(margin))
+    loss += _float32(lambda_norm) * norm
     if valid is not None:
         loss = tf.where(tf.reshape(valid, [-1]), loss, 0.0)
-    return loss, {"positive_distance": positive_distance, "negative_distance": negative_distance}
+    return loss, {"positive_distance": positive_distance, "negative_distance": negative_distance,
+                  "norm": norm}
 
 
 def same_class_partner_index(labels, seed):
@@ -284,12 +298,12 @@ def same_class_partner_index(labels, seed):
 
 
 def embedding_norm_loss(*embeddings):
-    """TLA's L_norm per example -> float32 [N]: mean squared entry, averaged over the embeddings.
+    """TLA's norm part per example -> float32 [N]: the SUM over the embeddings of their mean
+    squared entry.
 
-    Called with the anchor, positive and negative embeddings (each [N, D]); keeps the embeddings
-    from growing to inflate the distance margin.
+    With (anchor, positive, negative) its batch mean is the authors' `reduce_mean(a*a + p*p + n*n)`
+    (utils.py:154); keeps the embeddings from growing to inflate the distance margin.
     """
     if not embeddings:
         raise ValueError("embedding_norm_loss needs at least one embedding tensor")
-    terms = [tf.reduce_mean(tf.square(_float32(e)), axis=-1) for e in embeddings]
-    return tf.add_n(terms) / float(len(terms))
+    return tf.add_n([tf.reduce_mean(tf.square(_float32(e)), axis=-1) for e in embeddings])

@@ -1,8 +1,9 @@
 """One Keras model whose train_step does natural training, PGD-AT (Madry et al. 2018) or TLA.
 
-TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus
-lambda_triplet * [D(h(x'_a), h(x_p)) - D(h(x'_a), h(x_n)) + margin]_+ + lambda_norm * L_norm,
-with h the penultimate embedding. The three modes share one step; only the loss differs.
+TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus, for each positive term
+t, lambda_triplet * ([D(h(x'_a), h(x_p,t)) - D(h(x'_a), h(x_n)) + margin]_+ + lambda_norm * L_norm),
+with h the penultimate embedding, as the authors' train_update_fast_triplet.py:366-376 adds
+utils.triplet_loss terms. The three modes share one step; only the loss differs.
 """
 
 import keras
@@ -77,23 +78,25 @@ class AdversarialTrainer(keras.Model):
 
     def _triplet_terms(self, labels, adversarial_embedding, clean_embedding, negative_embedding,
                        negative_found):
-        """Per-example TLA hinge terms (own and/or other clean positive) and statistics."""
+        """Sum over the positive terms (own and/or other clean image) of the authors' triplet
+        term, norm part inside each (train_update_fast_triplet.py:370-376), and statistics."""
         cfg = self.triplet
-        terms, positive_distances, positives = [], [], []
+        positives = []
         if cfg.positive in ("own", "both"):
             positives.append((clean_embedding, cfg.margin))
         if cfg.positive in ("other", "both"):
             partner = losses.same_class_partner_index(labels, self._attack_seed(offset=500))
             positives.append((tf.gather(clean_embedding, partner), cfg.other_margin))
-        stats = {}
+        terms, positive_distances, norms = [], [], []
         for positive_embedding, margin in positives:
             term, stats = losses.tla_triplet_loss(
                 adversarial_embedding, positive_embedding, negative_embedding, margin=margin,
-                distance=cfg.distance, valid=negative_found)
+                distance=cfg.distance, lambda_norm=cfg.lambda_norm, valid=negative_found)
             terms.append(term)
             positive_distances.append(stats["positive_distance"])
-        norm = losses.embedding_norm_loss(adversarial_embedding, positives[0][0], negative_embedding)
-        return (tf.add_n(terms), norm, tf.add_n(positive_distances) / len(positive_distances),
+            norms.append(stats["norm"])
+        count = float(len(positives))
+        return (tf.add_n(terms), tf.add_n(norms) / count, tf.add_n(positive_distances) / count,
                 stats["negative_distance"])
 
     def _tla_losses(self, images, adversarial, labels, pool_images, pool_labels, training):
@@ -109,8 +112,9 @@ class AdversarialTrainer(keras.Model):
                                                       margin=cfg.margin,
                                                       distance_metric=_tfa_metric(cfg.distance))
             # One scalar per replica batch: spread it so compute_average_loss scales it once.
-            triplet = tf.fill([batch], batch_loss)
+            # The norm part sits inside the term, as in the authors' triplet_loss (utils.py:155).
             norm = losses.embedding_norm_loss(adversarial_embedding, clean_embedding)
+            triplet = tf.fill([batch], batch_loss) + cfg.lambda_norm * norm
             zeros = tf.zeros([batch])
             return (adversarial_logits, clean_logits, clean_embedding, triplet, norm, zeros, zeros)
 
@@ -170,7 +174,9 @@ class AdversarialTrainer(keras.Model):
              negative_distance) = self._tla_losses(images, adversarial, labels, pool_images,
                                                    pool_labels, training)
             ce = self._cross_entropy(labels, adversarial_logits)
-            total = ce + self.triplet.lambda_triplet * triplet + self.triplet.lambda_norm * norm
+            # lambda_triplet weighs each whole term, norm part included
+            # (train_update_fast_triplet.py:372, 376).
+            total = ce + self.triplet.lambda_triplet * triplet
             logs.update(triplet_loss=triplet, positive_distance=positive_distance,
                         negative_distance=negative_distance,
                         embedding_norm=tf.norm(tf.cast(clean_embedding, tf.float32), axis=-1))
