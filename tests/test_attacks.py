@@ -255,3 +255,73 @@ def test_model_ignoring_its_input_gets_a_zero_gradient(trained, norm):
                         restarts=2, seed=tf.constant([1, 2]))
     assert np.all(np.isfinite(x_adv.numpy()))
     _assert_in_bounds(x_adv, x[:8], 0.1, norm)
+
+
+# ------------------------------------------------------- images outside [clip_min, clip_max]
+def _linear_model():
+    """A tiny linear classifier on 28x28x1 images: the range check fires before any training."""
+    kernel = tf.Variable(tf.random.stateless_normal([784, 10], seed=[1, 2]) * 0.01)
+    return lambda z: tf.matmul(tf.reshape(tf.cast(z, tf.float32), [-1, 784]), kernel)
+
+
+_RANGE_CALLS = {
+    "fgsm": lambda f, x, y: attacks.fgsm(f, x, y, eps=0.3),
+    "pgd": lambda f, x, y: attacks.pgd(f, x, y, eps=0.3, step_size=0.01, steps=2),
+    "mifgsm": lambda f, x, y: attacks.mifgsm(f, x, y, eps=0.3, step_size=0.01, steps=2),
+    "apgd": lambda f, x, y: attacks.apgd(f, x, y, eps=0.3, steps=2),
+    "apgd_dlr": lambda f, x, y: attacks.apgd_dlr(f, x, y, eps=0.3, steps=2),
+    "apgd_targeted": lambda f, x, y: attacks.apgd_targeted(f, x, y, eps=0.3, steps=2,
+                                                           num_target_classes=2),
+    "square": lambda f, x, y: attacks.square(f, x, y, eps=0.3, queries=2),
+    "autoattack": lambda f, x, y: attacks.autoattack(f, x, y, eps=0.3, steps=2, queries=2),
+}
+
+
+@pytest.fixture(scope="module")
+def pixels_0_255():
+    """Four real digits as float 0-255 pixels: read_mnist5k()'s uint8 cast without the / 255."""
+    from tf_metric_robust import data
+
+    images, labels = data.read_mnist5k()
+    return images[:4].astype(np.float32), labels[:4]
+
+
+@pytest.mark.parametrize("name", sorted(_RANGE_CALLS))
+def test_0_255_pixels_are_refused_by_every_attack(name, pixels_0_255):
+    """The false-robustness trap: eps 0.3 on 0-255 floats attacks nothing; refuse, name the cause."""
+    x, y = pixels_0_255
+    assert x.max() > 250
+    with pytest.raises(ValueError, match=r"0-255 pixels: divide by 255"):
+        _RANGE_CALLS[name](_linear_model(), x, y)
+
+
+def test_slightly_negative_images_are_refused_without_blaming_pixels():
+    x = tf.fill([2, 28, 28, 1], -0.01)
+    with pytest.raises(ValueError, match=r"outside \[clip_min, clip_max\] = \[0, 1\]") as error:
+        attacks.pgd(_linear_model(), x, [0, 1], eps=0.1, step_size=0.01, steps=1)
+    assert "255" not in str(error.value)
+    with pytest.raises(ValueError, match="values in"):  # NaN is outside every box
+        attacks.fgsm(_linear_model(), tf.fill([2, 28, 28, 1], float("nan")), [0, 1], eps=0.1)
+
+
+def test_images_outside_the_box_fail_inside_tf_function():
+    model_fn = _linear_model()
+    attack = tf.function(lambda images: attacks.pgd(model_fn, images, tf.constant([0, 1]),
+                                                    eps=0.3, step_size=0.1, steps=2))
+    inside = tf.random.stateless_uniform([2, 28, 28, 1], seed=[3, 4])
+    x_adv = attack(inside)  # valid inputs are unaffected
+    assert float(tf.reduce_max(tf.abs(x_adv - inside))) <= 0.3 + 1e-6
+    with pytest.raises(tf.errors.InvalidArgumentError, match="0-255 pixels"):
+        attack(inside * 255.0)
+    apgd = tf.function(lambda images: attacks.apgd(model_fn, images, tf.constant([0, 1]),
+                                                   eps=0.3, steps=2))
+    apgd(inside)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="clip_min, clip_max"):
+        apgd(inside * 255.0)
+
+
+def test_custom_box_is_respected():
+    x = tf.fill([2, 28, 28, 1], 100.0)
+    x_adv = attacks.pgd(_linear_model(), x, [0, 1], eps=3.0, step_size=1.0, steps=2,
+                        clip_min=0.0, clip_max=255.0)
+    assert float(tf.reduce_max(x_adv)) <= 103.0 and float(tf.reduce_min(x_adv)) >= 97.0

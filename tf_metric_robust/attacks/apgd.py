@@ -205,7 +205,7 @@ def prepare_inputs(x, y, eps, clip_min, clip_max, seed):
         raise ValueError(f"eps must be >= 0, got {known[0]}")
     if None not in known[1:] and not known[1] < known[2]:
         raise ValueError(f"clip_min must be < clip_max, got {known[1]} and {known[2]}")
-    x, y = objectives.images_and_labels(x, y)
+    x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
     if seed is not None:
         seed = tf.cast(seed, tf.int64)
         if seed.shape.rank == 0:

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tf_metric_robust.attacks import objectives
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
 from tf_metric_robust.attacks.gradient import run_compiled
 from tf_metric_robust.attacks.square import square
@@ -117,6 +118,7 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
     if not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be a Python int, got {seed!r}")
+    objectives.images_and_labels(x, np.ravel(y), clip_min, clip_max)  # 0-255 pixels fail here
     x = np.asarray(x)
     y = np.asarray(y).astype(np.int64)
     if x.ndim < 2 or y.shape != (len(x),):

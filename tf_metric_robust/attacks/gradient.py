@@ -152,7 +152,7 @@ def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, res
     checks = validate_args(eps=eps, step_size=step_size, steps=steps, restarts=restarts, norm=norm,
                            loss=loss, clip_min=clip_min, clip_max=clip_max,
                            decay=0.0 if decay is None else decay)
-    x, y = objectives.images_and_labels(x, y)
+    x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
     step_size = eps if step_size is None else step_size
     decay_value = 0.0 if decay is None else decay
     scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, decay_value, clip_min, clip_max)]

@@ -31,8 +31,12 @@ def objective(logits, labels, loss, targeted):
 
     Untargeted: CE(z, y) or the CW margin (push y down). Targeted (`labels` are the targets): the
     negated CE toward the target, or the negated margin (push the target above every other class).
+    A callable `loss(outputs, labels) -> [N]` is a custom objective of whatever model_fn returns
+    (attacks/adaptive.py: logits and embedding).
     """
-    if loss == "ce":
+    if callable(loss):
+        value = tf.cast(loss(logits, labels), tf.float32)
+    elif loss == "ce":
         value = tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=labels, logits=tf.cast(logits, tf.float32))
     elif loss == "cw":
@@ -127,12 +131,53 @@ def logits_of(model_fn, x):
     return logits
 
 
-def images_and_labels(x, y):
-    """(x as a floating tensor, y as int64 [N]); ValueError for integer images or dense labels."""
+def _range_message(clip_min, clip_max, low, high):
+    """Why images outside [clip_min, clip_max] are refused, naming the usual cause."""
+    cause = ("images look like 0-255 pixels: divide by 255 (tf.image.convert_image_dtype on "
+             "uint8 pixels)" if high > clip_max + 1 else "rescale them to the box")
+    return (f"x holds values in [{low:g}, {high:g}], outside [clip_min, clip_max] = "
+            f"[{clip_min:g}, {clip_max:g}]: {cause}; an eps meant for the box would attack "
+            "almost nothing and the model would look robust")
+
+
+def _images_in_range(x, clip_min, clip_max):
+    """x, refused unless every value lies in [clip_min, clip_max] (the false-robustness trap).
+
+    Eagerly a Python ValueError; inside a graph (or with symbolic bounds) a tf.debugging.Assert
+    whose result the returned x depends on, so the check cannot be scheduled after the attack.
+    Costs one min and one max over the batch.
+    """
+    known = [tf.get_static_value(v) if tf.is_tensor(v) else v for v in (clip_min, clip_max)]
+    if not tf.inside_function() and None not in known:
+        if tf.size(x) == 0:
+            return x
+        low = float(tf.reduce_min(tf.cast(x, tf.float32)))
+        high = float(tf.reduce_max(tf.cast(x, tf.float32)))
+        if not (low >= known[0] and high <= known[1]):  # NaN fails too
+            raise ValueError(_range_message(float(known[0]), float(known[1]), low, high))
+        return x
+    x32 = tf.cast(x, tf.float32)
+    low, high = tf.cast(clip_min, tf.float32), tf.cast(clip_max, tf.float32)
+    inside = (tf.size(x) == 0) | ((tf.reduce_min(x32) >= low) & (tf.reduce_max(x32) <= high))
+    message = ("attack images must lie in [clip_min, clip_max]; values far above clip_max mean "
+               "0-255 pixels: divide by 255 (tf.image.convert_image_dtype on uint8 pixels). "
+               "x min, x max, clip_min, clip_max:")
+    check = tf.debugging.Assert(inside, [message, tf.reduce_min(x32), tf.reduce_max(x32), low,
+                                         high])
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
+def images_and_labels(x, y, clip_min=0.0, clip_max=1.0):
+    """(x as a floating tensor inside [clip_min, clip_max], y as int64 [N]).
+
+    ValueError for integer images, dense labels, or (eagerly) images outside the box, e.g. 0-255
+    pixels with the default [0, 1]; inside graphs the box check is a tf.debugging assertion.
+    """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise ValueError(f"x must be a floating-point image batch, got {x.dtype}")
     y = tf.cast(y, tf.int64)
     if y.shape.rank != 1:
         raise ValueError(f"y must hold sparse int labels of shape [N], got shape {y.shape}")
-    return x, y
+    return _images_in_range(x, clip_min, clip_max), y
