@@ -179,3 +179,83 @@ def test_tla_loss_adds_lambda_triplet_times_each_authors_term(mnist5k_arrays):
     assert float(tf.reduce_mean(norm)) > 0.0
     np.testing.assert_allclose(logs["triplet_loss"], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(total, logs["ce_loss"] + 3.0 * expected, rtol=1e-5, atol=1e-6)
+
+
+def _bn_network(seed=0):
+    """A tiny conv net with batch norm, {'logits', 'embedding'} as the models return."""
+    keras.utils.set_random_seed(seed)
+    images = keras.Input((28, 28, 1))
+    x = keras.layers.Conv2D(8, 3, strides=2)(images)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(keras.layers.Flatten()(x))
+    embedding = keras.layers.Dense(16, activation="relu", name="embedding")(x)
+    logits = keras.layers.Dense(10, name="logits")(embedding)
+    return keras.Model(images, {"logits": logits, "embedding": embedding})
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_separate_and_joint_passes_differ_only_through_batch_norm(mnist5k_arrays, with_bn):
+    """The authors run clean, adversarial, negative and other-positive images in separate passes
+    (own BN batch statistics); a joint pass is the same function on a network without BN."""
+    images, labels = next(iter(_batches(mnist5k_arrays, 32, 1)))
+    labels = tf.cast(labels, tf.int64)
+    others = tf.reverse(images, [0])  # any images: only the passes are compared
+    adversarial = tf.clip_by_value(images + 0.2 * tf.sign(images - 0.5), 0.0, 1.0)
+    results = {}
+    for separate in (True, False):
+        triplet = TripletConfig(positive="both", other_positive="data", separate_passes=separate,
+                                margin=0.5)
+        if with_bn:
+            network = _bn_network()
+        else:
+            keras.utils.set_random_seed(0)
+            network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=16)
+        trainer = AdversarialTrainer(network, mode="tla", attack=ATTACK, triplet=triplet)
+        total, logs, _, _ = trainer.compute_losses(images, labels, adversarial, True,
+                                                   other_images=others)
+        results[separate] = (total.numpy(), logs["ce_loss"].numpy())
+    total_gap = np.abs(results[True][0] - results[False][0]).max()
+    ce_gap = np.abs(results[True][1] - results[False][1]).max()
+    if with_bn:
+        assert ce_gap > 1e-3 and total_gap > 1e-3
+    else:
+        assert ce_gap < 1e-5 and total_gap < 1e-5
+
+
+def test_other_positive_data_needs_other_images(mnist5k_arrays):
+    trainer = _trainer("tla", triplet=TripletConfig(positive="other", other_positive="data"))
+    with pytest.raises(ValueError, match="other_positives=True"):
+        trainer.fit(_batches(mnist5k_arrays, 16, 1), epochs=1, verbose=0)
+    trainer = _trainer("tla", triplet=TripletConfig(positive="other", other_positive="data"))
+    images, labels = mnist5k_arrays
+    stream = tf.data.Dataset.from_tensor_slices(
+        ((images[:32], images[32:64]), labels[:32])).batch(16)
+    logs = trainer.fit(stream, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"][-1]) and trainer.optimizer.iterations.numpy() == 2
+
+
+def test_attack_bn_mode_train_attacks_with_batch_statistics(mnist5k_arrays):
+    """--attack_bn_mode=train (Madry's PGD-AT) differentiates the training-mode network."""
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    labels = tf.cast(labels, tf.int64)
+    trainer = AdversarialTrainer(_bn_network(), mode="pgd", attack=FIXED_START,
+                                 attack_bn_mode="train")
+    bn = [layer for layer in trainer.network.layers
+          if isinstance(layer, keras.layers.BatchNormalization)][0]
+    np.testing.assert_allclose(trainer.training_logits_fn(images),
+                               trainer.network(images, training=True)["logits"], rtol=1e-5)
+    moving_mean = bn.moving_mean.numpy().copy()
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0))
+    trainer.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0)
+    # 3 attack steps + the weight update ran in training mode: the moving mean moved 4 times
+    # (momentum 0.99 each), not once as with an inference-mode attack.
+    inference = AdversarialTrainer(_bn_network(), mode="pgd", attack=FIXED_START)
+    inference_bn = [layer for layer in inference.network.layers
+                    if isinstance(layer, keras.layers.BatchNormalization)][0]
+    inference.compile(optimizer=keras.optimizers.SGD(0.0))
+    inference.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0)
+    moved = np.abs(bn.moving_mean.numpy() - moving_mean).max()
+    moved_once = np.abs(inference_bn.moving_mean.numpy() - moving_mean).max()
+    assert moved > 2.5 * moved_once > 0
+    with pytest.raises(ValueError, match="attack_bn_mode"):
+        AdversarialTrainer(_bn_network(), mode="pgd", attack=ATTACK, attack_bn_mode="eval")

@@ -17,9 +17,11 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_metric_robust import image_folder
+from tf_metric_robust import image_folder, positives
+from tf_metric_robust import dataset_preparation
 from tf_metric_robust import mnist5k_builder  # noqa: F401  (registers the 'mnist5k' builder)
 from tf_metric_robust import tiny_imagenet_builder  # noqa: F401  (registers 'tiny_imagenet')
+from tf_metric_robust.config import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 PAD = 4  # pixels of zero padding before the random crop (He et al. 2016; Madry et al. 2018)
@@ -147,7 +149,9 @@ def _prepared_builder(spec, data_dir, download):
                 f"(looked for {builder.data_dir}): pass --download to fetch it, or --data_dir "
                 f"pointing at a directory where it is prepared{manual}."
             )
-        builder.download_and_prepare()
+        builder = dataset_preparation.prepare(
+            builder, lambda: tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False),
+            spec.name, download)
     return builder
 
 
@@ -166,6 +170,23 @@ def _raw_split(spec, split, data_dir, download):
         raise ValueError(f"{spec.name}[{split}]: tfds did not report the number of examples")
     ds = ds.map(lambda image, label: (image, tf.cast(label, tf.int64)))
     return ds, num_examples
+
+
+_IN_MEMORY = {}  # (dataset, data_dir) -> (uint8 pixels [M,H,W,C], positives.ClassIndex)
+
+
+def _split_in_memory(spec, data_dir, download):
+    """The train split's pixels and class index, read once per process (other positives)."""
+    key = (spec.name, data_dir)
+    if key not in _IN_MEMORY:
+        raw, _ = _raw_split(spec, spec.train_split, data_dir, download)
+        images, labels = [], []
+        for image_batch, label_batch in raw.batch(4096).as_numpy_iterator():
+            images.append(image_batch)
+            labels.append(label_batch)
+        labels = np.concatenate(labels)
+        _IN_MEMORY[key] = (np.concatenate(images), positives.ClassIndex(labels))
+    return _IN_MEMORY[key]
 
 
 def _is_small(spec, num_examples):
@@ -226,6 +247,7 @@ def train_dataset(
     download=False,
     augment=None,
     shuffle_buffer=None,
+    other_positives=False,
 ):
     """Infinite stream of shuffled (augmented) batches; batch i depends only on (seed, i).
 
@@ -244,9 +266,13 @@ def train_dataset(
       augment: None for the dataset's default, True/False to force pad-4 crop (+ flip).
       shuffle_buffer: examples per shuffle window (contiguous blocks of the split, each
         permuted); None shuffles the whole split when it is small enough to cache, else 10,000.
+      other_positives: also yield, per example, an independent (augmented) image of its class,
+        never the example itself when its class has another (TLA's "other" positive; see
+        positives.py). Holds the split's uint8 pixels in host memory.
 
     Returns:
-      tf.data.Dataset of (images float32 [B,H,W,C] in [0,1], labels int64 [B]).
+      tf.data.Dataset of (images float32 [B,H,W,C] in [0,1], labels int64 [B]); with
+      other_positives, of ((images, other_images), labels).
     """
     spec = dataset_info(name)
     if batch_size < 1 or start_step < 0:
@@ -254,8 +280,13 @@ def train_dataset(
     if shuffle_buffer is not None and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
     raw, num_examples = _raw_split(spec, spec.train_split, data_dir, download)
+    if other_positives:
+        pixels, class_index = _split_in_memory(spec, data_dir, download)
+        raw = raw.enumerate().map(lambda index, example: (*example, index))
     if num_examples < batch_size:
-        raise ValueError(f"{name}: batch_size {batch_size} exceeds the {num_examples} examples")
+        raise UserError(f"{name}: a training batch of {batch_size} examples (with TLA's extra "
+                        f"pool: batch_size x (1 + pool_multiplier)) exceeds the {num_examples} "
+                        "examples of the train split; use a smaller batch")
     if _is_small(spec, num_examples):
         raw = raw.cache()
         window = shuffle_buffer or num_examples
@@ -268,29 +299,41 @@ def train_dataset(
     # Distinct key streams for shuffling and augmentation, both rooted at `seed`.
     shuffle_root = tf.constant([seed, 0], tf.int64)
     augment_root = tf.constant([seed, 1], tf.int64)
+    other_root = tf.constant([seed, 2], tf.int64)
 
-    def permute_window(shuffle_key, window_index, images, labels):
+    def permute_window(shuffle_key, window_index, *parts):
         key = tf.random.experimental.stateless_fold_in(shuffle_key, window_index)
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(labels)[0]), seed=key)
-        return tf.gather(images, order), tf.gather(labels, order)
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(parts[1])[0]), seed=key)
+        return tuple(tf.gather(part, order) for part in parts)
 
-    def prepare(augment_key, indices, images, labels):
+    def prepare(augment_key, other_key, indices, images, labels, file_index=None):
         images, labels = _to_float(images, labels)
         if augment:
             # Keyed on the batch's index within the epoch: independent of where the run started.
             key = tf.random.experimental.stateless_fold_in(augment_key, indices[0] // batch_size)
             images = augment_batch(images, key, flip=spec.flip)
-        return images, labels
+        if file_index is None:
+            return images, labels
+        # Keyed on (seed, epoch, batch) like the augmentation, from a root of its own.
+        key = tf.random.experimental.stateless_fold_in(other_key, indices[0] // batch_size)
+        draw_key, augment_other_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        other = positives.other_index(file_index, class_index, draw_key)
+        others = tf.numpy_function(lambda rows: pixels[rows], [other], tf.uint8, stateful=False)
+        others, _ = _to_float(tf.ensure_shape(others, [None, *spec.image_shape]), labels)
+        if augment:
+            others = augment_batch(others, augment_other_key, flip=spec.flip)
+        return (images, others), labels
 
     def one_epoch(epoch):
         shuffle_key = tf.random.experimental.stateless_fold_in(shuffle_root, epoch)
         augment_key = tf.random.experimental.stateless_fold_in(augment_root, epoch)
+        other_key = tf.random.experimental.stateless_fold_in(other_root, epoch)
         skip = tf.cast(epoch == first_epoch, tf.int64) * (first_batch * batch_size)
         ds = raw.batch(window).enumerate()
         ds = ds.map(lambda w, example: permute_window(shuffle_key, w, *example)).unbatch()
         ds = ds.enumerate().skip(skip).batch(batch_size, drop_remainder=True)
         return ds.map(
-            lambda indices, example: prepare(augment_key, indices, *example),
+            lambda indices, example: prepare(augment_key, other_key, indices, *example),
             num_parallel_calls=AUTOTUNE,
             deterministic=True,
         )

@@ -9,13 +9,12 @@ utils.triplet_loss terms. The three modes share one step; only the loss differs.
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import attacks, losses
+from tf_metric_robust import attacks, losses, positives
 from tf_metric_robust.config import TripletConfig
 from tf_metric_robust.memory_bank import EmbeddingBank
 
 
-def _split(tensor, parts):
-    return tf.split(tensor, parts, axis=0)
+ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
 
 
 class AdversarialTrainer(keras.Model):
@@ -27,8 +26,13 @@ class AdversarialTrainer(keras.Model):
     """
 
     def __init__(self, network, *, mode, attack=None, eval_attack=None, triplet=None,
-                 label_smoothing=0.0, seed=0, eps_warmup_steps=0, **kwargs):
+                 label_smoothing=0.0, seed=0, eps_warmup_steps=0, attack_bn_mode="inference",
+                 **kwargs):
         super().__init__(**kwargs)
+        if attack_bn_mode not in ATTACK_BN_MODES:
+            raise ValueError(f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got "
+                             f"{attack_bn_mode!r}")
+        self.attack_bn_mode = attack_bn_mode
         if mode not in ("natural", "pgd", "tla"):
             raise ValueError(f"mode must be natural, pgd or tla; got {mode!r}")
         if mode != "natural" and attack is None:
@@ -59,8 +63,16 @@ class AdversarialTrainer(keras.Model):
         return self.network(images, training=training)
 
     def logits_fn(self, images):
-        """Inference-mode logits: what attacks differentiate (BN frozen, as the authors attack)."""
+        """Inference-mode logits (BN moving statistics): what evaluation attacks differentiate, and
+        the TLA training attack, as the authors' TLA code attacks with is_training False
+        (train_update_fast_triplet.py:546, 611)."""
         return self.network(images, training=False)["logits"]
+
+    def training_logits_fn(self, images):
+        """Training-mode logits (BN batch statistics, moving averages updated at every call): the
+        PGD-AT training attack of Madry's cifar10_challenge (train.py:41, 57: the attack is built
+        on Model(mode='train'), model.py:110) and of the TLA authors' train_at_madry.py:364."""
+        return self.network(images, training=True)["logits"]
 
     # ----------------------------------------------------------------------------- losses
     def _cross_entropy(self, labels, logits):
@@ -76,67 +88,92 @@ class AdversarialTrainer(keras.Model):
         step = tf.cast(self.optimizer.iterations, tf.int64) if self.optimizer else tf.constant(0, tf.int64)
         return tf.stack([tf.constant(self.seed, tf.int64) * 1000 + replica_id + offset, step])
 
-    def _triplet_terms(self, labels, adversarial_embedding, clean_embedding, negative_embedding,
+    def _forward(self, batches, training):
+        """Network outputs for each image batch: one forward pass per batch, each with its own BN
+        batch statistics, as the authors call model._encoder once per input
+        (train_update_fast_triplet.py:252-273), or, with separate_passes=False, one joint pass."""
+        if self.triplet.separate_passes or len(batches) == 1:
+            return [self.network(images, training=training) for images in batches]
+        sizes = tf.stack([tf.shape(images)[0] for images in batches])
+        outputs = self.network(tf.concat(batches, 0), training=training)
+        parts = {key: tf.split(outputs[key], sizes) for key in ("logits", "embedding")}
+        return [{key: parts[key][i] for key in parts} for i in range(len(batches))]
+
+    def _triplet_terms(self, labels, adversarial_embedding, positives, negative_embedding,
                        negative_found):
-        """Sum over the positive terms (own and/or other clean image) of the authors' triplet
-        term, norm part inside each (train_update_fast_triplet.py:370-376), and statistics."""
+        """Sum over the positive terms [(embedding, margin)] of the authors' triplet term, norm
+        part inside each (train_update_fast_triplet.py:370-376), and statistics."""
         cfg = self.triplet
-        positives = []
-        if cfg.positive in ("own", "both"):
-            positives.append((clean_embedding, cfg.margin))
-        if cfg.positive in ("other", "both"):
-            partner = losses.same_class_partner_index(labels, self._attack_seed(offset=500))
-            positives.append((tf.gather(clean_embedding, partner), cfg.other_margin))
-        terms, positive_distances, norms = [], [], []
+        terms, positive_distances = [], []
         for positive_embedding, margin in positives:
             term, stats = losses.tla_triplet_loss(
                 adversarial_embedding, positive_embedding, negative_embedding, margin=margin,
                 distance=cfg.distance, lambda_norm=cfg.lambda_norm, valid=negative_found)
             terms.append(term)
             positive_distances.append(stats["positive_distance"])
-            norms.append(stats["norm"])
-        count = float(len(positives))
-        return (tf.add_n(terms), tf.add_n(norms) / count, tf.add_n(positive_distances) / count,
+        return (tf.add_n(terms), tf.add_n(positive_distances) / float(len(positives)),
                 stats["negative_distance"])
 
-    def _tla_losses(self, images, adversarial, labels, pool_images, pool_labels, training):
-        """Forward adversarial + clean (+ retrieved negatives) once; return CE and triplet parts."""
+    def _hardest_extra_negatives(self, adversarial, labels, pool_images, pool_labels):
+        """The authors' retrieval: embed the extra clean pool and the anchors in inference mode
+        (train_update_fast_triplet.py:592-595, pgd_attack_GPU.py:42-46), take for each anchor the
+        most similar image of another class (lines 623-626). Returns (images, found)."""
+        cfg = self.triplet
+        pool_embedding = tf.stop_gradient(self.network(pool_images, training=False)["embedding"])
+        anchor_embedding = tf.stop_gradient(self.network(adversarial, training=False)["embedding"])
+        index, found = losses.hardest_negative_index(
+            anchor_embedding, labels, pool_embedding, pool_labels, distance=cfg.distance)
+        return tf.gather(pool_images, index), found
+
+    def _tla_losses(self, images, adversarial, labels, pool_images, pool_labels, other_images,
+                    training):
+        """TLA forward passes -> (adversarial logits, clean logits or None, triplet [N], logs).
+
+        Passes: adversarial anchors; clean images (the own positive, with the authors' noise when
+        training, and the negative pool of 'batch'/'bank'); the chosen negatives ('extra'); the
+        other positives when the input carries them (data.train_dataset(other_positives=True)).
+        """
         cfg = self.triplet
         batch = tf.shape(images)[0]
+        if training and cfg.positive_noise > 0:
+            images = positives.noisy_positive(images, cfg.positive_noise,
+                                              self._attack_seed(offset=700))
         if cfg.mining == "semihard":
-            outputs = self.network(tf.concat([adversarial, images], 0), training=training)
-            adversarial_logits, clean_logits = _split(outputs["logits"], 2)
-            adversarial_embedding, clean_embedding = _split(outputs["embedding"], 2)
-            joint_labels = tf.concat([labels, labels], 0)
-            batch_loss = losses.triplet_semihard_loss(joint_labels, outputs["embedding"],
+            adversarial_out, clean_out = self._forward([adversarial, images], training)
+            embeddings = tf.concat([adversarial_out["embedding"], clean_out["embedding"]], 0)
+            batch_loss = losses.triplet_semihard_loss(tf.concat([labels, labels], 0), embeddings,
                                                       margin=cfg.margin,
                                                       distance_metric=_tfa_metric(cfg.distance))
             # One scalar per replica batch: spread it so compute_average_loss scales it once.
             # The norm part sits inside the term, as in the authors' triplet_loss (utils.py:155).
-            norm = losses.embedding_norm_loss(adversarial_embedding, clean_embedding)
+            norm = losses.embedding_norm_loss(adversarial_out["embedding"], clean_out["embedding"])
             triplet = tf.fill([batch], batch_loss) + cfg.lambda_norm * norm
             zeros = tf.zeros([batch])
-            return (adversarial_logits, clean_logits, clean_embedding, triplet, norm, zeros, zeros)
+            return (adversarial_out["logits"], clean_out["logits"], triplet,
+                    dict(positive_distance=zeros, negative_distance=zeros,
+                         positive_embedding=clean_out["embedding"]))
 
-        if cfg.negative_pool == "extra" and pool_images is not None:
-            # The authors' retrieval: embed an extra clean pool in inference mode, pick the most
-            # similar other-class image, then run the chosen images through the training graph.
-            pool_embedding = tf.stop_gradient(
-                self.network(pool_images, training=False)["embedding"])
-            anchor_embedding = tf.stop_gradient(
-                self.network(adversarial, training=False)["embedding"])
-            index, found = losses.hardest_negative_index(
-                anchor_embedding, labels, pool_embedding, pool_labels, distance=cfg.distance)
-            negative_images = tf.gather(pool_images, index)
-            outputs = self.network(tf.concat([adversarial, images, negative_images], 0),
-                                   training=training)
-            adversarial_logits, clean_logits, _ = _split(outputs["logits"], 3)
-            adversarial_embedding, clean_embedding, negative_embedding = _split(
-                outputs["embedding"], 3)
+        extra = cfg.negative_pool == "extra" and pool_images is not None
+        own = cfg.positive in ("own", "both")
+        other = cfg.positive in ("other", "both")
+        other_from_data = other and other_images is not None
+        # The clean pass feeds the own positive, the 'batch'/'bank' pool or the in-batch partner;
+        # the authors' MNIST step (other positive, extra pool) has none.
+        clean = own or not extra or (other and not other_from_data)
+        batches = [adversarial] + [images] * clean
+        if extra:
+            negative_images, found = self._hardest_extra_negatives(adversarial, labels,
+                                                                   pool_images, pool_labels)
+            batches.append(negative_images)
+        if other_from_data:
+            batches.append(other_images)
+        outputs = self._forward(batches, training)
+        adversarial_out = outputs[0]
+        clean_out = outputs[1] if clean else None
+        if extra:
+            negative_embedding = outputs[1 + clean]["embedding"]
         else:
-            outputs = self.network(tf.concat([adversarial, images], 0), training=training)
-            adversarial_logits, clean_logits = _split(outputs["logits"], 2)
-            adversarial_embedding, clean_embedding = _split(outputs["embedding"], 2)
+            clean_embedding = clean_out["embedding"]
             pool_embedding, pool_labels_all, pool_valid = clean_embedding, labels, None
             if self.bank is not None:
                 bank_embedding, bank_labels, bank_valid = self.bank.read()
@@ -145,18 +182,27 @@ class AdversarialTrainer(keras.Model):
                 pool_labels_all = tf.concat([labels, tf.cast(bank_labels, labels.dtype)], 0)
                 pool_valid = tf.concat([tf.ones([batch], tf.bool), bank_valid], 0)
             index, found = losses.hardest_negative_index(
-                adversarial_embedding, labels, pool_embedding, pool_labels_all,
+                adversarial_out["embedding"], labels, pool_embedding, pool_labels_all,
                 distance=cfg.distance, pool_valid=pool_valid)
             negative_embedding = tf.gather(pool_embedding, index)
             if self.bank is not None and training:
                 self.bank.enqueue(clean_embedding, labels)
-        triplet, norm, positive_distance, negative_distance = self._triplet_terms(
-            labels, adversarial_embedding, clean_embedding, negative_embedding, found)
-        return (adversarial_logits, clean_logits, clean_embedding, triplet, norm,
-                positive_distance, negative_distance)
+        positive_terms = []
+        if own:
+            positive_terms.append((clean_out["embedding"], cfg.margin))
+        if other_from_data:
+            positive_terms.append((outputs[-1]["embedding"], cfg.other_margin))
+        elif other:
+            partner = losses.same_class_partner_index(labels, self._attack_seed(offset=500))
+            positive_terms.append((tf.gather(clean_out["embedding"], partner), cfg.other_margin))
+        triplet, positive_distance, negative_distance = self._triplet_terms(
+            labels, adversarial_out["embedding"], positive_terms, negative_embedding, found)
+        return (adversarial_out["logits"], clean_out["logits"] if clean else None, triplet,
+                dict(positive_distance=positive_distance, negative_distance=negative_distance,
+                     positive_embedding=positive_terms[0][0]))
 
     def compute_losses(self, images, labels, adversarial, training, pool_images=None,
-                       pool_labels=None):
+                       pool_labels=None, other_images=None):
         """Per-example total loss and per-example logs, shared by train_step and test_step."""
         logs = {}
         if self.mode == "natural":
@@ -170,22 +216,33 @@ class AdversarialTrainer(keras.Model):
             ce = self._cross_entropy(labels, adversarial_logits)
             total = ce
         else:
-            (adversarial_logits, clean_logits, clean_embedding, triplet, norm, positive_distance,
-             negative_distance) = self._tla_losses(images, adversarial, labels, pool_images,
-                                                   pool_labels, training)
+            adversarial_logits, clean_logits, triplet, parts = self._tla_losses(
+                images, adversarial, labels, pool_images, pool_labels, other_images, training)
+            # CE on the adversarial images only (config train_flag_adv_only, lines 382-389);
+            # lambda_triplet weighs each whole term, norm part included (lines 372, 376).
             ce = self._cross_entropy(labels, adversarial_logits)
-            # lambda_triplet weighs each whole term, norm part included
-            # (train_update_fast_triplet.py:372, 376).
             total = ce + self.triplet.lambda_triplet * triplet
-            logs.update(triplet_loss=triplet, positive_distance=positive_distance,
-                        negative_distance=negative_distance,
-                        embedding_norm=tf.norm(tf.cast(clean_embedding, tf.float32), axis=-1))
+            logs.update(triplet_loss=triplet, positive_distance=parts["positive_distance"],
+                        negative_distance=parts["negative_distance"],
+                        embedding_norm=tf.norm(tf.cast(parts["positive_embedding"], tf.float32),
+                                               axis=-1))
         logs["ce_loss"] = ce
         return total, logs, clean_logits, adversarial_logits
 
     # ------------------------------------------------------------------------------ steps
     def _unpack(self, data, training):
+        """(images, labels, pool images, pool labels, other positives) of an input batch.
+
+        Inputs are (images, labels), or ((images, other_images), labels) from
+        data.train_dataset(other_positives=True).
+        """
         images, labels = data[0], data[1]
+        other_images = None
+        if isinstance(images, (tuple, list)):
+            images, other_images = images
+        elif training and self._needs_other_images():
+            raise ValueError("triplet other_positive='data' needs ((images, other_images), labels) "
+                             "batches: data.train_dataset(..., other_positives=True)")
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
         pool_images = pool_labels = None
         if training and self.mode == "tla" and self.triplet.negative_pool == "extra":
@@ -193,7 +250,14 @@ class AdversarialTrainer(keras.Model):
             batch = tf.shape(images)[0] // (1 + self.triplet.pool_multiplier)
             images, pool_images = images[:batch], images[batch:]
             labels, pool_labels = labels[:batch], labels[batch:]
-        return images, labels, pool_images, pool_labels
+            if other_images is not None:
+                other_images = other_images[:batch]
+        return images, labels, pool_images, pool_labels, other_images
+
+    def _needs_other_images(self):
+        return (self.mode == "tla" and self.triplet.mining == "paper"
+                and self.triplet.positive in ("other", "both")
+                and self.triplet.other_positive == "data")
 
     def _update_metrics(self, loss, logs, labels, clean_logits, adversarial_logits):
         self.trackers["loss"].update_state(loss)
@@ -220,15 +284,16 @@ class AdversarialTrainer(keras.Model):
         return kwargs
 
     def train_step(self, data):
-        images, labels, pool_images, pool_labels = self._unpack(data, training=True)
+        images, labels, pool_images, pool_labels, other_images = self._unpack(data, training=True)
         adversarial = images
         if self.mode != "natural":
+            model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
             adversarial = tf.stop_gradient(attacks.pgd(
-                self.logits_fn, images, labels, seed=self._attack_seed(offset=0),
+                model_fn, images, labels, seed=self._attack_seed(offset=0),
                 **self._training_attack_kwargs()))
         with tf.GradientTape() as tape:
             per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
-                images, labels, adversarial, True, pool_images, pool_labels)
+                images, labels, adversarial, True, pool_images, pool_labels, other_images)
             loss = tf.nn.compute_average_loss(per_example)
             if self.network.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.network.losses))
@@ -241,7 +306,7 @@ class AdversarialTrainer(keras.Model):
         return self._update_metrics(loss * replicas, logs, labels, clean_logits, adversarial_logits)
 
     def test_step(self, data):
-        images, labels, _, _ = self._unpack(data, training=False)
+        images, labels, _, _, _ = self._unpack(data, training=False)
         adversarial = attacks.pgd(self.logits_fn, images, labels, **self.eval_attack.kwargs())
         per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
             images, labels, adversarial, False)
