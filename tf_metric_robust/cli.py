@@ -6,13 +6,60 @@ flags. `run(main)` wraps an entry point so that user errors print one line and e
 """
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
 
+from tf_metric_robust import config as cfg
 from tf_metric_robust.config import UserError
 
 FLAGS = flags.FLAGS
+SEED_RANGE = dict(lower_bound=0, upper_bound=2**32 - 1)  # numpy's seed range (Keras seeds it)
+
+
+def parse_number(text):
+    """'0.3', '1e-3' or a fraction like '8/255' -> float; ValueError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    text = str(text).strip()
+    if text.count("/") == 1:
+        numerator, denominator = (float(part) for part in text.split("/"))
+        if denominator == 0:
+            raise ValueError(f"{text!r} divides by zero")
+        return numerator / denominator
+    return float(text)
+
+
+class NumberParser(flags.FloatParser):
+    """absl float parser that also reads fractions (8/255) and refuses values outside a Range.
+
+    Every float flag of bin/train, bin/evaluate and bin/export uses it, so one number syntax works
+    everywhere and --help shows each flag's valid range.
+    """
+
+    def __init__(self, valid=None):
+        super().__init__()
+        self.valid = valid or cfg.Range()
+        self.syntactic_help = f"a number in {self.valid}; fractions like 8/255 work"
+
+    def convert(self, argument):
+        try:
+            return parse_number(argument)
+        except ValueError:
+            raise ValueError(f"must be a number or a fraction like 8/255, got {argument!r}")
+
+    def parse(self, argument):
+        value = self.convert(argument)
+        if value not in self.valid:
+            raise ValueError(f"must be in {self.valid}, got {argument}")
+        return value
+
+
+def define_number(name, default, help_text, valid=None):
+    """A float flag that accepts fractions and only values inside `valid` (a config.Range)."""
+    flags.DEFINE(NumberParser(valid), name, default, help_text,
+                 serializer=flags.ArgumentSerializer())
 
 
 def _define_data_location_flags(purpose=""):
@@ -22,16 +69,19 @@ def _define_data_location_flags(purpose=""):
 
 
 def define_data_flags():
-    flags.DEFINE_string("dataset", "mnist5k", "Dataset name (mnist5k, mnist, fashion_mnist, "
-                        "cifar10, cifar100, svhn_cropped).")
+    flags.DEFINE_string("dataset", "mnist5k", "Dataset name: mnist5k, mnist, fashion_mnist, "
+                        "cifar10, cifar100, svhn_cropped, tiny_imagenet, or "
+                        "image_folder:/path/to/folder.")
     _define_data_location_flags()
 
 
 def define_attack_flags(prefix, help_prefix, eps, step_size, steps):
     """Flags of one PGD attack: <prefix>eps, <prefix>step_size, <prefix>steps, ..."""
-    flags.DEFINE_float(f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.")
-    flags.DEFINE_float(f"{prefix}step_size", step_size, f"{help_prefix} step size.")
-    flags.DEFINE_integer(f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.")
+    define_number(f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.",
+                  cfg.UNIT)
+    define_number(f"{prefix}step_size", step_size, f"{help_prefix} step size.", cfg.POSITIVE)
+    flags.DEFINE_integer(f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.",
+                         lower_bound=1)
     flags.DEFINE_enum(f"{prefix}norm", "linf", ["linf", "l2"], f"{help_prefix} norm.")
     flags.DEFINE_enum(f"{prefix}attack_loss", "ce", ["ce", "cw"],
                       f"{help_prefix} loss: cross-entropy or CW margin.")
@@ -43,65 +93,62 @@ def define_train_flags():
     flags.DEFINE_string("model_dir", None, "Output folder: checkpoints/, tensorboard/, "
                         "saved_model/, flags.txt, metrics.json. Re-running resumes.")
     flags.DEFINE_string("model", "small_cnn", "Network: small_cnn, madry_mnist, wide_resnet, "
-                        "preact_resnet18.")
-    flags.DEFINE_integer("wrn_depth", 34, "WideResNet depth (6n+4).")
-    flags.DEFINE_integer("wrn_width", 10, "WideResNet widening factor.")
+                        "preact_resnet18, preact_resnet_tiny.")
+    flags.DEFINE_integer("wrn_depth", 34, "WideResNet depth, 6n+4 (10, 16, 22, 28, 34, ...).",
+                         lower_bound=10)
+    flags.DEFINE_integer("wrn_width", 10, "WideResNet widening factor.", lower_bound=1)
     flags.DEFINE_enum("mode", "tla", ["natural", "pgd", "tla"],
                       "natural: CE on clean; pgd: Madry PGD-AT; tla: PGD-AT + triplet loss.")
     # Optimisation.
-    flags.DEFINE_integer("batch_size", 50, "Global batch size (split over replicas).")
-    flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps.")
+    flags.DEFINE_integer("batch_size", 50, "Global batch size (split over replicas).",
+                         lower_bound=1)
+    flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps.", lower_bound=1)
     flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer.")
-    flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate.")
-    flags.DEFINE_list("lr_boundaries", [], "Steps where the learning rate changes.")
-    flags.DEFINE_list("lr_values", [], "Learning rates, one more than boundaries.")
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-    flags.DEFINE_float("weight_decay", 2e-4, "Coefficient of sum(l2_loss(kernel)) (Madry style).")
-    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the CE loss.")
+    define_number("learning_rate", 0.1, "Initial learning rate.", cfg.POSITIVE)
+    flags.DEFINE_list("lr_boundaries", [], "Steps where the learning rate changes: strictly "
+                      "increasing whole numbers >= 1 (needs --lr_values).")
+    flags.DEFINE_list("lr_values", [], "Learning rates, one more than --lr_boundaries, each a "
+                      "number in (0, inf) (fractions like 1/10 work).")
+    define_number("momentum", 0.9, "SGD momentum.", cfg.UNIT_OPEN)
+    define_number("weight_decay", 2e-4, "Coefficient of sum(l2_loss(kernel)) (Madry style).",
+                  cfg.NON_NEGATIVE)
+    define_number("label_smoothing", 0.0, "Label smoothing of the CE loss.", cfg.UNIT_OPEN)
     flags.DEFINE_bool("augment", None, "Force data augmentation on/off (default: per dataset).")
     # Training attack (PGD inside the step).
     define_attack_flags("", "Training attack:", 0.3, 0.01, 40)
     flags.DEFINE_integer("eps_warmup_steps", 0, "Grow the training eps and step_size linearly "
-                         "from 0 over this many steps (0: full eps from the start).")
+                         "from 0 over this many steps (0: full eps from the start).",
+                         lower_bound=0)
     # Evaluation attack (test_step, metrics.json).
     define_attack_flags("eval_", "Evaluation attack:", 0.3, 0.01, 100)
-    flags.DEFINE_integer("eval_every", 500, "Steps between evaluations and checkpoints.")
+    flags.DEFINE_integer("eval_every", 500, "Steps between evaluations and checkpoints.",
+                         lower_bound=1)
     flags.DEFINE_integer("eval_examples", 1000, "Test examples for periodic evaluation; final "
-                         "metrics.json uses the whole test split unless --final_eval_examples.")
-    flags.DEFINE_integer("final_eval_examples", None, "Limit of test examples for metrics.json.")
-    flags.DEFINE_integer("eval_batch_size", 200, "Batch size of evaluation.")
+                         "metrics.json uses the whole test split unless --final_eval_examples.",
+                         lower_bound=1)
+    flags.DEFINE_integer("final_eval_examples", None, "Limit of test examples for metrics.json.",
+                         lower_bound=1)
+    flags.DEFINE_integer("eval_batch_size", 200, "Batch size of evaluation.", lower_bound=1)
     # TLA triplet term.
     flags.DEFINE_enum("triplet_mining", "paper", ["paper", "semihard"],
                       "paper: adversarial anchor vs hardest clean negative; semihard: TFA loss.")
     flags.DEFINE_enum("negative_pool", "batch", ["batch", "bank", "extra"],
                       "Where paper mining looks for negatives.")
-    flags.DEFINE_integer("pool_multiplier", 10, "Extra clean pool size in batches ('extra').")
-    flags.DEFINE_integer("bank_size", 4096, "Memory bank size in embeddings ('bank').")
+    flags.DEFINE_integer("pool_multiplier", 10, "Extra clean pool size in batches ('extra'): a "
+                         "training step reads batch_size x (1 + pool_multiplier) examples.",
+                         lower_bound=1)
+    flags.DEFINE_integer("bank_size", 4096, "Memory bank size in embeddings ('bank').",
+                         lower_bound=1)
     flags.DEFINE_enum("triplet_positive", "own", ["own", "other", "both"],
                       "Positive: the anchor's clean source, another clean image of its class, "
                       "or both terms.")
-    flags.DEFINE_float("margin", 0.03, "Triplet margin alpha (own-source term).")
-    flags.DEFINE_float("margin_other", None, "Margin of the other-image term (default: margin).")
+    define_number("margin", 0.03, "Triplet margin alpha (own-source term).", cfg.NON_NEGATIVE)
+    define_number("margin_other", None, "Margin of the other-image term (default: margin).",
+                  cfg.NON_NEGATIVE)
     flags.DEFINE_enum("triplet_distance", "abs_cosine", ["abs_cosine", "cosine", "l2",
                                                          "squared_l2"], "Distance D.")
-    flags.DEFINE_float("lambda_triplet", 2.0, "Weight of the triplet term.")
-    flags.DEFINE_float("lambda_norm", 1e-3, "Weight of the embedding-norm term.")
-    # TLA as the authors run it (issue 14).
-    flags.DEFINE_bool("separate_bn_passes", True, "TLA: one forward pass per image batch (clean, "
-                      "adversarial, negatives, other positives), each with its own batch-norm "
-                      "statistics, as the authors (train_update_fast_triplet.py:252-273); "
-                      "--noseparate_bn_passes: one joint pass (faster; the same without BN).")
-    flags.DEFINE_float("positive_noise", 0.0, "TLA own positive: add uniform noise in [-x, x], "
-                       "rounded to the 1/255 grid, clipped (authors' CIFAR nat_noise_level 8: "
-                       "8/255).")
-    flags.DEFINE_enum("other_positive", "batch", ["batch", "data"], "TLA's 'other' positive: "
-                      "data = an independent training image of the class (the authors, "
-                      "train_update_fast_triplet.py:641-645); batch = another image of the class "
-                      "in the batch, or the image itself if there is none (cheaper).")
-    flags.DEFINE_enum("attack_bn_mode", "inference", ["inference", "train"], "Batch-norm mode "
-                      "of the TRAINING attack: train = batch statistics (Madry's PGD-AT, "
-                      "cifar10_challenge train.py:41,57); inference = moving statistics (the TLA "
-                      "authors' TLA attack, train_update_fast_triplet.py:546,611).")
+    define_number("lambda_triplet", 2.0, "Weight of the triplet term.", cfg.NON_NEGATIVE)
+    define_number("lambda_norm", 1e-3, "Weight of the embedding-norm term.", cfg.NON_NEGATIVE)
     # System.
     flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
                                            "tpu"],
@@ -113,24 +160,45 @@ def define_train_flags():
     flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"],
                       "Keras dtype policy (logits and losses stay float32).")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the train step (slower on CPU).")
-    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and attack starts.")
+    flags.DEFINE_integer("seed", 0, "Seed of data order, augmentation and attack starts.",
+                         **SEED_RANGE)
     flags.DEFINE_bool("deterministic", False, "Also pin TF's kernels (tf.config.experimental."
                       "enable_op_determinism; needed for bit-identical GPU runs, slower). Seeds "
                       "always come from --seed, and a resumed run replays the same batches and "
                       "attack starts.")
     flags.DEFINE_integer("checkpoint_every", None, "Steps between checkpoints "
-                         "(default: --eval_every).")
-    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.")
+                         "(default: --eval_every).", lower_bound=1)
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept.", lower_bound=1)
     flags.DEFINE_string("init_checkpoint", None, "Initialise network weights from this checkpoint "
                         "(e.g. a PGD-AT run's model_dir) before training.")
     flags.DEFINE_bool("export", True, "Export the SavedModel at the end of training.")
 
 
-def _floats(values, name):
-    try:
-        return tuple(float(v) for v in values)
-    except ValueError:
-        raise UsageError(f"--{name} must be a comma-separated list of numbers, got {values}")
+def _numbers(values, name, kind=float, valid=None):
+    """A list flag's items -> tuple of floats (or ints, kind=int); None stays None.
+
+    Items are numbers or fractions like 8/255; UsageError naming the flag for anything else, a
+    non-whole number when kind is int, or an item outside `valid` (a config.Range).
+    """
+    if values is None:
+        return None
+    parsed = []
+    for item in (str(v).strip() for v in values):
+        if not item:
+            continue
+        try:
+            value = parse_number(item)
+        except ValueError:
+            raise UsageError(f"--{name} must list numbers or fractions like 8/255, got "
+                             f"{item!r}") from None
+        if kind is int:
+            if not value.is_integer():
+                raise UsageError(f"--{name} must list whole numbers, got {item!r}")
+            value = int(value)
+        if valid is not None and value not in valid:
+            raise UsageError(f"--{name} items must be in {valid}, got {item}")
+        parsed.append(value)
+    return tuple(parsed)
 
 
 def attack_config(prefix=""):
@@ -149,9 +217,6 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist5k", "svhn_cr
             "tiny_imagenet")
 DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
 MODELS = ("madry_mnist", "preact_resnet18", "preact_resnet_tiny", "small_cnn", "wide_resnet")
-_POSITIVE_TRAIN_FLAGS = ("batch_size", "train_steps", "eval_every", "eval_examples",
-                         "eval_batch_size", "keep_checkpoints", "checkpoint_every",
-                         "final_eval_examples", "bank_size", "pool_multiplier")
 
 
 def _check_train_flags():
@@ -165,11 +230,10 @@ def _check_train_flags():
                          f"or {DATASET_FOLDER_PREFIX}/path/to/folder")
     if FLAGS.model not in MODELS:
         raise UsageError(f"unknown --model {FLAGS.model!r}; known: {', '.join(MODELS)}")
-    for name in _POSITIVE_TRAIN_FLAGS:
-        if FLAGS[name].value is not None and FLAGS[name].value < 1:
-            raise UsageError(f"--{name} must be >= 1, got {FLAGS[name].value}")
-    if FLAGS.eps_warmup_steps < 0:
-        raise UsageError(f"--eps_warmup_steps must be >= 0, got {FLAGS.eps_warmup_steps}")
+    # Single-flag ranges are checked while parsing (lower_bound, NumberParser); here the rest.
+    if FLAGS.model == "wide_resnet" and (FLAGS.wrn_depth - 4) % 6:
+        raise UsageError(f"--wrn_depth must be 6n+4 (10, 16, 22, 28, 34, ...), got "
+                         f"{FLAGS.wrn_depth}")
     for name in ("model_dir", "data_dir"):
         path = FLAGS[name].value
         if path and "://" not in path and os.path.exists(path) and not os.path.isdir(path):
@@ -192,33 +256,60 @@ def _flag_attack(prefix):
         raise UsageError(f"--{prefix}{error}") from None
 
 
-def train_config():
-    """Parsed flags -> experiment.TrainConfig (raises UsageError with one line on bad values).
-
-    Every check that needs no TensorFlow runs before experiment (and TensorFlow) is imported, so
-    a bad flag is rejected in about a second.
-    """
-    from tf_metric_robust import config as cfg
-
+def train_parts():
+    """(OptimizerConfig, TripletConfig, training AttackConfig, evaluation AttackConfig) of the
+    parsed bin/train flags, without TensorFlow; UsageError naming the flag on a bad value."""
     _check_train_flags()
+    lr_boundaries = _numbers(FLAGS.lr_boundaries, "lr_boundaries", int)
+    lr_values = _numbers(FLAGS.lr_values, "lr_values")
     try:
         optimizer = cfg.OptimizerConfig(
             name=FLAGS.optimizer, learning_rate=FLAGS.learning_rate,
-            lr_boundaries=tuple(int(b) for b in _floats(FLAGS.lr_boundaries, "lr_boundaries")),
-            lr_values=_floats(FLAGS.lr_values, "lr_values"), momentum=FLAGS.momentum,
+            lr_boundaries=lr_boundaries, lr_values=lr_values, momentum=FLAGS.momentum,
             weight_decay=FLAGS.weight_decay)
         triplet = cfg.TripletConfig(
             mining=FLAGS.triplet_mining, negative_pool=FLAGS.negative_pool,
             positive=FLAGS.triplet_positive, margin=FLAGS.margin, margin_other=FLAGS.margin_other,
             distance=FLAGS.triplet_distance, lambda_triplet=FLAGS.lambda_triplet,
             lambda_norm=FLAGS.lambda_norm, bank_size=FLAGS.bank_size,
-            pool_multiplier=FLAGS.pool_multiplier, separate_passes=FLAGS.separate_bn_passes,
-            positive_noise=FLAGS.positive_noise, other_positive=FLAGS.other_positive)
+            pool_multiplier=FLAGS.pool_multiplier)
+    except ValueError as error:  # the configs name the field, which is the flag's name
+        raise UsageError(f"--{error}") from None
+    return optimizer, triplet, _flag_attack(""), _flag_attack("eval_")
+
+
+def _check_batch_fits(triplet):
+    """Refuses a train split smaller than what one training step reads, before anything is
+    written: --batch_size, times (1 + --pool_multiplier) with the extra clean pool of TLA."""
+    from tf_metric_robust import data
+
+    try:
+        examples = data.dataset_info(FLAGS.dataset).num_train_examples
     except ValueError as error:
         raise UsageError(str(error)) from None
-    attack, eval_attack = _flag_attack(""), _flag_attack("eval_")
+    batch, multiplier = FLAGS.batch_size, triplet.pool_multiplier
+    if FLAGS.mode == "tla" and triplet.negative_pool == "extra":
+        if examples < batch * (1 + multiplier):
+            raise UsageError(
+                f"--dataset {FLAGS.dataset} has {examples} training examples, fewer than one "
+                f"step reads with --negative_pool=extra: --batch_size {batch} x (1 + "
+                f"--pool_multiplier {multiplier}) = {batch * (1 + multiplier)}; lower "
+                "--batch_size or --pool_multiplier, or use --negative_pool=batch or bank")
+    elif examples < batch:
+        raise UsageError(f"--dataset {FLAGS.dataset} has {examples} training examples, fewer "
+                         f"than --batch_size {batch}; use --batch_size={examples} or less")
+
+
+def train_config():
+    """Parsed flags -> experiment.TrainConfig (raises UsageError with one line on bad values).
+
+    Every check that needs no TensorFlow runs before experiment (and TensorFlow) is imported, so
+    a bad flag is rejected in about a second; none writes anything.
+    """
+    optimizer, triplet, attack, eval_attack = train_parts()
     from tf_metric_robust.experiment import TrainConfig  # imports TensorFlow
 
+    _check_batch_fits(triplet)
     try:
         return TrainConfig(
             model_dir=FLAGS.model_dir, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
@@ -234,7 +325,6 @@ def train_config():
             jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
             checkpoint_every=FLAGS.checkpoint_every or FLAGS.eval_every,
             keep_checkpoints=FLAGS.keep_checkpoints, init_checkpoint=FLAGS.init_checkpoint,
-            attack_bn_mode=FLAGS.attack_bn_mode,
             export=FLAGS.export)
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -284,9 +374,24 @@ def _parse_flags(argv):
             FLAGS.verbosity = FLAGS["verbosity"].default
         return argv
     except flags.Error as error:
-        message = " ".join(str(error).replace("ERROR:: ", "").split())
+        message = _value_message(" ".join(str(error).replace("ERROR:: ", "").split()))
         print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
+
+
+def _value_message(message):
+    """absl's 'flag --x=0: 0 is not a positive integer' (and NumberParser's 'flag --x=v: must
+    be ...') -> '--x must be a positive integer, got 0', the wording of the config checks."""
+    match = re.fullmatch(r"flag --(\w+)=(.*?): (.*)", message)
+    if not match:
+        return message
+    name, reason = match.group(1), match.group(3)
+    bound = re.fullmatch(r"(\S+) is not (an? .*)", reason)
+    if bound:
+        return f"--{name} must be {bound.group(2)}, got {bound.group(1)}"
+    if reason.startswith("must be"):
+        return f"--{name} {reason}"
+    return message
 
 
 # bin/evaluate ------------------------------------------------------------------------------------
@@ -300,36 +405,40 @@ def define_evaluate_flags():
                         "saved_model/) is evaluated; recipe.json gives the dataset.")
     flags.DEFINE_string("saved_model", None, "Evaluate this SavedModel instead (signature "
                         "serving_default: images [N,H,W,C] in [0,1] -> logits, embedding).")
-    flags.DEFINE_string("dataset", None, "Dataset (default: the run's recipe.json; required for "
-                        "a SavedModel outside a run).")
+    flags.DEFINE_string("dataset", None, "Dataset, a name of bin/train's --dataset (default: the "
+                        "run's recipe.json; required for a SavedModel outside a run).")
     _define_data_location_flags()
     flags.DEFINE_string("split", None, "Split to evaluate (default: the test split).")
-    flags.DEFINE_integer("num_examples", None, "Evaluate only the first N examples.")
-    flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.")
+    flags.DEFINE_integer("num_examples", None, "Evaluate only the first N examples.",
+                         lower_bound=1)
+    flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.", lower_bound=1)
     flags.DEFINE_string("output", None, "report.json path (default: "
                         "<model_dir>/evaluation/report.json); figures go next to it.")
     flags.DEFINE_list("attacks", EVAL_DEFAULT_ATTACKS, "Attacks at --eps: names of the attack "
                       "registry (fgsm, pgd, mifgsm, ...) or <name>_<loss> (pgd_cw).")
-    flags.DEFINE_string("eps", None, "Threat-model radius on [0,1], a number or a fraction like "
-                        "8/255 (default: MNIST 0.3, CIFAR 8/255).")
-    flags.DEFINE_string("step_size", None, "PGD step size (default: MNIST 0.01, CIFAR 1/255).")
-    flags.DEFINE_integer("steps", None, "PGD steps (default: MNIST 100, CIFAR 20).")
+    define_number("eps", None, "Threat-model radius on the [0,1] image scale (default: MNIST "
+                  "0.3, CIFAR 8/255).", cfg.UNIT)
+    define_number("step_size", None, "PGD step size (default: MNIST 0.01, CIFAR 1/255).",
+                  cfg.POSITIVE)
+    flags.DEFINE_integer("steps", None, "PGD steps (default: MNIST 100, CIFAR 20).",
+                         lower_bound=1)
     flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat-model norm.")
-    flags.DEFINE_integer("restarts", 1, "Random restarts of each PGD attack at --eps.")
+    flags.DEFINE_integer("restarts", 1, "Random restarts of each PGD attack at --eps.",
+                         lower_bound=1)
     flags.DEFINE_bool("random_start", True, "PGD starts at a random point of the ball.")
-    flags.DEFINE_list("eps_sweep", None, "PGD radii of the eps sweep; empty to skip (default: "
-                      "MNIST 0,0.1,...,0.4; CIFAR 0,2/255,...,16/255).")
-    flags.DEFINE_list("steps_sweep", None, "PGD step counts of the steps sweep; empty to skip "
-                      "(default: MNIST 1,10,20,40,100; CIFAR 1,5,10,20,50).")
-    flags.DEFINE_string("large_eps", "0.5", "L-inf radius of the 'unbounded attack' sanity "
-                        "check (accuracy must fall near 0).")
-    flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
+    flags.DEFINE_list("eps_sweep", None, "PGD radii of the eps sweep, each in [0, 1]; empty to "
+                      "skip (default: MNIST 0,0.1,...,0.4; CIFAR 0,2/255,...,16/255).")
+    flags.DEFINE_list("steps_sweep", None, "PGD step counts of the steps sweep, each >= 1; empty "
+                      "to skip (default: MNIST 1,10,20,40,100; CIFAR 1,5,10,20,50).")
+    define_number("large_eps", 0.5, "L-inf radius of the 'unbounded attack' sanity check "
+                  "(accuracy must fall near 0).", cfg.Range(0.0, 1.0, low_open=True))
+    flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.", **SEED_RANGE)
     flags.DEFINE_bool("detection", False, "Also run kNN detection in the embedding space.")
-    flags.DEFINE_list("detection_eps", None, "PGD radii scored by the detector (default: MNIST "
-                      "0.3,0.4; CIFAR 8/255,16/255).")
+    flags.DEFINE_list("detection_eps", None, "PGD radii scored by the detector, each in [0, 1] "
+                      "(default: MNIST 0.3,0.4; CIFAR 8/255,16/255).")
     flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
-                         "reference.")
-    flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.")
+                         "reference.", lower_bound=1)
+    flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.", lower_bound=1)
     flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
                       "kNN detection score (see detection.KnnDetector).")
     flags.DEFINE_enum("suite", "none", ["none", "autoattack"], "Also run a standard attack "
@@ -338,48 +447,29 @@ def define_evaluate_flags():
     flags.DEFINE_enum("suite_version", "standard", ["standard", "plus"], "AutoAttack version "
                       "(plus: + APGD-DLR, 5 restarts; FAB-T and rand are not implemented).")
     flags.DEFINE_integer("suite_steps", 100, "APGD iterations of the suite (paper: 100; fewer "
-                         "for a quick, weaker check).")
-    flags.DEFINE_integer("suite_queries", 5000, "Square queries of the suite (paper: 5000).")
+                         "for a quick, weaker check).", lower_bound=1)
+    flags.DEFINE_integer("suite_queries", 5000, "Square queries of the suite (paper: 5000).",
+                         lower_bound=1)
     flags.DEFINE_bool("progress", True, "Show a progress bar.")
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard summaries.")
 
 
-def _number(text, name):
-    """'0.3' or '8/255' -> float; UsageError otherwise."""
-    try:
-        if "/" in str(text):
-            numerator, denominator = str(text).split("/")
-            return float(numerator) / float(denominator)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"--{name} must be a number or a fraction like 8/255, got {text!r}")
-
-
-def _numbers(values, name, kind=float):
-    if values is None:
-        return None
-    parsed = tuple(_number(v, name) for v in values if str(v).strip())
-    if kind is int:
-        if any(v != int(v) for v in parsed):
-            raise UsageError(f"--{name} must list whole numbers, got {','.join(values)}")
-        parsed = tuple(int(v) for v in parsed)
-    return parsed
-
-
 def evaluate_config():
     """Parsed flags -> evaluation_run.EvaluateRun (UsageError with one line on bad values)."""
-    optional = lambda value, name: None if value is None else _number(value, name)  # noqa: E731
-    eps, step_size = optional(FLAGS.eps, "eps"), optional(FLAGS.step_size, "step_size")
-    large_eps = _number(FLAGS.large_eps, "large_eps")
-    for name, value in (("eps", eps), ("large_eps", large_eps)):
-        if value is not None and not 0.0 <= value <= 1.0:
-            raise UsageError(f"--{name} must be in [0, 1] (images are on [0,1]), got {value}")
     if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
         raise UsageError("pass exactly one of --model_dir and --saved_model")
     for name in ("model_dir", "saved_model"):  # before the TensorFlow import: a typo fails fast
         path = getattr(FLAGS, name)
         if path and not os.path.exists(path):
             raise UsageError(f"--{name} {path} does not exist")
+    dataset = FLAGS.dataset
+    if dataset and dataset not in DATASETS and not dataset.startswith(DATASET_FOLDER_PREFIX):
+        raise UsageError(f"unknown --dataset {dataset!r}; known: {', '.join(DATASETS)}, or "
+                         f"{DATASET_FOLDER_PREFIX}/path/to/folder")
+    sweeps = dict(eps_sweep=_numbers(FLAGS.eps_sweep, "eps_sweep", valid=cfg.UNIT),
+                  steps_sweep=_numbers(FLAGS.steps_sweep, "steps_sweep", int,
+                                      cfg.Range(1, high_open=True)),
+                  detection_eps=_numbers(FLAGS.detection_eps, "detection_eps", valid=cfg.UNIT))
     from tf_metric_robust import attacks, evaluation_plan
     from tf_metric_robust.evaluation_run import EvaluateRun
 
@@ -388,12 +478,9 @@ def evaluate_config():
         evaluation_plan.resolve_attack(name, attacks.ATTACKS)
     try:
         config = evaluation_plan.EvalConfig(
-            eps=eps, step_size=step_size, steps=FLAGS.steps, norm=FLAGS.norm,
+            eps=FLAGS.eps, step_size=FLAGS.step_size, steps=FLAGS.steps, norm=FLAGS.norm,
             restarts=FLAGS.restarts, random_start=FLAGS.random_start, attacks=attack_names,
-            eps_sweep=_numbers(FLAGS.eps_sweep, "eps_sweep"),
-            steps_sweep=_numbers(FLAGS.steps_sweep, "steps_sweep", int), large_eps=large_eps,
-            seed=FLAGS.seed, detection=FLAGS.detection,
-            detection_eps=_numbers(FLAGS.detection_eps, "detection_eps"),
+            large_eps=FLAGS.large_eps, seed=FLAGS.seed, detection=FLAGS.detection, **sweeps,
             detection_reference=FLAGS.detection_reference, detection_k=FLAGS.detection_k,
             detection_score=FLAGS.detection_score, suite=FLAGS.suite,
             suite_version=FLAGS.suite_version, suite_steps=FLAGS.suite_steps,
@@ -417,11 +504,13 @@ def define_export_flags():
     flags.DEFINE_string("export_dir", None, "TF Serving model base path; the export goes to "
                         "<export_dir>/<version>/ (default: <model_dir>/saved_model).")
     flags.DEFINE_integer("version", None, "Version folder to write (default: the largest "
-                         "existing version + 1); an existing version is never overwritten.")
+                         "existing version + 1); an existing version is never overwritten.",
+                         lower_bound=1)
     _define_data_location_flags(" (detection reference)")
     flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
-                         "reference stored in the SavedModel (split evenly over the classes).")
-    flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.")
+                         "reference stored in the SavedModel (split evenly over the classes).",
+                         lower_bound=1)
+    flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.", lower_bound=1)
     flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
                       "kNN detection score (see detection.KnnDetector).")
     flags.DEFINE_bool("warmup", True, "Write assets.extra/tf_serving_warmup_requests.")

@@ -5,18 +5,50 @@ can be built and tested without parsing a command line.
 """
 
 import dataclasses
+import math
 from typing import Optional, Tuple
 
 MODES = ("natural", "pgd", "tla")
 MININGS = ("paper", "semihard")
 NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
-OTHER_POSITIVES = ("batch", "data")
 DISTANCES = ("abs_cosine", "cosine", "l2", "squared_l2")
 
 
 class UserError(ValueError):
     """A mistake in what the user asked for: the CLIs print it as one line, no traceback."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A closed or open interval of allowed values; cli.py shows it in --help and checks flags."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value):
+        if not math.isfinite(value):  # NaN and inf are never a setting
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self):
+        low, high = (f"{v:g}" for v in (self.low, self.high))
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def check(self, name, value):
+        """Raises UserError('<name> must be in <range>, got <value>') unless value is inside."""
+        if value not in self:
+            raise UserError(f"{name} must be in {self}, got {value}")
+
+
+POSITIVE = Range(0.0, math.inf, low_open=True, high_open=True)
+NON_NEGATIVE = Range(0.0, math.inf, high_open=True)
+UNIT = Range(0.0, 1.0)  # eps on the [0,1] pixel scale
+UNIT_OPEN = Range(0.0, 1.0, high_open=True)  # momentum, label smoothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +64,8 @@ class AttackConfig:
     restarts: int = 1
 
     def __post_init__(self):
-        if not 0.0 <= self.eps <= 1.0:
-            raise UserError(f"eps must be in [0, 1] (images are on [0,1]), got {self.eps}")
-        if self.step_size <= 0:
-            raise UserError(f"step_size must be > 0, got {self.step_size}")
+        UNIT.check("eps", self.eps)  # images are on [0,1]
+        POSITIVE.check("step_size", self.step_size)
         if self.steps < 1:
             raise UserError(f"steps must be >= 1, got {self.steps}")
         if self.norm not in ("linf", "l2"):
@@ -71,10 +101,6 @@ class TripletConfig:
     lambda_norm: float = 1e-3
     bank_size: int = 4096
     pool_multiplier: int = 10
-    # Issue 14: the authors' passes and positives (train_update_fast_triplet.py).
-    separate_passes: bool = True  # one forward pass (own BN statistics) per image batch
-    positive_noise: float = 0.0  # own positive: +-noise uniform, on the 1/255 grid (CIFAR 8/255)
-    other_positive: str = "batch"  # 'data': an independent image of the class; 'batch': a partner
 
     def __post_init__(self):
         for name, value, allowed in (("triplet_mining", self.mining, MININGS),
@@ -83,15 +109,13 @@ class TripletConfig:
                                      ("triplet_distance", self.distance, DISTANCES)):
             if value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        if self.margin < 0 or (self.margin_other is not None and self.margin_other < 0):
-            raise UserError("triplet margins must be >= 0")
-        if self.bank_size < 1 or self.pool_multiplier < 1:
-            raise UserError("bank_size and pool_multiplier must be >= 1")
-        if self.other_positive not in OTHER_POSITIVES:
-            raise UserError(f"other_positive must be one of {', '.join(OTHER_POSITIVES)}; "
-                            f"got {self.other_positive!r}")
-        if not 0.0 <= self.positive_noise <= 1.0:
-            raise UserError(f"positive_noise must be in [0, 1], got {self.positive_noise}")
+        for name in ("margin", "lambda_triplet", "lambda_norm"):
+            NON_NEGATIVE.check(name, getattr(self, name))
+        if self.margin_other is not None:
+            NON_NEGATIVE.check("margin_other", self.margin_other)
+        for name in ("bank_size", "pool_multiplier"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     @property
     def other_margin(self):
@@ -112,8 +136,17 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.name not in ("sgd", "adam"):
             raise UserError(f"optimizer must be 'sgd' or 'adam', got {self.name!r}")
+        POSITIVE.check("learning_rate", self.learning_rate)
+        for value in self.lr_values:
+            POSITIVE.check("lr_values", value)
+        UNIT_OPEN.check("momentum", self.momentum)
+        NON_NEGATIVE.check("weight_decay", self.weight_decay)
+        if any(not float(b).is_integer() or b < 1 for b in self.lr_boundaries):
+            raise UserError(f"lr_boundaries must be whole steps >= 1, got {self.lr_boundaries}")
+        if any(a >= b for a, b in zip(self.lr_boundaries, self.lr_boundaries[1:])):
+            raise UserError(f"lr_boundaries must be strictly increasing, got {self.lr_boundaries}")
+        if self.lr_boundaries and not self.lr_values:
+            raise UserError("lr_boundaries needs lr_values (one learning rate per interval)")
         if self.lr_values and len(self.lr_values) != len(self.lr_boundaries) + 1:
             raise UserError("lr_values needs exactly one more entry than lr_boundaries "
-                             f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)")
-        if list(self.lr_boundaries) != sorted(self.lr_boundaries):
-            raise UserError("lr_boundaries must be increasing")
+                            f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)")

@@ -62,7 +62,6 @@ class TrainConfig:
     keep_checkpoints: int = 3
     init_checkpoint: Optional[str] = None
     export: bool = True
-    attack_bn_mode: str = "inference"  # BN mode of the training attack (training.ATTACK_BN_MODES)
 
     def __post_init__(self):
         for name in ("batch_size", "train_steps", "eval_every", "checkpoint_every",
@@ -80,8 +79,7 @@ def build_trainer(config):
     trainer = AdversarialTrainer(network, mode=config.mode, attack=config.attack,
                                  eval_attack=config.eval_attack, triplet=config.triplet,
                                  label_smoothing=config.label_smoothing, seed=config.seed,
-                                 eps_warmup_steps=config.eps_warmup_steps,
-                                 attack_bn_mode=config.attack_bn_mode)
+                                 eps_warmup_steps=config.eps_warmup_steps)
     optimizer = make_optimizer(config.optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     optimizer.build(network.trainable_variables)
@@ -110,19 +108,12 @@ def _train_input(config, start_step, replicas=1):
     batch = config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1)
     dataset = data.train_dataset(
         config.dataset, batch_size=batch, seed=config.seed, start_step=start_step,
-        data_dir=config.data_dir, download=config.download, augment=config.augment,
-        other_positives=_other_positives_from_data(config))
+        data_dir=config.data_dir, download=config.download, augment=config.augment)
     if extra_pool and replicas > 1:
-        dataset = dataset.map(lambda images, labels: tf.nest.map_structure(
-            lambda rows: replica_major(rows, config.batch_size, replicas), (images, labels)))
+        dataset = dataset.map(lambda images, labels: (
+            replica_major(images, config.batch_size, replicas),
+            replica_major(labels, config.batch_size, replicas)))
     return _shard_by_data(dataset)
-
-
-def _other_positives_from_data(config):
-    """Whether TLA's other positives come from the data (an independent image of the class)."""
-    triplet = config.triplet
-    return (config.mode == "tla" and triplet.mining == "paper" and triplet.other_positive == "data"
-            and triplet.positive in ("other", "both"))
 
 
 def replica_major(rows, batch_size, replicas):
