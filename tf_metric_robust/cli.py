@@ -149,6 +149,22 @@ def define_train_flags():
                                                          "squared_l2"], "Distance D.")
     define_number("lambda_triplet", 2.0, "Weight of the triplet term.", cfg.NON_NEGATIVE)
     define_number("lambda_norm", 1e-3, "Weight of the embedding-norm term.", cfg.NON_NEGATIVE)
+    # TLA as the authors run it (issue 14).
+    flags.DEFINE_bool("separate_bn_passes", True, "TLA: one forward pass per image batch (clean, "
+                      "adversarial, negatives, other positives), each with its own batch-norm "
+                      "statistics, as the authors (train_update_fast_triplet.py:252-273); "
+                      "--noseparate_bn_passes: one joint pass (faster; the same without BN).")
+    flags.DEFINE_float("positive_noise", 0.0, "TLA own positive: add uniform noise in [-x, x], "
+                       "rounded to the 1/255 grid, clipped (authors' CIFAR nat_noise_level 8: "
+                       "8/255).")
+    flags.DEFINE_enum("other_positive", "batch", ["batch", "data"], "TLA's 'other' positive: "
+                      "data = an independent training image of the class (the authors, "
+                      "train_update_fast_triplet.py:641-645); batch = another image of the class "
+                      "in the batch, or the image itself if there is none (cheaper).")
+    flags.DEFINE_enum("attack_bn_mode", "inference", ["inference", "train"], "Batch-norm mode "
+                      "of the TRAINING attack: train = batch statistics (Madry's PGD-AT, "
+                      "cifar10_challenge train.py:41,57); inference = moving statistics (the TLA "
+                      "authors' TLA attack, train_update_fast_triplet.py:546,611).")
     # System.
     flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
                                            "tpu"],
@@ -272,7 +288,8 @@ def train_parts():
             positive=FLAGS.triplet_positive, margin=FLAGS.margin, margin_other=FLAGS.margin_other,
             distance=FLAGS.triplet_distance, lambda_triplet=FLAGS.lambda_triplet,
             lambda_norm=FLAGS.lambda_norm, bank_size=FLAGS.bank_size,
-            pool_multiplier=FLAGS.pool_multiplier)
+            pool_multiplier=FLAGS.pool_multiplier, separate_passes=FLAGS.separate_bn_passes,
+            positive_noise=FLAGS.positive_noise, other_positive=FLAGS.other_positive)
     except ValueError as error:  # the configs name the field, which is the flag's name
         raise UsageError(f"--{error}") from None
     return optimizer, triplet, _flag_attack(""), _flag_attack("eval_")
@@ -325,6 +342,7 @@ def train_config():
             jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
             checkpoint_every=FLAGS.checkpoint_every or FLAGS.eval_every,
             keep_checkpoints=FLAGS.keep_checkpoints, init_checkpoint=FLAGS.init_checkpoint,
+            attack_bn_mode=FLAGS.attack_bn_mode,
             export=FLAGS.export)
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -12,6 +12,7 @@ MODES = ("natural", "pgd", "tla")
 MININGS = ("paper", "semihard")
 NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
+OTHER_POSITIVES = ("batch", "data")
 DISTANCES = ("abs_cosine", "cosine", "l2", "squared_l2")
 
 
@@ -101,6 +102,10 @@ class TripletConfig:
     lambda_norm: float = 1e-3
     bank_size: int = 4096
     pool_multiplier: int = 10
+    # Issue 14: the authors' passes and positives (train_update_fast_triplet.py).
+    separate_passes: bool = True  # one forward pass (own BN statistics) per image batch
+    positive_noise: float = 0.0  # own positive: +-noise uniform, on the 1/255 grid (CIFAR 8/255)
+    other_positive: str = "batch"  # 'data': an independent image of the class; 'batch': a partner
 
     def __post_init__(self):
         for name, value, allowed in (("triplet_mining", self.mining, MININGS),
@@ -116,6 +121,11 @@ class TripletConfig:
         for name in ("bank_size", "pool_multiplier"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.other_positive not in OTHER_POSITIVES:
+            raise UserError(f"other_positive must be one of {', '.join(OTHER_POSITIVES)}; "
+                            f"got {self.other_positive!r}")
+        if not 0.0 <= self.positive_noise <= 1.0:
+            raise UserError(f"positive_noise must be in [0, 1], got {self.positive_noise}")
 
     @property
     def other_margin(self):
