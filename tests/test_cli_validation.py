@@ -163,6 +163,8 @@ for flag in flags.FLAGS.get_flags_for_module(cli):
     parser = flag.parser
     if isinstance(parser, cli.NumberParser):
         ok = parser.valid != cli.cfg.Range()
+    elif isinstance(parser, flags.FloatParser):  # a float flag without cli.define_number
+        ok = False
     elif isinstance(parser, flags.IntegerParser):
         ok = parser.lower_bound is not None
     else:

@@ -154,9 +154,9 @@ def define_train_flags():
                       "adversarial, negatives, other positives), each with its own batch-norm "
                       "statistics, as the authors (train_update_fast_triplet.py:252-273); "
                       "--noseparate_bn_passes: one joint pass (faster; the same without BN).")
-    flags.DEFINE_float("positive_noise", 0.0, "TLA own positive: add uniform noise in [-x, x], "
-                       "rounded to the 1/255 grid, clipped (authors' CIFAR nat_noise_level 8: "
-                       "8/255).")
+    define_number("positive_noise", 0.0, "TLA own positive: add uniform noise in [-x, x], "
+                  "rounded to the 1/255 grid, clipped (authors' CIFAR nat_noise_level 8: 8/255).",
+                  cfg.UNIT)
     flags.DEFINE_enum("other_positive", "batch", ["batch", "data"], "TLA's 'other' positive: "
                       "data = an independent training image of the class (the authors, "
                       "train_update_fast_triplet.py:641-645); batch = another image of the class "
