@@ -13,6 +13,7 @@ CASES = [
     ("madry_mnist", (28, 28, 1), {}, 1024),
     ("wide_resnet", (32, 32, 3), {"depth": 10, "width": 1}, 64),
     ("preact_resnet18", (32, 32, 3), {}, 512),
+    ("mnist_large", (28, 28, 1), {}, 1024),
 ]
 IDS = [c[0] for c in CASES]
 WEIGHT_DECAY = 2e-4
@@ -87,6 +88,18 @@ def test_preact_resnet18_parameter_count(built):
     trainable = sum(int(np.prod(v.shape)) for v in built("preact_resnet18").trainable_weights)
     # kuangliu/pytorch-cifar's 11,171,146 plus the final BN (2 * 512) of He et al.
     assert trainable == 11_171_146 + 1024
+
+
+def test_mnist_large_is_the_authors_network(built):
+    """model_mnist_large.py (paper Table 5): 4 conv3x3 + fc1024, each with BN (decay 0.9)."""
+    model = built("mnist_large")
+    assert model.count_params() == 13_250_186  # 13,247,178 trainable + 3,008 BN moving stats
+    norms = [layer for layer in model.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 5 and all(n.momentum == 0.9 and n.epsilon == 1e-3 for n in norms)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128, 256]
+    assert all(c.kernel_size == (3, 3) for c in convs)
 
 
 @pytest.mark.parametrize("name,shape,kwargs,dim", CASES[:3], ids=IDS[:3])
@@ -172,3 +185,96 @@ def test_small_cnn_learns_mnist5k(mnist5k_arrays):
     model.fit(images[train], {"logits": labels[train]}, batch_size=64, epochs=2, verbose=0)
     logits = model.predict(images[test], batch_size=500, verbose=0)["logits"]
     assert np.mean(np.argmax(logits, -1) == labels[test]) > 0.93  # 0.952 measured (seed 0)
+
+
+_RECIPE_SCRIPT = """
+import glob, json, os, sys
+from absl import flags
+from tf_metric_robust import cli, data, models
+cli.define_train_flags()
+FLAGS = flags.FLAGS
+built, out = {}, {}
+for path in sorted(glob.glob('configs/*.flags')):
+    FLAGS.unparse_flags()
+    FLAGS(['train', '--flagfile=' + path, '--model_dir=unused'])
+    optimizer, triplet, attack, eval_attack = cli.train_parts()
+    spec = data.dataset_info(FLAGS.dataset)
+    kwargs = cli._model_kwargs(FLAGS.model)
+    key = (FLAGS.model, spec.image_shape, spec.num_classes, json.dumps(kwargs, sort_keys=True))
+    if key not in built:
+        model = models.build(FLAGS.model, spec.num_classes, spec.image_shape,
+                             weight_decay=optimizer.weight_decay, **kwargs)
+        built[key] = (model.count_params(), models.embedding_dim(model))
+    out[os.path.basename(path)] = dict(
+        model=FLAGS.model, params=built[key][0], embedding=built[key][1], mode=FLAGS.mode,
+        triplet=triplet.__dict__, optimizer=optimizer.__dict__, steps=FLAGS.train_steps,
+        label_smoothing=FLAGS.label_smoothing, attack=attack.__dict__,
+        eval_attack=eval_attack.__dict__, attack_bn_mode=FLAGS.attack_bn_mode,
+        select_best=FLAGS.select_best, validation_examples=FLAGS.validation_examples,
+        eval_round_to_grid=FLAGS.eval_round_to_grid)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def recipes():
+    """Every configs/*.flags parsed with bin/train's flags, and its model built (real size)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", _RECIPE_SCRIPT], cwd=root, capture_output=True,
+                            text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_recipe_parses_and_builds_its_model(recipes):
+    import glob
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert set(recipes) == {os.path.basename(p) for p in glob.glob(f"{root}/configs/*.flags")}
+    for name, recipe in recipes.items():
+        assert recipe["params"] > 0 and recipe["embedding"] > 0, name
+        # TLA attacks in BN inference mode (the authors' TLA code); PGD-AT in train mode (Madry).
+        expected_bn_mode = "train" if recipe["mode"] == "pgd" else "inference"
+        assert recipe["attack_bn_mode"] == expected_bn_mode, name
+        if recipe["select_best"] != "none":
+            assert recipe["validation_examples"] > 0, name
+
+
+def test_mnist_recipe_is_the_papers(recipes):
+    mnist = recipes["mnist.flags"]
+    assert mnist["model"] == "mnist_large" and mnist["embedding"] == 1024
+    assert mnist["optimizer"]["name"] == "adam" and mnist["optimizer"]["learning_rate"] == 1e-4
+    assert mnist["optimizer"]["weight_decay"] == 2e-4 and mnist["label_smoothing"] == 0.1
+    triplet = mnist["triplet"]
+    assert (triplet["margin"], triplet["lambda_triplet"], triplet["lambda_norm"]) == (
+        0.05, 0.5, 1e-4)
+    assert (triplet["negative_pool"], triplet["pool_multiplier"]) == ("extra", 1)
+    assert (triplet["positive"], triplet["other_positive"]) == ("other", "data")
+    assert triplet["separate_passes"] and mnist["validation_examples"] == 5000  # 55,000 train
+    assert (mnist["attack"]["steps"], mnist["attack"]["step_size"], mnist["attack"]["eps"]) == (
+        40, 0.01, 0.3)
+    assert mnist["eval_attack"]["steps"] == 100
+    assert recipes["mnist_pgd_at.flags"]["model"] == "madry_mnist"
+
+
+def test_cifar_recipes_paper_and_code(recipes):
+    paper, code = recipes["cifar.flags"], recipes["cifar_80k.flags"]
+    assert paper["steps"] == 55_000 and paper["optimizer"]["lr_boundaries"] == [50_000]
+    assert paper["optimizer"]["lr_values"] == [0.1, 0.01]
+    assert code["steps"] == 80_000 and code["optimizer"]["lr_boundaries"] == [1000, 5000]
+    for recipe in (paper, code):
+        triplet = recipe["triplet"]
+        assert triplet["positive"] == "both" and triplet["other_positive"] == "data"
+        assert abs(triplet["positive_noise"] - 8 / 255) < 1e-9
+        assert (triplet["negative_pool"], triplet["pool_multiplier"]) == ("extra", 10)
+        assert (triplet["margin"], triplet["lambda_triplet"], triplet["lambda_norm"]) == (
+            0.03, 2.0, 1e-3)
+        assert recipe["select_best"] == "pgd" and recipe["eval_round_to_grid"]
+        assert recipe["params"] == recipes["cifar_pgd_at.flags"]["params"]

@@ -259,3 +259,65 @@ def test_attack_bn_mode_train_attacks_with_batch_statistics(mnist5k_arrays):
     assert moved > 2.5 * moved_once > 0
     with pytest.raises(ValueError, match="attack_bn_mode"):
         AdversarialTrainer(_bn_network(), mode="pgd", attack=ATTACK, attack_bn_mode="eval")
+
+
+def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
+                                                                      mnist5k_data_dir):
+    """--select_best=pgd: validation split held out of TRAINING, best checkpoint kept, final
+    metrics computed with its weights; never without a validation split."""
+    import json
+    import os
+
+    from tf_metric_robust import data, experiment, selection
+    from tf_metric_robust.config import UserError
+
+    attack = AttackConfig(eps=0.1, step_size=0.05, steps=2)
+    config = experiment.TrainConfig(
+        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
+        model="small_cnn", mode="pgd", batch_size=20, train_steps=4, eval_every=2,
+        checkpoint_every=2, eval_examples=40, final_eval_examples=40, eval_batch_size=40,
+        attack=attack, eval_attack=attack, optimizer=experiment.OptimizerConfig(
+            name="adam", learning_rate=1e-3), validation_examples=100, select_best="pgd",
+        export=False)
+    metrics = experiment.train(config)
+    record = selection.read_record(os.path.join(config.model_dir, selection.BEST_DIR))
+    assert record["validation_examples"] == 100 and record["step"] in (2, 4)
+    assert metrics["selected_checkpoint"] == record
+    with open(os.path.join(config.model_dir, "metrics.json")) as f:
+        assert json.load(f)["selected_checkpoint"]["step"] == record["step"]
+    # The validation split is the first 100 training examples, never seen in training.
+    held_out = next(iter(data.eval_dataset("mnist5k", batch_size=100, data_dir=mnist5k_data_dir,
+                                           split=data.validation_split("mnist5k", 100))))[0]
+    trained = data.train_dataset("mnist5k", batch_size=100, seed=0, data_dir=mnist5k_data_dir,
+                                 validation_examples=100)
+    seen = np.concatenate([images.numpy() for images, _ in trained.take(39)])  # one epoch
+    held = {image.tobytes() for image in held_out.numpy()}
+    assert len(seen) == 3900 and not held & {image.tobytes() for image in seen}
+    bad = experiment.TrainConfig(**{**config.__dict__, "model_dir": str(tmp_path / "bad"),
+                                    "validation_examples": 0})
+    with pytest.raises(UserError, match="validation_examples"):
+        experiment.train(bad)
+
+
+@pytest.mark.parametrize("round_to_grid", [False, True])
+def test_eval_round_to_grid_puts_evaluation_adversarials_on_the_pixel_grid(
+        mnist5k_arrays, monkeypatch, round_to_grid):
+    """--eval_round_to_grid rounds the evaluation attack's output to k/255, as the authors' CIFAR
+    evaluation (pgd_attack.py:285-286); training attacks are never rounded."""
+    from tf_metric_robust import training
+
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    off_grid = 0.3 / 255  # what the fake attack adds: rounding must undo it
+    monkeypatch.setattr(training.attacks, "pgd", lambda fn, x, y, **kwargs: x + off_grid)
+    keras.utils.set_random_seed(0)
+    trainer = AdversarialTrainer(models.build("small_cnn", 10, (28, 28, 1)), mode="pgd",
+                                 attack=ATTACK, eval_round_to_grid=round_to_grid)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
+    seen = []
+    compute_losses = trainer.compute_losses
+    monkeypatch.setattr(trainer, "compute_losses",
+                        lambda *args, **kwargs: seen.append(args[2]) or compute_losses(*args,
+                                                                                       **kwargs))
+    trainer.evaluate(tf.data.Dataset.from_tensors((images, labels)), verbose=0)
+    gap = np.abs(seen[0].numpy() - images.numpy()).max()
+    assert (gap < 1e-6) if round_to_grid else (abs(gap - off_grid) < 1e-6)

@@ -92,8 +92,8 @@ def define_train_flags():
     define_data_flags()
     flags.DEFINE_string("model_dir", None, "Output folder: checkpoints/, tensorboard/, "
                         "saved_model/, flags.txt, metrics.json. Re-running resumes.")
-    flags.DEFINE_string("model", "small_cnn", "Network: small_cnn, madry_mnist, wide_resnet, "
-                        "preact_resnet18, preact_resnet_tiny.")
+    flags.DEFINE_string("model", "small_cnn", "Network: small_cnn, madry_mnist, mnist_large, "
+                        "wide_resnet, preact_resnet18, preact_resnet_tiny.")
     flags.DEFINE_integer("wrn_depth", 34, "WideResNet depth, 6n+4 (10, 16, 22, 28, 34, ...).",
                          lower_bound=10)
     flags.DEFINE_integer("wrn_width", 10, "WideResNet widening factor.", lower_bound=1)
@@ -165,6 +165,15 @@ def define_train_flags():
                       "of the TRAINING attack: train = batch statistics (Madry's PGD-AT, "
                       "cifar10_challenge train.py:41,57); inference = moving statistics (the TLA "
                       "authors' TLA attack, train_update_fast_triplet.py:546,611).")
+    flags.DEFINE_integer("validation_examples", 0, "Hold the first N training examples out of "
+                         "training as a validation split (for --select_best); 0: none.",
+                         lower_bound=0)
+    flags.DEFINE_enum("select_best", "none", ["none", "pgd"], "pgd: after each evaluation, "
+                      "score the evaluation attack on the validation split and keep the best "
+                      "checkpoint in DIR/best_checkpoint; the final metrics and the export use it "
+                      "(the authors selected on 500 test images; we never select on the test set).")
+    flags.DEFINE_bool("eval_round_to_grid", False, "Round evaluation adversarial images to the "
+                      "1/255 pixel grid, as the authors' CIFAR evaluation (pgd_attack.py:285-286).")
     # System.
     flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker",
                                            "tpu"],
@@ -232,7 +241,8 @@ def attack_config(prefix=""):
 DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist5k", "svhn_cropped",
             "tiny_imagenet")
 DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
-MODELS = ("madry_mnist", "preact_resnet18", "preact_resnet_tiny", "small_cnn", "wide_resnet")
+MODELS = ("madry_mnist", "mnist_large", "preact_resnet18", "preact_resnet_tiny", "small_cnn",
+          "wide_resnet")
 
 
 def _check_train_flags():
@@ -342,7 +352,8 @@ def train_config():
             jit_compile=FLAGS.jit_compile, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
             checkpoint_every=FLAGS.checkpoint_every or FLAGS.eval_every,
             keep_checkpoints=FLAGS.keep_checkpoints, init_checkpoint=FLAGS.init_checkpoint,
-            attack_bn_mode=FLAGS.attack_bn_mode,
+            attack_bn_mode=FLAGS.attack_bn_mode, validation_examples=FLAGS.validation_examples,
+            select_best=FLAGS.select_best, eval_round_to_grid=FLAGS.eval_round_to_grid,
             export=FLAGS.export)
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -172,14 +172,34 @@ def _raw_split(spec, split, data_dir, download):
     return ds, num_examples
 
 
-_IN_MEMORY = {}  # (dataset, data_dir) -> (uint8 pixels [M,H,W,C], positives.ClassIndex)
+_IN_MEMORY = {}  # (dataset, split, data_dir) -> (uint8 pixels [M,H,W,C], positives.ClassIndex)
 
 
-def _split_in_memory(spec, data_dir, download):
-    """The train split's pixels and class index, read once per process (other positives)."""
-    key = (spec.name, data_dir)
+def validation_split(name, validation_examples):
+    """The tfds split of the first `validation_examples` training examples, held out of training
+    by `train_dataset(validation_examples=...)`: a validation set that is not the test set."""
+    spec = dataset_info(name)
+    if spec.root_dir is not None:
+        raise ValueError(f"{name}: a validation split held out of training needs a tfds dataset")
+    if validation_examples < 1 or validation_examples >= spec.num_train_examples:
+        raise ValueError(f"validation_examples must be in [1, {spec.num_train_examples}), got "
+                         f"{validation_examples}")
+    return f"{spec.train_split}[:{validation_examples}]"
+
+
+def _training_part(spec, validation_examples):
+    """The train split without its first `validation_examples` examples (see validation_split)."""
+    if not validation_examples:
+        return spec.train_split
+    validation_split(spec.name, validation_examples)  # checks the count
+    return f"{spec.train_split}[{validation_examples}:]"
+
+
+def _split_in_memory(spec, split, data_dir, download):
+    """A split's pixels and class index, read once per process (other positives)."""
+    key = (spec.name, split, data_dir)
     if key not in _IN_MEMORY:
-        raw, _ = _raw_split(spec, spec.train_split, data_dir, download)
+        raw, _ = _raw_split(spec, split, data_dir, download)
         images, labels = [], []
         for image_batch, label_batch in raw.batch(4096).as_numpy_iterator():
             images.append(image_batch)
@@ -248,6 +268,7 @@ def train_dataset(
     augment=None,
     shuffle_buffer=None,
     other_positives=False,
+    validation_examples=0,
 ):
     """Infinite stream of shuffled (augmented) batches; batch i depends only on (seed, i).
 
@@ -269,6 +290,8 @@ def train_dataset(
       other_positives: also yield, per example, an independent (augmented) image of its class,
         never the example itself when its class has another (TLA's "other" positive; see
         positives.py). Holds the split's uint8 pixels in host memory.
+      validation_examples: leave out the first N examples of the train split (in file order):
+        the validation split `validation_split(name, N)` for checkpoint selection.
 
     Returns:
       tf.data.Dataset of (images float32 [B,H,W,C] in [0,1], labels int64 [B]); with
@@ -279,9 +302,10 @@ def train_dataset(
         raise ValueError(f"need batch_size >= 1, start_step >= 0; got {batch_size}, {start_step}")
     if shuffle_buffer is not None and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
-    raw, num_examples = _raw_split(spec, spec.train_split, data_dir, download)
+    train_split = _training_part(spec, validation_examples)
+    raw, num_examples = _raw_split(spec, train_split, data_dir, download)
     if other_positives:
-        pixels, class_index = _split_in_memory(spec, data_dir, download)
+        pixels, class_index = _split_in_memory(spec, train_split, data_dir, download)
         raw = raw.enumerate().map(lambda index, example: (*example, index))
     if num_examples < batch_size:
         raise UserError(f"{name}: a training batch of {batch_size} examples (with TLA's extra "

@@ -27,6 +27,7 @@ from tf_metric_robust import data, distribute, export, run_files, stopping, summ
 from tf_metric_robust.config import AttackConfig, OptimizerConfig, TripletConfig, UserError
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
 from tf_metric_robust.training import AdversarialTrainer, make_optimizer
+from tf_metric_robust import selection
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -62,6 +63,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     init_checkpoint: Optional[str] = None
     export: bool = True
+    attack_bn_mode: str = "inference"  # BN mode of the training attack (training.ATTACK_BN_MODES)
+    validation_examples: int = 0  # first N training examples held out (data.validation_split)
+    select_best: str = "none"  # 'pgd': keep and export the best validation-PGD checkpoint
+    eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
 
     def __post_init__(self):
         for name in ("batch_size", "train_steps", "eval_every", "checkpoint_every",
@@ -79,7 +84,9 @@ def build_trainer(config):
     trainer = AdversarialTrainer(network, mode=config.mode, attack=config.attack,
                                  eval_attack=config.eval_attack, triplet=config.triplet,
                                  label_smoothing=config.label_smoothing, seed=config.seed,
-                                 eps_warmup_steps=config.eps_warmup_steps)
+                                 eps_warmup_steps=config.eps_warmup_steps,
+                                 attack_bn_mode=config.attack_bn_mode,
+                                 eval_round_to_grid=config.eval_round_to_grid)
     optimizer = make_optimizer(config.optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     optimizer.build(network.trainable_variables)
@@ -108,12 +115,37 @@ def _train_input(config, start_step, replicas=1):
     batch = config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1)
     dataset = data.train_dataset(
         config.dataset, batch_size=batch, seed=config.seed, start_step=start_step,
-        data_dir=config.data_dir, download=config.download, augment=config.augment)
+        data_dir=config.data_dir, download=config.download, augment=config.augment,
+        other_positives=_other_positives_from_data(config),
+        validation_examples=config.validation_examples)
     if extra_pool and replicas > 1:
-        dataset = dataset.map(lambda images, labels: (
-            replica_major(images, config.batch_size, replicas),
-            replica_major(labels, config.batch_size, replicas)))
+        dataset = dataset.map(lambda images, labels: tf.nest.map_structure(
+            lambda rows: replica_major(rows, config.batch_size, replicas), (images, labels)))
     return _shard_by_data(dataset)
+
+
+def _best_checkpoint(config, output_dir, trainer):
+    """selection.BestCheckpoint on the held-out validation split for --select_best, else None."""
+    if config.select_best == "none":
+        return None
+    if config.select_best != "pgd":
+        raise UserError(f"select_best must be 'none' or 'pgd', got {config.select_best!r}")
+    if config.validation_examples < 1:
+        raise UserError("--select_best=pgd needs --validation_examples > 0 (a validation split "
+                        "held out of the training set; never the test set)")
+    validation = _shard_by_data(data.eval_dataset(
+        config.dataset, batch_size=config.eval_batch_size, data_dir=config.data_dir,
+        download=config.download,
+        split=data.validation_split(config.dataset, config.validation_examples)))
+    return selection.BestCheckpoint(os.path.join(output_dir, selection.BEST_DIR),
+                                    trainer.network, validation)
+
+
+def _other_positives_from_data(config):
+    """Whether TLA's other positives come from the data (an independent image of the class)."""
+    triplet = config.triplet
+    return (config.mode == "tla" and triplet.mining == "paper" and triplet.other_positive == "data"
+            and triplet.positive in ("other", "both"))
 
 
 def replica_major(rows, batch_size, replicas):
@@ -205,6 +237,7 @@ def _train(config, output_dir, chief):
     saver = stopping.Saver(manager, _state_variables(trainer), step if restored else None,
                            run_files.checkpoint_dir(config.model_dir))
     writer = summaries.Writer(os.path.join(output_dir, "tensorboard"))
+    best = _best_checkpoint(config, output_dir, trainer)
     started = time.time()
     with stopping.StopSignals(enabled=config.strategy != "multi_worker") as signals:
         guard = stopping.StepGuard(saver, config.checkpoint_every, signals)
@@ -223,6 +256,10 @@ def _train(config, output_dir, chief):
             guard.check()
             results, count = _evaluate(trainer, eval_data, guard, config, config.eval_examples)
             writer.scalars("eval", results, step)
+            if best is not None:
+                record = best.consider(trainer, step)
+                writer.scalars("validation", {"best_pgd_accuracy": record[
+                    "validation_pgd_accuracy"]}, step)
             summaries.log_adversarial_grid(writer, trainer, eval_data, step)
             print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())) +
                   f" ({count} examples)")
@@ -294,6 +331,9 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
     # Decided before any collective, from the (shared) model_dir: every worker takes the same path.
     reuse_metrics = os.path.exists(metrics_path) and not trained
     needs_export = config.export and (trained or _export_is_stale(config.model_dir))
+    # --select_best: the final evaluation and the export use the selected weights.
+    selected = (selection.restore_best(output_dir, trainer.network)
+                if config.select_best != "none" else None)
     final_data = _eval_input(config, config.final_eval_examples)
     if reuse_metrics:
         with open(metrics_path) as f:
@@ -308,6 +348,8 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
             "num_examples": count,
             "train_seconds_this_run": round(seconds, 1),
         }
+        if selected:
+            metrics["selected_checkpoint"] = selected
         summaries.log_projector(writer.logdir, trainer.network, final_data)
         guard.check()
         run_files.write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)

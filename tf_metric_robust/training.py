@@ -23,16 +23,19 @@ class AdversarialTrainer(keras.Model):
     Use `fit()` as usual: callbacks, distribution and progress bars come from Keras. Losses are
     reduced per example with `tf.nn.compute_average_loss` because Keras 3 *sums* gradients over
     replicas (DESIGN.md); the regulariser goes through `tf.nn.scale_regularization_loss`.
+    `attack_bn_mode` ('inference' or 'train') is the BN mode of the training attack;
+    `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
     """
 
     def __init__(self, network, *, mode, attack=None, eval_attack=None, triplet=None,
                  label_smoothing=0.0, seed=0, eps_warmup_steps=0, attack_bn_mode="inference",
-                 **kwargs):
+                 eval_round_to_grid=False, **kwargs):
         super().__init__(**kwargs)
         if attack_bn_mode not in ATTACK_BN_MODES:
             raise ValueError(f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got "
                              f"{attack_bn_mode!r}")
         self.attack_bn_mode = attack_bn_mode
+        self.eval_round_to_grid = bool(eval_round_to_grid)
         if mode not in ("natural", "pgd", "tla"):
             raise ValueError(f"mode must be natural, pgd or tla; got {mode!r}")
         if mode != "natural" and attack is None:
@@ -308,6 +311,10 @@ class AdversarialTrainer(keras.Model):
     def test_step(self, data):
         images, labels, _, _, _ = self._unpack(data, training=False)
         adversarial = attacks.pgd(self.logits_fn, images, labels, **self.eval_attack.kwargs())
+        if self.eval_round_to_grid:
+            # The authors' CIFAR evaluation rounds adversarial images to integer pixels
+            # (pgd_attack.py:285-286); clean images on the grid keep them in the eps-ball.
+            adversarial = tf.round(adversarial * positives.PIXEL_LEVELS) / positives.PIXEL_LEVELS
         per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
             images, labels, adversarial, False)
         if clean_logits is None:

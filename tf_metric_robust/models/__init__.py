@@ -9,6 +9,7 @@ of the layer named 'embedding', which is the input of the final dense layer name
 
 from tf_metric_robust.models.layers import ChannelZeroPad, PerImageStandardization
 from tf_metric_robust.models.madry_mnist import madry_mnist
+from tf_metric_robust.models.mnist_large import mnist_large
 from tf_metric_robust.models.preact_bottleneck import preact_resnet_tiny
 from tf_metric_robust.models.preact_resnet import preact_resnet18
 from tf_metric_robust.models.small_cnn import small_cnn
@@ -18,6 +19,7 @@ from tf_metric_robust.models.wide_resnet import wide_resnet
 MODELS = {
     "small_cnn": small_cnn,
     "madry_mnist": madry_mnist,
+    "mnist_large": mnist_large,
     "wide_resnet": wide_resnet,
     "preact_resnet18": preact_resnet18,
     "preact_resnet_tiny": preact_resnet_tiny,
@@ -52,6 +54,7 @@ def embedding_dim(model):
     return int(model.get_layer("embedding").output.shape[-1])
 
 
-__all__ = ["MODELS", "build", "embedding_dim", "small_cnn", "madry_mnist", "wide_resnet",
+__all__ = ["MODELS", "build", "embedding_dim", "small_cnn", "madry_mnist", "mnist_large",
+           "wide_resnet",
            "preact_resnet_tiny",
            "preact_resnet18", "PerImageStandardization", "ChannelZeroPad"]
