@@ -1,5 +1,6 @@
 # Two front-door commands: `make train` (the offline demo recipe) and `make test`.
 # Both create .venv on first use and (re)install the package only when setup.py changed.
+# Helpers: `make evaluate ARGS="--model_dir=runs/mnist5k ..."`, `make tensorboard` (localhost).
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 comma := ,
 MODEL_DIR ?= runs/mnist5k
 
-.PHONY: train test bench install clean
+.PHONY: train test evaluate tensorboard bench install clean
 
 install: $(STAMP)
 
@@ -20,11 +21,17 @@ $(STAMP): setup.py
 
 train: $(STAMP)
 	$(PY) bin/train --flagfile=configs/mnist5k.flags --model_dir=$(MODEL_DIR)
-	@echo "TensorBoard logs: $(MODEL_DIR)/tensorboard  (watch: $(VENV)/bin/tensorboard --logdir $(MODEL_DIR)/tensorboard)"
+	@echo "TensorBoard logs: $(MODEL_DIR)/tensorboard  (watch: make tensorboard, then http://localhost:6006)"
 	@echo "SavedModel:       $(MODEL_DIR)/saved_model"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+evaluate: $(STAMP)
+	$(PY) bin/evaluate $(if $(ARGS),$(ARGS),--model_dir=$(MODEL_DIR))
+
+tensorboard: $(STAMP)
+	$(VENV)/bin/tensorboard --logdir $(MODEL_DIR)/tensorboard --host localhost
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[cpu,bench]"

@@ -266,12 +266,16 @@ def test_bin_evaluate_end_to_end(trained, tmp_path):
         f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'data'}", "--num_examples=40",
         "--batch_size=20", "--attacks=fgsm,pgd_cw", "--steps=2", "--step_size=0.15",
         "--eps_sweep=0,0.1,0.3", "--steps_sweep=1,2", "--detection", "--detection_eps=0.3,0.4",
-        "--detection_reference=200", "--detection_k=10")
+        "--detection_steps=2", "--detection_weights=1", "--detection_reference=200",
+        "--detection_k=10")
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
-    report_path = os.path.join(model_dir, "evaluation", "report.json")
+    report_path = os.path.join(model_dir, "evaluation", "latest", "report.json")
     with open(report_path) as f:
         report = json.load(f)
+    name = report["outputs"]["name"]
+    assert os.path.realpath(report_path) == os.path.join(os.path.realpath(model_dir),
+                                                         "evaluation", name, "report.json")
     _assert_report_schema(report)
     assert report["model"]["step"] == 150 and report["model"]["checkpoint"].endswith("ckpt-150")
     assert report["data"] == {"dataset": "mnist5k", "split": "test", "num_examples": 40,
@@ -279,7 +283,46 @@ def test_bin_evaluate_end_to_end(trained, tmp_path):
                               "data_dir": str(tmp_path / "data")}
     assert report["threat_model"]["eps"] == 0.3 and len(report["detection"]["attacks"]) == 2
     assert report["sanity"]["passed"], report["sanity"]
-    for name in ("accuracy_vs_eps.png", "accuracy_vs_steps.png", "detection_roc.png"):
-        assert os.path.getsize(os.path.join(model_dir, "evaluation", name)) > 1000
-    assert os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))
+    for figure in ("accuracy_vs_eps.png", "accuracy_vs_steps.png", "detection_roc.png"):
+        assert os.path.getsize(os.path.join(model_dir, "evaluation", name, figure)) > 1000
+    assert os.listdir(os.path.join(model_dir, "tensorboard", "evaluate", name))
     assert "robust accuracy (worst)" in stdout
+
+
+def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
+    """Issue 16: a second bin/evaluate replaced the first report, left its PNGs beside a report
+    whose figures were {}, and logged to the same TensorBoard run. Each evaluation now keeps its
+    folder, figures and TensorBoard run; evaluation/latest points at the newest."""
+    network, _, _, _ = trained
+    model_dir = str(tmp_path / "run")
+    _write_run(model_dir, network)
+    with_sweep = EvalConfig(eps=0.3, step_size=0.15, steps=2, attacks=("fgsm",),
+                            eps_sweep=(0.0, 0.3), steps_sweep=())
+    without_sweep = EvalConfig(eps=0.2, step_size=0.1, steps=2, attacks=("pgd",), eps_sweep=(),
+                               steps_sweep=())
+
+    def evaluate(config, output=None):
+        return evaluation_run.run(evaluation_run.EvaluateRun(
+            model_dir=model_dir, data_dir=mnist5k_data_dir, num_examples=20, batch_size=20,
+            progress=False, output=output, config=config))
+
+    first, second = evaluate(with_sweep), evaluate(without_sweep)
+    names = [first["outputs"]["name"], second["outputs"]["name"]]
+    assert names[0][-8:] != names[1][-8:]  # other settings, other hash
+    evaluations = os.path.join(model_dir, "evaluation")
+    assert sorted(os.listdir(evaluations)) == sorted(names + ["latest"])
+    for name, report in zip(names, (first, second)):
+        with open(os.path.join(evaluations, name, "report.json")) as f:
+            assert json.load(f)["threat_model"] == report["threat_model"]
+    assert sorted(os.listdir(os.path.join(evaluations, names[0]))) == ["accuracy_vs_eps.png",
+                                                                       "report.json"]
+    assert os.listdir(os.path.join(evaluations, names[1])) == ["report.json"]
+    with open(os.path.join(evaluations, "latest", "report.json")) as f:
+        assert json.load(f)["outputs"]["name"] == names[1]
+    assert sorted(os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))) == sorted(names)
+    # Twice into one --output folder: the first one's figure does not outlive its report.
+    output = str(tmp_path / "out")
+    evaluate(with_sweep, output)
+    assert sorted(os.listdir(output)) == ["accuracy_vs_eps.png", "report.json"]
+    evaluate(without_sweep, output)
+    assert os.listdir(output) == ["report.json"]

@@ -341,6 +341,10 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
         "model_dir of another recipe": (train + [f"--model_dir={other}",
                                                  f"--data_dir={mnist5k_data_dir}"],
                                         "error: " + str(other) + " holds a different recipe"),
+        # 50 x (1 + 100) = 5050 examples per step (batch + TLA's extra pool): 4000 in the split.
+        "batch and pool larger than the split": (
+            train + [f"--model_dir={tmp_path / 'c'}", f"--data_dir={mnist5k_data_dir}",
+                     "--negative_pool=extra", "--pool_multiplier=100"], "error: "),
         "dataset absent offline": (train + [f"--model_dir={tmp_path / 'a'}", "--dataset=cifar10",
                                             f"--data_dir={tmp_path / 'empty'}"],
                                    "error: Dataset 'cifar10' is not prepared"),
@@ -376,4 +380,9 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
             if process.poll() is None:
                 process.kill()
     print(f"{len(cases)} TensorFlow-side rejections in {time.time() - started:.0f} s together")
-    assert not os.path.exists(tmp_path / "a" / "checkpoints")
+    # A failed start leaves every folder as it was (issue 16: it left recipe.json and flags.txt,
+    # and the corrected command was then refused as "a different recipe").
+    for name in ("a", "b", "c"):
+        assert not os.path.exists(tmp_path / name), name
+    assert sorted(os.listdir(other)) == ["recipe.json"]
+    assert sorted(os.listdir(corrupt)) == ["checkpoints", "recipe.json"]

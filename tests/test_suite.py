@@ -141,7 +141,7 @@ def test_bin_evaluate_suite_end_to_end(bin_evaluate):
     process, model_dir = bin_evaluate
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
-    with open(os.path.join(model_dir, "evaluation", "report.json")) as f:
+    with open(os.path.join(model_dir, "evaluation", "latest", "report.json")) as f:
         report = json.load(f)
     section = report["suite"]
     assert set(section) == SECTION_KEYS

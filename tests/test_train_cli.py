@@ -1,4 +1,5 @@
-"""bin/train end to end on the real mnist5k digits: outputs, resume, finished runs, SavedModel."""
+"""bin/train end to end on the real mnist5k digits: outputs, resume (guarded by the recipe),
+finished runs, SavedModel, and what TensorBoard finds from the top logdir."""
 
 import json
 import os
@@ -34,7 +35,8 @@ def finished_run(tmp_path_factory, mnist5k_data_dir):
     first = _train(model_dir, mnist5k_data_dir, "--train_steps=6", "--eval_every=3", "--noexport")
     assert first.returncode == 0, first.stderr[-3000:]
     steps_after_first = _step(model_dir)
-    second = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--eval_every=3")
+    second = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--eval_every=3",
+                    "--allow_changes=train_steps")
     assert second.returncode == 0, second.stderr[-3000:]
     return model_dir, steps_after_first, first, second
 
@@ -47,7 +49,12 @@ def test_run_writes_the_contract_outputs(finished_run):
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["step"] == 12
-    assert 0.0 <= metrics["eval/pgd_accuracy"] <= metrics["eval/clean_accuracy"] <= 1.0
+    # Named after the attack (--eval_steps=3: PGD-3), with the attack and count of each number.
+    assert 0.0 <= metrics["eval/pgd3_accuracy"] <= metrics["eval/clean_accuracy"] <= 1.0
+    assert "eval/pgd_accuracy" not in metrics
+    robust = metrics["accuracies"]["eval/pgd3_accuracy"]
+    assert robust["attack"]["steps"] == 3 and robust["attack"]["eps"] == 0.3
+    assert robust["num_examples"] == metrics["accuracies"]["eval/clean_accuracy"]["num_examples"]
     # Accuracies average every example asked for (--eval_examples=50, --final_eval_examples=100)
     # and say how many they average.
     second = finished_run[3]
@@ -55,6 +62,10 @@ def test_run_writes_the_contract_outputs(finished_run):
     assert "(50 examples)" in second.stdout and "evaluation scored" not in second.stderr
     flags_text = open(os.path.join(model_dir, "flags.txt")).read()
     assert "--mode=tla" in flags_text and "--lambda_triplet=0.5" in flags_text
+    # Only our flags (not absl's or TensorFlow's), and the original record: written once.
+    assert "--model_dir=" in flags_text and "--train_steps=6" in flags_text
+    for internal in ("--test_random_seed", "--hbm_oom_exit", "pdb", "--verbosity", "--flagfile"):
+        assert internal not in flags_text
     events = [f for _, _, files in os.walk(os.path.join(model_dir, "tensorboard"))
               for f in files if f.startswith("events.out")]
     assert events
@@ -106,6 +117,115 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_r
 
 def test_changed_recipe_is_refused(finished_run, mnist5k_data_dir):
     model_dir, _, _, _ = finished_run
-    result = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--model=madry_mnist")
+    result = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--model=madry_mnist",
+                    "--allow_changes=model")
     assert result.returncode == 2
     assert "different recipe" in result.stderr and "Traceback" not in result.stderr
+
+
+def _files(model_dir):
+    """{relative path: modification time} of every file under model_dir."""
+    return {os.path.relpath(os.path.join(root, name), model_dir):
+            os.path.getmtime(os.path.join(root, name))
+            for root, _, names in os.walk(model_dir) for name in names}
+
+
+def test_resume_with_changed_settings_is_refused_in_one_line(finished_run, mnist5k_data_dir):
+    """Issue 16: a resume with another learning rate and eps trained 50 steps and rewrote
+    flags.txt. Now it is refused, naming every difference, and nothing in the run changes."""
+    model_dir, _, _, _ = finished_run
+    before = _files(model_dir)
+    result = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--eval_every=3",
+                    "--learning_rate=0.5", "--eps=0.1")
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "--learning_rate 0.001 -> 0.5" in lines[0] and "--eps 0.3 -> 0.1" in lines[0]
+    assert "--allow_changes=learning_rate,eps" in lines[0] or \
+        "--allow_changes=eps,learning_rate" in lines[0]
+    assert _files(model_dir) == before
+    # Unknown or result-neutral names in --allow_changes are usage errors, before TensorFlow.
+    bad = _train(model_dir, mnist5k_data_dir, "--allow_changes=learnin_rate")
+    assert bad.returncode == 2 and "not a result-changing flag" in bad.stderr
+
+
+def test_allowed_change_is_recorded_in_history(finished_run, mnist5k_data_dir):
+    """--allow_changes=train_steps extended the run 6 -> 12: one history.jsonl line (time, the
+    step it took effect, from -> to); recipe.json and flags.txt keep the original record."""
+    model_dir, _, _, second = finished_run
+    with open(os.path.join(model_dir, "history.jsonl")) as f:
+        (entry,) = [json.loads(line) for line in f]
+    assert entry["step"] == 6 and entry["time"].endswith("Z")
+    assert entry["changes"] == {"train_steps": {"from": 6, "to": 12}}
+    assert "Continuing with changed settings" in second.stdout
+    with open(os.path.join(model_dir, "recipe.json")) as f:
+        recipe = json.load(f)
+    assert recipe["settings"]["train_steps"] == 6 and recipe["settings"]["mode"] == "tla"
+    assert "model_dir" not in recipe["settings"] and "data_dir" not in recipe["settings"]
+
+
+def test_old_run_dir_records_its_settings_then_guards_them(tmp_path, capsys):
+    """A run dir from before the full recipe (recipe.json: dataset/model/mode only) resumes
+    with a warning; its settings go to history.jsonl and guard the next resume."""
+    from tf_metric_robust import run_files
+    from tf_metric_robust.config import UserError
+
+    model_dir = str(tmp_path)
+    old = {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "tla"}
+    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
+        json.dump(old, f)
+    recipe = dict(old, settings={"seed": 3, "learning_rate": 0.001})
+    check = run_files.check_recipe(model_dir, recipe)
+    assert check.record_settings and "predates the full recipe" in capsys.readouterr().err
+    run_files.record_start(model_dir, recipe, check, 800, flags_text="--seed=3\n")
+    with open(os.path.join(model_dir, "history.jsonl")) as f:
+        (entry,) = [json.loads(line) for line in f]
+    assert entry["settings"] == recipe["settings"] and entry["step"] == 800
+    assert json.load(open(os.path.join(model_dir, "recipe.json"))) == old  # never rewritten
+    assert run_files.check_recipe(model_dir, recipe) == run_files.RecipeCheck(new=False)
+    with pytest.raises(UserError, match=r"--seed 3 -> 4; .*--allow_changes=seed"):
+        run_files.check_recipe(model_dir, dict(old, settings={"seed": 4, "learning_rate": 0.001}))
+    # An accepted change is the new reference for the next resume.
+    changed = dict(old, settings={"seed": 4, "learning_rate": 0.001})
+    check = run_files.check_recipe(model_dir, changed, allow_changes=("seed",))
+    run_files.record_start(model_dir, changed, check, 900)
+    assert run_files.recorded_settings(model_dir)["seed"] == 4
+    assert run_files.check_recipe(model_dir, changed) == run_files.RecipeCheck(new=False)
+
+
+def test_tensorboard_finds_scalars_images_and_projector_from_the_top_logdir(finished_run):
+    """What `tensorboard --logdir DIR/tensorboard` shows, read through TensorBoard's own data
+    provider and projector plugin (as its HTTP routes do)."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.projector import projector_plugin
+
+    model_dir, _, _, _ = finished_run
+    logdir = os.path.join(model_dir, "tensorboard")
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, logdir)
+    ctx = context.RequestContext()
+    scalars = provider.list_scalars(ctx, experiment_id="", plugin_name="scalars")
+    tags = {tag for run in scalars.values() for tag in run}
+    assert {"eval/clean_accuracy", "eval/pgd3_accuracy", "train/loss",
+            "train/pgd2_accuracy"} <= tags, tags
+    images = provider.list_blob_sequences(ctx, experiment_id="", plugin_name="images")
+    assert any("eval/clean_adversarial_perturbation" in run for run in images.values())
+    plugin = projector_plugin.ProjectorPlugin(
+        base_plugin.TBContext(logdir=logdir, data_provider=provider))
+    plugin._update_configs()
+    (run, config), = plugin._configs.items()
+    assert run in {run.run_name for run in provider.list_runs(ctx, experiment_id="")}
+    (embedding,) = config.embeddings
+    assert list(embedding.tensor_shape) == [100, 128]  # --final_eval_examples=100, fc128
+    directory = os.path.dirname(plugin.config_fpaths[run])
+    with open(os.path.join(directory, embedding.metadata_path)) as f:
+        rows = f.read().splitlines()
+    assert rows[0] == "label\tprediction" and len(rows) == 101
+    sprite = tf.io.decode_png(tf.io.read_file(os.path.join(directory,
+                                                           embedding.sprite.image_path)))
+    assert list(embedding.sprite.single_image_dim) == [28, 28]
+    assert sprite.shape[0] == sprite.shape[1] == 28 * 10  # 100 digits, 10 x 10

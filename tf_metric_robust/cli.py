@@ -69,9 +69,7 @@ def _define_data_location_flags(purpose=""):
 
 
 def define_data_flags():
-    flags.DEFINE_string("dataset", "mnist5k", "Dataset name: mnist5k, mnist, fashion_mnist, "
-                        "cifar10, cifar100, svhn_cropped, tiny_imagenet, or "
-                        "image_folder:/path/to/folder.")
+    flags.DEFINE_string("dataset", "mnist5k", f"Dataset: {_dataset_choices()}.")
     _define_data_location_flags()
 
 
@@ -92,8 +90,7 @@ def define_train_flags():
     define_data_flags()
     flags.DEFINE_string("model_dir", None, "Output folder: checkpoints/, tensorboard/, "
                         "saved_model/, flags.txt, metrics.json. Re-running resumes.")
-    flags.DEFINE_string("model", "small_cnn", "Network: small_cnn, madry_mnist, mnist_large, "
-                        "wide_resnet, preact_resnet18, preact_resnet_tiny.")
+    flags.DEFINE_string("model", "small_cnn", f"Network: {', '.join(MODELS)}.")
     flags.DEFINE_integer("wrn_depth", 34, "WideResNet depth, 6n+4 (10, 16, 22, 28, 34, ...).",
                          lower_bound=10)
     flags.DEFINE_integer("wrn_width", 10, "WideResNet widening factor.", lower_bound=1)
@@ -197,6 +194,9 @@ def define_train_flags():
     flags.DEFINE_string("init_checkpoint", None, "Initialise network weights from this checkpoint "
                         "(e.g. a PGD-AT run's model_dir) before training.")
     flags.DEFINE_bool("export", True, "Export the SavedModel at the end of training.")
+    flags.DEFINE_list("allow_changes", [], "Settings a resumed run may change, e.g. "
+                      "train_steps,lr_boundaries,lr_values (without it a resume with other "
+                      "result-changing flags is refused); changes go to DIR/history.jsonl.")
 
 
 def _numbers(values, name, kind=float, valid=None):
@@ -243,6 +243,20 @@ DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist5k", "svhn_cr
 DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
 MODELS = ("madry_mnist", "mnist_large", "preact_resnet18", "preact_resnet_tiny", "small_cnn",
           "wide_resnet")
+FAKE_PREFIX = "fake:"  # data.py: fake:<name>, random examples with <name>'s shapes and classes
+
+
+def _dataset_choices():
+    """The --dataset help: every registered name, fake:<name> and image_folder:/path."""
+    return (f"{', '.join(DATASETS)}; {FAKE_PREFIX}<name> (random examples with that dataset's "
+            f"shapes and classes, offline: smoke tests); or {DATASET_FOLDER_PREFIX}/path/to/folder")
+
+
+def _check_dataset(name):
+    """UsageError unless --dataset names a registered, fake:<registered> or folder dataset."""
+    base = name[len(FAKE_PREFIX):] if name.startswith(FAKE_PREFIX) else name
+    if base not in DATASETS and not name.startswith(DATASET_FOLDER_PREFIX):
+        raise UsageError(f"unknown --dataset {name!r}; known: {_dataset_choices()}")
 
 
 def _check_train_flags():
@@ -251,9 +265,7 @@ def _check_train_flags():
 
     if not FLAGS.model_dir:
         raise UsageError("--model_dir is required (where checkpoints and results go)")
-    if FLAGS.dataset not in DATASETS and not FLAGS.dataset.startswith(DATASET_FOLDER_PREFIX):
-        raise UsageError(f"unknown --dataset {FLAGS.dataset!r}; known: {', '.join(DATASETS)}, "
-                         f"or {DATASET_FOLDER_PREFIX}/path/to/folder")
+    _check_dataset(FLAGS.dataset)
     if FLAGS.model not in MODELS:
         raise UsageError(f"unknown --model {FLAGS.model!r}; known: {', '.join(MODELS)}")
     # Single-flag ranges are checked while parsing (lower_bound, NumberParser); here the rest.
@@ -354,7 +366,8 @@ def train_config():
             keep_checkpoints=FLAGS.keep_checkpoints, init_checkpoint=FLAGS.init_checkpoint,
             attack_bn_mode=FLAGS.attack_bn_mode, validation_examples=FLAGS.validation_examples,
             select_best=FLAGS.select_best, eval_round_to_grid=FLAGS.eval_round_to_grid,
-            export=FLAGS.export)
+            export=FLAGS.export, settings=recipe_settings(),
+            allow_changes=_allowed_changes())
     except ValueError as error:
         raise UsageError(str(error)) from None
 
@@ -365,9 +378,54 @@ def _model_kwargs(model):
     return {}
 
 
+# Flags of bin/train that do not change results: where the run reads and writes, how often it
+# checkpoints or evaluates on the side (the final evaluation follows --final_eval_examples), on
+# which hardware it runs, what is printed. Every other flag of this module is part of the recipe
+# (recipe.json): a resume must match it unless --allow_changes names it (README, "Resuming").
+NOT_IN_RECIPE = ("model_dir", "data_dir", "download", "eval_every", "eval_examples",
+                 "eval_batch_size", "checkpoint_every", "keep_checkpoints", "export", "strategy",
+                 "tpu", "jit_compile", "deterministic", "init_checkpoint", "allow_changes")
+
+
+def _our_flags():
+    """The flags this module defined for the running program (not absl's or TensorFlow's)."""
+    return sorted(FLAGS.get_flags_for_module(__name__), key=lambda flag: flag.name)
+
+
+def _plain_value(value):
+    """A flag value as JSON; list items as numbers where they are numbers ('1e-4' == '0.0001')."""
+    if isinstance(value, (list, tuple)):
+        items = []
+        for item in value:
+            try:
+                items.append(float(item))
+            except (TypeError, ValueError):
+                items.append(item)
+        return items
+    return value
+
+
+def recipe_settings():
+    """{flag name: value} of every result-changing flag of bin/train (not in NOT_IN_RECIPE)."""
+    return {flag.name: _plain_value(flag.value) for flag in _our_flags()
+            if flag.name not in NOT_IN_RECIPE}
+
+
+def _allowed_changes():
+    names = tuple(name.strip().lstrip("-") for name in FLAGS.allow_changes if name.strip())
+    known = recipe_settings()
+    for name in names:
+        if name not in known:
+            hint = ("it does not change results: no need to allow it" if name in NOT_IN_RECIPE
+                    else "not a flag of bin/train")
+            raise UsageError(f"--allow_changes: {name!r} is not a result-changing flag ({hint})")
+    return names
+
+
 def flag_values_text():
-    """Every flag of the running program with its value, in flagfile syntax (for flags.txt)."""
-    return FLAGS.flags_into_string()
+    """Our flags (not absl's or TensorFlow's) with their values, in flagfile syntax (flags.txt)."""
+    lines = [flag.serialize() for flag in _our_flags()]
+    return "".join(f"{line}\n" for line in lines if line)
 
 
 class UsageError(UserError):
@@ -406,6 +464,14 @@ def _parse_flags(argv):
         message = _value_message(" ".join(str(error).replace("ERROR:: ", "").split()))
         print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
         sys.exit(2)
+    except SystemExit as done:
+        # absl prints --help/--helpshort/--helpfull and exits 1; asking for help is no failure.
+        if done.code == 1 and HELP_FLAGS & {arg.split("=")[0].lstrip("-") for arg in argv[1:]}:
+            sys.exit(0)
+        raise
+
+
+HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
 
 
 def _value_message(message):
@@ -433,7 +499,10 @@ def define_evaluate_flags():
     flags.DEFINE_string("model_dir", None, "A bin/train run: its latest checkpoint (or its "
                         "saved_model/) is evaluated; recipe.json gives the dataset.")
     flags.DEFINE_string("saved_model", None, "Evaluate this SavedModel instead (signature "
-                        "serving_default: images [N,H,W,C] in [0,1] -> logits, embedding).")
+                        "serving_default: images [N,H,W,C] in [0,1] -> logits, embedding). "
+                        "SECURITY: a SavedModel is a program (its ops can read and write files); "
+                        "evaluate one you did not make only in a sandbox without secrets or "
+                        "network (README, Security).")
     flags.DEFINE_string("dataset", None, "Dataset, a name of bin/train's --dataset (default: the "
                         "run's recipe.json; required for a SavedModel outside a run).")
     _define_data_location_flags()
@@ -492,9 +561,8 @@ def evaluate_config():
         if path and not os.path.exists(path):
             raise UsageError(f"--{name} {path} does not exist")
     dataset = FLAGS.dataset
-    if dataset and dataset not in DATASETS and not dataset.startswith(DATASET_FOLDER_PREFIX):
-        raise UsageError(f"unknown --dataset {dataset!r}; known: {', '.join(DATASETS)}, or "
-                         f"{DATASET_FOLDER_PREFIX}/path/to/folder")
+    if dataset:
+        _check_dataset(dataset)
     sweeps = dict(eps_sweep=_numbers(FLAGS.eps_sweep, "eps_sweep", valid=cfg.UNIT),
                   steps_sweep=_numbers(FLAGS.steps_sweep, "steps_sweep", int,
                                       cfg.Range(1, high_open=True)),

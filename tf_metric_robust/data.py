@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_metric_robust import image_folder, positives
+from tf_metric_robust import fake_data, image_folder, positives
 from tf_metric_robust import dataset_preparation
 from tf_metric_robust import mnist5k_builder  # noqa: F401  (registers the 'mnist5k' builder)
 from tf_metric_robust import tiny_imagenet_builder  # noqa: F401  (registers 'tiny_imagenet')
@@ -61,6 +61,7 @@ class DatasetSpec:
     flip: bool = False
     auto_prepare: bool = False
     root_dir: Optional[str] = None
+    fake: bool = False  # fake:<name>: mock examples with the shapes and classes of <name>
 
 
 # CIFAR: pad-4 random crop + horizontal flip (He et al. 2016, as in Madry et al. 2018 and TLA).
@@ -114,6 +115,12 @@ def dataset_info(name):
     `image_folder:/path` is any labelled image folder (see `image_folder`); it has no augmentation
     by default and flips when augmentation is forced on (`augment=True`, `--augment`).
     """
+    if name.startswith(fake_data.PREFIX):  # fake:<name>: see fake_data
+        real = dataset_info(fake_data.base_name(name))
+        if real.root_dir is not None:
+            raise ValueError(f"{name}: fake data needs a registered dataset, not a folder")
+        return dataclasses.replace(real, name=name, auto_prepare=True, fake=True,
+                                   num_train_examples=fake_data.size(real, real.train_split))
     if name.startswith(image_folder.PREFIX):
         layout = image_folder.describe(image_folder.root_of(name))
         return DatasetSpec(
@@ -157,6 +164,8 @@ def _prepared_builder(spec, data_dir, download):
 
 def _raw_split(spec, split, data_dir, download):
     """(dataset of (image uint8 [H,W,C], label int64) in file order, number of examples)."""
+    if spec.fake:
+        return fake_data.load_split(spec, split)
     if spec.root_dir is not None:
         return image_folder.load_split(image_folder.describe(spec.root_dir), split)
     builder = _prepared_builder(spec, data_dir, download)

@@ -1,14 +1,21 @@
 """An evaluation run of a training run's model_dir or a SavedModel: load the model and the data,
 evaluate (evaluation.py), and write report.json, PNG figures and TensorBoard summaries.
 
-Outputs (DESIGN.md contract: `bin/evaluate --model_dir=DIR [--output=report.json]`): the report at
---output (default DIR/evaluation/report.json), the figures next to it, TensorBoard events in
-DIR/tensorboard/evaluate (or next to the report when there is no model_dir).
+Outputs (DESIGN.md contract: `bin/evaluate --model_dir=DIR [--output=report.json]`): every
+evaluation keeps its own folder, DIR/evaluation/<UTC time>-<hash of its settings>/ with report.json
+and the figures beside it, and DIR/evaluation/latest links to the newest; --output names the
+report (or its folder) instead. TensorBoard gets one run per evaluation,
+DIR/tensorboard/evaluate/<same name> (or `tensorboard/` beside a report outside a run), so two
+evaluations never write into one another.
 """
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
+import sys
+import time
 from typing import Optional
 
 import keras
@@ -96,18 +103,74 @@ def load_model(run):
     return ModelFns.from_saved_model(saved_model), info, dataset, run_dir
 
 
-def output_paths(run, run_dir):
-    """(report.json path, TensorBoard log directory)."""
+EVALUATIONS = "evaluation"  # DIR/evaluation/<name>/ of a training run
+LATEST = "latest"  # DIR/evaluation/latest -> the newest <name>
+
+
+def evaluation_name(run, model_info, dataset, now=None):
+    """'<UTC time>-<8 hex digits>': when, and a hash of what was evaluated how (model, data,
+    attack settings), so equal settings share the suffix and a folder name sorts by time."""
+    settings = {"config": dataclasses.asdict(run.config), "dataset": dataset,
+                "split": run.split, "num_examples": run.num_examples,
+                "batch_size": run.batch_size, "model": {k: model_info.get(k) for k in
+                                                        ("checkpoint", "saved_model")}}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{digest.hexdigest()[:8]}"
+
+
+def output_paths(run, run_dir, name=None):
+    """(report.json path, TensorBoard log directory) of an evaluation called `name`.
+
+    --output is the report's path (*.json) or its folder; otherwise DIR/evaluation/<name>/.
+    """
+    name = name or evaluation_name(run, {}, run.dataset)
     if run.output:
         report = run.output
+        if not report.endswith(".json"):
+            report = os.path.join(report, "report.json")
     elif run_dir:
-        report = os.path.join(run_dir, "evaluation", "report.json")
+        report = os.path.join(run_dir, EVALUATIONS, name, "report.json")
     else:
         raise UserError("--output is required with a SavedModel outside a training run")
     report = os.path.abspath(report)
-    tensorboard = (os.path.join(run_dir, "tensorboard", "evaluate") if run_dir else
-                   os.path.join(os.path.dirname(report), "tensorboard"))
+    tensorboard = (os.path.join(run_dir, "tensorboard", "evaluate", name) if run_dir else
+                   os.path.join(os.path.dirname(report), "tensorboard", name))
     return report, tensorboard
+
+
+def _unique(name, run, run_dir):
+    """`name`, with -2, -3, ... appended while its report folder or TensorBoard run exists."""
+    candidate, number = name, 1
+    while True:
+        report, tensorboard = output_paths(run, run_dir, candidate)
+        if not (os.path.exists(tensorboard) or
+                (not run.output and os.path.exists(os.path.dirname(report)))):
+            return candidate
+        number += 1
+        candidate = f"{name}-{number}"
+
+
+def _point_latest(evaluations, name):
+    """evaluations/latest -> name (a relative symlink replaced atomically; a text file holding
+    the name where the file system has no symlinks)."""
+    link = os.path.join(evaluations, LATEST)
+    temporary = f"{link}.tmp-{os.getpid()}"
+    try:
+        os.symlink(name, temporary)
+    except OSError:
+        run_files.write_text_atomic(link, name + "\n")
+        return
+    os.replace(temporary, link)
+
+
+def _remove_stale_figures(directory, written):
+    """Figures of an earlier evaluation into the same --output folder, which this one did not
+    redraw: removed, so every PNG beside a report belongs to it."""
+    for kind, name in FIGURES.items():
+        path = os.path.join(directory, name)
+        if kind not in written and os.path.exists(path):
+            os.remove(path)
 
 
 def write_figures(result, directory):
@@ -199,7 +262,7 @@ def run(request):
     """Evaluates, writes report.json + figures + TensorBoard; returns the report dict."""
     keras.utils.set_random_seed(request.config.seed)
     fns, model_info, dataset, run_dir = load_model(request)
-    report_path, tensorboard_dir = output_paths(request, run_dir)
+    output_paths(request, run_dir)  # --output required outside a run: fail before evaluating
     try:
         spec = data.dataset_info(dataset)
     except ValueError as error:
@@ -209,28 +272,41 @@ def run(request):
                                   num_examples=request.num_examples, data_dir=request.data_dir,
                                   download=request.download)
     reference = None
-    if request.config.detection:
-        count = min(request.config.detection_reference, spec.num_train_examples)
+    if request.config.detection or "adaptive_detector" in request.config.attacks:
+        # The selection bin/export uses too, so both fit the same detector.
+        reference = export.reference_examples(
+            dataset, size=request.config.detection_reference, data_dir=request.data_dir,
+            download=request.download)
         request = dataclasses.replace(request, config=dataclasses.replace(
-            request.config, detection_reference=count))
-        reference = data.train_dataset(dataset, batch_size=min(200, count),
-                                       seed=request.config.seed, data_dir=request.data_dir,
-                                       download=request.download, augment=False)
+            request.config, detection_reference=len(reference[1])))
     data_info = {"split": split, "data_dir": request.data_dir,
                  "num_examples_requested": request.num_examples}
+    # A terminal gets the progress bar; a log file (stdout redirected) one line here and the
+    # summary at the end instead of a bar redrawn for every batch.
+    progress = request.progress and sys.stdout.isatty()
+    if request.progress and not progress:
+        print(f"Evaluating {dataset} [{split}] ({request.num_examples or 'all'} examples): "
+              f"{', '.join(request.config.attacks)}"
+              f"{', ' + request.config.suite if request.config.suite != 'none' else ''}",
+              flush=True)
     result = evaluate(fns, eval_data, request.config, dataset=dataset,
                       num_classes=spec.num_classes, batch_size=request.batch_size,
                       num_examples=request.num_examples, reference=reference,
-                      progress=request.progress, model_info=model_info, data_info=data_info)
+                      progress=progress, model_info=model_info, data_info=data_info)
     report = result.report
     if report["detection"] is not None:
         report["detection"]["reference_split"] = spec.train_split
+    name = _unique(evaluation_name(request, model_info, dataset), request, run_dir)
+    report_path, tensorboard_dir = output_paths(request, run_dir, name)
     directory = os.path.dirname(report_path)
     os.makedirs(directory, exist_ok=True)
     report["figures"] = write_figures(result, directory)
-    report["outputs"] = {"report": report_path,
+    _remove_stale_figures(directory, report["figures"])
+    report["outputs"] = {"name": name, "report": report_path,
                          "tensorboard": tensorboard_dir if request.tensorboard else None}
     run_files.write_json_atomic(report_path, report)
+    if not request.output:
+        _point_latest(os.path.dirname(directory), name)
     if request.tensorboard:
         write_tensorboard(report, tensorboard_dir, directory, step=model_info["step"] or 0)
     return report

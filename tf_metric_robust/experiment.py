@@ -12,6 +12,7 @@ hardware; --deterministic also pins TF's op choice). How it stops early: see sto
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -67,6 +68,10 @@ class TrainConfig:
     validation_examples: int = 0  # first N training examples held out (data.validation_split)
     select_best: str = "none"  # 'pgd': keep and export the best validation-PGD checkpoint
     eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
+    # Every result-changing flag by name (cli.recipe_settings()); None (Python API): derived from
+    # this config's own fields. Part of recipe.json: a resume must match it.
+    settings: Optional[dict] = None
+    allow_changes: tuple = ()  # settings a resume may change (recorded in history.jsonl)
 
     def __post_init__(self):
         for name in ("batch_size", "train_steps", "eval_every", "checkpoint_every",
@@ -75,7 +80,31 @@ class TrainConfig:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def recipe(self):
-        return {key: getattr(self, key) for key in run_files.RECIPE_KEYS}
+        """What recipe.json records: the network-defining keys and every result setting."""
+        settings = self.settings
+        if settings is None:
+            fields = {k: v for k, v in dataclasses.asdict(self).items()
+                      if k not in OPERATIONAL_FIELDS}
+            settings = dict(_flatten(fields))
+        return {**{key: getattr(self, key) for key in run_files.RECIPE_KEYS},
+                "settings": settings}
+
+
+# TrainConfig fields that do not change results (where a run reads and writes, how often it
+# checkpoints or evaluates on the side, which hardware runs it): never part of the recipe.
+OPERATIONAL_FIELDS = ("model_dir", "data_dir", "download", "eval_every", "eval_examples",
+                      "eval_batch_size", "strategy", "tpu", "jit_compile", "deterministic",
+                      "checkpoint_every", "keep_checkpoints", "init_checkpoint", "export",
+                      "settings", "allow_changes")
+
+
+def _flatten(values, prefix=""):
+    """{'optimizer': {'name': 'sgd'}} -> ('optimizer.name', 'sgd'), ..."""
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "model_kwargs":
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def build_trainer(config):
@@ -163,6 +192,23 @@ def replica_major(rows, batch_size, replicas):
     return tf.reshape(tf.concat([batch, pool], axis=1), tf.shape(rows))
 
 
+def _check_train_input(config):
+    """UserError unless a training step's examples (batch, plus the extra pool) fit the split."""
+    extra_pool = config.mode == "tla" and config.triplet.negative_pool == "extra"
+    batch = config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1)
+    try:
+        data.train_dataset(config.dataset, batch_size=batch, seed=config.seed,
+                           data_dir=config.data_dir, download=config.download)
+    except (data.DatasetNotFoundError, UserError):
+        raise
+    except ValueError as error:
+        need = (f"--batch_size {config.batch_size} x (1 + --pool_multiplier "
+                f"{config.triplet.pool_multiplier})" if extra_pool else
+                f"--batch_size {config.batch_size}")
+        raise UserError(f"{need} does not fit the training split of {config.dataset} "
+                        f"({error}); use a smaller batch or pool") from None
+
+
 def _eval_input(config, num_examples):
     """Evaluation batches; also where a missing or unwritable dataset is reported, before the
     model is built (preparing a dataset writes into --data_dir)."""
@@ -193,30 +239,34 @@ def train(config, flags_text=None):
     With --strategy=multi_worker every worker runs this with the same config: all of them run
     the same steps, evaluations and saves (collectives must match); only the chief writes into
     model_dir, the others into a scratch folder deleted at the end.
+
+    Nothing is written into model_dir before every check passed (dataset, sizes, model,
+    checkpoint, recipe): a failed start leaves the folder as it was.
     """
     try:
         data.dataset_info(config.dataset)
     except ValueError as error:
         raise UserError(str(error)) from None
     chief = distribute.is_chief()
+    start = None
     if chief:
-        os.makedirs(config.model_dir, exist_ok=True)
-        run_files.check_or_write_recipe(config.model_dir, config.recipe())
-        if flags_text is not None:
-            run_files.write_text_atomic(os.path.join(config.model_dir, "flags.txt"), flags_text)
+        run_files.check_writable(config.model_dir)
+        check = run_files.check_recipe(config.model_dir, config.recipe(), config.allow_changes)
+        start = functools.partial(run_files.record_start, config.model_dir, config.recipe(),
+                                  check, flags_text=flags_text)
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="tf_metric_robust-")
     # --mixed_precision sets Keras' process-wide dtype policy; a caller of the Python API keeps
     # building float32 models after this run.
     policy = keras.mixed_precision.global_policy()
     try:
-        return _train(config, output_dir, chief)
+        return _train(config, output_dir, chief, start)
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if not chief:
             shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def _train(config, output_dir, chief):
+def _train(config, output_dir, chief, start):
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything (it configures the
     # collective runtime), so the strategy comes before any data or model work.
     strategy = distribute.make_strategy(config.strategy, config.tpu)
@@ -227,11 +277,14 @@ def _train(config, output_dir, chief):
         keras.mixed_precision.set_global_policy(config.mixed_precision)
     distribute.check_batch_size(config.batch_size, strategy)
     eval_data = _eval_input(config, config.eval_examples)
+    _check_train_input(config)
     with strategy.scope():
         trainer = build_trainer(config)
         checkpoint = make_checkpoint(trainer)
     restored = _restore(checkpoint, config, repair=chief)
     step = first_step = int(trainer.optimizer.iterations.numpy())
+    if start is not None:
+        start(step)  # every check passed: recipe.json, flags.txt / history.jsonl
     manager = tf.train.CheckpointManager(checkpoint, run_files.checkpoint_dir(output_dir),
                                          max_to_keep=config.keep_checkpoints)
     saver = stopping.Saver(manager, _state_variables(trainer), step if restored else None,
@@ -241,20 +294,24 @@ def _train(config, output_dir, chief):
     started = time.time()
     with stopping.StopSignals(enabled=config.strategy != "multi_worker") as signals:
         guard = stopping.StepGuard(saver, config.checkpoint_every, signals)
-        callbacks = [guard, summaries.TrainScalars(writer, every=min(50, config.eval_every))]
+        callbacks = [guard, summaries.TrainScalars(writer, every=min(50, config.eval_every),
+                                                   attack=config.attack)]
+        # A terminal gets Keras' progress bar; a log file (stdout redirected) one line per segment.
+        verbose = 1 if sys.stdout.isatty() else 2
         if step >= config.train_steps:
             print(f"Training already finished at step {step} in {config.model_dir}.")
         while step < config.train_steps:
             guard.check()
             segment = min(config.eval_every - step % config.eval_every, config.train_steps - step)
-            print(f"Steps {step + 1}-{step + segment} of {config.train_steps}")
+            print(f"Steps {step + 1}-{step + segment} of {config.train_steps}", flush=True)
             trainer.fit(_train_input(config, step, strategy.num_replicas_in_sync),
                         steps_per_epoch=segment, epochs=1,
-                        callbacks=callbacks, verbose=1, shuffle=False)
+                        callbacks=callbacks, verbose=verbose, shuffle=False)
             step = int(trainer.optimizer.iterations.numpy())
             saver.save(step)  # no-op when the guard just saved this step
             guard.check()
             results, count = _evaluate(trainer, eval_data, guard, config, config.eval_examples)
+            results = summaries.name_accuracies(results, config.eval_attack)
             writer.scalars("eval", results, step)
             if best is not None:
                 record = best.consider(trainer, step)
@@ -262,7 +319,7 @@ def _train(config, output_dir, chief):
                     "validation_pgd_accuracy"]}, step)
             summaries.log_adversarial_grid(writer, trainer, eval_data, step)
             print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())) +
-                  f" ({count} examples)")
+                  f" ({count} examples)", flush=True)
         return _finish(config, trainer, writer, guard, output_dir, step,
                        trained=step > first_step, seconds=time.time() - started)
 
@@ -340,17 +397,26 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
             metrics = json.load(f)
     else:
         results, count = _evaluate(trainer, final_data, guard, config, config.final_eval_examples)
+        robust = f"eval/{summaries.attack_label(config.eval_attack)}_accuracy"
+        attack = dataclasses.asdict(config.eval_attack)
         metrics = {
             "step": step, "dataset": config.dataset, "model": config.model, "mode": config.mode,
             "eval/clean_accuracy": float(results["clean_accuracy"]),
-            "eval/pgd_accuracy": float(results["pgd_accuracy"]),
-            "eval_attack": dataclasses.asdict(config.eval_attack),
+            robust: float(results["pgd_accuracy"]),
+            "eval_attack": attack,
             "num_examples": count,
+            # What each number is: the attack behind it and how many test examples it averages.
+            "accuracies": {
+                "eval/clean_accuracy": {"attack": None, "num_examples": count,
+                                        "split": data.dataset_info(config.dataset).test_split},
+                robust: {"attack": {"name": "pgd", **attack}, "num_examples": count,
+                         "split": data.dataset_info(config.dataset).test_split},
+            },
             "train_seconds_this_run": round(seconds, 1),
         }
         if selected:
             metrics["selected_checkpoint"] = selected
-        summaries.log_projector(writer.logdir, trainer.network, final_data)
+        summaries.log_projector(writer.logdir, trainer.network, final_data, step=step)
         guard.check()
         run_files.write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
     if needs_export:

@@ -1,16 +1,23 @@
 """What a training run leaves in its model_dir, and how to read it back (recipe, network).
 
+The record of a run: recipe.json (network-defining keys plus every result-changing setting) and
+flags.txt, both written once when the run starts; history.jsonl, one line per accepted change of
+settings on resume (time, step, from -> to). A resume with other settings is refused unless the
+user names them (--allow_changes), so the record always says what produced the checkpoints.
+
 Every file is replaced atomically (written aside, then renamed), so a crash mid-write leaves the
 previous version. Checkpoints are TF's own: tf.train.CheckpointManager writes the ckpt-N files
 first and the 'checkpoint' state file last, itself through a rename; a checkpoint that is damaged
 anyway (a disk or filesystem fault, a copy cut short) is detected when it is read and skipped.
 """
 
+import dataclasses
 import glob
 import json
 import os
 import re
 import sys
+import time
 
 import tensorflow as tf
 
@@ -18,7 +25,9 @@ from tf_metric_robust import data, models
 from tf_metric_robust.config import UserError
 
 RECIPE_FILE = "recipe.json"
-# Settings that define the network and its variables: a model_dir cannot change them on resume.
+HISTORY_FILE = "history.jsonl"
+FLAGS_FILE = "flags.txt"
+# Settings that define the network and its variables: a model_dir can never change them.
 RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 
@@ -38,7 +47,10 @@ def write_json_atomic(path, payload):
 
 
 def read_recipe(model_dir):
-    """The recipe.json of a run: {'dataset', 'model', 'model_kwargs', 'mode'}."""
+    """The recipe.json of a run: {'dataset', 'model', 'model_kwargs', 'mode', 'settings'}.
+
+    'settings' (every result-changing flag, by name) is absent in runs written before it existed.
+    """
     path = os.path.join(model_dir, RECIPE_FILE)
     if not os.path.exists(path):
         raise UserError(f"{model_dir} is not a training run (no {RECIPE_FILE}); pass the "
@@ -47,19 +59,139 @@ def read_recipe(model_dir):
         return json.load(f)
 
 
-def check_or_write_recipe(model_dir, recipe):
-    """Refuses to resume a model_dir trained with another dataset/model/mode."""
-    recipe = json.loads(json.dumps(recipe))
-    if os.path.exists(os.path.join(model_dir, RECIPE_FILE)):
-        saved = read_recipe(model_dir)
-        changed = [k for k in RECIPE_KEYS if saved.get(k) != recipe.get(k)]
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} there vs {recipe.get(k)!r} now"
-                                for k in changed)
-            raise UserError(f"{model_dir} holds a different recipe ({details}); use a new "
-                            "--model_dir")
+def read_history(model_dir):
+    """The entries of history.jsonl, oldest first (a line cut short by a crash is skipped)."""
+    path = os.path.join(model_dir, HISTORY_FILE)
+    if not os.path.exists(path):
+        return []
+    entries = []
+    with open(path) as f:
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"warning: skipped an unreadable line of {path}", file=sys.stderr)
+    return entries
+
+
+def recorded_settings(model_dir):
+    """The settings a run trains with now: recipe.json's, updated by history.jsonl in order.
+
+    None for a run whose record predates settings and holds none yet.
+    """
+    settings = read_recipe(model_dir).get("settings")
+    for entry in read_history(model_dir):
+        if "settings" in entry:  # recorded at the first resume of an old run
+            settings = dict(entry["settings"])
+        for name, change in entry.get("changes", {}).items():
+            settings[name] = change["to"]
+    return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeCheck:
+    """What starting a run will record: a new run, accepted changes, or (old run dirs) the
+    settings their recipe.json lacks. Computed before anything is written."""
+
+    new: bool
+    changes: dict = dataclasses.field(default_factory=dict)
+    record_settings: bool = False
+
+
+def _plain(value):
+    return json.loads(json.dumps(value))
+
+
+def check_recipe(model_dir, recipe, allow_changes=()):
+    """Compares a run's recipe with what model_dir recorded; writes nothing.
+
+    The network-defining keys (RECIPE_KEYS) can never change. Every other setting (recipe's
+    'settings': each result-changing flag) may change only if named in `allow_changes`; the
+    error lists every difference in one line. Settings absent from the record (a flag added
+    later) are not compared.
+
+    Returns:
+      RecipeCheck for record_start().
+    """
+    recipe = _plain(recipe)
+    if not os.path.exists(os.path.join(model_dir, RECIPE_FILE)):
+        return RecipeCheck(new=True)
+    saved = read_recipe(model_dir)
+    fixed = [k for k in RECIPE_KEYS if saved.get(k, {} if k == "model_kwargs" else None)
+             != recipe.get(k)]
+    if fixed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} there vs {recipe.get(k)!r} now"
+                            for k in fixed)
+        raise UserError(f"{model_dir} holds a different recipe ({details}); use a new "
+                        "--model_dir")
+    settings, before = recipe.get("settings") or {}, recorded_settings(model_dir)
+    if before is None:
+        print(f"warning: {model_dir}/{RECIPE_FILE} predates the full recipe (it holds only "
+              f"{', '.join(RECIPE_KEYS)}): the other settings cannot be checked; this run's "
+              f"are recorded in {HISTORY_FILE} and checked from now on", file=sys.stderr)
+        return RecipeCheck(new=False, record_settings=True)
+    changes = {name: {"from": before[name], "to": value} for name, value in settings.items()
+               if name in before and name not in RECIPE_KEYS and before[name] != value}
+    refused = [name for name in changes if name not in allow_changes]
+    if refused:
+        details = ", ".join(f"--{name} {_show(changes[name]['from'])} -> "
+                            f"{_show(changes[name]['to'])}" for name in refused)
+        raise UserError(
+            f"{model_dir} was trained with other settings: {details}; re-run with the recorded "
+            f"values (see {FLAGS_FILE} and {HISTORY_FILE}), use a new --model_dir, or pass "
+            f"--allow_changes={','.join(refused)} to continue with the new ones (recorded in "
+            f"{HISTORY_FILE})")
+    return RecipeCheck(new=False, changes=changes)
+
+
+def _show(value):
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "''"
+    return str(value)
+
+
+def check_writable(model_dir):
+    """UserError unless model_dir is (or can be created as) a writable folder."""
+    if "://" in model_dir:  # gs://, hdfs://: checked by TensorFlow's file system on write
+        return
+    path = os.path.abspath(model_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f"--model_dir {model_dir}: {path} is a file, not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"--model_dir {model_dir}: {path} is not writable")
+
+
+def record_start(model_dir, recipe, check, step, flags_text=None):
+    """Writes what check_recipe() decided, once the run has passed every check.
+
+    A new run gets recipe.json and flags.txt (never rewritten afterwards); accepted changes and
+    the settings of an old run dir are appended to history.jsonl with the time and step.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    if check.new:
+        write_json_atomic(os.path.join(model_dir, RECIPE_FILE), _plain(recipe))
+        if flags_text is not None:
+            write_text_atomic(os.path.join(model_dir, FLAGS_FILE), flags_text)
+        return
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "step": int(step)}
+    if check.record_settings:
+        entry["settings"] = _plain(recipe.get("settings") or {})
+        if flags_text is not None:
+            entry["flags"] = flags_text
+    elif check.changes:
+        entry["changes"] = check.changes
     else:
-        write_json_atomic(os.path.join(model_dir, RECIPE_FILE), recipe)
+        return
+    with open(os.path.join(model_dir, HISTORY_FILE), "a") as f:
+        f.write(json.dumps(entry, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if check.changes:
+        print("Continuing with changed settings (recorded in "
+              f"{os.path.join(model_dir, HISTORY_FILE)}): " + ", ".join(
+                  f"--{n} {_show(c['from'])} -> {_show(c['to'])}" for n, c in check.changes.items()))
 
 
 def checkpoint_dir(model_dir):
