@@ -1,8 +1,11 @@
-"""Tests for tf_metric_robust.detection: ROC/AUC against brute force, kNN scores against NumPy."""
+"""Tests for tf_metric_robust.detection: ROC/AUC against brute force, kNN scores against NumPy,
+Gaussian densities against SciPy/scikit-learn, the TLA paper's protocol on hand-made cases."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from scipy.stats import multivariate_normal
+from sklearn.covariance import ledoit_wolf
 
 from tf_metric_robust import detection
 
@@ -172,34 +175,144 @@ def test_detector_rejects_bad_arguments():
         detection.KnnDetector(embeddings, labels, k=3, num_classes=1)
 
 
-# ------------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------------- Gaussian
 
 
-def test_detection_report():
-    rng = np.random.default_rng(7)
+def _scipy_log_densities(reference, labels, queries, covariance):
+    """log N(q; mu_c, Sigma_c) [N, C] with scikit-learn's Ledoit-Wolf covariances and SciPy."""
+    classes = np.unique(labels)
+    means = np.stack([reference[labels == c].mean(0) for c in classes])
+    pooled, _ = ledoit_wolf(reference - means[labels], assume_centered=True)
+    out = []
+    for c in classes:
+        sigma = ledoit_wolf(reference[labels == c])[0] if covariance == "per_class" else pooled
+        out.append(multivariate_normal(means[c], sigma).logpdf(queries))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("covariance", ["per_class", "tied"])
+@pytest.mark.parametrize("dim, per_class", [(12, 100), (640, 60)])  # 640-d from 60: singular S
+def test_gaussian_densities_match_scipy(covariance, dim, per_class):
+    rng = np.random.default_rng(8)
+    labels = np.repeat(np.arange(3), per_class)
+    scale = rng.uniform(0.2, 3.0, size=(3, dim))  # unequal, anisotropic classes
+    reference = rng.normal(size=(labels.size, dim)) * scale[labels] + 2.0 * labels[:, None]
+    queries = rng.normal(size=(23, dim)) * 1.5 + 2.0
+    detector = detection.GaussianDetector(reference, labels, covariance=covariance, chunk_size=7)
+    want = _scipy_log_densities(reference, labels, queries, covariance)
+    got = detector.log_densities(queries).numpy()
+    assert got.dtype == np.float64 and got.shape == (23, 3)
+    np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-5)
+    scores = detector.score(queries.astype(np.float32), np.zeros(23, int)).numpy()
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, -want.max(axis=1), rtol=1e-5)
+    if dim > per_class:  # the raw sample covariance is singular: shrinkage made it invertible
+        assert min(detector.shrinkages) > 0
+
+
+def test_gaussian_fixed_shrinkage_and_errors():
+    rng = np.random.default_rng(9)
+    reference, labels = rng.normal(size=(60, 5)), np.repeat([0, 1], 30)
+    detector = detection.GaussianDetector(reference, labels, shrinkage=0.0)
+    rows = reference[labels == 1]
+    sigma = np.cov(rows, rowvar=False, bias=True)
+    want = multivariate_normal(rows.mean(0), sigma).logpdf(reference[:4])
+    np.testing.assert_allclose(detector.log_densities(reference[:4]).numpy()[:, 1], want,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="needs >= 2 references of every class; 1 classes"):
+        detection.GaussianDetector(reference, labels, num_classes=3)
+    with pytest.raises(ValueError, match="covariance"):
+        detection.GaussianDetector(reference, labels, covariance="diag")
+    with pytest.raises(ValueError, match="use covariance='tied'"):
+        detection.GaussianDetector(np.zeros((4, 4096)), [0, 0, 1, 1], num_classes=20_000)
+
+
+def test_gaussian_saved_model_and_gradient(tmp_path):
+    rng = np.random.default_rng(10)
     points, labels, centres = _clusters(rng)
-    detector = detection.KnnDetector(points, labels, k=20)
+    detector = detection.GaussianDetector(points, labels, chunk_size=16)
+    queries = points[::7] + 0.05
+    detector.serve = tf.function(detector.score, input_signature=[
+        tf.TensorSpec([None, 8], tf.float32), tf.TensorSpec([None], tf.int64)])
+    eager = detector.score(queries, labels[::7]).numpy()
+    tf.saved_model.save(detector, str(tmp_path / "gaussian"))
+    loaded = tf.saved_model.load(str(tmp_path / "gaussian"))
+    np.testing.assert_allclose(loaded.serve(queries, labels[::7]).numpy(), eager, rtol=1e-6)
+    # Moving an embedding toward its class mean raises the confidence the adaptive attack uses.
+    moved = tf.Variable(centres[labels[::7]] * 0.5, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        confidence = tf.reduce_sum(detector.confidence(moved, labels[::7]))
+    gradient = tape.gradient(confidence, moved).numpy()
+    toward_mean = centres[labels[::7]] - moved.numpy()
+    assert np.all(np.sum(gradient * toward_mean, axis=1) > 0)
+
+
+def test_clean_scores_low_and_moved_scores_high():
+    rng = np.random.default_rng(11)
+    points, labels, centres = _clusters(rng)
+    detector = detection.GaussianDetector(points, labels)
     clean, clean_labels, _ = _clusters(rng, per_class=25)
-    clean_predictions = clean_labels.copy()
-    clean_predictions[:5] = (clean_predictions[:5] + 1) % 4  # 5 clean mistakes
-    # Half of the attacks succeed: the prediction flips to the next class while the embedding
-    # (TLA-like) only moves 30% of the way there, so its neighbours still carry the true label.
-    target = (clean_labels + 1) % 4
-    success = np.arange(clean_labels.size) % 2 == 0
-    shift = 0.3 * (centres[target] - centres[clean_labels])
-    adversarial = (clean + success[:, None] * shift).astype(np.float32)
-    adversarial_predictions = np.where(success, target, clean_labels)
-    report = detection.detection_report(detector, clean, clean_predictions, clean_labels,
-                                        adversarial, adversarial_predictions, clean_labels)
-    assert report["num_clean"] == report["num_adversarial"] == 100
-    assert report["num_clean_correct"] == 95 and report["num_adversarial_misclassified"] == 50
-    assert report["auc_misclassified_adversarial"] > 0.95
-    assert 0.5 < report["auc_clean_vs_adversarial"] < report["auc_misclassified_adversarial"]
-    roc = report["roc_misclassified_adversarial"]
-    np.testing.assert_allclose(np.trapezoid(roc["tpr"], roc["fpr"]),
-                               report["auc_misclassified_adversarial"], atol=1e-12)
-    robust = detection.detection_report(detector, clean, clean_labels, clean_labels,
-                                        clean, clean_labels, clean_labels)
-    assert robust["auc_misclassified_adversarial"] is None
-    assert robust["roc_misclassified_adversarial"] is None
-    assert robust["auc_clean_vs_adversarial"] == 0.5
+    between = clean + 0.5 * (centres[(clean_labels + 1) % 4] - centres[clean_labels])
+    assert detector.score(clean, clean_labels).numpy().max() < detector.score(
+        between, clean_labels).numpy().min()
+
+
+# ------------------------------------------------------------------------------------- protocol
+
+
+def test_threshold_flags_at_most_five_percent():
+    rng = np.random.default_rng(12)
+    for size in (1, 19, 20, 21, 1000):
+        clean = rng.normal(size=size)
+        threshold = detection.threshold_at_fpr(clean)
+        assert np.mean(clean > threshold) <= 0.05
+        assert np.mean(clean >= threshold) > 0.05 or size < 20  # the tightest such threshold
+    assert detection.threshold_at_fpr(np.ones(50)) == 1.0
+
+
+def test_protocol_on_a_hand_made_case():
+    """4 clean (1 wrong) and 4 adversarial (3 wrong) images with hand-picked scores."""
+    clean_scores = np.array([0.1, 0.2, 0.3, 0.9])
+    clean_correct = np.array([True, True, True, False])
+    adv_scores = np.array([0.8, 0.25, 0.7, 0.05])
+    adv_correct = np.array([False, False, False, True])
+    numbers, curves = detection.protocol_report(clean_scores, clean_correct, adv_scores,
+                                                adv_correct, threshold=0.5)
+    # Paper protocol: positives {0.9, 0.8, 0.25, 0.7}, negatives {0.1, 0.2, 0.3, 0.05}:
+    # 0.25 loses to 0.3 only, so 15 of 16 pairs are ordered right.
+    assert numbers["auc_misclassified_vs_correct_all"] == 15 / 16
+    assert numbers["auc_clean_vs_adversarial"] == _pairwise_auc(
+        np.r_[adv_scores, clean_scores], np.arange(8) < 4)
+    assert numbers["auc_misclassified_adversarial_vs_correct_clean"] == 8 / 9
+    assert numbers["auc_adversarial_misclassified_vs_correct"] == 1.0
+    assert numbers["accuracy"] == 0.25 and numbers["clean_accuracy"] == 0.75
+    assert numbers["tpr_at_5pct_fpr"] == 2 / 3  # 0.8 and 0.7 flagged, 0.25 not
+    assert numbers["undetected_misclassified_at_5pct_fpr"] == 1 / 4  # the 0.25 one
+    assert numbers["clean_flagged"] == 0.25
+    roc = curves["misclassified_vs_correct_all"]
+    assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(15 / 16)
+    robust, _ = detection.protocol_report(clean_scores[:3], clean_correct[:3], adv_scores[3:],
+                                          adv_correct[3:], 0.5)
+    assert robust["auc_misclassified_vs_correct_all"] is None
+    assert robust["tpr_at_5pct_fpr"] is None and robust["undetected_misclassified_at_5pct_fpr"] == 0
+
+
+def test_strongest_per_example_prefers_undetected_misclassification():
+    plain = (np.array([0.9, 0.1, 0.2, 0.3]), np.array([False, True, False, True]))
+    other = (np.array([0.4, 0.05, 0.6, 0.1]), np.array([False, True, False, False]))
+    chosen = detection.strongest_per_example([plain, other], threshold=0.5)
+    # 0: other evades; 1: both correct, lower score; 2: plain evades; 3: other misclassifies.
+    np.testing.assert_array_equal(chosen, [1, 1, 0, 1])
+
+
+def test_build_and_knn_classify():
+    rng = np.random.default_rng(13)
+    points, labels, _ = _clusters(rng)
+    knn = detection.build("knn", points, labels, k=500)  # k capped at the reference size
+    assert knn.k == len(labels)
+    small = detection.build("knn", points, labels, k=5)
+    queries, query_labels, _ = _clusters(rng, per_class=10)
+    np.testing.assert_array_equal(small.classify(queries).numpy(), query_labels)
+    assert isinstance(detection.build("gaussian", points, labels), detection.GaussianDetector)
+    with pytest.raises(ValueError, match="detector must be"):
+        detection.build("lid", points, labels)

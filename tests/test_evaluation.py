@@ -129,11 +129,18 @@ def test_config_defaults_and_validation():
 
 
 class _FixedDetector:
-    """Stands in for KnnDetector: the first `score` call gets the clean inputs, the rest attacks."""
+    """Stands in for a detector: the first `score` call gets the clean inputs, the rest attacks."""
 
     def __init__(self, *args, separating, **kwargs):
         self.calls, self.separating, self.k, self.score_type = 0, separating, 1, "fixed"
         self.rng = np.random.default_rng(0)
+        self.reference_labels = np.zeros(7)
+
+    def describe(self):
+        return {"detector": "fixed"}
+
+    def classify(self, embeddings):
+        return tf.zeros([len(embeddings)], tf.int32)
 
     def score(self, embeddings, predictions):
         self.calls += 1
@@ -146,14 +153,15 @@ class _FixedDetector:
 @pytest.mark.parametrize("separating, low, high", [(True, 0.999, 1.0), (False, 0.3, 0.7)])
 def test_detection_auc_wiring(trained, monkeypatch, separating, low, high):
     _, fns, x, y = trained
-    monkeypatch.setattr(detection, "KnnDetector",
+    monkeypatch.setattr(detection, "build",
                         lambda *a, **k: _FixedDetector(*a, separating=separating, **k))
     config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
-                        steps_sweep=(), detection=True, detection_eps=(0.3,))
+                        steps_sweep=(), detection=True, detection_eps=(0.3,), detection_steps=3,
+                        detection_weights=())
     result = evaluation.evaluate(fns, (x, y), config, reference=(x, y), batch_size=30)
     (entry,) = result.report["detection"]["attacks"]
-    assert low <= entry["auc_clean_vs_adversarial"] <= high
-    assert set(result.roc_curves) == {"PGD eps 0.3"}
+    assert low <= entry["detectors"]["gaussian"]["plain"]["auc_clean_vs_adversarial"] <= high
+    assert set(result.roc_curves) == {"gaussian, PGD-3 eps 0.3"}
 
 
 def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arrays):
@@ -162,14 +170,16 @@ def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arra
     rows = np.random.default_rng(0).permutation(len(labels))[:300]
     config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(0.0, 0.3),
                         steps_sweep=(1, 3), detection=True, detection_eps=(0.3, 0.4),
-                        detection_reference=300, detection_k=10)
+                        detection_steps=3, detection_weights=(1.0,), detection_reference=300,
+                        detection_k=10)
     result = evaluation.evaluate(fns, (x, y), config, reference=(images[rows], labels[rows]),
                                  batch_size=30, num_examples=40, model_info={"source": "python"})
     report = result.report
     assert report["data"]["num_examples"] == 40
     assert report["detection"]["reference_examples"] == 300
     for entry in report["detection"]["attacks"]:
-        assert 0.0 <= entry["auc_clean_vs_adversarial"] <= 1.0
+        for numbers in entry["detectors"].values():
+            assert 0.0 <= numbers["plain"]["auc_clean_vs_adversarial"] <= 1.0
     report["figures"] = write_figures(result, str(tmp_path))
     assert set(report["figures"]) == {"eps", "steps", "roc"}
     for name in report["figures"].values():
@@ -199,8 +209,12 @@ def _assert_report_schema(report):
     assert report["metrics"]["eval/clean_accuracy"] == report["clean_accuracy"]
     if report["detection"] is not None:
         for entry in report["detection"]["attacks"]:
-            assert {"eps", "attack", "auc_clean_vs_adversarial",
-                    "auc_misclassified_adversarial"} <= set(entry)
+            assert {"eps", "steps", "attack", "accuracy", "knn_accuracy_adversarial",
+                    "detectors"} <= set(entry)
+            for result in entry["detectors"].values():
+                assert {"auc_misclassified_vs_correct_all", "auc_clean_vs_adversarial",
+                        "auc_misclassified_adversarial_vs_correct_clean", "tpr_at_5pct_fpr",
+                        "undetected_misclassified_at_5pct_fpr"} <= set(result["plain"])
 
 
 def test_saved_model_of_a_run_matches_network(trained, tmp_path):

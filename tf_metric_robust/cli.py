@@ -531,9 +531,20 @@ def define_evaluate_flags():
     define_number("large_eps", 0.5, "L-inf radius of the 'unbounded attack' sanity check "
                   "(accuracy must fall near 0).", cfg.Range(0.0, 1.0, low_open=True))
     flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.", **SEED_RANGE)
-    flags.DEFINE_bool("detection", False, "Also run kNN detection in the embedding space.")
-    flags.DEFINE_list("detection_eps", None, "PGD radii scored by the detector, each in [0, 1] "
-                      "(default: MNIST 0.3,0.4; CIFAR 8/255,16/255).")
+    flags.DEFINE_bool("detection", False, "Also run detection in the embedding space as the TLA "
+                      "paper (Gaussian and kNN detectors, adaptive attack, ROC PNG).")
+    flags.DEFINE_enum("detector", "gaussian", ["gaussian", "knn"], "Detector that heads the "
+                      "detection report (both are scored): gaussian = class-conditional "
+                      "Gaussians, the paper's; knn = k nearest neighbours.")
+    flags.DEFINE_list("detection_eps", None, "PGD radii scored by the detectors, each in [0, 1] "
+                      "(default, the paper's: MNIST 0.3; CIFAR and Tiny ImageNet 25/255).")
+    flags.DEFINE_integer("detection_steps", None, "PGD steps of the detection attacks (default, "
+                         "the paper's: MNIST 100, CIFAR 20, Tiny ImageNet 30).", lower_bound=1)
+    flags.DEFINE_enum("detection_covariance", None, ["per_class", "tied"], "Gaussian detector "
+                      "covariance (default: per_class; tied for Tiny ImageNet).")
+    flags.DEFINE_list("detection_weights", ["0.1", "1", "10"], "Weights c of the adaptive "
+                      "attack on each detector (margin + c x detector confidence); empty to "
+                      "skip it.")
     flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
                          "reference.", lower_bound=1)
     flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.", lower_bound=1)
@@ -566,7 +577,9 @@ def evaluate_config():
     sweeps = dict(eps_sweep=_numbers(FLAGS.eps_sweep, "eps_sweep", valid=cfg.UNIT),
                   steps_sweep=_numbers(FLAGS.steps_sweep, "steps_sweep", int,
                                       cfg.Range(1, high_open=True)),
-                  detection_eps=_numbers(FLAGS.detection_eps, "detection_eps", valid=cfg.UNIT))
+                  detection_eps=_numbers(FLAGS.detection_eps, "detection_eps", valid=cfg.UNIT),
+                  detection_weights=_numbers(FLAGS.detection_weights, "detection_weights",
+                                             valid=cfg.NON_NEGATIVE))
     from tf_metric_robust import attacks, evaluation_plan
     from tf_metric_robust.evaluation_run import EvaluateRun
 
@@ -579,7 +592,9 @@ def evaluate_config():
             restarts=FLAGS.restarts, random_start=FLAGS.random_start, attacks=attack_names,
             large_eps=FLAGS.large_eps, seed=FLAGS.seed, detection=FLAGS.detection, **sweeps,
             detection_reference=FLAGS.detection_reference, detection_k=FLAGS.detection_k,
-            detection_score=FLAGS.detection_score, suite=FLAGS.suite,
+            detection_score=FLAGS.detection_score, detector=FLAGS.detector,
+            detection_steps=FLAGS.detection_steps,
+            detection_covariance=FLAGS.detection_covariance, suite=FLAGS.suite,
             suite_version=FLAGS.suite_version, suite_steps=FLAGS.suite_steps,
             suite_queries=FLAGS.suite_queries)
         return EvaluateRun(
@@ -595,7 +610,7 @@ def evaluate_config():
 
 
 def define_export_flags():
-    """Flags of bin/export (SavedModel for TF Serving with the kNN detection reference inside)."""
+    """Flags of bin/export (SavedModel for TF Serving with a detector inside)."""
     flags.DEFINE_string("model_dir", None, "A bin/train run: its latest checkpoint is exported; "
                         "recipe.json gives the model and the dataset of the detection reference.")
     flags.DEFINE_string("export_dir", None, "TF Serving model base path; the export goes to "
@@ -604,8 +619,12 @@ def define_export_flags():
                          "existing version + 1); an existing version is never overwritten.",
                          lower_bound=1)
     _define_data_location_flags(" (detection reference)")
-    flags.DEFINE_integer("detection_reference", 5000, "Clean training examples in the kNN "
-                         "reference stored in the SavedModel (split evenly over the classes).",
+    flags.DEFINE_enum("detector", "gaussian", ["gaussian", "knn"], "Detector behind the "
+                      "detection_score output: gaussian (the TLA paper's) or knn.")
+    flags.DEFINE_enum("detection_covariance", None, ["per_class", "tied"], "Gaussian detector "
+                      "covariance (default: per_class; tied for Tiny ImageNet).")
+    flags.DEFINE_integer("detection_reference", 5000, "Clean training examples the detector is "
+                         "fitted on (split evenly over the classes; bin/evaluate takes the same).",
                          lower_bound=1)
     flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.", lower_bound=1)
     flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
@@ -628,6 +647,7 @@ def export_config():
             model_dir=FLAGS.model_dir, export_dir=FLAGS.export_dir, version=FLAGS.version,
             data_dir=FLAGS.data_dir, download=FLAGS.download,
             detection_reference=FLAGS.detection_reference, detection_k=FLAGS.detection_k,
-            detection_score=FLAGS.detection_score, warmup=FLAGS.warmup)
+            detection_score=FLAGS.detection_score, detector=FLAGS.detector,
+            detection_covariance=FLAGS.detection_covariance, warmup=FLAGS.warmup)
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -1,5 +1,6 @@
 """Robustness evaluation: clean and worst-case robust accuracy over a plan of attacks, eps and steps
-sweeps, built-in sanity checks and kNN detection, as one JSON-ready report.
+sweeps, built-in sanity checks and detection (detection_run.py: the TLA paper's protocol, an
+adaptive attack on each detector), as one JSON-ready report.
 
 Defaults follow the literature: MNIST PGD-100, step 0.01, eps 0.3 (Madry et al., ICLR 2018);
 CIFAR-10 PGD-20, step 1/255, eps 8/255 (TLA evaluation, Mao et al., NeurIPS 2019). Robust accuracy
@@ -19,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import attacks as attacks_lib
-from tf_metric_robust import detection, sanity, suite
+from tf_metric_robust import detection_run, sanity, suite
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation_plan import (ATTACK_LOSSES, DEFAULT_ATTACKS, EvalConfig,
                                               build_plan, call_settings, dataset_defaults,
@@ -190,49 +191,6 @@ def run_plan(fns, data, plan, *, registry, seed=0, num_examples=None, batch_size
             "violations": violations, "seconds": seconds}
 
 
-def reference_embeddings(fns, reference, count, batch_size=200):
-    """Embeddings [R, D] and labels [R] of the first `count` clean reference examples."""
-    embeddings, labels = [], []
-    for x, y in _take(_batches(reference, batch_size), count):
-        _, embedding = fns.outputs(x)
-        if embedding is None:
-            raise UserError("detection needs a model that returns an embedding")
-        embeddings.append(embedding.numpy())
-        labels.append(y.numpy())
-    return np.concatenate(embeddings), np.concatenate(labels)
-
-
-def run_detection(fns, evidence, plan, config, reference, num_classes):
-    """kNN detection (detection.py) of each detection-eps PGD run; (report entries, ROC curves)."""
-    if evidence["clean_embedding"] is None:
-        raise UserError("detection needs a model that returns an embedding")
-    ref_emb, ref_labels = reference_embeddings(fns, reference, config.detection_reference)
-    k = min(config.detection_k, len(ref_labels))
-    num_classes = max(num_classes, int(ref_labels.max()) + 1)
-    try:
-        detector = detection.KnnDetector(ref_emb, ref_labels, k=k, num_classes=num_classes,
-                                         score_type=config.detection_score)
-    except ValueError as error:
-        raise UserError(f"detection: {error}") from None
-    entries, curves = [], {}
-    for eps, name in plan.detection:
-        result = detection.detection_report(
-            detector, evidence["clean_embedding"], evidence["clean_predictions"],
-            evidence["labels"], evidence["embeddings"][name], evidence["predictions"][name],
-            evidence["labels"])
-        roc = result["roc_misclassified_adversarial"] or result["roc_clean_vs_adversarial"]
-        auc_key = ("auc_misclassified_adversarial" if result["roc_misclassified_adversarial"]
-                   else "auc_clean_vs_adversarial")
-        if roc is not None:
-            curves[f"PGD eps {eps:.4g}"] = (roc["fpr"], roc["tpr"], result[auc_key])
-        entries.append({"eps": eps, "attack": name, **{key: value for key, value in
-                                                       result.items()
-                                                       if not key.startswith("roc_")}})
-    summary = {"reference_examples": int(len(ref_labels)), "k": k,
-               "score_type": config.detection_score, "attacks": entries}
-    return summary, curves
-
-
 def _attack_entry(spec, registry, accuracy, evidence, name):
     """The report entry of one run: its settings as called, accuracy, bounds, time."""
     return {"attack": spec.attack, "groups": list(spec.groups),
@@ -256,14 +214,21 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     """
     started = time.perf_counter()
     config = (config or EvalConfig()).resolve(dataset)
-    if config.detection and reference is None:
-        raise UserError("detection needs reference (clean training) examples")
+    wants_detectors = config.detection or "adaptive_detector" in config.attacks
+    if wants_detectors and reference is None:
+        raise UserError("detection and adaptive_detector need reference (clean training) "
+                        "examples")
     registry = dict(attacks_lib.ATTACKS if registry is None else registry)
-    plan = build_plan(config, registry, extra_attacks)
     fns = model if isinstance(model, ModelFns) else ModelFns(model)
+    detectors = None
+    if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
+        detectors = detection_run.build_detectors(fns, reference, config, num_classes)
+        registry["adaptive_detector"] = detection_run.bound_adaptive_attack(
+            fns, detectors[config.detector])
+    plan = build_plan(config, registry, extra_attacks)
     evidence = run_plan(fns, data, plan, registry=registry, seed=config.seed,
                         num_examples=num_examples, batch_size=batch_size, progress=progress,
-                        keep_images=config.suite != "none")
+                        keep_images=config.suite != "none" or config.detection)
     labels = evidence["labels"]
     clean_correct = evidence["clean_predictions"] == labels
     correct = {name: pred == labels for name, pred in evidence["predictions"].items()}
@@ -318,9 +283,8 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     curves = {}
     report["detection"] = None
     if config.detection:
-        classes = num_classes or int(max(labels.max(), evidence["clean_predictions"].max()) + 1)
-        report["detection"], curves = run_detection(fns, evidence, plan, config, reference,
-                                                    classes)
+        report["detection"], curves = detection_run.run_detection(
+            fns, evidence, plan, config, detectors, batch_size=batch_size)
     report["figures"] = {}  # file names, filled by evaluation_run.write_figures
     report["seconds"] = round(time.perf_counter() - started, 2)
     return EvaluationResult(report=report, correct={"clean": clean_correct, "robust": robust,

@@ -206,10 +206,8 @@ def write_tensorboard(report, directory, figure_dir, step):
         for point in report["sweeps"]["steps"]:
             tf.summary.scalar("eval_sweep/accuracy_vs_steps", point["accuracy"],
                               step=point["steps"])
-        for entry in (report["detection"] or {}).get("attacks", []):
-            if entry["auc_misclassified_adversarial"] is not None:
-                tf.summary.scalar(f"eval/detection_auc_eps{entry['eps']:.4g}",
-                                  entry["auc_misclassified_adversarial"], step=step)
+        for name, value in detection_lines(report, numbers=True):
+            tf.summary.scalar(name, value, step=step)
         for kind, name in report["figures"].items():
             with open(os.path.join(figure_dir, name), "rb") as f:
                 image = tf.io.decode_png(f.read(), channels=4)
@@ -249,13 +247,40 @@ def summary_text(report):
     lines += suite.summary_lines(report.get("suite"))
     lines.append(f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  over "
                  f"{len(report['robust_attacks'])} runs")
-    for entry in (report["detection"] or {}).get("attacks", []):
-        auc = entry["auc_misclassified_adversarial"]
-        lines.append(f"detection AUC eps {entry['eps']:<9.4g} "
-                     f"{'n/a' if auc is None else f'{auc:.4f}'}")
+    lines += detection_lines(report)
     checks = report["sanity"]["checks"]
     lines += [f"sanity {_status(c):<7} {c['name']}: {c['detail']}" for c in checks]
     return "\n".join(lines)
+
+
+def detection_lines(report, numbers=False):
+    """The detection summary: per detector and attack, the paper-protocol AUC, accuracy and the
+    undetected-misclassified rate at 5% FPR; with numbers=True (TensorBoard name, value) pairs."""
+    section = report.get("detection")
+    if not section:
+        return []
+    lines, scalars = [], []
+    knn = section["knn_accuracy"]
+    for entry in section["attacks"]:
+        eps = f"{entry['eps']:.4g}"
+        for det, result in entry["detectors"].items():
+            for kind in ("plain", "adaptive"):
+                values = result[kind]
+                if values is None:
+                    continue
+                auc = values["auc_misclassified_vs_correct_all"]
+                attack = f"PGD-{entry['steps']}" if kind == "plain" else "adaptive"
+                lines.append(f"detection {det:<8} {attack:<9} eps {eps:<7} AUC (paper) "
+                             f"{'n/a' if auc is None else f'{auc:.4f}'}  accuracy "
+                             f"{values['accuracy']:.4f}  undetected misclassified @5% FPR "
+                             f"{values['undetected_misclassified_at_5pct_fpr']:.4f}")
+                if auc is not None:
+                    scalars.append((f"eval_detection/{det}_{kind}_auc_eps{eps}", auc))
+                scalars.append((f"eval_detection/{det}_{kind}_undetected_eps{eps}",
+                                values["undetected_misclassified_at_5pct_fpr"]))
+        lines.append(f"kNN accuracy (k={knn['k']}) eps {eps:<7} adversarial "
+                     f"{entry['knn_accuracy_adversarial']:.4f}  clean {knn['clean']:.4f}")
+    return scalars if numbers else lines
 
 
 def run(request):

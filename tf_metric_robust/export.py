@@ -1,9 +1,12 @@
 """SavedModel export for serving: classify, embed and flag adversarial inputs in one folder.
 
-The detector is the kNN test in the embedding space of TLA (Mao et al., "Metric Learning for
-Adversarial Robustness", NeurIPS 2019, arXiv 1909.00900; see detection.py): a compact per-class
-subsample of clean training embeddings is stored in the SavedModel, so `detection_score` needs
-nothing but the exported folder. The layout is the one TF Serving watches:
+The detector works in the embedding space of TLA (Mao et al., "Metric Learning for Adversarial
+Robustness", NeurIPS 2019, arXiv 1909.00900; see detection.py): the paper's class-conditional
+Gaussians (default) or kNN, fitted on the same clean training examples as `bin/evaluate
+--detection` (reference_examples) and stored in the SavedModel, so `detection_score` needs nothing
+but the exported folder. bin/export also records the detector, its reference and the threshold
+flagging 5% of clean test images (assets.extra/detector.json and the saved detector variables
+`threshold`, `description`). The layout is the one TF Serving watches:
 
     export_dir/<version>/saved_model.pb, variables/, assets.extra/tf_serving_warmup_requests
 
@@ -12,6 +15,7 @@ never leaves a half-written version where TF Serving (or `latest_version`) would
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import uuid
@@ -25,6 +29,7 @@ from tf_metric_robust.config import UserError
 
 SIGNATURES = ("serving_default", "serving_uint8")
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+DETECTOR_FILE = os.path.join("assets.extra", "detector.json")  # bin/export's detector record
 _TEMPORARY_PREFIX = ".tmp-export-"
 # bin/evaluate's detection defaults (5000 clean training references, k = 50), so the served score
 # is the one whose ROC AUC `bin/evaluate --detection` reports.
@@ -122,7 +127,8 @@ def _check_shape(images, image_shape, kind):
 
 def reference_examples(dataset, *, size=DEFAULT_REFERENCE_SIZE, data_dir=None, download=False,
                        batch_size=500):
-    """About `size` clean training examples, split evenly over the classes, for the kNN reference.
+    """About `size` clean training examples, split evenly over the classes, that detectors are
+    fitted on: the one selection bin/export and bin/evaluate --detection both use.
 
     Takes the first size // num_classes examples (at least 1) of every class of `dataset`'s
     training split in file order (tfds stores examples shuffled) and stops reading as soon as
@@ -148,13 +154,29 @@ def reference_examples(dataset, *, size=DEFAULT_REFERENCE_SIZE, data_dir=None, d
     return np.stack(kept_images).astype(np.float32), np.asarray(kept_labels, np.int64)
 
 
-def make_detector(network, images, labels, *, k, score_type="agreement", batch_size=256):
-    """A KnnDetector whose reference is the network's embeddings of clean `images` [M,H,W,C]."""
+def make_detector(network, images, labels, *, k=DEFAULT_DETECTION_K, score_type="agreement",
+                  detector="gaussian", covariance="per_class", batch_size=256):
+    """The `detector` ('gaussian' or 'knn', detection.build) fitted on the network's embeddings
+    of clean `images` [M,H,W,C] with `labels` [M]."""
     embeddings = [network(images[i:i + batch_size], training=False)["embedding"].numpy()
                   for i in range(0, len(images), batch_size)]
     num_classes = int(network.get_layer("logits").units)
-    return detection.KnnDetector(np.concatenate(embeddings).astype(np.float32), labels, k=k,
-                                 score_type=score_type, num_classes=num_classes)
+    return detection.build(detector, np.concatenate(embeddings).astype(np.float32), labels,
+                           num_classes=num_classes, k=k, score_type=score_type,
+                           covariance=covariance)
+
+
+def calibrate_detector(network, detector, images, *, batch_size=256):
+    """The score threshold flagging 5% of clean `images` (detection.threshold_at_fpr), which
+    is also stored on the detector as tf.Variable `threshold` (saved with the export)."""
+    scores = []
+    for i in range(0, len(images), batch_size):
+        out = network(images[i:i + batch_size], training=False)
+        scores.append(detector.score(out["embedding"], tf.argmax(out["logits"], -1)).numpy())
+    threshold = detection.threshold_at_fpr(np.concatenate(scores))
+    detector.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False,
+                                     name="threshold")
+    return threshold
 
 
 def versions(export_dir):
@@ -179,13 +201,14 @@ def latest_version(export_dir):
 
 def export_saved_model(network, export_dir, *, reference_images=None, reference_labels=None,
                        detection_k=DEFAULT_DETECTION_K, detection_score="agreement",
-                       version=None, warmup=True):
+                       version=None, warmup=True, detector=None):
     """Writes `network` as export_dir/<version>/ atomically; returns that version folder's path.
 
     `reference_images` [M,H,W,C] in [0,1] with `reference_labels` [M] (clean training examples,
     e.g. from `reference_examples`) add the `detection_score` output; without them the
     signatures carry the contract outputs only. `version` defaults to the largest existing one
     plus 1; an existing version is never overwritten. `warmup` writes TF Serving's warm-up file.
+    `detector`: an already fitted detector (make_detector) instead of the reference.
     """
     if "://" in str(export_dir):
         raise UserError(f"export_dir {export_dir} must be a local folder (the version is renamed "
@@ -194,8 +217,7 @@ def export_saved_model(network, export_dir, *, reference_images=None, reference_
         raise ValueError("pass both reference_images and reference_labels, or neither")
     if version is not None and (int(version) != version or version < 1):
         raise UserError(f"version must be an integer >= 1, got {version}")
-    detector = None
-    if reference_images is not None:
+    if detector is None and reference_images is not None:
         detector = make_detector(network, reference_images, reference_labels, k=detection_k,
                                  score_type=detection_score)
     module = ServingModule(network, detector)
@@ -307,8 +329,9 @@ def write_warmup_requests(path, image_shape, batch_size=1):
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """What bin/export does: export the latest checkpoint of `model_dir` with a kNN reference of
-    about `detection_reference` clean training examples (split evenly over the classes)."""
+    """What bin/export does: export the latest checkpoint of `model_dir` with `detector` fitted
+    on about `detection_reference` clean training examples (split evenly over the classes) and
+    its 5%-false-positive threshold on up to `threshold_examples` clean test-split images."""
 
     model_dir: str
     export_dir: Optional[str] = None  # default: model_dir/saved_model
@@ -318,6 +341,9 @@ class ExportConfig:
     detection_reference: int = DEFAULT_REFERENCE_SIZE
     detection_k: int = DEFAULT_DETECTION_K
     detection_score: str = "agreement"
+    detector: str = "gaussian"
+    detection_covariance: Optional[str] = None  # default: evaluation_plan's per dataset
+    threshold_examples: int = 10_000
     warmup: bool = True
 
     def __post_init__(self):
@@ -332,6 +358,14 @@ class ExportConfig:
                             f"{self.detection_score!r}")
         if self.version is not None and self.version < 1:
             raise UserError(f"version must be >= 1, got {self.version}")
+        if self.detector not in detection.DETECTORS:
+            raise UserError(f"detector must be one of {detection.DETECTORS}, got "
+                            f"{self.detector!r}")
+        if self.detection_covariance not in (None,) + detection.COVARIANCES:
+            raise UserError(f"detection_covariance must be one of {detection.COVARIANCES}, got "
+                            f"{self.detection_covariance!r}")
+        if self.threshold_examples < 1:
+            raise UserError(f"threshold_examples must be >= 1, got {self.threshold_examples}")
 
     @property
     def resolved_export_dir(self):
@@ -344,15 +378,38 @@ def export_run(config):
         raise UserError(f"--model_dir {config.model_dir} does not exist")
     if config.version is not None:  # refuse before the slow part
         _refuse_existing(config.resolved_export_dir, config.version)
+    from tf_metric_robust.evaluation_plan import default_detection_covariance
+
     network, recipe, checkpoint = run_files.load_network(config.model_dir)
-    images, labels = reference_examples(recipe["dataset"], size=config.detection_reference,
+    dataset = recipe["dataset"]
+    images, labels = reference_examples(dataset, size=config.detection_reference,
                                         data_dir=config.data_dir, download=config.download)
+    covariance = config.detection_covariance or default_detection_covariance(dataset)
+    info = data.dataset_info(dataset)
+    clean = np.concatenate([x for x, _ in data.eval_dataset(
+        dataset, batch_size=500, split=info.test_split, num_examples=config.threshold_examples,
+        data_dir=config.data_dir, download=config.download).as_numpy_iterator()])
     try:
-        path = export_saved_model(
-            network, config.resolved_export_dir, reference_images=images,
-            reference_labels=labels, detection_k=config.detection_k,
-            detection_score=config.detection_score, version=config.version,
-            warmup=config.warmup)
+        detector = make_detector(network, images, labels, k=config.detection_k,
+                                 score_type=config.detection_score, detector=config.detector,
+                                 covariance=covariance)
+        threshold = calibrate_detector(network, detector, clean)
+        description = {
+            **detector.describe(), "checkpoint": checkpoint,
+            "reference": {"function": "export.reference_examples", "dataset": dataset,
+                          "split": info.train_split, "examples": int(len(labels)),
+                          "per_class": np.bincount(labels).tolist()},
+            "threshold": threshold, "flag_when": "detection_score > threshold",
+            "threshold_false_positive_rate": detection.FALSE_POSITIVE_RATE,
+            "threshold_images": {"split": info.test_split, "examples": int(len(clean))}}
+        detector.description = tf.Variable(json.dumps(description, sort_keys=True),
+                                           trainable=False, name="description")
+        path = export_saved_model(network, config.resolved_export_dir, detector=detector,
+                                  version=config.version, warmup=config.warmup)
     except ValueError as error:  # e.g. detection_k larger than the reference allows
         raise UserError(str(error)) from None
+    # The same record beside the model for servers that do not load it in Python; the saved
+    # `detector.description` and `detector.threshold` variables are the atomic copy.
+    os.makedirs(os.path.join(path, os.path.dirname(DETECTOR_FILE)), exist_ok=True)
+    run_files.write_json_atomic(os.path.join(path, DETECTOR_FILE), description)
     return path, checkpoint

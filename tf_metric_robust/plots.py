@@ -70,9 +70,12 @@ def plot_accuracy_vs_steps(points, path, *, clean_accuracy=None, title=None):
 
 
 def plot_roc(curves, path, *, title=None):
-    """ROC curves. curves: label -> (fpr [K], tpr [K], auc or None); writes a PNG at path."""
-    figure, axes = _new_axes(title or "kNN detection ROC", "false positive rate",
-                             "true positive rate")
+    """ROC curves. curves: label -> (fpr [K], tpr [K], auc or None); writes a PNG at path.
+
+    The default title names the TLA paper's protocol (Fig. 5), which detection_run plots."""
+    figure, axes = _new_axes(title or "Detection ROC: clean + adversarial, misclassified = "
+                             "positive", "false positive rate", "true positive rate")
+    axes.title.set_fontsize("small")
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
     for label, (fpr, tpr, auc) in curves.items():
         name = label if auc is None else f"{label} (AUC {auc:.3f})"

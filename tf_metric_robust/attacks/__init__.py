@@ -2,9 +2,11 @@
 
 Every attack is `attack(model_fn, x, y, *, eps, ...) -> x_adv` (same shape and dtype as x, inside
 the eps-ball and [clip_min, clip_max]). `ATTACKS` maps the names used by the `--attacks` flag and
-evaluation reports to the functions.
+evaluation reports to the functions. `adaptive_detector` needs a detector and a model_fn that
+returns (logits, embedding): evaluation.evaluate binds both when it is listed.
 """
 
+from tf_metric_robust.attacks.adaptive import adaptive_detector
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
 from tf_metric_robust.attacks.autoattack import AutoAttackResult, autoattack
 from tf_metric_robust.attacks.gradient import fgsm, mifgsm, pgd
@@ -18,7 +20,8 @@ ATTACKS = {
     "apgd_dlr": apgd_dlr,
     "apgd_t": apgd_targeted,
     "square": square,
+    "adaptive_detector": adaptive_detector,
 }
 
-__all__ = ["ATTACKS", "AutoAttackResult", "apgd", "apgd_dlr", "apgd_targeted", "autoattack",
-           "fgsm", "mifgsm", "pgd", "square"]
+__all__ = ["ATTACKS", "AutoAttackResult", "adaptive_detector", "apgd", "apgd_dlr",
+           "apgd_targeted", "autoattack", "fgsm", "mifgsm", "pgd", "square"]
