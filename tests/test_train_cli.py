@@ -229,3 +229,23 @@ def test_tensorboard_finds_scalars_images_and_projector_from_the_top_logdir(fini
                                                            embedding.sprite.image_path)))
     assert list(embedding.sprite.single_image_dim) == [28, 28]
     assert sprite.shape[0] == sprite.shape[1] == 28 * 10  # 100 digits, 10 x 10
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate", "export"])
+def test_help_lists_our_flags_without_the_venv(script, tmp_path):
+    """`--helpshort` lists our flags and exits 0 (it printed three lines and exited 1), also when
+    started by a Python without our dependencies (bin/* re-run under the clone's .venv), from
+    the folder holding the clone, by a name that is also the package's."""
+    base_python = os.path.join(sys.base_prefix, "bin", "python3")
+    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+        pytest.skip("no .venv in the clone (make install creates it)")
+    (tmp_path / "tf_metric_robust").symlink_to(ROOT)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no venv activated
+    result = subprocess.run([base_python, f"tf_metric_robust/bin/{script}", "--helpshort"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--model_dir" in result.stdout and "--data_dir" in result.stdout
+    assert "--test_random_seed" not in result.stdout  # absl's and TF's flags: --helpfull only
+    if script == "train":
+        for name in ("cifar10", "tiny_imagenet", "fake:<name>", "wide_resnet", "mnist_large"):
+            assert name in result.stdout  # --dataset / --model help from the registries
