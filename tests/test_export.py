@@ -70,6 +70,30 @@ def loaded(exported):
     return tf.saved_model.load(exported[2])
 
 
+# Run in a fresh process per oneDNN setting: an empty batch and each bad input on every signature.
+SERVING_CHECKS = """
+import json, sys, numpy as np, tensorflow as tf
+from tf_metric_robust import export
+model = tf.saved_model.load(export.latest_version(sys.argv[1]))
+result = {"empty": {}, "refused": {}}
+for name, dtype in (("serving_default", tf.float32), ("serving_uint8", tf.uint8),
+                    ("logits_and_embedding", tf.float32)):
+    out = model.signatures[name](images=tf.zeros([0, 28, 28, 1], dtype))
+    result["empty"][name] = {k: [list(v.shape), v.dtype.name] for k, v in out.items()}
+    bad = {"float32": [np.zeros((28, 28, 1)), np.full((2, 28, 28, 1), 255.0),
+                       np.full((1, 28, 28, 1), np.nan), np.zeros((2, 32, 32, 1))],
+           "uint8": [np.zeros((1, 28, 28, 3)), np.zeros((28, 28, 1))]}[dtype.name]
+    refused = 0
+    for images in bad:
+        try:
+            model.signatures[name](images=tf.constant(images, dtype))
+        except tf.errors.InvalidArgumentError:
+            refused += 1
+    result["refused"][name] = [refused, len(bad)]
+json.dump(result, open(sys.argv[2], "w"))
+"""
+
+
 @pytest.fixture(scope="module")
 def outside_runs(exported):
     """Starts a fresh Python process and `saved_model_cli run` on the export, in the background:
@@ -87,17 +111,35 @@ def outside_runs(exported):
     fresh_output = os.path.join(model_dir, "fresh.npz")
     cli_output = os.path.join(model_dir, "cli_out")
     saved_model_cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    evaluate_output = os.path.join(model_dir, "evaluate_saved_model", "report.json")
     commands = {
         "fresh": ([sys.executable, "-c", script, os.path.dirname(path), probe, fresh_output],
-                  fresh_output),
+                  fresh_output, ENV),
         "saved_model_cli": ([saved_model_cli, "run", "--dir", path, "--tag_set", "serve",
                              "--signature_def", "serving_default", "--inputs",
-                             f"images={probe}", "--outdir", cli_output], cli_output),
+                             f"images={probe}", "--outdir", cli_output], cli_output, ENV),
+        # Issue 13: the default attack list, the sanity checks (persistent tapes) and detection
+        # through a SavedModel's signatures, in a fresh process.
+        "evaluate": ([sys.executable, os.path.join(ROOT, "bin", "evaluate"),
+                      f"--saved_model={path}", "--dataset=mnist5k", "--num_examples=20",
+                      "--batch_size=20", "--steps=3", "--step_size=0.1", "--eps_sweep=0,0.3",
+                      "--steps_sweep=1,3", "--detection", "--detection_reference=200",
+                      "--detection_k=10", "--detection_eps=0.3", "--detection_steps=3",
+                      "--detection_weights=1", f"--output={evaluate_output}", "--noprogress",
+                      f"--data_dir={os.path.join(model_dir, 'tfds')}"],
+                     os.path.dirname(evaluate_output), ENV),
     }
-    runs = {name: {"process": subprocess.Popen(command, cwd=ROOT, env=ENV, text=True,
+    # Issue 13: oneDNN's convolution rejects a zero-size batch; the signatures must not depend on
+    # the kernel library, so the serving checks run under both settings in fresh processes.
+    for onednn in ("0", "1"):
+        output = os.path.join(model_dir, f"serving_checks_onednn{onednn}.json")
+        commands[f"onednn{onednn}"] = (
+            [sys.executable, "-c", SERVING_CHECKS, os.path.dirname(path), output], output,
+            dict(ENV, TF_ENABLE_ONEDNN_OPTS=onednn))
+    runs = {name: {"process": subprocess.Popen(command, cwd=ROOT, env=env, text=True,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE),
                    "output": output}
-            for name, (command, output) in commands.items()}
+            for name, (command, output, env) in commands.items()}
     yield runs
     for run in runs.values():
         if run["process"].poll() is None:
@@ -108,7 +150,7 @@ def outside_runs(exported):
 def _finished(runs, name):
     run = runs[name]
     if "stderr" not in run:
-        _, run["stderr"] = run["process"].communicate(timeout=300)
+        _, run["stderr"] = run["process"].communicate(timeout=900)
     return run["process"].returncode, run["stderr"], run["output"]
 
 
@@ -129,8 +171,10 @@ def test_bin_export_writes_a_tf_serving_version_folder(exported, loaded, outside
     assert export.versions(os.path.join(model_dir, "saved_model")) == [1]
     assert export.latest_version(os.path.join(model_dir, "saved_model")) == path
     assert set(loaded.signatures) == set(export.SIGNATURES)
-    for name in export.SIGNATURES:
+    for name in ("serving_default", "serving_uint8"):
         assert set(loaded.signatures[name].structured_outputs) == set(OUTPUTS)
+    assert set(loaded.signatures[export.GRADIENT_SIGNATURE].structured_outputs) == {
+        "logits", "embedding"}
     # The reference (mnist5k train split: 400 per class, all of it for the default 5000) is in it.
     assert loaded.detector.reference_labels.shape == (4000,)
     # Each weight is stored once: the network's variables plus the detector's reference.
@@ -362,3 +406,72 @@ def test_saved_model_cli_run(exported, outside_runs):
     np.testing.assert_array_equal(np.load(os.path.join(outdir, "classes.npy")),
                                   expected["classes"])
     assert np.load(os.path.join(outdir, "detection_score.npy")).shape == (20,)
+
+
+@pytest.mark.parametrize("onednn", ["0", "1"])
+def test_empty_batches_and_bad_inputs_on_either_kernel_library(exported, outside_runs, onednn):
+    """Issue 13: with oneDNN on, an empty batch crashed the convolution; every signature now
+    answers it with empty outputs of the right shapes and dtypes, and still refuses bad input."""
+    returncode, stderr, output = _finished(outside_runs, f"onednn{onednn}")
+    assert returncode == 0, stderr[-3000:]
+    with open(output) as f:
+        result = json.load(f)
+    expected = {"logits": [[0, 10], "float32"], "probabilities": [[0, 10], "float32"],
+                "classes": [[0], "int64"], "embedding": [[0, 128], "float32"],
+                "detection_score": [[0], "float32"]}
+    for name in ("serving_default", "serving_uint8"):
+        assert result["empty"][name] == expected, name
+    assert result["empty"][export.GRADIENT_SIGNATURE] == {
+        k: expected[k] for k in ("logits", "embedding")}
+    for name, (refused, total) in result["refused"].items():
+        assert refused == total, name
+
+
+def _data_ancestors(op):
+    """Every op whose output feeds `op` through data edges (control edges not followed)."""
+    seen, stack = set(), [op]
+    while stack:
+        for tensor in stack.pop().inputs:
+            if tensor.op.name not in seen:
+                seen.add(tensor.op.name)
+                stack.append(tensor.op)
+    return seen
+
+
+@pytest.mark.parametrize("signature", ["serving_default", export.GRADIENT_SIGNATURE])
+def test_the_network_consumes_the_output_of_the_input_checks(exported, signature):
+    """Issue 13: the checks must be data ancestors of the network, not control edges an
+    optimiser could reorder: the branch that runs the network takes the checked tensor."""
+    network = exported[0]
+    module = export.ServingModule(network)
+    graph = module.signatures()[signature].get_concrete_function().graph
+    library = {f.signature.name: f for f in graph.as_graph_def().library.function}
+
+    def asserts(function_name):  # Assert in a function or in the branches of its conds
+        return any(node.op == "Assert" or node.op in ("If", "StatelessIf") and any(
+            asserts(node.attr[branch].func.name) for branch in ("then_branch", "else_branch"))
+                   for node in library[function_name].node_def)
+
+    conds = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    checks = [op for op in conds if asserts(op.get_attr("else_branch").name)]
+    runs_network = [op for op in conds if op not in checks]
+    assert len(checks) == 3 and len(runs_network) == 1  # shape, finite, range; the network
+    ancestors = _data_ancestors(runs_network[0])
+    assert all(check.name in ancestors for check in checks)
+
+
+def test_bin_evaluate_on_a_saved_model_of_bin_export(exported, outside_runs):
+    """Issue 13: `bin/evaluate --saved_model` on our own export ended in 'variable without handle
+    data' (a persistent tape through serving_default); now every default attack, the sanity
+    checks and detection run through the export's signatures."""
+    returncode, stderr, output_dir = _finished(outside_runs, "evaluate")
+    assert returncode == 0, stderr[-3000:]
+    reports = [os.path.join(folder, name) for folder, _, names in os.walk(output_dir)
+               for name in names if name == "report.json"]
+    assert reports, os.listdir(output_dir)
+    with open(reports[0]) as f:
+        report = json.load(f)
+    assert {"fgsm", "pgd", "pgd_cw", "mifgsm"} <= set(report["attacks"]), report["attacks"]
+    assert report["model"]["source"] == "saved_model"
+    assert report["sanity"]["passed"], report["sanity"]
+    assert report["detection"] is not None

@@ -48,12 +48,33 @@ class ModelFns:
 
     @classmethod
     def from_saved_model(cls, path):
-        """Wraps a SavedModel's serving_default (images [N,H,W,C] in [0,1] -> logits, embedding)."""
+        """Wraps a SavedModel: images [N,H,W,C] in [0,1] -> logits[, embedding].
+
+        Uses the `logits_and_embedding` signature of our exports (differentiable under any
+        tape), else `serving_default`. The signature must take one input (ours: 'images') and
+        return 'logits' (and optionally 'embedding') or a single output, taken as the logits
+        (what `keras.Model.export` writes).
+        """
         loaded = tf.saved_model.load(path)
-        signature = loaded.signatures.get("serving_default")
-        if signature is None or "images" not in signature.structured_input_signature[1]:
-            raise UserError(f"{path}: no serving_default signature taking 'images'")
-        fns = cls(lambda images: signature(images=images))
+        name = next((n for n in ("logits_and_embedding", "serving_default")
+                     if n in loaded.signatures), None)
+        if name is None:
+            raise UserError(f"{path}: no serving_default signature (signatures: "
+                            f"{', '.join(loaded.signatures) or 'none'})")
+        signature = loaded.signatures[name]
+        inputs = list(signature.structured_input_signature[1])
+        outputs = list(signature.structured_outputs)
+        if len(inputs) != 1 or ("logits" not in outputs and len(outputs) != 1):
+            raise UserError(f"{path}: signature {name} must take one image tensor and return "
+                            f"'logits' (or one output); it takes {inputs} and returns {outputs}")
+        (input_name,) = inputs
+        logits_name = "logits" if "logits" in outputs else outputs[0]
+
+        def call(images):
+            out = signature(**{input_name: images})
+            return {"logits": out[logits_name], "embedding": out.get("embedding")}
+
+        fns = cls(call)
         fns._loaded = loaded  # keeps the restored variables alive
         return fns
 

@@ -27,7 +27,8 @@ import tensorflow as tf
 from tf_metric_robust import data, detection, run_files
 from tf_metric_robust.config import UserError
 
-SIGNATURES = ("serving_default", "serving_uint8")
+GRADIENT_SIGNATURE = "logits_and_embedding"
+SIGNATURES = ("serving_default", "serving_uint8", GRADIENT_SIGNATURE)
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 DETECTOR_FILE = os.path.join("assets.extra", "detector.json")  # bin/export's detector record
 _TEMPORARY_PREFIX = ".tmp-export-"
@@ -43,7 +44,13 @@ class ServingModule(tf.Module):
     `serve` takes float32 images [N,H,W,C] in [0,1]; `serve_uint8` takes uint8 pixels [0,255]
     (converted like the training pipeline, i.e. x / 255). Both return logits [N,C],
     probabilities [N,C], classes int64 [N], embedding [N,D] and, with a detector,
-    detection_score float32 [N] (higher = more likely adversarial).
+    detection_score float32 [N] (higher = more likely adversarial). `logits_and_embedding`
+    (float32 input, same checks) returns only logits and embedding: the detector's batched loop
+    makes gradients through a restored serving_default fail under persistent tapes and inside
+    tf.function ("variable without handle data"), so attacks on the export use this one.
+
+    Every check's output is the tensor the next step consumes (a tf.cond that passes the
+    images through or fails), so the network cannot run on unchecked input.
     """
 
     def __init__(self, network, detector=None):
@@ -52,12 +59,17 @@ class ServingModule(tf.Module):
         self._call_network = lambda images: network(images, training=False)
         self.detector = detector
         self.image_shape = tuple(int(d) for d in network.input_shape[1:])
+        self.num_classes = int(network.get_layer("logits").units)
+        self.embedding_dim = int(network.get_layer("embedding").output.shape[-1])
         # Unknown rank on purpose: every shape mistake reaches the checks below and gets their
         # message, instead of a binding error or a shape error deep inside a convolution.
         self.serve = tf.function(
             self._serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
         self.serve_uint8 = tf.function(
             self._serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+        self.logits_and_embedding = tf.function(
+            self._logits_and_embedding,
+            input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
         # Keras 3 variables wrap tf.Variables, and the traced graphs capture the inner ones. The
         # graph-mode loader of TF Serving and saved_model_cli restores only variables that are
         # saved objects themselves ("Could not find variable conv2/kernel" otherwise: keras-team/
@@ -70,27 +82,49 @@ class ServingModule(tf.Module):
         self.serving_variables = list(captured.values())
 
     def signatures(self):
-        return {"serving_default": self.serve, "serving_uint8": self.serve_uint8}
+        return {"serving_default": self.serve, "serving_uint8": self.serve_uint8,
+                GRADIENT_SIGNATURE: self.logits_and_embedding}
 
-    def _serve_float(self, images):
+    def _checked_float(self, images):
+        """images float32 [N,H,W,C] in [0,1], else an InvalidArgumentError naming the problem."""
         images = _check_shape(images, self.image_shape, "float32 in [0, 1]")
         images = _require(tf.reduce_all(tf.math.is_finite(images)), images, [
             "images contain NaN or Inf; expected finite float32 values in [0, 1]"])
         low, high = tf.reduce_min(images), tf.reduce_max(images)
-        images = _require(tf.logical_and(low >= 0.0, high <= 1.0), images, [
+        return _require(tf.logical_and(low >= 0.0, high <= 1.0), images, [
             "images must be float32 in [0, 1] (raw 0-255 pixels go to signature serving_uint8);"
             " got min", low, "max", high])
-        return self._outputs(images)
+
+    def _serve_float(self, images):
+        return self._outputs(self._checked_float(images))
 
     def _serve_uint8(self, images):
         images = _check_shape(images, self.image_shape, "uint8 in [0, 255]")
         # The same conversion as data.py's training pipeline (x / 255, to within one ulp).
         return self._outputs(tf.image.convert_image_dtype(images, tf.float32))
 
+    def _logits_and_embedding(self, images):
+        """The differentiable part of serving_default, for attacks on the exported model."""
+        return self._network_outputs(self._checked_float(images))
+
+    def _network_outputs(self, images):
+        """{'logits', 'embedding'} float32; an empty batch gets empty outputs without running the
+        network (oneDNN's convolution rejects a zero-size batch: "input depth must be evenly
+        divisible by filter depth")."""
+
+        def run():
+            outputs = self._call_network(images)
+            return {name: tf.cast(outputs[name], tf.float32) for name in ("logits", "embedding")}
+
+        def empty():
+            return {"logits": tf.zeros([0, self.num_classes]),
+                    "embedding": tf.zeros([0, self.embedding_dim])}
+
+        return tf.cond(tf.shape(images)[0] > 0, run, empty)
+
     def _outputs(self, images):
-        outputs = self._call_network(images)
-        logits = tf.cast(outputs["logits"], tf.float32)
-        embedding = tf.cast(outputs["embedding"], tf.float32)
+        outputs = self._network_outputs(images)
+        logits, embedding = outputs["logits"], outputs["embedding"]
         classes = tf.argmax(logits, axis=-1)
         result = {"logits": logits, "probabilities": tf.nn.softmax(logits), "classes": classes,
                   "embedding": embedding}
@@ -313,12 +347,13 @@ def predict_log_record(signature_name, inputs):
 
 
 def write_warmup_requests(path, image_shape, batch_size=1):
-    """Writes TF Serving's assets.extra/tf_serving_warmup_requests: one request per signature
-    (a batch of black images), so the first client request does not pay for graph warm-up."""
+    """Writes TF Serving's assets.extra/tf_serving_warmup_requests: one request per signature of
+    SIGNATURES (a batch of black images), so the first client request does not pay for graph warm-up."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     shape = (batch_size, *image_shape)
     requests = {"serving_default": np.zeros(shape, np.float32),
-                "serving_uint8": np.zeros(shape, np.uint8)}
+                "serving_uint8": np.zeros(shape, np.uint8),
+                GRADIENT_SIGNATURE: np.zeros(shape, np.float32)}
     with tf.io.TFRecordWriter(path) as writer:
         for signature_name, images in requests.items():
             writer.write(predict_log_record(signature_name, {"images": images}))
