@@ -344,3 +344,129 @@ def test_low_precision_inputs_give_float32(dtype):
         _assert_finite(out)
     index, _ = losses.hardest_negative_index(a, labels, n, labels)
     assert index.dtype == tf.int32
+
+
+# ---------------------------------------------------------------------------------------------
+# TRADES and MART against NumPy transcriptions of the reference code (float64).
+
+
+def _np_log_softmax(z):
+    shifted = z - z.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _np_kl_div(log_input, target):
+    """torch nn.KLDivLoss(reduction='none')(input, target) summed over classes (0 where
+    target = 0)."""
+    safe = np.where(target > 0, target, 1.0)
+    return np.where(target > 0, target * (np.log(safe) - log_input), 0.0).sum(axis=-1)
+
+
+def _np_trades(labels, clean, adversarial, beta):
+    """yaodongyu/TRADES trades.py:79-83 per example."""
+    rows = np.arange(len(labels))
+    natural = -_np_log_softmax(clean)[rows, labels]
+    robust = _np_kl_div(_np_log_softmax(adversarial), np.exp(_np_log_softmax(clean)))
+    return natural + beta * robust
+
+
+def _np_mart(labels, clean, adversarial, beta):
+    """YisenWang/MART mart.py:38-56 per example."""
+    rows = np.arange(len(labels))
+    adv_probs = np.exp(_np_log_softmax(adversarial))
+    top = np.argsort(adv_probs, axis=1)[:, -2:]
+    new_y = np.where(top[:, -1] == labels, top[:, -2], top[:, -1])
+    loss_adv = (-_np_log_softmax(adversarial)[rows, labels]
+                - np.log(1.0001 - adv_probs + 1e-12)[rows, new_y])
+    nat_probs = np.exp(_np_log_softmax(clean))
+    true_probs = nat_probs[rows, labels]
+    robust = _np_kl_div(np.log(adv_probs + 1e-12), nat_probs) * (1.0000001 - true_probs)
+    return loss_adv + beta * robust
+
+
+ADVERSARIAL_LOSSES = {"trades": (losses.trades_loss, _np_trades),
+                      "mart": (losses.mart_loss, _np_mart)}
+
+
+def _logit_case(classes, scale, seed, n=6):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    clean = rng.normal(size=(n, classes)) * scale
+    adversarial = clean + rng.normal(size=(n, classes)) * scale
+    # Some examples confidently right, some confidently wrong, under both logits.
+    clean[0, labels[0]] += 5 * scale
+    adversarial[1, (labels[1] + 1) % classes] += 5 * scale
+    return labels, clean, adversarial
+
+
+def _tf_value_and_grads(fn, labels, clean, adversarial, weights, beta, dtype=tf.float32):
+    clean, adversarial = (tf.constant(v, dtype) for v in (clean, adversarial))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([clean, adversarial])
+        per_example = fn(labels, clean, adversarial, beta=beta)
+        total = tf.reduce_sum(per_example * weights)
+    return per_example, tape.gradient(total, clean), tape.gradient(total, adversarial)
+
+
+def _finite_difference(fn, labels, clean, adversarial, weights, beta, h=1e-6):
+    grads = []
+    for which in (0, 1):
+        point = [clean.copy(), adversarial.copy()]
+        grad = np.zeros_like(point[which])
+        for index in np.ndindex(grad.shape):
+            values = []
+            for sign in (1, -1):
+                moved = [p.copy() for p in point]
+                moved[which][index] += sign * h
+                values.append(np.sum(fn(labels, *moved, beta) * weights))
+            grad[index] = (values[0] - values[1]) / (2 * h)
+        grads.append(grad)
+    return grads
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL_LOSSES))
+@pytest.mark.parametrize("classes", [2, 10, 100, 200])
+def test_trades_and_mart_match_the_reference_formula_and_its_gradient(name, classes):
+    ours, reference = ADVERSARIAL_LOSSES[name]
+    labels, clean, adversarial = _logit_case(classes, scale=2.0, seed=classes)
+    weights = np.random.default_rng(1).uniform(0.5, 1.5, len(labels))
+    beta = 6.0
+    value, grad_clean, grad_adversarial = _tf_value_and_grads(ours, labels, clean, adversarial,
+                                                              weights, beta)
+    assert value.dtype == tf.float32 and value.shape == [len(labels)]
+    np.testing.assert_allclose(value.numpy(), reference(labels, clean, adversarial, beta),
+                               rtol=2e-5, atol=2e-5)
+    fd_clean, fd_adversarial = _finite_difference(reference, labels, clean, adversarial, weights,
+                                                  beta)
+    np.testing.assert_allclose(grad_clean.numpy(), fd_clean, rtol=1e-3, atol=2e-5)
+    np.testing.assert_allclose(grad_adversarial.numpy(), fd_adversarial, rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL_LOSSES))
+@pytest.mark.parametrize("classes,scale", [(10, 1e3), (100, 1e4), (200, 300.0)])
+def test_trades_and_mart_are_finite_on_extreme_logits(name, classes, scale):
+    """Softmax probabilities that underflow to 0 or round to 1 give no NaN or inf."""
+    ours, reference = ADVERSARIAL_LOSSES[name]
+    labels, clean, adversarial = _logit_case(classes, scale=scale, seed=7)
+    weights = np.ones(len(labels))
+    value, grad_clean, grad_adversarial = _tf_value_and_grads(ours, labels, clean, adversarial,
+                                                              weights, 6.0)
+    for tensor in (value, grad_clean, grad_adversarial):
+        assert np.all(np.isfinite(tensor.numpy()))
+    np.testing.assert_allclose(value.numpy(), reference(labels, clean, adversarial, 6.0),
+                               rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL_LOSSES))
+def test_trades_and_mart_special_cases(name):
+    """Equal logits: no KL term (TRADES = clean CE); beta 0 drops it; low precision -> float32."""
+    ours, reference = ADVERSARIAL_LOSSES[name]
+    labels, clean, adversarial = _logit_case(10, scale=2.0, seed=3)
+    if name == "trades":
+        same = ours(labels, clean, clean, beta=6.0).numpy()
+        np.testing.assert_allclose(same, reference(labels, clean, clean, 0.0), rtol=1e-5)
+    np.testing.assert_allclose(ours(labels, clean, adversarial, beta=0.0).numpy(),
+                               reference(labels, clean, adversarial, 0.0), rtol=1e-5, atol=1e-5)
+    for dtype in (tf.float16, tf.bfloat16):
+        value = ours(labels, tf.constant(clean, dtype), tf.constant(adversarial, dtype), beta=6.0)
+        assert value.dtype == tf.float32 and np.all(np.isfinite(value.numpy()))

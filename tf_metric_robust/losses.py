@@ -307,3 +307,59 @@ def embedding_norm_loss(*embeddings):
     if not embeddings:
         raise ValueError("embedding_norm_loss needs at least one embedding tensor")
     return tf.add_n([tf.reduce_mean(tf.square(_float32(e)), axis=-1) for e in embeddings])
+
+
+# ---------------------------------------------------------------------------------------------
+# TRADES (Zhang et al., ICML 2019) and MART (Wang et al., ICLR 2020): per-example losses; the
+# caller reduces them with tf.nn.compute_average_loss. Both KL terms let gradients flow into the
+# clean and the adversarial logits, as the references' nn.KLDivLoss does on modern PyTorch.
+
+
+def _kl_clean_to_adversarial(clean_logits, adversarial_log_probs):
+    """sum_j p(x)_j (log p(x)_j - adversarial_log_probs_j) -> [N]: nn.KLDivLoss(input=
+    adversarial_log_probs, target=softmax(clean_logits)) summed over classes. log p(x) comes from
+    log_softmax, so a probability that underflows to 0 contributes 0, as KLDivLoss's 0 log 0."""
+    clean_probs = tf.nn.softmax(clean_logits)
+    return tf.reduce_sum(clean_probs * (tf.nn.log_softmax(clean_logits) - adversarial_log_probs),
+                         axis=-1)
+
+
+def trades_loss(labels, clean_logits, adversarial_logits, *, beta):
+    """TRADES per example: CE(f(x), y) + beta * KL(p(x) || p(x')) -> float32 [N].
+
+    yaodongyu/TRADES trades.py:79-83 (CE of the clean logits averaged over the batch, KLDivLoss
+    summed and divided by the batch size, so the batch mean of this is their loss); beta 6 for
+    CIFAR-10 (train_trades_cifar10.py:36), 1 for MNIST (train_trades_mnist.py:34).
+
+    Args:
+      labels: int [N]. clean_logits, adversarial_logits: float [N, C], any float dtype.
+      beta: weight of the KL term (1/lambda in the paper).
+    """
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+    clean, adversarial = _float32(clean_logits), _float32(adversarial_logits)
+    natural = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=clean)
+    robust = _kl_clean_to_adversarial(clean, tf.nn.log_softmax(adversarial))
+    return natural + _float32(beta) * robust
+
+
+def mart_loss(labels, clean_logits, adversarial_logits, *, beta):
+    """MART per example -> float32 [N], YisenWang/MART mart.py:38-56 with its constants:
+
+    CE(f(x'), y) - log(1.0001 - p(x')_{y*} + 1e-12) + beta * KL(p(x) || p(x')) * (1.0000001 -
+    p(x)_y), y* = the most likely class of x' other than y (mart.py:44-46), the KL taken against
+    log(p(x') + 1e-12) (mart.py:55). beta 6 (mart.py:14, train_wideresnet.py:41). Batch mean = their
+    loss. Arguments as `trades_loss`.
+    """
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
+    clean, adversarial = _float32(clean_logits), _float32(adversarial_logits)
+    adversarial_probs = tf.nn.softmax(adversarial)
+    # The two most likely classes of x'; y* is the first that is not y (mart.py:44-46).
+    top2 = tf.math.top_k(adversarial_probs, k=2).indices
+    top2 = tf.cast(top2, tf.int64)
+    other = tf.where(tf.equal(top2[:, 0], labels), top2[:, 1], top2[:, 0])
+    other_prob = tf.gather(adversarial_probs, other, batch_dims=1)
+    boosted_ce = (tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=adversarial)
+                  - tf.math.log(1.0001 - other_prob + 1e-12))
+    kl = _kl_clean_to_adversarial(clean, tf.math.log(adversarial_probs + 1e-12))
+    true_prob = tf.gather(tf.nn.softmax(clean), labels, batch_dims=1)
+    return boosted_ce + _float32(beta) * kl * (1.0000001 - true_prob)
