@@ -288,7 +288,7 @@ def pixels_0_255():
 
 @pytest.mark.parametrize("name", sorted(_RANGE_CALLS))
 def test_0_255_pixels_are_refused_by_every_attack(name, pixels_0_255):
-    """The false-robustness trap: eps 0.3 on 0-255 floats attacks nothing; refuse, name the cause."""
+    """The false-robustness trap: eps 0.3 on 0-255 floats attacks nothing; refuse, say why."""
     x, y = pixels_0_255
     assert x.max() > 250
     with pytest.raises(ValueError, match=r"0-255 pixels: divide by 255"):

@@ -144,7 +144,7 @@ def _prepared_builder(spec, data_dir, download):
     the ~205 s tfds spends retrying downloads offline.
     """
     builder = tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False)
-    if not builder.is_prepared():
+    if not dataset_preparation.is_prepared(builder):
         # Builders that read a manual download (tiny_imagenet) prepare offline when it is there.
         manual_ready = getattr(builder, "manual_data_present", lambda: False)()
         if not (download or spec.auto_prepare or manual_ready):

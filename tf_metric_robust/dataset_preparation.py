@@ -17,6 +17,8 @@ import socket
 import urllib.parse
 import urllib.request
 
+import tensorflow as tf
+
 from tf_metric_robust.config import UserError
 
 CONNECT_TIMEOUT_SECONDS = 10
@@ -41,7 +43,7 @@ def prepare(builder, make_builder, name, download):
     """
     with _lock(builder.data_dir_root, builder.name):
         builder = make_builder()
-        if builder.is_prepared():  # another process finished while this one waited
+        if is_prepared(builder):  # another process finished while this one waited
             return builder
         if download:
             check_network(builder, name)
@@ -53,6 +55,13 @@ def prepare(builder, make_builder, name, download):
                 raise
             raise NoNetworkError(_no_network_message(name, reason)) from None
     return builder
+
+
+def is_prepared(builder):
+    """builder.is_prepared() without tfds' warning "Variant folder ... has no dataset_info.json"
+    for a folder that does not exist yet (it read like a damaged dataset on every first run)."""
+    info = os.path.join(os.fspath(builder.data_dir), "dataset_info.json")
+    return tf.io.gfile.exists(info) and builder.is_prepared()
 
 
 @contextlib.contextmanager
