@@ -43,6 +43,8 @@ def validate_args(*, eps, step_size, steps, restarts, norm, loss, clip_min, clip
         raise ValueError(f"norm must be one of {objectives.NORMS}, got {norm!r}")
     if loss not in objectives.LOSSES:
         raise ValueError(f"loss must be one of {objectives.LOSSES}, got {loss!r}")
+    if loss == "kl" and restarts != 1:  # no labels to tell which restart succeeded
+        raise ValueError(f"loss 'kl' runs one start (restarts=1), got restarts={restarts!r}")
     for name, value in (("steps", steps), ("restarts", restarts)):
         if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(
@@ -106,10 +108,13 @@ def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, see
     best = best_success = best_objective = None
     for restart in range(restarts):
         run_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, restart)
-        x_adv = x
-        if random_start:
-            x_adv = objectives.random_start(x, eps, norm, run_seed)
-        x_adv = objectives.project(x_adv, x, eps, norm, clip_min, clip_max)
+        if random_start is True:
+            x_adv = objectives.project(objectives.random_start(x, eps, norm, run_seed), x, eps,
+                                       norm, clip_min, clip_max)
+        elif random_start:  # a float: the std of a Gaussian start, unprojected (trades.py:31-33)
+            x_adv = objectives.gaussian_start(x, random_start, run_seed)
+        else:
+            x_adv = x
         accumulated = tf.zeros(tf.shape(x), tf.float32) if momentum else None
         for _ in range(steps):
             with tf.GradientTape() as tape:
@@ -152,7 +157,7 @@ def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, res
     checks = validate_args(eps=eps, step_size=step_size, steps=steps, restarts=restarts, norm=norm,
                            loss=loss, clip_min=clip_min, clip_max=clip_max,
                            decay=0.0 if decay is None else decay)
-    x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
+    x, y = objectives.images_and_labels(x, y, clip_min, clip_max, loss)
     step_size = eps if step_size is None else step_size
     decay_value = 0.0 if decay is None else decay
     scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, decay_value, clip_min, clip_max)]
@@ -161,11 +166,21 @@ def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, res
         if seed.shape != [2]:
             raise ValueError(f"seed must be None or an int tensor of shape [2], got {seed.shape}")
     static = dict(steps=steps, norm=norm, loss=loss, targeted=bool(targeted),
-                  random_start=bool(random_start), momentum=decay is not None, restarts=restarts)
+                  random_start=_start(random_start), momentum=decay is not None,
+                  restarts=restarts)
     with tf.control_dependencies(checks):
         x_adv = run_compiled(_attack_graph, model_fn, static, x, y, *scalars, seed)
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
+
+
+def _start(random_start):
+    """True/False, or a Gaussian start's std as a float > 0 (a bool is never read as a number)."""
+    if isinstance(random_start, (bool, np.bool_)) or random_start is None:
+        return bool(random_start)
+    if not isinstance(random_start, numbers.Real) or not random_start > 0:
+        raise ValueError(f"random_start must be True, False or a std > 0, got {random_start!r}")
+    return float(random_start)
 
 
 def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", norm="linf",
@@ -173,7 +188,9 @@ def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", 
     """Projected gradient descent (Madry et al. 2018) in the linf or l2 eps-ball around x.
 
     Args: model_fn maps images to logits [N, C]; x images [N, ...] (any float dtype, kept);
-    y int labels [N] (the targets if `targeted`); eps, step_size on the image scale ([0, 1]);
+    y int labels [N] (the targets if `targeted`; with loss 'kl' the clean logits [N, C], TRADES'
+    inner maximisation); eps, step_size on the image scale ([0, 1]); random_start True (uniform
+    in the ball), False, or a float std: x + std N(0, 1) (TRADES, MART: TRADES_START_STD);
     `restarts` random starts keep per example the successful / highest-loss result; seed None
     (stateful random) or an int tensor [2] (stateless, reproducible).
     Returns adversarial images, same shape and dtype as x, inside the ball and [clip_min, clip_max].

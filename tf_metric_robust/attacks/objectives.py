@@ -1,8 +1,9 @@
 """What a gradient attack maximises and where it may move: losses, steps and eps-ball projections.
 
-Losses: cross-entropy and the Carlini-Wagner margin (Carlini & Wagner, S&P 2017, as used for PGD by
-Madry et al., ICLR 2018). Geometry: L-inf (sign step, box clip) and L2 (normalised step, ball
-projection) as in Madry et al.; the momentum accumulator is MI-FGSM's (Dong et al., CVPR 2018).
+Losses: cross-entropy, the Carlini-Wagner margin (Carlini & Wagner, S&P 2017, as used for PGD by
+Madry et al., ICLR 2018) and TRADES' KL(p(x) || p(x')) (Zhang et al. 2019, trades.py:36-37).
+Geometry: L-inf (sign step, box clip) and L2 (normalised step, ball projection) as in Madry et
+al.; the momentum accumulator is MI-FGSM's (Dong et al., CVPR 2018).
 Per-example statistics are float32 whatever the image dtype; images keep their own dtype.
 """
 
@@ -10,7 +11,8 @@ import functools
 
 import tensorflow as tf
 
-LOSSES = ("ce", "cw")
+LOSSES = ("ce", "cw", "kl")  # 'kl': the labels are the clean logits [N, C] (TRADES)
+TRADES_START_STD = 0.001  # TRADES/MART start x + 0.001 N(0, 1) (trades.py:31, mart.py:20)
 NORMS = ("linf", "l2")
 
 # Guards divisions by a zero gradient or zero perturbation norm (the step/projection become 0).
@@ -31,8 +33,9 @@ def objective(logits, labels, loss, targeted):
 
     Untargeted: CE(z, y) or the CW margin (push y down). Targeted (`labels` are the targets): the
     negated CE toward the target, or the negated margin (push the target above every other class).
-    A callable `loss(outputs, labels) -> [N]` is a custom objective of whatever model_fn returns
-    (attacks/adaptive.py: logits and embedding).
+    'kl' (TRADES' inner maximisation, trades.py:36-37): `labels` are the clean logits [N, C] and
+    the value is KL(softmax(labels) || softmax(z)). A callable `loss(outputs, labels) -> [N]` is a
+    custom objective of whatever model_fn returns (attacks/adaptive.py: logits and embedding).
     """
     if callable(loss):
         value = tf.cast(loss(logits, labels), tf.float32)
@@ -41,6 +44,10 @@ def objective(logits, labels, loss, targeted):
             labels=labels, logits=tf.cast(logits, tf.float32))
     elif loss == "cw":
         value = margin(logits, labels)
+    elif loss == "kl":
+        clean = tf.cast(labels, tf.float32)
+        value = tf.reduce_sum(tf.nn.softmax(clean) * (tf.nn.log_softmax(clean) - tf.nn.log_softmax(
+            tf.cast(logits, tf.float32))), axis=-1)
     else:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     return -value if targeted else value
@@ -99,6 +106,21 @@ def random_start(x, eps, norm, seed=None):
     else:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     return x + tf.cast(noise, x.dtype)
+
+
+def gaussian_start(x, std, seed=None):
+    """x + std * N(0, 1) per pixel (TRADES' and MART's start, trades.py:31); x.dtype.
+
+    The KL objective has a zero gradient at x itself, hence a start off x. Not projected: the
+    references take their first gradient at the unclipped start. `seed` as `random_start`.
+    """
+    shape = tf.shape(x)
+    if seed is None:
+        noise = tf.random.normal(shape)
+    else:
+        noise = tf.random.stateless_normal(shape, seed=tf.random.experimental.stateless_fold_in(
+            seed, 1))
+    return x + tf.cast(std * noise, x.dtype)
 
 
 def project(x_adv, x, eps, norm, clip_min, clip_max):
@@ -168,15 +190,21 @@ def _images_in_range(x, clip_min, clip_max):
         return tf.identity(x)
 
 
-def images_and_labels(x, y, clip_min=0.0, clip_max=1.0):
+def images_and_labels(x, y, clip_min=0.0, clip_max=1.0, loss="ce"):
     """(x as a floating tensor inside [clip_min, clip_max], y as int64 [N]).
 
     ValueError for integer images, dense labels, or (eagerly) images outside the box, e.g. 0-255
     pixels with the default [0, 1]; inside graphs the box check is a tf.debugging assertion.
+    With loss 'kl', y are the clean logits, returned as float32 [N, C].
     """
     x = tf.convert_to_tensor(x)
     if not x.dtype.is_floating:
         raise ValueError(f"x must be a floating-point image batch, got {x.dtype}")
+    if loss == "kl":
+        y = tf.cast(y, tf.float32)
+        if y.shape.rank != 2:
+            raise ValueError(f"loss 'kl' takes the clean logits [N, C] as y, got shape {y.shape}")
+        return _images_in_range(x, clip_min, clip_max), y
     y = tf.cast(y, tf.int64)
     if y.shape.rank != 1:
         raise ValueError(f"y must hold sparse int labels of shape [N], got shape {y.shape}")
