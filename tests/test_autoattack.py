@@ -150,7 +150,7 @@ def test_autoattack_reports_worst_case(model_fn, trained):
     kwargs["batch_size"] = len(x)
     result = autoattack(model_fn, x, y, pgd_accuracy=1.0, **kwargs)
     accs = list(result.attack_accuracy.values())
-    assert list(result.attack_accuracy) == ["apgd_ce", "apgd_t", "square"]
+    assert list(result.attack_accuracy) == ["apgd_ce", "apgd_t", "fab_t", "square"]
     assert result.clean_accuracy > 0.85 and result.robust_accuracy == accs[-1]
     assert all(a >= b for a, b in zip([result.clean_accuracy] + accs, accs))
     assert_in_threat_model(result.x_adv, x, 0.1, "linf")
@@ -186,7 +186,7 @@ def test_square_exposes_gradient_masking(masked_fn, trained):
     (lambda f, x, y: square(f, x, y, eps=0.1, p_init=0.0), "p_init"),
     (lambda f, x, y: square(f, x.reshape(len(x), -1), y, eps=0.1), "images"),
     (lambda f, x, y: autoattack(f, x, y, eps=0.1, version="rand"), "version"),
-    (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab_t",)), "attacks"),
+    (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab",)), "attacks"),
     (lambda f, x, y: autoattack(f, x, y[:3], eps=0.1), "labels"),
 ])
 def test_bad_arguments_raise(model_fn, trained, call, message):

@@ -94,8 +94,13 @@ def define_train_flags():
     flags.DEFINE_integer("wrn_depth", 34, "WideResNet depth, 6n+4 (10, 16, 22, 28, 34, ...).",
                          lower_bound=10)
     flags.DEFINE_integer("wrn_width", 10, "WideResNet widening factor.", lower_bound=1)
-    flags.DEFINE_enum("mode", "tla", ["natural", "pgd", "tla"],
-                      "natural: CE on clean; pgd: Madry PGD-AT; tla: PGD-AT + triplet loss.")
+    flags.DEFINE_enum("mode", "tla", list(cfg.MODES),
+                      "natural: CE on clean; pgd: Madry PGD-AT; tla: PGD-AT + triplet loss; "
+                      "trades: CE(x) + beta KL(p(x)||p(x')), x' maximising the KL (Zhang et al. "
+                      "2019); mart: boosted CE(x') + beta KL(p(x)||p(x')) (1 - p(x)_y) (Wang et "
+                      "al. 2020). trades/mart attack from x + 0.001 N(0,1) as their references.")
+    define_number("beta", 6.0, "Weight of the KL term of --mode=trades/mart (both references: 6 "
+                  "on CIFAR-10; TRADES MNIST: 1).", cfg.NON_NEGATIVE)
     # Optimisation.
     flags.DEFINE_integer("batch_size", 50, "Global batch size (split over replicas).",
                          lower_bound=1)
@@ -366,7 +371,7 @@ def train_config():
             keep_checkpoints=FLAGS.keep_checkpoints, init_checkpoint=FLAGS.init_checkpoint,
             attack_bn_mode=FLAGS.attack_bn_mode, validation_examples=FLAGS.validation_examples,
             select_best=FLAGS.select_best, eval_round_to_grid=FLAGS.eval_round_to_grid,
-            export=FLAGS.export, settings=recipe_settings(),
+            export=FLAGS.export, beta=FLAGS.beta, settings=recipe_settings(),
             allow_changes=_allowed_changes())
     except ValueError as error:
         raise UsageError(str(error)) from None
@@ -551,12 +556,12 @@ def define_evaluate_flags():
     flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
                       "kNN detection score (see detection.KnnDetector).")
     flags.DEFINE_enum("suite", "none", ["none", "autoattack"], "Also run a standard attack "
-                      "suite into the worst case: autoattack = APGD-CE, APGD-T (DLR), Square "
+                      "suite into the worst case: autoattack = APGD-CE, APGD-T (DLR), FAB-T, Square "
                       "(Croce & Hein 2020) at --eps/--norm/--seed; report.json 'suite' section.")
     flags.DEFINE_enum("suite_version", "standard", ["standard", "plus"], "AutoAttack version "
-                      "(plus: + APGD-DLR, 5 restarts; FAB-T and rand are not implemented).")
-    flags.DEFINE_integer("suite_steps", 100, "APGD iterations of the suite (paper: 100; fewer "
-                         "for a quick, weaker check).", lower_bound=1)
+                      "(plus: + APGD-DLR, 5 restarts; 'rand' and untargeted FAB are not implemented).")
+    flags.DEFINE_integer("suite_steps", 100, "APGD and FAB-T iterations of the suite (paper: "
+                         "100; fewer for a quick, weaker check).", lower_bound=1)
     flags.DEFINE_integer("suite_queries", 5000, "Square queries of the suite (paper: 5000).",
                          lower_bound=1)
     flags.DEFINE_bool("progress", True, "Show a progress bar.")

@@ -3,12 +3,14 @@
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020 (arXiv 2003.01690). The suite runs `attacks.autoattack` with
 the paper's fixed hyper-parameters (APGD-CE, APGD-T on the DLR loss with 9 target classes,
-100 iterations each, Square with 5000 queries; 'plus' adds APGD-DLR and 5 restarts), each attack
+100 iterations each, FAB-T with 9 target classes and 100 iterations, Square with 5000 queries;
+'plus' adds APGD-DLR and 5 restarts), each attack
 only on the points every earlier one left correct, at the evaluation's threat model and seed. Its
 per-example result joins the evaluation's worst case, its numbers go to the report's `suite`
 section, and its two reliability diagnostics (Square beating the gradient attacks: masked
 gradients; APGD far below the evaluation's PGD: PGD overstated robustness) become warnings and
-sanity checks. FAB-T and the 'rand' version (for randomised defences) are not implemented.
+sanity checks. The 'rand' version (for randomised defences) and untargeted FAB are not
+implemented.
 """
 
 import logging
@@ -21,7 +23,7 @@ from tf_metric_robust.config import UserError
 
 SUITES = ("none", "autoattack")
 SUITE_VERSIONS = tuple(VERSIONS)
-NUM_TARGET_CLASSES = 9  # APGD-T targets: the 9 most likely wrong classes (Croce & Hein 2020)
+NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
 PGD_GAP = 0.05  # warn when APGD's robust accuracy is this far below PGD's
 SQUARE_GAP = 0.002  # warn when Square lowers the gradient attacks' accuracy by more (the paper's)
 
@@ -33,8 +35,8 @@ def check_settings(suite, version, steps, queries):
     if suite not in SUITES:
         raise UserError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if version not in SUITE_VERSIONS:
-        raise UserError(f"suite_version must be one of {', '.join(SUITE_VERSIONS)} (FAB-T and "
-                        f"'rand' are not implemented), got {version!r}")
+        raise UserError(f"suite_version must be one of {', '.join(SUITE_VERSIONS)} ('rand' is "
+                        f"not implemented), got {version!r}")
     for name, value in (("suite_steps", steps), ("suite_queries", queries)):
         if int(value) != value or value < 1:
             raise UserError(f"{name} must be an integer >= 1, got {value}")

@@ -9,6 +9,7 @@ returns (logits, embedding): evaluation.evaluate binds both when it is listed.
 from tf_metric_robust.attacks.adaptive import adaptive_detector
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
 from tf_metric_robust.attacks.autoattack import AutoAttackResult, autoattack
+from tf_metric_robust.attacks.fab import fab_minimum_norm, fab_targeted
 from tf_metric_robust.attacks.gradient import fgsm, mifgsm, pgd
 from tf_metric_robust.attacks.square import square
 
@@ -20,8 +21,9 @@ ATTACKS = {
     "apgd_dlr": apgd_dlr,
     "apgd_t": apgd_targeted,
     "square": square,
+    "fab_t": fab_targeted,
     "adaptive_detector": adaptive_detector,
 }
 
 __all__ = ["ATTACKS", "AutoAttackResult", "adaptive_detector", "apgd", "apgd_dlr",
-           "apgd_targeted", "autoattack", "fgsm", "mifgsm", "pgd", "square"]
+           "apgd_targeted", "autoattack", "fab_minimum_norm", "fab_targeted", "fgsm", "mifgsm", "pgd", "square"]

@@ -2,10 +2,12 @@
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
 parameter-free attacks", ICML 2020 (arXiv 2003.01690). Version 'standard': APGD-CE (100 steps,
-1 run), APGD-T (targeted DLR, 9 target classes, 100 steps each), Square (5000 queries); each
-attack only sees the points every earlier attack left correctly classified. FAB-T, the paper's
-fourth attack (minimum-norm, targeted), is not implemented: in the authors' results it rarely
-changes the final robust accuracy. Two diagnostics flag an unreliable evaluation: Square
+1 run), APGD-T (targeted DLR, 9 target classes, 100 steps each), FAB-T (minimum-norm, 9 target
+classes, 100 iterations; fab.py) and Square (5000 queries), the order of the reference
+(fra31/auto-attack `autoattack/autoattack.py:307`); each attack only sees the points every
+earlier attack left correctly classified. Not implemented: untargeted FAB (the reference's
+'plus' runs it; ours runs FAB-T there) and the 'rand' version for randomised defences (APGD with
+expectation over transformations). Two diagnostics flag an unreliable evaluation: Square
 (gradient-free) fooling points the gradient attacks left robust is the signature of gradient
 masking, and APGD beating a PGD evaluation by a wide margin means that PGD number overstated
 robustness.
@@ -24,16 +26,20 @@ import tensorflow as tf
 
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
+from tf_metric_robust.attacks.fab import fab_targeted
 from tf_metric_robust.attacks.gradient import run_compiled
 from tf_metric_robust.attacks.square import square
 
-GRADIENT_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t")
-# Attack sequences per version (FAB and FAB-T are left out). 'plus' puts Square last so that what
-# Square adds is measured against every gradient attack.
+GRADIENT_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
+# Attack sequences per version. 'plus' puts Square last so that what Square adds is measured
+# against every gradient attack (the reference's plus also runs untargeted FAB: not here).
 VERSIONS = {
-    "standard": ("apgd_ce", "apgd_t", "square"),
-    "plus": ("apgd_ce", "apgd_dlr", "apgd_t", "square"),
+    "standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
+    "plus": ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "square"),
 }
+# Each member's seed root, fixed per name (not per position), so adding or dropping a member
+# leaves the others' random draws unchanged.
+_SEED_ROOT = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4}
 _RESTARTS = {"standard": 1, "plus": 5}  # random restarts of the untargeted APGD runs
 
 
@@ -83,6 +89,9 @@ def _attack_fn(name, *, eps, norm, steps, queries, num_target_classes, restarts,
     if name == "apgd_t":
         return lambda m, x, y, seed: apgd_targeted(
             m, x, y, steps=steps, num_target_classes=num_target_classes, seed=seed, **common)
+    if name == "fab_t":
+        return lambda m, x, y, seed: fab_targeted(
+            m, x, y, steps=steps, num_target_classes=num_target_classes, **common)
     return lambda m, x, y, seed: square(m, x, y, queries=queries, seed=seed, **common)
 
 
@@ -96,17 +105,18 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
       x, y: images [N, H, W, C] in [clip_min, clip_max] and int labels [N] (NumPy or tensors).
       eps, norm: the threat model ('linf' or 'l2'; eps on the image scale).
       version: 'standard' or 'plus' (5 restarts of APGD-CE and APGD-DLR); `attacks` (names from
-        'apgd_ce', 'apgd_dlr', 'apgd_t', 'square') overrides the sequence.
+        'apgd_ce', 'apgd_dlr', 'apgd_t', 'fab_t', 'square') overrides the sequence.
       seed: int; every attack and batch draws from it, so a run is reproducible.
       batch_size: points per attack call (None: all remaining points at once). The last batch is
         padded so that every call has the same shape and nothing retraces.
-      steps, queries, num_target_classes: APGD iterations, Square queries, APGD-T targets.
+      steps, queries, num_target_classes: APGD and FAB-T iterations, Square queries, APGD-T
+        and FAB-T target classes.
       pgd_accuracy: robust accuracy a PGD evaluation reported (fraction); warns when APGD's is
         lower by more than `pgd_gap`. square_gap: warns when Square lowers the accuracy the
         gradient attacks left by more than this (AutoAttack's own check uses 0.002).
     """
     if version not in VERSIONS:
-        raise ValueError(f"version must be one of {tuple(VERSIONS)} (FAB and 'rand' are not "
+        raise ValueError(f"version must be one of {tuple(VERSIONS)} ('rand' is not "
                          f"implemented), got {version!r}")
     names = tuple(VERSIONS[version] if attacks is None else attacks)
     unknown = [n for n in names if n not in GRADIENT_ATTACKS + ("square",)]
@@ -133,13 +143,13 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
     fooled_by = np.where(_predict(model_fn, x, size) != y, "clean", "").astype(object)
     clean_accuracy = float(np.mean(fooled_by == "")) if len(x) else 0.0
     attack_accuracy, seconds = {}, {}
-    for a, name in enumerate(names):
+    for name in names:
         start = time.time()
         todo = np.flatnonzero(fooled_by == "")
         for b, first in enumerate(range(0, len(todo), size)):
             rows = todo[first:first + size]
             padded = np.resize(rows, size) if batch_size else rows  # repeats rows; results dropped
-            batch_seed = tf.constant([int(seed), a * 1_000_003 + b], tf.int64)
+            batch_seed = tf.constant([int(seed), _SEED_ROOT[name] * 1_000_003 + b], tf.int64)
             adv = np.asarray(run[name](model_fn, x[padded], y[padded], batch_seed))[:len(rows)]
             _check_bounds(name, adv, x[rows], eps, norm, clip_min, clip_max)
             fooled = _predict(model_fn, adv, size) != y[rows]

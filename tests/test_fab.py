@@ -1,0 +1,126 @@
+"""FAB-T (attacks/fab.py): exact box-constrained projections, the closed-form minimum of a
+linear classifier, the threat-model contract, and its place in the AutoAttack sequence."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_metric_robust.attacks import fab
+
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_box_projection_is_the_exact_minimum(norm):
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 1, (64, 30))
+    w = rng.normal(size=(64, 30)) * (rng.uniform(size=(64, 30)) > 0.2)  # some zero weights
+    target = rng.uniform(0, 1, (64, 30))  # a point inside the box on each hyperplane: reachable
+    b = np.sum(w * target, axis=1)
+    lower, upper = np.zeros_like(points), np.ones_like(points)
+    d = fab.box_projection(*(tf.constant(a, tf.float64) for a in (points, w, b, lower, upper)),
+                           norm).numpy()
+    np.testing.assert_allclose(np.sum(w * (points + d), axis=1), b, atol=1e-9)
+    assert (points + d >= -1e-12).all() and (points + d <= 1 + 1e-12).all()
+    for row in range(64):
+        gap = b[row] - w[row] @ points[row]
+        wr = w[row] * np.sign(gap)
+        room = np.where(wr > 0, 1 - points[row], points[row])
+        if norm == "linf":  # the smallest r with sum |w| min(r, room) = |gap|
+            f = lambda r: np.sum(np.abs(wr) * np.minimum(r, room))  # noqa: E731
+        else:  # the smallest mu with sum w^2 min(mu, room / |w|) = |gap|
+            f = lambda r: np.sum(wr ** 2 * np.minimum(  # noqa: E731
+                r, np.divide(room, np.abs(wr), out=np.zeros_like(room), where=wr != 0)))
+        lo, hi = 0.0, 1e6
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < abs(gap) else (lo, mid)
+        size = np.abs(d[row]).max() if norm == "linf" else np.linalg.norm(d[row])
+        expected = hi if norm == "linf" else np.linalg.norm(
+            wr * np.minimum(hi, np.divide(room, np.abs(wr), out=np.zeros_like(room),
+                                          where=wr != 0)))
+        assert size == pytest.approx(expected, rel=1e-6, abs=1e-9), row
+
+
+def test_unreachable_hyperplane_goes_as_far_as_the_box_allows():
+    points = tf.constant([[0.5, 0.5]], tf.float64)
+    w = tf.constant([[1.0, 1.0]], tf.float64)
+    d = fab.box_projection(points, w, tf.constant([5.0], tf.float64), tf.zeros_like(points),
+                           tf.ones_like(points), "linf")
+    np.testing.assert_allclose(d.numpy(), [[0.5, 0.5]])
+
+
+def _linear_model(seed, classes=10, dim=64):
+    rng = np.random.default_rng(seed)
+    weights = tf.constant(2 * rng.normal(size=(dim, classes)), tf.float32)
+    bias = tf.constant(rng.normal(size=classes), tf.float32)
+    return (lambda x: tf.reshape(x, [tf.shape(x)[0], -1]) @ weights + bias), weights.numpy(), \
+        bias.numpy()
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_linear_classifier_minimum_within_one_percent_of_closed_form(norm):
+    """For logits W^T x + b the closest misclassified point is at min_j (z_y - z_j) /
+    ||w_y - w_j||_* (dual norm: L1 for L-inf, L2 for L2) when the box does not bind."""
+    model, weights, bias = _linear_model(0)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.45, 0.55, (32, 8, 8, 1)).astype(np.float32)
+    logits = x.reshape(32, -1) @ weights + bias
+    y = logits.argmax(1)
+    flat = x.reshape(32, -1)
+    dual = 1 if norm == "linf" else 2
+    closed_form = np.array([min((logits[i, y[i]] - logits[i, j]) / np.linalg.norm(
+        weights[:, y[i]] - weights[:, j], ord=dual) for j in range(10) if j != y[i])
+        for i in range(32)])
+    x_adv, size = fab.fab_minimum_norm(model, x, y, norm=norm, steps=100, num_target_classes=9)
+    size = size.numpy()
+    assert np.all(closed_form < 0.45)  # no coordinate moves 0.45: the box [0, 1] cannot bind
+    assert np.all(size >= closed_form * (1 - 1e-4)), "smaller than the true minimum: a bug"
+    np.testing.assert_array_less(size, closed_form * 1.01)
+    predicted = (x_adv.numpy().reshape(32, -1) @ weights + bias).argmax(1)
+    assert np.all(predicted != y)
+    delta = x_adv.numpy().reshape(32, -1) - flat
+    measured = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    np.testing.assert_allclose(measured, size, rtol=1e-5)
+
+
+def test_fab_targeted_keeps_the_threat_model_and_only_counts_points_within_eps():
+    model, weights, bias = _linear_model(2)
+    x = np.random.default_rng(3).uniform(0.2, 0.8, (16, 8, 8, 1)).astype(np.float32)
+    y = (x.reshape(16, -1) @ weights + bias).argmax(1)
+    _, size = fab.fab_minimum_norm(model, x, y, steps=30)
+    eps = float(np.median(size.numpy()))
+    x_adv = fab.fab_targeted(model, x, y, eps=eps, steps=30).numpy()
+    assert np.abs(x_adv - x).max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    fooled = (x_adv.reshape(16, -1) @ weights + bias).argmax(1) != y
+    np.testing.assert_array_equal(fooled, size.numpy() <= eps)
+    np.testing.assert_array_equal(fab.fab_targeted(model, x, y, eps=0.0, steps=5).numpy(), x)
+
+
+def test_bad_arguments_raise():
+    model, _, _ = _linear_model(0)
+    x, y = np.full((2, 8, 8, 1), 0.5, np.float32), np.array([0, 1])
+    with pytest.raises(ValueError, match="norm"):
+        fab.fab_minimum_norm(model, x, y, norm="l1")
+    with pytest.raises(ValueError, match="num_target_classes must be <= 9"):
+        fab.fab_minimum_norm(model, x, y, num_target_classes=10)
+    with pytest.raises(ValueError, match="0-255 pixels"):
+        fab.fab_targeted(model, x * 255, y, eps=0.3)
+
+
+def test_autoattack_standard_runs_fab_t_and_it_only_adds_strength(trained_small_cnn):
+    """Issue 20: the standard suite lists FAB-T (the reference's order) and, on a trained CNN,
+    adding it after APGD-CE and APGD-T never raises robust accuracy (same seeds per member)."""
+    from tf_metric_robust.attacks import autoattack
+    from tf_metric_robust.attacks.autoattack import VERSIONS
+
+    network, x, y = trained_small_cnn
+    model_fn = lambda images: network(images, training=False)["logits"]  # noqa: E731
+    x, y = x[:60], y[:60]
+    common = dict(eps=0.15, steps=10, num_target_classes=3, seed=0, batch_size=60)
+    without = autoattack(model_fn, x, y, attacks=("apgd_ce", "apgd_t"), **common)
+    with_fab = autoattack(model_fn, x, y, attacks=("apgd_ce", "apgd_t", "fab_t"), **common)
+    assert with_fab.attack_accuracy["apgd_t"] == without.attack_accuracy["apgd_t"]
+    assert with_fab.robust_accuracy <= without.robust_accuracy
+    fooled_by_fab = with_fab.fooled_by == "fab_t"
+    np.testing.assert_array_equal(fooled_by_fab, (with_fab.fooled_by != without.fooled_by))
+    assert VERSIONS["standard"] == ("apgd_ce", "apgd_t", "fab_t", "square")
