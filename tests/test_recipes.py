@@ -22,8 +22,10 @@ RECIPES = sorted(os.path.basename(p)[:-len(".flags")]
 # A small input where the real model is too slow for a test on a CPU.
 SMALLER = {"wide_resnet": ["--wrn_depth=10", "--wrn_width=1"],
            "preact_resnet_tiny": ["--batch_size=2", "--steps=1"]}
+# One step, evaluations on 8 test examples with PGD-1, --select_best's validation split of 50
+# examples (the recipes hold out 1000 or 5000: the fake split has them, the test no time).
 QUICK = ["--train_steps=1", "--eval_every=1", "--eval_examples=8", "--final_eval_examples=8",
-         "--eval_batch_size=8", "--eval_steps=1", "--noexport"]
+         "--eval_batch_size=8", "--eval_steps=1", "--validation_examples=50", "--noexport"]
 
 
 def _recipe_value(recipe, name):

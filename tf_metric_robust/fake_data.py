@@ -11,6 +11,7 @@ import re
 import types
 
 import numpy as np
+from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -34,6 +35,18 @@ def size(spec, split):
 @functools.lru_cache(maxsize=None)
 def _arrays(tfds_name, num_classes, split, count):
     """(images uint8 [N,H,W,C], labels int64 [N]) from mock_data, generated once per process."""
+    # mock_data's internals trip tfds and tf.data deprecation warnings: not the user's concern.
+    verbosity, tf_level = logging.get_verbosity(), tf.get_logger().level
+    logging.set_verbosity(logging.ERROR)
+    tf.get_logger().setLevel("ERROR")
+    try:
+        return _mock_arrays(tfds_name, num_classes, split, count)
+    finally:
+        logging.set_verbosity(verbosity)
+        tf.get_logger().setLevel(tf_level)
+
+
+def _mock_arrays(tfds_name, num_classes, split, count):
     with tfds.testing.mock_data(num_examples=count):
         builder = tfds.builder(tfds_name, try_gcs=False)
         label = builder.info.features["label"]
