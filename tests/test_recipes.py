@@ -28,9 +28,11 @@ QUICK = ["--train_steps=1", "--eval_every=1", "--eval_examples=8", "--final_eval
          "--eval_batch_size=8", "--eval_steps=1", "--validation_examples=50", "--noexport"]
 
 
-def _recipe_value(recipe, name):
+def _recipe_value(recipe, name, default=None):
+    """The value a flagfile sets for --name (its last setting), else `default`."""
     with open(os.path.join(ROOT, "configs", f"{recipe}.flags")) as f:
-        return re.search(rf"^--{name}=(\S+)", f.read(), re.M).group(1)
+        values = re.findall(rf"^--{name}=(\S+)", f.read(), re.M)
+    return values[-1] if values else default
 
 
 def test_every_recipe_is_covered():
@@ -40,7 +42,8 @@ def test_every_recipe_is_covered():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains_one_step_on_fake_data(recipe, tmp_path):
-    dataset, model = _recipe_value(recipe, "dataset"), _recipe_value(recipe, "model")
+    dataset = _recipe_value(recipe, "dataset", "mnist5k")
+    model = _recipe_value(recipe, "model", "small_cnn")
     model_dir = tmp_path / "run"
     command = [sys.executable, "bin/train", f"--flagfile=configs/{recipe}.flags",
                f"--dataset=fake:{dataset}", f"--model_dir={model_dir}",
@@ -54,4 +57,4 @@ def test_recipe_trains_one_step_on_fake_data(recipe, tmp_path):
     assert 0.0 <= metrics["eval/clean_accuracy"] <= 1.0
     assert not os.path.exists(tmp_path / "no_data")  # nothing read or prepared: offline
     with open(model_dir / "recipe.json") as f:
-        assert json.load(f)["settings"]["mode"] == _recipe_value(recipe, "mode")
+        assert json.load(f)["settings"]["mode"] == _recipe_value(recipe, "mode", "tla")
