@@ -1,4 +1,4 @@
-"""TLA train-step time / PGD-AT train-step time (same model, batch, PGD-7): separate vs joint passes.
+"""TLA, TRADES, MART train-step time / PGD-AT's (same model, batch, PGD-7); TLA separate vs joint.
 
 TLA's authors run the adversarial, clean, negative and other-positive images through the network
 in separate forward passes, each with its own batch-norm statistics (train_update_fast_triplet.py
@@ -12,7 +12,12 @@ Expected: a TLA step is the PGD-AT step plus one more weight-gradient pass over 
 (plus the negatives with the extra pool); the two natural steps (batch B and 2B) measure that
 pass, so the script also prints the predicted ratio (PGD-AT - natural(B) + natural(2B)) / PGD-AT.
 
+TRADES and MART (issue 18): a clean and an adversarial pass in the weight gradient, so about
+the TLA/batch cost; TRADES' attack also runs one clean forward pass for its KL target. Both run
+the same PGD-7 here (their references use 10 steps: scale the attack part by 10/7).
+
     .venv/bin/python bench/train_step.py [--model small_cnn] [--batch_size 50] [--rounds 10]
+        [--variants trades,mart]
 """
 
 import argparse
@@ -46,6 +51,9 @@ VARIANTS = {
     "tla/extra x10 separate": _tla(True, negative_pool="extra", pool_multiplier=10),
     "tla/extra x10 joint": _tla(False, negative_pool="extra", pool_multiplier=10),
     "tla/semihard (TFA)": _tla(True, mining="semihard", distance="l2", margin=0.5),
+    # Issue 18: a clean and an adversarial pass (TRADES adds the clean logits of its KL attack).
+    "trades": ("trades", None),
+    "mart": ("mart", None),
 }
 
 
@@ -75,7 +83,13 @@ def main():
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--variants", default="", help="comma-separated subset of the variants "
+                        "(pgd and the natural steps are always run)")
     args = parser.parse_args()
+    if args.variants:
+        keep = {"pgd", "natural (batch B)", "natural (batch 2B)", *args.variants.split(",")}
+        for name in set(VARIANTS) - keep:
+            del VARIANTS[name]
     shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist", "mnist_large") else (32, 32, 3)
     steps = {name: make_step(name, args.model, shape, args.batch_size) for name in VARIANTS}
     times = interleaved(steps, args.rounds, warmups=2)

@@ -8,7 +8,8 @@ import dataclasses
 import math
 from typing import Optional, Tuple
 
-MODES = ("natural", "pgd", "tla")
+MODES = ("natural", "pgd", "tla", "trades", "mart")
+KL_MODES = ("trades", "mart")  # TRADES (Zhang et al. 2019), MART (Wang et al. 2020): beta x KL
 MININGS = ("paper", "semihard")
 NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
@@ -130,6 +131,25 @@ class TripletConfig:
     @property
     def other_margin(self):
         return self.margin if self.margin_other is None else self.margin_other
+
+
+def check_mode(mode, *, beta, label_smoothing, attack):
+    """Raises UserError unless `mode` can run with these settings (the flag names are the fields).
+
+    trades/mart: beta >= 0, plain cross-entropy as their references (label_smoothing 0); trades'
+    attack maximises its KL term, so the attack loss must stay 'ce' and restarts 1.
+    """
+    if mode not in MODES:
+        raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    NON_NEGATIVE.check("beta", beta)
+    if mode not in KL_MODES:
+        return
+    if label_smoothing:
+        raise UserError(f"mode {mode} trains with plain cross-entropy as its reference: pass "
+                        f"--label_smoothing=0 (got {label_smoothing})")
+    if mode == "trades" and (attack.loss != "ce" or attack.restarts != 1):
+        raise UserError("mode trades attacks its own KL term: --attack_loss must be ce (the "
+                        f"default) and restarts 1, got {attack.loss!r} and {attack.restarts}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,8 @@ import keras
 import tensorflow as tf
 
 from tf_metric_robust import data, distribute, export, run_files, stopping, summaries
-from tf_metric_robust.config import AttackConfig, OptimizerConfig, TripletConfig, UserError
+from tf_metric_robust.config import (AttackConfig, OptimizerConfig, TripletConfig, UserError,
+                                     check_mode)
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
 from tf_metric_robust.training import AdversarialTrainer, make_optimizer
 from tf_metric_robust import selection
@@ -68,6 +69,7 @@ class TrainConfig:
     validation_examples: int = 0  # first N training examples held out (data.validation_split)
     select_best: str = "none"  # 'pgd': keep and export the best validation-PGD checkpoint
     eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
+    beta: float = 6.0  # weight of the KL term of modes trades and mart (config.check_mode)
     # Every result-changing flag by name (cli.recipe_settings()); None (Python API): derived from
     # this config's own fields. Part of recipe.json: a resume must match it.
     settings: Optional[dict] = None
@@ -78,6 +80,8 @@ class TrainConfig:
                      "eval_examples", "eval_batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_mode(self.mode, beta=self.beta, label_smoothing=self.label_smoothing,
+                   attack=self.attack)
 
     def recipe(self):
         """What recipe.json records: the network-defining keys and every result setting."""
@@ -115,7 +119,8 @@ def build_trainer(config):
                                  label_smoothing=config.label_smoothing, seed=config.seed,
                                  eps_warmup_steps=config.eps_warmup_steps,
                                  attack_bn_mode=config.attack_bn_mode,
-                                 eval_round_to_grid=config.eval_round_to_grid)
+                                 eval_round_to_grid=config.eval_round_to_grid,
+                                 beta=config.beta)
     optimizer = make_optimizer(config.optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     optimizer.build(network.trainable_variables)

@@ -1,45 +1,57 @@
-"""One Keras model whose train_step does natural training, PGD-AT (Madry et al. 2018) or TLA.
+"""One Keras model whose train_step does natural training, PGD-AT (Madry et al. 2018), TLA,
+TRADES (Zhang et al. 2019) or MART (Wang et al. 2020).
 
 TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus, for each positive term
 t, lambda_triplet * ([D(h(x'_a), h(x_p,t)) - D(h(x'_a), h(x_n)) + margin]_+ + lambda_norm * L_norm),
 with h the penultimate embedding, as the authors' train_update_fast_triplet.py:366-376 adds
-utils.triplet_loss terms. The three modes share one step; only the loss differs.
+utils.triplet_loss terms. TRADES and MART: losses.trades_loss / mart_loss on a clean and an
+adversarial pass, the attack run in inference mode from x + 0.001 N(0, 1) (trades.py:28-31,
+mart.py:17-20). The modes share one step; only the attack objective and the loss differ.
 """
 
 import keras
 import tensorflow as tf
 
 from tf_metric_robust import attacks, losses, positives
+from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig
 from tf_metric_robust.memory_bank import EmbeddingBank
 
 
 ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
+MODES = ("natural", "pgd", "tla", "trades", "mart")
+KL_MODES = ("trades", "mart")  # CE plus beta x a KL(clean || adversarial) term
 
 
 class AdversarialTrainer(keras.Model):
-    """Wraps a network returning {'logits', 'embedding'} with a natural / pgd / tla train_step.
+    """Wraps a network returning {'logits', 'embedding'} with a natural / pgd / tla / trades /
+    mart train_step.
 
     Use `fit()` as usual: callbacks, distribution and progress bars come from Keras. Losses are
     reduced per example with `tf.nn.compute_average_loss` because Keras 3 *sums* gradients over
     replicas (DESIGN.md); the regulariser goes through `tf.nn.scale_regularization_loss`.
     `attack_bn_mode` ('inference' or 'train') is the BN mode of the training attack;
     `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
+    `beta` weighs the KL term of trades and mart (both references: 6 on CIFAR-10).
     """
 
     def __init__(self, network, *, mode, attack=None, eval_attack=None, triplet=None,
                  label_smoothing=0.0, seed=0, eps_warmup_steps=0, attack_bn_mode="inference",
-                 eval_round_to_grid=False, **kwargs):
+                 eval_round_to_grid=False, beta=6.0, **kwargs):
         super().__init__(**kwargs)
         if attack_bn_mode not in ATTACK_BN_MODES:
             raise ValueError(f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got "
                              f"{attack_bn_mode!r}")
         self.attack_bn_mode = attack_bn_mode
         self.eval_round_to_grid = bool(eval_round_to_grid)
-        if mode not in ("natural", "pgd", "tla"):
-            raise ValueError(f"mode must be natural, pgd or tla; got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if mode != "natural" and attack is None:
             raise ValueError(f"mode {mode!r} needs an attack configuration")
+        if mode in KL_MODES and label_smoothing:
+            raise ValueError(f"mode {mode!r} uses plain cross-entropy (as its reference): "
+                             f"label_smoothing must be 0, got {label_smoothing}")
+        self.beta = float(beta)
         self.network = network
         self.mode = mode
         self.attack = attack
@@ -56,6 +68,8 @@ class AdversarialTrainer(keras.Model):
         names = ["loss", "ce_loss", "clean_accuracy", "pgd_accuracy"]
         if mode == "tla":
             names += ["triplet_loss", "positive_distance", "negative_distance", "embedding_norm"]
+        if mode in KL_MODES:
+            names += ["robust_loss"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
     @property
@@ -218,6 +232,17 @@ class AdversarialTrainer(keras.Model):
             clean_logits = None
             ce = self._cross_entropy(labels, adversarial_logits)
             total = ce
+        elif self.mode in KL_MODES:
+            # Clean and adversarial passes, each with its own BN statistics, in training mode
+            # (trades.py:73-82, mart.py:32-40).
+            clean_out, adversarial_out = self._forward([images, adversarial], training)
+            clean_logits, adversarial_logits = clean_out["logits"], adversarial_out["logits"]
+            loss_fn = losses.trades_loss if self.mode == "trades" else losses.mart_loss
+            total = loss_fn(labels, clean_logits, adversarial_logits, beta=self.beta)
+            # TRADES' CE is on the clean images, MART's on the adversarial ones.
+            ce = self._cross_entropy(labels, clean_logits if self.mode == "trades"
+                                     else adversarial_logits)
+            logs["robust_loss"] = total - ce  # what the mode adds to its CE
         else:
             adversarial_logits, clean_logits, triplet, parts = self._tla_losses(
                 images, adversarial, labels, pool_images, pool_labels, other_images, training)
@@ -286,14 +311,26 @@ class AdversarialTrainer(keras.Model):
             kwargs["step_size"] = fraction * self.attack.step_size
         return kwargs
 
+    def _training_attack(self, images, labels):
+        """The training attack's images. TRADES maximises KL(p(x) || p(x')) against the clean
+        logits of the same BN mode (trades.py:36-37); TRADES and MART start from x + 0.001 N(0, 1)
+        (trades.py:31, mart.py:20) where the others start uniformly in the ball."""
+        model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
+        kwargs = self._training_attack_kwargs()
+        targets = labels
+        if self.mode in KL_MODES and kwargs["random_start"]:
+            kwargs["random_start"] = objectives.TRADES_START_STD
+        if self.mode == "trades":
+            kwargs["loss"] = "kl"
+            targets = tf.stop_gradient(model_fn(images))
+        return tf.stop_gradient(attacks.pgd(model_fn, images, targets,
+                                            seed=self._attack_seed(offset=0), **kwargs))
+
     def train_step(self, data):
         images, labels, pool_images, pool_labels, other_images = self._unpack(data, training=True)
         adversarial = images
         if self.mode != "natural":
-            model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
-            adversarial = tf.stop_gradient(attacks.pgd(
-                model_fn, images, labels, seed=self._attack_seed(offset=0),
-                **self._training_attack_kwargs()))
+            adversarial = self._training_attack(images, labels)
         with tf.GradientTape() as tape:
             per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
                 images, labels, adversarial, True, pool_images, pool_labels, other_images)
