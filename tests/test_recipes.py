@@ -48,7 +48,7 @@ def test_recipe_trains_one_step_on_fake_data(recipe, tmp_path):
     command = [sys.executable, "bin/train", f"--flagfile=configs/{recipe}.flags",
                f"--dataset=fake:{dataset}", f"--model_dir={model_dir}",
                f"--data_dir={tmp_path / 'no_data'}", *QUICK, *SMALLER.get(model, [])]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(model_dir / "metrics.json") as f:
         metrics = json.load(f)
