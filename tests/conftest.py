@@ -28,18 +28,21 @@ def mnist5k_arrays():
 def mock_tfds():
     """Factory of contexts where every tfds dataset yields `num_examples` fake examples.
 
-    `tfds.testing.mock_data` fakes the reads but not `is_prepared()`, which `data` checks to fail
-    fast offline, so that check is patched too: `with mock_tfds(num_examples=64): ...`.
+    `tfds.testing.mock_data` fakes the reads but not the is-prepared check (`data` runs
+    `dataset_preparation.is_prepared` to fail fast offline), so that check is patched too:
+    `with mock_tfds(num_examples=64): ...`.
     """
     import contextlib
     from unittest import mock
 
     import tensorflow_datasets as tfds
 
+    from tf_metric_robust import dataset_preparation
+
     @contextlib.contextmanager
     def mocked(num_examples):
         with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
-            tfds.core.DatasetBuilder, "is_prepared", return_value=True
+            dataset_preparation, "is_prepared", return_value=True
         ):
             yield
 
