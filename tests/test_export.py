@@ -55,10 +55,11 @@ def exported(tmp_path_factory, mnist5k_arrays, mnist5k_data_dir):
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
                                          os.path.join(model_dir, "checkpoints"), max_to_keep=1)
     manager.save(checkpoint_number=63)
-    # k = 10: the demo model is naturally trained, and fewer neighbours separate it better.
+    # kNN with k = 10 (the default detector is the Gaussian, tested in test_detection.py): the
+    # demo model is naturally trained, and fewer neighbours separate it better.
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_dir={model_dir}",
-         f"--data_dir={mnist5k_data_dir}", "--detection_k=10"],
+         f"--data_dir={mnist5k_data_dir}", "--detector=knn", "--detection_k=10"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     path = os.path.join(model_dir, "saved_model", "1")
@@ -181,7 +182,8 @@ def test_bin_export_writes_a_tf_serving_version_folder(exported, loaded, outside
     weights = sum(int(np.prod(v.shape)) for v in network.variables)
     stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(
         os.path.join(path, "variables", "variables")) if name.endswith("VARIABLE_VALUE"))
-    assert stored == weights + 4000 * 128 + 4000
+    # ... and bin/export's record: the 5%-FPR threshold and the description (scalars).
+    assert stored == weights + 4000 * 128 + 4000 + 2
 
 
 def _run_like_tf_serving(path, signature_name, images):
