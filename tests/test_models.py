@@ -159,7 +159,7 @@ def test_wide_resnet_madry_shortcuts_are_parameter_free():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="known models: madry_mnist, preact_resnet18"):
+    with pytest.raises(ValueError, match="known models: madry_mnist, mnist_large, preact_resnet18"):
         models.build("resnet50", 10, (32, 32, 3))
     with pytest.raises(ValueError, match="depth"):
         models.build("wide_resnet", 10, (32, 32, 3), depth=12)
