@@ -75,7 +75,7 @@ def test_suite_section_and_worst_case(normal):
     report = normal.report
     section = report["suite"]
     assert set(section) == SECTION_KEYS
-    assert section["attacks"] == ["apgd_ce", "apgd_t", "square"]
+    assert section["attacks"] == ["apgd_ce", "apgd_t", "fab_t", "square"]
     assert list(section["attack_accuracy"]) == section["attacks"]
     assert (section["steps"], section["queries"], section["eps"]) == (5, 100, 0.1)
     assert section["clean_accuracy"] == report["clean_accuracy"] > 0.8
@@ -99,7 +99,7 @@ def test_suite_section_and_worst_case(normal):
     assert checks["suite_square_not_beating_gradient_attacks"]["threshold"] == suite.SQUARE_GAP
     assert checks["suite_apgd_not_far_below_pgd"]["value"] == pytest.approx(
         section["pgd_accuracy"] - min(section["attack_accuracy"][n] for n in ("apgd_ce",
-                                                                              "apgd_t")))
+                                                                              "apgd_t", "fab_t")))
     fired = any(w.startswith("apgd found much more than pgd") for w in section["warnings"])
     assert checks["suite_apgd_not_far_below_pgd"]["passed"] is not fired
     json.dumps(report)  # JSON-ready
