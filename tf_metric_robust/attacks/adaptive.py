@@ -16,7 +16,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from tf_metric_robust.attacks import gradient, objectives
+from tf_metric_robust.attacks import _plumbing, gradient, objectives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +56,11 @@ def adaptive_detector(model_fn, x, y, *, detector, eps, step_size, steps, weight
         raise ValueError(f"weight must be >= 0 and kappa > 0, got {weight} and {kappa}")
     x, y = objectives.images_and_labels(x, y)
     scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, 0.0, clip_min, clip_max)]
-    if seed is not None:
-        seed = tf.cast(seed, tf.int64)
+    seed = _plumbing.stateless_seed(seed)
     static = dict(steps=steps, norm=norm, targeted=False, random_start=bool(random_start),
                   momentum=False, restarts=1,
                   loss=DetectorObjective(detector, float(weight), float(kappa)))
     with tf.control_dependencies(checks):
-        x_adv = gradient.run_compiled(gradient._attack_graph, model_fn, static, x, y, *scalars,
-                                      seed)
+        x_adv = _plumbing.run_compiled(gradient.attack_graph, model_fn, static, x, y, *scalars,
+                                       seed)
     return tf.stop_gradient(x_adv)

@@ -17,8 +17,7 @@ import numbers
 
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
-from tf_metric_robust.attacks.gradient import run_compiled
+from tf_metric_robust.attacks import _plumbing, objectives
 
 LOSSES = ("ce", "dlr")
 _ALPHA = 0.75  # momentum weight of the new projected step (paper, Sec. 3.2)
@@ -188,53 +187,23 @@ def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, n
     return x_out
 
 
-def check_int(name, value, minimum):
-    """ValueError unless value is a Python int >= minimum (it sizes a loop or the graph)."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}")
-
-
-def prepare_inputs(x, y, eps, clip_min, clip_max, seed):
-    """Validates and converts the arguments every attack here shares.
-
-    Returns (x, y int64 [N], (eps, clip_min, clip_max) float32 scalars, seed None or int64 [2],
-    eps_is_zero, run-time checks). Python ValueErrors for known values, tf.debugging otherwise.
-    """
-    known = [tf.get_static_value(v) if tf.is_tensor(v) else v for v in (eps, clip_min, clip_max)]
-    if known[0] is not None and not known[0] >= 0:
-        raise ValueError(f"eps must be >= 0, got {known[0]}")
-    if None not in known[1:] and not known[1] < known[2]:
-        raise ValueError(f"clip_min must be < clip_max, got {known[1]} and {known[2]}")
-    x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
-    if seed is not None:
-        seed = tf.cast(seed, tf.int64)
-        if seed.shape.rank == 0:
-            seed = tf.stack([seed, tf.constant(0, tf.int64)])
-        if seed.shape != [2]:
-            raise ValueError(f"seed must be None, an int or an int tensor [2], got {seed.shape}")
-    scalars = tuple(tf.cast(v, tf.float32) for v in (eps, clip_min, clip_max))
-    checks = [] if known[0] is not None else [
-        tf.debugging.assert_greater_equal(scalars[0], 0.0, message="eps must be >= 0")]
-    return x, y, scalars, seed, known[0] == 0, checks
-
-
 def _run(model_fn, x, y, *, eps, steps, norm, loss, targeted, runs, rho, seed, clip_min,
          clip_max):
     """Validates arguments, converts them to tensors and runs the cached compiled attack."""
-    if norm not in objectives.NORMS:
-        raise ValueError(f"norm must be one of {objectives.NORMS}, got {norm!r}")
+    _plumbing.check_norm(norm)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    check_int("steps", steps, 1)
+    _plumbing.check_int("steps", steps, 1)
     if not isinstance(rho, numbers.Real) or not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
-    x, y, scalars, seed, eps_is_zero, checks = prepare_inputs(x, y, eps, clip_min, clip_max, seed)
+    x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
+        x, y, eps, clip_min, clip_max, seed)
     if eps_is_zero:
         return tf.identity(x)
     # The run count is a tensor: other restart / target counts reuse the compiled graph.
     static = dict(steps=steps, norm=norm, loss=loss, targeted=targeted, rho=float(rho))
     with tf.control_dependencies(checks):
-        x_adv = run_compiled(_apgd_graph, model_fn, static, x, y, *scalars,
+        x_adv = _plumbing.run_compiled(_apgd_graph, model_fn, static, x, y, *scalars,
                              tf.constant(runs, tf.int32), seed)
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
@@ -249,7 +218,7 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
     fooled; seed None (random), an int, or an int tensor [2] (stateless, reproducible).
     Returns adversarial images of x's shape and dtype inside the ball and [clip_min, clip_max].
     """
-    check_int("restarts", restarts, 1)
+    _plumbing.check_int("restarts", restarts, 1)
     return _run(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss=loss, targeted=False,
                 runs=restarts, rho=rho, seed=seed, clip_min=clip_min, clip_max=clip_max)
 
@@ -270,7 +239,7 @@ def apgd_targeted(model_fn, x, y, *, eps, steps=100, norm="linf", num_target_cla
     earlier runs left correctly classified. Loss 'dlr' (targeted DLR, the paper's; needs C >= 4)
     or 'ce' (CE toward the target). Success means misclassified. Other arguments as in `apgd`.
     """
-    check_int("num_target_classes", num_target_classes, 1)
+    _plumbing.check_int("num_target_classes", num_target_classes, 1)
     return _run(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss=loss, targeted=True,
                 runs=num_target_classes, rho=rho, seed=seed, clip_min=clip_min,
                 clip_max=clip_max)

@@ -24,10 +24,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
+from tf_metric_robust.attacks import _plumbing, objectives
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
 from tf_metric_robust.attacks.fab import fab_targeted
-from tf_metric_robust.attacks.gradient import run_compiled
 from tf_metric_robust.attacks.square import square
 
 GRADIENT_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
@@ -74,7 +73,7 @@ def _argmax_graph(model_fn, x):
 def _predict(model_fn, x, batch_size):
     """Predicted classes int64 [N] for a NumPy batch of images, `batch_size` at a time."""
     batches = [tf.convert_to_tensor(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return np.concatenate([run_compiled(_argmax_graph, model_fn, {}, b).numpy() for b in batches]
+    return np.concatenate([_plumbing.run_compiled(_argmax_graph, model_fn, {}, b).numpy() for b in batches]
                           or [np.zeros([0], np.int64)])
 
 

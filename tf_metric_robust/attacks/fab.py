@@ -16,12 +16,10 @@ reduce to finding where a nondecreasing piecewise-linear function reaches a leve
 row. One tf.function per call (cached per model_fn); a tf.while_loop runs the iterations.
 """
 
-import numbers
 
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
-from tf_metric_robust.attacks.gradient import run_compiled
+from tf_metric_robust.attacks import _plumbing, objectives
 
 NORMS = ("linf", "l2")
 ALPHA_MAX, ETA, BETA = 0.1, 1.05, 0.9  # the reference's defaults (fab_base.py:40-46)
@@ -123,11 +121,9 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_cl
 
 
 def _check(norm, steps, num_target_classes):
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    for name, value in (("steps", steps), ("num_target_classes", num_target_classes)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a Python int >= 1, got {value!r}")
+    _plumbing.check_norm(norm, NORMS)
+    _plumbing.check_int("steps", steps, 1)
+    _plumbing.check_int("num_target_classes", num_target_classes, 1)
 
 
 def fab_minimum_norm(model_fn, x, y, *, norm="linf", steps=100, num_target_classes=9,
@@ -143,7 +139,7 @@ def fab_minimum_norm(model_fn, x, y, *, norm="linf", steps=100, num_target_class
     if classes is not None and num_target_classes > classes - 1:
         raise ValueError(f"num_target_classes must be <= {classes - 1} (classes - 1), got "
                          f"{num_target_classes}")
-    x_adv, size = run_compiled(_fab_graph, model_fn, dict(
+    x_adv, size = _plumbing.run_compiled(_fab_graph, model_fn, dict(
         norm=norm, steps=steps, num_target_classes=num_target_classes), x, y,
         tf.constant(clip_min, tf.float32), tf.constant(clip_max, tf.float32))
     wrong = tf.not_equal(tf.argmax(objectives.logits_of(model_fn, x), -1, output_type=y.dtype), y)

@@ -8,29 +8,12 @@ The step loop is a Python loop unrolled inside one tf.function: on CPU this cost
 separate input gradients, while a tf.while_loop is slower (DESIGN.md, "The stack").
 """
 
-import functools
-import inspect
 import numbers
-import types
-import weakref
 
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
-
-
-def _check_number(name, value, minimum, strict):
-    """Python ValueError for known values; a tf.debugging assertion list for symbolic tensors."""
-    known = tf.get_static_value(value) if tf.is_tensor(value) else value
-    if known is None:
-        check = tf.debugging.assert_greater if strict else tf.debugging.assert_greater_equal
-        return [check(value, tf.cast(minimum, value.dtype), message=f"{name} out of range")]
-    if np.ndim(known) != 0:
-        raise ValueError(f"{name} must be a scalar, got shape {np.shape(known)}")
-    if not (known > minimum if strict else known >= minimum):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {known}")
-    return []
+from tf_metric_robust.attacks import _plumbing, objectives
 
 
 def validate_args(*, eps, step_size, steps, restarts, norm, loss, clip_min, clip_max, decay=0.0):
@@ -39,67 +22,24 @@ def validate_args(*, eps, step_size, steps, restarts, norm, loss, clip_min, clip
     `steps` and `restarts` must be Python ints: they are unrolled into the graph. step_size None
     means "steps by eps" (FGSM) and is not checked.
     """
-    if norm not in objectives.NORMS:
-        raise ValueError(f"norm must be one of {objectives.NORMS}, got {norm!r}")
+    _plumbing.check_norm(norm)
     if loss not in objectives.LOSSES:
         raise ValueError(f"loss must be one of {objectives.LOSSES}, got {loss!r}")
     if loss == "kl" and restarts != 1:  # no labels to tell which restart succeeded
         raise ValueError(f"loss 'kl' runs one start (restarts=1), got restarts={restarts!r}")
-    for name, value in (("steps", steps), ("restarts", restarts)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-            raise ValueError(
-                f"{name} must be a Python int >= 1 (the loop is unrolled), got {value!r}")
-    checks = _check_number("eps", eps, 0.0, strict=False)
+    _plumbing.check_int("steps", steps, 1)
+    _plumbing.check_int("restarts", restarts, 1)
+    checks = _plumbing.check_number("eps", eps, 0.0, strict=False)
     if step_size is not None:
-        checks += _check_number("step_size", step_size, 0.0, strict=True)
-    checks += _check_number("decay", decay, 0.0, strict=False)
+        checks += _plumbing.check_number("step_size", step_size, 0.0, strict=True)
+    checks += _plumbing.check_number("decay", decay, 0.0, strict=False)
     lo, hi = (tf.get_static_value(v) if tf.is_tensor(v) else v for v in (clip_min, clip_max))
     if lo is not None and hi is not None and not lo < hi:
         raise ValueError(f"clip_min must be < clip_max, got {lo} and {hi}")
     return checks
 
 
-# model_fn (or the object owning a bound method) -> {(graph_fn, method, static): tf.function}.
-# Weak keys: the cache never keeps a model alive; the traced functions hold only weak references.
-_COMPILED = weakref.WeakKeyDictionary()
-
-
-def run_compiled(graph_fn, model_fn, static, *args):
-    """Returns graph_fn(model_fn, *args, **static), compiled and cached when called eagerly.
-
-    Inside an outer tf.function (e.g. a Keras train_step) the ops are built inline. Eagerly, one
-    tf.function per (model_fn, graph_fn, static settings) is traced once and reused; `args` should
-    be tensors so that new eps or step values do not retrace. Traced without AutoGraph (faster
-    tracing of the unrolled loop): a model_fn with tensor-dependent Python control flow should be
-    a tf.function itself.
-    """
-    if tf.inside_function():
-        return graph_fn(model_fn, *args, **static)
-    # A bound method is a new object on every attribute access: key on its owner instead.
-    owner, method = (model_fn.__self__, model_fn.__func__) if inspect.ismethod(model_fn) else (
-        model_fn, None)
-    key = (graph_fn, method, tuple(sorted(static.items())))
-    try:
-        per_owner = _COMPILED.setdefault(owner, {})
-        owner_ref = weakref.ref(owner)
-    except TypeError:  # not weak-referenceable or not hashable: compile for this call only
-        per_owner, owner_ref = {}, lambda: owner
-    compiled = per_owner.get(key)
-    if compiled is None:
-        # A partial, not a closure: TF's retracing warning counts closures sharing one code object.
-        traced = functools.partial(_call_owner, graph_fn, owner_ref, method, static)
-        compiled = per_owner[key] = tf.function(traced, autograph=False)
-    return compiled(*args)
-
-
-def _call_owner(graph_fn, owner_ref, method, static, *args):
-    """Rebuilds model_fn from its weak reference and runs graph_fn (traced by run_compiled)."""
-    owner = owner_ref()
-    model_fn = owner if method is None else types.MethodType(method, owner)
-    return graph_fn(model_fn, *args, **static)
-
-
-def _attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, *, steps,
+def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, *, steps,
                   norm, loss, targeted, random_start, momentum, restarts):
     """The shared loop: `restarts` runs of `steps` projected ascent steps, worst case per example.
 
@@ -161,15 +101,12 @@ def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, res
     step_size = eps if step_size is None else step_size
     decay_value = 0.0 if decay is None else decay
     scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, decay_value, clip_min, clip_max)]
-    if seed is not None:
-        seed = tf.cast(seed, tf.int64)
-        if seed.shape != [2]:
-            raise ValueError(f"seed must be None or an int tensor of shape [2], got {seed.shape}")
+    seed = _plumbing.stateless_seed(seed)
     static = dict(steps=steps, norm=norm, loss=loss, targeted=bool(targeted),
                   random_start=_start(random_start), momentum=decay is not None,
                   restarts=restarts)
     with tf.control_dependencies(checks):
-        x_adv = run_compiled(_attack_graph, model_fn, static, x, y, *scalars, seed)
+        x_adv = _plumbing.run_compiled(attack_graph, model_fn, static, x, y, *scalars, seed)
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
 

@@ -18,9 +18,7 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
-from tf_metric_robust.attacks.apgd import check_int, prepare_inputs
-from tf_metric_robust.attacks.gradient import run_compiled
+from tf_metric_robust.attacks import _plumbing, objectives
 
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)  # of a 10000-query schedule
 _TINY = 1e-12
@@ -205,12 +203,12 @@ def square(model_fn, x, y, *, eps, queries=5000, norm="linf", p_init=0.8, seed=N
     (random), an int or an int tensor [2] (stateless, reproducible).
     Returns adversarial images of x's shape and dtype inside the ball and [clip_min, clip_max].
     """
-    if norm not in objectives.NORMS:
-        raise ValueError(f"norm must be one of {objectives.NORMS}, got {norm!r}")
-    check_int("queries", queries, 1)
+    _plumbing.check_norm(norm)
+    _plumbing.check_int("queries", queries, 1)
     if not isinstance(p_init, numbers.Real) or not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
-    x, y, scalars, seed, eps_is_zero, checks = prepare_inputs(x, y, eps, clip_min, clip_max, seed)
+    x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
+        x, y, eps, clip_min, clip_max, seed)
     if x.shape.rank != 4 or None in x.shape[1:]:
         raise ValueError(f"x must be images [N, H, W, C] with known H, W, C, got {x.shape}")
     if x.shape[-1] > 62:  # the channel-sign subsets are drawn as int64 bit masks
@@ -219,5 +217,5 @@ def square(model_fn, x, y, *, eps, queries=5000, norm="linf", p_init=0.8, seed=N
         return tf.identity(x)
     static = dict(queries=queries, norm=norm, p_init=float(p_init))
     with tf.control_dependencies(checks):
-        x_adv = run_compiled(_square_graph, model_fn, static, x, y, *scalars, seed)
+        x_adv = _plumbing.run_compiled(_square_graph, model_fn, static, x, y, *scalars, seed)
     return tf.stop_gradient(x_adv)

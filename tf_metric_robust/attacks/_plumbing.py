@@ -1,0 +1,113 @@
+"""Plumbing every attack shares: argument and seed checks, and the compiled-run cache.
+
+One place for what each attack module needs besides its own update rule, so the attacks agree on
+what they accept (Python ValueErrors for known values, tf.debugging assertions for symbolic ones)
+and compile once per (model, attack, static settings).
+"""
+
+import functools
+import inspect
+import numbers
+import types
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from tf_metric_robust.attacks import objectives
+
+
+def check_norm(norm, norms=objectives.NORMS):
+    """ValueError unless norm is one of `norms`."""
+    if norm not in norms:
+        raise ValueError(f"norm must be one of {norms}, got {norm!r}")
+
+
+def check_number(name, value, minimum, strict):
+    """Python ValueError for known values; a tf.debugging assertion list for symbolic tensors."""
+    known = tf.get_static_value(value) if tf.is_tensor(value) else value
+    if known is None:
+        check = tf.debugging.assert_greater if strict else tf.debugging.assert_greater_equal
+        return [check(value, tf.cast(minimum, value.dtype), message=f"{name} out of range")]
+    if np.ndim(known) != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {np.shape(known)}")
+    if not (known > minimum if strict else known >= minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {known}")
+    return []
+
+
+def check_int(name, value, minimum):
+    """ValueError unless value is a Python int >= minimum (it sizes a loop or the graph)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}")
+
+
+def prepare_inputs(x, y, eps, clip_min, clip_max, seed):
+    """Validates and converts the arguments every attack here shares.
+
+    Returns (x, y int64 [N], (eps, clip_min, clip_max) float32 scalars, seed None or int64 [2],
+    eps_is_zero, run-time checks). Python ValueErrors for known values, tf.debugging otherwise.
+    """
+    known = [tf.get_static_value(v) if tf.is_tensor(v) else v for v in (eps, clip_min, clip_max)]
+    if known[0] is not None and not known[0] >= 0:
+        raise ValueError(f"eps must be >= 0, got {known[0]}")
+    if None not in known[1:] and not known[1] < known[2]:
+        raise ValueError(f"clip_min must be < clip_max, got {known[1]} and {known[2]}")
+    x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
+    seed = stateless_seed(seed)
+    scalars = tuple(tf.cast(v, tf.float32) for v in (eps, clip_min, clip_max))
+    checks = [] if known[0] is not None else [
+        tf.debugging.assert_greater_equal(scalars[0], 0.0, message="eps must be >= 0")]
+    return x, y, scalars, seed, known[0] == 0, checks
+
+
+def stateless_seed(seed):
+    """None, or the attack's stateless key as int64 [2] (an int s means the key [s, 0])."""
+    if seed is None:
+        return None
+    seed = tf.cast(seed, tf.int64)
+    if seed.shape.rank == 0:
+        seed = tf.stack([seed, tf.constant(0, tf.int64)])
+    if seed.shape != [2]:
+        raise ValueError(f"seed must be None, an int or an int tensor [2], got {seed.shape}")
+    return seed
+
+
+# model_fn (or the object owning a bound method) -> {(graph_fn, method, static): tf.function}.
+# Weak keys: the cache never keeps a model alive; the traced functions hold only weak references.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def run_compiled(graph_fn, model_fn, static, *args):
+    """Returns graph_fn(model_fn, *args, **static), compiled and cached when called eagerly.
+
+    Inside an outer tf.function (e.g. a Keras train_step) the ops are built inline. Eagerly, one
+    tf.function per (model_fn, graph_fn, static settings) is traced once and reused; `args` should
+    be tensors so that new eps or step values do not retrace. Traced without AutoGraph (faster
+    tracing of the unrolled loop): a model_fn with tensor-dependent Python control flow should be
+    a tf.function itself.
+    """
+    if tf.inside_function():
+        return graph_fn(model_fn, *args, **static)
+    # A bound method is a new object on every attribute access: key on its owner instead.
+    owner, method = (model_fn.__self__, model_fn.__func__) if inspect.ismethod(model_fn) else (
+        model_fn, None)
+    key = (graph_fn, method, tuple(sorted(static.items())))
+    try:
+        per_owner = _COMPILED.setdefault(owner, {})
+        owner_ref = weakref.ref(owner)
+    except TypeError:  # not weak-referenceable or not hashable: compile for this call only
+        per_owner, owner_ref = {}, lambda: owner
+    compiled = per_owner.get(key)
+    if compiled is None:
+        # A partial, not a closure: TF's retracing warning counts closures sharing one code object.
+        traced = functools.partial(_call_owner, graph_fn, owner_ref, method, static)
+        compiled = per_owner[key] = tf.function(traced, autograph=False)
+    return compiled(*args)
+
+
+def _call_owner(graph_fn, owner_ref, method, static, *args):
+    """Rebuilds model_fn from its weak reference and runs graph_fn (traced by run_compiled)."""
+    owner = owner_ref()
+    model_fn = owner if method is None else types.MethodType(method, owner)
+    return graph_fn(model_fn, *args, **static)
