@@ -109,7 +109,7 @@ def test_export_and_evaluate_score_alike(setting, tmp_path, mnist5k_data_dir):
                    "mode": "natural"}, f)
     tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
                                os.path.join(model_dir, "checkpoints"), 1).save(checkpoint_number=7)
-    config = export.ExportConfig(model_dir=model_dir, data_dir=mnist5k_data_dir,
+    config = ExportConfig(model_dir=model_dir, data_dir=mnist5k_data_dir,
                                  detection_reference=1000, threshold_examples=300, warmup=False)
     path, _ = export.export_run(config)
     loaded = tf.saved_model.load(path)

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import attacks, models
-from tf_metric_robust.config import AttackConfig, TripletConfig
+from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
 BATCH = 16
@@ -107,7 +107,7 @@ def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
     a Python-API caller builds its next model after the run (also when the run fails)."""
     from tf_metric_robust import data, experiment
 
-    config = experiment.TrainConfig(
+    config = TrainConfig(
         model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
         mode="natural", batch_size=BATCH, train_steps=2, eval_every=2, eval_examples=BATCH,
         final_eval_examples=BATCH, eval_batch_size=BATCH, mixed_precision="mixed_bfloat16",

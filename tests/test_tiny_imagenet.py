@@ -15,7 +15,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_metric_robust import data, experiment, image_folder, models, tiny_imagenet_builder
-from tf_metric_robust.config import AttackConfig, TripletConfig, UserError
+from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig, UserError
 from tf_metric_robust.training import AdversarialTrainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -297,7 +297,7 @@ def test_bad_image_folders_raise(tmp_path):
 
 
 def _config(model_dir, mode, init=None):
-    return experiment.TrainConfig(
+    return TrainConfig(
         model_dir=str(model_dir), dataset="mnist5k", model="small_cnn", mode=mode,
         attack=AttackConfig(eps=0.3, step_size=0.1, steps=1), init_checkpoint=init)
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import models
-from tf_metric_robust.config import AttackConfig, TripletConfig
+from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
 ATTACK = AttackConfig(eps=0.1, step_size=0.05, steps=3)
@@ -274,7 +274,7 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
     from tf_metric_robust.config import UserError
 
     attack = AttackConfig(eps=0.1, step_size=0.05, steps=2)
-    config = experiment.TrainConfig(
+    config = TrainConfig(
         model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
         model="small_cnn", mode="pgd", batch_size=20, train_steps=4, eval_every=2,
         checkpoint_every=2, eval_examples=40, final_eval_examples=40, eval_batch_size=40,
@@ -295,7 +295,7 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
     seen = np.concatenate([images.numpy() for images, _ in trained.take(39)])  # one epoch
     held = {image.tobytes() for image in held_out.numpy()}
     assert len(seen) == 3900 and not held & {image.tobytes() for image in seen}
-    bad = experiment.TrainConfig(**{**config.__dict__, "model_dir": str(tmp_path / "bad"),
+    bad = TrainConfig(**{**config.__dict__, "model_dir": str(tmp_path / "bad"),
                                     "validation_examples": 0})
     with pytest.raises(UserError, match="validation_examples"):
         experiment.train(bad)

@@ -345,13 +345,13 @@ def _check_batch_fits(triplet):
 
 
 def train_config():
-    """Parsed flags -> experiment.TrainConfig (raises UsageError with one line on bad values).
+    """Parsed flags -> config.TrainConfig (raises UsageError with one line on bad values).
 
     Every check that needs no TensorFlow runs before experiment (and TensorFlow) is imported, so
     a bad flag is rejected in about a second; none writes anything.
     """
     optimizer, triplet, attack, eval_attack = train_parts()
-    from tf_metric_robust.experiment import TrainConfig  # imports TensorFlow
+    from tf_metric_robust.config import TrainConfig
 
     _check_batch_fits(triplet)
     try:
@@ -638,14 +638,14 @@ def define_export_flags():
 
 
 def export_config():
-    """Parsed flags -> export.ExportConfig (raises UsageError with one line on bad values)."""
+    """Parsed flags -> config.ExportConfig (raises UsageError with one line on bad values)."""
     import os  # local: this section is appended to the module without touching its imports
 
     if not FLAGS.model_dir:
         raise UsageError("--model_dir is required (a bin/train run)")
     if not os.path.isdir(FLAGS.model_dir):  # checked before importing TensorFlow: fails fast
         raise UsageError(f"--model_dir {FLAGS.model_dir} does not exist")
-    from tf_metric_robust.export import ExportConfig
+    from tf_metric_robust.config import ExportConfig
 
     try:
         return ExportConfig(

@@ -18,9 +18,8 @@ Table 4's kNN classifier). Both are tf.Modules with `score(embeddings, predictio
 import numpy as np
 import tensorflow as tf
 
-SCORE_TYPES = ("agreement", "similarity")
-COVARIANCES = ("per_class", "tied")
-DETECTORS = ("gaussian", "knn")
+from tf_metric_robust.config import COVARIANCES, DETECTORS, SCORE_TYPES
+
 # Whitening factors above this many bytes (C x D x D float64) are refused: use 'tied'.
 _MAX_FACTOR_BYTES = 1 << 30
 

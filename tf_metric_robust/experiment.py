@@ -25,91 +25,10 @@ import keras
 import tensorflow as tf
 
 from tf_metric_robust import data, distribute, export, run_files, stopping, summaries
-from tf_metric_robust.config import (AttackConfig, OptimizerConfig, TripletConfig, UserError,
-                                     check_mode)
+from tf_metric_robust.config import UserError
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
 from tf_metric_robust.training import AdversarialTrainer, make_optimizer
 from tf_metric_robust import selection
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; built from flags by cli.train_config()."""
-
-    model_dir: str
-    dataset: str = "mnist5k"
-    data_dir: Optional[str] = None
-    download: bool = False
-    model: str = "small_cnn"
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    mode: str = "tla"
-    batch_size: int = 50
-    train_steps: int = 1000
-    optimizer: OptimizerConfig = OptimizerConfig()
-    label_smoothing: float = 0.0
-    augment: Optional[bool] = None
-    attack: AttackConfig = AttackConfig(eps=0.3, step_size=0.01, steps=40)
-    eps_warmup_steps: int = 0
-    eval_attack: AttackConfig = AttackConfig(eps=0.3, step_size=0.01, steps=100)
-    triplet: TripletConfig = TripletConfig()
-    eval_every: int = 500
-    eval_examples: int = 1000
-    final_eval_examples: Optional[int] = None
-    eval_batch_size: int = 200
-    strategy: str = "auto"
-    tpu: Optional[str] = None
-    mixed_precision: str = "none"
-    jit_compile: bool = False
-    seed: int = 0
-    deterministic: bool = False
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 3
-    init_checkpoint: Optional[str] = None
-    export: bool = True
-    attack_bn_mode: str = "inference"  # BN mode of the training attack (training.ATTACK_BN_MODES)
-    validation_examples: int = 0  # first N training examples held out (data.validation_split)
-    select_best: str = "none"  # 'pgd': keep and export the best validation-PGD checkpoint
-    eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
-    beta: float = 6.0  # weight of the KL term of modes trades and mart (config.check_mode)
-    # Every result-changing flag by name (cli.recipe_settings()); None (Python API): derived from
-    # this config's own fields. Part of recipe.json: a resume must match it.
-    settings: Optional[dict] = None
-    allow_changes: tuple = ()  # settings a resume may change (recorded in history.jsonl)
-
-    def __post_init__(self):
-        for name in ("batch_size", "train_steps", "eval_every", "checkpoint_every",
-                     "eval_examples", "eval_batch_size", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_mode(self.mode, beta=self.beta, label_smoothing=self.label_smoothing,
-                   attack=self.attack)
-
-    def recipe(self):
-        """What recipe.json records: the network-defining keys and every result setting."""
-        settings = self.settings
-        if settings is None:
-            fields = {k: v for k, v in dataclasses.asdict(self).items()
-                      if k not in OPERATIONAL_FIELDS}
-            settings = dict(_flatten(fields))
-        return {**{key: getattr(self, key) for key in run_files.RECIPE_KEYS},
-                "settings": settings}
-
-
-# TrainConfig fields that do not change results (where a run reads and writes, how often it
-# checkpoints or evaluates on the side, which hardware runs it): never part of the recipe.
-OPERATIONAL_FIELDS = ("model_dir", "data_dir", "download", "eval_every", "eval_examples",
-                      "eval_batch_size", "strategy", "tpu", "jit_compile", "deterministic",
-                      "checkpoint_every", "keep_checkpoints", "init_checkpoint", "export",
-                      "settings", "allow_changes")
-
-
-def _flatten(values, prefix=""):
-    """{'optimizer': {'name': 'sgd'}} -> ('optimizer.name', 'sgd'), ..."""
-    for key, value in values.items():
-        if isinstance(value, dict) and key != "model_kwargs":
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
 
 def build_trainer(config):
     """Network + AdversarialTrainer + optimizer, compiled; call inside strategy.scope()."""

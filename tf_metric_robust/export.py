@@ -14,18 +14,16 @@ A version is written to a hidden temporary folder next to it and renamed into pl
 never leaves a half-written version where TF Serving (or `latest_version`) would pick it up.
 """
 
-import dataclasses
 import json
 import os
 import shutil
 import uuid
-from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import data, detection, run_files
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import DEFAULT_DETECTION_K, DEFAULT_REFERENCE_SIZE, UserError
 
 GRADIENT_SIGNATURE = "logits_and_embedding"
 SIGNATURES = ("serving_default", "serving_uint8", GRADIENT_SIGNATURE)
@@ -34,8 +32,6 @@ DETECTOR_FILE = os.path.join("assets.extra", "detector.json")  # bin/export's de
 _TEMPORARY_PREFIX = ".tmp-export-"
 # bin/evaluate's detection defaults (5000 clean training references, k = 50), so the served score
 # is the one whose ROC AUC `bin/evaluate --detection` reports.
-DEFAULT_REFERENCE_SIZE = 5000
-DEFAULT_DETECTION_K = 50
 
 
 class ServingModule(tf.Module):
@@ -360,51 +356,6 @@ def write_warmup_requests(path, image_shape, batch_size=1):
 
 
 # bin/export ------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """What bin/export does: export the latest checkpoint of `model_dir` with `detector` fitted
-    on about `detection_reference` clean training examples (split evenly over the classes) and
-    its 5%-false-positive threshold on up to `threshold_examples` clean test-split images."""
-
-    model_dir: str
-    export_dir: Optional[str] = None  # default: model_dir/saved_model
-    version: Optional[int] = None
-    data_dir: Optional[str] = None
-    download: bool = False
-    detection_reference: int = DEFAULT_REFERENCE_SIZE
-    detection_k: int = DEFAULT_DETECTION_K
-    detection_score: str = "agreement"
-    detector: str = "gaussian"
-    detection_covariance: Optional[str] = None  # default: evaluation_plan's per dataset
-    threshold_examples: int = 10_000
-    warmup: bool = True
-
-    def __post_init__(self):
-        if not self.model_dir:
-            raise UserError("--model_dir is required (a bin/train run)")
-        if self.detection_reference < 1:
-            raise UserError(f"detection_reference must be >= 1, got {self.detection_reference}")
-        if self.detection_k < 1:
-            raise UserError(f"detection_k must be >= 1, got {self.detection_k}")
-        if self.detection_score not in detection.SCORE_TYPES:
-            raise UserError(f"detection_score must be one of {detection.SCORE_TYPES}, got "
-                            f"{self.detection_score!r}")
-        if self.version is not None and self.version < 1:
-            raise UserError(f"version must be >= 1, got {self.version}")
-        if self.detector not in detection.DETECTORS:
-            raise UserError(f"detector must be one of {detection.DETECTORS}, got "
-                            f"{self.detector!r}")
-        if self.detection_covariance not in (None,) + detection.COVARIANCES:
-            raise UserError(f"detection_covariance must be one of {detection.COVARIANCES}, got "
-                            f"{self.detection_covariance!r}")
-        if self.threshold_examples < 1:
-            raise UserError(f"threshold_examples must be >= 1, got {self.threshold_examples}")
-
-    @property
-    def resolved_export_dir(self):
-        return self.export_dir or os.path.join(self.model_dir, "saved_model")
 
 
 def export_run(config):

@@ -22,13 +22,12 @@ import time
 import tensorflow as tf
 
 from tf_metric_robust import data, models
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import RECIPE_KEYS, UserError
 
 RECIPE_FILE = "recipe.json"
 HISTORY_FILE = "history.jsonl"
 FLAGS_FILE = "flags.txt"
 # Settings that define the network and its variables: a model_dir can never change them.
-RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 
 def write_text_atomic(path, text):

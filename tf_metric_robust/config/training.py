@@ -1,12 +1,13 @@
-"""Frozen run settings passed from the flag layer (cli.py) down to training and evaluation.
+"""Training settings: the attack, the TLA triplet term, the optimiser and the whole run.
 
-Library modules take these small dataclasses (or plain arguments), never absl flags, so every piece
-can be built and tested without parsing a command line.
+Frozen dataclasses built by cli.train_config() (or directly from Python); each validates itself
+and names the flag in its message. No TensorFlow here.
 """
 
 import dataclasses
-import math
 from typing import Optional, Tuple
+
+from tf_metric_robust.config.common import NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, UserError
 
 MODES = ("natural", "pgd", "tla", "trades", "mart")
 KL_MODES = ("trades", "mart")  # TRADES (Zhang et al. 2019), MART (Wang et al. 2020): beta x KL
@@ -15,42 +16,8 @@ NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
 OTHER_POSITIVES = ("batch", "data")
 DISTANCES = ("abs_cosine", "cosine", "l2", "squared_l2")
-
-
-class UserError(ValueError):
-    """A mistake in what the user asked for: the CLIs print it as one line, no traceback."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A closed or open interval of allowed values; cli.py shows it in --help and checks flags."""
-
-    low: float = -math.inf
-    high: float = math.inf
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value):
-        if not math.isfinite(value):  # NaN and inf are never a setting
-            return False
-        above = value > self.low if self.low_open else value >= self.low
-        below = value < self.high if self.high_open else value <= self.high
-        return above and below
-
-    def __str__(self):
-        low, high = (f"{v:g}" for v in (self.low, self.high))
-        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
-
-    def check(self, name, value):
-        """Raises UserError('<name> must be in <range>, got <value>') unless value is inside."""
-        if value not in self:
-            raise UserError(f"{name} must be in {self}, got {value}")
-
-
-POSITIVE = Range(0.0, math.inf, low_open=True, high_open=True)
-NON_NEGATIVE = Range(0.0, math.inf, high_open=True)
-UNIT = Range(0.0, 1.0)  # eps on the [0,1] pixel scale
-UNIT_OPEN = Range(0.0, 1.0, high_open=True)  # momentum, label smoothing
+# recipe.json keys that define the network (run_files.load_network rebuilds it from them).
+RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,3 +147,83 @@ class OptimizerConfig:
         if self.lr_values and len(self.lr_values) != len(self.lr_boundaries) + 1:
             raise UserError("lr_values needs exactly one more entry than lr_boundaries "
                             f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; built from flags by cli.train_config()."""
+
+    model_dir: str
+    dataset: str = "mnist5k"
+    data_dir: Optional[str] = None
+    download: bool = False
+    model: str = "small_cnn"
+    model_kwargs: dict = dataclasses.field(default_factory=dict)
+    mode: str = "tla"
+    batch_size: int = 50
+    train_steps: int = 1000
+    optimizer: OptimizerConfig = OptimizerConfig()
+    label_smoothing: float = 0.0
+    augment: Optional[bool] = None
+    attack: AttackConfig = AttackConfig(eps=0.3, step_size=0.01, steps=40)
+    eps_warmup_steps: int = 0
+    eval_attack: AttackConfig = AttackConfig(eps=0.3, step_size=0.01, steps=100)
+    triplet: TripletConfig = TripletConfig()
+    eval_every: int = 500
+    eval_examples: int = 1000
+    final_eval_examples: Optional[int] = None
+    eval_batch_size: int = 200
+    strategy: str = "auto"
+    tpu: Optional[str] = None
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    init_checkpoint: Optional[str] = None
+    export: bool = True
+    attack_bn_mode: str = "inference"  # BN mode of the training attack (training.ATTACK_BN_MODES)
+    validation_examples: int = 0  # first N training examples held out (data.validation_split)
+    select_best: str = "none"  # 'pgd': keep and export the best validation-PGD checkpoint
+    eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
+    beta: float = 6.0  # weight of the KL term of modes trades and mart (config.check_mode)
+    # Every result-changing flag by name (cli.recipe_settings()); None (Python API): derived from
+    # this config's own fields. Part of recipe.json: a resume must match it.
+    settings: Optional[dict] = None
+    allow_changes: tuple = ()  # settings a resume may change (recorded in history.jsonl)
+
+    def __post_init__(self):
+        for name in ("batch_size", "train_steps", "eval_every", "checkpoint_every",
+                     "eval_examples", "eval_batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_mode(self.mode, beta=self.beta, label_smoothing=self.label_smoothing,
+                   attack=self.attack)
+
+    def recipe(self):
+        """What recipe.json records: the network-defining keys and every result setting."""
+        settings = self.settings
+        if settings is None:
+            fields = {k: v for k, v in dataclasses.asdict(self).items()
+                      if k not in OPERATIONAL_FIELDS}
+            settings = dict(_flatten(fields))
+        return {**{key: getattr(self, key) for key in RECIPE_KEYS},
+                "settings": settings}
+
+
+# TrainConfig fields that do not change results (where a run reads and writes, how often it
+# checkpoints or evaluates on the side, which hardware runs it): never part of the recipe.
+OPERATIONAL_FIELDS = ("model_dir", "data_dir", "download", "eval_every", "eval_examples",
+                      "eval_batch_size", "strategy", "tpu", "jit_compile", "deterministic",
+                      "checkpoint_every", "keep_checkpoints", "init_checkpoint", "export",
+                      "settings", "allow_changes")
+
+
+def _flatten(values, prefix=""):
+    """{'optimizer': {'name': 'sgd'}} -> ('optimizer.name', 'sgd'), ..."""
+    for key, value in values.items():
+        if isinstance(value, dict) and key != "model_kwargs":
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
