@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import attacks, detection, detection_run, export
-from tf_metric_robust.evaluation import EvalConfig, ModelFns, evaluate
-from tf_metric_robust.evaluation_run import write_figures
+from tf_metric_robust import attacks, detection, export
+from tf_metric_robust.evaluation import detection_protocol
+from tf_metric_robust.evaluation.evaluate import evaluate
+from tf_metric_robust.evaluation.model_fns import ModelFns
+from tf_metric_robust.evaluation.outputs import write_figures
+from tf_metric_robust.evaluation.plan import EvalConfig
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def setting(trained_small_cnn, mnist5k_arrays):
     fns = ModelFns(network)
     reference = (images[rows], labels[rows])
     config = EvalConfig(detection=True, detection_k=50)
-    detectors = detection_run.build_detectors(fns, reference, config, num_classes=10)
+    detectors = detection_protocol.build_detectors(fns, reference, config, num_classes=10)
     return network, fns, x[::2], y[::2], reference, detectors
 
 
@@ -115,7 +118,7 @@ def test_export_and_evaluate_score_alike(setting, tmp_path, mnist5k_data_dir):
     loaded = tf.saved_model.load(path)
     served = loaded.signatures["serving_default"](images=tf.constant(x))["detection_score"]
     reference = export.reference_examples("mnist5k", size=1000, data_dir=mnist5k_data_dir)
-    detectors = detection_run.build_detectors(
+    detectors = detection_protocol.build_detectors(
         fns, reference, EvalConfig(detection=True, detection_reference=1000), num_classes=10)
     logits, embedding = fns.outputs(x)
     evaluated = detectors["gaussian"].score(embedding, tf.argmax(logits, -1))

@@ -12,10 +12,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import attacks, detection, evaluation, evaluation_run, export
+from tf_metric_robust import attacks, detection, export
 from tf_metric_robust.config import UserError
-from tf_metric_robust.evaluation import EvalConfig, ModelFns
-from tf_metric_robust.evaluation_run import write_figures
+from tf_metric_robust.evaluation import run as evaluation_run
+from tf_metric_robust.evaluation.evaluate import evaluate
+from tf_metric_robust.evaluation.model_fns import ModelFns
+from tf_metric_robust.evaluation.outputs import write_figures
+from tf_metric_robust.evaluation.plan import EvalConfig, build_plan, resolve_attack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny threat model: every attack runs 3 steps on 60 examples.
@@ -33,7 +36,7 @@ def trained(trained_small_cnn):
 @pytest.fixture(scope="module")
 def normal(trained):
     network, fns, x, y = trained
-    return evaluation.evaluate(fns, (x, y), TINY, batch_size=30)
+    return evaluate(fns, (x, y), TINY, batch_size=30)
 
 
 def _checks(result):
@@ -66,8 +69,8 @@ def test_gradient_masking_is_flagged(trained, caplog):
 
     config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
                         steps_sweep=())
-    with caplog.at_level(logging.WARNING, logger="tf_metric_robust.sanity"):
-        result = evaluation.evaluate(masked, (x, y), config, batch_size=60)
+    with caplog.at_level(logging.WARNING, logger="tf_metric_robust.evaluation.sanity"):
+        result = evaluate(masked, (x, y), config, batch_size=60)
     checks = _checks(result)
     assert checks["input_gradients_nonzero_finite"] is False
     assert checks["eps_zero_is_clean"] is True
@@ -91,7 +94,7 @@ def test_wrong_sign_attack_is_flagged(trained):
     registry = {**attacks.ATTACKS, "pgd": descending_pgd}
     config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(),
                         steps_sweep=())
-    result = evaluation.evaluate(fns, (x, y), config, registry=registry, batch_size=30)
+    result = evaluate(fns, (x, y), config, registry=registry, batch_size=30)
     checks = _checks(result)
     assert checks["large_eps_breaks_model"] is False
     assert checks["accuracy_non_increasing_in_eps"] is None  # no sweep: skipped, not passed
@@ -99,7 +102,7 @@ def test_wrong_sign_attack_is_flagged(trained):
 
 
 def test_plan_shares_equal_runs_and_marks_the_threat_model():
-    plan = evaluation.build_plan(TINY.resolve(), attacks.ATTACKS)
+    plan = build_plan(TINY.resolve(), attacks.ATTACKS)
     assert plan.main == ["fgsm", "pgd", "pgd_cw", "mifgsm"]
     assert plan.specs["pgd_cw"].kwargs["loss"] == "cw"
     assert plan.specs["mifgsm"].kwargs["step_size"] == pytest.approx(0.1)  # eps / steps
@@ -109,9 +112,9 @@ def test_plan_shares_equal_runs_and_marks_the_threat_model():
     assert not plan.specs[plan.roles["large_eps"]].counts_for_robust
     assert all(spec.counts_for_robust for name, spec in plan.specs.items()
                if name != plan.roles["large_eps"])
-    assert evaluation.resolve_attack("pgd_cw", attacks.ATTACKS) == ("pgd", {"loss": "cw"})
+    assert resolve_attack("pgd_cw", attacks.ATTACKS) == ("pgd", {"loss": "cw"})
     with pytest.raises(UserError, match="unknown attack 'nosuch'"):
-        evaluation.resolve_attack("nosuch", attacks.ATTACKS)
+        resolve_attack("nosuch", attacks.ATTACKS)
 
 
 def test_config_defaults_and_validation():
@@ -158,7 +161,7 @@ def test_detection_auc_wiring(trained, monkeypatch, separating, low, high):
     config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
                         steps_sweep=(), detection=True, detection_eps=(0.3,), detection_steps=3,
                         detection_weights=())
-    result = evaluation.evaluate(fns, (x, y), config, reference=(x, y), batch_size=30)
+    result = evaluate(fns, (x, y), config, reference=(x, y), batch_size=30)
     (entry,) = result.report["detection"]["attacks"]
     assert low <= entry["detectors"]["gaussian"]["plain"]["auc_clean_vs_adversarial"] <= high
     assert set(result.roc_curves) == {"gaussian, PGD-3 eps 0.3"}
@@ -172,7 +175,7 @@ def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arra
                         steps_sweep=(1, 3), detection=True, detection_eps=(0.3, 0.4),
                         detection_steps=3, detection_weights=(1.0,), detection_reference=300,
                         detection_k=10)
-    result = evaluation.evaluate(fns, (x, y), config, reference=(images[rows], labels[rows]),
+    result = evaluate(fns, (x, y), config, reference=(images[rows], labels[rows]),
                                  batch_size=30, num_examples=40, model_info={"source": "python"})
     report = result.report
     assert report["data"]["num_examples"] == 40
@@ -229,7 +232,7 @@ def test_saved_model_of_a_run_matches_network(trained, tmp_path):
     np.testing.assert_allclose(loaded.outputs(x[:10])[0], fns.outputs(x[:10])[0], atol=1e-4)
     config = EvalConfig(eps=0.3, step_size=0.1, steps=2, attacks=("fgsm",), eps_sweep=(),
                         steps_sweep=())
-    result = evaluation.evaluate(loaded, (x[:20], y[:20]), config, batch_size=20)
+    result = evaluate(loaded, (x[:20], y[:20]), config, batch_size=20)
     assert result.report["sanity"]["checks"][0]["passed"]  # eps 0 = clean through the signature
 
 

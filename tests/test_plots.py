@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tf_metric_robust import plots
+from tf_metric_robust.evaluation import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import evaluation, evaluation_run, suite
 from tf_metric_robust.config import UserError
-from tf_metric_robust.evaluation import EvalConfig, ModelFns
+from tf_metric_robust.evaluation import outputs, suite
+from tf_metric_robust.evaluation.evaluate import evaluate
+from tf_metric_robust.evaluation.model_fns import ModelFns
+from tf_metric_robust.evaluation.plan import EvalConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PGD-3 plus AutoAttack with 5 APGD steps and 100 Square queries; no sweeps.
@@ -63,7 +65,7 @@ def bin_evaluate(trained, tmp_path_factory, mnist5k_data_dir):
 @pytest.fixture(scope="module")
 def normal(trained, bin_evaluate):
     network, x, y = trained
-    return evaluation.evaluate(ModelFns(network), (x, y), EvalConfig(eps=0.1, **QUICK),
+    return evaluate(ModelFns(network), (x, y), EvalConfig(eps=0.1, **QUICK),
                                batch_size=40)
 
 
@@ -113,16 +115,16 @@ def test_gradient_masking_warning(trained, tmp_path):
         quantised = tf.stop_gradient(tf.round(images * 32.0) / 32.0)
         return network(quantised, training=False)["logits"]
 
-    result = evaluation.evaluate(masked, (x, y), EvalConfig(eps=0.15, **QUICK), batch_size=40)
+    result = evaluate(masked, (x, y), EvalConfig(eps=0.15, **QUICK), batch_size=40)
     report = result.report
     section = report["suite"]
     assert any(w.startswith("square beat the gradient attacks") for w in section["warnings"])
     assert section["attack_accuracy"]["square"] < section["attack_accuracy"]["apgd_t"]
     square_check = _checks(report)["suite_square_not_beating_gradient_attacks"]
     assert square_check["passed"] is False and not report["sanity"]["passed"]
-    text = evaluation_run.summary_text(report)
+    text = outputs.summary_text(report)
     assert "suite autoattack (standard" in text and "WARNING: square beat" in text
-    evaluation_run.write_tensorboard(report, str(tmp_path / "tb"), str(tmp_path), step=0)
+    outputs.write_tensorboard(report, str(tmp_path / "tb"), str(tmp_path), step=0)
     assert os.listdir(tmp_path / "tb")
 
 

@@ -569,7 +569,7 @@ def define_evaluate_flags():
 
 
 def evaluate_config():
-    """Parsed flags -> evaluation_run.EvaluateRun (UsageError with one line on bad values)."""
+    """Parsed flags -> evaluation.run.EvaluateRun (UsageError with one line on bad values)."""
     if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
         raise UsageError("pass exactly one of --model_dir and --saved_model")
     for name in ("model_dir", "saved_model"):  # before the TensorFlow import: a typo fails fast
@@ -585,8 +585,9 @@ def evaluate_config():
                   detection_eps=_numbers(FLAGS.detection_eps, "detection_eps", valid=cfg.UNIT),
                   detection_weights=_numbers(FLAGS.detection_weights, "detection_weights",
                                              valid=cfg.NON_NEGATIVE))
-    from tf_metric_robust import attacks, evaluation_plan
-    from tf_metric_robust.evaluation_run import EvaluateRun
+    from tf_metric_robust import attacks
+    from tf_metric_robust.evaluation import plan as evaluation_plan
+    from tf_metric_robust.evaluation.run import EvaluateRun
 
     attack_names = tuple(a.strip() for a in FLAGS.attacks if a.strip())
     for name in attack_names:

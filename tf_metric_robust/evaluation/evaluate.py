@@ -1,5 +1,5 @@
 """Robustness evaluation: clean and worst-case robust accuracy over a plan of attacks, eps and steps
-sweeps, built-in sanity checks and detection (detection_run.py: the TLA paper's protocol, an
+sweeps, built-in sanity checks and detection (detection_protocol.py: the TLA paper's protocol, an
 adaptive attack on each detector), as one JSON-ready report.
 
 Defaults follow the literature: MNIST PGD-100, step 0.01, eps 0.3 (Madry et al., ICLR 2018);
@@ -15,84 +15,18 @@ Adversarial Robustness" (see sanity.py).
 import dataclasses
 import inspect
 import time
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import attacks as attacks_lib
-from tf_metric_robust import detection_run, sanity, suite
 from tf_metric_robust.config import UserError
-from tf_metric_robust.evaluation_plan import (ATTACK_LOSSES, DEFAULT_ATTACKS, EvalConfig,
-                                              build_plan, call_settings, dataset_defaults,
-                                              resolve_attack)
+from tf_metric_robust.evaluation import detection_protocol, sanity, suite
+from tf_metric_robust.evaluation.model_fns import ModelFns
+from tf_metric_robust.evaluation.plan import EvalConfig, build_plan, call_settings
 
-__all__ = ["ATTACK_LOSSES", "DEFAULT_ATTACKS", "EvalConfig", "EvaluationResult", "ModelFns",
-           "build_plan", "dataset_defaults", "evaluate", "resolve_attack", "versions"]
-
-
-class ModelFns:
-    """Logits and (logits, embedding) of any model: a Keras network returning {'logits',
-    'embedding'}, a Keras model or callable returning logits or a (logits, embedding) pair, or a
-    SavedModel's `serving_default` signature (`from_saved_model`).
-
-    `logits` is what attacks differentiate (inference mode); keep one ModelFns per model so the
-    attacks' compiled functions (cached per model_fn owner) are reused across batches.
-    """
-
-    def __init__(self, model):
-        if isinstance(model, ModelFns):
-            model = model._model
-        self._model = model
-        self._keras = isinstance(model, keras.Layer)
-        self.outputs = tf.function(self._outputs, reduce_retracing=True)
-
-    @classmethod
-    def from_saved_model(cls, path):
-        """Wraps a SavedModel: images [N,H,W,C] in [0,1] -> logits[, embedding].
-
-        Uses the `logits_and_embedding` signature of our exports (differentiable under any
-        tape), else `serving_default`. The signature must take one input (ours: 'images') and
-        return 'logits' (and optionally 'embedding') or a single output, taken as the logits
-        (what `keras.Model.export` writes).
-        """
-        loaded = tf.saved_model.load(path)
-        name = next((n for n in ("logits_and_embedding", "serving_default")
-                     if n in loaded.signatures), None)
-        if name is None:
-            raise UserError(f"{path}: no serving_default signature (signatures: "
-                            f"{', '.join(loaded.signatures) or 'none'})")
-        signature = loaded.signatures[name]
-        inputs = list(signature.structured_input_signature[1])
-        outputs = list(signature.structured_outputs)
-        if len(inputs) != 1 or ("logits" not in outputs and len(outputs) != 1):
-            raise UserError(f"{path}: signature {name} must take one image tensor and return "
-                            f"'logits' (or one output); it takes {inputs} and returns {outputs}")
-        (input_name,) = inputs
-        logits_name = "logits" if "logits" in outputs else outputs[0]
-
-        def call(images):
-            out = signature(**{input_name: images})
-            return {"logits": out[logits_name], "embedding": out.get("embedding")}
-
-        fns = cls(call)
-        fns._loaded = loaded  # keeps the restored variables alive
-        return fns
-
-    def _call(self, x):
-        out = self._model(x, training=False) if self._keras else self._model(x)
-        if isinstance(out, dict):
-            return out["logits"], out.get("embedding")
-        if isinstance(out, (tuple, list)) and len(out) == 2:
-            return tuple(out)
-        return out, None
-
-    def _outputs(self, x):
-        logits, embedding = self._call(x)
-        return tf.cast(logits, tf.float32), (None if embedding is None else
-                                              tf.cast(embedding, tf.float32))
-
-    def logits(self, x):
-        return self._call(x)[0]
+__all__ = ["EvaluationResult", "evaluate", "run_plan", "versions"]
 
 
 @dataclasses.dataclass
@@ -243,8 +177,8 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     fns = model if isinstance(model, ModelFns) else ModelFns(model)
     detectors = None
     if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
-        detectors = detection_run.build_detectors(fns, reference, config, num_classes)
-        registry["adaptive_detector"] = detection_run.bound_adaptive_attack(
+        detectors = detection_protocol.build_detectors(fns, reference, config, num_classes)
+        registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
             fns, detectors[config.detector])
     plan = build_plan(config, registry, extra_attacks)
     evidence = run_plan(fns, data, plan, registry=registry, seed=config.seed,
@@ -304,9 +238,9 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     curves = {}
     report["detection"] = None
     if config.detection:
-        report["detection"], curves = detection_run.run_detection(
+        report["detection"], curves = detection_protocol.run_detection(
             fns, evidence, plan, config, detectors, batch_size=batch_size)
-    report["figures"] = {}  # file names, filled by evaluation_run.write_figures
+    report["figures"] = {}  # file names, filled by outputs.write_figures
     report["seconds"] = round(time.perf_counter() - started, 2)
     return EvaluationResult(report=report, correct={"clean": clean_correct, "robust": robust,
                                                     **correct, **suite_correct},

@@ -72,7 +72,7 @@ def plot_accuracy_vs_steps(points, path, *, clean_accuracy=None, title=None):
 def plot_roc(curves, path, *, title=None):
     """ROC curves. curves: label -> (fpr [K], tpr [K], auc or None); writes a PNG at path.
 
-    The default title names the TLA paper's protocol (Fig. 5), which detection_run plots."""
+    The default title names the TLA paper's protocol (Fig. 5), which detection_protocol plots."""
     figure, axes = _new_axes(title or "Detection ROC: clean + adversarial, misclassified = "
                              "positive", "false positive rate", "true positive rate")
     axes.title.set_fontsize("small")

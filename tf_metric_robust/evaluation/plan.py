@@ -13,9 +13,9 @@ import inspect
 import json
 from typing import Optional, Tuple
 
-from tf_metric_robust import suite as suite_lib
 from tf_metric_robust.config import UserError
-from tf_metric_robust.sanity import Thresholds
+from tf_metric_robust.evaluation import suite as suite_lib
+from tf_metric_robust.evaluation.sanity import Thresholds
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "pgd_cw", "mifgsm")
 # Attacks that take the threat model's step settings; others (APGD, suites) get eps and norm only
