@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import data, models
+from tf_metric_robust.data import catalog
 from tf_metric_robust.config import AttackConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
@@ -64,7 +65,7 @@ def pipeline_rate(data_dir, batches):
     Timed after one warm-up batch; the longest wait shows the stall where a new shuffle window
     is decoded (each window of the split is decoded whole before its first batch comes out).
     """
-    data._CACHE_MAX_BYTES = 0  # the real train split is never cached (see the module docstring)
+    catalog._CACHE_MAX_BYTES = 0  # the real train split is never cached (see the module docstring)
     ds = data.train_dataset("tiny_imagenet", batch_size=BATCH * (1 + POOL), seed=0,
                             data_dir=data_dir)
     iterator = iter(ds)

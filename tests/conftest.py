@@ -29,7 +29,7 @@ def mock_tfds():
     """Factory of contexts where every tfds dataset yields `num_examples` fake examples.
 
     `tfds.testing.mock_data` fakes the reads but not the is-prepared check (`data` runs
-    `dataset_preparation.is_prepared` to fail fast offline), so that check is patched too:
+    `data.preparation.is_prepared` to fail fast offline), so that check is patched too:
     `with mock_tfds(num_examples=64): ...`.
     """
     import contextlib
@@ -37,7 +37,7 @@ def mock_tfds():
 
     import tensorflow_datasets as tfds
 
-    from tf_metric_robust import dataset_preparation
+    from tf_metric_robust.data import preparation as dataset_preparation
 
     @contextlib.contextmanager
     def mocked(num_examples):

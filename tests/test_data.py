@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import data, mnist5k_builder
+from tf_metric_robust import data
+from tf_metric_robust.data import mnist5k_builder
 
 NUM_MOCK = 40  # mock cifar10 examples per split: 5 batches of 8 per epoch
 

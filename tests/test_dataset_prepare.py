@@ -12,7 +12,8 @@ import pytest
 import requests
 import urllib3
 
-from tf_metric_robust import data, dataset_preparation
+from tf_metric_robust import data
+from tf_metric_robust.data import preparation as dataset_preparation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

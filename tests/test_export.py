@@ -15,7 +15,7 @@ import tensorflow as tf
 from tf_metric_robust import detection, export, models
 from tf_metric_robust.attacks import pgd
 from tf_metric_robust.config import UserError
-from tf_metric_robust.mnist5k_builder import split_indices
+from tf_metric_robust.data.mnist5k_builder import split_indices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_metric_robust import data, experiment, image_folder, models, tiny_imagenet_builder
+from tf_metric_robust import data, experiment, models
+from tf_metric_robust.data import image_folder, tiny_imagenet_builder
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig, UserError
 from tf_metric_robust.training import AdversarialTrainer
 
