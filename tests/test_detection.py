@@ -280,10 +280,12 @@ def test_protocol_on_a_hand_made_case():
                                                 adv_correct, threshold=0.5)
     # Paper protocol: positives {0.9, 0.8, 0.25, 0.7}, negatives {0.1, 0.2, 0.3, 0.05}:
     # 0.25 loses to 0.3 only, so 15 of 16 pairs are ordered right.
-    assert numbers["auc_misclassified_vs_correct_all"] == 15 / 16
-    assert numbers["auc_clean_vs_adversarial"] == _pairwise_auc(
-        np.r_[adv_scores, clean_scores], np.arange(8) < 4)
-    assert numbers["auc_misclassified_adversarial_vs_correct_clean"] == 8 / 9
+    exact = dict(rel=1e-12, abs=1e-15)  # sklearn's trapezoid area, not a rational count
+    assert numbers["auc_misclassified_vs_correct_all"] == pytest.approx(15 / 16, **exact)
+    assert numbers["auc_clean_vs_adversarial"] == pytest.approx(_pairwise_auc(
+        np.r_[adv_scores, clean_scores], np.arange(8) < 4), **exact)
+    assert numbers["auc_misclassified_adversarial_vs_correct_clean"] == pytest.approx(
+        8 / 9, **exact)
     assert numbers["auc_adversarial_misclassified_vs_correct"] == 1.0
     assert numbers["accuracy"] == 0.25 and numbers["clean_accuracy"] == 0.75
     assert numbers["tpr_at_5pct_fpr"] == 2 / 3  # 0.8 and 0.7 flagged, 0.25 not
