@@ -121,6 +121,19 @@ def define_train_flags():
     flags.DEFINE_integer("eps_warmup_steps", 0, "Grow the training eps and step_size linearly "
                          "from 0 over this many steps (0: full eps from the start).",
                          lower_bound=0)
+    flags.DEFINE_enum("train_attack", "pgd", ["pgd", "fgsm_rs", "n_fgsm"], "Training attack "
+                      "(pgd, trades, tla, mart): PGD; fgsm_rs: FGSM from a uniform start, step "
+                      "1.25 eps, projected (Wong et al. 2020); n_fgsm: noise U(-2 eps, 2 eps), step "
+                      "eps, no projection to the eps-ball (de Jorge et al. 2022). Fast ones need "
+                      "--steps=1.")
+    flags.DEFINE_integer("overfit_check_every", 0, "Catastrophic-overfitting guard: PGD-5 and "
+                         "FGSM probe on a fixed batch every this many steps (0: off).",
+                         lower_bound=0)
+    flags.DEFINE_enum("on_overfit", "warn", ["warn", "restore"], "When PGD probe accuracy "
+                      "collapses while FGSM accuracy climbs: warn, or restore the last good "
+                      "weights and continue with the training step size x 0.8.")
+    define_number("overfit_drop", 0.2, "PGD probe accuracy fall from its best that counts as a "
+                  "collapse (Wong et al.: 0.2).", cfg.UNIT)
     # Evaluation attack (test_step, metrics.json).
     define_attack_flags("eval_", "Evaluation attack:", 0.3, 0.01, 100)
     flags.DEFINE_integer("eval_every", 500, "Steps between evaluations and checkpoints.",
@@ -237,7 +250,9 @@ def attack_config(prefix=""):
     return AttackConfig(eps=FLAGS[f"{prefix}eps"].value, step_size=FLAGS[f"{prefix}step_size"].value,
                         steps=FLAGS[f"{prefix}steps"].value, norm=FLAGS[f"{prefix}norm"].value,
                         loss=FLAGS[f"{prefix}attack_loss"].value,
-                        random_start=FLAGS[f"{prefix}random_start"].value)
+                        random_start=FLAGS[f"{prefix}random_start"].value,
+                        method=FLAGS.train_attack if prefix == "" and "train_attack" in FLAGS
+                        else "pgd")
 
 
 # Names accepted by --dataset and --model, checked before TensorFlow is imported (that import
@@ -352,6 +367,7 @@ def train_config():
     """
     optimizer, triplet, attack, eval_attack = train_parts()
     from tf_metric_robust.config import TrainConfig
+    from tf_metric_robust.config.training import OverfitConfig
 
     _check_batch_fits(triplet)
     try:
@@ -372,6 +388,7 @@ def train_config():
             attack_bn_mode=FLAGS.attack_bn_mode, validation_examples=FLAGS.validation_examples,
             select_best=FLAGS.select_best, eval_round_to_grid=FLAGS.eval_round_to_grid,
             export=FLAGS.export, beta=FLAGS.beta, settings=recipe_settings(),
+            overfit=OverfitConfig(FLAGS.overfit_check_every, FLAGS.on_overfit, FLAGS.overfit_drop),
             allow_changes=_allowed_changes())
     except ValueError as error:
         raise UsageError(str(error)) from None

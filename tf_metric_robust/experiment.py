@@ -28,7 +28,7 @@ from tf_metric_robust import data, distribute, export, run_files, stopping, summ
 from tf_metric_robust.config import UserError
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
 from tf_metric_robust.training import AdversarialTrainer, make_optimizer
-from tf_metric_robust import selection
+from tf_metric_robust import overfit_guard, selection
 
 def build_trainer(config):
     """Network + AdversarialTrainer + optimizer, compiled; call inside strategy.scope()."""
@@ -220,6 +220,7 @@ def _train(config, output_dir, chief, start):
         guard = stopping.StepGuard(saver, config.checkpoint_every, signals)
         callbacks = [guard, summaries.TrainScalars(writer, every=min(50, config.eval_every),
                                                    attack=config.attack)]
+        callbacks += overfit_guard.callbacks(config, trainer, output_dir)  # fast AT (issue 18)
         # A terminal gets Keras' progress bar; a log file (stdout redirected) one line per segment.
         verbose = 1 if sys.stdout.isatty() else 2
         if step >= config.train_steps:

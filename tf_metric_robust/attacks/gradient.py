@@ -3,6 +3,9 @@
 PGD: Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018.
 FGSM: Goodfellow et al., ICLR 2015 (one step of size eps from x). MI-FGSM: Dong et al., "Boosting
 Adversarial Attacks with Momentum", CVPR 2018 (momentum on L1-normalised gradients).
+Fast adversarial training's attacks are one step of the same loop: FGSM-RS (Wong et al., "Fast is
+better than free", ICLR 2020) from a uniform start in the ball, and N-FGSM (de Jorge et al., "Make
+Some Noise", NeurIPS 2022) from a start in a 2 eps box, never projected back to the eps-ball.
 
 The step loop is a Python loop unrolled inside one tf.function: on CPU this costs the same as k
 separate input gradients, while a tf.while_loop is slower (DESIGN.md, "The stack").
@@ -39,18 +42,34 @@ def validate_args(*, eps, step_size, steps, restarts, norm, loss, clip_min, clip
     return checks
 
 
-def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, *, steps,
-                  norm, loss, targeted, random_start, momentum, restarts):
+FGSM_RS_STEP = 1.25  # FGSM-RS step / eps: 10/255 at eps 8/255 (train_fgsm.py:30-31)
+N_FGSM_NOISE = 2.0  # N-FGSM start noise / eps: U(-2 eps, 2 eps) (N-FGSM train.py:51-56)
+
+
+def _clip_to_box(x_adv, clip_min, clip_max):
+    """x_adv clipped to [clip_min, clip_max] only (N-FGSM: no eps-ball), dtype kept."""
+    dtype = x_adv.dtype
+    return tf.clip_by_value(x_adv, tf.cast(clip_min, dtype), tf.cast(clip_max, dtype))
+
+
+def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, start_scale=1.0,
+                 *, steps, norm, loss, targeted, random_start, momentum, restarts, ball=True):
     """The shared loop: `restarts` runs of `steps` projected ascent steps, worst case per example.
 
-    eps, step_size, decay, clip_min, clip_max: float32 scalars; seed: None or int [2].
+    eps, step_size, decay, clip_min, clip_max, start_scale: float32 scalars; seed: None or int
+    [2]. A uniform random start lies in the ball of radius start_scale * eps; `ball` False clips
+    the start and every step to [clip_min, clip_max] only (N-FGSM), never to the eps-ball.
     """
+    def constrain(x_adv):
+        if ball:
+            return objectives.project(x_adv, x, eps, norm, clip_min, clip_max)
+        return _clip_to_box(x_adv, clip_min, clip_max)
+
     best = best_success = best_objective = None
     for restart in range(restarts):
         run_seed = None if seed is None else tf.random.experimental.stateless_fold_in(seed, restart)
         if random_start is True:
-            x_adv = objectives.project(objectives.random_start(x, eps, norm, run_seed), x, eps,
-                                       norm, clip_min, clip_max)
+            x_adv = constrain(objectives.random_start(x, eps * start_scale, norm, run_seed))
         elif random_start:  # a float: the std of a Gaussian start, unprojected (trades.py:31-33)
             x_adv = objectives.gaussian_start(x, random_start, run_seed)
         else:
@@ -70,8 +89,7 @@ def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed
                 accumulated = decay * accumulated + objectives.l1_normalize(grad)
                 grad = accumulated
             step = step_size * objectives.step_direction(grad, norm)
-            x_adv = objectives.project(x_adv + tf.cast(step, x.dtype), x, eps, norm, clip_min,
-                                       clip_max)
+            x_adv = constrain(x_adv + tf.cast(step, x.dtype))
         if restarts == 1:
             return x_adv
         # Keep per example the run that succeeds, ties broken by the higher objective.
@@ -89,7 +107,7 @@ def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed
 
 
 def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, restarts, targeted,
-         clip_min, clip_max, seed, decay):
+         clip_min, clip_max, seed, decay, start_scale=1.0, ball=True):
     """Validates, converts arguments to tensors and runs the (cached) compiled attack.
 
     step_size None steps by eps (FGSM); decay None turns momentum off (PGD).
@@ -97,6 +115,7 @@ def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, res
     checks = validate_args(eps=eps, step_size=step_size, steps=steps, restarts=restarts, norm=norm,
                            loss=loss, clip_min=clip_min, clip_max=clip_max,
                            decay=0.0 if decay is None else decay)
+    checks += _plumbing.check_number("start_scale", start_scale, 0.0, strict=True)
     x, y = objectives.images_and_labels(x, y, clip_min, clip_max, loss)
     step_size = eps if step_size is None else step_size
     decay_value = 0.0 if decay is None else decay
@@ -104,9 +123,10 @@ def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, res
     seed = _plumbing.stateless_seed(seed)
     static = dict(steps=steps, norm=norm, loss=loss, targeted=bool(targeted),
                   random_start=_start(random_start), momentum=decay is not None,
-                  restarts=restarts)
+                  restarts=restarts, ball=bool(ball))
     with tf.control_dependencies(checks):
-        x_adv = _plumbing.run_compiled(attack_graph, model_fn, static, x, y, *scalars, seed)
+        x_adv = _plumbing.run_compiled(attack_graph, model_fn, static, x, y, *scalars, seed,
+                                       tf.cast(start_scale, tf.float32))
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
 
@@ -121,7 +141,8 @@ def _start(random_start):
 
 
 def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", norm="linf",
-        restarts=1, targeted=False, clip_min=0.0, clip_max=1.0, seed=None):
+        restarts=1, targeted=False, clip_min=0.0, clip_max=1.0, seed=None, start_scale=1.0,
+        project_to_ball=True):
     """Projected gradient descent (Madry et al. 2018) in the linf or l2 eps-ball around x.
 
     Args: model_fn maps images to logits [N, C]; x images [N, ...] (any float dtype, kept);
@@ -129,12 +150,16 @@ def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", 
     inner maximisation); eps, step_size on the image scale ([0, 1]); random_start True (uniform
     in the ball), False, or a float std: x + std N(0, 1) (TRADES, MART: TRADES_START_STD);
     `restarts` random starts keep per example the successful / highest-loss result; seed None
-    (stateful random) or an int tensor [2] (stateless, reproducible).
-    Returns adversarial images, same shape and dtype as x, inside the ball and [clip_min, clip_max].
+    (stateful random) or an int tensor [2] (stateless, reproducible). Fast training attacks:
+    start_scale (> 0) sets the uniform start's radius to start_scale * eps (N-FGSM: 2);
+    project_to_ball False keeps only the [clip_min, clip_max] clip (N-FGSM; see `n_fgsm`).
+    Returns adversarial images, same shape and dtype as x, inside the ball (unless
+    project_to_ball is False) and [clip_min, clip_max].
     """
     return _run(model_fn, x, y, eps=eps, step_size=step_size, steps=steps,
                 random_start=random_start, loss=loss, norm=norm, restarts=restarts,
-                targeted=targeted, clip_min=clip_min, clip_max=clip_max, seed=seed, decay=None)
+                targeted=targeted, clip_min=clip_min, clip_max=clip_max, seed=seed, decay=None,
+                start_scale=start_scale, ball=project_to_ball)
 
 
 def fgsm(model_fn, x, y, *, eps, loss="ce", norm="linf", targeted=False, clip_min=0.0,
@@ -159,3 +184,31 @@ def mifgsm(model_fn, x, y, *, eps, step_size, steps, decay=1.0, loss="ce", norm=
     return _run(model_fn, x, y, eps=eps, step_size=step_size, steps=steps,
                 random_start=random_start, loss=loss, norm=norm, restarts=1, targeted=targeted,
                 clip_min=clip_min, clip_max=clip_max, seed=seed, decay=decay)
+
+
+def fgsm_rs(model_fn, x, y, *, eps, step_size=None, loss="ce", norm="linf", clip_min=0.0,
+            clip_max=1.0, seed=None):
+    """FGSM with a random start (Wong et al. 2020): the training attack of fast AT.
+
+    A uniform start in the eps-ball clipped to the box, one step of step_size (None: 1.25 eps)
+    and the projection back to the ball and the box, as locuslab/fast_adversarial
+    CIFAR10/train_fgsm.py:107-118. Arguments and result as `pgd` (inside the eps-ball).
+    """
+    step_size = FGSM_RS_STEP * eps if step_size is None else step_size
+    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=1, random_start=True,
+               loss=loss, norm=norm, clip_min=clip_min, clip_max=clip_max, seed=seed)
+
+
+def n_fgsm(model_fn, x, y, *, eps, step_size=None, noise_scale=N_FGSM_NOISE, loss="ce",
+           norm="linf", clip_min=0.0, clip_max=1.0, seed=None):
+    """N-FGSM (de Jorge et al. 2022): noise U(-noise_scale eps, noise_scale eps), one step.
+
+    x + noise clipped to the box, one step of step_size (None: eps) from there, clipped to the
+    box only: no projection to the eps-ball (pdejorge/N-FGSM train.py:218-233, --clip -1). The
+    result lies within (noise_scale * eps + step_size) of x (linf; 3 eps by default) and in
+    [clip_min, clip_max]. Arguments as `pgd`.
+    """
+    step_size = eps if step_size is None else step_size
+    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=1, random_start=True,
+               loss=loss, norm=norm, clip_min=clip_min, clip_max=clip_max, seed=seed,
+               start_scale=noise_scale, project_to_ball=False)

@@ -11,6 +11,10 @@ from tf_metric_robust.config.common import NON_NEGATIVE, POSITIVE, UNIT, UNIT_OP
 
 MODES = ("natural", "pgd", "tla", "trades", "mart")
 KL_MODES = ("trades", "mart")  # TRADES (Zhang et al. 2019), MART (Wang et al. 2020): beta x KL
+# --train_attack: PGD, or fast AT's one step: FGSM-RS (Wong et al. 2020), N-FGSM (de Jorge 2022).
+TRAIN_ATTACKS = ("pgd", "fgsm_rs", "n_fgsm")
+N_FGSM_NOISE = 2.0  # N-FGSM start noise / eps (attacks.gradient.N_FGSM_NOISE, train.py:51-56)
+OVERFIT_ACTIONS = ("warn", "restore")
 MININGS = ("paper", "semihard")
 NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
@@ -31,8 +35,17 @@ class AttackConfig:
     loss: str = "ce"
     random_start: bool = True
     restarts: int = 1
+    method: str = "pgd"  # TRAIN_ATTACKS; fgsm_rs / n_fgsm: one step from a random start
 
     def __post_init__(self):
+        if self.method not in TRAIN_ATTACKS:
+            raise UserError(f"train_attack must be one of {', '.join(TRAIN_ATTACKS)}; got "
+                            f"{self.method!r}")
+        if self.method != "pgd" and (self.steps != 1 or self.restarts != 1
+                                     or not self.random_start):
+            raise UserError(f"train_attack {self.method} is one step from a random start: pass "
+                            f"--steps=1 and --random_start (got steps {self.steps}, random_start "
+                            f"{self.random_start}); step size: FGSM-RS 1.25 eps, N-FGSM eps")
         UNIT.check("eps", self.eps)  # images are on [0,1]
         POSITIVE.check("step_size", self.step_size)
         if self.steps < 1:
@@ -45,9 +58,34 @@ class AttackConfig:
             raise UserError(f"restarts must be >= 1, got {self.restarts}")
 
     def kwargs(self):
-        """Keyword arguments of `attacks.pgd`."""
-        return dict(eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
-                    loss=self.loss, random_start=self.random_start, restarts=self.restarts)
+        """Keyword arguments of `attacks.pgd` (FGSM-RS is its one-step case; N-FGSM adds a 2 eps
+        start and no projection to the eps-ball, attacks.gradient.n_fgsm)."""
+        kwargs = dict(eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
+                      loss=self.loss, random_start=self.random_start, restarts=self.restarts)
+        if self.method == "n_fgsm":
+            kwargs.update(start_scale=N_FGSM_NOISE, project_to_ball=False)
+        return kwargs
+
+
+@dataclasses.dataclass(frozen=True)
+class OverfitConfig:
+    """The catastrophic-overfitting guard of fast AT (overfit_guard.py; Wong et al. 2020).
+
+    check_every 0 turns it off; drop is the PGD-accuracy fall that counts as a collapse.
+    """
+
+    check_every: int = 0
+    action: str = "warn"
+    drop: float = 0.2  # train_fgsm.py:137
+
+    def __post_init__(self):
+        if self.check_every < 0:
+            raise UserError(f"overfit_check_every must be >= 0, got {self.check_every}")
+        if self.action not in OVERFIT_ACTIONS:
+            raise UserError(f"on_overfit must be one of {', '.join(OVERFIT_ACTIONS)}; got "
+                            f"{self.action!r}")
+        if not 0 < self.drop <= 1:
+            raise UserError(f"overfit_drop must be in (0, 1], got {self.drop}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,6 +226,7 @@ class TrainConfig:
     select_best: str = "none"  # 'pgd': keep and export the best validation-PGD checkpoint
     eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
     beta: float = 6.0  # weight of the KL term of modes trades and mart (config.check_mode)
+    overfit: OverfitConfig = OverfitConfig()  # fast AT's overfitting guard (overfit_guard.py)
     # Every result-changing flag by name (cli.recipe_settings()); None (Python API): derived from
     # this config's own fields. Part of recipe.json: a resume must match it.
     settings: Optional[dict] = None

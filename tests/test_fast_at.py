@@ -1,0 +1,205 @@
+"""Fast adversarial training (issue 18 item 4): FGSM-RS, N-FGSM and the overfitting guard.
+
+FGSM-RS: Wong et al. 2020, locuslab/fast_adversarial CIFAR10/train_fgsm.py:107-118.
+N-FGSM: de Jorge et al. 2022, pdejorge/N-FGSM train.py:218-233.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_metric_robust import data, models, overfit_guard
+from tf_metric_robust.attacks import gradient
+from tf_metric_robust.config import AttackConfig, UserError
+from tf_metric_robust.config import training as training_config
+from tf_metric_robust.training import AdversarialTrainer
+
+EPS = 8 / 255
+
+
+class Linear:
+    """logits = flatten(x) @ w + b: its input gradient has a closed form for the NumPy check."""
+
+    def __init__(self, shape, classes=10, seed=0):
+        rng = np.random.default_rng(seed)
+        self.w = rng.normal(size=(int(np.prod(shape)), classes)).astype(np.float32)
+        self.b = rng.normal(size=classes).astype(np.float32)
+
+    def __call__(self, x):
+        return tf.reshape(x, [tf.shape(x)[0], -1]) @ self.w + self.b
+
+    def input_gradient(self, x, y):
+        """d CE / d x in NumPy: (softmax(z) - onehot(y)) w^T."""
+        z = x.reshape(len(x), -1) @ self.w + self.b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(y)), y] -= 1.0
+        return (p @ self.w.T).reshape(x.shape)
+
+
+def _batch(n=64, shape=(4, 4, 3), seed=1):
+    rng = np.random.default_rng(seed)
+    # Pixels near 0 and 1 too, so the [0, 1] clip matters.
+    x = np.clip(rng.uniform(-0.1, 1.1, size=(n, *shape)), 0, 1).astype(np.float32)
+    return x, rng.integers(0, 10, n)
+
+
+def _start_of(attack, x, y, seed, **kwargs):
+    """The attack's random start: its step is zero on a model whose logits ignore the input."""
+    def flat(images):
+        return tf.zeros([tf.shape(images)[0], 10]) + 0.0 * tf.reduce_sum(images)
+
+    return attack(flat, x, y, seed=seed, **kwargs).numpy()
+
+
+def test_fgsm_rs_equals_numpy_on_a_linear_model():
+    x, y = _batch()
+    model, seed = Linear(x.shape[1:]), tf.constant([3, 4], tf.int64)
+    start = _start_of(gradient.fgsm_rs, x, y, seed, eps=EPS)
+    # The start: uniform in the eps-ball, clipped to [0, 1] (train_fgsm.py:107-110).
+    assert np.all(np.abs(start - x) <= EPS + 1e-7) and start.min() >= 0 and start.max() <= 1
+    assert np.abs(start - x).max() > 0.9 * EPS  # it fills the ball
+    step = 1.25 * EPS * np.sign(model.input_gradient(start, y))
+    expected = np.clip(np.clip(start + step, x - EPS, x + EPS), 0, 1)  # lines 117-118
+    got = gradient.fgsm_rs(model, x, y, eps=EPS, seed=seed).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_n_fgsm_equals_numpy_on_a_linear_model():
+    x, y = _batch(seed=2)
+    model, seed = Linear(x.shape[1:], seed=1), tf.constant([5, 6], tf.int64)
+    start = _start_of(gradient.n_fgsm, x, y, seed, eps=EPS)
+    # Noise U(-2 eps, 2 eps), clipped to [0, 1] only (train.py:218-221).
+    delta = np.abs(start - x)
+    assert delta.max() <= 2 * EPS + 1e-7 and delta.max() > 1.8 * EPS
+    assert np.mean(delta > EPS) > 0.3  # about half the pixels lie outside the eps-ball
+    expected = np.clip(start + EPS * np.sign(model.input_gradient(start, y)), 0, 1)  # 229-231
+    got = gradient.n_fgsm(model, x, y, eps=EPS, seed=seed).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_bounds(norm):
+    """FGSM-RS stays in the eps-ball; N-FGSM within its documented 2 eps + step, leaves the
+    eps-ball (no projection), and both stay in [0, 1]."""
+    x, y = _batch(n=128, shape=(8, 8, 1), seed=3)
+    model = Linear(x.shape[1:], seed=2)
+    eps = EPS if norm == "linf" else 0.5
+    size = (lambda d: np.abs(d).reshape(len(d), -1).max(1)) if norm == "linf" else (
+        lambda d: np.sqrt((d.reshape(len(d), -1) ** 2).sum(1)))
+    rs = gradient.fgsm_rs(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 1])).numpy()
+    noisy = gradient.n_fgsm(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 2])).numpy()
+    for adv in (rs, noisy):
+        assert adv.min() >= 0 and adv.max() <= 1 and adv.dtype == np.float32
+    assert size(rs - x).max() <= eps * (1 + 1e-5)
+    assert size(noisy - x).max() <= (2 * eps + eps) * (1 + 1e-5)
+    assert size(noisy - x).max() > 1.05 * eps
+
+
+def test_attack_config_selects_the_fast_attacks():
+    fast = AttackConfig(eps=EPS, step_size=10 / 255, steps=1, method="fgsm_rs")
+    assert fast.kwargs() == AttackConfig(eps=EPS, step_size=10 / 255, steps=1).kwargs()
+    noisy = AttackConfig(eps=EPS, step_size=EPS, steps=1, method="n_fgsm").kwargs()
+    assert noisy["start_scale"] == gradient.N_FGSM_NOISE == training_config.N_FGSM_NOISE
+    assert noisy["project_to_ball"] is False
+    with pytest.raises(UserError, match="--steps=1"):
+        AttackConfig(eps=EPS, step_size=EPS, steps=7, method="n_fgsm")
+    with pytest.raises(UserError, match="train_attack"):
+        AttackConfig(eps=EPS, step_size=EPS, steps=1, method="fgsm")
+
+
+def _digits(n=400):
+    images, labels = data.read_mnist5k()
+    return images[:n].astype(np.float32) / 255.0, labels[:n]
+
+
+def _trainer(mode, method, step_size):
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
+    attack = AttackConfig(eps=0.1, step_size=step_size, steps=1, method=method)
+    trainer = AdversarialTrainer(network, mode=mode, attack=attack,
+                                 eval_attack=AttackConfig(eps=0.1, step_size=0.025, steps=4))
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return trainer
+
+
+@pytest.mark.parametrize("mode,method,step", [("pgd", "fgsm_rs", 0.125), ("tla", "n_fgsm", 0.1)])
+def test_fast_attacks_train_pgd_and_tla(mode, method, step):
+    """Each fast attack trains its mode on real digits: the loss falls over 40 steps."""
+    images, labels = _digits()
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(50)
+    trainer = _trainer(mode, method, step)
+    history = trainer.fit(dataset, steps_per_epoch=10, epochs=4, verbose=0).history["loss"]
+    assert np.all(np.isfinite(history)) and history[-1] < 0.8 * history[0]
+
+
+# ----------------------------------------------------------------------------- overfitting guard
+def test_collapse_detector_on_a_synthetic_run():
+    """Rising PGD accuracy is good; a fall of > 0.2 with FGSM accuracy climbing is overfitting;
+    a fall with FGSM falling too is divergence (not flagged, not good)."""
+    detector = overfit_guard.CollapseDetector(drop=0.2)
+    sequence = [  # (pgd, fgsm) per probe
+        (0.20, 0.30), (0.35, 0.45), (0.40, 0.50), (0.30, 0.55),  # a dip within 0.2: still good
+        (0.05, 0.85),  # catastrophic overfitting: PGD -0.35 from best, FGSM up
+        (0.38, 0.50),  # after a restore
+        (0.10, 0.20),  # PGD and FGSM both fall: divergence, not overfitting
+    ]
+    checks = [detector.update(i, pgd, fgsm) for i, (pgd, fgsm) in enumerate(sequence)]
+    assert [c.good for c in checks] == [True, True, True, True, False, True, False]
+    assert [c.overfit for c in checks] == [False] * 4 + [True, False, False]
+    assert checks[4].best_pgd_accuracy == 0.40
+    with pytest.raises(ValueError):
+        overfit_guard.CollapseDetector(drop=0)
+
+
+def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, mnist5k_data_dir):
+    """Through experiment.train on mnist5k: the probe's accuracies are scripted (a collapse at
+    the third probe); restoring the weights of the second probe, shrinking the step, retracing
+    the step and training on are real."""
+    from tf_metric_robust import experiment
+    from tf_metric_robust.config import TrainConfig
+    from tf_metric_robust.config.training import OverfitConfig
+
+    script = iter([(0.30, 0.40), (0.45, 0.50), (0.05, 0.90), (0.40, 0.50)])
+    snapshots = {}
+    real_check = overfit_guard.OverfitGuard.check
+
+    def scripted_probe(logits_fn, images, labels, **kwargs):
+        return next(script)
+
+    def recording_check(self, step):
+        before = [v.numpy().copy() for v in self.trainer.network.weights]
+        verdict = real_check(self, step)
+        snapshots[step] = (before, [v.numpy().copy() for v in self.trainer.network.weights])
+        return verdict
+
+    monkeypatch.setattr(overfit_guard, "probe_accuracies", scripted_probe)
+    monkeypatch.setattr(overfit_guard.OverfitGuard, "check", recording_check)
+    config = TrainConfig(
+        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir, mode="pgd",
+        batch_size=20,
+        train_steps=16, eval_every=16, eval_examples=20, final_eval_examples=20,
+        attack=AttackConfig(eps=0.3, step_size=0.375, steps=1, method="fgsm_rs"),
+        eval_attack=AttackConfig(eps=0.3, step_size=0.1, steps=2), export=False,
+        model_kwargs={"embedding_dim": 16},
+        overfit=OverfitConfig(check_every=4, action="restore"))
+    experiment.train(config)
+    assert sorted(snapshots) == [4, 8, 12, 16]
+    # At step 12 the weights went back to those of step 8 (the last good probe).
+    for restored, good in zip(snapshots[12][1], snapshots[8][1]):
+        np.testing.assert_array_equal(restored, good)
+    assert any(not np.array_equal(a, b) for a, b in zip(snapshots[12][0], snapshots[8][1]))
+    with open(tmp_path / "run" / overfit_guard.RECORD) as f:
+        record = [json.loads(line) for line in f]
+    assert [line["overfit"] for line in record] == [False, False, True, False]
+    assert record[2]["restores"] == 1
+    assert record[2]["step_size"] == pytest.approx(0.375 * overfit_guard.STEP_FACTOR)
+    # Training went on after the restore with the smaller step (a retraced train step).
+    assert record[3]["step"] == 16
+    assert os.path.exists(tmp_path / "run" / "metrics.json")
+    assert dataclasses.asdict(config.attack)["step_size"] == 0.375  # the config is untouched
