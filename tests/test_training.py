@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import models
-from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig
+from tf_metric_robust.config import AttackConfig, OptimizerConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
 ATTACK = AttackConfig(eps=0.1, step_size=0.05, steps=3)
@@ -278,7 +278,7 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
         model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
         model="small_cnn", mode="pgd", batch_size=20, train_steps=4, eval_every=2,
         checkpoint_every=2, eval_examples=40, final_eval_examples=40, eval_batch_size=40,
-        attack=attack, eval_attack=attack, optimizer=experiment.OptimizerConfig(
+        attack=attack, eval_attack=attack, optimizer=OptimizerConfig(
             name="adam", learning_rate=1e-3), validation_examples=100, select_best="pgd",
         export=False)
     metrics = experiment.train(config)

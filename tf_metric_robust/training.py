@@ -1,26 +1,49 @@
 """One Keras model whose train_step does natural training, PGD-AT (Madry et al. 2018), TLA,
-TRADES (Zhang et al. 2019) or MART (Wang et al. 2020).
+TRADES (Zhang et al. 2019) or MART (Wang et al. 2020), optionally with AWP and a weight EMA.
 
-TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus, for each positive term
-t, lambda_triplet * ([D(h(x'_a), h(x_p,t)) - D(h(x'_a), h(x_n)) + margin]_+ + lambda_norm * L_norm),
-with h the penultimate embedding, as the authors' train_update_fast_triplet.py:366-376 adds
-utils.triplet_loss terms. TRADES and MART: losses.trades_loss / mart_loss on a clean and an
-adversarial pass, the attack run in inference mode from x + 0.001 N(0, 1) (trades.py:28-31,
-mart.py:17-20). The modes share one step; only the attack objective and the loss differ.
+TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus lambda_triplet times
+the authors' triplet term (tla_loss.TripletTerm); with base 'trades' (ours, not the paper's) the
+term is added to the TRADES objective instead. TRADES and MART: losses.trades_loss / mart_loss on
+a clean and an adversarial pass, the attack run from x + 0.001 N(0, 1) (trades.py:28-31,
+mart.py:17-20). AWP (Wu et al. 2020, awp.py) perturbs the weights before the descent step; the
+EMA (weight_averaging.py) follows the weights after it. The modes share one step; only the
+attack objective and the loss differ.
 """
+
+from typing import NamedTuple, Optional
 
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import attacks, losses, positives
+from tf_metric_robust import attacks, awp, losses, positives, weight_averaging
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig
 from tf_metric_robust.memory_bank import EmbeddingBank
-
+from tf_metric_robust.tla_loss import TripletTerm, forward_passes
 
 ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
 MODES = ("natural", "pgd", "tla", "trades", "mart")
 KL_MODES = ("trades", "mart")  # CE plus beta x a KL(clean || adversarial) term
+BASES = ("pgd", "trades")  # what TLA's triplet term is added to: CE on x' (authors) or TRADES
+
+
+class Batch(NamedTuple):
+    """An input batch split into its parts (pool and other positives: TLA only, else None)."""
+
+    images: tf.Tensor
+    labels: tf.Tensor
+    pool_images: Optional[tf.Tensor] = None
+    pool_labels: Optional[tf.Tensor] = None
+    other_images: Optional[tf.Tensor] = None
+
+
+class Losses(NamedTuple):
+    """compute_losses' result: per-example total [N], per-example logs, and the logits."""
+
+    total: tf.Tensor
+    logs: dict
+    clean_logits: Optional[tf.Tensor]
+    adversarial_logits: Optional[tf.Tensor]
 
 
 class AdversarialTrainer(keras.Model):
@@ -32,31 +55,44 @@ class AdversarialTrainer(keras.Model):
     replicas (DESIGN.md); the regulariser goes through `tf.nn.scale_regularization_loss`.
     `attack_bn_mode` ('inference' or 'train') is the BN mode of the training attack;
     `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
-    `beta` weighs the KL term of trades and mart (both references: 6 on CIFAR-10).
+    `beta` weighs the KL term of trades, mart and tla with base 'trades' (references: 6 on
+    CIFAR-10). `awp_gamma` > 0 turns AWP on after `awp_warmup_steps`; `ema_decay` > 0 keeps an
+    EMA of the weights (`self.ema`, evaluated and exported instead of the raw weights).
     """
 
     def __init__(self, network, *, mode, attack=None, eval_attack=None, triplet=None,
                  label_smoothing=0.0, seed=0, eps_warmup_steps=0, attack_bn_mode="inference",
-                 eval_round_to_grid=False, beta=6.0, **kwargs):
+                 eval_round_to_grid=False, beta=6.0, base="pgd", awp_gamma=0.0,
+                 awp_warmup_steps=0, ema_decay=0.0, **kwargs):
         super().__init__(**kwargs)
         if attack_bn_mode not in ATTACK_BN_MODES:
             raise ValueError(f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got "
                              f"{attack_bn_mode!r}")
-        self.attack_bn_mode = attack_bn_mode
-        self.eval_round_to_grid = bool(eval_round_to_grid)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        if base not in BASES or (base != "pgd" and mode != "tla"):
+            raise ValueError(f"base must be one of {BASES}, and other than 'pgd' only for mode "
+                             f"tla; got base {base!r} with mode {mode!r}")
         if mode != "natural" and attack is None:
             raise ValueError(f"mode {mode!r} needs an attack configuration")
-        if mode in KL_MODES and label_smoothing:
-            raise ValueError(f"mode {mode!r} uses plain cross-entropy (as its reference): "
-                             f"label_smoothing must be 0, got {label_smoothing}")
+        if (eval_attack or attack) is None:
+            raise ValueError("evaluation reports PGD accuracy: pass eval_attack (an "
+                             "AttackConfig), or attack, which it defaults to")
+        self.triplet = triplet or TripletConfig()
+        self.trades_objective = mode == "trades" or base == "trades"
+        if (mode in KL_MODES or self.trades_objective) and label_smoothing:
+            raise ValueError(f"mode {mode!r} (base {base!r}) uses plain cross-entropy (as its "
+                             f"reference): label_smoothing must be 0, got {label_smoothing}")
+        if base == "trades" and self.triplet.positive_noise > 0:
+            raise ValueError("base 'trades' takes TRADES' terms from the clean pass, which "
+                             "positive_noise would change: positive_noise must be 0")
+        self.attack_bn_mode = attack_bn_mode
+        self.eval_round_to_grid = bool(eval_round_to_grid)
         self.beta = float(beta)
         self.network = network
-        self.mode = mode
+        self.mode, self.base = mode, base
         self.attack = attack
         self.eval_attack = eval_attack or attack
-        self.triplet = triplet or TripletConfig()
         self.label_smoothing = float(label_smoothing)
         self.seed = int(seed)
         self.eps_warmup_steps = int(eps_warmup_steps)
@@ -65,10 +101,13 @@ class AdversarialTrainer(keras.Model):
         if mode == "tla" and self.triplet.mining == "paper" and self.triplet.negative_pool == "bank":
             dim = int(network.output["embedding"].shape[-1])
             self.bank = EmbeddingBank(self.triplet.bank_size, dim, name="negative_bank")
+        self.triplet_term = TripletTerm(network, self.triplet, self.bank) if mode == "tla" else None
+        self.awp = awp.WeightPerturbation(awp_gamma, awp_warmup_steps) if awp_gamma > 0 else None
+        self.ema = weight_averaging.WeightAverage(network, ema_decay) if ema_decay > 0 else None
         names = ["loss", "ce_loss", "clean_accuracy", "pgd_accuracy"]
         if mode == "tla":
             names += ["triplet_loss", "positive_distance", "negative_distance", "embedding_norm"]
-        if mode in KL_MODES:
+        if mode in KL_MODES or self.trades_objective:
             names += ["robust_loss"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
@@ -105,165 +144,53 @@ class AdversarialTrainer(keras.Model):
         step = tf.cast(self.optimizer.iterations, tf.int64) if self.optimizer else tf.constant(0, tf.int64)
         return tf.stack([tf.constant(self.seed, tf.int64) * 1000 + replica_id + offset, step])
 
-    def _forward(self, batches, training):
-        """Network outputs for each image batch: one forward pass per batch, each with its own BN
-        batch statistics, as the authors call model._encoder once per input
-        (train_update_fast_triplet.py:252-273), or, with separate_passes=False, one joint pass."""
-        if self.triplet.separate_passes or len(batches) == 1:
-            return [self.network(images, training=training) for images in batches]
-        sizes = tf.stack([tf.shape(images)[0] for images in batches])
-        outputs = self.network(tf.concat(batches, 0), training=training)
-        parts = {key: tf.split(outputs[key], sizes) for key in ("logits", "embedding")}
-        return [{key: parts[key][i] for key in parts} for i in range(len(batches))]
-
-    def _triplet_terms(self, labels, adversarial_embedding, positives, negative_embedding,
-                       negative_found):
-        """Sum over the positive terms [(embedding, margin)] of the authors' triplet term, norm
-        part inside each (train_update_fast_triplet.py:370-376), and statistics."""
-        cfg = self.triplet
-        terms, positive_distances = [], []
-        for positive_embedding, margin in positives:
-            term, stats = losses.tla_triplet_loss(
-                adversarial_embedding, positive_embedding, negative_embedding, margin=margin,
-                distance=cfg.distance, lambda_norm=cfg.lambda_norm, valid=negative_found)
-            terms.append(term)
-            positive_distances.append(stats["positive_distance"])
-        return (tf.add_n(terms), tf.add_n(positive_distances) / float(len(positives)),
-                stats["negative_distance"])
-
-    def _hardest_extra_negatives(self, adversarial, labels, pool_images, pool_labels):
-        """The authors' retrieval: embed the extra clean pool and the anchors in inference mode
-        (train_update_fast_triplet.py:592-595, pgd_attack_GPU.py:42-46), take for each anchor the
-        most similar image of another class (lines 623-626). Returns (images, found)."""
-        cfg = self.triplet
-        pool_embedding = tf.stop_gradient(self.network(pool_images, training=False)["embedding"])
-        anchor_embedding = tf.stop_gradient(self.network(adversarial, training=False)["embedding"])
-        index, found = losses.hardest_negative_index(
-            anchor_embedding, labels, pool_embedding, pool_labels, distance=cfg.distance)
-        return tf.gather(pool_images, index), found
-
-    def _tla_losses(self, images, adversarial, labels, pool_images, pool_labels, other_images,
-                    training):
-        """TLA forward passes -> (adversarial logits, clean logits or None, triplet [N], logs).
-
-        Passes: adversarial anchors; clean images (the own positive, with the authors' noise when
-        training, and the negative pool of 'batch'/'bank'); the chosen negatives ('extra'); the
-        other positives when the input carries them (data.train_dataset(other_positives=True)).
-        """
-        cfg = self.triplet
-        batch = tf.shape(images)[0]
-        if training and cfg.positive_noise > 0:
-            images = positives.noisy_positive(images, cfg.positive_noise,
-                                              self._attack_seed(offset=700))
-        if cfg.mining == "semihard":
-            adversarial_out, clean_out = self._forward([adversarial, images], training)
-            embeddings = tf.concat([adversarial_out["embedding"], clean_out["embedding"]], 0)
-            batch_loss = losses.triplet_semihard_loss(tf.concat([labels, labels], 0), embeddings,
-                                                      margin=cfg.margin,
-                                                      distance_metric=_tfa_metric(cfg.distance))
-            # One scalar per replica batch: spread it so compute_average_loss scales it once.
-            # The norm part sits inside the term, as in the authors' triplet_loss (utils.py:155).
-            norm = losses.embedding_norm_loss(adversarial_out["embedding"], clean_out["embedding"])
-            triplet = tf.fill([batch], batch_loss) + cfg.lambda_norm * norm
-            zeros = tf.zeros([batch])
-            return (adversarial_out["logits"], clean_out["logits"], triplet,
-                    dict(positive_distance=zeros, negative_distance=zeros,
-                         positive_embedding=clean_out["embedding"]))
-
-        extra = cfg.negative_pool == "extra" and pool_images is not None
-        own = cfg.positive in ("own", "both")
-        other = cfg.positive in ("other", "both")
-        other_from_data = other and other_images is not None
-        # The clean pass feeds the own positive, the 'batch'/'bank' pool or the in-batch partner;
-        # the authors' MNIST step (other positive, extra pool) has none.
-        clean = own or not extra or (other and not other_from_data)
-        batches = [adversarial] + [images] * clean
-        if extra:
-            negative_images, found = self._hardest_extra_negatives(adversarial, labels,
-                                                                   pool_images, pool_labels)
-            batches.append(negative_images)
-        if other_from_data:
-            batches.append(other_images)
-        outputs = self._forward(batches, training)
-        adversarial_out = outputs[0]
-        clean_out = outputs[1] if clean else None
-        if extra:
-            negative_embedding = outputs[1 + clean]["embedding"]
-        else:
-            clean_embedding = clean_out["embedding"]
-            pool_embedding, pool_labels_all, pool_valid = clean_embedding, labels, None
-            if self.bank is not None:
-                bank_embedding, bank_labels, bank_valid = self.bank.read()
-                pool_embedding = tf.concat(
-                    [clean_embedding, tf.cast(bank_embedding, clean_embedding.dtype)], 0)
-                pool_labels_all = tf.concat([labels, tf.cast(bank_labels, labels.dtype)], 0)
-                pool_valid = tf.concat([tf.ones([batch], tf.bool), bank_valid], 0)
-            index, found = losses.hardest_negative_index(
-                adversarial_out["embedding"], labels, pool_embedding, pool_labels_all,
-                distance=cfg.distance, pool_valid=pool_valid)
-            negative_embedding = tf.gather(pool_embedding, index)
-            if self.bank is not None and training:
-                self.bank.enqueue(clean_embedding, labels)
-        positive_terms = []
-        if own:
-            positive_terms.append((clean_out["embedding"], cfg.margin))
-        if other_from_data:
-            positive_terms.append((outputs[-1]["embedding"], cfg.other_margin))
-        elif other:
-            partner = losses.same_class_partner_index(labels, self._attack_seed(offset=500))
-            positive_terms.append((tf.gather(clean_out["embedding"], partner), cfg.other_margin))
-        triplet, positive_distance, negative_distance = self._triplet_terms(
-            labels, adversarial_out["embedding"], positive_terms, negative_embedding, found)
-        return (adversarial_out["logits"], clean_out["logits"] if clean else None, triplet,
-                dict(positive_distance=positive_distance, negative_distance=negative_distance,
-                     positive_embedding=positive_terms[0][0]))
-
     def compute_losses(self, images, labels, adversarial, training, pool_images=None,
                        pool_labels=None, other_images=None):
-        """Per-example total loss and per-example logs, shared by train_step and test_step."""
+        """Losses (per-example total and logs, logits), shared by train_step and test_step."""
         logs = {}
+        clean_logits = adversarial_logits = None
         if self.mode == "natural":
             clean_logits = self.network(images, training=training)["logits"]
-            adversarial_logits = None
-            ce = self._cross_entropy(labels, clean_logits)
-            total = ce
+            ce = total = self._cross_entropy(labels, clean_logits)
         elif self.mode == "pgd":
             adversarial_logits = self.network(adversarial, training=training)["logits"]
-            clean_logits = None
-            ce = self._cross_entropy(labels, adversarial_logits)
-            total = ce
+            ce = total = self._cross_entropy(labels, adversarial_logits)
         elif self.mode in KL_MODES:
             # Clean and adversarial passes, each with its own BN statistics, in training mode
             # (trades.py:73-82, mart.py:32-40).
-            clean_out, adversarial_out = self._forward([images, adversarial], training)
+            clean_out, adversarial_out = forward_passes(self.network, [images, adversarial],
+                                                        training, self.triplet.separate_passes)
             clean_logits, adversarial_logits = clean_out["logits"], adversarial_out["logits"]
-            loss_fn = losses.trades_loss if self.mode == "trades" else losses.mart_loss
+        else:
+            parts = self.triplet_term(images, adversarial, labels, training=training,
+                                      seed=self._attack_seed, pool_images=pool_images,
+                                      pool_labels=pool_labels, other_images=other_images,
+                                      need_clean=self.trades_objective)
+            clean_logits, adversarial_logits = parts.clean_logits, parts.adversarial_logits
+            logs.update(triplet_loss=parts.triplet, positive_distance=parts.positive_distance,
+                        negative_distance=parts.negative_distance,
+                        embedding_norm=tf.norm(tf.cast(parts.positive_embedding, tf.float32),
+                                               axis=-1))
+            if not self.trades_objective:
+                # CE on the adversarial images only (config train_flag_adv_only, lines 382-389).
+                ce = total = self._cross_entropy(labels, adversarial_logits)
+        if self.mode in KL_MODES or self.trades_objective:
+            loss_fn = losses.mart_loss if self.mode == "mart" else losses.trades_loss
             total = loss_fn(labels, clean_logits, adversarial_logits, beta=self.beta)
             # TRADES' CE is on the clean images, MART's on the adversarial ones.
-            ce = self._cross_entropy(labels, clean_logits if self.mode == "trades"
-                                     else adversarial_logits)
+            ce = self._cross_entropy(labels, adversarial_logits if self.mode == "mart"
+                                     else clean_logits)
             logs["robust_loss"] = total - ce  # what the mode adds to its CE
-        else:
-            adversarial_logits, clean_logits, triplet, parts = self._tla_losses(
-                images, adversarial, labels, pool_images, pool_labels, other_images, training)
-            # CE on the adversarial images only (config train_flag_adv_only, lines 382-389);
+        if self.mode == "tla":
             # lambda_triplet weighs each whole term, norm part included (lines 372, 376).
-            ce = self._cross_entropy(labels, adversarial_logits)
-            total = ce + self.triplet.lambda_triplet * triplet
-            logs.update(triplet_loss=triplet, positive_distance=parts["positive_distance"],
-                        negative_distance=parts["negative_distance"],
-                        embedding_norm=tf.norm(tf.cast(parts["positive_embedding"], tf.float32),
-                                               axis=-1))
+            total = total + self.triplet.lambda_triplet * logs["triplet_loss"]
         logs["ce_loss"] = ce
-        return total, logs, clean_logits, adversarial_logits
+        return Losses(total, logs, clean_logits, adversarial_logits)
 
     # ------------------------------------------------------------------------------ steps
     def _unpack(self, data, training):
-        """(images, labels, pool images, pool labels, other positives) of an input batch.
-
-        Inputs are (images, labels), or ((images, other_images), labels) from
-        data.train_dataset(other_positives=True).
-        """
+        """The Batch of an input: (images, labels), or ((images, other_images), labels) from
+        data.train_dataset(other_positives=True); the extra TLA pool split off when training."""
         images, labels = data[0], data[1]
         other_images = None
         if isinstance(images, (tuple, list)):
@@ -272,101 +199,103 @@ class AdversarialTrainer(keras.Model):
             raise ValueError("triplet other_positive='data' needs ((images, other_images), labels) "
                              "batches: data.train_dataset(..., other_positives=True)")
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
-        pool_images = pool_labels = None
-        if training and self.mode == "tla" and self.triplet.negative_pool == "extra":
-            # The input pipeline delivers batch * (1 + pool_multiplier) images: batch, then pool.
-            batch = tf.shape(images)[0] // (1 + self.triplet.pool_multiplier)
-            images, pool_images = images[:batch], images[batch:]
-            labels, pool_labels = labels[:batch], labels[batch:]
-            if other_images is not None:
-                other_images = other_images[:batch]
-        return images, labels, pool_images, pool_labels, other_images
+        if not (training and self.mode == "tla" and self.triplet.negative_pool == "extra"):
+            return Batch(images, labels, other_images=other_images)
+        # The input pipeline delivers batch * (1 + pool_multiplier) images: batch, then pool.
+        batch = tf.shape(images)[0] // (1 + self.triplet.pool_multiplier)
+        if other_images is not None:
+            other_images = other_images[:batch]
+        return Batch(images[:batch], labels[:batch], images[batch:], labels[batch:], other_images)
 
     def _needs_other_images(self):
         return (self.mode == "tla" and self.triplet.mining == "paper"
                 and self.triplet.positive in ("other", "both")
                 and self.triplet.other_positive == "data")
 
-    def _update_metrics(self, loss, logs, labels, clean_logits, adversarial_logits):
+    def _update_metrics(self, loss, result, labels):
         self.trackers["loss"].update_state(loss)
-        for name, value in logs.items():
+        for name, value in result.logs.items():
             self.trackers[name].update_state(value)
-        for name, logits in (("clean_accuracy", clean_logits), ("pgd_accuracy", adversarial_logits)):
+        for name, logits in (("clean_accuracy", result.clean_logits),
+                             ("pgd_accuracy", result.adversarial_logits)):
             if logits is not None:
                 correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
                 self.trackers[name].update_state(correct)
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-    def _training_attack_kwargs(self):
-        """The training attack; with eps warm-up, eps and step_size grow linearly to full size.
-
-        Starting PGD-AT at full eps (e.g. 0.3 on MNIST) leaves a long plateau near chance; a
-        linear ramp (as in Gowal et al. 2018, IBP, and Wong et al. 2020) gets past it quickly.
-        """
+    def _training_attack(self, images, labels):
+        """The training attack's images; with eps warm-up, eps and step_size grow linearly to
+        full size (as in Gowal et al. 2018 and Wong et al. 2020: past the plateau near chance
+        that full-size PGD-AT starts on). The TRADES objective maximises KL(p(x) || p(x'))
+        against the clean logits of the same BN mode (trades.py:36-37); TRADES and MART start
+        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20), the others uniformly in the ball."""
+        model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
         kwargs = self.attack.kwargs()
         if self.eps_warmup_steps > 0:
             step = tf.cast(self.optimizer.iterations, tf.float32) + 1.0
             fraction = tf.minimum(1.0, step / float(self.eps_warmup_steps))
             kwargs["eps"] = fraction * self.attack.eps
             kwargs["step_size"] = fraction * self.attack.step_size
-        return kwargs
-
-    def _training_attack(self, images, labels):
-        """The training attack's images. TRADES maximises KL(p(x) || p(x')) against the clean
-        logits of the same BN mode (trades.py:36-37); TRADES and MART start from x + 0.001 N(0, 1)
-        (trades.py:31, mart.py:20) where the others start uniformly in the ball."""
-        model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
-        kwargs = self._training_attack_kwargs()
         targets = labels
-        if self.mode in KL_MODES and kwargs["random_start"]:
+        if (self.mode in KL_MODES or self.trades_objective) and kwargs["random_start"]:
             kwargs["random_start"] = objectives.TRADES_START_STD
-        if self.mode == "trades":
+        if self.trades_objective:
             kwargs["loss"] = "kl"
             targets = tf.stop_gradient(model_fn(images))
         return tf.stop_gradient(attacks.pgd(model_fn, images, targets,
                                             seed=self._attack_seed(offset=0), **kwargs))
 
+    def _awp_perturbation(self, batch, adversarial, variables):
+        """AWP's perturbation from the mode's own loss on this batch, BN statistics and bank
+        kept (awp.py)."""
+        keep = list(self.network.non_trainable_variables)
+        if self.bank is not None:
+            keep += list(self.bank.variables)
+        return self.awp.compute(
+            lambda: tf.nn.compute_average_loss(self.compute_losses(
+                batch.images, batch.labels, adversarial, True, *batch[2:]).total),
+            variables, self.optimizer.iterations, keep=keep)
+
     def train_step(self, data):
-        images, labels, pool_images, pool_labels, other_images = self._unpack(data, training=True)
-        adversarial = images
+        batch = self._unpack(data, training=True)
+        adversarial = batch.images
         if self.mode != "natural":
-            adversarial = self._training_attack(images, labels)
-        with tf.GradientTape() as tape:
-            per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
-                images, labels, adversarial, True, pool_images, pool_labels, other_images)
-            loss = tf.nn.compute_average_loss(per_example)
-            if self.network.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.network.losses))
-            scaled_loss = self.optimizer.scale_loss(loss)
+            adversarial = self._training_attack(batch.images, batch.labels)
         variables = self.network.trainable_variables
-        gradients = tape.gradient(scaled_loss, variables)
+        perturbed = awp.perturbed_variables(self.network) if self.awp else []
+        perturbation = (self._awp_perturbation(batch, adversarial, perturbed) if self.awp
+                        else [])
+        # AWP: gradient at w + v, applied to w after an exact restore (awp.py).
+        with awp.perturbed(perturbed, perturbation):
+            with tf.GradientTape() as tape:
+                result = self.compute_losses(batch.images, batch.labels, adversarial, True,
+                                             *batch[2:])
+                loss = tf.nn.compute_average_loss(result.total)
+                if self.network.losses:
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(self.network.losses))
+                scaled_loss = self.optimizer.scale_loss(loss)
+            gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
+        if self.ema is not None:
+            self.ema.update(self.optimizer.iterations)
         # The tracker sees the global-mean loss of this replica's share (undo the replica split).
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return self._update_metrics(loss * replicas, logs, labels, clean_logits, adversarial_logits)
+        return self._update_metrics(loss * replicas, result, batch.labels)
 
     def test_step(self, data):
-        images, labels, _, _, _ = self._unpack(data, training=False)
+        batch = self._unpack(data, training=False)
+        images, labels = batch.images, batch.labels
         adversarial = attacks.pgd(self.logits_fn, images, labels, **self.eval_attack.kwargs())
         if self.eval_round_to_grid:
             # The authors' CIFAR evaluation rounds adversarial images to integer pixels
             # (pgd_attack.py:285-286); clean images on the grid keep them in the eps-ball.
             adversarial = tf.round(adversarial * positives.PIXEL_LEVELS) / positives.PIXEL_LEVELS
-        per_example, logs, clean_logits, adversarial_logits = self.compute_losses(
-            images, labels, adversarial, False)
-        if clean_logits is None:
-            clean_logits = self.logits_fn(images)
-        if adversarial_logits is None:
-            adversarial_logits = self.logits_fn(adversarial)
-        return self._update_metrics(tf.reduce_mean(per_example), logs, labels, clean_logits,
-                                    adversarial_logits)
-
-
-def _tfa_metric(distance):
-    """Our distance names -> TFA's distance_metric for triplet_semihard_loss (|cos|: a callable)."""
-    if distance == "abs_cosine":
-        return lambda embeddings: losses.pairwise_distance(embeddings, embeddings, "abs_cosine")
-    return {"l2": "L2", "squared_l2": "squared-L2", "cosine": "angular"}[distance]
+        result = self.compute_losses(images, labels, adversarial, False)
+        if result.clean_logits is None:
+            result = result._replace(clean_logits=self.logits_fn(images))
+        if result.adversarial_logits is None:
+            result = result._replace(adversarial_logits=self.logits_fn(adversarial))
+        return self._update_metrics(tf.reduce_mean(result.total), result, labels)
 
 
 def make_optimizer(config):
