@@ -11,6 +11,7 @@ from tf_metric_robust.config.common import NON_NEGATIVE, POSITIVE, UNIT, UNIT_OP
 
 MODES = ("natural", "pgd", "tla", "trades", "mart")
 KL_MODES = ("trades", "mart")  # TRADES (Zhang et al. 2019), MART (Wang et al. 2020): beta x KL
+BASES = ("pgd", "trades")  # --base of mode tla: CE on x' (the authors') or TRADES (ours)
 # --train_attack: PGD, or fast AT's one step: FGSM-RS (Wong et al. 2020), N-FGSM (de Jorge 2022).
 TRAIN_ATTACKS = ("pgd", "fgsm_rs", "n_fgsm")
 N_FGSM_NOISE = 2.0  # N-FGSM start noise / eps (attacks.gradient.N_FGSM_NOISE, train.py:51-56)
@@ -138,21 +139,29 @@ class TripletConfig:
         return self.margin if self.margin_other is None else self.margin_other
 
 
-def check_mode(mode, *, beta, label_smoothing, attack):
+def check_mode(mode, *, beta, label_smoothing, attack, base="pgd", positive_noise=0.0):
     """Raises UserError unless `mode` can run with these settings (the flag names are the fields).
 
     trades/mart: beta >= 0, plain cross-entropy as their references (label_smoothing 0); trades'
-    attack maximises its KL term, so the attack loss must stay 'ce' and restarts 1.
+    attack maximises its KL term, so the attack loss must stay 'ce' and restarts 1. tla with
+    base 'trades' (ours) follows trades, and takes TRADES' terms from an un-noised clean pass.
     """
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     NON_NEGATIVE.check("beta", beta)
-    if mode not in KL_MODES:
+    if base not in BASES or (base != "pgd" and mode != "tla"):
+        raise UserError(f"base must be one of {', '.join(BASES)}, and other than pgd only with "
+                        f"--mode=tla; got --base={base} with --mode={mode}")
+    if base == "trades" and positive_noise:
+        raise UserError("--base=trades takes TRADES' terms from the clean pass, which "
+                        f"--positive_noise would change: pass --positive_noise=0 (got "
+                        f"{positive_noise})")
+    if mode not in KL_MODES and base == "pgd":
         return
     if label_smoothing:
         raise UserError(f"mode {mode} trains with plain cross-entropy as its reference: pass "
                         f"--label_smoothing=0 (got {label_smoothing})")
-    if mode == "trades" and (attack.loss != "ce" or attack.restarts != 1):
+    if (mode == "trades" or base == "trades") and (attack.loss != "ce" or attack.restarts != 1):
         raise UserError("mode trades attacks its own KL term: --attack_loss must be ce (the "
                         f"default) and restarts 1, got {attack.loss!r} and {attack.restarts}")
 
@@ -227,6 +236,10 @@ class TrainConfig:
     eval_round_to_grid: bool = False  # evaluation adversarial images rounded to the 1/255 grid
     beta: float = 6.0  # weight of the KL term of modes trades and mart (config.check_mode)
     overfit: OverfitConfig = OverfitConfig()  # fast AT's overfitting guard (overfit_guard.py)
+    base: str = "pgd"  # mode tla: what the triplet term is added to (BASES; check_mode)
+    awp_gamma: float = 0.0  # AWP's relative weight perturbation (awp.py); 0: off
+    awp_warmup_steps: int = 0  # training steps before AWP starts
+    ema_decay: float = 0.0  # EMA of the weights, evaluated and exported (weight_averaging.py)
     # Every result-changing flag by name (cli.recipe_settings()); None (Python API): derived from
     # this config's own fields. Part of recipe.json: a resume must match it.
     settings: Optional[dict] = None
@@ -238,7 +251,11 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_mode(self.mode, beta=self.beta, label_smoothing=self.label_smoothing,
-                   attack=self.attack)
+                   attack=self.attack, base=self.base, positive_noise=self.triplet.positive_noise)
+        NON_NEGATIVE.check("awp_gamma", self.awp_gamma)
+        if self.awp_warmup_steps < 0:
+            raise UserError(f"awp_warmup_steps must be >= 0, got {self.awp_warmup_steps}")
+        UNIT_OPEN.check("ema_decay", self.ema_decay)
 
     def recipe(self):
         """What recipe.json records: the network-defining keys and every result setting."""
