@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import attacks, detection, export
+from tf_metric_robust.config import EvalConfig, ExportConfig
 from tf_metric_robust.evaluation import detection_protocol
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import write_figures
-from tf_metric_robust.evaluation.plan import EvalConfig
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import attacks, detection, export
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import EvalConfig, EvaluateRun, UserError
 from tf_metric_robust.evaluation import run as evaluation_run
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import write_figures
-from tf_metric_robust.evaluation.plan import EvalConfig, build_plan, resolve_attack
+from tf_metric_robust.evaluation.plan import build_plan, resolve_attack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny threat model: every attack runs 3 steps on 60 examples.
@@ -227,7 +227,7 @@ def test_saved_model_of_a_run_matches_network(trained, tmp_path):
     _write_run(model_dir)
     path = export.export_saved_model(network, os.path.join(model_dir, "saved_model"))
     loaded, info, dataset, run_dir = evaluation_run.load_model(
-        evaluation_run.EvaluateRun(model_dir=model_dir))
+        EvaluateRun(model_dir=model_dir))
     assert (info["source"], info["saved_model"], dataset) == ("saved_model", path, "mnist5k")
     np.testing.assert_allclose(loaded.outputs(x[:10])[0], fns.outputs(x[:10])[0], atol=1e-4)
     config = EvalConfig(eps=0.3, step_size=0.1, steps=2, attacks=("fgsm",), eps_sweep=(),
@@ -319,7 +319,7 @@ def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
                                steps_sweep=())
 
     def evaluate(config, output=None):
-        return evaluation_run.run(evaluation_run.EvaluateRun(
+        return evaluation_run.run(EvaluateRun(
             model_dir=model_dir, data_dir=mnist5k_data_dir, num_examples=20, batch_size=20,
             progress=False, output=output, config=config))
 

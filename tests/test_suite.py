@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust.config import UserError
+from tf_metric_robust.attacks.autoattack import VERSIONS
+from tf_metric_robust.config import SUITE_VERSIONS, EvalConfig, UserError
 from tf_metric_robust.evaluation import outputs, suite
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
-from tf_metric_robust.evaluation.plan import EvalConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PGD-3 plus AutoAttack with 5 APGD steps and 100 Square queries; no sweeps.
@@ -137,6 +137,8 @@ def test_suite_settings_are_checked():
         EvalConfig(suite="autoattack", suite_queries=0)
     config = EvalConfig().resolve("mnist5k")
     assert (config.suite, config.suite_steps, config.suite_queries) == ("none", 100, 5000)
+    # The TF-free config lists the versions autoattack implements, no more and no fewer.
+    assert SUITE_VERSIONS == tuple(VERSIONS)
 
 
 def test_bin_evaluate_suite_end_to_end(bin_evaluate):

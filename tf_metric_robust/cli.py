@@ -513,7 +513,7 @@ def _value_message(message):
 
 # bin/evaluate ------------------------------------------------------------------------------------
 
-EVAL_DEFAULT_ATTACKS = ["fgsm", "pgd", "pgd_cw", "mifgsm"]
+EVAL_DEFAULT_ATTACKS = list(cfg.DEFAULT_ATTACKS)
 
 
 def define_evaluate_flags():
@@ -572,10 +572,10 @@ def define_evaluate_flags():
     flags.DEFINE_integer("detection_k", 50, "Neighbours of the kNN detector.", lower_bound=1)
     flags.DEFINE_enum("detection_score", "agreement", ["agreement", "similarity"],
                       "kNN detection score (see detection.KnnDetector).")
-    flags.DEFINE_enum("suite", "none", ["none", "autoattack"], "Also run a standard attack "
+    flags.DEFINE_enum("suite", "none", list(cfg.SUITES), "Also run a standard attack "
                       "suite into the worst case: autoattack = APGD-CE, APGD-T (DLR), FAB-T, Square "
                       "(Croce & Hein 2020) at --eps/--norm/--seed; report.json 'suite' section.")
-    flags.DEFINE_enum("suite_version", "standard", ["standard", "plus"], "AutoAttack version "
+    flags.DEFINE_enum("suite_version", "standard", list(cfg.SUITE_VERSIONS), "AutoAttack version "
                       "(plus: + APGD-DLR, 5 restarts; 'rand' and untargeted FAB are not implemented).")
     flags.DEFINE_integer("suite_steps", 100, "APGD and FAB-T iterations of the suite (paper: "
                          "100; fewer for a quick, weaker check).", lower_bound=1)
@@ -586,7 +586,7 @@ def define_evaluate_flags():
 
 
 def evaluate_config():
-    """Parsed flags -> evaluation.run.EvaluateRun (UsageError with one line on bad values)."""
+    """Parsed flags -> config.EvaluateRun (UsageError with one line on bad values)."""
     if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
         raise UsageError("pass exactly one of --model_dir and --saved_model")
     for name in ("model_dir", "saved_model"):  # before the TensorFlow import: a typo fails fast
@@ -604,13 +604,12 @@ def evaluate_config():
                                              valid=cfg.NON_NEGATIVE))
     from tf_metric_robust import attacks
     from tf_metric_robust.evaluation import plan as evaluation_plan
-    from tf_metric_robust.evaluation.run import EvaluateRun
 
     attack_names = tuple(a.strip() for a in FLAGS.attacks if a.strip())
     for name in attack_names:
         evaluation_plan.resolve_attack(name, attacks.ATTACKS)
     try:
-        config = evaluation_plan.EvalConfig(
+        config = cfg.EvalConfig(
             eps=FLAGS.eps, step_size=FLAGS.step_size, steps=FLAGS.steps, norm=FLAGS.norm,
             restarts=FLAGS.restarts, random_start=FLAGS.random_start, attacks=attack_names,
             large_eps=FLAGS.large_eps, seed=FLAGS.seed, detection=FLAGS.detection, **sweeps,
@@ -620,7 +619,7 @@ def evaluate_config():
             detection_covariance=FLAGS.detection_covariance, suite=FLAGS.suite,
             suite_version=FLAGS.suite_version, suite_steps=FLAGS.suite_steps,
             suite_queries=FLAGS.suite_queries)
-        return EvaluateRun(
+        return cfg.EvaluateRun(
             model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, dataset=FLAGS.dataset,
             data_dir=FLAGS.data_dir, download=FLAGS.download, split=FLAGS.split,
             num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, output=FLAGS.output,

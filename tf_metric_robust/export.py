@@ -364,7 +364,7 @@ def export_run(config):
         raise UserError(f"--model_dir {config.model_dir} does not exist")
     if config.version is not None:  # refuse before the slow part
         _refuse_existing(config.resolved_export_dir, config.version)
-    from tf_metric_robust.evaluation.plan import default_detection_covariance
+    from tf_metric_robust.config.evaluation import default_detection_covariance
 
     network, recipe, checkpoint = run_files.load_network(config.model_dir)
     dataset = recipe["dataset"]

@@ -21,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import attacks as attacks_lib
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import EvalConfig, UserError
 from tf_metric_robust.evaluation import detection_protocol, sanity, suite
 from tf_metric_robust.evaluation.model_fns import ModelFns
-from tf_metric_robust.evaluation.plan import EvalConfig, build_plan, call_settings
+from tf_metric_robust.evaluation.plan import build_plan, call_settings
 
 __all__ = ["EvaluationResult", "evaluate", "run_plan", "versions"]
 

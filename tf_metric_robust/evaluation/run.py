@@ -16,43 +16,15 @@ import os
 import re
 import sys
 import time
-from typing import Optional
 
 import keras
 
 from tf_metric_robust import data, export, run_files
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import EvaluateRun, UserError
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import (remove_stale_figures, write_figures,
                                                 write_tensorboard)
-from tf_metric_robust.evaluation.plan import EvalConfig
-
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateRun:
-    """What bin/evaluate was asked for; built from flags by cli.evaluate_config()."""
-
-    model_dir: Optional[str] = None
-    saved_model: Optional[str] = None
-    dataset: Optional[str] = None
-    data_dir: Optional[str] = None
-    download: bool = False
-    split: Optional[str] = None
-    num_examples: Optional[int] = None
-    batch_size: int = 200
-    output: Optional[str] = None
-    progress: bool = True
-    tensorboard: bool = True
-    config: EvalConfig = EvalConfig()
-
-    def __post_init__(self):
-        if bool(self.model_dir) == bool(self.saved_model):
-            raise UserError("pass exactly one of --model_dir and --saved_model")
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_examples is not None and self.num_examples < 1:
-            raise UserError(f"num_examples must be >= 1, got {self.num_examples}")
 
 
 def _run_dir_of(saved_model):
@@ -217,4 +189,4 @@ def run(request):
     return report
 
 
-__all__ = ["EvaluateRun", "load_model", "output_paths", "run"]
+__all__ = ["load_model", "output_paths", "run"]

@@ -8,7 +8,6 @@ Each check is a dict {'name', 'passed' (True, False, or None when skipped), 'val
 'detail'}; a failure means the evaluation, not the model, is suspect.
 """
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -17,17 +16,6 @@ import tensorflow as tf
 from tf_metric_robust.attacks import objectives
 
 _LOG = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Thresholds:
-    """Tolerances of the checks. Accuracy tolerances are absolute and never below one example."""
-
-    accuracy_tolerance: float = 0.01  # allowed rise of accuracy with eps / steps / vs clean
-    bound_tolerance: float = 1e-6  # float32 rounding of x +- eps
-    max_zero_gradient_fraction: float = 0.01
-    large_eps_max_accuracy: float = 0.1
-    start_gap_tolerance: float = 0.05
 
 
 def gradient_stats(logits_fn, x, y, max_examples=100):

@@ -20,26 +20,11 @@ import numpy as np
 from tf_metric_robust import attacks
 from tf_metric_robust.attacks.autoattack import GRADIENT_ATTACKS, VERSIONS
 from tf_metric_robust.config import UserError
-
-SUITES = ("none", "autoattack")
-SUITE_VERSIONS = tuple(VERSIONS)
 NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
 PGD_GAP = 0.05  # warn when APGD's robust accuracy is this far below PGD's
 SQUARE_GAP = 0.002  # warn when Square lowers the gradient attacks' accuracy by more (the paper's)
 
 _LOG = logging.getLogger(__name__)
-
-
-def check_settings(suite, version, steps, queries):
-    """UserError on a bad suite setting (EvalConfig calls this)."""
-    if suite not in SUITES:
-        raise UserError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
-    if version not in SUITE_VERSIONS:
-        raise UserError(f"suite_version must be one of {', '.join(SUITE_VERSIONS)} ('rand' is "
-                        f"not implemented), got {version!r}")
-    for name, value in (("suite_steps", steps), ("suite_queries", queries)):
-        if int(value) != value or value < 1:
-            raise UserError(f"{name} must be an integer >= 1, got {value}")
 
 
 def weakest_pgd(plan, accuracy):
@@ -137,5 +122,5 @@ def summary_lines(section):
     return lines
 
 
-__all__ = ["NUM_TARGET_CLASSES", "PGD_GAP", "SQUARE_GAP", "SUITES", "SUITE_VERSIONS",
-           "check_settings", "run_suite", "suite_checks", "summary_lines", "weakest_pgd"]
+__all__ = ["NUM_TARGET_CLASSES", "PGD_GAP", "SQUARE_GAP", "run_suite", "suite_checks",
+           "summary_lines", "weakest_pgd"]
