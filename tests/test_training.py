@@ -171,7 +171,7 @@ def test_tla_loss_adds_lambda_triplet_times_each_authors_term(mnist5k_arrays):
     from tf_metric_robust import losses
     index, found = losses.hardest_negative_index(adv_emb, labels, clean_emb, labels)
     negative = tf.gather(clean_emb, index)
-    partner = losses.same_class_partner_index(labels, trainer._attack_seed(offset=500))
+    partner = losses.same_class_partner_index(labels, trainer._seed("training.partner"))
     expected = 0.0
     for positive, margin in ((clean_emb, 0.2), (tf.gather(clean_emb, partner), 0.1)):
         term, _ = losses.tla_triplet_loss(adv_emb, positive, negative, margin=margin,

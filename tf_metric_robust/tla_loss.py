@@ -84,12 +84,14 @@ class TripletTerm:
 
         Passes: adversarial anchors; clean images (the own positive, with the authors' noise
         when training, and the negative pool of 'batch'/'bank'); the chosen negatives ('extra');
-        the other positives when the input carries them. `seed`: offset -> int [2] stateless
-        key. `need_clean`: run the clean pass even where the term does not need it (TRADES base).
+        the other positives when the input carries them. `seed`: seeds.py root name -> int [2]
+        stateless key of this step and replica. `need_clean`: run the clean pass even where the
+        term does not need it (the TRADES base).
         """
         cfg = self.config
         if training and cfg.positive_noise > 0:
-            images = positives.noisy_positive(images, cfg.positive_noise, seed(700))
+            images = positives.noisy_positive(images, cfg.positive_noise,
+                                              seed("training.positive_noise"))
         if cfg.mining == "semihard":
             return self._semihard(images, adversarial, labels, training)
         extra = cfg.negative_pool == "extra" and pool_images is not None
@@ -120,7 +122,7 @@ class TripletTerm:
         if other_from_data:
             positive_terms.append((outputs[-1]["embedding"], self.margin_other))
         elif other:
-            partner = losses.same_class_partner_index(labels, seed(500))
+            partner = losses.same_class_partner_index(labels, seed("training.partner"))
             positive_terms.append((tf.gather(clean_out["embedding"], partner), self.margin_other))
         terms, positive_distances = [], []
         for positive_embedding, margin in positive_terms:

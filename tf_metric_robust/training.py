@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import attacks, awp, losses, positives, weight_averaging
+from tf_metric_robust import attacks, awp, losses, positives, seeds, weight_averaging
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig
 from tf_metric_robust.memory_bank import EmbeddingBank
@@ -98,7 +98,8 @@ class AdversarialTrainer(keras.Model):
         self.eps_warmup_steps = int(eps_warmup_steps)
         self.num_classes = int(network.output["logits"].shape[-1])
         self.bank = None
-        if mode == "tla" and self.triplet.mining == "paper" and self.triplet.negative_pool == "bank":
+        cfg = self.triplet
+        if mode == "tla" and cfg.mining == "paper" and cfg.negative_pool == "bank":
             dim = int(network.output["embedding"].shape[-1])
             self.bank = EmbeddingBank(self.triplet.bank_size, dim, name="negative_bank")
         self.triplet_term = TripletTerm(network, self.triplet, self.bank) if mode == "tla" else None
@@ -137,12 +138,13 @@ class AdversarialTrainer(keras.Model):
             one_hot, tf.cast(logits, tf.float32), from_logits=True,
             label_smoothing=self.label_smoothing)
 
-    def _attack_seed(self, offset):
-        """Stateless seed from the step, so a resumed run draws the same random starts."""
+    def _seed(self, root):
+        """Stateless key of this step and replica under `root` (seeds.py): a resumed run draws
+        the same random starts and positives."""
         replica = tf.distribute.get_replica_context()
-        replica_id = tf.cast(replica.replica_id_in_sync_group if replica else 0, tf.int64)
-        step = tf.cast(self.optimizer.iterations, tf.int64) if self.optimizer else tf.constant(0, tf.int64)
-        return tf.stack([tf.constant(self.seed, tf.int64) * 1000 + replica_id + offset, step])
+        replica_id = replica.replica_id_in_sync_group if replica else 0
+        step = self.optimizer.iterations if self.optimizer else 0
+        return seeds.key(self.seed, root, step, replica_id)
 
     def compute_losses(self, images, labels, adversarial, training, pool_images=None,
                        pool_labels=None, other_images=None):
@@ -163,7 +165,7 @@ class AdversarialTrainer(keras.Model):
             clean_logits, adversarial_logits = clean_out["logits"], adversarial_out["logits"]
         else:
             parts = self.triplet_term(images, adversarial, labels, training=training,
-                                      seed=self._attack_seed, pool_images=pool_images,
+                                      seed=self._seed, pool_images=pool_images,
                                       pool_labels=pool_labels, other_images=other_images,
                                       need_clean=self.trades_objective)
             clean_logits, adversarial_logits = parts.clean_logits, parts.adversarial_logits
@@ -243,7 +245,7 @@ class AdversarialTrainer(keras.Model):
             kwargs["loss"] = "kl"
             targets = tf.stop_gradient(model_fn(images))
         return tf.stop_gradient(attacks.pgd(model_fn, images, targets,
-                                            seed=self._attack_seed(offset=0), **kwargs))
+                                            seed=self._seed("training.attack"), **kwargs))
 
     def _awp_perturbation(self, batch, adversarial, variables):
         """AWP's perturbation from the mode's own loss on this batch, BN statistics and bank
