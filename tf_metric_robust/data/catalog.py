@@ -20,7 +20,6 @@ from tf_metric_robust.data import fake as fake_data
 from tf_metric_robust.data import image_folder, preparation
 from tf_metric_robust.data import mnist5k_builder  # noqa: F401  (registers the 'mnist5k' builder)
 from tf_metric_robust.data import tiny_imagenet_builder  # noqa: F401  (registers 'tiny_imagenet')
-from tf_metric_robust.config import UserError
 
 AUTOTUNE = tf.data.AUTOTUNE
 PAD = 4  # pixels of zero padding before the random crop (He et al. 2016; Madry et al. 2018)
