@@ -14,6 +14,7 @@ from tf_metric_robust.models.preact_bottleneck import preact_resnet_tiny
 from tf_metric_robust.models.preact_resnet import preact_resnet18
 from tf_metric_robust.models.small_cnn import small_cnn
 from tf_metric_robust.models.wide_resnet import wide_resnet
+from tf_metric_robust.models.wrap import with_embedding  # noqa: F401 (your own Keras model)
 
 # Name -> builder(num_classes, input_shape, **kwargs); backs the --model flag.
 MODELS = {
