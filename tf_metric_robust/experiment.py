@@ -3,12 +3,13 @@
 The contract (DESIGN.md): model_dir holds checkpoints/, tensorboard/, saved_model/, flags.txt and
 metrics.json; running the same command again resumes from the last checkpoint.
 
-Resuming is exact. A checkpoint holds the network, the optimizer with its step counter and the
-TLA memory bank; the step fixes everything else a step draws: the input position
+Resuming is exact. A checkpoint holds the network, the optimizer with its step counter, the
+TLA memory bank and the weight EMA; the step fixes everything else a step draws: the input position
 (data.train_dataset(start_step) equals the stream skipped by that many batches) and the stateless
 seeds of the attack's random starts. So a run killed at any point, even by SIGKILL, and re-run
 with the same command ends with the weights of an uninterrupted run (bit for bit on the same
 hardware; --deterministic also pins TF's op choice). How it stops early: see stopping.py.
+Progress goes to absl logging and to the caller's `progress` callable (bin/train prints it).
 """
 
 import dataclasses
@@ -19,16 +20,18 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Optional
 
 import keras
 import tensorflow as tf
+from absl import logging
 
-from tf_metric_robust import data, distribute, export, run_files, stopping, summaries
+from tf_metric_robust import (data, distribute, export, overfit_guard, run_files, selection,
+                              stopping, summaries, train_inputs, weight_averaging)
 from tf_metric_robust.config import UserError
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
+from tf_metric_robust.train_inputs import replica_major  # noqa: F401 (re-exported)
 from tf_metric_robust.training import AdversarialTrainer, make_optimizer
-from tf_metric_robust import overfit_guard, selection
+
 
 def build_trainer(config):
     """Network + AdversarialTrainer + optimizer, compiled; call inside strategy.scope()."""
@@ -39,7 +42,9 @@ def build_trainer(config):
                                  eps_warmup_steps=config.eps_warmup_steps,
                                  attack_bn_mode=config.attack_bn_mode,
                                  eval_round_to_grid=config.eval_round_to_grid,
-                                 beta=config.beta)
+                                 beta=config.beta, base=config.base, awp_gamma=config.awp_gamma,
+                                 awp_warmup_steps=config.awp_warmup_steps,
+                                 ema_decay=config.ema_decay)
     optimizer = make_optimizer(config.optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     optimizer.build(network.trainable_variables)
@@ -50,31 +55,9 @@ def make_checkpoint(trainer):
     parts = dict(network=trainer.network, optimizer=trainer.optimizer)
     if trainer.bank is not None:
         parts["bank"] = trainer.bank
+    if trainer.ema is not None:
+        parts[weight_averaging.CHECKPOINT_KEY] = trainer.ema
     return tf.train.Checkpoint(**parts)
-
-
-def _shard_by_data(dataset):
-    """Under MultiWorkerMirroredStrategy, each worker keeps its replicas' slices of every global
-    batch (AutoShardPolicy.DATA), so step s trains on the same global batch as on one machine.
-    The default (AUTO, i.e. by file) would feed workers different files: different batches, and
-    an error when a split has fewer files than workers. Single-process strategies ignore it."""
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return dataset.with_options(options)
-
-
-def _train_input(config, start_step, replicas=1):
-    extra_pool = config.mode == "tla" and config.triplet.negative_pool == "extra"
-    batch = config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1)
-    dataset = data.train_dataset(
-        config.dataset, batch_size=batch, seed=config.seed, start_step=start_step,
-        data_dir=config.data_dir, download=config.download, augment=config.augment,
-        other_positives=_other_positives_from_data(config),
-        validation_examples=config.validation_examples)
-    if extra_pool and replicas > 1:
-        dataset = dataset.map(lambda images, labels: tf.nest.map_structure(
-            lambda rows: replica_major(rows, config.batch_size, replicas), (images, labels)))
-    return _shard_by_data(dataset)
 
 
 def _best_checkpoint(config, output_dir, trainer):
@@ -83,80 +66,31 @@ def _best_checkpoint(config, output_dir, trainer):
         return None
     if config.select_best != "pgd":
         raise UserError(f"select_best must be 'none' or 'pgd', got {config.select_best!r}")
-    if config.validation_examples < 1:
-        raise UserError("--select_best=pgd needs --validation_examples > 0 (a validation split "
-                        "held out of the training set; never the test set)")
-    validation = _shard_by_data(data.eval_dataset(
-        config.dataset, batch_size=config.eval_batch_size, data_dir=config.data_dir,
-        download=config.download,
-        split=data.validation_split(config.dataset, config.validation_examples)))
     return selection.BestCheckpoint(os.path.join(output_dir, selection.BEST_DIR),
-                                    trainer.network, validation)
-
-
-def _other_positives_from_data(config):
-    """Whether TLA's other positives come from the data (an independent image of the class)."""
-    triplet = config.triplet
-    return (config.mode == "tla" and triplet.mining == "paper" and triplet.other_positive == "data"
-            and triplet.positive in ("other", "both"))
-
-
-def replica_major(rows, batch_size, replicas):
-    """[batch; pool] rows -> [batch_0; pool_0; batch_1; pool_1; ...] for `replicas` replicas.
-
-    With the extra pool a step's input is the batch followed by its pool, and the trainer splits
-    its input into the first 1/(1 + pool_multiplier) rows (batch) and the rest (pool). A strategy
-    hands replica r the r-th contiguous slice of the global rows, so the rows are reordered to
-    give each replica its share of the batch followed by its share of the pool.
-    """
-    batch, pool = rows[:batch_size], rows[batch_size:]
-    tail = tf.shape(rows)[1:]
-    batch = tf.reshape(batch, tf.concat([[replicas, -1], tail], 0))
-    pool = tf.reshape(pool, tf.concat([[replicas, -1], tail], 0))
-    return tf.reshape(tf.concat([batch, pool], axis=1), tf.shape(rows))
-
-
-def _check_train_input(config):
-    """UserError unless a training step's examples (batch, plus the extra pool) fit the split."""
-    extra_pool = config.mode == "tla" and config.triplet.negative_pool == "extra"
-    batch = config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1)
-    try:
-        data.train_dataset(config.dataset, batch_size=batch, seed=config.seed,
-                           data_dir=config.data_dir, download=config.download)
-    except (data.DatasetNotFoundError, UserError):
-        raise
-    except ValueError as error:
-        need = (f"--batch_size {config.batch_size} x (1 + --pool_multiplier "
-                f"{config.triplet.pool_multiplier})" if extra_pool else
-                f"--batch_size {config.batch_size}")
-        raise UserError(f"{need} does not fit the training split of {config.dataset} "
-                        f"({error}); use a smaller batch or pool") from None
-
-
-def _eval_input(config, num_examples):
-    """Evaluation batches; also where a missing or unwritable dataset is reported, before the
-    model is built (preparing a dataset writes into --data_dir)."""
-    try:
-        return _shard_by_data(data.eval_dataset(
-            config.dataset, batch_size=config.eval_batch_size, num_examples=num_examples,
-            data_dir=config.data_dir, download=config.download))
-    except data.DatasetNotFoundError:
-        raise
-    except OSError as error:
-        raise UserError(f"cannot prepare dataset {config.dataset!r} in --data_dir "
-                        f"{config.data_dir}: {error.strerror or error}: {error.filename}; pass a "
-                        "writable --data_dir, or one where the dataset is prepared") from None
+                                    trainer.network, train_inputs.validation_input(config))
 
 
 def _state_variables(trainer):
     parts = [trainer.network.variables, trainer.optimizer.variables]
-    if trainer.bank is not None:
-        parts.append(trainer.bank.variables)
+    for extra in (trainer.bank, trainer.ema):
+        if extra is not None:
+            parts.append(extra.variables)
     return [v for part in parts for v in part]
 
 
-def train(config, flags_text=None):
+def _report(progress, message):
+    """A progress line: absl logging, and `progress(message)` when the caller gave one."""
+    logging.info(message)
+    if progress is not None:
+        progress(message)
+
+
+def train(config, flags_text=None, progress=None):
     """Runs (or resumes) training; returns the final metrics dict also written to metrics.json.
+
+    `progress`: optional callable taking each progress line (resumed from, steps, evaluations);
+    bin/train passes print. With an EMA (--ema_decay) every evaluation, the selection and the
+    export use the averaged weights.
 
     Raises stopping.Interrupted after SIGTERM/SIGINT (the current step is checkpointed first),
     stopping.TrainingDiverged on a non-finite loss, UserError on settings or files it cannot use.
@@ -183,14 +117,14 @@ def train(config, flags_text=None):
     # building float32 models after this run.
     policy = keras.mixed_precision.global_policy()
     try:
-        return _train(config, output_dir, chief, start)
+        return _train(config, output_dir, chief, start, functools.partial(_report, progress))
     finally:
         keras.mixed_precision.set_global_policy(policy)
         if not chief:
             shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def _train(config, output_dir, chief, start):
+def _train(config, output_dir, chief, start, report):
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything (it configures the
     # collective runtime), so the strategy comes before any data or model work.
     strategy = distribute.make_strategy(config.strategy, config.tpu)
@@ -200,12 +134,12 @@ def _train(config, output_dir, chief, start):
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(config.mixed_precision)
     distribute.check_batch_size(config.batch_size, strategy)
-    eval_data = _eval_input(config, config.eval_examples)
-    _check_train_input(config)
+    eval_data = train_inputs.eval_input(config, config.eval_examples)
+    train_inputs.check_train_input(config)
     with strategy.scope():
         trainer = build_trainer(config)
         checkpoint = make_checkpoint(trainer)
-    restored = _restore(checkpoint, config, repair=chief)
+    restored = _restore(checkpoint, config, repair=chief, report=report)
     step = first_step = int(trainer.optimizer.iterations.numpy())
     if start is not None:
         start(step)  # every check passed: recipe.json, flags.txt / history.jsonl
@@ -224,28 +158,32 @@ def _train(config, output_dir, chief, start):
         # A terminal gets Keras' progress bar; a log file (stdout redirected) one line per segment.
         verbose = 1 if sys.stdout.isatty() else 2
         if step >= config.train_steps:
-            print(f"Training already finished at step {step} in {config.model_dir}.")
+            report(f"Training already finished at step {step} in {config.model_dir}.")
         while step < config.train_steps:
             guard.check()
             segment = min(config.eval_every - step % config.eval_every, config.train_steps - step)
-            print(f"Steps {step + 1}-{step + segment} of {config.train_steps}", flush=True)
-            trainer.fit(_train_input(config, step, strategy.num_replicas_in_sync),
+            report(f"Steps {step + 1}-{step + segment} of {config.train_steps}")
+            trainer.fit(train_inputs.train_input(config, step, strategy.num_replicas_in_sync),
                         steps_per_epoch=segment, epochs=1,
                         callbacks=callbacks, verbose=verbose, shuffle=False)
             step = int(trainer.optimizer.iterations.numpy())
             saver.save(step)  # no-op when the guard just saved this step
             guard.check()
-            results, count = _evaluate(trainer, eval_data, guard, config, config.eval_examples)
-            results = summaries.name_accuracies(results, config.eval_attack)
-            writer.scalars("eval", results, step)
-            if best is not None:
-                record = best.consider(trainer, step)
-                writer.scalars("validation", {"best_pgd_accuracy": record[
-                    "validation_pgd_accuracy"]}, step)
-            summaries.log_adversarial_grid(writer, trainer, eval_data, step)
-            print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())) +
-                  f" ({count} examples)", flush=True)
-        return _finish(config, trainer, writer, guard, output_dir, step,
+            with weight_averaging.maybe_swapped_in(trainer.ema):
+                results, count = _evaluate(trainer, eval_data, guard, config,
+                                           config.eval_examples)
+                results = summaries.name_accuracies(results, config.eval_attack)
+                writer.scalars("eval", results, step)
+                if best is not None:
+                    record = best.consider(trainer, step)
+                    writer.scalars("validation", {"best_pgd_accuracy": record[
+                        "validation_pgd_accuracy"]}, step)
+                    report(f"validation: pgd_accuracy {record['last_pgd_accuracy']:.4f} (best "
+                           f"{record['validation_pgd_accuracy']:.4f} at step {record['step']})")
+                summaries.log_adversarial_grid(writer, trainer, eval_data, step)
+            report("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())) +
+                   f" ({count} examples)")
+        return _finish(config, trainer, writer, guard, output_dir, step, report,
                        trained=step > first_step, seconds=time.time() - started)
 
 
@@ -259,18 +197,18 @@ def _evaluate(trainer, dataset, guard, config, num_examples):
     expected = data.eval_size(config.dataset, num_examples=num_examples,
                               data_dir=config.data_dir, download=config.download)
     if count != expected:
-        print(f"warning: the evaluation scored {count} of {expected} test examples; its "
-              "accuracies average those only", file=sys.stderr)
+        logging.warning(f"the evaluation scored {count} of {expected} test examples; its "
+                        "accuracies average those only")
     return results, count
 
 
-def _restore(checkpoint, config, repair):
+def _restore(checkpoint, config, repair, report=logging.info):
     """Restores the newest readable checkpoint of the run (True), else --init_checkpoint's
     network weights if given (False)."""
     latest = run_files.restore_newest_readable(
         checkpoint, run_files.checkpoint_dir(config.model_dir), repair=repair)
     if latest:
-        print(f"Resumed from {latest}")
+        report(f"Resumed from {latest}")
         return True
     if config.init_checkpoint:
         source, network_only = config.init_checkpoint, tf.train.Checkpoint(
@@ -290,7 +228,7 @@ def _restore(checkpoint, config, repair):
             except (tf.errors.OpError, AssertionError, ValueError) as error:
                 raise UserError(f"--init_checkpoint {source}: cannot restore the network "
                                 f"({type(error).__name__}: {error})") from None
-        print(f"Initialised network weights from {source}")
+        report(f"Initialised network weights from {source}")
     return False
 
 
@@ -302,7 +240,7 @@ def _export_is_stale(model_dir):
                               os.path.getmtime(latest) < os.path.getmtime(metrics_path))
 
 
-def _finish(config, trainer, writer, guard, output_dir, step, *, trained, seconds):
+def _finish(config, trainer, writer, guard, output_dir, step, report, *, trained, seconds):
     """Final evaluation on the test split -> projector data, metrics.json, SavedModel.
 
     metrics.json is written after the projector data and before the export: its presence marks
@@ -313,10 +251,23 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
     # Decided before any collective, from the (shared) model_dir: every worker takes the same path.
     reuse_metrics = os.path.exists(metrics_path) and not trained
     needs_export = config.export and (trained or _export_is_stale(config.model_dir))
-    # --select_best: the final evaluation and the export use the selected weights.
+    # --select_best: the final evaluation and the export use the selected weights (the EMA's,
+    # if on: the selection evaluated those); else the EMA's, if on.
     selected = (selection.restore_best(output_dir, trainer.network)
                 if config.select_best != "none" else None)
-    final_data = _eval_input(config, config.final_eval_examples)
+    if selected:
+        report(f"Selected the checkpoint of step {selected['step']} (validation PGD accuracy "
+               f"{selected['validation_pgd_accuracy']:.4f})")
+    with weight_averaging.maybe_swapped_in(None if selected else trainer.ema):
+        return _final_results(config, trainer, writer, guard, output_dir, step, selected,
+                              reuse_metrics, needs_export, seconds)
+
+
+def _final_results(config, trainer, writer, guard, output_dir, step, selected, reuse_metrics,
+                   needs_export, seconds):
+    """metrics.json (evaluated, or read when a finished run is re-run) and the export."""
+    metrics_path = os.path.join(config.model_dir, "metrics.json")
+    final_data = train_inputs.eval_input(config, config.final_eval_examples)
     if reuse_metrics:
         with open(metrics_path) as f:
             metrics = json.load(f)
@@ -338,6 +289,7 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
                          "split": data.dataset_info(config.dataset).test_split},
             },
             "train_seconds_this_run": round(seconds, 1),
+            "weights": "ema" if config.ema_decay else "trained",  # which weights scored
         }
         if selected:
             metrics["selected_checkpoint"] = selected
@@ -353,5 +305,4 @@ def _finish(config, trainer, writer, guard, output_dir, step, *, trained, second
         export.export_saved_model(trainer.network, os.path.join(output_dir, "saved_model"),
                                   reference_images=reference_images,
                                   reference_labels=reference_labels)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
     return metrics

@@ -37,7 +37,7 @@ class BestCheckpoint:
         """Evaluates the trainer's eval attack on the validation split; saves if best so far.
 
         Returns the record {'step', 'validation_pgd_accuracy', 'validation_clean_accuracy',
-        'validation_examples'} of the best checkpoint.
+        'validation_examples'} of the best checkpoint, plus 'last_pgd_accuracy' (this one's).
         """
         results = trainer.evaluate(self.validation_data, return_dict=True, verbose=0)
         accuracy = float(results["pgd_accuracy"])
@@ -50,9 +50,7 @@ class BestCheckpoint:
                 "validation_examples": int(trainer.trackers["clean_accuracy"].count.numpy()),
             }
             run_files.write_json_atomic(os.path.join(self.directory, RECORD), self.record)
-        print(f"validation: pgd_accuracy {accuracy:.4f} (best {self.record['validation_pgd_accuracy']:.4f}"
-              f" at step {self.record['step']})", flush=True)
-        return self.record
+        return {**self.record, "last_pgd_accuracy": accuracy}
 
 
 def read_record(directory):
@@ -72,6 +70,4 @@ def restore_best(model_dir, network):
     if latest is None or record is None:
         return None
     tf.train.Checkpoint(network=network).restore(latest).expect_partial()
-    print(f"Selected the checkpoint of step {record['step']} (validation PGD accuracy "
-          f"{record['validation_pgd_accuracy']:.4f})", flush=True)
     return record

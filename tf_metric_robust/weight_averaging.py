@@ -40,16 +40,23 @@ class WeightAverage(keras.layers.Layer):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
-        # In a namespace, not a list attribute: Keras and tf.train.Checkpoint would track a list
-        # of the network's variables as this layer's own (and checkpoint them twice).
-        self._network = types.SimpleNamespace(weights=_averaged_weights(network))
-        # Each replica keeps its own copy, updated from its own (identical) weights after the
-        # step; the batch-norm statistics differ per replica as the network's own do.
-        self.averages = [
-            keras.Variable(tf.convert_to_tensor(w), dtype=w.dtype, trainable=False,
-                           autocast=False, name=w.path.replace("/", "_"))
-            for w in self._network.weights]
+        # Lists live in a namespace: Keras would track a list of the network's variables as
+        # this layer's own, and tf.train.Checkpoint saves no list of a Keras layer. Each average
+        # is an attribute of its own instead (checkpoint key ema/average_<i>).
+        self._network = types.SimpleNamespace(weights=_averaged_weights(network), averages=[])
+        for i, weight in enumerate(self._network.weights):
+            # Each replica keeps its own copy, updated from its own (identical) weights after
+            # the step; batch-norm statistics differ per replica as the network's own do.
+            average = keras.Variable(tf.convert_to_tensor(weight), dtype=weight.dtype,
+                                     trainable=False, autocast=False, name=f"average_{i}")
+            setattr(self, f"average_{i}", average)
+            self._network.averages.append(average)
         self.built = True
+
+    @property
+    def averages(self):
+        """The averaged values, in the order of the network's floating-point weights."""
+        return self._network.averages
 
     def update(self, step):
         """One EMA update from the current weights; `step` = optimizer steps done (int)."""
