@@ -187,7 +187,7 @@ def _saved_run(directory, steps=(2, 4, 6)):
 
 
 @pytest.mark.parametrize("damage", ["truncated_data", "garbage_index", "missing_data"])
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, capsys):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage, caplog):
     value = _saved_run(tmp_path)
     prefix = str(tmp_path / "ckpt-6")
     data_file = glob.glob(prefix + ".data-*")[0]
@@ -203,7 +203,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     restored = run_files.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path),
                                                  repair=True)
     assert restored == str(tmp_path / "ckpt-4") and float(value.numpy()) == 4.0
-    assert "ckpt-6 is unreadable" in capsys.readouterr().err
+    assert "ckpt-6 is unreadable" in caplog.text
     # Moved aside, and the state file now makes CheckpointManager continue from ckpt-4.
     assert os.path.exists(tmp_path / "corrupt" / "ckpt-6.index")
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(value=value), str(tmp_path), 2)

@@ -194,7 +194,7 @@ def test_authors_network_on_64px():
     assert sorted(units) == sorted(f"unit_{s}_{i}" for s, n in zip(range(1, 5), (2, 3, 5, 2))
                                    for i in range(n))
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 17_980_040
-    assert len(model.losses) == len([l for l in model.layers if hasattr(l, "kernel")])
+    assert len(model.losses) == len([layer for layer in model.layers if hasattr(layer, "kernel")])
 
 
 def test_network_arguments_are_checked():

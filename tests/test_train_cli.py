@@ -102,8 +102,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_r
     script = (
         "import sys, numpy as np, tensorflow as tf\n"
         "from tf_metric_robust import export\n"
-        "path = export.latest_version(sys.argv[1]) if hasattr(export, 'latest_version') "
-        "else sys.argv[1]\n"
+        "path = export.latest_version(sys.argv[1])\n"
         "model = tf.saved_model.load(path)\n"
         "out = model.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
         "np.save(sys.argv[3], out['logits'].numpy())\n")
@@ -157,14 +156,13 @@ def test_allowed_change_is_recorded_in_history(finished_run, mnist5k_data_dir):
         (entry,) = [json.loads(line) for line in f]
     assert entry["step"] == 6 and entry["time"].endswith("Z")
     assert entry["changes"] == {"train_steps": {"from": 6, "to": 12}}
-    assert "Continuing with changed settings" in second.stdout
     with open(os.path.join(model_dir, "recipe.json")) as f:
         recipe = json.load(f)
     assert recipe["settings"]["train_steps"] == 6 and recipe["settings"]["mode"] == "tla"
     assert "model_dir" not in recipe["settings"] and "data_dir" not in recipe["settings"]
 
 
-def test_old_run_dir_records_its_settings_then_guards_them(tmp_path, capsys):
+def test_old_run_dir_records_its_settings_then_guards_them(tmp_path, caplog):
     """A run dir from before the full recipe (recipe.json: dataset/model/mode only) resumes
     with a warning; its settings go to history.jsonl and guard the next resume."""
     from tf_metric_robust import run_files
@@ -176,7 +174,7 @@ def test_old_run_dir_records_its_settings_then_guards_them(tmp_path, capsys):
         json.dump(old, f)
     recipe = dict(old, settings={"seed": 3, "learning_rate": 0.001})
     check = run_files.check_recipe(model_dir, recipe)
-    assert check.record_settings and "predates the full recipe" in capsys.readouterr().err
+    assert check.record_settings and "predates the full recipe" in caplog.text
     run_files.record_start(model_dir, recipe, check, 800, flags_text="--seed=3\n")
     with open(os.path.join(model_dir, "history.jsonl")) as f:
         (entry,) = [json.loads(line) for line in f]

@@ -16,10 +16,10 @@ import glob
 import json
 import os
 import re
-import sys
 import time
 
 import tensorflow as tf
+from absl import logging
 
 from tf_metric_robust import data, models
 from tf_metric_robust.config import RECIPE_KEYS, UserError
@@ -69,7 +69,7 @@ def read_history(model_dir):
             try:
                 entries.append(json.loads(line))
             except json.JSONDecodeError:
-                print(f"warning: skipped an unreadable line of {path}", file=sys.stderr)
+                logging.warning("skipped an unreadable line of %s", path)
     return entries
 
 
@@ -125,9 +125,9 @@ def check_recipe(model_dir, recipe, allow_changes=()):
                         "--model_dir")
     settings, before = recipe.get("settings") or {}, recorded_settings(model_dir)
     if before is None:
-        print(f"warning: {model_dir}/{RECIPE_FILE} predates the full recipe (it holds only "
-              f"{', '.join(RECIPE_KEYS)}): the other settings cannot be checked; this run's "
-              f"are recorded in {HISTORY_FILE} and checked from now on", file=sys.stderr)
+        logging.warning(f"{model_dir}/{RECIPE_FILE} predates the full recipe (it holds only "
+                        f"{', '.join(RECIPE_KEYS)}): the other settings cannot be checked; this "
+                        f"run's are recorded in {HISTORY_FILE} and checked from now on")
         return RecipeCheck(new=False, record_settings=True)
     changes = {name: {"from": before[name], "to": value} for name, value in settings.items()
                if name in before and name not in RECIPE_KEYS and before[name] != value}
@@ -188,9 +188,10 @@ def record_start(model_dir, recipe, check, step, flags_text=None):
         f.flush()
         os.fsync(f.fileno())
     if check.changes:
-        print("Continuing with changed settings (recorded in "
-              f"{os.path.join(model_dir, HISTORY_FILE)}): " + ", ".join(
-                  f"--{n} {_show(c['from'])} -> {_show(c['to'])}" for n, c in check.changes.items()))
+        logging.info("Continuing with changed settings (recorded in "
+                     f"{os.path.join(model_dir, HISTORY_FILE)}): " + ", ".join(
+                         f"--{n} {_show(c['from'])} -> {_show(c['to'])}"
+                         for n, c in check.changes.items()))
 
 
 def checkpoint_dir(model_dir):
@@ -230,8 +231,8 @@ def restore_newest_readable(checkpoint, directory, *, repair=False):
             raise UserError(f"checkpoint {path} does not fit this model: {_first_line(error)}") \
                 from None
         except Exception as error:  # OpError, or IndexError('Read less bytes than requested')
-            print(f"warning: checkpoint {path} is unreadable ({type(error).__name__}: "
-                  f"{_first_line(error)}); trying the previous one", file=sys.stderr)
+            logging.warning(f"checkpoint {path} is unreadable ({type(error).__name__}: "
+                            f"{_first_line(error)}); trying the previous one")
             damaged.append((path, error))
             continue
         if repair and (damaged or tf.train.latest_checkpoint(directory) != path):
@@ -252,8 +253,8 @@ def _set_latest(directory, path, damaged):
         for prefix in damaged:
             for name in glob.glob(glob.escape(prefix) + ".*"):
                 os.replace(name, os.path.join(aside, os.path.basename(name)))
-        print(f"warning: moved {len(damaged)} unreadable checkpoint(s) to {aside}; resuming "
-              f"from {path}", file=sys.stderr)
+        logging.warning(f"moved {len(damaged)} unreadable checkpoint(s) to {aside}; resuming "
+                        f"from {path}")
     kept = checkpoint_paths(directory)
     kept = kept[kept.index(path):][::-1]  # oldest first, up to `path`
     # Timestamps newer than last_preserved_timestamp keep them under CheckpointManager's

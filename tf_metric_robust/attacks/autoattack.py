@@ -24,6 +24,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tf_metric_robust import seeds
 from tf_metric_robust.attacks import _plumbing, objectives
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
 from tf_metric_robust.attacks.fab import fab_targeted
@@ -36,9 +37,9 @@ VERSIONS = {
     "standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
     "plus": ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "square"),
 }
-# Each member's seed root, fixed per name (not per position), so adding or dropping a member
-# leaves the others' random draws unchanged.
-_SEED_ROOT = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4}
+# Each member's index under the seed root "autoattack" (seeds.key), fixed per name (not per
+# position), so adding or dropping a member leaves the others' random draws unchanged.
+_MEMBER_ID = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4}
 _RESTARTS = {"standard": 1, "plus": 5}  # random restarts of the untargeted APGD runs
 
 
@@ -148,7 +149,7 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
         for b, first in enumerate(range(0, len(todo), size)):
             rows = todo[first:first + size]
             padded = np.resize(rows, size) if batch_size else rows  # repeats rows; results dropped
-            batch_seed = tf.constant([int(seed), _SEED_ROOT[name] * 1_000_003 + b], tf.int64)
+            batch_seed = seeds.key(int(seed), "autoattack", _MEMBER_ID[name], b)
             adv = np.asarray(run[name](model_fn, x[padded], y[padded], batch_seed))[:len(rows)]
             _check_bounds(name, adv, x[rows], eps, norm, clip_min, clip_max)
             fooled = _predict(model_fn, adv, size) != y[rows]
