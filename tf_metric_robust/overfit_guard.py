@@ -115,12 +115,14 @@ class OverfitGuard(keras.callbacks.Callback):
         self._replay_record()
 
     def _state(self):
-        """Network, optimizer (not its step counter: data and seeds follow it) and bank."""
+        """Network, optimizer (not its step counter: data and seeds follow it), the TLA bank and
+        the weight EMA (it averaged the collapsed weights too)."""
         trainer = self.trainer
         variables = list(trainer.network.variables) + [
             v for v in trainer.optimizer.variables if v is not trainer.optimizer.iterations]
-        if getattr(trainer, "bank", None) is not None:
-            variables += list(trainer.bank.variables)
+        for part in ("bank", "ema"):
+            if getattr(trainer, part, None) is not None:
+                variables += list(getattr(trainer, part).variables)
         return variables
 
     def _set_step_size(self, step_size):
