@@ -1,4 +1,5 @@
-"""AdversarialTrainer: each mode learns, TLA's triplet term reaches the embedding, replicas agree."""
+"""AdversarialTrainer: each mode learns, TLA's triplet term reaches the embedding, replicas agree
+(one step on 1 and on 2 replicas gives the same weights)."""
 
 import keras
 import numpy as np
