@@ -6,6 +6,7 @@ them (or plain arguments) and never read flags. Importing this package never imp
 
 from tf_metric_robust.config.common import (NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, Range,
                                             UserError)
+from tf_metric_robust.config.compare import CompareConfig
 from tf_metric_robust.config.evaluation import (DEFAULT_ATTACKS, SUITE_VERSIONS, SUITES,
                                                 EvalConfig, EvaluateRun, Thresholds)
 from tf_metric_robust.config.export import (COVARIANCES, DEFAULT_DETECTION_K,
@@ -20,5 +21,5 @@ __all__ = ["DEFAULT_ATTACKS", "SUITES", "SUITE_VERSIONS", "EvalConfig", "Evaluat
            "Thresholds", "COVARIANCES", "DEFAULT_DETECTION_K", "DEFAULT_REFERENCE_SIZE", "DETECTORS",
            "DISTANCES", "KL_MODES", "MININGS", "MODES", "NEGATIVE_POOLS", "NON_NEGATIVE",
            "OPERATIONAL_FIELDS", "OTHER_POSITIVES", "POSITIVE", "POSITIVES", "RECIPE_KEYS",
-           "SCORE_TYPES", "UNIT", "UNIT_OPEN", "AttackConfig", "ExportConfig", "OptimizerConfig",
+           "SCORE_TYPES", "UNIT", "UNIT_OPEN", "AttackConfig", "CompareConfig", "ExportConfig", "OptimizerConfig",
            "Range", "TrainConfig", "TripletConfig", "UserError", "check_mode"]

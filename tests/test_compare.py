@@ -1,0 +1,320 @@
+"""bin/compare: the plan, the statistics, results.json/.md and figures from run folders, HParams,
+and a real 2-mode x 2-seed comparison on a tiny budget (resume, --collect)."""
+
+import glob
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tf_metric_robust.compare import figures, plan, report, run, stats
+from tf_metric_robust.config import MODES, CompareConfig, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# Statistics ----------------------------------------------------------------------------------
+
+
+def test_t_quantiles_match_the_table_and_the_normal_limit():
+    assert stats.t975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert stats.t975(2) == pytest.approx(4.3027, abs=1e-4)
+    for df, value in ((40, 2.0211), (60, 2.0003), (120, 1.9799)):  # beyond the table
+        assert stats.t975(df) == pytest.approx(value, abs=2e-4)
+    assert stats.t975(10**6) == pytest.approx(1.95996, abs=1e-4)
+    with pytest.raises(ValueError):
+        stats.t975(0)
+
+
+def test_mean_ci_and_paired_difference():
+    cell = stats.mean_ci([0.70, 0.74, 0.72])
+    assert cell["mean"] == pytest.approx(0.72)
+    assert cell["ci"] == pytest.approx(4.3027 * 0.02 / math.sqrt(3), rel=1e-4)
+    assert stats.mean_ci([0.5])["ci"] is None and stats.mean_ci([0.5, None])["missing"] == 1
+    # Per-seed differences 0.05, 0.06, 0.04: mean 0.05, sd 0.01 -> the interval excludes 0.
+    diff = stats.paired_difference({0: 0.80, 1: 0.81, 2: 0.79, 3: 0.9},
+                                   {0: 0.75, 1: 0.75, 2: 0.75})
+    assert diff["seeds"] == [0, 1, 2] and diff["mean"] == pytest.approx(0.05)
+    assert diff["separates"]
+    noisy = stats.paired_difference({0: 0.80, 1: 0.70}, {0: 0.75, 1: 0.76})
+    assert not noisy["separates"]
+    assert stats.ratio_of_means({0: 300.0, 1: 500.0}, {0: 200.0, 1: 200.0}) == pytest.approx(2.0)
+
+
+# Plan ----------------------------------------------------------------------------------------
+
+
+def _config(**kwargs):
+    values = dict(output="/tmp/out", entries=("pgd", "tla_authors", "trades"), seeds=(0, 1),
+                  train_args=("--train_steps=10",))
+    values.update(kwargs)
+    return CompareConfig(**values)
+
+
+def test_plan_orders_runs_and_layers_flags():
+    runs = plan.build(_config(mode_flags="trades:--beta=1 --label_smoothing=0.0;tla:--x=1"),
+                      MODES)
+    assert [r.name for r in runs] == ["pgd:0", "pgd:1", "tla_authors:0", "tla_authors:1",
+                                      "trades:0", "trades:1"]
+    trades = runs[4]
+    assert trades.mode == "trades" and trades.model_dir == "/tmp/out/trades/seed0"
+    args = list(trades.train_args)
+    assert args[:3] == ["--train_steps=10", "--mode=trades", "--seed=0"]
+    # Mode default first, the user's override after it (absl keeps the last value).
+    assert args.index("--label_smoothing=0") < args.index("--label_smoothing=0.0")
+    assert args[-1] == "--model_dir=/tmp/out/trades/seed0"
+    authors = runs[2]
+    assert authors.mode == "tla" and "--negative_pool=extra" in authors.train_args
+    assert runs[0].evaluate_args[-1] == "--output=/tmp/out/pgd/seed0/" + plan.REPORT
+    assert "--suite=autoattack" in runs[0].evaluate_args
+    assert "--detection" in runs[0].evaluate_args
+
+
+def test_plan_defines_entries_and_selects_with_only():
+    config = _config(entries=("pgd", "tla_long"), mode_flags="tla_long=tla:--train_steps=20",
+                     only=plan.parse_only(["tla_long:1"]))
+    (only,) = plan.build(config, MODES)
+    assert only.name == "tla_long:1" and only.mode == "tla"
+    assert only.train_args.index("--train_steps=20") > only.train_args.index("--train_steps=10")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(entries=("pgd", "bogus")), "'bogus' is not a mode"),
+    (dict(mode_flags="tla"), "is not ENTRY:FLAGS"),
+    (dict(mode_flags="x=nomode:--a=1"), "'nomode' is not a mode"),
+    (dict(mode_flags="pgd:beta=1"), "is not a --flag=value"),
+    (dict(mode_flags="typo:--beta=1"), "neither in --modes"),
+    (dict(only=(("pgd", 7),)), "not in --modes x --seeds"),
+])
+def test_plan_refuses_bad_values_in_one_line(kwargs, message):
+    with pytest.raises(plan.PlanError, match=message):
+        plan.build(_config(**kwargs), MODES)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seeds=(0, 0)), "--seeds repeats 0"),
+    (dict(entries=()), "--modes is empty"),
+    (dict(parallel=0), "--parallel must be >= 1"),
+    (dict(train_args=("--mode=tla",)), "bin/compare sets --mode"),
+    (dict(collect=True, only=(("pgd", 0),)), "--collect"),
+])
+def test_compare_config_validates_itself(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        _config(**kwargs)
+    with pytest.raises(ValueError, match="not ENTRY:SEED"):
+        plan.parse_only(["tla"])
+
+
+# Results from run folders (synthetic: exact numbers) -----------------------------------------
+
+NUMBERS = {  # entry -> per seed (clean, pgd, autoattack, detection AUC, adaptive TPR, seconds)
+    "pgd": [(0.96, 0.78, 0.72, 0.76, 0.10, 200.0), (0.97, 0.80, 0.74, 0.78, 0.12, 220.0)],
+    "tla": [(0.97, 0.81, 0.75, 0.80, 0.14, 260.0), (0.97, 0.83, 0.77, 0.82, 0.16, 280.0)],
+}
+
+
+def _write(path, value):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _fake_report(clean, pgd, autoattack, auc, tpr):
+    """The parts of bin/evaluate's report.json that the comparison reads."""
+    result = {"plain": {"auc_misclassified_vs_correct_all": auc},
+              "adaptive": {"auc_misclassified_vs_correct_all": auc - 0.05,
+                           "tpr_at_5pct_fpr": tpr, "undetected_misclassified_at_5pct_fpr": 0.2}}
+    return {"clean_accuracy": clean, "robust_accuracy": autoattack,
+            "attacks": {"pgd": {"accuracy": pgd, "settings": {"steps": 100}}},
+            "suite": {"robust_accuracy": autoattack}, "data": {"num_examples": 200},
+            "detection": {"detector": "gaussian",
+                          "attacks": [{"detectors": {"gaussian": result}}]}}
+
+
+def _fake_runs(output, with_png=True):
+    import matplotlib.pyplot as plt
+
+    for entry, rows in NUMBERS.items():
+        for seed, (clean, pgd, autoattack, auc, tpr, seconds) in enumerate(rows):
+            model_dir = os.path.join(output, entry, f"seed{seed}")
+            _write(os.path.join(model_dir, "recipe.json"), {
+                "mode": entry, "settings": {"seed": seed, "learning_rate": 0.001,
+                                            "margin": 0.05 if entry == "tla" else 0.03}})
+            _write(os.path.join(model_dir, "metrics.json"), {"step": 800,
+                                                             "train_seconds_this_run": 1.0})
+            _write(os.path.join(model_dir, plan.REPORT),
+                   _fake_report(clean, pgd, autoattack, auc, tpr))
+            _write(os.path.join(model_dir, plan.RECORD), {
+                "entry": entry, "mode": entry, "seed": seed, "train_seconds": seconds})
+            if with_png:
+                figure = plt.figure(figsize=(2, 2))
+                figure.savefig(os.path.join(model_dir, "compare_evaluation",
+                                            "detection_roc.png"))
+                plt.close(figure)
+
+
+def test_results_json_md_and_figures_from_run_folders(tmp_path):
+    output = str(tmp_path)
+    _fake_runs(output)
+    runs = [report.load_run(d) for d in report.find_runs(output)]
+    assert [(r["entry"], r["seed"]) for r in runs] == [("pgd", 0), ("pgd", 1), ("tla", 0),
+                                                       ("tla", 1)]
+    summary = report.write(output, runs, ["pgd", "tla"], "pgd", command="bin/compare ...")
+    written = figures.write(output, summary, runs)
+    assert sorted(os.path.basename(p) for p in written) == ["detection_roc.png",
+                                                            "robust_vs_cost.png"]
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert len(results["runs"]) == 4 and results["evaluated_examples"] == [200]
+    tla = results["summary"]["tla"]["metrics"]
+    # Two seeds: half-width t(0.975, 1) * sd / sqrt(2) = 12.7062 * |a - b| / 2.
+    assert tla["pgd_accuracy"]["n"] == 2
+    assert tla["pgd_accuracy"]["mean"] == pytest.approx(0.82)
+    assert tla["pgd_accuracy"]["ci"] == pytest.approx(12.7062 * 0.02 / 2, rel=1e-4)
+    assert tla["detection_auc"]["difference_to_reference"]["mean"] == pytest.approx(0.04)
+    # Both per-seed differences are exactly 0.04: a zero-width interval that excludes 0.
+    assert tla["detection_auc"]["difference_to_reference"]["separates"]
+    assert tla["train_seconds"]["ratio_to_reference"] == pytest.approx(540 / 420)
+    text = open(os.path.join(output, "results.md")).read()
+    assert "| tla | tla | 0,1 | 97.0 ± 0.0 | 82.0 ± 12.7 | 76.0 ± 12.7 |" in text
+    assert "PGD-100" in text and "1.29×" in text and "**+4.0 ± 0.0**" in text
+    assert "first 200 test examples" in text
+
+
+def test_missing_evaluation_is_listed_not_averaged(tmp_path):
+    output = str(tmp_path)
+    _fake_runs(output, with_png=False)
+    os.remove(os.path.join(output, "tla", "seed1", plan.REPORT))
+    runs = [report.load_run(d) for d in report.find_runs(output)]
+    summary = report.write(output, runs, ["pgd", "tla"], "pgd")
+    assert summary["tla"]["metrics"]["pgd_accuracy"]["n"] == 1
+    assert summary["tla"]["metrics"]["pgd_accuracy"]["missing"] == 1
+    assert "Not evaluated (left out of the means): tla:1." in open(
+        os.path.join(output, "results.md")).read()
+    assert figures.detection_roc(summary, runs, str(tmp_path / "roc.png")) is None
+
+
+def _hparams_summaries(logdir):
+    """{plugin content kind: count} of the HParams summaries in logdir's event files."""
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import metadata
+
+    kinds = {}
+    for path in glob.glob(os.path.join(logdir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME:
+                    kinds[value.tag] = kinds.get(value.tag, 0) + 1
+    return kinds
+
+
+def test_collect_writes_hparams_sessions_and_the_experiment(tmp_path):
+    output = str(tmp_path)
+    _fake_runs(output, with_png=False)
+    config = CompareConfig(output=output, entries=("pgd", "tla"), seeds=(0,), collect=True)
+    lines = []
+    status = run.compare(config, modes=MODES, bin_dir="/nonexistent",
+                         out=_Lines(lines))
+    assert status == 0
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert len(results["runs"]) == 4  # every run found on disk, not only --seeds
+    for entry in NUMBERS:
+        for seed in (0, 1):
+            kinds = _hparams_summaries(os.path.join(output, entry, f"seed{seed}",
+                                                    "tensorboard"))
+            assert kinds.get("_hparams_/session_start_info") == 1
+    assert "_hparams_/experiment" in _hparams_summaries(output)
+    # The experiment lists what varies (margin), not what all runs share (learning_rate).
+    from tf_metric_robust.compare import hparams
+
+    every = [hparams.run_hparams(r) for r in results["runs"]]
+    assert {v["margin"] for v in every} == {0.03, 0.05}
+    # A second --collect writes no second session for the same numbers.
+    run.compare(config, modes=MODES, bin_dir="/nonexistent", out=_Lines([]))
+    kinds = _hparams_summaries(os.path.join(output, "tla", "seed0", "tensorboard"))
+    assert kinds.get("_hparams_/session_start_info") == 1
+
+
+class _Lines:
+    def __init__(self, lines):
+        self.lines = lines
+
+    def write(self, text):
+        self.lines.append(text)
+
+    def flush(self):
+        pass
+
+
+# A real comparison: bin/compare -> bin/train and bin/evaluate subprocesses -------------------
+
+TINY_TRAIN = ["--flagfile=configs/mnist5k.flags", "--train_steps=4", "--eval_every=4",
+              "--eval_examples=20", "--final_eval_examples=20", "--steps=1", "--step_size=0.3",
+              "--eps_warmup_steps=0", "--eval_steps=1", "--eval_step_size=0.3",
+              "--batch_size=20", "--eval_batch_size=20", "--noexport"]
+
+
+def _compare(output, data_dir, *extra):
+    command = [sys.executable, "bin/compare", *TINY_TRAIN, f"--data_dir={data_dir}",
+               "--modes=natural,pgd", "--seeds=0,1", f"--output={output}", "--parallel=2",
+               "--evaluate_examples=20",
+               f"--evaluate_flags=--data_dir={data_dir} --suite=none --nodetection --steps=1 "
+               "--batch_size=20", *extra]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, mnist5k_data_dir):
+    output = str(tmp_path_factory.mktemp("compare"))
+    first = _compare(output, mnist5k_data_dir)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return output, first
+
+
+def test_compare_trains_evaluates_and_reports_every_run(compared):
+    output, first = compared
+    lines = first.stdout.splitlines()
+    finished = [line for line in lines if " seed " in line and "[trained, evaluated]" in line]
+    assert len(finished) == 4, first.stdout
+    assert sum(line.startswith("[") and "runs" in line for line in lines) == 4  # the bar
+    results = json.load(open(os.path.join(output, "results.json")))
+    assert len(results["runs"]) == 4
+    for entry in ("natural", "pgd"):
+        cell = results["summary"][entry]["metrics"]["clean_accuracy"]
+        values = [r["numbers"]["clean_accuracy"] for r in results["runs"]
+                  if r["entry"] == entry]
+        assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(values) / 2)
+        assert cell["ci"] == pytest.approx(12.7062 * abs(values[0] - values[1]) / 2,
+                                           rel=1e-3, abs=1e-9)
+        assert results["summary"][entry]["metrics"]["train_seconds"]["n"] == 2
+    assert all(r["flags"] and r["train_command"] for r in results["runs"])
+    assert os.path.exists(os.path.join(output, figures.ROBUST_VS_COST))
+    assert "| natural | natural | 0,1 |" in open(os.path.join(output, "results.md")).read()
+    for model_dir in glob.glob(os.path.join(output, "*", "seed*")):
+        kinds = _hparams_summaries(os.path.join(model_dir, "tensorboard"))
+        assert kinds.get("_hparams_/session_start_info") == 1
+
+
+def test_rerun_trains_nothing_and_collect_aggregates_a_moved_folder(compared, tmp_path,
+                                                                    mnist5k_data_dir):
+    output, _ = compared
+    checkpoints = sorted(glob.glob(os.path.join(output, "*", "seed*", "checkpoints", "*")))
+    stamps = [os.path.getmtime(p) for p in checkpoints]
+    logs = {p: os.path.getsize(p) for p in glob.glob(os.path.join(output, "logs", "*.log"))}
+    again = _compare(output, mnist5k_data_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("[skipped, skipped]") == 4, again.stdout
+    assert [os.path.getmtime(p) for p in checkpoints] == stamps
+    assert {p: os.path.getsize(p) for p in logs} == logs  # no subprocess was started
+    moved = str(tmp_path / "moved")
+    shutil.copytree(output, moved)
+    collected = subprocess.run(
+        [sys.executable, "bin/compare", "--collect", f"--output={moved}"], cwd=ROOT,
+        capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, collected.stderr[-3000:]
+    results = json.load(open(os.path.join(moved, "results.json")))
+    assert sorted((r["entry"], r["seed"]) for r in results["runs"]) == [
+        ("natural", 0), ("natural", 1), ("pgd", 0), ("pgd", 1)]

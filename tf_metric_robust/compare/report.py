@@ -1,0 +1,214 @@
+"""Results of a comparison: each finished run's numbers -> results.json and results.md.
+
+A run's numbers come from three files of its model_dir: the shared evaluation's report.json
+(bin/evaluate: clean, PGD, AutoAttack, worst case, the paper's detection AUC and the adaptive
+detector attack), metrics.json and recipe.json (bin/train), and compare_run.json (wall times and
+commands, run.py). Stdlib only: `bin/compare --collect` needs no TensorFlow.
+"""
+
+import glob
+import json
+import os
+import time
+
+from tf_metric_robust.compare import plan, stats
+
+# (key, column title, percent?) of results.md, in order. Accuracies and rates are fractions in the
+# JSON and percent in the table.
+METRICS = (
+    ("clean_accuracy", "clean", True),
+    ("pgd_accuracy", "PGD", True),
+    ("autoattack_accuracy", "AutoAttack", True),
+    ("detection_auc", "detection AUC", True),
+    ("adaptive_tpr_at_5pct_fpr", "adaptive TPR@5%FPR", True),
+    ("train_seconds", "training wall time (s)", False),
+)
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json_atomic(path, value):
+    """JSON written to a temporary file and renamed: a reader never sees half a file."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def _get(tree, *keys):
+    for key in keys:
+        if not isinstance(tree, (dict, list)):
+            return None
+        try:
+            tree = tree[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return tree
+
+
+def evaluation_numbers(report):
+    """report.json of bin/evaluate -> {metric: fraction or None} and the PGD attack's label."""
+    numbers = {"clean_accuracy": _get(report, "clean_accuracy"),
+               "pgd_accuracy": _get(report, "attacks", "pgd", "accuracy"),
+               "autoattack_accuracy": _get(report, "suite", "robust_accuracy"),
+               "robust_accuracy": _get(report, "robust_accuracy"),
+               "evaluated_examples": _get(report, "data", "num_examples")}
+    detector = _get(report, "detection", "detector")
+    result = _get(report, "detection", "attacks", 0, "detectors", detector) or {}
+    numbers["detection_auc"] = _get(result, "plain", "auc_misclassified_vs_correct_all")
+    numbers["adaptive_detection_auc"] = _get(result, "adaptive",
+                                             "auc_misclassified_vs_correct_all")
+    numbers["adaptive_tpr_at_5pct_fpr"] = _get(result, "adaptive", "tpr_at_5pct_fpr")
+    numbers["adaptive_undetected_at_5pct_fpr"] = _get(
+        result, "adaptive", "undetected_misclassified_at_5pct_fpr")
+    steps = _get(report, "attacks", "pgd", "settings", "steps")
+    return numbers, (f"PGD-{steps}" if steps else "PGD"), detector
+
+
+def load_run(model_dir, entry=None):
+    """One run's record for results.json (numbers None where a file is missing)."""
+    record = _read_json(os.path.join(model_dir, plan.RECORD)) or {}
+    recipe = _read_json(os.path.join(model_dir, "recipe.json")) or {}
+    metrics = _read_json(os.path.join(model_dir, "metrics.json"))
+    report = _read_json(os.path.join(model_dir, plan.REPORT))
+    numbers, pgd_label, detector = evaluation_numbers(report or {})
+    train_seconds = record.get("train_seconds")
+    if train_seconds is None and metrics:  # trained outside bin/compare
+        train_seconds = metrics.get("train_seconds_this_run")
+    numbers["train_seconds"] = train_seconds
+    numbers["evaluate_seconds"] = record.get("evaluate_seconds")
+    seed = record.get("seed", _get(recipe, "settings", "seed"))
+    try:
+        with open(os.path.join(model_dir, "flags.txt")) as f:
+            flags_text = f.read().splitlines()
+    except OSError:
+        flags_text = None
+    return {
+        "entry": entry or record.get("entry") or os.path.basename(os.path.dirname(model_dir)),
+        "mode": record.get("mode", recipe.get("mode")), "seed": seed, "model_dir": model_dir,
+        "trained": metrics is not None, "evaluated": report is not None,
+        "numbers": numbers, "pgd_label": pgd_label, "detector": detector,
+        "train_metrics": metrics, "train_seconds_source": record.get(
+            "train_seconds_source", "bin/compare wall clock" if "train_seconds" in record
+            else "metrics.json train_seconds_this_run"),
+        "train_command": record.get("train_args"), "evaluate_command": record.get(
+            "evaluate_args"), "flags": flags_text,
+    }
+
+
+def find_runs(output):
+    """Model dirs under output laid out as bin/compare does: <output>/<entry>/seed<k>/."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(output, "*", "seed*"))):
+        if os.path.exists(os.path.join(path, "recipe.json")):
+            found.append(path)
+    return found
+
+
+def summarize(runs, entries, reference):
+    """Per entry: mean_ci of every metric, and the paired difference to the reference entry."""
+    by_entry = {entry: [r for r in runs if r["entry"] == entry] for entry in entries}
+    per_seed = {entry: {key: {r["seed"]: r["numbers"].get(key) for r in entry_runs}
+                        for key, _, _ in METRICS}
+                for entry, entry_runs in by_entry.items()}
+    summary = {}
+    for entry, entry_runs in by_entry.items():
+        row = {"mode": entry_runs[0]["mode"] if entry_runs else None,
+               "seeds": sorted(r["seed"] for r in entry_runs), "metrics": {}}
+        for key, _, _ in METRICS:
+            cell = stats.mean_ci([r["numbers"].get(key) for r in entry_runs])
+            if reference in per_seed and entry != reference:
+                ours, theirs = per_seed[entry][key], per_seed[reference][key]
+                if key == "train_seconds":
+                    cell["ratio_to_reference"] = stats.ratio_of_means(ours, theirs)
+                else:
+                    cell["difference_to_reference"] = stats.paired_difference(ours, theirs)
+            row["metrics"][key] = cell
+        summary[entry] = row
+    return summary
+
+
+def _cell(cell, percent):
+    scale = 100.0 if percent else 1.0
+    if cell["mean"] is None:
+        return "–"
+    digits = 1 if percent else 0
+    text = f"{cell['mean'] * scale:.{digits}f}"
+    if cell["ci"] is not None:
+        text += f" ± {cell['ci'] * scale:.{digits}f}"
+    return text
+
+
+def _relative(cell, percent):
+    if "ratio_to_reference" in cell:
+        ratio = cell["ratio_to_reference"]
+        return "–" if ratio is None else f"{ratio:.2f}×"
+    diff = cell.get("difference_to_reference")
+    if not diff or diff["mean"] is None:
+        return "–"
+    scale = 100.0 if percent else 1.0
+    text = f"{diff['mean'] * scale:+.1f}"
+    if diff["ci"] is not None:
+        text += f" ± {diff['ci'] * scale:.1f}"
+        if diff["separates"]:
+            text = f"**{text}**"
+    return text
+
+
+def markdown(summary, runs, reference, pgd_label="PGD"):
+    """results.md: one table of means ± 95% CI, one of the paired differences to the reference."""
+    titles = [pgd_label if key == "pgd_accuracy" else title for key, title, _ in METRICS]
+    lines = ["Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
+             "degrees of freedom); accuracies, AUC and TPR in %.", "",
+             "| entry | mode | seeds | " + " | ".join(titles) + " |",
+             "|---|---|---|" + "---|" * len(METRICS)]
+    for entry, row in summary.items():
+        cells = [_cell(row["metrics"][key], percent) for key, _, percent in METRICS]
+        seeds = ",".join(str(s) for s in row["seeds"])
+        lines.append(f"| {entry} | {row['mode']} | {seeds} | " + " | ".join(cells) + " |")
+    if reference in summary:
+        lines += ["", f"Relative to `{reference}`: the difference in points, paired by seed, "
+                  "± its 95% interval (**bold**: the interval excludes 0); training time as the "
+                  "ratio of mean wall times.", "",
+                  "| entry | " + " | ".join(titles) + " |", "|---|" + "---|" * len(METRICS)]
+        for entry, row in summary.items():
+            if entry == reference:
+                continue
+            cells = [_relative(row["metrics"][key], percent) for key, _, percent in METRICS]
+            lines.append(f"| {entry} | " + " | ".join(cells) + " |")
+    missing = [f"{r['entry']}:{r['seed']}" for r in runs if not r["evaluated"]]
+    if missing:
+        lines += ["", f"Not evaluated (left out of the means): {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def write(output, runs, entries, reference, command=None):
+    """results.json and results.md in output; returns the summary."""
+    summary = summarize(runs, entries, reference)
+    labels = sorted({r["pgd_label"] for r in runs if r["evaluated"]}) or ["PGD"]
+    examples = sorted({r["numbers"].get("evaluated_examples") for r in runs if r["evaluated"]}
+                      - {None})
+    results = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "command": command, "reference": reference, "entries": list(entries),
+               "pgd_attack": labels, "evaluated_examples": examples,
+               "confidence": "95% Student t over seeds; differences paired by seed",
+               "summary": summary, "runs": runs}
+    write_json_atomic(os.path.join(output, "results.json"), results)
+    text = markdown(summary, runs, reference, pgd_label="/".join(labels))
+    if examples:
+        text += (f"\nEvaluated on the first {'/'.join(str(e) for e in examples)} test "
+                 "examples (bin/evaluate, the same for every run).\n")
+    with open(os.path.join(output, "results.md"), "w") as f:
+        f.write(text)
+    return summary
+
+
+__all__ = ["METRICS", "evaluation_numbers", "find_runs", "load_run", "markdown", "summarize",
+           "write", "write_json_atomic"]
