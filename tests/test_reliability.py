@@ -123,6 +123,34 @@ def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(tmp_pa
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
 
 
+def test_resume_is_exact_with_awp_and_ema(tmp_path, mnist5k_data_dir):
+    """TLA with AWP (from step 3) and a weight EMA: killed at step 5, resumed from ckpt-4, ends
+    bit-identical to an uninterrupted run, the averages included."""
+    extra = ("--awp_gamma=0.01", "--awp_warmup_steps=3", "--ema_decay=0.9", "--noexport")
+    reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
+    reference = subprocess.Popen(_command(reference_dir, mnist5k_data_dir, *extra), cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        run = _train(model_dir, mnist5k_data_dir, *extra, fault="kill_at_step:5")
+        assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
+        assert _steps(model_dir) == [2, 4]
+        run = _train(model_dir, mnist5k_data_dir, *extra)
+        assert run.returncode == 0, run.stderr[-3000:]
+        _, reference_stderr = reference.communicate(timeout=900)
+        assert reference.returncode == 0, reference_stderr[-3000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+    expected = _variables(str(reference_dir / "checkpoints" / "ckpt-8"))
+    resumed = _variables(str(model_dir / "checkpoints" / "ckpt-8"))
+    assert sorted(expected) == sorted(resumed)
+    assert any(name.startswith("ema/") for name in expected)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    with open(model_dir / "metrics.json") as f:
+        assert json.load(f)["weights"] == "ema"
+
+
 # ------------------------------------------------------------------------------- the NaN guard
 def test_nan_loss_stops_with_one_line_and_saves_nothing_after_it(tmp_path, mnist5k_data_dir):
     run = _train(tmp_path, mnist5k_data_dir, "--mode=natural", fault="nan_loss_at_step:5")
