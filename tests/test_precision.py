@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import attacks, models
+from tf_metric_robust import attacks, awp, models
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
@@ -75,6 +75,38 @@ def test_tla_steps_under_mixed_precision_are_finite(mnist5k_arrays, policy, name
     # Loss scaling only where it is needed: float16's narrow exponent range.
     scaled = isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (name == "mixed_float16")
+
+
+@pytest.mark.parametrize("name,mode,options", [
+    ("mixed_float16", "trades", dict(awp_gamma=1e-2, ema_decay=0.9)),
+    ("mixed_bfloat16", "mart", dict(awp_gamma=1e-2)),
+    ("mixed_float16", "tla", dict(base="trades", ema_decay=0.9)),
+])
+def test_kl_modes_awp_and_ema_under_mixed_precision_are_finite(mnist5k_arrays, policy, name,
+                                                               mode, options):
+    """TRADES, MART and TLA on TRADES with AWP and the EMA: finite losses, float32 weights and
+    averages, and a non-zero AWP perturbation under float16 loss scaling."""
+    policy(name)
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    trainer = AdversarialTrainer(network, mode=mode, attack=ATTACK, seed=0, **options)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    images, labels = _batches(mnist5k_arrays, BATCH * STEPS)
+    history = trainer.fit(images, labels, batch_size=BATCH, epochs=1, shuffle=False,
+                          verbose=0).history
+    for key in ("loss", "ce_loss", "robust_loss"):
+        assert np.isfinite(history[key][-1]), key
+    variables = list(trainer.network.trainable_variables)
+    variables += trainer.ema.averages if trainer.ema is not None else []
+    for variable in variables:
+        assert variable.dtype == "float32" and np.all(np.isfinite(variable.numpy()))
+    if trainer.awp is not None:
+        batch = trainer._unpack((images[:BATCH], labels[:BATCH]), training=True)
+        kernels = awp.perturbed_variables(trainer.network)
+        perturbation = trainer._awp_perturbation(batch, batch.images, kernels)
+        for kernel, v in zip(kernels, perturbation):
+            np.testing.assert_allclose(np.linalg.norm(v.numpy()),
+                                       1e-2 * np.linalg.norm(kernel.numpy()), rtol=1e-3)
 
 
 def test_tla_steps_with_jit_compile_are_finite(mnist5k_arrays):
