@@ -195,7 +195,8 @@ def _assert_report_schema(report):
     types = {"schema_version": int, "versions": dict, "model": dict, "data": dict,
              "threat_model": dict, "config": dict, "clean_accuracy": float,
              "robust_accuracy": float, "robust_attacks": list, "attacks": dict, "sweeps": dict,
-             "metrics": dict, "sanity": dict, "figures": dict, "seconds": float}
+             "metrics": dict, "sanity": dict, "figures": dict, "seconds": float,
+             "distribution": dict, "per_example": dict}
     for key, kind in types.items():
         assert isinstance(report[key], kind), key
     assert {"tensorflow", "keras", "tf_metric_robust"} <= set(report["versions"])

@@ -531,7 +531,17 @@ def define_evaluate_flags():
     flags.DEFINE_string("split", None, "Split to evaluate (default: the test split).")
     flags.DEFINE_integer("num_examples", None, "Evaluate only the first N examples.",
                          lower_bound=1)
-    flags.DEFINE_integer("batch_size", 200, "Examples per attack batch.", lower_bound=1)
+    flags.DEFINE_integer("batch_size", 200, "Examples per attack call on each replica (a shard: "
+                         "results do not depend on the number of replicas or workers).",
+                         lower_bound=1)
+    flags.DEFINE_enum("strategy", "auto", list(cfg.EVAL_STRATEGIES), "Devices: auto = all "
+                      "local GPUs (else the CPU); mirrored = all GPUs or all logical CPUs; "
+                      "multi_worker = the TF_CONFIG workers share the examples, each on its "
+                      "local devices, through the output folder (a file system all see); the "
+                      "chief writes the report. A re-run resumes from the finished shards.")
+    flags.DEFINE_float("worker_timeout", 120.0, "Seconds without a heartbeat from a worker "
+                       "whose shards are missing before the others give up on it.",
+                       lower_bound=1.0)
     flags.DEFINE_string("output", None, "report.json path (default: "
                         "<model_dir>/evaluation/report.json); figures go next to it.")
     flags.DEFINE_list("attacks", EVAL_DEFAULT_ATTACKS, "Attacks at --eps: names of the attack "
@@ -596,6 +606,13 @@ def evaluate_config():
     dataset = FLAGS.dataset
     if dataset:
         _check_dataset(dataset)
+    if FLAGS.strategy == "multi_worker":
+        from tf_metric_robust import distribute  # its TF_CONFIG helpers do not import TensorFlow
+
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                             "(the cluster and this worker's task), as for bin/train")
+        distribute.cluster_from_env()  # malformed JSON: one line, before TensorFlow
     sweeps = dict(eps_sweep=_numbers(FLAGS.eps_sweep, "eps_sweep", valid=cfg.UNIT),
                   steps_sweep=_numbers(FLAGS.steps_sweep, "steps_sweep", int,
                                       cfg.Range(1, high_open=True)),
@@ -623,7 +640,8 @@ def evaluate_config():
             model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, dataset=FLAGS.dataset,
             data_dir=FLAGS.data_dir, download=FLAGS.download, split=FLAGS.split,
             num_examples=FLAGS.num_examples, batch_size=FLAGS.batch_size, output=FLAGS.output,
-            progress=FLAGS.progress, tensorboard=FLAGS.tensorboard, config=config)
+            progress=FLAGS.progress, tensorboard=FLAGS.tensorboard, config=config,
+            strategy=FLAGS.strategy, worker_timeout=FLAGS.worker_timeout)
     except ValueError as error:
         raise UsageError(str(error)) from None
 

@@ -39,8 +39,8 @@ VERSIONS = {
 }
 # Each member's index under the seed root "autoattack" (seeds.key), fixed per name (not per
 # position), so adding or dropping a member leaves the others' random draws unchanged.
-_MEMBER_ID = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4}
-_RESTARTS = {"standard": 1, "plus": 5}  # random restarts of the untargeted APGD runs
+MEMBER_ID = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4}
+RESTARTS = {"standard": 1, "plus": 5}  # random restarts of the untargeted APGD runs
 
 
 @dataclasses.dataclass
@@ -78,8 +78,8 @@ def _predict(model_fn, x, batch_size):
                           or [np.zeros([0], np.int64)])
 
 
-def _attack_fn(name, *, eps, norm, steps, queries, num_target_classes, restarts, clip_min,
-               clip_max):
+def member_attack(name, *, eps, norm, steps, queries, num_target_classes, restarts, clip_min,
+                  clip_max):
     """(x, y, seed) -> x_adv for one AutoAttack member."""
     common = dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     if name in ("apgd_ce", "apgd_dlr"):
@@ -133,9 +133,9 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
     y = np.asarray(y).astype(np.int64)
     if x.ndim < 2 or y.shape != (len(x),):
         raise ValueError(f"x must be [N, ...] and y [N] labels, got {x.shape} and {y.shape}")
-    run = {n: _attack_fn(n, eps=eps, norm=norm, steps=steps, queries=queries,
-                         num_target_classes=num_target_classes, restarts=_RESTARTS[version],
-                         clip_min=clip_min, clip_max=clip_max) for n in names}
+    run = {n: member_attack(n, eps=eps, norm=norm, steps=steps, queries=queries,
+                            num_target_classes=num_target_classes, restarts=RESTARTS[version],
+                            clip_min=clip_min, clip_max=clip_max) for n in names}
     size = batch_size or max(len(x), 1)
     log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
         for b, first in enumerate(range(0, len(todo), size)):
             rows = todo[first:first + size]
             padded = np.resize(rows, size) if batch_size else rows  # repeats rows; results dropped
-            batch_seed = seeds.key(int(seed), "autoattack", _MEMBER_ID[name], b)
+            batch_seed = seeds.key(int(seed), "autoattack", MEMBER_ID[name], b)
             adv = np.asarray(run[name](model_fn, x[padded], y[padded], batch_seed))[:len(rows)]
             _check_bounds(name, adv, x[rows], eps, norm, clip_min, clip_max)
             fooled = _predict(model_fn, adv, size) != y[rows]
@@ -160,8 +160,8 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
         log.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name,
                  100 * attack_accuracy[name], seconds[name])
 
-    warnings = _diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap,
-                         square_gap)
+    warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap,
+                        square_gap)
     for message in warnings:
         log.warning("autoattack: %s", message)
     return AutoAttackResult(clean_accuracy=clean_accuracy,
@@ -180,7 +180,7 @@ def _check_bounds(name, adv, x, eps, norm, clip_min, clip_max, tolerance=1e-5):
                            f"the box [{clip_min}, {clip_max}]")
 
 
-def _diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
+def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
     """The two reliability warnings, as messages starting with a fixed phrase."""
     warnings = []
     before = {}  # robust accuracy just before each attack ran

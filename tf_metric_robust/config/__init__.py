@@ -7,8 +7,8 @@ them (or plain arguments) and never read flags. Importing this package never imp
 from tf_metric_robust.config.common import (NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, Range,
                                             UserError)
 from tf_metric_robust.config.compare import CompareConfig
-from tf_metric_robust.config.evaluation import (DEFAULT_ATTACKS, SUITE_VERSIONS, SUITES,
-                                                EvalConfig, EvaluateRun, Thresholds)
+from tf_metric_robust.config.evaluation import (DEFAULT_ATTACKS, EVAL_STRATEGIES, SUITE_VERSIONS,
+                                                SUITES, EvalConfig, EvaluateRun, Thresholds)
 from tf_metric_robust.config.export import (COVARIANCES, DEFAULT_DETECTION_K,
                                             DEFAULT_REFERENCE_SIZE, DETECTORS, SCORE_TYPES,
                                             ExportConfig)
@@ -17,7 +17,7 @@ from tf_metric_robust.config.training import (DISTANCES, KL_MODES, MININGS, MODE
                                               RECIPE_KEYS, AttackConfig, OptimizerConfig,
                                               TrainConfig, TripletConfig, check_mode)
 
-__all__ = ["DEFAULT_ATTACKS", "SUITES", "SUITE_VERSIONS", "EvalConfig", "EvaluateRun",
+__all__ = ["DEFAULT_ATTACKS", "EVAL_STRATEGIES", "SUITES", "SUITE_VERSIONS", "EvalConfig", "EvaluateRun",
            "Thresholds", "COVARIANCES", "DEFAULT_DETECTION_K", "DEFAULT_REFERENCE_SIZE", "DETECTORS",
            "DISTANCES", "KL_MODES", "MININGS", "MODES", "NEGATIVE_POOLS", "NON_NEGATIVE",
            "OPERATIONAL_FIELDS", "OTHER_POSITIVES", "POSITIVE", "POSITIVES", "RECIPE_KEYS",

@@ -14,6 +14,7 @@ from tf_metric_robust.config.common import UserError
 from tf_metric_robust.config.export import COVARIANCES, DETECTORS, SCORE_TYPES
 
 SUITES = ("none", "autoattack")
+EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker")  # bin/evaluate --strategy (training's)
 # AutoAttack versions (attacks/autoattack.py VERSIONS; a test keeps the two lists equal).
 SUITE_VERSIONS = ("standard", "plus")
 
@@ -185,7 +186,13 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateRun:
-    """What bin/evaluate was asked for; built from flags by cli.evaluate_config()."""
+    """What bin/evaluate was asked for; built from flags by cli.evaluate_config().
+
+    batch_size: examples per shard, the unit each replica attacks (so the results do not depend
+    on the replicas); strategy: 'auto' (all local GPUs, else the CPU), 'mirrored' (all GPUs or
+    all logical CPUs), 'multi_worker' (the TF_CONFIG workers share the shards, each on its local
+    devices as 'auto').
+    """
 
     model_dir: Optional[str] = None
     saved_model: Optional[str] = None
@@ -199,6 +206,8 @@ class EvaluateRun:
     progress: bool = True
     tensorboard: bool = True
     config: EvalConfig = EvalConfig()
+    strategy: str = "auto"
+    worker_timeout: float = 120.0  # seconds without a heartbeat before a worker counts as lost
 
     def __post_init__(self):
         if bool(self.model_dir) == bool(self.saved_model):
@@ -207,7 +216,13 @@ class EvaluateRun:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.num_examples is not None and self.num_examples < 1:
             raise UserError(f"num_examples must be >= 1, got {self.num_examples}")
+        if self.strategy not in EVAL_STRATEGIES:
+            raise UserError(f"strategy must be one of {', '.join(EVAL_STRATEGIES)}, got "
+                            f"{self.strategy!r}")
+        if not self.worker_timeout > 0:
+            raise UserError(f"worker_timeout must be > 0 seconds, got {self.worker_timeout}")
 
 
-__all__ = ["DEFAULT_ATTACKS", "SUITES", "SUITE_VERSIONS", "EvalConfig", "EvaluateRun",
-           "Thresholds", "check_suite", "dataset_defaults", "default_detection_covariance", "derived_defaults"]
+__all__ = ["DEFAULT_ATTACKS", "EVAL_STRATEGIES", "SUITES", "SUITE_VERSIONS", "EvalConfig",
+           "EvaluateRun", "Thresholds", "check_suite", "dataset_defaults",
+           "default_detection_covariance", "derived_defaults"]

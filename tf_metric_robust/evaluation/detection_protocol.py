@@ -75,24 +75,34 @@ def bound_adaptive_attack(fns, detector):
 
     return adaptive_detector
 
-def _adaptive_outputs(fns, detector, images, labels, settings, weight, seed, batch_size):
-    """(predictions [N], embeddings [N, D]) of the adaptive attack at one weight."""
-    predictions, embeddings = [], []
-    for b, start in enumerate(range(0, len(labels), batch_size)):
-        x = tf.constant(images[start:start + batch_size])
-        y = tf.constant(labels[start:start + batch_size])
-        x_adv = adaptive.adaptive_detector(
-            fns.outputs, x, y, detector=detector, weight=weight,
-            seed=tf.constant([seed, 50_000 + b], tf.int64), **settings)
+def _adaptive_fn(fns, detector, settings, weight):
+    """A shard function (shards.ShardRunner): the adaptive attack at `weight` -> per example
+    the prediction and embedding of its result."""
+
+    def run(x, y, key, params):
+        del params
+        x_adv = adaptive.adaptive_detector(fns.outputs, x, y, detector=detector, weight=weight,
+                                           seed=key, **settings)
         logits, embedding = fns.outputs(x_adv)
-        predictions.append(tf.argmax(logits, -1).numpy())
-        embeddings.append(embedding.numpy())
-    return np.concatenate(predictions), np.concatenate(embeddings)
+        return {"predictions": tf.argmax(logits, -1), "embedding": embedding}
+
+    return run
+
+
+def _adaptive_outputs(runner, fns, det_name, detector, images, labels, settings, weight):
+    """(predictions [N], embeddings [N, D]) of the adaptive attack at one weight, shard by shard
+    (key root 'evaluation.adaptive', coordinate: the run's name)."""
+    name = (f"adaptive.{det_name}.eps{settings['eps']:.4g}.steps{settings['steps']}"
+            f".weight{weight:g}")
+    out = runner.run(name, _adaptive_fn(fns, detector, settings, weight), images, labels,
+                     root="evaluation.adaptive")
+    return out["predictions"], out["embedding"]
+
 
 def _scores(detector, embeddings, predictions):
     return detector.score(embeddings, predictions).numpy().astype(np.float64)
 
-def run_detection(fns, evidence, plan, config, detectors, batch_size=200):
+def run_detection(runner, fns, evidence, plan, config, detectors):
     """Detection section of the report and ROC curves {label: (fpr, tpr, auc)}.
 
     evidence: run_plan's output with images kept; plan.detection: (eps, run name) of the plain
@@ -127,8 +137,8 @@ def run_detection(fns, evidence, plan, config, detectors, batch_size=200):
                 clean_scores[det_name], clean_correct, plain_scores, adv_correct, threshold)
             candidates, sweep = [(plain_scores, adv_correct)], []
             for weight in config.detection_weights:
-                pred, emb = _adaptive_outputs(fns, detector, images, labels, settings, weight,
-                                              config.seed, batch_size)
+                pred, emb = _adaptive_outputs(runner, fns, det_name, detector, images, labels,
+                                              settings, weight)
                 scores = _scores(detector, emb, pred)
                 numbers, _ = detection.protocol_report(
                     clean_scores[det_name], clean_correct, scores, pred == labels, threshold)

@@ -14,6 +14,7 @@ Adversarial Robustness" (see sanity.py).
 
 import dataclasses
 import inspect
+import json
 import time
 
 import keras
@@ -25,8 +26,9 @@ from tf_metric_robust.config import EvalConfig, UserError
 from tf_metric_robust.evaluation import detection_protocol, sanity, suite
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.plan import build_plan, call_settings
+from tf_metric_robust.evaluation.shards import DYNAMIC_SETTINGS, ShardRunner
 
-__all__ = ["EvaluationResult", "evaluate", "run_plan", "versions"]
+__all__ = ["EvaluationResult", "attack_fn", "evaluate", "load_examples", "run_plan", "versions"]
 
 
 @dataclasses.dataclass
@@ -50,100 +52,88 @@ def versions():
             "tf_metric_robust": tf_metric_robust.__version__}
 
 
-def _batches(data, batch_size):
-    """(x, y) arrays or a tf.data.Dataset (batched or not) -> batched dataset of (x, y)."""
-    if isinstance(data, tf.data.Dataset):
-        if data.element_spec[0].shape.rank == 3:
-            data = data.batch(batch_size)
-        return data
-    x, y = data
-    return tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y))).batch(
-        batch_size)
-
-
-def _take(batches, num_examples):
-    """Yields (x, y int64) batches, the last one truncated so at most num_examples come out."""
-    seen = 0
-    for x, y in batches:
-        if num_examples is not None:
-            if seen >= num_examples:
-                return
-            x, y = x[:num_examples - seen], y[:num_examples - seen]
-        seen += int(tf.shape(y)[0])
-        yield x, tf.cast(y, tf.int64)
-
-
-def _progbar(batches, num_examples, batch_size, enabled):
-    if not enabled:
-        return None
-    count = int(batches.cardinality()) if isinstance(batches, tf.data.Dataset) else -1
-    target = count * batch_size if count >= 0 else None
-    if num_examples is not None:
-        target = num_examples if target is None else min(target, num_examples)
-    return keras.utils.Progbar(target, unit_name="example", stateful_metrics=["clean", "robust"])
-
-
-def run_plan(fns, data, plan, *, registry, seed=0, num_examples=None, batch_size=100,
-             progress=False, keep_images=False):
-    """Runs every attack of `plan` on every batch; returns per-example evidence as NumPy arrays.
-
-    Returns a dict: 'labels' [N], 'images' [N, H, W, C] (None unless keep_images: for a suite
-    that needs the whole set), 'clean_predictions' [N], 'clean_embedding' [N, D] or None,
-    'predictions' name -> [N], 'embeddings' name -> [N, D] (attacks with keep_embedding),
-    'violations' name -> max distance outside the eps-ball/[0,1], 'seconds' name -> float,
-    'gradients' (sanity.gradient_stats on the first batch).
-    """
-    batches = _batches(data, batch_size)
-    bar = _progbar(batches, num_examples, batch_size, progress)
-    labels, images, clean_pred, clean_emb, gradients = [], [], [], [], None
-    preds = {name: [] for name in plan.specs}
-    embs = {name: [] for name, spec in plan.specs.items() if spec.keep_embedding}
-    violations = {name: 0.0 for name in plan.specs}
-    seconds = {name: 0.0 for name in plan.specs}
-    robust_so_far, done = 0, 0
-    takes_seed = {name: "seed" in inspect.signature(registry[spec.attack]).parameters
-                  for name, spec in plan.specs.items()}
-    for b, (x, y) in enumerate(_take(batches, num_examples)):
-        logits, embedding = fns.outputs(x)
-        if gradients is None:
-            gradients = sanity.gradient_stats(fns.logits, x, y)
-        robust = tf.equal(tf.argmax(logits, -1), y).numpy()
-        labels.append(y.numpy())
-        if keep_images:
-            images.append(x.numpy())
-        clean_pred.append(tf.argmax(logits, -1).numpy())
-        if embedding is not None:
-            clean_emb.append(embedding.numpy())
-        for i, (name, spec) in enumerate(plan.specs.items()):
-            started = time.perf_counter()
-            attack = registry[spec.attack]
-            kwargs = dict(spec.kwargs)
-            if takes_seed[name]:
-                kwargs["seed"] = tf.constant([seed, b * 10_000 + i], tf.int64)
-            x_adv = attack(fns.logits, x, y, **kwargs)
-            adv_logits, adv_embedding = fns.outputs(x_adv)
-            predicted = tf.argmax(adv_logits, -1).numpy()
-            seconds[name] += time.perf_counter() - started
-            preds[name].append(predicted)
-            if name in embs:
-                embs[name].append(adv_embedding.numpy())
-            violations[name] = max(violations[name], sanity.bound_violation(
-                x_adv, x, spec.kwargs["eps"], spec.kwargs.get("norm", "linf")))
-            if spec.counts_for_robust:
-                robust &= predicted == y.numpy()
-        done += len(robust)
-        robust_so_far += int(robust.sum())
-        if bar is not None:
-            clean_acc = np.mean(np.concatenate(clean_pred) == np.concatenate(labels))
-            bar.add(len(robust), [("clean", clean_acc), ("robust", robust_so_far / done)])
+def load_examples(data, batch_size, num_examples=None):
+    """(x float32 [N, ...], y int64 [N]) NumPy arrays from arrays or a tf.data.Dataset (batched
+    or not), at most num_examples of them: the whole set is held so shards can be cut anywhere."""
+    if not isinstance(data, tf.data.Dataset):
+        x, y = (np.asarray(v) for v in data)
+        return x[:num_examples].astype(np.float32), y[:num_examples].astype(np.int64)
+    if data.element_spec[0].shape.rank == 3:
+        data = data.batch(batch_size)
+    images, labels, seen = [], [], 0
+    for x, y in data:
+        if num_examples is not None and seen >= num_examples:
+            break
+        images.append(np.asarray(x, np.float32))
+        labels.append(np.asarray(y, np.int64))
+        seen += len(labels[-1])
     if not labels:
         raise UserError("no examples to evaluate (empty dataset or num_examples 0)")
-    join = lambda parts: np.concatenate(parts) if parts else None  # noqa: E731
-    return {"labels": join(labels), "images": join(images), "clean_predictions": join(clean_pred),
-            "clean_embedding": join(clean_emb), "gradients": gradients,
-            "predictions": {k: join(v) for k, v in preds.items()},
-            "embeddings": {k: join(v) for k, v in embs.items()},
-            "violations": violations, "seconds": seconds}
+    return np.concatenate(images)[:num_examples], np.concatenate(labels)[:num_examples]
+
+
+def _clean_fn(fns):
+    def clean(x, y, key, params):
+        del y, key, params
+        logits, embedding = fns.outputs(x)
+        out = {"predictions": tf.argmax(logits, -1)}
+        if embedding is not None:
+            out["embedding"] = embedding
+        return out
+
+    return clean
+
+
+def attack_fn(fns, attack, static, *, takes_seed, keep_embedding, norm):
+    """A shard function (shards.ShardRunner) running `attack` with its static settings and the
+    dynamic ones from params: per example the prediction on x_adv, its distance outside the
+    threat model and box (sanity.bound_violations), and the embedding when kept."""
+
+    def run(x, y, key, params):
+        x_adv = attack(fns.logits, x, y, **static, **params, **({"seed": key} if takes_seed
+                                                                  else {}))
+        logits, embedding = fns.outputs(x_adv)
+        out = {"predictions": tf.argmax(logits, -1),
+               "violation": sanity.bound_violations(x_adv, x, params["eps"], norm)}
+        if keep_embedding:
+            out["embedding"] = embedding
+        return out
+
+    return run
+
+
+def run_plan(runner, fns, x, y, plan, *, registry):
+    """Runs the clean pass and every attack of `plan` on every shard of (x, y).
+
+    Returns per-example evidence as NumPy arrays: 'labels' [N], 'images' [N, H, W, C],
+    'clean_predictions' [N], 'clean_embedding' [N, D] or None, 'predictions' name -> [N],
+    'embeddings' name -> [N, D] (attacks with keep_embedding), 'violations' name -> max distance
+    outside the eps-ball/[0,1], 'seconds' name -> float, 'gradients' (sanity.gradient_stats on
+    the first shard).
+    """
+    if not len(y):
+        raise UserError("no examples to evaluate (empty dataset or num_examples 0)")
+    clean = runner.run("clean", _clean_fn(fns), x, y)
+    first = slice(0, runner.shard_size)
+    gradients = sanity.gradient_stats(fns.logits, tf.constant(x[first]), tf.constant(y[first]))
+    preds, embs, violations = {}, {}, {}
+    for name, spec in plan.specs.items():
+        attack = registry[spec.attack]
+        params = {k: v for k, v in spec.kwargs.items() if k in DYNAMIC_SETTINGS}
+        static = {k: v for k, v in spec.kwargs.items() if k not in DYNAMIC_SETTINGS}
+        takes_seed = "seed" in inspect.signature(attack).parameters
+        fn = attack_fn(fns, attack, static, takes_seed=takes_seed,
+                       keep_embedding=spec.keep_embedding, norm=spec.kwargs.get("norm", "linf"))
+        trace_key = json.dumps([spec.attack, static, spec.keep_embedding], sort_keys=True)
+        out = runner.run(name, fn, x, y, params=params, trace_key=trace_key)
+        preds[name] = out["predictions"]
+        violations[name] = float(out["violation"].max())
+        if spec.keep_embedding:
+            embs[name] = out["embedding"]
+    return {"labels": y, "images": x, "clean_predictions": clean["predictions"],
+            "clean_embedding": clean.get("embedding"), "gradients": gradients,
+            "predictions": preds, "embeddings": embs, "violations": violations,
+            "seconds": {name: runner.seconds[name] for name in plan.specs}}
 
 
 def _attack_entry(spec, registry, accuracy, evidence, name):
@@ -157,7 +147,7 @@ def _attack_entry(spec, registry, accuracy, evidence, name):
 
 def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_size=100,
              num_examples=None, reference=None, registry=None, extra_attacks=(), progress=False,
-             model_info=None, data_info=None):
+             model_info=None, data_info=None, strategy=None, store=None):
     """Evaluates any model on (x, y) arrays or a tf.data.Dataset; returns an EvaluationResult.
 
     Args: model: a Keras network / callable (see ModelFns) or a ModelFns; config: EvalConfig
@@ -166,6 +156,9 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     attacks.ATTACKS); extra_attacks: (name, attack, kwargs) runs that slot into the worst case;
     model_info, data_info: identity dicts copied into the report. config.suite runs AutoAttack
     after the plan (suite.py) on all N examples held in memory, into the worst case.
+    batch_size: examples per shard, the unit every replica attacks (shards.py); strategy: the
+    local replicas (default: one device); store: a shard_store.ShardStore (files: resume and
+    several workers). The per-example results do not depend on strategy or store.
     """
     started = time.perf_counter()
     config = (config or EvalConfig()).resolve(dataset)
@@ -181,9 +174,10 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
         registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
             fns, detectors[config.detector])
     plan = build_plan(config, registry, extra_attacks)
-    evidence = run_plan(fns, data, plan, registry=registry, seed=config.seed,
-                        num_examples=num_examples, batch_size=batch_size, progress=progress,
-                        keep_images=config.suite != "none" or config.detection)
+    runner = ShardRunner(batch_size, config.seed, strategy=strategy, store=store,
+                         progress=progress)
+    x, y = load_examples(data, batch_size, num_examples)
+    evidence = run_plan(runner, fns, x, y, plan, registry=registry)
     labels = evidence["labels"]
     clean_correct = evidence["clean_predictions"] == labels
     correct = {name: pred == labels for name, pred in evidence["predictions"].items()}
@@ -195,9 +189,10 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     suite_section, suite_correct, suite_checks = None, {}, []
     if config.suite != "none":
         pgd_attack, pgd_accuracy = suite.weakest_pgd(plan, accuracy)
-        suite_section, suite_correct[config.suite], suite_checks = suite.run_suite(
-            fns.logits, evidence["images"], labels, config, batch_size=batch_size,
-            pgd_attack=pgd_attack, pgd_accuracy=pgd_accuracy, progress=progress)
+        suite_section, suite_fooled_by, suite_checks = suite.run_suite(
+            runner, fns, x, y, evidence["clean_predictions"], config, pgd_attack=pgd_attack,
+            pgd_accuracy=pgd_accuracy)
+        suite_correct[config.suite] = suite_fooled_by == ""
         robust &= suite_correct[config.suite]
     report = {
         "schema_version": 1,
@@ -239,7 +234,14 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     report["detection"] = None
     if config.detection:
         report["detection"], curves = detection_protocol.run_detection(
-            fns, evidence, plan, config, detectors, batch_size=batch_size)
+            runner, fns, evidence, plan, config, detectors)
+    report["distribution"] = {"replicas": runner.replicas, "workers": runner.store.num_workers,
+                              "resumed_shards": runner.resumed}
+    report["per_example"] = {
+        "labels": labels.tolist(), "clean_predictions": evidence["clean_predictions"].tolist(),
+        "robust": robust.tolist(),
+        "predictions": {name: pred.tolist() for name, pred in evidence["predictions"].items()},
+        "suite_fooled_by": suite_fooled_by.tolist() if suite_section else None}
     report["figures"] = {}  # file names, filled by outputs.write_figures
     report["seconds"] = round(time.perf_counter() - started, 2)
     return EvaluationResult(report=report, correct={"clean": clean_correct, "robust": robust,

@@ -20,7 +20,8 @@ import time
 import keras
 
 from tf_metric_robust import data, export, run_files
-from tf_metric_robust.config import EvaluateRun, UserError
+from tf_metric_robust.config import UserError
+from tf_metric_robust.evaluation import cluster
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import (remove_stale_figures, write_figures,
@@ -138,8 +139,12 @@ def _point_latest(evaluations, name):
 def run(request):
     """Evaluates, writes report.json + figures + TensorBoard; returns the report dict."""
     keras.utils.set_random_seed(request.config.seed)
-    fns, model_info, dataset, run_dir = load_model(request)
-    output_paths(request, run_dir)  # --output required outside a run: fail before evaluating
+    strategy = cluster.local_strategy(request.strategy)
+    _, _, chief = cluster.worker_position(request.strategy)
+    with strategy.scope():  # mirrored variables: each replica reads its own copy
+        fns, model_info, dataset, run_dir = load_model(request)
+    # --output required outside a run: fail before evaluating
+    report_path, _ = output_paths(request, run_dir)
     try:
         spec = data.dataset_info(dataset)
     except ValueError as error:
@@ -160,20 +165,30 @@ def run(request):
                  "num_examples_requested": request.num_examples}
     # A terminal gets the progress bar; a log file (stdout redirected) one line here and the
     # summary at the end instead of a bar redrawn for every batch.
-    progress = request.progress and sys.stdout.isatty()
-    if request.progress and not progress:
+    progress = request.progress and sys.stdout.isatty() and chief
+    if request.progress and not progress and chief:
         print(f"Evaluating {dataset} [{split}] ({request.num_examples or 'all'} examples): "
               f"{', '.join(request.config.attacks)}"
               f"{', ' + request.config.suite if request.config.suite != 'none' else ''}",
               flush=True)
-    result = evaluate(fns, eval_data, request.config, dataset=dataset,
-                      num_classes=spec.num_classes, batch_size=request.batch_size,
-                      num_examples=request.num_examples, reference=reference,
-                      progress=progress, model_info=model_info, data_info=data_info)
+    name = evaluation_name(request, model_info, dataset)
+    store = cluster.open_store(request, report_path, settings_hash=name[-8:])
+    try:
+        result = evaluate(fns, eval_data, request.config, dataset=dataset,
+                          num_classes=spec.num_classes, batch_size=request.batch_size,
+                          num_examples=request.num_examples, reference=reference,
+                          progress=progress, model_info=model_info, data_info=data_info,
+                          strategy=strategy, store=store)
+    finally:
+        store.close()
     report = result.report
     if report["detection"] is not None:
         report["detection"]["reference_split"] = spec.train_split
-    name = _unique(evaluation_name(request, model_info, dataset), request, run_dir)
+    if not chief:  # the chief writes the files; this worker's shards are in the work directory
+        store.mark_done()
+        report["outputs"] = None
+        return report
+    name = _unique(name, request, run_dir)
     report_path, tensorboard_dir = output_paths(request, run_dir, name)
     directory = os.path.dirname(report_path)
     os.makedirs(directory, exist_ok=True)
@@ -186,6 +201,8 @@ def run(request):
         _point_latest(os.path.dirname(directory), name)
     if request.tensorboard:
         write_tensorboard(report, tensorboard_dir, directory, step=model_info["step"] or 0)
+    store.mark_done()
+    store.remove_when_done(timeout=request.worker_timeout)
     return report
 
 

@@ -40,15 +40,18 @@ def gradient_stats(logits_fn, x, y, max_examples=100):
     return stats
 
 
-def bound_violation(x_adv, x, eps, norm, clip_min=0.0, clip_max=1.0):
-    """How far x_adv lies outside the eps-ball around x or the box (>= 0; inf if non-finite)."""
-    x_adv, x = np.asarray(x_adv, np.float64), np.asarray(x, np.float64)
-    if not np.all(np.isfinite(x_adv)):
-        return float("inf")
-    delta = (x_adv - x).reshape(len(x), -1)
-    size = np.abs(delta).max(axis=1) if norm == "linf" else np.linalg.norm(delta, axis=1)
-    box = max(clip_min - x_adv.min(), x_adv.max() - clip_max) if x_adv.size else 0.0
-    return float(max(size.max(initial=0.0) - eps, box, 0.0))
+def bound_violations(x_adv, x, eps, norm, clip_min=0.0, clip_max=1.0):
+    """Per example, how far x_adv lies outside the eps-ball around x or the box: float64 [N],
+    >= 0, inf where x_adv is not finite (in-graph, so every replica checks its own shard)."""
+    x_adv, x = tf.cast(x_adv, tf.float64), tf.cast(x, tf.float64)
+    rows = tf.shape(x)[0]
+    delta = tf.reshape(x_adv - x, [rows, -1])
+    flat = tf.reshape(x_adv, [rows, -1])
+    size = (tf.reduce_max(tf.abs(delta), 1) if norm == "linf" else tf.norm(delta, axis=1))
+    box = tf.maximum(clip_min - tf.reduce_min(flat, 1), tf.reduce_max(flat, 1) - clip_max)
+    violation = tf.maximum(tf.maximum(size - tf.cast(eps, tf.float64), box), 0.0)
+    finite = tf.reduce_all(tf.math.is_finite(flat), 1)
+    return tf.where(finite, violation, tf.constant(np.inf, tf.float64))
 
 
 def _check(name, passed, value, threshold, detail):

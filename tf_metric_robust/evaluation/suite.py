@@ -1,11 +1,10 @@
 """A standard attack suite inside an evaluation: AutoAttack on every evaluated example.
 
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
-parameter-free attacks", ICML 2020 (arXiv 2003.01690). The suite runs `attacks.autoattack` with
-the paper's fixed hyper-parameters (APGD-CE, APGD-T on the DLR loss with 9 target classes,
-100 iterations each, FAB-T with 9 target classes and 100 iterations, Square with 5000 queries;
-'plus' adds APGD-DLR and 5 restarts), each attack
-only on the points every earlier one left correct, at the evaluation's threat model and seed. Its
+parameter-free attacks", ICML 2020 (arXiv 2003.01690). The suite runs the sequence of
+`attacks.autoattack` with the paper's fixed hyper-parameters (APGD-CE, APGD-T on the DLR loss
+with 9 target classes, 100 iterations each, FAB-T with 9 target classes and 100 iterations,
+Square with 5000 queries; 'plus' adds APGD-DLR and 5 restarts), each attack only on the points every earlier one left correct, at the evaluation's threat model and seed. Its
 per-example result joins the evaluation's worst case, its numbers go to the report's `suite`
 section, and its two reliability diagnostics (Square beating the gradient attacks: masked
 gradients; APGD far below the evaluation's PGD: PGD overstated robustness) become warnings and
@@ -13,18 +12,18 @@ sanity checks. The 'rand' version (for randomised defences) and untargeted FAB a
 implemented.
 """
 
-import logging
-
 import numpy as np
+import tensorflow as tf
+from absl import logging
 
-from tf_metric_robust import attacks
-from tf_metric_robust.attacks.autoattack import GRADIENT_ATTACKS, VERSIONS
-from tf_metric_robust.config import UserError
+from tf_metric_robust.attacks.autoattack import (GRADIENT_ATTACKS, MEMBER_ID, RESTARTS, VERSIONS,
+                                                 diagnose, member_attack)
+from tf_metric_robust.evaluation import sanity
+
 NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
 PGD_GAP = 0.05  # warn when APGD's robust accuracy is this far below PGD's
 SQUARE_GAP = 0.002  # warn when Square lowers the gradient attacks' accuracy by more (the paper's)
-
-_LOG = logging.getLogger(__name__)
+BOUND_TOLERANCE = 1e-5  # a member's result outside the threat model by more is a bug
 
 
 def weakest_pgd(plan, accuracy):
@@ -38,43 +37,78 @@ def weakest_pgd(plan, accuracy):
     return name, runs[name]
 
 
-def run_suite(logits_fn, x, y, config, *, batch_size, pgd_attack=None, pgd_accuracy=None,
-              progress=False):
-    """Runs config.suite on all of (x, y); returns (report section, correct bool [N], checks).
+def _member_fn(fns, attack, eps, norm):
+    """A shard function (shards.ShardRunner) running one AutoAttack member: per example the
+    prediction on its result and the result's distance outside the threat model."""
+
+    def run(x, y, key, params):
+        del params
+        x_adv = attack(fns.logits, x, y, key)
+        return {"predictions": tf.argmax(fns.outputs(x_adv)[0], -1),
+                "violation": sanity.bound_violations(x_adv, x, eps, norm)}
+
+    return run
+
+
+def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None,
+              pgd_accuracy=None):
+    """Runs config.suite on all of (x, y); returns (report section, fooled_by [N], checks).
+
+    The AutoAttack sequence of attacks.autoattack (each member only on the points every earlier
+    one left correct), with its members run shard by shard through `runner`: shard j of a
+    member's remaining points draws from seeds.key(seed, "autoattack", member, j), the draw of
+    attacks.autoattack's batch j with batch_size = the shard size, on any number of replicas
+    and workers. fooled_by: per point 'clean', the first member that fooled it, or ''.
 
     Args:
-      logits_fn: images -> logits [N, C] (keep one per model: compiled attacks are cached on it).
+      runner: a shards.ShardRunner; fns: the model's ModelFns.
       x, y: NumPy images [N, H, W, C] in [0, 1] and int labels [N] (the whole evaluation set).
+      clean_predictions: the evaluation's clean predictions [N].
       config: a resolved EvalConfig (eps, norm, seed, suite, suite_version, suite_steps,
         suite_queries).
-      batch_size: points per attack call.
       pgd_attack, pgd_accuracy: the evaluation's PGD run and its accuracy (fraction), or None.
     """
-    if progress:
-        names = ", ".join(VERSIONS[config.suite_version])
-        print(f"AutoAttack ({config.suite_version}: {names}) on {len(y)} examples", flush=True)
+    names = VERSIONS[config.suite_version]
+    logging.info("AutoAttack (%s: %s) on %d examples", config.suite_version, ", ".join(names),
+                 len(y))
     settings = dict(eps=config.eps, norm=config.norm, version=config.suite_version,
                     steps=config.suite_steps, queries=config.suite_queries,
                     num_target_classes=NUM_TARGET_CLASSES, seed=config.seed)
-    try:
-        result = attacks.autoattack(logits_fn, x, y, batch_size=batch_size,
-                                    pgd_accuracy=pgd_accuracy, pgd_gap=PGD_GAP,
-                                    square_gap=SQUARE_GAP, **settings)
-    except ValueError as error:
-        raise UserError(f"suite: {error}") from None
-    correct = result.fooled_by == ""
-    fooled, counts = result.fooled_by, {}
-    for name in ("clean", *result.attack_accuracy):
-        counts[name] = int(np.sum(fooled == name))
-    section = {"name": config.suite, **settings, "batch_size": batch_size,
-               "attacks": list(result.attack_accuracy),
-               "clean_accuracy": result.clean_accuracy,
-               "attack_accuracy": dict(result.attack_accuracy),
-               "robust_accuracy": result.robust_accuracy, "fooled_by": counts,
+    fooled_by = np.where(clean_predictions != y, "clean", "").astype(object)
+    clean_accuracy = float(np.mean(fooled_by == ""))
+    attack_accuracy, seconds = {}, {}
+    for name in names:
+        attack = member_attack(
+            name, eps=config.eps, norm=config.norm, steps=config.suite_steps,
+            queries=config.suite_queries, num_target_classes=NUM_TARGET_CLASSES,
+            restarts=RESTARTS[config.suite_version], clip_min=0.0, clip_max=1.0)
+        rows = np.flatnonzero(fooled_by == "")
+        run = f"autoattack.{config.suite_version}.{name}"
+        if len(rows):
+            out = runner.run(run, _member_fn(fns, attack, config.eps, config.norm), x, y,
+                             rows=rows, root="autoattack", seed_id=MEMBER_ID[name])
+            if out["violation"].max() > BOUND_TOLERANCE:
+                raise RuntimeError(f"{name} returned points outside the {config.norm} ball of "
+                                   f"radius {config.eps} or the box [0, 1]")
+            fooled_by[rows[out["predictions"] != y[rows]]] = name
+        attack_accuracy[name] = float(np.mean(fooled_by == ""))
+        seconds[name] = runner.seconds.get(run, 0.0)
+        logging.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name,
+                     100 * attack_accuracy[name], seconds[name])
+    warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, PGD_GAP,
+                        SQUARE_GAP)
+    for message in warnings:
+        logging.warning("autoattack: %s", message)
+    fooled_by = fooled_by.astype(str)
+    counts = {name: int(np.sum(fooled_by == name)) for name in ("clean", *names)}
+    section = {"name": config.suite, **settings, "batch_size": runner.shard_size,
+               "attacks": list(names), "clean_accuracy": clean_accuracy,
+               "attack_accuracy": attack_accuracy,
+               "robust_accuracy": attack_accuracy[names[-1]], "fooled_by": counts,
                "pgd_attack": pgd_attack, "pgd_accuracy": pgd_accuracy,
-               "warnings": list(result.warnings),
-               "seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
-    return section, correct, suite_checks(section)
+               "warnings": list(warnings),
+               "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    return section, fooled_by, suite_checks(section)
 
 
 def _check(name, passed, value, threshold, detail):
