@@ -393,3 +393,77 @@ def test_kl_modes_refuse_label_smoothing_and_trades_attack_loss():
     with pytest.raises(UserError, match="beta"):
         check_mode("trades", beta=-1.0, label_smoothing=0.0, attack=ATTACK)
     check_mode("tla", beta=6.0, label_smoothing=0.1, attack=ATTACK)
+
+
+# ---------------------------------------------------------------------------------------------
+# TLA on TRADES (--base=trades; ours, not the paper's).
+
+
+def test_tla_on_trades_is_the_trades_loss_plus_the_triplet_term(mnist5k_arrays):
+    from tf_metric_robust import attacks, losses
+    from tf_metric_robust.attacks import objectives
+
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    labels = tf.cast(labels, tf.int64)
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
+    trainer = AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades", beta=2.5,
+                                 triplet=TripletConfig(lambda_triplet=0.7, margin=0.5))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+    adversarial = _replica_independent_perturbation(None, images, labels)
+    total, logs, clean, adv = trainer.compute_losses(images, labels, adversarial, False)
+    expected = losses.trades_loss(labels, network(images)["logits"],
+                                  network(adversarial)["logits"], beta=2.5)
+    np.testing.assert_allclose(total.numpy(), (expected + 0.7 * logs["triplet_loss"]).numpy(),
+                               rtol=1e-5)
+    assert float(tf.reduce_mean(logs["triplet_loss"])) > 0.0
+    np.testing.assert_allclose(logs["robust_loss"] + logs["ce_loss"], expected, rtol=1e-5)
+    # The training attack is TRADES': KL against the clean logits from x + 0.001 N(0, 1).
+    kwargs = {**ATTACK.kwargs(), "loss": "kl", "random_start": objectives.TRADES_START_STD}
+    reference = attacks.pgd(trainer.logits_fn, images, network(images)["logits"],
+                            seed=trainer._seed("training.attack"), **kwargs)
+    np.testing.assert_allclose(trainer._training_attack(images, labels), reference, atol=1e-6)
+
+
+def test_tla_on_trades_lowers_the_loss(mnist5k_arrays):
+    def trainer():
+        keras.utils.set_random_seed(0)
+        network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
+        built = AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades",
+                                   triplet=TripletConfig(lambda_triplet=0.5))
+        built.compile(optimizer=keras.optimizers.Adam(1e-3))
+        return built
+
+    trained = trainer()
+    trained.fit(_batches(mnist5k_arrays, 32, 40), epochs=1, verbose=0)
+    evaluation = _batches(mnist5k_arrays, 64, 4, seed=1)
+    before = trainer().evaluate(evaluation, return_dict=True, verbose=0)
+    after = trained.evaluate(evaluation, return_dict=True, verbose=0)
+    assert np.isfinite(after["loss"]) and after["loss"] < before["loss"]
+    assert after["robust_loss"] >= 0.0 and after["triplet_loss"] >= 0.0
+    assert after["pgd_accuracy"] > before["pgd_accuracy"] + 0.05
+
+
+def test_base_trades_is_refused_where_it_cannot_run():
+    from tf_metric_robust.config import UserError, check_mode
+
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    with pytest.raises(ValueError, match="base"):
+        AdversarialTrainer(network, mode="pgd", attack=ATTACK, base="trades")
+    with pytest.raises(ValueError, match="positive_noise"):
+        AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades",
+                           triplet=TripletConfig(positive_noise=8 / 255))
+    with pytest.raises(UserError, match="--mode=tla"):
+        check_mode("mart", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades")
+    with pytest.raises(UserError, match="label_smoothing=0"):
+        check_mode("tla", beta=6.0, label_smoothing=0.1, attack=ATTACK, base="trades")
+    with pytest.raises(UserError, match="positive_noise"):
+        check_mode("tla", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades",
+                   positive_noise=0.1)
+
+
+def test_trainer_without_evaluation_attack_fails_at_construction():
+    network = models.build("small_cnn", 10, (28, 28, 1))
+    with pytest.raises(ValueError, match="eval_attack"):
+        AdversarialTrainer(network, mode="natural")
+    AdversarialTrainer(network, mode="natural", eval_attack=ATTACK)
