@@ -101,6 +101,16 @@ def define_train_flags():
                       "al. 2020). trades/mart attack from x + 0.001 N(0,1) as their references.")
     define_number("beta", 6.0, "Weight of the KL term of --mode=trades/mart (both references: 6 "
                   "on CIFAR-10; TRADES MNIST: 1).", cfg.NON_NEGATIVE)
+    flags.DEFINE_enum("base", "pgd", list(cfg.training.BASES), "--mode=tla only: pgd adds the "
+                      "triplet term to CE on x' (the TLA authors); trades adds it to the TRADES "
+                      "objective and attacks TRADES' KL (ours, not the paper's).")
+    define_number("awp_gamma", 0.0, "Adversarial weight perturbation (Wu et al. 2020): relative "
+                  "size gamma, each kernel moved by gamma x its norm (0: off; reference 5e-3 for "
+                  "TRADES-AWP on CIFAR-10, 1e-2 for AT-AWP).", cfg.Range(0.0, 1.0))
+    flags.DEFINE_integer("awp_warmup_steps", 0, "Training steps before AWP starts (the "
+                         "reference: 10 epochs for TRADES-AWP, 0 for AT-AWP).", lower_bound=0)
+    define_number("ema_decay", 0.0, "Exponential moving average of the weights, evaluated and "
+                  "exported instead of them (0: off; e.g. 0.999).", cfg.UNIT_OPEN)
     # Optimisation.
     flags.DEFINE_integer("batch_size", 50, "Global batch size (split over replicas).",
                          lower_bound=1)
@@ -388,6 +398,8 @@ def train_config():
             attack_bn_mode=FLAGS.attack_bn_mode, validation_examples=FLAGS.validation_examples,
             select_best=FLAGS.select_best, eval_round_to_grid=FLAGS.eval_round_to_grid,
             export=FLAGS.export, beta=FLAGS.beta, settings=recipe_settings(),
+            base=FLAGS.base, awp_gamma=FLAGS.awp_gamma, awp_warmup_steps=FLAGS.awp_warmup_steps,
+            ema_decay=FLAGS.ema_decay,
             overfit=OverfitConfig(FLAGS.overfit_check_every, FLAGS.on_overfit, FLAGS.overfit_drop),
             allow_changes=_allowed_changes())
     except ValueError as error:
