@@ -103,7 +103,7 @@ class TripletConfig:
     negative_pool: str = "batch"
     positive: str = "own"
     margin: float = 0.03
-    margin_other: Optional[float] = None
+    margin_other: Optional[float] = None  # the other-image positive term's margin (None: margin)
     distance: str = "abs_cosine"
     lambda_triplet: float = 2.0
     lambda_norm: float = 1e-3
@@ -133,10 +133,6 @@ class TripletConfig:
                             f"got {self.other_positive!r}")
         if not 0.0 <= self.positive_noise <= 1.0:
             raise UserError(f"positive_noise must be in [0, 1], got {self.positive_noise}")
-
-    @property
-    def other_margin(self):
-        return self.margin if self.margin_other is None else self.margin_other
 
 
 def check_mode(mode, *, beta, label_smoothing, attack, base="pgd", positive_noise=0.0):
