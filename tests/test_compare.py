@@ -69,6 +69,8 @@ def test_plan_orders_runs_and_layers_flags():
     assert args[-1] == "--model_dir=/tmp/out/trades/seed0"
     authors = runs[2]
     assert authors.mode == "tla" and "--negative_pool=extra" in authors.train_args
+    (fast,) = plan.build(_config(entries=("fast_at",), seeds=(3,)), MODES)
+    assert fast.mode == "pgd" and "--train_attack=fgsm_rs" in fast.train_args
     assert runs[0].evaluate_args[-1] == "--output=/tmp/out/pgd/seed0/" + plan.REPORT
     assert "--suite=autoattack" in runs[0].evaluate_args
     assert "--detection" in runs[0].evaluate_args

@@ -20,6 +20,9 @@ VARIANTS = {
     "tla_authors": ("tla", ("--negative_pool=extra", "--pool_multiplier=1",
                             "--triplet_positive=other", "--other_positive=data",
                             "--weight_decay=2e-4", "--separate_bn_passes")),
+    # Fast AT (Wong et al. 2020): PGD-AT with one FGSM step from a uniform random start, step
+    # 1.25 eps (bin/train --train_attack=fgsm_rs).
+    "fast_at": ("pgd", ("--train_attack=fgsm_rs", "--steps=1")),
 }
 
 # Flags a mode needs on a recipe written for another mode: TRADES and MART refuse label smoothing
