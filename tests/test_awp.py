@@ -162,22 +162,24 @@ def test_warmup_steps_train_exactly_as_without_awp(mnist5k_arrays, monkeypatch):
     assert any(not np.array_equal(a, b) for a, b in zip(plain, started))
 
 
-def _one_step_weights(strategy, mode, batch):
+def _one_step_weights(strategy, mode, batch, warmup):
     with strategy.scope():
-        trainer = _trainer(mode, attack=FIXED_START, awp_gamma=1e-2,
+        trainer = _trainer(mode, attack=FIXED_START, awp_gamma=1e-2, awp_warmup_steps=warmup,
                            optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
     return [w.numpy() for w in trainer.network.weights]
 
 
-@pytest.mark.parametrize("mode", ["pgd", "trades", "mart"])
-def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, monkeypatch):
-    """The proxy gradient is all-reduced: every replica adds the one global perturbation."""
+@pytest.mark.parametrize("mode,warmup", [("pgd", 1), ("trades", 0), ("mart", 0)])
+def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, warmup,
+                                                      monkeypatch):
+    """The proxy gradient is all-reduced: every replica adds the one global perturbation (two
+    steps; with warm-up 1 the first runs without AWP, through the warm-up's tf.cond)."""
     monkeypatch.setattr(AdversarialTrainer, "_training_attack", _fixed_perturbation)
     batch = _batch(mnist5k_arrays)
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    single = _one_step_weights(tf.distribute.OneDeviceStrategy(cpus[0]), mode, batch)
-    double = _one_step_weights(tf.distribute.MirroredStrategy(cpus[:2]), mode, batch)
+    single = _one_step_weights(tf.distribute.OneDeviceStrategy(cpus[0]), mode, batch, warmup)
+    double = _one_step_weights(tf.distribute.MirroredStrategy(cpus[:2]), mode, batch, warmup)
     plain = _trainer(mode, attack=FIXED_START, optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
     plain.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
     assert any(np.abs(a - w.numpy()).max() > 1e-4 for a, w in zip(single, plain.network.weights))
