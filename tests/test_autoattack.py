@@ -185,7 +185,8 @@ def test_square_exposes_gradient_masking(masked_fn, trained):
     (lambda f, x, y: square(f, x, y, eps=0.1, queries=0), "queries"),
     (lambda f, x, y: square(f, x, y, eps=0.1, p_init=0.0), "p_init"),
     (lambda f, x, y: square(f, x.reshape(len(x), -1), y, eps=0.1), "images"),
-    (lambda f, x, y: autoattack(f, x, y, eps=0.1, version="rand"), "version"),
+    (lambda f, x, y: autoattack(f, x, y, eps=0.1, version="custom"), "version"),
+    (lambda f, x, y: apgd(f, x, y, eps=0.1, eot_iter=0), "eot_iter"),
     (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab",)), "attacks"),
     (lambda f, x, y: autoattack(f, x, y[:3], eps=0.1), "labels"),
 ])
@@ -193,3 +194,37 @@ def test_bad_arguments_raise(model_fn, trained, call, message):
     _, x, y = trained
     with pytest.raises(ValueError, match=message):
         call(model_fn, x[:4], y[:4])
+
+
+def _noisy_linear(sigma, dims=50):
+    """A randomised model, class 1 vs 0 (class 2 never wins): logit margin (w + sigma * n) . (x - 0.5) + 3, fresh Gaussian n
+    per call; its expected margin is w . (x - 0.5) + 3 (w = +-1), which an L-inf eps of 0.1 can
+    push below 0 only if >= 80% of the perturbation signs are right."""
+    w = tf.constant(np.where(np.arange(dims) % 2, 1.0, -1.0), tf.float32)
+
+    def logits(x):
+        flat = tf.reshape(x, [tf.shape(x)[0], dims]) - 0.5
+        noise = sigma * tf.random.normal(tf.shape(flat))
+        margin = tf.reduce_sum((w + noise) * flat, 1) + 3.0
+        return tf.stack([tf.zeros_like(margin), margin, tf.fill(tf.shape(margin), -10.0)], 1)
+
+    return logits
+
+
+def test_eot_averages_the_gradients_of_a_randomised_model():
+    """AutoAttack 'rand' (fra31/auto-attack autoattack.py:334-337): APGD with 20 model calls
+    per gradient finds what one call per gradient misses; on a deterministic model EOT changes
+    nothing."""
+    keras.utils.set_random_seed(0)
+    x = np.full((100, 5, 10, 1), 0.5, np.float32)
+    y = np.ones(100, np.int64)
+    expected = _noisy_linear(0.0)
+    robust = {}
+    for eot_iter in (1, 20):
+        adv = apgd(_noisy_linear(3.0), x, y, eps=0.1, steps=20, eot_iter=eot_iter, seed=0)
+        robust[eot_iter] = float(np.mean(np.argmax(expected(adv), 1) == 1))
+    assert robust[20] < robust[1] - 0.3, robust
+    same = [apgd(expected, x[:10], y[:10], eps=0.1, steps=5, eot_iter=k, seed=1) for k in (1, 4)]
+    np.testing.assert_array_equal(same[0], same[1])
+    result = autoattack(_noisy_linear(3.0), x[:20], y[:20], eps=0.1, version="rand", steps=5)
+    assert tuple(result.attack_accuracy) == ("apgd_ce", "apgd_dlr")

@@ -132,7 +132,7 @@ def test_suite_settings_are_checked():
     with pytest.raises(UserError, match="suite must be one of"):
         EvalConfig(suite="fab")
     with pytest.raises(UserError, match="suite_version must be one of"):
-        EvalConfig(suite="autoattack", suite_version="rand")
+        EvalConfig(suite="autoattack", suite_version="custom")
     with pytest.raises(UserError, match="suite_queries must be an integer >= 1"):
         EvalConfig(suite="autoattack", suite_queries=0)
     config = EvalConfig().resolve("mnist5k")

@@ -598,7 +598,9 @@ def define_evaluate_flags():
                       "suite into the worst case: autoattack = APGD-CE, APGD-T (DLR), FAB-T, Square "
                       "(Croce & Hein 2020) at --eps/--norm/--seed; report.json 'suite' section.")
     flags.DEFINE_enum("suite_version", "standard", list(cfg.SUITE_VERSIONS), "AutoAttack version "
-                      "(plus: + APGD-DLR, 5 restarts; 'rand' and untargeted FAB are not implemented).")
+                      "(plus: + APGD-DLR, 5 restarts; rand: APGD-CE and APGD-DLR averaging 20 "
+                      "samples of a randomised model per gradient; untargeted FAB is not "
+                      "implemented).")
     flags.DEFINE_integer("suite_steps", 100, "APGD and FAB-T iterations of the suite (paper: "
                          "100; fewer for a quick, weaker check).", lower_bound=1)
     flags.DEFINE_integer("suite_queries", 5000, "Square queries of the suite (paper: 5000).",

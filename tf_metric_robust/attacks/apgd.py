@@ -79,8 +79,13 @@ def _loss_value(logits, labels, targets, loss, targeted):
 
 
 def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps, norm, loss,
-                targeted, rho):
+                targeted, rho, eot_iter):
     """One APGD run from a random start. Returns (x_adv, fooled bool [N], best loss float32 [N]).
+
+    With eot_iter > 1 each iterate's gradient is the mean over eot_iter calls of a randomised
+    model_fn (expectation over transformation) and its loss and prediction those of the last
+    call, as fra31/auto-attack `autoattack/autopgd_base.py:266-282` (start) and `:364-379`
+    (steps).
 
     x_adv is, per example, the first misclassified iterate if any, else the highest-loss iterate.
     The steps run in a tf.while_loop: measured here (small CNN, batch 256, 100 steps) it ran as
@@ -91,14 +96,18 @@ def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps
     project = lambda v: objectives.project(v, x, eps, norm, clip_min, clip_max)
 
     def evaluate(x_adv):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            logits = objectives.logits_of(model_fn, x_adv)
-            value = _loss_value(logits, y, targets, loss, targeted)
-            total = tf.reduce_sum(value)
-        grad = tape.gradient(total, x_adv)
-        # No gradient path at all (e.g. a stop_gradient input quantiser) reads as a zero gradient.
-        grad = tf.zeros(tf.shape(x), tf.float32) if grad is None else tf.cast(grad, tf.float32)
+        grad = tf.zeros(tf.shape(x), tf.float32)
+        for _ in range(eot_iter):  # unrolled: eot_iter is a small Python int (1, or 20)
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                logits = objectives.logits_of(model_fn, x_adv)
+                value = _loss_value(logits, y, targets, loss, targeted)
+                total = tf.reduce_sum(value)
+            sample = tape.gradient(total, x_adv)
+            # No gradient path at all (e.g. a stop_gradient input quantiser) reads as zero.
+            if sample is not None:
+                grad += tf.cast(sample, tf.float32)
+        grad = grad / float(eot_iter) if eot_iter > 1 else grad
         fooled = tf.not_equal(tf.argmax(logits, axis=-1, output_type=y.dtype), y)
         return value, grad, fooled
 
@@ -147,7 +156,7 @@ def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps
 
 
 def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, norm, loss,
-                targeted, rho):
+                targeted, rho, eot_iter):
     """`runs` (int32 scalar) APGD runs, restarts or one per target class, on the examples still
     classified right.
 
@@ -172,7 +181,7 @@ def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, n
         x_r, found_r, best_r = _single_run(
             model_fn, sub_x, sub_y, sub_t, eps, clip_min, clip_max,
             tf.random.experimental.stateless_fold_in(seed, r),
-            steps=steps, norm=norm, loss=loss, targeted=targeted, rho=rho)
+            steps=steps, norm=norm, loss=loss, targeted=targeted, rho=rho, eot_iter=eot_iter)
         take = found_r | (best_r > tf.gather(best, idx))
         rows = idx[:, None]
         x_keep = tf.where(tf.reshape(take, [-1] + [1] * (x.shape.rank - 1)), x_r,
@@ -188,12 +197,13 @@ def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, n
 
 
 def _run(model_fn, x, y, *, eps, steps, norm, loss, targeted, runs, rho, seed, clip_min,
-         clip_max):
+         clip_max, eot_iter=1):
     """Validates arguments, converts them to tensors and runs the cached compiled attack."""
     _plumbing.check_norm(norm)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     _plumbing.check_int("steps", steps, 1)
+    _plumbing.check_int("eot_iter", eot_iter, 1)
     if not isinstance(rho, numbers.Real) or not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
     x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
@@ -201,7 +211,8 @@ def _run(model_fn, x, y, *, eps, steps, norm, loss, targeted, runs, rho, seed, c
     if eps_is_zero:
         return tf.identity(x)
     # The run count is a tensor: other restart / target counts reuse the compiled graph.
-    static = dict(steps=steps, norm=norm, loss=loss, targeted=targeted, rho=float(rho))
+    static = dict(steps=steps, norm=norm, loss=loss, targeted=targeted, rho=float(rho),
+                  eot_iter=eot_iter)
     with tf.control_dependencies(checks):
         x_adv = _plumbing.run_compiled(_apgd_graph, model_fn, static, x, y, *scalars,
                              tf.constant(runs, tf.int32), seed)
@@ -210,24 +221,26 @@ def _run(model_fn, x, y, *, eps, steps, norm, loss, targeted, runs, rho, seed, c
 
 
 def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, seed=None,
-         clip_min=0.0, clip_max=1.0, rho=0.75):
+         clip_min=0.0, clip_max=1.0, rho=0.75, eot_iter=1):
     """Untargeted APGD (Croce & Hein 2020) with the CE or DLR loss in the linf or l2 eps-ball.
 
     Args: model_fn maps images to logits [N, C]; x images [N, ...] (float dtype, kept); y int
     labels [N]; eps on the image scale; `restarts` random starts, each on the examples not yet
-    fooled; seed None (random), an int, or an int tensor [2] (stateless, reproducible).
-    Returns adversarial images of x's shape and dtype inside the ball and [clip_min, clip_max].
+    fooled; seed None (random), an int, or an int tensor [2] (stateless, reproducible);
+    eot_iter: gradients averaged over that many calls of a randomised model (AutoAttack 'rand':
+    20). Returns adversarial images of x's shape and dtype inside the ball and [clip_min, clip_max].
     """
     _plumbing.check_int("restarts", restarts, 1)
     return _run(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss=loss, targeted=False,
-                runs=restarts, rho=rho, seed=seed, clip_min=clip_min, clip_max=clip_max)
+                runs=restarts, rho=rho, seed=seed, clip_min=clip_min, clip_max=clip_max,
+                eot_iter=eot_iter)
 
 
 def apgd_dlr(model_fn, x, y, *, eps, steps=100, norm="linf", restarts=1, seed=None, clip_min=0.0,
-             clip_max=1.0, rho=0.75):
+             clip_max=1.0, rho=0.75, eot_iter=1):
     """APGD-DLR (Croce & Hein 2020): `apgd` with the DLR loss, robust to logit rescaling."""
     return apgd(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss="dlr", restarts=restarts,
-                seed=seed, clip_min=clip_min, clip_max=clip_max, rho=rho)
+                seed=seed, clip_min=clip_min, clip_max=clip_max, rho=rho, eot_iter=eot_iter)
 
 
 def apgd_targeted(model_fn, x, y, *, eps, steps=100, norm="linf", num_target_classes=9,

@@ -16,7 +16,7 @@ from tf_metric_robust.config.export import COVARIANCES, DETECTORS, SCORE_TYPES
 SUITES = ("none", "autoattack")
 EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker")  # bin/evaluate --strategy (training's)
 # AutoAttack versions (attacks/autoattack.py VERSIONS; a test keeps the two lists equal).
-SUITE_VERSIONS = ("standard", "plus")
+SUITE_VERSIONS = ("standard", "plus", "rand")
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "pgd_cw", "mifgsm")
 _MNIST = dict(eps=0.3, step_size=0.01, steps=100, eps_sweep=(0.0, 0.1, 0.2, 0.3, 0.4),

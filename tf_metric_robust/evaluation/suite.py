@@ -8,16 +8,16 @@ Square with 5000 queries; 'plus' adds APGD-DLR and 5 restarts), each attack only
 per-example result joins the evaluation's worst case, its numbers go to the report's `suite`
 section, and its two reliability diagnostics (Square beating the gradient attacks: masked
 gradients; APGD far below the evaluation's PGD: PGD overstated robustness) become warnings and
-sanity checks. The 'rand' version (for randomised defences) and untargeted FAB are not
-implemented.
+sanity checks. The 'rand' version (for randomised defences) runs APGD-CE and APGD-DLR with 20
+samples of the model per gradient; untargeted FAB is not implemented.
 """
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust.attacks.autoattack import (GRADIENT_ATTACKS, MEMBER_ID, RESTARTS, VERSIONS,
-                                                 diagnose, member_attack)
+from tf_metric_robust.attacks.autoattack import (EOT_ITER, GRADIENT_ATTACKS, MEMBER_ID, RESTARTS,
+                                                 VERSIONS, diagnose, member_attack)
 from tf_metric_robust.evaluation import sanity
 
 NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
@@ -81,7 +81,8 @@ def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None,
         attack = member_attack(
             name, eps=config.eps, norm=config.norm, steps=config.suite_steps,
             queries=config.suite_queries, num_target_classes=NUM_TARGET_CLASSES,
-            restarts=RESTARTS[config.suite_version], clip_min=0.0, clip_max=1.0)
+            restarts=RESTARTS[config.suite_version], clip_min=0.0, clip_max=1.0,
+            eot_iter=EOT_ITER[config.suite_version])
         rows = np.flatnonzero(fooled_by == "")
         run = f"autoattack.{config.suite_version}.{name}"
         if len(rows):
