@@ -16,6 +16,11 @@ TRADES and MART (issue 18): a clean and an adversarial pass in the weight gradie
 the TLA/batch cost; TRADES' attack also runs one clean forward pass for its KL target. Both run
 the same PGD-7 here (their references use 10 steps: scale the attack part by 10/7).
 
+Fast AT (issue 18): FGSM-RS (Wong et al. 2020) and N-FGSM (de Jorge et al. 2022) replace PGD-7 by
+one input gradient, so a step costs about 2 gradient passes instead of 8 (expected ~0.25-0.3 of
+PGD-AT). AWP (Wu et al. 2020) adds a weight-ascent forward/backward pass on the adversarial batch;
+the EMA of the weights one assign per variable.
+
     .venv/bin/python bench/train_step.py [--model small_cnn] [--batch_size 50] [--rounds 10]
         [--variants trades,mart]
 """
@@ -54,15 +59,29 @@ VARIANTS = {
     # Issue 18: a clean and an adversarial pass (TRADES adds the clean logits of its KL attack).
     "trades": ("trades", None),
     "mart": ("mart", None),
+    # Fast AT: one-step training attacks (--train_attack), eps 8/255.
+    "pgd fgsm_rs": ("pgd", None, dict(method="fgsm_rs", steps=1, step_size=10 / 255)),
+    "pgd n_fgsm": ("pgd", None, dict(method="n_fgsm", steps=1, step_size=8 / 255)),
+    "trades fgsm_rs": ("trades", None, dict(method="fgsm_rs", steps=1, step_size=10 / 255)),
+    "tla/batch fgsm_rs": ("tla", TripletConfig(negative_pool="batch"),
+                          dict(method="fgsm_rs", steps=1, step_size=10 / 255)),
+    # AWP (gamma 5e-3, the CIFAR value), the weight EMA, and TLA on the TRADES objective.
+    "pgd awp": ("pgd", None, {}, dict(awp_gamma=5e-3)),
+    "trades awp": ("trades", None, {}, dict(awp_gamma=5e-3)),
+    "mart awp": ("mart", None, {}, dict(awp_gamma=5e-3)),
+    "pgd ema": ("pgd", None, {}, dict(ema_decay=0.999)),
+    "tla/batch base trades": ("tla", TripletConfig(negative_pool="batch"), {},
+                              dict(base="trades")),
 }
 
 
 def make_step(name, model, shape, batch_size):
-    mode, triplet = VARIANTS[name]
+    mode, triplet, attack, extra = (*VARIANTS[name], {}, {})[:4]
     keras.utils.set_random_seed(0)
     network = models.build(model, 10, shape)
-    trainer = AdversarialTrainer(network, mode=mode, triplet=triplet, seed=0,
-                                 attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7))
+    trainer = AdversarialTrainer(network, mode=mode, triplet=triplet, seed=0, **extra,
+                                 attack=AttackConfig(**{**dict(eps=8 / 255, step_size=2 / 255,
+                                                               steps=7), **attack}))
     trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     rows = batch_size * (1 + triplet.pool_multiplier) if triplet and \
         triplet.negative_pool == "extra" else batch_size
