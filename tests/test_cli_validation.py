@@ -159,10 +159,10 @@ def test_every_flagfile_parses_into_valid_configs(flagfile):
 def test_help_shows_a_range_for_every_numeric_flag(entry_point):
     """Each int/float flag of the entry point carries bounds, which --help prints after it."""
     out = _python(entry_point, """
-for flag in flags.FLAGS.get_flags_for_module(cli):
+for flag in cli.our_flags():
     parser = flag.parser
     if isinstance(parser, cli.NumberParser):
-        ok = parser.valid != cli.cfg.Range()
+        ok = parser.valid != cli.common.cfg.Range()
     elif isinstance(parser, flags.FloatParser):  # a float flag without cli.define_number
         ok = False
     elif isinstance(parser, flags.IntegerParser):

@@ -199,7 +199,7 @@ for path in sorted(glob.glob('configs/*.flags')):
     FLAGS(['train', '--flagfile=' + path, '--model_dir=unused'])
     optimizer, triplet, attack, eval_attack = cli.train_parts()
     spec = data.dataset_info(FLAGS.dataset)
-    kwargs = cli._model_kwargs(FLAGS.model)
+    kwargs = cli.model_kwargs(FLAGS.model)
     key = (FLAGS.model, spec.image_shape, spec.num_classes, json.dumps(kwargs, sort_keys=True))
     if key not in built:
         model = models.build(FLAGS.model, spec.num_classes, spec.image_shape,

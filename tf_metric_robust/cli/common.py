@@ -1,0 +1,255 @@
+"""What every entry point's flags share: number syntax and ranges, flag groups, names, errors.
+
+`run(main)` wraps an entry point so that user errors print one line and exit with status 2.
+"""
+
+import os
+import re
+import sys
+
+from absl import app, flags, logging
+
+from tf_metric_robust import config as cfg
+from tf_metric_robust.config import UserError
+
+FLAGS = flags.FLAGS
+
+
+SEED_RANGE = dict(lower_bound=0, upper_bound=2**32 - 1)  # numpy's seed range (Keras seeds it)
+
+
+def parse_number(text):
+    """'0.3', '1e-3' or a fraction like '8/255' -> float; ValueError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    text = str(text).strip()
+    if text.count("/") == 1:
+        numerator, denominator = (float(part) for part in text.split("/"))
+        if denominator == 0:
+            raise ValueError(f"{text!r} divides by zero")
+        return numerator / denominator
+    return float(text)
+
+
+class NumberParser(flags.FloatParser):
+    """absl float parser that also reads fractions (8/255) and refuses values outside a Range.
+
+    Every float flag of bin/train, bin/evaluate and bin/export uses it, so one number syntax works
+    everywhere and --help shows each flag's valid range.
+    """
+
+    def __init__(self, valid=None):
+        super().__init__()
+        self.valid = valid or cfg.Range()
+        self.syntactic_help = f"a number in {self.valid}; fractions like 8/255 work"
+
+    def convert(self, argument):
+        try:
+            return parse_number(argument)
+        except ValueError:
+            raise ValueError(f"must be a number or a fraction like 8/255, got {argument!r}")
+
+    def parse(self, argument):
+        value = self.convert(argument)
+        if value not in self.valid:
+            raise ValueError(f"must be in {self.valid}, got {argument}")
+        return value
+
+
+def define_number(name, default, help_text, valid=None):
+    """A float flag that accepts fractions and only values inside `valid` (a config.Range)."""
+    flags.DEFINE(NumberParser(valid), name, default, help_text,
+                 serializer=flags.ArgumentSerializer())
+
+
+def define_data_location_flags(purpose=""):
+    """--data_dir and --download, shared by bin/train, bin/evaluate and bin/export."""
+    flags.DEFINE_string("data_dir", None, f"tensorflow-datasets data directory{purpose}.")
+    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
+
+
+def define_data_flags():
+    flags.DEFINE_string("dataset", "mnist5k", f"Dataset: {dataset_choices()}.")
+    define_data_location_flags()
+
+
+def define_detector_flags(detector_help, reference_help):
+    """--detector and its settings, shared by bin/evaluate and bin/export (the same defaults, so
+    the exported detector is the one whose AUC bin/evaluate reports)."""
+    flags.DEFINE_enum("detector", "gaussian", list(cfg.DETECTORS), detector_help)
+    flags.DEFINE_enum("detection_covariance", None, list(cfg.COVARIANCES), "Gaussian detector "
+                      "covariance (default: per_class; tied for Tiny ImageNet).")
+    flags.DEFINE_integer("detection_reference", cfg.DEFAULT_REFERENCE_SIZE, reference_help,
+                         lower_bound=1)
+    flags.DEFINE_integer("detection_k", cfg.DEFAULT_DETECTION_K, "Neighbours of the kNN detector.",
+                         lower_bound=1)
+    flags.DEFINE_enum("detection_score", "agreement", list(cfg.SCORE_TYPES),
+                      "kNN detection score (see detection.KnnDetector).")
+
+
+def define_attack_flags(prefix, help_prefix, eps, step_size, steps):
+    """Flags of one PGD attack: <prefix>eps, <prefix>step_size, <prefix>steps, ..."""
+    define_number(f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.",
+                  cfg.UNIT)
+    define_number(f"{prefix}step_size", step_size, f"{help_prefix} step size.", cfg.POSITIVE)
+    flags.DEFINE_integer(f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.",
+                         lower_bound=1)
+    flags.DEFINE_enum(f"{prefix}norm", "linf", ["linf", "l2"], f"{help_prefix} norm.")
+    flags.DEFINE_enum(f"{prefix}attack_loss", "ce", ["ce", "cw"],
+                      f"{help_prefix} loss: cross-entropy or CW margin.")
+    flags.DEFINE_bool(f"{prefix}random_start", True, f"{help_prefix} random start in the ball.")
+
+
+def number_list(values, name, kind=float, valid=None):
+    """A list flag's items -> tuple of floats (or ints, kind=int); None stays None.
+
+    Items are numbers or fractions like 8/255; UsageError naming the flag for anything else, a
+    non-whole number when kind is int, or an item outside `valid` (a config.Range).
+    """
+    if values is None:
+        return None
+    parsed = []
+    for item in (str(v).strip() for v in values):
+        if not item:
+            continue
+        try:
+            value = parse_number(item)
+        except ValueError:
+            raise UsageError(f"--{name} must list numbers or fractions like 8/255, got "
+                             f"{item!r}") from None
+        if kind is int:
+            if not value.is_integer():
+                raise UsageError(f"--{name} must list whole numbers, got {item!r}")
+            value = int(value)
+        if valid is not None and value not in valid:
+            raise UsageError(f"--{name} items must be in {valid}, got {item}")
+        parsed.append(value)
+    return tuple(parsed)
+
+
+def attack_config(prefix=""):
+    from tf_metric_robust.config import AttackConfig
+
+    return AttackConfig(eps=FLAGS[f"{prefix}eps"].value, step_size=FLAGS[f"{prefix}step_size"].value,
+                        steps=FLAGS[f"{prefix}steps"].value, norm=FLAGS[f"{prefix}norm"].value,
+                        loss=FLAGS[f"{prefix}attack_loss"].value,
+                        random_start=FLAGS[f"{prefix}random_start"].value,
+                        method=FLAGS.train_attack if prefix == "" and "train_attack" in FLAGS
+                        else "pgd")
+
+
+# Names accepted by --dataset and --model, checked before TensorFlow is imported (that import
+# takes seconds); tests/test_reliability.py checks they equal data.dataset_names() and
+# models.MODELS.
+DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist5k", "svhn_cropped",
+            "tiny_imagenet")
+
+
+DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
+
+
+MODELS = ("madry_mnist", "mnist_large", "preact_resnet18", "preact_resnet_tiny", "small_cnn",
+          "wide_resnet")
+
+
+FAKE_PREFIX = "fake:"  # data.py: fake:<name>, random examples with <name>'s shapes and classes
+
+
+def dataset_choices():
+    """The --dataset help: every registered name, fake:<name> and image_folder:/path."""
+    return (f"{', '.join(DATASETS)}; {FAKE_PREFIX}<name> (random examples with that dataset's "
+            f"shapes and classes, offline: smoke tests); or {DATASET_FOLDER_PREFIX}/path/to/folder")
+
+
+def check_multi_worker_env():
+    """Number of TF_CONFIG workers of --strategy=multi_worker (bin/train and bin/evaluate), or a
+    one-line UsageError when TF_CONFIG is missing or malformed; no TensorFlow import."""
+    from tf_metric_robust import distribute  # its TF_CONFIG helpers do not import TensorFlow
+
+    if "TF_CONFIG" not in os.environ:
+        raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable "
+                         "(the cluster and this worker's task)")
+    return distribute.cluster_from_env()[2]
+
+
+def check_dataset(name):
+    """UsageError unless --dataset names a registered, fake:<registered> or folder dataset."""
+    base = name[len(FAKE_PREFIX):] if name.startswith(FAKE_PREFIX) else name
+    if base not in DATASETS and not name.startswith(DATASET_FOLDER_PREFIX):
+        raise UsageError(f"unknown --dataset {name!r}; known: {dataset_choices()}")
+
+
+def our_flags():
+    """The flags the cli modules defined for the running program (not absl's or TensorFlow's)."""
+    found = {}
+    for module, module_flags in FLAGS.flags_by_module_dict().items():
+        if module == __package__ or module.startswith(__package__ + "."):
+            found.update((flag.name, flag) for flag in module_flags)
+    return sorted(found.values(), key=lambda flag: flag.name)
+
+
+def flag_values_text():
+    """Our flags (not absl's or TensorFlow's) with their values, in flagfile syntax (flags.txt)."""
+    lines = [flag.serialize() for flag in our_flags()]
+    return "".join(f"{line}\n" for line in lines if line)
+
+
+class UsageError(UserError):
+    """A bad flag value: printed as one line, exit status 2, no traceback."""
+
+
+def run(main):
+    """absl app.run with user errors (UserError and its kin) as one clean line, exit status 2."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except (UserError, FileNotFoundError) as error:
+            if FLAGS.verbosity >= logging.DEBUG:  # --verbosity=1 shows the traceback
+                raise
+            print(f"error: {error}", file=sys.stderr)
+            logging.flush()
+            sys.exit(2)
+
+    # absl logs INFO by default, which buries the progress bar under TF's save/load chatter.
+    FLAGS.set_default("verbosity", logging.WARNING)
+    app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with a bad flag (unknown flag, missing --flagfile, value out of an
+    enum) reported as one 'error:' line and exit status 2 like the other user errors (absl's
+    own parser prints two lines and exits 1)."""
+    try:
+        argv = FLAGS(argv)
+        if FLAGS["verbosity"].using_default_value:
+            # Assigned, not left at its default: app.run raises a default verbosity to INFO.
+            FLAGS.verbosity = FLAGS["verbosity"].default
+        return argv
+    except flags.Error as error:
+        message = _value_message(" ".join(str(error).replace("ERROR:: ", "").split()))
+        print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
+        sys.exit(2)
+    except SystemExit as done:
+        # absl prints --help/--helpshort/--helpfull and exits 1; asking for help is no failure.
+        if done.code == 1 and HELP_FLAGS & {arg.split("=")[0].lstrip("-") for arg in argv[1:]}:
+            sys.exit(0)
+        raise
+
+
+HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
+
+
+def _value_message(message):
+    """absl's 'flag --x=0: 0 is not a positive integer' (and NumberParser's 'flag --x=v: must
+    be ...') -> '--x must be a positive integer, got 0', the wording of the config checks."""
+    match = re.fullmatch(r"flag --(\w+)=(.*?): (.*)", message)
+    if not match:
+        return message
+    name, reason = match.group(1), match.group(3)
+    bound = re.fullmatch(r"(\S+) is not (an? .*)", reason)
+    if bound:
+        return f"--{name} must be {bound.group(2)}, got {bound.group(1)}"
+    if reason.startswith("must be"):
+        return f"--{name} {reason}"
+    return message
