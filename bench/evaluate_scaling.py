@@ -10,7 +10,9 @@ whole CPU process; bench/strategy_overhead.py), after a warm-up run that traces.
 On 2 cores one replica already uses both (intra-op threads), so the 2-replica speed-up is bounded
 by the cores. The `1 thread` variants give each op one thread, so 2 replicas work like 2 devices
 of one core each, as GPUs would: per-replica time per example = wall x replicas / examples, and
-its ratio to one replica's is the overhead of distributing (1.0 = none).
+its ratio to one replica's is the overhead of distributing (1.0 = none). Process CPU time per
+example is printed too: on a shared machine other processes stretch wall time, not the CPU time
+this one spends, so its 2-replica / 1-replica ratio is the firmer overhead figure.
 
     .venv/bin/python bench/evaluate_scaling.py [--examples 512] [--shard 64] [--steps 20]
 """
@@ -58,12 +60,14 @@ def child(replicas, threads, examples, shard, steps, repeats):
     params = dict(eps=0.3, step_size=0.01)
     runner.run("warm-up", fn, x[:shard * replicas], y[:shard * replicas], params=params,
                trace_key="pgd")
-    seconds = []
+    seconds, cpu = [], []
     for r in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         runner.run(f"pgd{r}", fn, x, y, params=params, trace_key="pgd")
         seconds.append(time.perf_counter() - started)
-    print(json.dumps({"seconds": sorted(seconds)[len(seconds) // 2]}))
+        cpu.append(time.process_time() - cpu_started)
+    middle = len(seconds) // 2
+    print(json.dumps({"seconds": sorted(seconds)[middle], "cpu": sorted(cpu)[middle]}))
 
 
 def main():
@@ -78,23 +82,27 @@ def main():
     if args.child:
         child(*args.child, *settings)
         return
-    times = {}
+    times, cpu = {}, {}
     for label, replicas, threads in VARIANTS:
         command = [sys.executable, __file__, "--child", str(replicas), str(threads),
                    "--examples", str(args.examples), "--shard", str(args.shard), "--steps",
                    str(args.steps), "--repeats", str(args.repeats)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-        times[label] = json.loads(out.strip().splitlines()[-1])["seconds"]
+        result = json.loads(out.strip().splitlines()[-1])
+        times[label], cpu[label] = result["seconds"], result["cpu"]
     print(f"PGD-{args.steps} on {args.examples} images, shards of {args.shard}, small_cnn, "
           f"median of {args.repeats}")
-    print(f"{'variant':<22} {'images/s':>9} {'ms per example per replica':>27}")
+    print(f"{'variant':<22} {'images/s':>9} {'wall ms/example/replica':>24} "
+          f"{'CPU ms/example':>15}")
     for label, replicas, _ in VARIANTS:
         per_replica = 1000 * times[label] * replicas / args.examples
-        print(f"{label:<22} {args.examples / times[label]:>9.1f} {per_replica:>27.2f}")
+        print(f"{label:<22} {args.examples / times[label]:>9.1f} {per_replica:>24.2f} "
+              f"{1000 * cpu[label] / args.examples:>15.2f}")
     for suffix in ("", ", 1 thread"):
-        one, two = times["1 replica" + suffix], times["2 replicas" + suffix]
-        print(f"2 replicas / 1 replica{suffix}: speed-up {one / two:.2f}x, per-replica time "
-              f"per example {2 * two / one:.2f}x one device's")
+        one, two = "1 replica" + suffix, "2 replicas" + suffix
+        print(f"2 replicas / 1 replica{suffix}: speed-up {times[one] / times[two]:.2f}x, "
+              f"per-replica wall time per example {2 * times[two] / times[one]:.2f}x one "
+              f"device's, CPU time per example {cpu[two] / cpu[one]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ PORTS = (12345, 12346)  # TF_CONFIG's addresses; never bound (workers exchange f
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small but not trivial: every attack family of the suite, the sweeps, sanity checks, detection.
 CONFIG = EvalConfig(eps=0.1, step_size=0.05, steps=2, attacks=("fgsm", "pgd", "adaptive_detector"),
-                    eps_sweep=(0.0, 0.1), steps_sweep=(1, 2), suite="autoattack", suite_steps=2,
+                    eps_sweep=(), steps_sweep=(1, 2), suite="autoattack", suite_steps=2,
                     suite_queries=20, detection=True, detection_steps=2,
                     detection_weights=(1.0,), detection_reference=300, detection_k=10)
 FLAGS = ["--num_examples=30", "--batch_size=8", "--attacks=fgsm,pgd", "--eps=0.1",
