@@ -222,3 +222,31 @@ def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, 
     assert record[3]["step"] == 16
     assert os.path.exists(tmp_path / "run" / "metrics.json")
     assert dataclasses.asdict(config.attack)["step_size"] == 0.375  # the config is untouched
+
+
+def test_guard_restores_under_a_two_replica_strategy(monkeypatch):
+    """MirroredStrategy (2 logical CPUs, conftest): the restore reaches every replica's copy."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    script = iter([(0.3, 0.4), (0.5, 0.5), (0.05, 0.9), (0.4, 0.5)])
+    monkeypatch.setattr(overfit_guard, "probe_accuracies", lambda *a, **k: next(script))
+    with strategy.scope():
+        trainer = _trainer("pgd", "fgsm_rs", 0.125)
+    images, labels = _digits(40)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(20)
+    guard = overfit_guard.OverfitGuard(trainer, images[:8], labels[:8], check_every=2,
+                                       action="restore")
+    weights = {}
+    real_check = guard.check
+
+    def recording_check(step):
+        verdict = real_check(step)
+        weights[step] = [v.value.values for v in trainer.network.weights]  # per replica
+        weights[step] = [[r.numpy().copy() for r in replicas] for replicas in weights[step]]
+        return verdict
+
+    guard.check = recording_check
+    trainer.fit(dataset, steps_per_epoch=8, epochs=1, callbacks=[guard], verbose=0)
+    assert [c.overfit for c in guard.checks] == [False, False, True, False]
+    for restored, good in zip(weights[6], weights[4]):
+        for replica in restored:  # every replica holds the weights of the last good probe
+            np.testing.assert_array_equal(replica, good[0])
