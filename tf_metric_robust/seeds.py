@@ -21,8 +21,7 @@ ROOTS = {
     "evaluation.adaptive": 7,  # adaptive detector attack of the detection protocol, per batch
     "autoattack": 8,  # AutoAttack members, per (member, batch)
     "detection.reference": 9,  # the detector's per-class reference subsample
-    "training.awp": 10,  # adversarial weight perturbation (issue 18)
-    "training.probe": 11,  # the catastrophic-overfitting probe's attack starts
+    "training.probe": 11,  # the catastrophic-overfitting probe's attack starts (10: unused)
 }
 
 
