@@ -251,6 +251,45 @@ class _Lines:
         pass
 
 
+def test_interrupt_stops_the_running_child_and_starts_no_new_one(tmp_path):
+    """SIGTERM reaches the running bin/train (which checkpoints on it); nothing starts after."""
+    import threading
+    import time
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "train").write_text(
+        "import os, signal, sys, time\n"
+        "def stop(*_):\n"
+        "    open(os.environ['MARK'], 'w').write('sigterm')\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "open(os.environ['MARK'] + '.started', 'w').close()\n"
+        "time.sleep(60)\n")
+    mark = str(tmp_path / "mark")
+    os.environ["MARK"] = mark
+    try:
+        (first, second) = plan.build(CompareConfig(output=str(tmp_path / "out"),
+                                                   entries=("pgd",), seeds=(0, 1)), MODES)
+        lines = []
+        runner = run.Runner([first, second], bin_dir=str(bin_dir),
+                            log_dir=str(tmp_path / "logs"), out=_Lines(lines))
+        os.makedirs(runner.log_dir)
+        worker = threading.Thread(target=runner.one, args=(first,))
+        worker.start()
+        deadline = time.time() + 60
+        while not os.path.exists(mark + ".started") and time.time() < deadline:
+            time.sleep(0.05)
+        runner.interrupt()
+        worker.join(timeout=60)
+    finally:
+        del os.environ["MARK"]
+    assert open(mark).read() == "sigterm"
+    assert runner.failed == ["pgd:0"]
+    assert runner.one(second) is None and runner.failed == ["pgd:0", "pgd:1"]
+    assert "interrupted before bin/train started" in "".join(lines)
+
+
 # A real comparison: bin/compare -> bin/train and bin/evaluate subprocesses -------------------
 
 TINY_TRAIN = ["--flagfile=configs/mnist5k.flags", "--train_steps=4", "--eval_every=4",

@@ -62,7 +62,7 @@ class Runner:
             self.env.update(TF_NUM_INTRAOP_THREADS=share, TF_NUM_INTEROP_THREADS="1",
                             OMP_NUM_THREADS=share)
         self._lock = threading.Lock()
-        self._processes = set()
+        self._processes, self._stopping = set(), False
         self._started = time.time()
         self.finished, self.failed, self.work_seconds, self.worked = 0, [], 0.0, 0
 
@@ -72,9 +72,11 @@ class Runner:
             f.write(f"$ {shlex.join(command)}\n")
             f.flush()
             started = time.time()
-            process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
-                                       env=self.env)
-            with self._lock:
+            with self._lock:  # no new child once interrupt() ran: it could not stop that one
+                if self._stopping:
+                    raise RunFailed(f"interrupted before bin/{program} started")
+                process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
+                                           env=self.env)
                 self._processes.add(process)
             try:
                 code = process.wait()
@@ -87,6 +89,7 @@ class Runner:
         """SIGTERM to every running child (bin/train saves its step, as on a preemption), then
         wait; kill after the grace period."""
         with self._lock:
+            self._stopping = True
             processes = list(self._processes)
         for process in processes:
             if process.poll() is None:
