@@ -20,8 +20,10 @@ PROJECTOR_DIR = "projector"
 
 
 def attack_label(attack):
-    """'pgd40' for PGD-40 (CE, L-inf); '_cw' / '_l2' mark the CW loss and the L2 norm."""
-    label = f"pgd{attack.steps}"
+    """'pgd40' for PGD-40 (CE, L-inf), 'fgsm_rs' / 'n_fgsm' for the fast training attacks; '_cw'
+    / '_l2' mark the CW loss and the L2 norm."""
+    method = getattr(attack, "method", "pgd")
+    label = f"pgd{attack.steps}" if method == "pgd" else method
     if attack.loss != "ce":
         label += f"_{attack.loss}"
     if attack.norm != "linf":
