@@ -19,12 +19,12 @@ compiled tf.function, cached per model_fn.
 """
 
 import dataclasses
-import logging
 import numbers
 import time
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tf_metric_robust import seeds
 from tf_metric_robust.attacks import _plumbing, objectives
@@ -142,7 +142,6 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
                             clip_min=clip_min, clip_max=clip_max, eot_iter=EOT_ITER[version])
            for n in names}
     size = batch_size or max(len(x), 1)
-    log = logging.getLogger(__name__)
 
     x_adv = x.copy()
     fooled_by = np.where(_predict(model_fn, x, size) != y, "clean", "").astype(object)
@@ -162,13 +161,10 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
             fooled_by[rows[fooled]] = name
         attack_accuracy[name] = float(np.mean(fooled_by == "")) if len(x) else 0.0
         seconds[name] = time.time() - start
-        log.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name,
-                 100 * attack_accuracy[name], seconds[name])
+        log_member(name, attack_accuracy[name], seconds[name])
 
     warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap,
                         square_gap)
-    for message in warnings:
-        log.warning("autoattack: %s", message)
     return AutoAttackResult(clean_accuracy=clean_accuracy,
                             robust_accuracy=attack_accuracy[names[-1]],
                             attack_accuracy=attack_accuracy, x_adv=x_adv,
@@ -185,8 +181,14 @@ def _check_bounds(name, adv, x, eps, norm, clip_min, clip_max, tolerance=1e-5):
                            f"the box [{clip_min}, {clip_max}]")
 
 
+def log_member(name, robust_accuracy, seconds):
+    """One progress line per finished AutoAttack member (absl logging)."""
+    logging.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name, 100 * robust_accuracy,
+                 seconds)
+
+
 def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
-    """The two reliability warnings, as messages starting with a fixed phrase."""
+    """The two reliability warnings, as messages starting with a fixed phrase (also logged)."""
     warnings = []
     before = {}  # robust accuracy just before each attack ran
     previous = clean_accuracy
@@ -208,4 +210,6 @@ def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, squa
                 f"apgd found much more than pgd: robust accuracy {apgd_accuracy:.2%} after APGD vs "
                 f"{pgd_accuracy:.2%} under PGD (gap > {pgd_gap:.2%}); the PGD evaluation "
                 f"overstates robustness (too few steps, a bad step size, or masked gradients)")
+    for message in warnings:
+        logging.warning("autoattack: %s", message)
     return warnings

@@ -21,5 +21,5 @@ __all__ = ["DEFAULT_ATTACKS", "EVAL_STRATEGIES", "SUITES", "SUITE_VERSIONS", "Ev
            "Thresholds", "COVARIANCES", "DEFAULT_DETECTION_K", "DEFAULT_REFERENCE_SIZE", "DETECTORS",
            "DISTANCES", "KL_MODES", "MININGS", "MODES", "NEGATIVE_POOLS", "NON_NEGATIVE",
            "OPERATIONAL_FIELDS", "OTHER_POSITIVES", "POSITIVE", "POSITIVES", "RECIPE_KEYS",
-           "SCORE_TYPES", "UNIT", "UNIT_OPEN", "AttackConfig", "CompareConfig", "ExportConfig", "OptimizerConfig",
-           "Range", "TrainConfig", "TripletConfig", "UserError", "check_mode"]
+           "SCORE_TYPES", "UNIT", "UNIT_OPEN", "AttackConfig", "CompareConfig", "ExportConfig",
+           "OptimizerConfig", "Range", "TrainConfig", "TripletConfig", "UserError", "check_mode"]

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Optional, Tuple
 
 from tf_metric_robust.config.common import UserError
-from tf_metric_robust.config.export import COVARIANCES, DETECTORS, SCORE_TYPES
+from tf_metric_robust.config.export import check_detector
 
 SUITES = ("none", "autoattack")
 EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker")  # bin/evaluate --strategy (training's)
@@ -138,24 +138,16 @@ class EvalConfig:
             raise UserError(f"large_eps must be > 0, got {self.large_eps}")
         if self.step_size is not None and self.step_size <= 0:
             raise UserError(f"step_size must be > 0, got {self.step_size}")
+        check_detector(self.detector, self.detection_covariance, self.detection_score,
+                       self.detection_k, self.detection_reference)
         counts = [("steps", self.steps), ("restarts", self.restarts),
-                  ("detection_reference", self.detection_reference),
-                  ("detection_k", self.detection_k), ("detection_steps", self.detection_steps)]
+                  ("detection_steps", self.detection_steps)]
         counts += [("steps_sweep", s) for s in self.steps_sweep or ()]
         for name, value in counts:
             if value is not None and (int(value) != value or value < 1):
                 raise UserError(f"{name} must be an integer >= 1, got {value}")
         if self.norm not in ("linf", "l2"):
             raise UserError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
-        if self.detection_score not in SCORE_TYPES:
-            raise UserError(f"detection_score must be agreement or similarity, got "
-                            f"{self.detection_score!r}")
-        if self.detector not in DETECTORS:
-            raise UserError(f"detector must be one of {', '.join(DETECTORS)}, got "
-                            f"{self.detector!r}")
-        if self.detection_covariance not in (None,) + COVARIANCES:
-            raise UserError(f"detection_covariance must be per_class or tied, got "
-                            f"{self.detection_covariance!r}")
         if any(not w >= 0 for w in self.detection_weights):
             raise UserError(f"detection_weights must be >= 0, got {self.detection_weights}")
         if not self.attacks:

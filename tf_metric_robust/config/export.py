@@ -17,6 +17,20 @@ DEFAULT_REFERENCE_SIZE = 5000  # clean training examples the exported detector i
 DEFAULT_DETECTION_K = 50  # neighbours of the kNN detector
 
 
+def check_detector(detector, covariance, score, k, reference):
+    """UserError unless the detector settings (shared by bin/evaluate and bin/export) are valid;
+    the names are the flags'."""
+    for name, value, allowed in (("detector", detector, DETECTORS),
+                                 ("detection_covariance", covariance, (None,) + COVARIANCES),
+                                 ("detection_score", score, SCORE_TYPES)):
+        if value not in allowed:
+            shown = ", ".join(str(a) for a in allowed if a is not None)
+            raise UserError(f"{name} must be one of {shown}, got {value!r}")
+    for name, value in (("detection_k", k), ("detection_reference", reference)):
+        if int(value) != value or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """What bin/export does: export the latest checkpoint of `model_dir` with `detector` fitted
@@ -39,21 +53,10 @@ class ExportConfig:
     def __post_init__(self):
         if not self.model_dir:
             raise UserError("--model_dir is required (a bin/train run)")
-        if self.detection_reference < 1:
-            raise UserError(f"detection_reference must be >= 1, got {self.detection_reference}")
-        if self.detection_k < 1:
-            raise UserError(f"detection_k must be >= 1, got {self.detection_k}")
-        if self.detection_score not in SCORE_TYPES:
-            raise UserError(f"detection_score must be one of {SCORE_TYPES}, got "
-                            f"{self.detection_score!r}")
+        check_detector(self.detector, self.detection_covariance, self.detection_score,
+                       self.detection_k, self.detection_reference)
         if self.version is not None and self.version < 1:
             raise UserError(f"version must be >= 1, got {self.version}")
-        if self.detector not in DETECTORS:
-            raise UserError(f"detector must be one of {DETECTORS}, got "
-                            f"{self.detector!r}")
-        if self.detection_covariance not in (None,) + COVARIANCES:
-            raise UserError(f"detection_covariance must be one of {COVARIANCES}, got "
-                            f"{self.detection_covariance!r}")
         if self.threshold_examples < 1:
             raise UserError(f"threshold_examples must be >= 1, got {self.threshold_examples}")
 

@@ -17,7 +17,8 @@ import tensorflow as tf
 from absl import logging
 
 from tf_metric_robust.attacks.autoattack import (EOT_ITER, GRADIENT_ATTACKS, MEMBER_ID, RESTARTS,
-                                                 VERSIONS, diagnose, member_attack)
+                                                 VERSIONS, diagnose, log_member,
+                                                 member_attack)
 from tf_metric_robust.evaluation import sanity
 
 NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
@@ -94,12 +95,9 @@ def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None,
             fooled_by[rows[out["predictions"] != y[rows]]] = name
         attack_accuracy[name] = float(np.mean(fooled_by == ""))
         seconds[name] = runner.seconds.get(run, 0.0)
-        logging.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name,
-                     100 * attack_accuracy[name], seconds[name])
+        log_member(name, attack_accuracy[name], seconds[name])
     warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, PGD_GAP,
                         SQUARE_GAP)
-    for message in warnings:
-        logging.warning("autoattack: %s", message)
     fooled_by = fooled_by.astype(str)
     counts = {name: int(np.sum(fooled_by == name)) for name in ("clean", *names)}
     section = {"name": config.suite, **settings, "batch_size": runner.shard_size,
