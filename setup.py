@@ -25,7 +25,8 @@ setuptools.setup(
         # Pick exactly one TensorFlow wheel: the two cannot live in one environment.
         "cpu": ["tensorflow-cpu==2.21.0"],
         "gpu": ["tensorflow[and-cuda]==2.21.0"],
-        "test": ["pytest==9.2.0", "ruff==0.16.9"],  # ruff: the lint gate of `make test`
+        # ruff: the lint gate of `make test`; xdist: the suite runs in 2 processes (2 cores)
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "ruff==0.16.9"],
         # Peers for bench/peers.py only, never a runtime dependency. CleverHans 4.0.0 pins stale
         # deps; `make bench` installs it with --no-deps (its TF2 PGD imports without them).
         "bench": ["adversarial-robustness-toolbox==1.20.1"],
