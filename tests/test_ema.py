@@ -111,7 +111,9 @@ def test_run_evaluates_and_exports_the_ema_weights(tmp_path, mnist5k_data_dir):
     metrics = experiment.train(config)
     with open(os.path.join(config.model_dir, "metrics.json")) as f:
         assert json.load(f)["weights"] == metrics["weights"] == "ema"
-    raw, _, checkpoint = run_files.load_network(config.model_dir)
+    loaded, _, checkpoint = run_files.load_network(config.model_dir)  # bin/evaluate, bin/export
+    raw = run_files.build_network(config.recipe())
+    tf.train.Checkpoint(network=raw).restore(checkpoint).expect_partial()
     averaged = run_files.build_network(config.recipe())
     assert weight_averaging.restore_averaged(averaged, checkpoint)
     images = tf.constant(np.random.default_rng(0).uniform(size=(4, 28, 28, 1)), tf.float32)
@@ -120,3 +122,4 @@ def test_run_evaluates_and_exports_the_ema_weights(tmp_path, mnist5k_data_dir):
     logits = served.signatures["serving_default"](images=images)["logits"].numpy()
     np.testing.assert_allclose(logits, averaged(images)["logits"].numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(logits, raw(images)["logits"].numpy(), atol=1e-3)
+    np.testing.assert_allclose(loaded(images)["logits"].numpy(), logits, rtol=1e-4, atol=1e-5)

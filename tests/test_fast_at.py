@@ -138,6 +138,18 @@ def test_fast_attacks_train_pgd_and_tla(mode, method, step):
     assert np.all(np.isfinite(history)) and history[-1] < 0.8 * history[0]
 
 
+@pytest.mark.parametrize("mode", ["trades", "mart"])
+def test_fast_attacks_keep_their_own_start_in_the_kl_modes(mode):
+    """TRADES/MART's PGD starts at x + 0.001 N(0, 1); N-FGSM keeps its 2 eps noise there, so its
+    one step of eps reaches well beyond eps (from the Gaussian start it could not)."""
+    images, labels = _digits(64)
+    trainer = _trainer(mode, "n_fgsm", 0.1)
+    trainer.optimizer.build(trainer.network.trainable_variables)
+    adversarial = trainer._training_attack(tf.constant(images), tf.constant(labels)).numpy()
+    distance = np.abs(adversarial - images).reshape(len(images), -1).max(axis=1)
+    assert distance.max() <= 0.3 + 1e-6 and np.median(distance) > 0.15
+
+
 # ----------------------------------------------------------------------------- overfitting guard
 def test_collapse_detector_on_a_synthetic_run():
     """Rising PGD accuracy is good; a fall of > 0.2 with FGSM accuracy climbing is overfitting;

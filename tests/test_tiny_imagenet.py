@@ -345,7 +345,7 @@ def test_flagfile_parses_to_the_authors_values():
         "lambda_norm=F.lambda_norm, pool_multiplier=F.pool_multiplier)\n"
         "print(F.dataset, F.model, F.mode, F.batch_size, F.momentum, F.weight_decay, "
         "F.label_smoothing, F.augment, F.optimizer, ','.join(F.lr_values), a.steps, e.steps, "
-        "t.positive, t.margin, t.other_margin, t.negative_pool, t.pool_multiplier, t.distance, "
+        "t.positive, t.margin, t.margin_other if t.margin_other is not None else t.margin, t.negative_pool, t.pool_multiplier, t.distance, "
         "t.lambda_triplet, t.lambda_norm, a.eps, a.step_size, e.step_size)\n")
     result = subprocess.run(
         [sys.executable, "-c", script, f"--flagfile={REPO}/configs/tiny_imagenet.flags"],

@@ -21,7 +21,7 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust import data, models
+from tf_metric_robust import data, models, weight_averaging
 from tf_metric_robust.config import RECIPE_KEYS, UserError
 
 RECIPE_FILE = "recipe.json"
@@ -286,7 +286,9 @@ def build_network(recipe, weight_decay=0.0):
 
 
 def load_network(model_dir):
-    """(network with the latest checkpoint's weights, recipe, checkpoint path) of a run."""
+    """(network with the latest checkpoint's weights, recipe, checkpoint path) of a run; a run
+    trained with --ema_decay gives its averaged weights, the ones its own evaluation and export
+    use (weight_averaging.restore_averaged)."""
     recipe = read_recipe(model_dir)
     network = build_network(recipe)
     # Only the network: the optimizer (and memory bank) values in the checkpoint stay unread.
@@ -294,4 +296,6 @@ def load_network(model_dir):
                                      checkpoint_dir(model_dir))
     if latest is None:
         raise UserError(f"no checkpoint in {checkpoint_dir(model_dir)}")
+    if weight_averaging.restore_averaged(network, latest):
+        logging.info("%s: the weight EMA of %s", model_dir, latest)
     return network, recipe, latest

@@ -230,7 +230,8 @@ class AdversarialTrainer(keras.Model):
         full size (as in Gowal et al. 2018 and Wong et al. 2020: past the plateau near chance
         that full-size PGD-AT starts on). The TRADES objective maximises KL(p(x) || p(x'))
         against the clean logits of the same BN mode (trades.py:36-37); TRADES and MART start
-        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20), the others uniformly in the ball."""
+        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20), the others uniformly in the ball; the
+        fast attacks (FGSM-RS, N-FGSM) keep their own start in every mode."""
         model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
         kwargs = self.attack.kwargs()
         if self.eps_warmup_steps > 0:
@@ -239,7 +240,8 @@ class AdversarialTrainer(keras.Model):
             kwargs["eps"] = fraction * self.attack.eps
             kwargs["step_size"] = fraction * self.attack.step_size
         targets = labels
-        if (self.mode in KL_MODES or self.trades_objective) and kwargs["random_start"]:
+        gaussian_start = self.mode in KL_MODES or self.trades_objective
+        if gaussian_start and self.attack.method == "pgd" and kwargs["random_start"]:
             kwargs["random_start"] = objectives.TRADES_START_STD
         if self.trades_objective:
             kwargs["loss"] = "kl"
