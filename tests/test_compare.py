@@ -193,7 +193,8 @@ def test_missing_evaluation_is_listed_not_averaged(tmp_path):
     runs = [report.load_run(d) for d in report.find_runs(output)]
     summary = report.write(output, runs, ["pgd", "tla"], "pgd")
     assert summary["tla"]["metrics"]["pgd_accuracy"]["n"] == 1
-    assert summary["tla"]["metrics"]["pgd_accuracy"]["missing"] == 1
+    assert summary["tla"]["seeds"] == [0]  # nor its wall time: a stopped run's is partial
+    assert summary["tla"]["metrics"]["train_seconds"]["values"] == [260.0]
     assert "Not evaluated (left out of the means): tla:1." in open(
         os.path.join(output, "results.md")).read()
     assert figures.detection_roc(summary, runs, str(tmp_path / "roc.png")) is None

@@ -113,8 +113,14 @@ def find_runs(output):
 
 
 def summarize(runs, entries, reference):
-    """Per entry: mean_ci of every metric, and the paired difference to the reference entry."""
-    by_entry = {entry: [r for r in runs if r["entry"] == entry] for entry in entries}
+    """Per entry: mean_ci of every metric, and the paired difference to the reference entry.
+
+    Only evaluated runs count (a run stopped mid-training has a partial wall time and no
+    numbers); entries without one are left out (results.md lists their runs as not evaluated).
+    """
+    by_entry = {entry: [r for r in runs if r["entry"] == entry and r["evaluated"]]
+                for entry in entries}
+    by_entry = {entry: entry_runs for entry, entry_runs in by_entry.items() if entry_runs}
     per_seed = {entry: {key: {r["seed"]: r["numbers"].get(key) for r in entry_runs}
                         for key, _, _ in METRICS}
                 for entry, entry_runs in by_entry.items()}
