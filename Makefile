@@ -25,7 +25,9 @@ train: $(STAMP)
 	@echo "SavedModel:       $(MODEL_DIR)/saved_model"
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q --durations=15 tests
 
 evaluate: $(STAMP)
 	$(PY) bin/evaluate $(if $(ARGS),$(ARGS),--model_dir=$(MODEL_DIR))

@@ -24,8 +24,12 @@ import subprocess
 import sys
 import time
 
-VARIANTS = (("1 replica", 1, 0), ("2 replicas", 2, 0), ("1 replica, 1 thread", 1, 1),
-            ("2 replicas, 1 thread", 2, 1))
+VARIANTS = (
+    ("1 replica", 1, 0),
+    ("2 replicas", 2, 0),
+    ("1 replica, 1 thread", 1, 1),
+    ("2 replicas, 1 thread", 2, 1),
+)
 
 
 def child(replicas, threads, examples, shard, steps, repeats):
@@ -50,7 +54,7 @@ def child(replicas, threads, examples, shard, steps, repeats):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(examples, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, examples)
-    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if replicas == 2 else None)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if replicas == 2 else None
     scope = strategy.scope() if strategy else tf.distribute.get_strategy().scope()
     with scope:
         fns = ModelFns(models.build("small_cnn", 10, (28, 28, 1)))
@@ -58,8 +62,9 @@ def child(replicas, threads, examples, shard, steps, repeats):
     static = dict(steps=steps, norm="linf", loss="ce", random_start=True, restarts=1)
     fn = attack_fn(fns, attacks.pgd, static, takes_seed=True, keep_embedding=False, norm="linf")
     params = dict(eps=0.3, step_size=0.01)
-    runner.run("warm-up", fn, x[:shard * replicas], y[:shard * replicas], params=params,
-               trace_key="pgd")
+    runner.run(
+        "warm-up", fn, x[: shard * replicas], y[: shard * replicas], params=params, trace_key="pgd"
+    )
     seconds, cpu = [], []
     for r in range(repeats):
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -84,25 +89,42 @@ def main():
         return
     times, cpu = {}, {}
     for label, replicas, threads in VARIANTS:
-        command = [sys.executable, __file__, "--child", str(replicas), str(threads),
-                   "--examples", str(args.examples), "--shard", str(args.shard), "--steps",
-                   str(args.steps), "--repeats", str(args.repeats)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(replicas),
+            str(threads),
+            "--examples",
+            str(args.examples),
+            "--shard",
+            str(args.shard),
+            "--steps",
+            str(args.steps),
+            "--repeats",
+            str(args.repeats),
+        ]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
         times[label], cpu[label] = result["seconds"], result["cpu"]
-    print(f"PGD-{args.steps} on {args.examples} images, shards of {args.shard}, small_cnn, "
-          f"median of {args.repeats}")
-    print(f"{'variant':<22} {'images/s':>9} {'wall ms/example/replica':>24} "
-          f"{'CPU ms/example':>15}")
+    print(
+        f"PGD-{args.steps} on {args.examples} images, shards of {args.shard}, small_cnn, "
+        f"median of {args.repeats}"
+    )
+    print(f"{'variant':<22} {'images/s':>9} {'wall ms/example/replica':>24} {'CPU ms/example':>15}")
     for label, replicas, _ in VARIANTS:
         per_replica = 1000 * times[label] * replicas / args.examples
-        print(f"{label:<22} {args.examples / times[label]:>9.1f} {per_replica:>24.2f} "
-              f"{1000 * cpu[label] / args.examples:>15.2f}")
+        print(
+            f"{label:<22} {args.examples / times[label]:>9.1f} {per_replica:>24.2f} "
+            f"{1000 * cpu[label] / args.examples:>15.2f}"
+        )
     for suffix in ("", ", 1 thread"):
         one, two = "1 replica" + suffix, "2 replicas" + suffix
-        print(f"2 replicas / 1 replica{suffix}: speed-up {times[one] / times[two]:.2f}x, "
-              f"per-replica wall time per example {2 * times[two] / times[one]:.2f}x one "
-              f"device's, CPU time per example {cpu[two] / cpu[one]:.2f}x")
+        print(
+            f"2 replicas / 1 replica{suffix}: speed-up {times[one] / times[two]:.2f}x, "
+            f"per-replica wall time per example {2 * times[two] / times[one]:.2f}x one "
+            f"device's, CPU time per example {cpu[two] / cpu[one]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,10 @@ GOAL = 5.0
 @contextlib.contextmanager
 def mock_cifar(num_examples):
     """tfds reads served by mock_data (as tests/conftest.py's mock_tfds fixture)."""
-    with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
-            tfds.core.DatasetBuilder, "is_prepared", return_value=True):
+    with (
+        tfds.testing.mock_data(num_examples=num_examples),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
         yield
 
 
@@ -57,6 +59,7 @@ def pipeline_run(dataset, batches):
         for _ in range(batches):
             images, _ = next(iterator)
         images.numpy()  # the last batch is materialised on the host
+
     return run
 
 
@@ -65,13 +68,19 @@ def step_run(shape, steps):
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, shape)
     trainer = AdversarialTrainer(
-        network, mode="tla", seed=0, attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps),
-        triplet=TripletConfig(positive="other", margin=0.05, lambda_triplet=0.5, lambda_norm=1e-4))
+        network,
+        mode="tla",
+        seed=0,
+        attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps),
+        triplet=TripletConfig(positive="other", margin=0.05, lambda_triplet=0.5, lambda_norm=1e-4),
+    )
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     trainer.optimizer.build(network.trainable_variables)
     rng = np.random.default_rng(0)
-    batch = (tf.constant(rng.uniform(size=(BATCH, *shape)).astype(np.float32)),
-             tf.constant(rng.integers(0, 10, BATCH), tf.int64))
+    batch = (
+        tf.constant(rng.uniform(size=(BATCH, *shape)).astype(np.float32)),
+        tf.constant(rng.integers(0, 10, BATCH), tf.int64),
+    )
     step = tf.function(trainer.train_step)
     return lambda: float(step(batch)["loss"])
 
@@ -90,8 +99,10 @@ def measure(name, dataset, shape, args):
         step_rates.append(BATCH / (time.perf_counter() - start))
     ratio = statistics.median(p / s for p, s in zip(pipe_rates, step_rates))
     verdict = "OK" if ratio >= GOAL else "MISSED"
-    print(f"{name:34s} {statistics.median(pipe_rates):10.0f} {statistics.median(step_rates):10.1f} "
-          f"{ratio:9.0f}x  (goal >= {GOAL:g}x) {verdict}")
+    print(
+        f"{name:34s} {statistics.median(pipe_rates):10.0f} {statistics.median(step_rates):10.1f} "
+        f"{ratio:9.0f}x  (goal >= {GOAL:g}x) {verdict}"
+    )
 
 
 def main():
@@ -101,8 +112,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="PGD steps of the TLA step")
     args = parser.parse_args()
     tfds.disable_progress_bar()
-    print(f"batch {BATCH}; pipeline: median images/s over {args.rounds} rounds of "
-          f"{args.batches} batches; step: TLA small_cnn PGD-{args.steps} images/s")
+    print(
+        f"batch {BATCH}; pipeline: median images/s over {args.rounds} rounds of "
+        f"{args.batches} batches; step: TLA small_cnn PGD-{args.steps} images/s"
+    )
     print(f"{'dataset':34s} {'pipeline':>10s} {'step':>10s} {'ratio':>10s}")
     with tempfile.TemporaryDirectory() as data_dir:
         mnist = data.train_dataset("mnist5k", batch_size=BATCH, seed=0, data_dir=data_dir)

@@ -68,29 +68,47 @@ print(json.dumps(dict(before_kib=before, after_kib=after, seconds=seconds, loss=
 
 def measure(name, config, batch, repeats):
     model, shape, mode, steps, kwargs = config
-    spec = dict(model=model, shape=list(shape), mode=mode, steps=steps, kwargs=kwargs,
-                batch=batch, repeats=repeats)
-    result = subprocess.run([sys.executable, "-c", CHILD.format(root=ROOT), json.dumps(spec)],
-                            capture_output=True, text=True, check=False)
+    spec = dict(
+        model=model,
+        shape=list(shape),
+        mode=mode,
+        steps=steps,
+        kwargs=kwargs,
+        batch=batch,
+        repeats=repeats,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD.format(root=ROOT), json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         print(f"{name}: failed\n{result.stderr[-2000:]}")
         return
     values = json.loads(result.stdout.strip().splitlines()[-1])
     before, after = values["before_kib"] / 1024, values["after_kib"] / 1024
-    print(f"{name:30s} {before:10.0f} {after:10.0f} {after - before:10.0f} "
-          f"{values['seconds']:9.1f}")
+    print(
+        f"{name:30s} {before:10.0f} {after:10.0f} {after - before:10.0f} {values['seconds']:9.1f}"
+    )
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch_size", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=2, help="train steps per configuration "
-                        "(the first includes tracing)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="train steps per configuration (the first includes tracing)",
+    )
     parser.add_argument("--wrn", action="store_true", help="add the WRN-34-10 configurations")
     args = parser.parse_args()
     configs = dict(CONFIGS, **(WRN_CONFIGS if args.wrn else {}))
-    print(f"batch {args.batch_size}; peak RSS (MiB) before the first step (TF + model) and after "
-          f"{args.repeats} step(s); s/step includes the first step's tracing")
+    print(
+        f"batch {args.batch_size}; peak RSS (MiB) before the first step (TF + model) and after "
+        f"{args.repeats} step(s); s/step includes the first step's tracing"
+    )
     print(f"{'configuration':30s} {'before':>10s} {'peak':>10s} {'step adds':>10s} {'s/step':>9s}")
     for name, config in configs.items():
         measure(name, config, args.batch_size, args.repeats if "WRN" not in name else 1)

@@ -50,8 +50,18 @@ def _cleverhans(model_fn, x, y):
         return None
 
     def attack(images, labels):
-        return projected_gradient_descent(model_fn, images, EPS, STEP_SIZE, STEPS, np.inf,
-                                          clip_min=0.0, clip_max=1.0, y=labels, rand_init=True)
+        return projected_gradient_descent(
+            model_fn,
+            images,
+            EPS,
+            STEP_SIZE,
+            STEPS,
+            np.inf,
+            clip_min=0.0,
+            clip_max=1.0,
+            y=labels,
+            rand_init=True,
+        )
 
     compiled = tf.function(attack)
     return (lambda: attack(x, y).numpy()), (lambda: compiled(x, y).numpy())
@@ -66,12 +76,22 @@ def _art(logits_model, x, y, batch_size, num_classes):
         print(f"art: skipped ({error}); install: pip install -e .[bench]")
         return None
     classifier = TensorFlowV2Classifier(
-        logits_model, nb_classes=num_classes, input_shape=tuple(x.shape[1:]),
+        logits_model,
+        nb_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
         loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        clip_values=(0.0, 1.0))
-    attack = ProjectedGradientDescent(classifier, norm=np.inf, eps=EPS, eps_step=STEP_SIZE,
-                                      max_iter=STEPS, num_random_init=1, batch_size=batch_size,
-                                      verbose=False)
+        clip_values=(0.0, 1.0),
+    )
+    attack = ProjectedGradientDescent(
+        classifier,
+        norm=np.inf,
+        eps=EPS,
+        eps_step=STEP_SIZE,
+        max_iter=STEPS,
+        num_random_init=1,
+        batch_size=batch_size,
+        verbose=False,
+    )
     x_np = x.numpy()
     one_hot = np.eye(num_classes, dtype=np.float32)[y.numpy()]
     return lambda: attack.generate(x_np, y=one_hot)
@@ -101,8 +121,10 @@ def main():
         runs["art"] = art
     times = interleaved(runs, args.rounds)
 
-    print(f"PGD-{STEPS} L-inf, small_cnn 28x28x1, batch {args.batch_size}, median of "
-          f"{args.rounds} interleaved rounds")
+    print(
+        f"PGD-{STEPS} L-inf, small_cnn 28x28x1, batch {args.batch_size}, median of "
+        f"{args.rounds} interleaved rounds"
+    )
     print(f"{'attack':36s} {'images/s':>9s} {'wall / ours':>12s} {'CPU / ours':>11s}")
     for name, values in times.items():
         # Per-round ratios against ours of the same round, then the median (robust to load).
@@ -110,8 +132,11 @@ def main():
         cpu = statistics.median(v[1] / o[1] for v, o in zip(values, times["ours"]))
         rate = args.batch_size / statistics.median(v[0] for v in values)
         goal = next((g for peer, g in GOALS.items() if name.startswith(peer)), None)
-        verdict = "" if goal is None else \
-            f"  goal >= {goal:g} (wall): {'OK' if wall >= goal else 'MISSED'}"
+        verdict = (
+            ""
+            if goal is None
+            else f"  goal >= {goal:g} (wall): {'OK' if wall >= goal else 'MISSED'}"
+        )
         print(f"{name:36s} {rate:9.0f} {wall:12.2f} {cpu:11.2f}{verdict}")
 
 

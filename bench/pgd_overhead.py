@@ -38,8 +38,14 @@ def main():
     print(f"PGD overhead: small_cnn, batch {BATCH}, median of {REPEATS} repeats")
     for steps in (10, 40):
         run_grad = lambda: [input_gradient(x, y).numpy() for _ in range(steps)]  # noqa: E731
-        run_pgd = lambda: attacks.pgd(model_fn, x, y, eps=0.3, step_size=0.01,  # noqa: E731
-                                      steps=steps).numpy()
+        run_pgd = lambda: attacks.pgd(
+            model_fn,
+            x,
+            y,
+            eps=0.3,
+            step_size=0.01,  # noqa: E731
+            steps=steps,
+        ).numpy()
         times = interleaved({"grad": run_grad, "pgd": run_pgd}, REPEATS)
         grad_times, pgd_times = times["grad"], times["pgd"]
         # Ratio per adjacent (gradients, PGD) pair, then the median: robust to load drifting.
@@ -48,8 +54,10 @@ def main():
         grad_ms = 1e3 * statistics.median(g[0] for g in grad_times) / steps
         pgd_ms = 1e3 * statistics.median(p[0] for p in pgd_times)
         verdict = "OK" if ratio <= GOAL else "MISSED"
-        print(f"PGD-{steps}: {pgd_ms:.1f} ms vs {steps} x {grad_ms:.2f} ms input gradient -> "
-              f"ratio {ratio:.3f} (goal <= {GOAL}) {verdict}; CPU-time ratio {cpu_ratio:.3f}")
+        print(
+            f"PGD-{steps}: {pgd_ms:.1f} ms vs {steps} x {grad_ms:.2f} ms input gradient -> "
+            f"ratio {ratio:.3f} (goal <= {GOAL}) {verdict}; CPU-time ratio {cpu_ratio:.3f}"
+        )
 
 
 if __name__ == "__main__":

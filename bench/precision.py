@@ -48,9 +48,14 @@ def make_step(policy, jit_compile, model, shape, batch_size, steps):
         keras.utils.set_random_seed(0)
         network = models.build(model, 10, shape)
         trainer = AdversarialTrainer(
-            network, mode="tla", seed=0, attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps),
-            triplet=TripletConfig(positive="other", margin=0.05, lambda_triplet=0.5,
-                                  lambda_norm=1e-4))
+            network,
+            mode="tla",
+            seed=0,
+            attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps),
+            triplet=TripletConfig(
+                positive="other", margin=0.05, lambda_triplet=0.5, lambda_norm=1e-4
+            ),
+        )
         trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
         trainer.optimizer.build(network.trainable_variables)
     finally:
@@ -64,6 +69,7 @@ def make_step(policy, jit_compile, model, shape, batch_size, steps):
         loss = float(step((images, labels))["loss"])  # blocks until the step is done
         if not np.isfinite(loss):
             raise FloatingPointError(f"{policy} jit={jit_compile}: non-finite loss {loss}")
+
     return run
 
 
@@ -75,12 +81,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist") else (32, 32, 3)
-    runs = {name: make_step(*VARIANTS[name], args.model, shape, args.batch_size, args.steps)
-            for name in VARIANTS}
+    runs = {
+        name: make_step(*VARIANTS[name], args.model, shape, args.batch_size, args.steps)
+        for name in VARIANTS
+    }
     times = interleaved(runs, args.rounds, warmups=2)  # warm-up includes XLA compilation
     base = times["float32"]
-    print(f"TLA step, {args.model} {shape}, batch {args.batch_size}, PGD-{args.steps}, median of "
-          f"{args.rounds} interleaved rounds")
+    print(
+        f"TLA step, {args.model} {shape}, batch {args.batch_size}, PGD-{args.steps}, median of "
+        f"{args.rounds} interleaved rounds"
+    )
     print(f"{'variant':30s} {'step ms':>9s} {'wall / f32':>11s} {'CPU / f32':>10s}")
     for name, values in times.items():
         wall = statistics.median(v[0] / b[0] for v, b in zip(values, base))

@@ -45,10 +45,21 @@ _CALL = re.compile(r"^(?:gradient_tape/)?(small_cnn(?:_\d+)?)/")
 def build(pool, steps, mode="tla"):
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1))
-    triplet = TripletConfig(negative_pool=pool, positive="other", margin=0.05,
-                            lambda_triplet=0.5, lambda_norm=1e-4, bank_size=2048)
-    trainer = AdversarialTrainer(network, mode=mode, triplet=triplet, seed=0,
-                                 attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps))
+    triplet = TripletConfig(
+        negative_pool=pool,
+        positive="other",
+        margin=0.05,
+        lambda_triplet=0.5,
+        lambda_norm=1e-4,
+        bank_size=2048,
+    )
+    trainer = AdversarialTrainer(
+        network,
+        mode=mode,
+        triplet=triplet,
+        seed=0,
+        attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps),
+    )
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     # As experiment.build_trainer: slots built up front, else the first trace creates variables
     # and tf.function traces the step twice.
@@ -75,8 +86,9 @@ def call_roles(totals):
         scope = match.group(1)
         roles.setdefault(scope, "inference-only forward")
         if op_name.startswith("gradient_tape/"):
-            (weight_grads if op_type in ("Conv2DBackpropFilter", "BiasAddGrad")
-             else input_grads).add(scope)
+            (
+                weight_grads if op_type in ("Conv2DBackpropFilter", "BiasAddGrad") else input_grads
+            ).add(scope)
     for scope in roles:
         if scope in weight_grads:
             roles[scope] = "training"
@@ -112,8 +124,10 @@ def summarise(totals, roles, repeats):
             role = roles[match.group(1)]
             if role != "inference-only forward":
                 backward = op_name.startswith("gradient_tape/")
-                role += {"attack": (" input-gradient" if backward else " forward"),
-                         "training": (" backward" if backward else " forward")}[role]
+                role += {
+                    "attack": (" input-gradient" if backward else " forward"),
+                    "training": (" backward" if backward else " forward"),
+                }[role]
         elif re.sub(r"_\d+$", "", op_name.split("/")[0]) in ("adam", "sgd", "loss_scale_optimizer"):
             role = "optimizer"
         else:
@@ -137,6 +151,7 @@ def retracing(pool, steps, mode):
         def counted(data, method=method, name=name):
             counts[name] += 1
             return method(data)
+
         setattr(trainer, name, counted)
     rows = len(labels)
     for _ in range(2):
@@ -145,16 +160,19 @@ def retracing(pool, steps, mode):
         try:
             trainer.evaluate(images[:BATCH], labels[:BATCH], batch_size=20, verbose=0)
         except tf.errors.InvalidArgumentError as error:
-            print(f"evaluate failed ({error.message.splitlines()[0]}); test_step treats part of "
-                  f"each eval batch as the extra pool, so a small batch leaves no examples")
+            print(
+                f"evaluate failed ({error.message.splitlines()[0]}); test_step treats part of "
+                f"each eval batch as the extra pool, so a small batch leaves no examples"
+            )
             counts["test_step"] = -1
     return counts
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", default="tla", choices=("tla", "pgd"),
-                        help="pgd: the PGD-AT step, for comparison")
+    parser.add_argument(
+        "--mode", default="tla", choices=("tla", "pgd"), help="pgd: the PGD-AT step, for comparison"
+    )
     parser.add_argument("--pool", default="batch", choices=("batch", "bank", "extra"))
     parser.add_argument("--steps", type=int, default=10, help="PGD steps of the training attack")
     parser.add_argument("--repeats", type=int, default=3, help="profiled train steps")
@@ -175,19 +193,25 @@ def main():
     roles = call_roles(totals)
 
     what = f"TLA step, negative pool {args.pool}" if args.mode == "tla" else "PGD-AT step"
-    print(f"{what}, small_cnn, batch {BATCH}, PGD-{args.steps}; "
-          f"{args.repeats} steps profiled into {logdir}")
+    print(
+        f"{what}, small_cnn, batch {BATCH}, PGD-{args.steps}; "
+        f"{args.repeats} steps profiled into {logdir}"
+    )
     calls = collections.Counter(roles.values())
     print("network calls executed per step: " + ", ".join(f"{n} {r}" for r, n in calls.items()))
     summarise(totals, roles, args.repeats)
     function_ps = sum(ps for name, ps in host.items() if name.startswith("EagerLocalExecute"))
     outside = host.get("train_step", 0) - function_ps
-    print(f"host time outside the compiled step: {outside / 1e9 / args.repeats:.2f} ms/step; "
-          f"host->device copies: {host.get('EagerCopyToDevice', 0) / 1e9 / args.repeats:.2f} "
-          f"ms/step")
+    print(
+        f"host time outside the compiled step: {outside / 1e9 / args.repeats:.2f} ms/step; "
+        f"host->device copies: {host.get('EagerCopyToDevice', 0) / 1e9 / args.repeats:.2f} "
+        f"ms/step"
+    )
     counts = retracing(args.pool, args.steps, args.mode)
-    print("tracings after 2 x (fit + evaluate with a partial last batch): " + ", ".join(
-        f"{name} {count}" for name, count in counts.items()))
+    print(
+        "tracings after 2 x (fit + evaluate with a partial last batch): "
+        + ", ".join(f"{name} {count}" for name, count in counts.items())
+    )
 
 
 if __name__ == "__main__":

@@ -48,24 +48,38 @@ def child(variant, steps):
         from tensorflow.python.data.ops import multi_device_iterator_ops
 
         iterator = multi_device_iterator_ops.OwnedMultiDeviceIterator(
-            tf.data.Dataset.range(10), ["/cpu:0"])
+            tf.data.Dataset.range(10), ["/cpu:0"]
+        )
         iterator.get_next()
         del iterator
-    scope = (tf.distribute.OneDeviceStrategy("/cpu:0").scope() if variant == "one_device"
-             else contextlib.nullcontext())
+    scope = (
+        tf.distribute.OneDeviceStrategy("/cpu:0").scope()
+        if variant == "one_device"
+        else contextlib.nullcontext()
+    )
     keras.utils.set_random_seed(0)
     with scope:
         trainer = AdversarialTrainer(
-            models.build("small_cnn", 10, (28, 28, 1)), mode="tla", triplet=TripletConfig(),
-            attack=AttackConfig(eps=0.3, step_size=0.1, steps=5), seed=0)
+            models.build("small_cnn", 10, (28, 28, 1)),
+            mode="tla",
+            triplet=TripletConfig(),
+            attack=AttackConfig(eps=0.3, step_size=0.1, steps=5),
+            seed=0,
+        )
         trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     trainer.fit(batches, steps_per_epoch=3, epochs=1, verbose=0)  # tracing excluded
     wall, times = time.perf_counter(), os.times()
     trainer.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
     wall, end = time.perf_counter() - wall, os.times()
-    print(json.dumps({"ms_per_step": 1000 * wall / steps,
-                      "user_ms": 1000 * (end.user - times.user) / steps,
-                      "sys_ms": 1000 * (end.system - times.system) / steps}))
+    print(
+        json.dumps(
+            {
+                "ms_per_step": 1000 * wall / steps,
+                "user_ms": 1000 * (end.user - times.user) / steps,
+                "sys_ms": 1000 * (end.system - times.system) / steps,
+            }
+        )
+    )
 
 
 def main():
@@ -82,17 +96,31 @@ def main():
     for _ in range(args.rounds):
         for name in variants:
             output = subprocess.run(
-                [sys.executable, os.path.abspath(__file__), "--child", name,
-                 "--steps", str(args.steps)], check=True, capture_output=True, text=True).stdout
+                [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--child",
+                    name,
+                    "--steps",
+                    str(args.steps),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             results[name].append(json.loads(output.strip().splitlines()[-1]))
-    print(f"small_cnn TLA step (PGD-5, batch 50) in Keras fit, {args.steps} steps x "
-          f"{args.rounds} fresh processes per variant, medians")
+    print(
+        f"small_cnn TLA step (PGD-5, batch 50) in Keras fit, {args.steps} steps x "
+        f"{args.rounds} fresh processes per variant, medians"
+    )
     print(f"{'variant':12s} {'ms/step':>8s} {'user ms':>8s} {'sys ms':>8s} {'/ default':>10s}")
     base = statistics.median(r["ms_per_step"] for r in results["default"])
     for name, runs in results.items():
         row = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        print(f"{name:12s} {row['ms_per_step']:8.1f} {row['user_ms']:8.1f} {row['sys_ms']:8.1f} "
-              f"{row['ms_per_step'] / base:10.2f}")
+        print(
+            f"{name:12s} {row['ms_per_step']:8.1f} {row['user_ms']:8.1f} {row['sys_ms']:8.1f} "
+            f"{row['ms_per_step'] / base:10.2f}"
+        )
 
 
 if __name__ == "__main__":

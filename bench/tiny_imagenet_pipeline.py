@@ -51,8 +51,9 @@ def write_miniature(path, num_classes, per_class, seed=0):
         annotations = []
         for wnid in wnids:
             for i in range(per_class):
-                archive.writestr(f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG",
-                                 _smooth_jpeg(rng))
+                archive.writestr(
+                    f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG", _smooth_jpeg(rng)
+                )
             name = f"val_{len(annotations)}.JPEG"
             archive.writestr(f"tiny-imagenet-200/val/images/{name}", _smooth_jpeg(rng))
             annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
@@ -66,8 +67,9 @@ def pipeline_rate(data_dir, batches):
     is decoded (each window of the split is decoded whole before its first batch comes out).
     """
     catalog._CACHE_MAX_BYTES = 0  # the real train split is never cached (see the module docstring)
-    ds = data.train_dataset("tiny_imagenet", batch_size=BATCH * (1 + POOL), seed=0,
-                            data_dir=data_dir)
+    ds = data.train_dataset(
+        "tiny_imagenet", batch_size=BATCH * (1 + POOL), seed=0, data_dir=data_dir
+    )
     iterator = iter(ds)
     next(iterator)
     waits = []
@@ -83,10 +85,19 @@ def train_step_rate(width, steps):
     """Images/s the TLA train step consumes (batch + pool per step), after one traced step."""
     network = models.build("preact_resnet_tiny", 200, (64, 64, 3), width=width, weight_decay=2e-4)
     trainer = AdversarialTrainer(
-        network, mode="tla", attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7),
-        triplet=TripletConfig(negative_pool="extra", pool_multiplier=POOL, positive="both",
-                              margin=0.6, margin_other=0.02, lambda_triplet=0.5),
-        label_smoothing=0.1)
+        network,
+        mode="tla",
+        attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=7),
+        triplet=TripletConfig(
+            negative_pool="extra",
+            pool_multiplier=POOL,
+            positive="both",
+            margin=0.6,
+            margin_other=0.02,
+            lambda_triplet=0.5,
+        ),
+        label_smoothing=0.1,
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     images = tf.random.uniform([BATCH * (1 + POOL), 64, 64, 3])
     labels = tf.random.uniform([BATCH * (1 + POOL)], maxval=200, dtype=tf.int64)
@@ -99,12 +110,19 @@ def train_step_rate(width, steps):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=None,
-                        help="network width (64 = authors'; default 64 with a GPU, else 8)")
+    parser.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="network width (64 = authors'; default 64 with a GPU, else 8)",
+    )
     parser.add_argument("--steps", type=int, default=1, help="timed train steps")
     parser.add_argument("--classes", type=int, default=40, help="classes of the miniature")
-    parser.add_argument("--train_step", action="store_true",
-                        help="also time the train step on a CPU-only machine (always on a GPU)")
+    parser.add_argument(
+        "--train_step",
+        action="store_true",
+        help="also time the train step on a CPU-only machine (always on a GPU)",
+    )
     args = parser.parse_args()
     gpu = bool(tf.config.list_physical_devices("GPU"))
     if args.width is None:
@@ -120,18 +138,26 @@ def main():
         print(f"prepared {examples} images in {prepare:.1f} s ({examples / prepare:.0f} images/s)")
         batches = 2 * args.classes * PER_CLASS // (BATCH * (1 + POOL))  # two epochs
         supply, longest = pipeline_rate(data_dir, batches)
-    print(f"pipeline: {supply:.0f} images/s (uncached, decode + pad-4 crop + flip, "
-          f"batches of {BATCH * (1 + POOL)}); longest wait for a batch {longest:.2f} s "
-          f"(a {args.classes * PER_CLASS}-image shuffle window; the real split's are 10,000)")
+    print(
+        f"pipeline: {supply:.0f} images/s (uncached, decode + pad-4 crop + flip, "
+        f"batches of {BATCH * (1 + POOL)}); longest wait for a batch {longest:.2f} s "
+        f"(a {args.classes * PER_CLASS}-image shuffle window; the real split's are 10,000)"
+    )
     if not (gpu or args.train_step):
-        print("train step not timed on a CPU-only machine (pass --train_step): compare the "
-              f"pipeline's {supply:.0f} images/s with a GPU's TLA step rate (40 x steps/s)")
+        print(
+            "train step not timed on a CPU-only machine (pass --train_step): compare the "
+            f"pipeline's {supply:.0f} images/s with a GPU's TLA step rate (40 x steps/s)"
+        )
         return
     demand = train_step_rate(args.width, args.steps)
-    print(f"TLA train step, preact_resnet_tiny width {args.width}, PGD-7: {demand:.1f} images/s "
-          f"({BATCH * (1 + POOL) / demand:.2f} s/step)")
-    print(f"ratio pipeline / train step: {supply / demand:.1f} "
-          f"({'pipeline stays ahead' if supply > demand else 'PIPELINE IS THE BOTTLENECK'})")
+    print(
+        f"TLA train step, preact_resnet_tiny width {args.width}, PGD-7: {demand:.1f} images/s "
+        f"({BATCH * (1 + POOL) / demand:.2f} s/step)"
+    )
+    print(
+        f"ratio pipeline / train step: {supply / demand:.1f} "
+        f"({'pipeline stays ahead' if supply > demand else 'PIPELINE IS THE BOTTLENECK'})"
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from tf_metric_robust.config import AttackConfig, TripletConfig  # noqa: E402
 from tf_metric_robust.training import AdversarialTrainer  # noqa: E402
 from timing import interleaved  # noqa: E402
 
+
 def _tla(separate, **kwargs):
     return ("tla", TripletConfig(separate_passes=separate, **kwargs))
 
@@ -63,15 +64,17 @@ VARIANTS = {
     "pgd fgsm_rs": ("pgd", None, dict(method="fgsm_rs", steps=1, step_size=10 / 255)),
     "pgd n_fgsm": ("pgd", None, dict(method="n_fgsm", steps=1, step_size=8 / 255)),
     "trades fgsm_rs": ("trades", None, dict(method="fgsm_rs", steps=1, step_size=10 / 255)),
-    "tla/batch fgsm_rs": ("tla", TripletConfig(negative_pool="batch"),
-                          dict(method="fgsm_rs", steps=1, step_size=10 / 255)),
+    "tla/batch fgsm_rs": (
+        "tla",
+        TripletConfig(negative_pool="batch"),
+        dict(method="fgsm_rs", steps=1, step_size=10 / 255),
+    ),
     # AWP (gamma 5e-3, the CIFAR value), the weight EMA, and TLA on the TRADES objective.
     "pgd awp": ("pgd", None, {}, dict(awp_gamma=5e-3)),
     "trades awp": ("trades", None, {}, dict(awp_gamma=5e-3)),
     "mart awp": ("mart", None, {}, dict(awp_gamma=5e-3)),
     "pgd ema": ("pgd", None, {}, dict(ema_decay=0.999)),
-    "tla/batch base trades": ("tla", TripletConfig(negative_pool="batch"), {},
-                              dict(base="trades")),
+    "tla/batch base trades": ("tla", TripletConfig(negative_pool="batch"), {}, dict(base="trades")),
 }
 
 
@@ -79,12 +82,20 @@ def make_step(name, model, shape, batch_size):
     mode, triplet, attack, extra = (*VARIANTS[name], {}, {})[:4]
     keras.utils.set_random_seed(0)
     network = models.build(model, 10, shape)
-    trainer = AdversarialTrainer(network, mode=mode, triplet=triplet, seed=0, **extra,
-                                 attack=AttackConfig(**{**dict(eps=8 / 255, step_size=2 / 255,
-                                                               steps=7), **attack}))
+    trainer = AdversarialTrainer(
+        network,
+        mode=mode,
+        triplet=triplet,
+        seed=0,
+        **extra,
+        attack=AttackConfig(**{**dict(eps=8 / 255, step_size=2 / 255, steps=7), **attack}),
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
-    rows = batch_size * (1 + triplet.pool_multiplier) if triplet and \
-        triplet.negative_pool == "extra" else batch_size
+    rows = (
+        batch_size * (1 + triplet.pool_multiplier)
+        if triplet and triplet.negative_pool == "extra"
+        else batch_size
+    )
     rows *= 2 if name == "natural (batch 2B)" else 1
     rng = np.random.default_rng(0)
     images = tf.constant(rng.uniform(size=(rows, *shape)).astype(np.float32))
@@ -94,6 +105,7 @@ def make_step(name, model, shape, batch_size):
     def run():
         logs = step((images, labels))
         float(logs["loss"])  # wait for the step to finish
+
     return run
 
 
@@ -102,27 +114,38 @@ def main():
     parser.add_argument("--model", default="small_cnn")
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--variants", default="", help="comma-separated subset of the variants "
-                        "(pgd and the natural steps are always run)")
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated subset of the variants (pgd and the natural steps are always run)",
+    )
     args = parser.parse_args()
     if args.variants:
         keep = {"pgd", "natural (batch B)", "natural (batch 2B)", *args.variants.split(",")}
         for name in set(VARIANTS) - keep:
             del VARIANTS[name]
-    shape = (28, 28, 1) if args.model in ("small_cnn", "madry_mnist", "mnist_large") else (32, 32, 3)
+    shape = (
+        (28, 28, 1) if args.model in ("small_cnn", "madry_mnist", "mnist_large") else (32, 32, 3)
+    )
     steps = {name: make_step(name, args.model, shape, args.batch_size) for name in VARIANTS}
     times = interleaved(steps, args.rounds, warmups=2)
     times = {name: np.array(values) for name, values in times.items()}
     ratios = {name: np.median(values / times["pgd"], axis=0) for name, values in times.items()}
-    print(f"model {args.model}, batch B = {args.batch_size}, PGD-7, median of {args.rounds} "
-          f"interleaved rounds")
+    print(
+        f"model {args.model}, batch B = {args.batch_size}, PGD-7, median of {args.rounds} "
+        f"interleaved rounds"
+    )
     print(f"{'variant':26s} {'step ms':>9s} {'/ PGD-AT':>9s} {'CPU / PGD-AT':>13s}")
     for name, values in times.items():
-        print(f"{name:26s} {1000 * np.median(values[:, 0]):9.1f} {ratios[name][0]:9.3f} "
-              f"{ratios[name][1]:13.3f}")
+        print(
+            f"{name:26s} {1000 * np.median(values[:, 0]):9.1f} {ratios[name][0]:9.3f} "
+            f"{ratios[name][1]:13.3f}"
+        )
     predicted = 1 + ratios["natural (batch 2B)"] - ratios["natural (batch B)"]
-    print(f"predicted TLA / PGD-AT from the natural steps: {predicted[0]:.3f} "
-          f"(CPU {predicted[1]:.3f})")
+    print(
+        f"predicted TLA / PGD-AT from the natural steps: {predicted[0]:.3f} "
+        f"(CPU {predicted[1]:.3f})"
+    )
 
 
 if __name__ == "__main__":

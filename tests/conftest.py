@@ -41,8 +41,9 @@ def mock_tfds():
 
     @contextlib.contextmanager
     def mocked(num_examples):
-        with tfds.testing.mock_data(num_examples=num_examples), mock.patch.object(
-            dataset_preparation, "is_prepared", return_value=True
+        with (
+            tfds.testing.mock_data(num_examples=num_examples),
+            mock.patch.object(dataset_preparation, "is_prepared", return_value=True),
         ):
             yield
 
@@ -74,9 +75,17 @@ def trained_small_cnn(mnist5k_arrays):
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1))
     classifier = keras.Model(network.input, network.output["logits"])
-    classifier.compile(keras.optimizers.Adam(2e-3),
-                       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.compile(
+        keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     held_out = np.arange(len(labels)) % 25 == 0
-    classifier.fit(images[~held_out], labels[~held_out], batch_size=32, epochs=1,
-                   steps_per_epoch=150, shuffle=True, verbose=0)
+    classifier.fit(
+        images[~held_out],
+        labels[~held_out],
+        batch_size=32,
+        epochs=1,
+        steps_per_epoch=150,
+        shuffle=True,
+        verbose=0,
+    )
     return network, images[held_out], labels[held_out]

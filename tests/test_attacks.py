@@ -58,26 +58,40 @@ def test_eps_zero_returns_input(trained, name, norm):
     np.testing.assert_array_equal(x_adv.numpy(), x[:16].numpy())
 
 
-@pytest.mark.parametrize("name,norm,loss,targeted,restarts,dtype", [
-    ("pgd", "linf", "ce", False, 1, tf.float32),
-    ("pgd", "l2", "ce", False, 1, tf.float32),
-    ("pgd", "linf", "cw", False, 1, tf.float32),
-    ("pgd", "l2", "cw", True, 1, tf.float32),
-    ("pgd", "linf", "ce", True, 2, tf.float32),
-    ("pgd", "l2", "ce", False, 2, tf.float32),
-    ("pgd", "linf", "ce", False, 1, tf.bfloat16),
-    ("pgd", "l2", "cw", False, 1, tf.float16),
-    ("fgsm", "linf", "ce", False, 1, tf.float32),
-    ("fgsm", "l2", "cw", False, 1, tf.bfloat16),
-    ("mifgsm", "linf", "ce", False, 1, tf.float32),
-    ("mifgsm", "l2", "ce", True, 1, tf.float16),
-])
+@pytest.mark.parametrize(
+    "name,norm,loss,targeted,restarts,dtype",
+    [
+        ("pgd", "linf", "ce", False, 1, tf.float32),
+        ("pgd", "l2", "ce", False, 1, tf.float32),
+        ("pgd", "linf", "cw", False, 1, tf.float32),
+        ("pgd", "l2", "cw", True, 1, tf.float32),
+        ("pgd", "linf", "ce", True, 2, tf.float32),
+        ("pgd", "l2", "ce", False, 2, tf.float32),
+        ("pgd", "linf", "ce", False, 1, tf.bfloat16),
+        ("pgd", "l2", "cw", False, 1, tf.float16),
+        ("fgsm", "linf", "ce", False, 1, tf.float32),
+        ("fgsm", "l2", "cw", False, 1, tf.bfloat16),
+        ("mifgsm", "linf", "ce", False, 1, tf.float32),
+        ("mifgsm", "l2", "ce", True, 1, tf.float16),
+    ],
+)
 def test_results_inside_ball_and_box(trained, name, norm, loss, targeted, restarts, dtype):
     model_fn, x, y = trained
     x, y = tf.cast(x[:32], dtype), (y[:32] + 3) % 10 if targeted else y[:32]
     eps = 0.1 if norm == "linf" else 1.0
-    x_adv = _attack(name, model_fn, x, y, eps=eps, step_size=eps / 2, steps=3, norm=norm,
-                    loss=loss, targeted=targeted, restarts=restarts)
+    x_adv = _attack(
+        name,
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=eps / 2,
+        steps=3,
+        norm=norm,
+        loss=loss,
+        targeted=targeted,
+        restarts=restarts,
+    )
     _assert_in_bounds(x_adv, x, eps, norm)
     assert np.any(x_adv.numpy() != x.numpy())
 
@@ -97,7 +111,8 @@ def test_mifgsm_without_momentum_is_iterative_fgsm(trained):
     kwargs = dict(eps=0.1, step_size=0.02, steps=4)
     expected = attacks.pgd(model_fn, x[:32], y[:32], random_start=False, **kwargs)
     np.testing.assert_allclose(
-        attacks.mifgsm(model_fn, x[:32], y[:32], decay=0.0, **kwargs), expected, atol=1e-6)
+        attacks.mifgsm(model_fn, x[:32], y[:32], decay=0.0, **kwargs), expected, atol=1e-6
+    )
 
 
 def test_cw_margin_matches_numpy():
@@ -138,24 +153,28 @@ def test_targeted_pgd_reaches_target(trained):
     model_fn, x, y = trained
     x, target = x[::2], (y[::2] + 1) % 10
     for loss in ("ce", "cw"):
-        x_adv = attacks.pgd(model_fn, x, target, eps=0.3, step_size=0.05, steps=8, loss=loss,
-                            targeted=True)
+        x_adv = attacks.pgd(
+            model_fn, x, target, eps=0.3, step_size=0.05, steps=8, loss=loss, targeted=True
+        )
         reached = np.mean(np.argmax(model_fn(x_adv), -1) == target.numpy())
         assert reached > 0.75, (loss, reached)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(eps=-0.1), "eps"),
-    (dict(eps=tf.constant(-0.1)), "eps"),
-    (dict(step_size=0.0), "step_size"),
-    (dict(steps=0), "steps"),
-    (dict(steps=2.0), "steps"),
-    (dict(restarts=0), "restarts"),
-    (dict(norm="l1"), "norm"),
-    (dict(loss="mse"), "loss"),
-    (dict(clip_min=1.0, clip_max=0.0), "clip_min"),
-    (dict(seed=[1, 2, 3]), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(eps=-0.1), "eps"),
+        (dict(eps=tf.constant(-0.1)), "eps"),
+        (dict(step_size=0.0), "step_size"),
+        (dict(steps=0), "steps"),
+        (dict(steps=2.0), "steps"),
+        (dict(restarts=0), "restarts"),
+        (dict(norm="l1"), "norm"),
+        (dict(loss="mse"), "loss"),
+        (dict(clip_min=1.0, clip_max=0.0), "clip_min"),
+        (dict(seed=[1, 2, 3]), "seed"),
+    ],
+)
 def test_bad_arguments_raise(trained, kwargs, match):
     model_fn, x, y = trained
     args = dict(eps=0.1, step_size=0.01, steps=1)
@@ -174,8 +193,9 @@ def test_bad_arguments_raise_in_fgsm_and_mifgsm(trained):
 
 def test_runtime_eps_is_checked_inside_tf_function(trained):
     model_fn, x, y = trained
-    attack = tf.function(lambda eps: attacks.pgd(model_fn, x[:4], y[:4], eps=eps, step_size=0.01,
-                                                 steps=1))
+    attack = tf.function(
+        lambda eps: attacks.pgd(model_fn, x[:4], y[:4], eps=eps, step_size=0.01, steps=1)
+    )
     attack(tf.constant(0.1))
     with pytest.raises(tf.errors.InvalidArgumentError, match="eps"):
         attack(tf.constant(-0.1))
@@ -183,8 +203,9 @@ def test_runtime_eps_is_checked_inside_tf_function(trained):
 
 def test_stateless_seed_is_reproducible(trained):
     model_fn, x, y = trained
-    run = lambda seed, norm="linf": attacks.pgd(model_fn, x[:32], y[:32], eps=0.1, step_size=0.02,
-                                                steps=2, norm=norm, seed=seed)
+    run = lambda seed, norm="linf": attacks.pgd(
+        model_fn, x[:32], y[:32], eps=0.1, step_size=0.02, steps=2, norm=norm, seed=seed
+    )
     np.testing.assert_array_equal(run(tf.constant([7, 8])), run(tf.constant([7, 8])))
     np.testing.assert_array_equal(run([7, 8], "l2"), run([7, 8], "l2"))
     assert np.any(run(tf.constant([7, 8])).numpy() != run(tf.constant([7, 9])).numpy())
@@ -199,8 +220,9 @@ def test_inside_outer_tf_function_matches_eager(trained):
     def outer(images, labels):
         return attacks.pgd(model_fn, images, labels, **kwargs)
 
-    np.testing.assert_allclose(outer(x[:32], y[:32]), attacks.pgd(model_fn, x[:32], y[:32],
-                                                                   **kwargs), atol=1e-6)
+    np.testing.assert_allclose(
+        outer(x[:32], y[:32]), attacks.pgd(model_fn, x[:32], y[:32], **kwargs), atol=1e-6
+    )
 
 
 class _Counting:
@@ -235,8 +257,9 @@ def test_model_fn_contract(trained):
     model_fn, x, y = trained
     # No gradient path reads as a zero gradient: the random start is returned, inside the ball.
     frozen = lambda z: model_fn(tf.stop_gradient(z))  # noqa: E731
-    _assert_in_bounds(attacks.pgd(frozen, x[:8], y[:8], eps=0.1, step_size=0.05, steps=1), x[:8],
-                      0.1, "linf")
+    _assert_in_bounds(
+        attacks.pgd(frozen, x[:8], y[:8], eps=0.1, step_size=0.05, steps=1), x[:8], 0.1, "linf"
+    )
     with pytest.raises(TypeError, match="logits"):
         attacks.fgsm(lambda z: {"logits": model_fn(z)}, x[:8], y[:8], eps=0.1)
 
@@ -247,12 +270,21 @@ def test_model_ignoring_its_input_gets_a_zero_gradient(trained, norm):
     _, x, y = trained
     bias = tf.Variable(tf.range(10, dtype=tf.float32))
     constant = lambda z: tf.tile(bias[tf.newaxis], [tf.shape(z)[0], 1])  # noqa: E731
-    np.testing.assert_array_equal(attacks.fgsm(constant, x[:8], y[:8], eps=0.1, norm=norm),
-                                  x[:8])
-    np.testing.assert_array_equal(attacks.mifgsm(constant, x[:8], y[:8], eps=0.1, step_size=0.05,
-                                                 steps=2, norm=norm), x[:8])
-    x_adv = attacks.pgd(constant, x[:8], y[:8], eps=0.1, step_size=0.05, steps=2, norm=norm,
-                        restarts=2, seed=tf.constant([1, 2]))
+    np.testing.assert_array_equal(attacks.fgsm(constant, x[:8], y[:8], eps=0.1, norm=norm), x[:8])
+    np.testing.assert_array_equal(
+        attacks.mifgsm(constant, x[:8], y[:8], eps=0.1, step_size=0.05, steps=2, norm=norm), x[:8]
+    )
+    x_adv = attacks.pgd(
+        constant,
+        x[:8],
+        y[:8],
+        eps=0.1,
+        step_size=0.05,
+        steps=2,
+        norm=norm,
+        restarts=2,
+        seed=tf.constant([1, 2]),
+    )
     assert np.all(np.isfinite(x_adv.numpy()))
     _assert_in_bounds(x_adv, x[:8], 0.1, norm)
 
@@ -270,8 +302,9 @@ _RANGE_CALLS = {
     "mifgsm": lambda f, x, y: attacks.mifgsm(f, x, y, eps=0.3, step_size=0.01, steps=2),
     "apgd": lambda f, x, y: attacks.apgd(f, x, y, eps=0.3, steps=2),
     "apgd_dlr": lambda f, x, y: attacks.apgd_dlr(f, x, y, eps=0.3, steps=2),
-    "apgd_targeted": lambda f, x, y: attacks.apgd_targeted(f, x, y, eps=0.3, steps=2,
-                                                           num_target_classes=2),
+    "apgd_targeted": lambda f, x, y: attacks.apgd_targeted(
+        f, x, y, eps=0.3, steps=2, num_target_classes=2
+    ),
     "square": lambda f, x, y: attacks.square(f, x, y, eps=0.3, queries=2),
     "autoattack": lambda f, x, y: attacks.autoattack(f, x, y, eps=0.3, steps=2, queries=2),
 }
@@ -306,15 +339,19 @@ def test_slightly_negative_images_are_refused_without_blaming_pixels():
 
 def test_images_outside_the_box_fail_inside_tf_function():
     model_fn = _linear_model()
-    attack = tf.function(lambda images: attacks.pgd(model_fn, images, tf.constant([0, 1]),
-                                                    eps=0.3, step_size=0.1, steps=2))
+    attack = tf.function(
+        lambda images: attacks.pgd(
+            model_fn, images, tf.constant([0, 1]), eps=0.3, step_size=0.1, steps=2
+        )
+    )
     inside = tf.random.stateless_uniform([2, 28, 28, 1], seed=[3, 4])
     x_adv = attack(inside)  # valid inputs are unaffected
     assert float(tf.reduce_max(tf.abs(x_adv - inside))) <= 0.3 + 1e-6
     with pytest.raises(tf.errors.InvalidArgumentError, match="0-255 pixels"):
         attack(inside * 255.0)
-    apgd = tf.function(lambda images: attacks.apgd(model_fn, images, tf.constant([0, 1]),
-                                                   eps=0.3, steps=2))
+    apgd = tf.function(
+        lambda images: attacks.apgd(model_fn, images, tf.constant([0, 1]), eps=0.3, steps=2)
+    )
     apgd(inside)
     with pytest.raises(tf.errors.InvalidArgumentError, match="clip_min, clip_max"):
         apgd(inside * 255.0)
@@ -322,6 +359,7 @@ def test_images_outside_the_box_fail_inside_tf_function():
 
 def test_custom_box_is_respected():
     x = tf.fill([2, 28, 28, 1], 100.0)
-    x_adv = attacks.pgd(_linear_model(), x, [0, 1], eps=3.0, step_size=1.0, steps=2,
-                        clip_min=0.0, clip_max=255.0)
+    x_adv = attacks.pgd(
+        _linear_model(), x, [0, 1], eps=3.0, step_size=1.0, steps=2, clip_min=0.0, clip_max=255.0
+    )
     assert float(tf.reduce_max(x_adv)) <= 103.0 and float(tf.reduce_min(x_adv)) >= 97.0

@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust.attacks.apgd import (apgd, apgd_targeted, checkpoints, dlr_loss,
-                                           dlr_targeted_loss)
+from tf_metric_robust.attacks.apgd import (
+    apgd,
+    apgd_targeted,
+    checkpoints,
+    dlr_loss,
+    dlr_targeted_loss,
+)
 from tf_metric_robust.attacks.autoattack import autoattack
 from tf_metric_robust.attacks.square import p_schedule, square
 
@@ -67,11 +72,14 @@ def test_dlr_losses_match_numpy():
     s = -np.sort(-z, axis=1)
     other = np.where(np.argmax(z, 1) == y, s[:, 1], s[:, 0])
     zy = z[np.arange(8), y]
-    np.testing.assert_allclose(dlr_loss(z, tf.constant(y)),
-                               -(zy - other) / (s[:, 0] - s[:, 2] + 1e-12), rtol=1e-5)
+    np.testing.assert_allclose(
+        dlr_loss(z, tf.constant(y)), -(zy - other) / (s[:, 0] - s[:, 2] + 1e-12), rtol=1e-5
+    )
     np.testing.assert_allclose(
         dlr_targeted_loss(z, tf.constant(y), tf.constant(t)),
-        -(zy - z[np.arange(8), t]) / (s[:, 0] - (s[:, 2] + s[:, 3]) / 2 + 1e-12), rtol=1e-5)
+        -(zy - z[np.arange(8), t]) / (s[:, 0] - (s[:, 2] + s[:, 3]) / 2 + 1e-12),
+        rtol=1e-5,
+    )
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -79,8 +87,16 @@ def test_dlr_losses_match_numpy():
 def test_apgd_stays_in_threat_model_and_fools(model_fn, trained, norm, variant):
     _, x, y = trained
     if variant == "targeted":
-        x_adv = apgd_targeted(model_fn, x, y, eps=EPS[norm], steps=STEPS, norm=norm,
-                              num_target_classes=TARGETS, seed=1)
+        x_adv = apgd_targeted(
+            model_fn,
+            x,
+            y,
+            eps=EPS[norm],
+            steps=STEPS,
+            norm=norm,
+            num_target_classes=TARGETS,
+            seed=1,
+        )
     else:
         x_adv = apgd(model_fn, x, y, eps=EPS[norm], steps=STEPS, norm=norm, loss=variant, seed=1)
     assert_in_threat_model(x_adv, x, EPS[norm], norm)
@@ -107,15 +123,17 @@ def test_apgd_at_least_as_strong_as_pgd(model_fn, trained):
     except ImportError:  # written in parallel: fall back to a plain PGD loop
         pgd = None
     if pgd is not None:
-        x_pgd = pgd(model_fn, x, y, eps=eps, step_size=eps / 4, steps=STEPS,
-                    seed=tf.constant([1, 2]))
+        x_pgd = pgd(
+            model_fn, x, y, eps=eps, step_size=eps / 4, steps=STEPS, seed=tf.constant([1, 2])
+        )
     else:
         x_pgd = tf.clip_by_value(x + tf.random.uniform(x.shape, -eps, eps, seed=1), 0.0, 1.0)
         for _ in range(STEPS):
             with tf.GradientTape() as tape:
                 tape.watch(x_pgd)
-                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    y, model_fn(x_pgd)))
+                loss = tf.reduce_sum(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(y, model_fn(x_pgd))
+                )
             x_pgd = x_pgd + eps / 4 * tf.sign(tape.gradient(loss, x_pgd))
             x_pgd = tf.clip_by_value(tf.clip_by_value(x_pgd, x - eps, x + eps), 0.0, 1.0)
     x_apgd = apgd(model_fn, x, y, eps=eps, steps=STEPS, seed=1)
@@ -133,12 +151,15 @@ def test_square_stays_in_threat_model_and_fools(model_fn, trained, norm):
 
 def test_eps_zero_returns_inputs(model_fn, trained):
     _, x, y = trained
-    for attack in (lambda: apgd(model_fn, x, y, eps=0.0),
-                   lambda: apgd_targeted(model_fn, x, y, eps=0.0, norm="l2"),
-                   lambda: square(model_fn, x, y, eps=0.0)):
+    for attack in (
+        lambda: apgd(model_fn, x, y, eps=0.0),
+        lambda: apgd_targeted(model_fn, x, y, eps=0.0, norm="l2"),
+        lambda: square(model_fn, x, y, eps=0.0),
+    ):
         np.testing.assert_array_equal(attack(), x)
-    result = autoattack(model_fn, x, y, eps=0.0, steps=STEPS, queries=QUERIES,
-                        num_target_classes=TARGETS)
+    result = autoattack(
+        model_fn, x, y, eps=0.0, steps=STEPS, queries=QUERIES, num_target_classes=TARGETS
+    )
     assert result.robust_accuracy == result.clean_accuracy
     np.testing.assert_array_equal(result.x_adv, x)
 
@@ -164,32 +185,44 @@ def test_autoattack_reports_worst_case(model_fn, trained):
 
 def test_square_exposes_gradient_masking(masked_fn, trained):
     _, x, y = trained
-    result = autoattack(masked_fn, x, y, eps=0.15, steps=STEPS, queries=QUERIES,
-                        num_target_classes=TARGETS, seed=0, batch_size=32)
+    result = autoattack(
+        masked_fn,
+        x,
+        y,
+        eps=0.15,
+        steps=STEPS,
+        queries=QUERIES,
+        num_target_classes=TARGETS,
+        seed=0,
+        batch_size=32,
+    )
     after_gradient = result.attack_accuracy["apgd_t"]
     assert after_gradient > 0.6  # no gradient: APGD only has its random start
     assert result.attack_accuracy["square"] < after_gradient - 0.3
     assert any(w.startswith("square beat the gradient attacks") for w in result.warnings)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, norm="l1"), "norm"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, loss="cw"), "loss"),
-    (lambda f, x, y: apgd(f, x, y, eps=-0.1), "eps"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, steps=0), "steps"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, restarts=1.5), "restarts"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, rho=1.5), "rho"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, clip_min=1.0, clip_max=0.0), "clip_min"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, seed=[1, 2, 3]), "seed"),
-    (lambda f, x, y: apgd_targeted(f, x, y, eps=0.1, num_target_classes=0), "num_target"),
-    (lambda f, x, y: square(f, x, y, eps=0.1, queries=0), "queries"),
-    (lambda f, x, y: square(f, x, y, eps=0.1, p_init=0.0), "p_init"),
-    (lambda f, x, y: square(f, x.reshape(len(x), -1), y, eps=0.1), "images"),
-    (lambda f, x, y: autoattack(f, x, y, eps=0.1, version="custom"), "version"),
-    (lambda f, x, y: apgd(f, x, y, eps=0.1, eot_iter=0), "eot_iter"),
-    (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab",)), "attacks"),
-    (lambda f, x, y: autoattack(f, x, y[:3], eps=0.1), "labels"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, norm="l1"), "norm"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, loss="cw"), "loss"),
+        (lambda f, x, y: apgd(f, x, y, eps=-0.1), "eps"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, steps=0), "steps"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, restarts=1.5), "restarts"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, rho=1.5), "rho"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, clip_min=1.0, clip_max=0.0), "clip_min"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, seed=[1, 2, 3]), "seed"),
+        (lambda f, x, y: apgd_targeted(f, x, y, eps=0.1, num_target_classes=0), "num_target"),
+        (lambda f, x, y: square(f, x, y, eps=0.1, queries=0), "queries"),
+        (lambda f, x, y: square(f, x, y, eps=0.1, p_init=0.0), "p_init"),
+        (lambda f, x, y: square(f, x.reshape(len(x), -1), y, eps=0.1), "images"),
+        (lambda f, x, y: autoattack(f, x, y, eps=0.1, version="custom"), "version"),
+        (lambda f, x, y: apgd(f, x, y, eps=0.1, eot_iter=0), "eot_iter"),
+        (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab",)), "attacks"),
+        (lambda f, x, y: autoattack(f, x, y[:3], eps=0.1), "labels"),
+    ],
+)
 def test_bad_arguments_raise(model_fn, trained, call, message):
     _, x, y = trained
     with pytest.raises(ValueError, match=message):

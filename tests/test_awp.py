@@ -37,8 +37,11 @@ def _fixed_perturbation(self, images, labels):
 # --------------------------------------------------------------------------- the perturbation
 def test_relative_perturbation_has_norm_gamma_times_the_weight_norm():
     rng = np.random.default_rng(0)
-    weights = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(5, 2, 2)).astype(
-        np.float32), np.ones((2, 2), np.float32)]
+    weights = [
+        rng.normal(size=(3, 4)).astype(np.float32),
+        rng.normal(size=(5, 2, 2)).astype(np.float32),
+        np.ones((2, 2), np.float32),
+    ]
     gradients = [rng.normal(size=w.shape).astype(np.float32) * 1e-3 for w in weights[:2]]
     gradients.append(None)
     out = awp.relative_perturbation(weights, gradients, gamma=5e-3)
@@ -91,8 +94,9 @@ def test_trainer_perturbs_only_kernels_by_gamma_times_their_norm(mnist5k_arrays)
     assert len(kernels) == sum(len(v.shape) > 1 for v in trainer.network.trainable_variables)
     perturbation = trainer._awp_perturbation(batch, batch.images, kernels)
     for kernel, v in zip(kernels, perturbation):
-        np.testing.assert_allclose(np.linalg.norm(v), 5e-3 * np.linalg.norm(kernel.numpy()),
-                                   rtol=1e-4)
+        np.testing.assert_allclose(
+            np.linalg.norm(v), 5e-3 * np.linalg.norm(kernel.numpy()), rtol=1e-4
+        )
 
 
 def test_proxy_pass_keeps_batch_norm_statistics():
@@ -105,7 +109,10 @@ def test_proxy_pass_keeps_batch_norm_statistics():
     images = tf.random.stateless_normal([8, 4], [1, 2]) * 3.0 + 1.0
     awp.WeightPerturbation(1e-2).compute(
         lambda: tf.reduce_mean(tf.square(network(images, training=True))),
-        awp.perturbed_variables(network), step=0, keep=network.non_trainable_variables)
+        awp.perturbed_variables(network),
+        step=0,
+        keep=network.non_trainable_variables,
+    )
     for value, variable in zip(before, network.non_trainable_variables):
         np.testing.assert_array_equal(variable.numpy(), value)
     network(images, training=True)  # a real training pass does move them
@@ -113,8 +120,7 @@ def test_proxy_pass_keeps_batch_norm_statistics():
 
 
 # --------------------------------------------------------------------------- the train step
-def test_step_descends_from_the_perturbed_weights_and_restores_exactly(mnist5k_arrays,
-                                                                      monkeypatch):
+def test_step_descends_from_the_perturbed_weights_and_restores_exactly(mnist5k_arrays, monkeypatch):
     """SGD lr 1: w_new = w - grad L(w + v); lr 0: the weights come back bit for bit."""
     monkeypatch.setattr(AdversarialTrainer, "_training_attack", _fixed_perturbation)
     images, labels = _batch(mnist5k_arrays)
@@ -164,15 +170,19 @@ def test_warmup_steps_train_exactly_as_without_awp(mnist5k_arrays, monkeypatch):
 
 def _one_step_weights(strategy, mode, batch, warmup):
     with strategy.scope():
-        trainer = _trainer(mode, attack=FIXED_START, awp_gamma=1e-2, awp_warmup_steps=warmup,
-                           optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
+        trainer = _trainer(
+            mode,
+            attack=FIXED_START,
+            awp_gamma=1e-2,
+            awp_warmup_steps=warmup,
+            optimizer=keras.optimizers.SGD(0.5, momentum=0.9),
+        )
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
     return [w.numpy() for w in trainer.network.weights]
 
 
 @pytest.mark.parametrize("mode,warmup", [("pgd", 1), ("trades", 0), ("mart", 0)])
-def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, warmup,
-                                                      monkeypatch):
+def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, warmup, monkeypatch):
     """The proxy gradient is all-reduced: every replica adds the one global perturbation (two
     steps; with warm-up 1 the first runs without AWP, through the warm-up's tf.cond)."""
     monkeypatch.setattr(AdversarialTrainer, "_training_attack", _fixed_perturbation)
@@ -189,12 +199,15 @@ def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, warm
 
 # --------------------------------------------------------------------------- learning with AWP
 # AWP with tla (base pgd) runs the same perturbation code as base trades: left to the latter.
-@pytest.mark.parametrize("mode,kwargs", [
-    ("pgd", {}),
-    ("trades", {}),
-    ("mart", {}),
-    ("tla", {"base": "trades", "triplet": TripletConfig(lambda_triplet=0.5)}),
-])
+@pytest.mark.parametrize(
+    "mode,kwargs",
+    [
+        ("pgd", {}),
+        ("trades", {}),
+        ("mart", {}),
+        ("tla", {"base": "trades", "triplet": TripletConfig(lambda_triplet=0.5)}),
+    ],
+)
 def test_every_mode_learns_with_awp(mnist5k_arrays, mode, kwargs):
     """30 steps of the demo digits with AWP (gamma 1e-2 from step 5): the loss and the PGD
     error fall, on held-out digits."""

@@ -51,10 +51,18 @@ BAD_VALUES = [
     ("train", ["--seed=-1"], "seed", "must be an integer in the range [0, 4294967295]"),
     ("train", ["--wrn_width=0"], "wrn_width", "must be a positive integer"),
     ("train", ["--model=wide_resnet", "--wrn_depth=12"], "wrn_depth", "must be 6n+4"),
-    ("train", ["--lr_boundaries=100,50", "--lr_values=0.1,0.01,0.001"], "lr_boundaries",
-     "strictly increasing"),
-    ("train", ["--lr_boundaries=100,100", "--lr_values=0.1,0.01,0.001"], "lr_boundaries",
-     "strictly increasing"),
+    (
+        "train",
+        ["--lr_boundaries=100,50", "--lr_values=0.1,0.01,0.001"],
+        "lr_boundaries",
+        "strictly increasing",
+    ),
+    (
+        "train",
+        ["--lr_boundaries=100,100", "--lr_values=0.1,0.01,0.001"],
+        "lr_boundaries",
+        "strictly increasing",
+    ),
     ("train", ["--lr_boundaries=1.5", "--lr_values=0.1,0.01"], "lr_boundaries", "whole numbers"),
     ("train", ["--lr_boundaries=0", "--lr_values=0.1,0.01"], "lr_boundaries", "whole steps >= 1"),
     ("train", ["--lr_boundaries=100", "--lr_values=0.1"], "lr_values", "one more entry"),
@@ -93,10 +101,14 @@ def _run(entry_point, model_dir, extra):
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("entry_point,extra,flag,text", BAD_VALUES,
-                         ids=[f"{e}:{' '.join(x)}" for e, x, _, _ in BAD_VALUES])
-def test_out_of_range_flags_fail_in_one_line_naming_the_flag(tmp_path, entry_point, extra, flag,
-                                                             text):
+@pytest.mark.parametrize(
+    "entry_point,extra,flag,text",
+    BAD_VALUES,
+    ids=[f"{e}:{' '.join(x)}" for e, x, _, _ in BAD_VALUES],
+)
+def test_out_of_range_flags_fail_in_one_line_naming_the_flag(
+    tmp_path, entry_point, extra, flag, text
+):
     # bin/train gets a new folder (it must stay unwritten); the others an existing run folder.
     model_dir = tmp_path / "run" if entry_point == "train" else tmp_path
     started = time.time()
@@ -123,34 +135,61 @@ flags.FLAGS(sys.argv[1:])
 
 
 def _python(entry_point, body, *args):
-    result = subprocess.run([sys.executable, "-c", _PARSE.format(body=body), entry_point, *args],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", _PARSE.format(body=body), entry_point, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
 
 def test_fractions_work_for_every_float_flag():
     """bin/train accepts 8/255 like bin/evaluate (was: 'could not convert string to float')."""
-    out = _python("train", "o, t, a, e = cli.train_parts()\n"
-                  "print(a.eps, a.step_size, e.eps, e.step_size, o.learning_rate, o.lr_values, "
-                  "t.margin, t.lambda_norm, o.momentum)",
-                  "--flagfile=configs/mnist5k.flags", "--model_dir=unused", "--eps=8/255",
-                  "--step_size=2/255", "--eval_eps=8/255", "--eval_step_size=1/255",
-                  "--learning_rate=1/10", "--lr_boundaries=5", "--lr_values=1/10,1e-2",
-                  "--margin=3/100", "--lambda_norm=1/1000", "--momentum=9/10")
+    out = _python(
+        "train",
+        "o, t, a, e = cli.train_parts()\n"
+        "print(a.eps, a.step_size, e.eps, e.step_size, o.learning_rate, o.lr_values, "
+        "t.margin, t.lambda_norm, o.momentum)",
+        "--flagfile=configs/mnist5k.flags",
+        "--model_dir=unused",
+        "--eps=8/255",
+        "--step_size=2/255",
+        "--eval_eps=8/255",
+        "--eval_step_size=1/255",
+        "--learning_rate=1/10",
+        "--lr_boundaries=5",
+        "--lr_values=1/10,1e-2",
+        "--margin=3/100",
+        "--lambda_norm=1/1000",
+        "--momentum=9/10",
+    )
     values = [float(v.strip("(),")) for v in out.split()]
-    np.testing.assert_allclose(values, [8 / 255, 2 / 255, 8 / 255, 1 / 255, 0.1, 0.1, 0.01,
-                                        0.03, 0.001, 0.9])
-    out = _python("evaluate", "F = flags.FLAGS; print(F.eps, F.step_size, F.large_eps)",
-                  "--eps=8/255", "--step_size=1/255", "--large_eps=1/2")
+    np.testing.assert_allclose(
+        values, [8 / 255, 2 / 255, 8 / 255, 1 / 255, 0.1, 0.1, 0.01, 0.03, 0.001, 0.9]
+    )
+    out = _python(
+        "evaluate",
+        "F = flags.FLAGS; print(F.eps, F.step_size, F.large_eps)",
+        "--eps=8/255",
+        "--step_size=1/255",
+        "--large_eps=1/2",
+    )
     np.testing.assert_allclose([float(v) for v in out.split()], [8 / 255, 1 / 255, 0.5])
 
 
-@pytest.mark.parametrize("flagfile", sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags"))),
-                         ids=os.path.basename)
+@pytest.mark.parametrize(
+    "flagfile", sorted(glob.glob(os.path.join(ROOT, "configs", "*.flags"))), ids=os.path.basename
+)
 def test_every_flagfile_parses_into_valid_configs(flagfile):
-    out = _python("train", "o, t, a, e = cli.train_parts(); print(o.learning_rate, a.eps)",
-                  f"--flagfile={flagfile}", "--model_dir=unused")
+    out = _python(
+        "train",
+        "o, t, a, e = cli.train_parts(); print(o.learning_rate, a.eps)",
+        f"--flagfile={flagfile}",
+        "--model_dir=unused",
+    )
     learning_rate, eps = (float(v) for v in out.split())
     assert learning_rate > 0 and 0 <= eps <= 1
 
@@ -158,7 +197,9 @@ def test_every_flagfile_parses_into_valid_configs(flagfile):
 @pytest.mark.parametrize("entry_point", ["train", "evaluate", "export"])
 def test_help_shows_a_range_for_every_numeric_flag(entry_point):
     """Each int/float flag of the entry point carries bounds, which --help prints after it."""
-    out = _python(entry_point, """
+    out = _python(
+        entry_point,
+        """
 for flag in cli.our_flags():
     parser = flag.parser
     if isinstance(parser, cli.NumberParser):
@@ -170,11 +211,17 @@ for flag in cli.our_flags():
     else:
         continue
     print(flag.name, ok, parser.syntactic_help.replace(" ", "_"))
-""")
+""",
+    )
     rows = [line.split() for line in out.splitlines()]
     assert rows and all(ok == "True" for _, ok, _ in rows), [r for r in rows if r[1] != "True"]
-    help_text = subprocess.run([sys.executable, f"bin/{entry_point}", "--helpshort"], cwd=ROOT,
-                               capture_output=True, text=True, timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, f"bin/{entry_point}", "--helpshort"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     help_text = " ".join(help_text.split())  # absl wraps long lines
     for name, _, syntactic_help in rows:
         assert f"--{name}:" in help_text and syntactic_help.replace("_", " ") in help_text, name
@@ -198,10 +245,22 @@ def test_image_folder_smaller_than_one_step_is_one_line(tmp_path):
     _write_image_folder(tmp_path / "images", per_class=5)
     model_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "bin/train", "--flagfile=configs/mnist5k.flags",
-         f"--dataset=image_folder:{tmp_path / 'images'}", f"--model_dir={model_dir}",
-         "--mode=tla", "--negative_pool=extra", "--pool_multiplier=10", "--batch_size=4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "bin/train",
+            "--flagfile=configs/mnist5k.flags",
+            f"--dataset=image_folder:{tmp_path / 'images'}",
+            f"--model_dir={model_dir}",
+            "--mode=tla",
+            "--negative_pool=extra",
+            "--pool_multiplier=10",
+            "--batch_size=4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert len(lines) == 1, result.stderr[-3000:]

@@ -36,8 +36,7 @@ def test_mean_ci_and_paired_difference():
     assert cell["ci"] == pytest.approx(4.3027 * 0.02 / math.sqrt(3), rel=1e-4)
     assert stats.mean_ci([0.5])["ci"] is None and stats.mean_ci([0.5, None])["missing"] == 1
     # Per-seed differences 0.05, 0.06, 0.04: mean 0.05, sd 0.01 -> the interval excludes 0.
-    diff = stats.paired_difference({0: 0.80, 1: 0.81, 2: 0.79, 3: 0.9},
-                                   {0: 0.75, 1: 0.75, 2: 0.75})
+    diff = stats.paired_difference({0: 0.80, 1: 0.81, 2: 0.79, 3: 0.9}, {0: 0.75, 1: 0.75, 2: 0.75})
     assert diff["seeds"] == [0, 1, 2] and diff["mean"] == pytest.approx(0.05)
     assert diff["separates"]
     noisy = stats.paired_difference({0: 0.80, 1: 0.70}, {0: 0.75, 1: 0.76})
@@ -49,17 +48,26 @@ def test_mean_ci_and_paired_difference():
 
 
 def _config(**kwargs):
-    values = dict(output="/tmp/out", entries=("pgd", "tla_authors", "trades"), seeds=(0, 1),
-                  train_args=("--train_steps=10",))
+    values = dict(
+        output="/tmp/out",
+        entries=("pgd", "tla_authors", "trades"),
+        seeds=(0, 1),
+        train_args=("--train_steps=10",),
+    )
     values.update(kwargs)
     return CompareConfig(**values)
 
 
 def test_plan_orders_runs_and_layers_flags():
-    runs = plan.build(_config(mode_flags="trades:--beta=1 --label_smoothing=0.0;tla:--x=1"),
-                      MODES)
-    assert [r.name for r in runs] == ["pgd:0", "pgd:1", "tla_authors:0", "tla_authors:1",
-                                      "trades:0", "trades:1"]
+    runs = plan.build(_config(mode_flags="trades:--beta=1 --label_smoothing=0.0;tla:--x=1"), MODES)
+    assert [r.name for r in runs] == [
+        "pgd:0",
+        "pgd:1",
+        "tla_authors:0",
+        "tla_authors:1",
+        "trades:0",
+        "trades:1",
+    ]
     trades = runs[4]
     assert trades.mode == "trades" and trades.model_dir == "/tmp/out/trades/seed0"
     args = list(trades.train_args)
@@ -77,33 +85,42 @@ def test_plan_orders_runs_and_layers_flags():
 
 
 def test_plan_defines_entries_and_selects_with_only():
-    config = _config(entries=("pgd", "tla_long"), mode_flags="tla_long=tla:--train_steps=20",
-                     only=plan.parse_only(["tla_long:1"]))
+    config = _config(
+        entries=("pgd", "tla_long"),
+        mode_flags="tla_long=tla:--train_steps=20",
+        only=plan.parse_only(["tla_long:1"]),
+    )
     (only,) = plan.build(config, MODES)
     assert only.name == "tla_long:1" and only.mode == "tla"
     assert only.train_args.index("--train_steps=20") > only.train_args.index("--train_steps=10")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(entries=("pgd", "bogus")), "'bogus' is not a mode"),
-    (dict(mode_flags="tla"), "is not ENTRY:FLAGS"),
-    (dict(mode_flags="x=nomode:--a=1"), "'nomode' is not a mode"),
-    (dict(mode_flags="pgd:beta=1"), "is not a --flag=value"),
-    (dict(mode_flags="typo:--beta=1"), "neither in --modes"),
-    (dict(only=(("pgd", 7),)), "not in --modes x --seeds"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(entries=("pgd", "bogus")), "'bogus' is not a mode"),
+        (dict(mode_flags="tla"), "is not ENTRY:FLAGS"),
+        (dict(mode_flags="x=nomode:--a=1"), "'nomode' is not a mode"),
+        (dict(mode_flags="pgd:beta=1"), "is not a --flag=value"),
+        (dict(mode_flags="typo:--beta=1"), "neither in --modes"),
+        (dict(only=(("pgd", 7),)), "not in --modes x --seeds"),
+    ],
+)
 def test_plan_refuses_bad_values_in_one_line(kwargs, message):
     with pytest.raises(plan.PlanError, match=message):
         plan.build(_config(**kwargs), MODES)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(seeds=(0, 0)), "--seeds repeats 0"),
-    (dict(entries=()), "--modes is empty"),
-    (dict(parallel=0), "--parallel must be >= 1"),
-    (dict(train_args=("--mode=tla",)), "bin/compare sets --mode"),
-    (dict(collect=True, only=(("pgd", 0),)), "--collect"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(seeds=(0, 0)), "--seeds repeats 0"),
+        (dict(entries=()), "--modes is empty"),
+        (dict(parallel=0), "--parallel must be >= 1"),
+        (dict(train_args=("--mode=tla",)), "bin/compare sets --mode"),
+        (dict(collect=True, only=(("pgd", 0),)), "--collect"),
+    ],
+)
 def test_compare_config_validates_itself(kwargs, message):
     with pytest.raises(UserError, match=message):
         _config(**kwargs)
@@ -127,14 +144,22 @@ def _write(path, value):
 
 def _fake_report(clean, pgd, autoattack, auc, tpr):
     """The parts of bin/evaluate's report.json that the comparison reads."""
-    result = {"plain": {"auc_misclassified_vs_correct_all": auc},
-              "adaptive": {"auc_misclassified_vs_correct_all": auc - 0.05,
-                           "tpr_at_5pct_fpr": tpr, "undetected_misclassified_at_5pct_fpr": 0.2}}
-    return {"clean_accuracy": clean, "robust_accuracy": autoattack,
-            "attacks": {"pgd": {"accuracy": pgd, "settings": {"steps": 100}}},
-            "suite": {"robust_accuracy": autoattack}, "data": {"num_examples": 200},
-            "detection": {"detector": "gaussian",
-                          "attacks": [{"detectors": {"gaussian": result}}]}}
+    result = {
+        "plain": {"auc_misclassified_vs_correct_all": auc},
+        "adaptive": {
+            "auc_misclassified_vs_correct_all": auc - 0.05,
+            "tpr_at_5pct_fpr": tpr,
+            "undetected_misclassified_at_5pct_fpr": 0.2,
+        },
+    }
+    return {
+        "clean_accuracy": clean,
+        "robust_accuracy": autoattack,
+        "attacks": {"pgd": {"accuracy": pgd, "settings": {"steps": 100}}},
+        "suite": {"robust_accuracy": autoattack},
+        "data": {"num_examples": 200},
+        "detection": {"detector": "gaussian", "attacks": [{"detectors": {"gaussian": result}}]},
+    }
 
 
 def _fake_runs(output, with_png=True):
@@ -143,19 +168,31 @@ def _fake_runs(output, with_png=True):
     for entry, rows in NUMBERS.items():
         for seed, (clean, pgd, autoattack, auc, tpr, seconds) in enumerate(rows):
             model_dir = os.path.join(output, entry, f"seed{seed}")
-            _write(os.path.join(model_dir, "recipe.json"), {
-                "mode": entry, "settings": {"seed": seed, "learning_rate": 0.001,
-                                            "margin": 0.05 if entry == "tla" else 0.03}})
-            _write(os.path.join(model_dir, "metrics.json"), {"step": 800,
-                                                             "train_seconds_this_run": 1.0})
-            _write(os.path.join(model_dir, plan.REPORT),
-                   _fake_report(clean, pgd, autoattack, auc, tpr))
-            _write(os.path.join(model_dir, plan.RECORD), {
-                "entry": entry, "mode": entry, "seed": seed, "train_seconds": seconds})
+            _write(
+                os.path.join(model_dir, "recipe.json"),
+                {
+                    "mode": entry,
+                    "settings": {
+                        "seed": seed,
+                        "learning_rate": 0.001,
+                        "margin": 0.05 if entry == "tla" else 0.03,
+                    },
+                },
+            )
+            _write(
+                os.path.join(model_dir, "metrics.json"),
+                {"step": 800, "train_seconds_this_run": 1.0},
+            )
+            _write(
+                os.path.join(model_dir, plan.REPORT), _fake_report(clean, pgd, autoattack, auc, tpr)
+            )
+            _write(
+                os.path.join(model_dir, plan.RECORD),
+                {"entry": entry, "mode": entry, "seed": seed, "train_seconds": seconds},
+            )
             if with_png:
                 figure = plt.figure(figsize=(2, 2))
-                figure.savefig(os.path.join(model_dir, "compare_evaluation",
-                                            "detection_roc.png"))
+                figure.savefig(os.path.join(model_dir, "compare_evaluation", "detection_roc.png"))
                 plt.close(figure)
 
 
@@ -163,12 +200,18 @@ def test_results_json_md_and_figures_from_run_folders(tmp_path):
     output = str(tmp_path)
     _fake_runs(output)
     runs = [report.load_run(d) for d in report.find_runs(output)]
-    assert [(r["entry"], r["seed"]) for r in runs] == [("pgd", 0), ("pgd", 1), ("tla", 0),
-                                                       ("tla", 1)]
+    assert [(r["entry"], r["seed"]) for r in runs] == [
+        ("pgd", 0),
+        ("pgd", 1),
+        ("tla", 0),
+        ("tla", 1),
+    ]
     summary = report.write(output, runs, ["pgd", "tla"], "pgd", command="bin/compare ...")
     written = figures.write(output, summary, runs)
-    assert sorted(os.path.basename(p) for p in written) == ["detection_roc.png",
-                                                            "robust_vs_cost.png"]
+    assert sorted(os.path.basename(p) for p in written) == [
+        "detection_roc.png",
+        "robust_vs_cost.png",
+    ]
     results = json.load(open(os.path.join(output, "results.json")))
     assert len(results["runs"]) == 4 and results["evaluated_examples"] == [200]
     tla = results["summary"]["tla"]["metrics"]
@@ -195,8 +238,10 @@ def test_missing_evaluation_is_listed_not_averaged(tmp_path):
     assert summary["tla"]["metrics"]["pgd_accuracy"]["n"] == 1
     assert summary["tla"]["seeds"] == [0]  # nor its wall time: a stopped run's is partial
     assert summary["tla"]["metrics"]["train_seconds"]["values"] == [260.0]
-    assert "Not evaluated (left out of the means): tla:1." in open(
-        os.path.join(output, "results.md")).read()
+    assert (
+        "Not evaluated (left out of the means): tla:1."
+        in open(os.path.join(output, "results.md")).read()
+    )
     assert figures.detection_roc(summary, runs, str(tmp_path / "roc.png")) is None
 
 
@@ -219,15 +264,13 @@ def test_collect_writes_hparams_sessions_and_the_experiment(tmp_path):
     _fake_runs(output, with_png=False)
     config = CompareConfig(output=output, entries=("pgd", "tla"), seeds=(0,), collect=True)
     lines = []
-    status = run.compare(config, modes=MODES, bin_dir="/nonexistent",
-                         out=_Lines(lines))
+    status = run.compare(config, modes=MODES, bin_dir="/nonexistent", out=_Lines(lines))
     assert status == 0
     results = json.load(open(os.path.join(output, "results.json")))
     assert len(results["runs"]) == 4  # every run found on disk, not only --seeds
     for entry in NUMBERS:
         for seed in (0, 1):
-            kinds = _hparams_summaries(os.path.join(output, entry, f"seed{seed}",
-                                                    "tensorboard"))
+            kinds = _hparams_summaries(os.path.join(output, entry, f"seed{seed}", "tensorboard"))
             assert kinds.get("_hparams_/session_start_info") == 1
     assert "_hparams_/experiment" in _hparams_summaries(output)
     # The experiment lists what varies (margin), not what all runs share (learning_rate).
@@ -266,15 +309,18 @@ def test_interrupt_stops_the_running_child_and_starts_no_new_one(tmp_path):
         "    sys.exit(143)\n"
         "signal.signal(signal.SIGTERM, stop)\n"
         "open(os.environ['MARK'] + '.started', 'w').close()\n"
-        "time.sleep(60)\n")
+        "time.sleep(60)\n"
+    )
     mark = str(tmp_path / "mark")
     os.environ["MARK"] = mark
     try:
-        (first, second) = plan.build(CompareConfig(output=str(tmp_path / "out"),
-                                                   entries=("pgd",), seeds=(0, 1)), MODES)
+        (first, second) = plan.build(
+            CompareConfig(output=str(tmp_path / "out"), entries=("pgd",), seeds=(0, 1)), MODES
+        )
         lines = []
-        runner = run.Runner([first, second], bin_dir=str(bin_dir),
-                            log_dir=str(tmp_path / "logs"), out=_Lines(lines))
+        runner = run.Runner(
+            [first, second], bin_dir=str(bin_dir), log_dir=str(tmp_path / "logs"), out=_Lines(lines)
+        )
         os.makedirs(runner.log_dir)
         worker = threading.Thread(target=runner.one, args=(first,))
         worker.start()
@@ -293,18 +339,38 @@ def test_interrupt_stops_the_running_child_and_starts_no_new_one(tmp_path):
 
 # A real comparison: bin/compare -> bin/train and bin/evaluate subprocesses -------------------
 
-TINY_TRAIN = ["--flagfile=configs/mnist5k.flags", "--train_steps=4", "--eval_every=4",
-              "--eval_examples=20", "--final_eval_examples=20", "--steps=1", "--step_size=0.3",
-              "--eps_warmup_steps=0", "--eval_steps=1", "--eval_step_size=0.3",
-              "--batch_size=20", "--eval_batch_size=20", "--noexport"]
+TINY_TRAIN = [
+    "--flagfile=configs/mnist5k.flags",
+    "--train_steps=4",
+    "--eval_every=4",
+    "--eval_examples=20",
+    "--final_eval_examples=20",
+    "--steps=1",
+    "--step_size=0.3",
+    "--eps_warmup_steps=0",
+    "--eval_steps=1",
+    "--eval_step_size=0.3",
+    "--batch_size=20",
+    "--eval_batch_size=20",
+    "--noexport",
+]
 
 
 def _compare(output, data_dir, *extra):
-    command = [sys.executable, "bin/compare", *TINY_TRAIN, f"--data_dir={data_dir}",
-               "--modes=natural,pgd", "--seeds=0,1", f"--output={output}", "--parallel=2",
-               "--evaluate_examples=20",
-               f"--evaluate_flags=--data_dir={data_dir} --suite=none --nodetection --steps=1 "
-               "--batch_size=20", *extra]
+    command = [
+        sys.executable,
+        "bin/compare",
+        *TINY_TRAIN,
+        f"--data_dir={data_dir}",
+        "--modes=natural,pgd",
+        "--seeds=0,1",
+        f"--output={output}",
+        "--parallel=2",
+        "--evaluate_examples=20",
+        f"--evaluate_flags=--data_dir={data_dir} --suite=none --nodetection --steps=1 "
+        "--batch_size=20",
+        *extra,
+    ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
 
 
@@ -326,11 +392,11 @@ def test_compare_trains_evaluates_and_reports_every_run(compared):
     assert len(results["runs"]) == 4
     for entry in ("natural", "pgd"):
         cell = results["summary"][entry]["metrics"]["clean_accuracy"]
-        values = [r["numbers"]["clean_accuracy"] for r in results["runs"]
-                  if r["entry"] == entry]
+        values = [r["numbers"]["clean_accuracy"] for r in results["runs"] if r["entry"] == entry]
         assert cell["n"] == 2 and cell["mean"] == pytest.approx(sum(values) / 2)
-        assert cell["ci"] == pytest.approx(12.7062 * abs(values[0] - values[1]) / 2,
-                                           rel=1e-3, abs=1e-9)
+        assert cell["ci"] == pytest.approx(
+            12.7062 * abs(values[0] - values[1]) / 2, rel=1e-3, abs=1e-9
+        )
         assert results["summary"][entry]["metrics"]["train_seconds"]["n"] == 2
     assert all(r["flags"] and r["train_command"] for r in results["runs"])
     assert os.path.exists(os.path.join(output, figures.ROBUST_VS_COST))
@@ -340,8 +406,9 @@ def test_compare_trains_evaluates_and_reports_every_run(compared):
         assert kinds.get("_hparams_/session_start_info") == 1
 
 
-def test_rerun_trains_nothing_and_collect_aggregates_a_moved_folder(compared, tmp_path,
-                                                                    mnist5k_data_dir):
+def test_rerun_trains_nothing_and_collect_aggregates_a_moved_folder(
+    compared, tmp_path, mnist5k_data_dir
+):
     output, _ = compared
     checkpoints = sorted(glob.glob(os.path.join(output, "*", "seed*", "checkpoints", "*")))
     stamps = [os.path.getmtime(p) for p in checkpoints]
@@ -354,9 +421,17 @@ def test_rerun_trains_nothing_and_collect_aggregates_a_moved_folder(compared, tm
     moved = str(tmp_path / "moved")
     shutil.copytree(output, moved)
     collected = subprocess.run(
-        [sys.executable, "bin/compare", "--collect", f"--output={moved}"], cwd=ROOT,
-        capture_output=True, text=True, timeout=300)
+        [sys.executable, "bin/compare", "--collect", f"--output={moved}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert collected.returncode == 0, collected.stderr[-3000:]
     results = json.load(open(os.path.join(moved, "results.json")))
     assert sorted((r["entry"], r["seed"]) for r in results["runs"]) == [
-        ("natural", 0), ("natural", 1), ("pgd", 0), ("pgd", 1)]
+        ("natural", 0),
+        ("natural", 1),
+        ("pgd", 0),
+        ("pgd", 1),
+    ]

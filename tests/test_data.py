@@ -29,8 +29,15 @@ def _assert_same_batches(got, want):
 
 def test_registry_has_every_dataset():
     assert data.dataset_names() == sorted(
-        ["mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped", "mnist5k",
-         "tiny_imagenet"]
+        [
+            "mnist",
+            "fashion_mnist",
+            "cifar10",
+            "cifar100",
+            "svhn_cropped",
+            "mnist5k",
+            "tiny_imagenet",
+        ]
     )
     cifar = data.dataset_info("cifar10")
     assert (cifar.num_classes, cifar.image_shape, cifar.num_train_examples) == (
@@ -188,6 +195,7 @@ def test_mnist5k_test_split_holds_the_csv_rows(mnist5k_data_dir, mnist5k_arrays)
     images, labels = mnist5k_arrays
     _, test_rows = mnist5k_builder.split_indices(labels)
     split = list(data.load_split("mnist5k", "test", data_dir=mnist5k_data_dir).as_numpy_iterator())
+
     def as_bytes(x):
         return np.round(x * 255).astype(np.uint8).tobytes()
 

@@ -31,9 +31,16 @@ print("counts", train, test)
 
 def test_two_processes_preparing_mnist5k_at_once_both_succeed(tmp_path):
     data_dir, go = tmp_path / "tfds", tmp_path / "go"
-    processes = [subprocess.Popen([sys.executable, "-c", _PREPARE, str(data_dir), str(go)],
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARE, str(data_dir), str(go)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     try:
         time.sleep(1)
         go.touch()  # both start preparing together, after their slow imports
@@ -64,8 +71,16 @@ def offline(monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_resolution)
     monkeypatch.setattr(socket, "create_connection", no_connection)
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY",
-                 "all_proxy", "NO_PROXY", "no_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ):
         monkeypatch.delenv(name, raising=False)
     return calls
 
@@ -107,21 +122,26 @@ def test_failure_inside_tfds_download_is_reported_as_network(tmp_path, monkeypat
     import tensorflow_datasets as tfds
 
     resolution = urllib3.exceptions.NameResolutionError(
-        "www.cs.toronto.edu", None, socket.gaierror(-3, "Temporary failure in name resolution"))
+        "www.cs.toronto.edu", None, socket.gaierror(-3, "Temporary failure in name resolution")
+    )
     wrapped = requests.exceptions.ConnectionError(
-        urllib3.exceptions.MaxRetryError(None, "/~kriz/cifar-10-binary.tar.gz", reason=resolution))
+        urllib3.exceptions.MaxRetryError(None, "/~kriz/cifar-10-binary.tar.gz", reason=resolution)
+    )
 
     def download_and_prepare(self, *args, **kwargs):
         raise RuntimeError("tfds download failed") from wrapped
 
     monkeypatch.setattr(dataset_preparation, "check_network", lambda builder, name: None)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
-    with pytest.raises(dataset_preparation.NoNetworkError,
-                       match=r"no network access .*NameResolutionError.*www\.cs\.toronto\.edu"):
+    with pytest.raises(
+        dataset_preparation.NoNetworkError,
+        match=r"no network access .*NameResolutionError.*www\.cs\.toronto\.edu",
+    ):
         data.eval_dataset("cifar10", batch_size=8, data_dir=str(tmp_path), download=True)
 
 
 def test_network_failure_ignores_other_errors():
     assert dataset_preparation.network_failure(ValueError("bad checksum")) is None
     assert "ConnectionRefusedError" in dataset_preparation.network_failure(
-        RuntimeError("download failed", ConnectionRefusedError(111, "refused")))
+        RuntimeError("download failed", ConnectionRefusedError(111, "refused"))
+    )

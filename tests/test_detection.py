@@ -98,8 +98,9 @@ def test_knn_scores_match_numpy(score_type):
     ref_labels = rng.integers(0, 5, 300)
     queries = rng.normal(size=(57, 12)).astype(np.float32)
     predicted = rng.integers(0, 5, 57)
-    detector = detection.KnnDetector(reference, ref_labels, k=9, score_type=score_type,
-                                     chunk_size=16)
+    detector = detection.KnnDetector(
+        reference, ref_labels, k=9, score_type=score_type, chunk_size=16
+    )
     got = detector.score(queries, predicted).numpy()
     want = _numpy_knn_scores(reference, ref_labels, queries, predicted, 9, score_type)
     assert got.shape == (57,) and got.dtype == np.float32
@@ -110,8 +111,12 @@ def test_chunked_equals_unchunked():
     rng = np.random.default_rng(3)
     reference, ref_labels = rng.normal(size=(200, 10)), rng.integers(0, 3, 200)
     queries, predicted = rng.normal(size=(101, 10)), rng.integers(0, 3, 101)
-    scores = [detection.KnnDetector(reference, ref_labels, k=7, chunk_size=c).score(
-        queries, predicted).numpy() for c in (1, 13, 101, 1000)]
+    scores = [
+        detection.KnnDetector(reference, ref_labels, k=7, chunk_size=c)
+        .score(queries, predicted)
+        .numpy()
+        for c in (1, 13, 101, 1000)
+    ]
     for other in scores[1:]:
         np.testing.assert_allclose(other, scores[0], atol=1e-6)
     empty = detection.KnnDetector(reference, ref_labels, k=7).score(np.zeros((0, 10)), [])
@@ -123,8 +128,10 @@ def test_score_inside_tf_function_and_saved_model(tmp_path):
     reference, ref_labels = rng.normal(size=(120, 6)), rng.integers(0, 4, 120)
     queries, predicted = rng.normal(size=(33, 6)).astype(np.float32), rng.integers(0, 4, 33)
     detector = detection.KnnDetector(reference, ref_labels, k=5, chunk_size=8)
-    signature = [tf.TensorSpec([None, 6], tf.float32, name="embedding"),
-                 tf.TensorSpec([None], tf.int64, name="classes")]
+    signature = [
+        tf.TensorSpec([None, 6], tf.float32, name="embedding"),
+        tf.TensorSpec([None], tf.int64, name="classes"),
+    ]
     detector.serve = tf.function(detector.score, input_signature=signature)
     eager = detector.score(queries, predicted).numpy()
     np.testing.assert_allclose(detector.serve(queries, predicted).numpy(), eager, atol=1e-6)
@@ -147,8 +154,10 @@ def test_cluster_moves_score_high_and_in_cluster_low():
     moved_scores = detector.score(moved, clean_labels).numpy()
     assert clean_scores.max() < 0.1 and moved_scores.min() > 0.9
     similarity = detection.KnnDetector(points, labels, k=20, score_type="similarity")
-    assert similarity.score(clean, clean_labels).numpy().max() < similarity.score(
-        moved, clean_labels).numpy().min()
+    assert (
+        similarity.score(clean, clean_labels).numpy().max()
+        < similarity.score(moved, clean_labels).numpy().min()
+    )
 
 
 def test_per_class_subsampling_keeps_every_class():
@@ -217,8 +226,7 @@ def test_gaussian_fixed_shrinkage_and_errors():
     rows = reference[labels == 1]
     sigma = np.cov(rows, rowvar=False, bias=True)
     want = multivariate_normal(rows.mean(0), sigma).logpdf(reference[:4])
-    np.testing.assert_allclose(detector.log_densities(reference[:4]).numpy()[:, 1], want,
-                               rtol=1e-6)
+    np.testing.assert_allclose(detector.log_densities(reference[:4]).numpy()[:, 1], want, rtol=1e-6)
     with pytest.raises(ValueError, match="needs >= 2 references of every class; 1 classes"):
         detection.GaussianDetector(reference, labels, num_classes=3)
     with pytest.raises(ValueError, match="covariance"):
@@ -232,8 +240,10 @@ def test_gaussian_saved_model_and_gradient(tmp_path):
     points, labels, centres = _clusters(rng)
     detector = detection.GaussianDetector(points, labels, chunk_size=16)
     queries = points[::7] + 0.05
-    detector.serve = tf.function(detector.score, input_signature=[
-        tf.TensorSpec([None, 8], tf.float32), tf.TensorSpec([None], tf.int64)])
+    detector.serve = tf.function(
+        detector.score,
+        input_signature=[tf.TensorSpec([None, 8], tf.float32), tf.TensorSpec([None], tf.int64)],
+    )
     eager = detector.score(queries, labels[::7]).numpy()
     tf.saved_model.save(detector, str(tmp_path / "gaussian"))
     loaded = tf.saved_model.load(str(tmp_path / "gaussian"))
@@ -253,8 +263,10 @@ def test_clean_scores_low_and_moved_scores_high():
     detector = detection.GaussianDetector(points, labels)
     clean, clean_labels, _ = _clusters(rng, per_class=25)
     between = clean + 0.5 * (centres[(clean_labels + 1) % 4] - centres[clean_labels])
-    assert detector.score(clean, clean_labels).numpy().max() < detector.score(
-        between, clean_labels).numpy().min()
+    assert (
+        detector.score(clean, clean_labels).numpy().max()
+        < detector.score(between, clean_labels).numpy().min()
+    )
 
 
 # ------------------------------------------------------------------------------------- protocol
@@ -276,16 +288,19 @@ def test_protocol_on_a_hand_made_case():
     clean_correct = np.array([True, True, True, False])
     adv_scores = np.array([0.8, 0.25, 0.7, 0.05])
     adv_correct = np.array([False, False, False, True])
-    numbers, curves = detection.protocol_report(clean_scores, clean_correct, adv_scores,
-                                                adv_correct, threshold=0.5)
+    numbers, curves = detection.protocol_report(
+        clean_scores, clean_correct, adv_scores, adv_correct, threshold=0.5
+    )
     # Paper protocol: positives {0.9, 0.8, 0.25, 0.7}, negatives {0.1, 0.2, 0.3, 0.05}:
     # 0.25 loses to 0.3 only, so 15 of 16 pairs are ordered right.
     exact = dict(rel=1e-12, abs=1e-15)  # sklearn's trapezoid area, not a rational count
     assert numbers["auc_misclassified_vs_correct_all"] == pytest.approx(15 / 16, **exact)
-    assert numbers["auc_clean_vs_adversarial"] == pytest.approx(_pairwise_auc(
-        np.r_[adv_scores, clean_scores], np.arange(8) < 4), **exact)
+    assert numbers["auc_clean_vs_adversarial"] == pytest.approx(
+        _pairwise_auc(np.r_[adv_scores, clean_scores], np.arange(8) < 4), **exact
+    )
     assert numbers["auc_misclassified_adversarial_vs_correct_clean"] == pytest.approx(
-        8 / 9, **exact)
+        8 / 9, **exact
+    )
     assert numbers["auc_adversarial_misclassified_vs_correct"] == 1.0
     assert numbers["accuracy"] == 0.25 and numbers["clean_accuracy"] == 0.75
     assert numbers["tpr_at_5pct_fpr"] == 2 / 3  # 0.8 and 0.7 flagged, 0.25 not
@@ -293,8 +308,9 @@ def test_protocol_on_a_hand_made_case():
     assert numbers["clean_flagged"] == 0.25
     roc = curves["misclassified_vs_correct_all"]
     assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(15 / 16)
-    robust, _ = detection.protocol_report(clean_scores[:3], clean_correct[:3], adv_scores[3:],
-                                          adv_correct[3:], 0.5)
+    robust, _ = detection.protocol_report(
+        clean_scores[:3], clean_correct[:3], adv_scores[3:], adv_correct[3:], 0.5
+    )
     assert robust["auc_misclassified_vs_correct_all"] is None
     assert robust["tpr_at_5pct_fpr"] is None and robust["undetected_misclassified_at_5pct_fpr"] == 0
 

@@ -33,8 +33,9 @@ def setting(trained_small_cnn, mnist5k_arrays):
 
 def _undetected_rate(fns, detector, x, y, x_adv):
     clean_logits, clean_emb = fns.outputs(x)
-    threshold = detection.threshold_at_fpr(detector.score(
-        clean_emb, tf.argmax(clean_logits, -1)).numpy())
+    threshold = detection.threshold_at_fpr(
+        detector.score(clean_emb, tf.argmax(clean_logits, -1)).numpy()
+    )
     logits, embedding = fns.outputs(x_adv)
     predicted = tf.argmax(logits, -1)
     scores = detector.score(embedding, predicted).numpy()
@@ -48,15 +49,18 @@ def test_adaptive_attack_beats_plain_pgd_against_the_detector(setting, kind):
     detector = detectors[kind]
     settings = dict(eps=0.3, step_size=0.05, steps=10, seed=tf.constant([3, 4], tf.int64))
     plain = attacks.pgd(fns.logits, x, y, **settings)
-    adaptive = attacks.adaptive_detector(fns.outputs, x, y, detector=detector, weight=1.0,
-                                         **settings)
+    adaptive = attacks.adaptive_detector(
+        fns.outputs, x, y, detector=detector, weight=1.0, **settings
+    )
     delta = np.abs(adaptive.numpy() - x).max()
     assert delta <= 0.3 + 1e-6 and adaptive.numpy().min() >= 0 and adaptive.numpy().max() <= 1
     plain_undetected, plain_wrong = _undetected_rate(fns, detector, x, y, plain)
     adaptive_undetected, adaptive_wrong = _undetected_rate(fns, detector, x, y, adaptive)
-    print(f"{kind}: misclassified and undetected at 5% FPR: plain PGD {plain_undetected:.2f} "
-          f"(misclassified {plain_wrong:.2f}), adaptive {adaptive_undetected:.2f} "
-          f"(misclassified {adaptive_wrong:.2f})")
+    print(
+        f"{kind}: misclassified and undetected at 5% FPR: plain PGD {plain_undetected:.2f} "
+        f"(misclassified {plain_wrong:.2f}), adaptive {adaptive_undetected:.2f} "
+        f"(misclassified {adaptive_wrong:.2f})"
+    )
     assert plain_wrong > 0.8  # a natural model falls; the detector is what is being tested
     assert adaptive_undetected >= min(1.0, plain_undetected + 0.05)
 
@@ -64,23 +68,44 @@ def test_adaptive_attack_beats_plain_pgd_against_the_detector(setting, kind):
 def test_adaptive_attack_arguments(setting):
     _, fns, x, y, _, detectors = setting
     with pytest.raises(ValueError, match="weight must be >= 0"):
-        attacks.adaptive_detector(fns.outputs, x, y, detector=detectors["gaussian"], eps=0.3,
-                                  step_size=0.1, steps=1, weight=-1.0)
+        attacks.adaptive_detector(
+            fns.outputs,
+            x,
+            y,
+            detector=detectors["gaussian"],
+            eps=0.3,
+            step_size=0.1,
+            steps=1,
+            weight=-1.0,
+        )
     with pytest.raises(TypeError, match="must return \\(logits, embedding\\)"):
-        attacks.adaptive_detector(fns.logits, x, y, detector=detectors["gaussian"], eps=0.3,
-                                  step_size=0.1, steps=1)
-    same = attacks.adaptive_detector(fns.outputs, x, y, detector=detectors["knn"], eps=0.0,
-                                     step_size=0.1, steps=2)
+        attacks.adaptive_detector(
+            fns.logits, x, y, detector=detectors["gaussian"], eps=0.3, step_size=0.1, steps=1
+        )
+    same = attacks.adaptive_detector(
+        fns.outputs, x, y, detector=detectors["knn"], eps=0.0, step_size=0.1, steps=2
+    )
     np.testing.assert_array_equal(same.numpy(), x)
 
 
 def test_evaluate_reports_the_paper_protocol(setting, tmp_path):
     _, fns, x, y, reference, _ = setting
-    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd", "adaptive_detector"),
-                        eps_sweep=(), steps_sweep=(), detection=True, detection_eps=(0.3,),
-                        detection_steps=5, detection_weights=(1.0,), detection_k=20)
-    result = evaluate(fns, (x[:40], y[:40]), config, reference=reference, num_classes=10,
-                      batch_size=20)
+    config = EvalConfig(
+        eps=0.3,
+        step_size=0.1,
+        steps=3,
+        attacks=("pgd", "adaptive_detector"),
+        eps_sweep=(),
+        steps_sweep=(),
+        detection=True,
+        detection_eps=(0.3,),
+        detection_steps=5,
+        detection_weights=(1.0,),
+        detection_k=20,
+    )
+    result = evaluate(
+        fns, (x[:40], y[:40]), config, reference=reference, num_classes=10, batch_size=20
+    )
     section = result.report["detection"]
     assert section["detector"] == "gaussian" and list(section["detectors"]) == ["gaussian", "knn"]
     (entry,) = section["attacks"]
@@ -90,8 +115,10 @@ def test_evaluate_reports_the_paper_protocol(setting, tmp_path):
         assert 0.0 <= plain["auc_misclassified_vs_correct_all"] <= 1.0
         assert plain["num_clean"] == plain["num_adversarial"] == 40
         # Best of plain and the sweep per image: never fewer evasions than plain alone.
-        assert (adaptive["undetected_misclassified_at_5pct_fpr"]
-                >= plain["undetected_misclassified_at_5pct_fpr"])
+        assert (
+            adaptive["undetected_misclassified_at_5pct_fpr"]
+            >= plain["undetected_misclassified_at_5pct_fpr"]
+        )
         assert sum(adaptive["chosen"].values()) == 40
         assert plain["clean_flagged"] <= 0.05
     assert 0.0 <= section["knn_accuracy"]["clean"] <= 1.0 and section["knn_accuracy"]["k"] == 20
@@ -108,18 +135,26 @@ def test_export_and_evaluate_score_alike(setting, tmp_path, mnist5k_data_dir):
     model_dir = str(tmp_path / "run")
     os.makedirs(model_dir)
     with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
-                   "mode": "natural"}, f)
-    tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
-                               os.path.join(model_dir, "checkpoints"), 1).save(checkpoint_number=7)
-    config = ExportConfig(model_dir=model_dir, data_dir=mnist5k_data_dir,
-                                 detection_reference=1000, threshold_examples=300, warmup=False)
+        json.dump(
+            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
+        )
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
+    ).save(checkpoint_number=7)
+    config = ExportConfig(
+        model_dir=model_dir,
+        data_dir=mnist5k_data_dir,
+        detection_reference=1000,
+        threshold_examples=300,
+        warmup=False,
+    )
     path, _ = export.export_run(config)
     loaded = tf.saved_model.load(path)
     served = loaded.signatures["serving_default"](images=tf.constant(x))["detection_score"]
     reference = export.reference_examples("mnist5k", size=1000, data_dir=mnist5k_data_dir)
     detectors = detection_protocol.build_detectors(
-        fns, reference, EvalConfig(detection=True, detection_reference=1000), num_classes=10)
+        fns, reference, EvalConfig(detection=True, detection_reference=1000), num_classes=10
+    )
     logits, embedding = fns.outputs(x)
     evaluated = detectors["gaussian"].score(embedding, tf.argmax(logits, -1))
     np.testing.assert_allclose(served.numpy(), evaluated.numpy(), rtol=1e-5, atol=1e-4)

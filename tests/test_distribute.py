@@ -17,9 +17,20 @@ import numpy as np
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = ["--flagfile=configs/mnist5k.flags", "--mode=pgd", "--norandom_start", "--steps=1",
-         "--train_steps=4", "--eval_every=2", "--checkpoint_every=2", "--eval_steps=1",
-         "--eval_examples=50", "--final_eval_examples=50", "--batch_size=16", "--noexport"]
+FLAGS = [
+    "--flagfile=configs/mnist5k.flags",
+    "--mode=pgd",
+    "--norandom_start",
+    "--steps=1",
+    "--train_steps=4",
+    "--eval_every=2",
+    "--checkpoint_every=2",
+    "--eval_steps=1",
+    "--eval_examples=50",
+    "--final_eval_examples=50",
+    "--batch_size=16",
+    "--noexport",
+]
 
 
 def _free_ports(count):
@@ -37,20 +48,32 @@ def _launch(model_dir, data_dir, weights_file, tf_config=None, strategy="auto"):
     env.pop("TF_CONFIG", None)
     if tf_config:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    command = [sys.executable, "tests/train_with_fault.py", f"--model_dir={model_dir}",
-               f"--data_dir={data_dir}", f"--strategy={strategy}", *FLAGS]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    command = [
+        sys.executable,
+        "tests/train_with_fault.py",
+        f"--model_dir={model_dir}",
+        f"--data_dir={data_dir}",
+        f"--strategy={strategy}",
+        *FLAGS,
+    ]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_two_workers_agree_with_each_other_and_with_one_process(tmp_path, mnist5k_data_dir):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     run_dir, single_dir = tmp_path / "multi", tmp_path / "single"
     processes = [
-        _launch(run_dir, mnist5k_data_dir, tmp_path / f"worker{index}.npz",
-                {"cluster": cluster, "task": {"type": "worker", "index": index}},
-                strategy="multi_worker")
-        for index in range(2)]
+        _launch(
+            run_dir,
+            mnist5k_data_dir,
+            tmp_path / f"worker{index}.npz",
+            {"cluster": cluster, "task": {"type": "worker", "index": index}},
+            strategy="multi_worker",
+        )
+        for index in range(2)
+    ]
     processes.append(_launch(single_dir, mnist5k_data_dir, tmp_path / "single.npz"))
     try:
         outputs = [process.communicate(timeout=900) for process in processes]
@@ -72,11 +95,17 @@ def test_two_workers_agree_with_each_other_and_with_one_process(tmp_path, mnist5
 
     # Only the chief (worker 0) wrote the run's files; the same final metrics everywhere.
     assert sorted(os.listdir(run_dir / "checkpoints")) == sorted(
-        os.listdir(single_dir / "checkpoints"))
+        os.listdir(single_dir / "checkpoints")
+    )
     chief_checkpoint = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     assert chief_checkpoint.endswith("ckpt-4")
-    assert sorted(os.listdir(run_dir)) == ["checkpoints", "flags.txt", "metrics.json",
-                                           "recipe.json", "tensorboard"]
+    assert sorted(os.listdir(run_dir)) == [
+        "checkpoints",
+        "flags.txt",
+        "metrics.json",
+        "recipe.json",
+        "tensorboard",
+    ]
     with open(run_dir / "metrics.json") as f, open(single_dir / "metrics.json") as g:
         multi, one = json.load(f), json.load(g)
     (pgd_key,) = [key for key in one if re.fullmatch(r"eval/pgd\d+_accuracy", key)]

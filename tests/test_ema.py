@@ -104,10 +104,21 @@ def test_run_evaluates_and_exports_the_ema_weights(tmp_path, mnist5k_data_dir):
 
     attack = AttackConfig(eps=0.1, step_size=0.05, steps=1)
     config = TrainConfig(
-        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
-        mode="pgd", batch_size=16, train_steps=4, eval_every=4, checkpoint_every=4,
-        eval_examples=32, final_eval_examples=32, eval_batch_size=32, attack=attack,
-        eval_attack=attack, ema_decay=0.5)
+        model_dir=str(tmp_path / "run"),
+        dataset="mnist5k",
+        data_dir=mnist5k_data_dir,
+        mode="pgd",
+        batch_size=16,
+        train_steps=4,
+        eval_every=4,
+        checkpoint_every=4,
+        eval_examples=32,
+        final_eval_examples=32,
+        eval_batch_size=32,
+        attack=attack,
+        eval_attack=attack,
+        ema_decay=0.5,
+    )
     metrics = experiment.train(config)
     with open(os.path.join(config.model_dir, "metrics.json")) as f:
         assert json.load(f)["weights"] == metrics["weights"] == "ema"
@@ -117,8 +128,9 @@ def test_run_evaluates_and_exports_the_ema_weights(tmp_path, mnist5k_data_dir):
     averaged = run_files.build_network(config.recipe())
     assert weight_averaging.restore_averaged(averaged, checkpoint)
     images = tf.constant(np.random.default_rng(0).uniform(size=(4, 28, 28, 1)), tf.float32)
-    served = tf.saved_model.load(export.latest_version(os.path.join(config.model_dir,
-                                                                    "saved_model")))
+    served = tf.saved_model.load(
+        export.latest_version(os.path.join(config.model_dir, "saved_model"))
+    )
     logits = served.signatures["serving_default"](images=images)["logits"].numpy()
     np.testing.assert_allclose(logits, averaged(images)["logits"].numpy(), rtol=1e-4, atol=1e-5)
     assert not np.allclose(logits, raw(images)["logits"].numpy(), atol=1e-3)

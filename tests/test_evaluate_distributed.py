@@ -24,14 +24,37 @@ from tf_metric_robust.evaluation.evaluate import evaluate
 PORTS = (12345, 12346)  # TF_CONFIG's addresses; never bound (workers exchange files, not gRPC)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small but not trivial: every attack family of the suite, the sweeps, sanity checks, detection.
-CONFIG = EvalConfig(eps=0.1, step_size=0.05, steps=2, attacks=("fgsm", "pgd", "adaptive_detector"),
-                    eps_sweep=(), steps_sweep=(1, 2), suite="autoattack", suite_steps=2,
-                    suite_queries=20, detection=True, detection_steps=2,
-                    detection_weights=(1.0,), detection_reference=300, detection_k=10)
-FLAGS = ["--num_examples=30", "--batch_size=8", "--attacks=fgsm,pgd", "--eps=0.1",
-         "--step_size=0.05", "--steps=2", "--eps_sweep=0,0.1", "--steps_sweep=1,2",
-         "--suite=autoattack", "--suite_steps=2", "--suite_queries=20", "--noprogress",
-         "--notensorboard"]
+CONFIG = EvalConfig(
+    eps=0.1,
+    step_size=0.05,
+    steps=2,
+    attacks=("fgsm", "pgd", "adaptive_detector"),
+    eps_sweep=(),
+    steps_sweep=(1, 2),
+    suite="autoattack",
+    suite_steps=2,
+    suite_queries=20,
+    detection=True,
+    detection_steps=2,
+    detection_weights=(1.0,),
+    detection_reference=300,
+    detection_k=10,
+)
+FLAGS = [
+    "--num_examples=30",
+    "--batch_size=8",
+    "--attacks=fgsm,pgd",
+    "--eps=0.1",
+    "--step_size=0.05",
+    "--steps=2",
+    "--eps_sweep=0,0.1",
+    "--steps_sweep=1,2",
+    "--suite=autoattack",
+    "--suite_steps=2",
+    "--suite_queries=20",
+    "--noprogress",
+    "--notensorboard",
+]
 
 
 def _assert_same_results(one, other):
@@ -42,8 +65,9 @@ def _assert_same_results(one, other):
                 assert one[key][field] == other[key][field], field
         elif key != "suite":
             assert one[key] == other[key], key
-    assert ({n: e["accuracy"] for n, e in one["attacks"].items()}
-            == {n: e["accuracy"] for n, e in other["attacks"].items()})
+    assert {n: e["accuracy"] for n, e in one["attacks"].items()} == {
+        n: e["accuracy"] for n, e in other["attacks"].items()
+    }
     assert one["sweeps"] == other["sweeps"]
     assert one["sanity"] == other["sanity"]
 
@@ -54,8 +78,13 @@ def test_two_replicas_give_the_single_device_report(trained_small_cnn, mnist5k_a
     reference = images[1::16], labels[1::16]  # 313 training digits, every class
     kwargs = dict(batch_size=8, reference=reference, num_classes=10)
     one = evaluate(network, (x[:30], y[:30]), CONFIG, **kwargs).report
-    two = evaluate(network, (x[:30], y[:30]), CONFIG, **kwargs,
-                   strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])).report
+    two = evaluate(
+        network,
+        (x[:30], y[:30]),
+        CONFIG,
+        **kwargs,
+        strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+    ).report
     assert one["distribution"]["replicas"] == 1 and two["distribution"]["replicas"] == 2
     _assert_same_results(one, two)
     # Not a trivial agreement: the attacks find something and the suite adds to the plan.
@@ -66,10 +95,12 @@ def test_two_replicas_give_the_single_device_report(trained_small_cnn, mnist5k_a
 def _write_run(model_dir, network):
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
-                   "mode": "natural"}, f)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
-                                         os.path.join(model_dir, "checkpoints"), 1)
+        json.dump(
+            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
+        )
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
+    )
     manager.save(checkpoint_number=150)
 
 
@@ -78,12 +109,20 @@ def _evaluate(model_dir, data_dir, output, worker=None, timeout="120"):
     env.pop("TF_CONFIG", None)
     args = [f"--model_dir={model_dir}", f"--data_dir={data_dir}", f"--output={output}", *FLAGS]
     if worker is not None:
-        env["TF_CONFIG"] = json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{port}" for port in PORTS]},
-            "task": {"type": "worker", "index": worker}})
+        env["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": [f"127.0.0.1:{port}" for port in PORTS]},
+                "task": {"type": "worker", "index": worker},
+            }
+        )
         args += ["--strategy=multi_worker", f"--worker_timeout={timeout}"]
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "evaluate"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "bin", "evaluate"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(process, timeout=900):
@@ -92,7 +131,8 @@ def _finish(process, timeout=900):
 
 
 def test_two_workers_resume_after_a_lost_worker_and_match_one_process(
-        trained_small_cnn, mnist5k_data_dir, tmp_path):
+    trained_small_cnn, mnist5k_data_dir, tmp_path
+):
     network, _, _ = trained_small_cnn
     model_dir = str(tmp_path / "run")
     _write_run(model_dir, network)
@@ -101,8 +141,9 @@ def test_two_workers_resume_after_a_lost_worker_and_match_one_process(
     single = _evaluate(model_dir, mnist5k_data_dir, single_report)
 
     # Worker 1 is killed as soon as it has written a shard; worker 0 must give up on it.
-    workers = [_evaluate(model_dir, mnist5k_data_dir, multi_report, w, timeout="8")
-               for w in range(2)]
+    workers = [
+        _evaluate(model_dir, mnist5k_data_dir, multi_report, w, timeout="8") for w in range(2)
+    ]
     deadline = time.time() + 600
     while not glob.glob(str(tmp_path / "multi" / ".work-*" / "*" / "00000[13579].npz")):
         assert workers[1].poll() is None and time.time() < deadline, _finish(workers[1])[2]

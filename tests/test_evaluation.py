@@ -53,8 +53,9 @@ def test_normal_model_passes_every_check(normal):
     for name in report["robust_attacks"]:
         expected &= normal.correct[name]
     np.testing.assert_array_equal(normal.correct["robust"], expected)
-    assert report["robust_accuracy"] <= min(report["attacks"][n]["accuracy"]
-                                            for n in report["robust_attacks"])
+    assert report["robust_accuracy"] <= min(
+        report["attacks"][n]["accuracy"] for n in report["robust_attacks"]
+    )
     assert report["attacks"]["pgd"]["accuracy"] < 0.2  # a natural model falls at eps 0.3
     assert not report["attacks"]["pgd_large_eps"]["counts_for_robust"]
 
@@ -67,8 +68,9 @@ def test_gradient_masking_is_flagged(trained, caplog):
         quantised = tf.stop_gradient(tf.round(images * 4.0) / 4.0) + 0.0 * images
         return network(quantised, training=False)["logits"]
 
-    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
-                        steps_sweep=())
+    config = EvalConfig(
+        eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(), steps_sweep=()
+    )
     with caplog.at_level(logging.WARNING, logger="tf_metric_robust.evaluation.sanity"):
         result = evaluate(masked, (x, y), config, batch_size=60)
     checks = _checks(result)
@@ -76,8 +78,11 @@ def test_gradient_masking_is_flagged(trained, caplog):
     assert checks["eps_zero_is_clean"] is True
     assert not result.report["sanity"]["passed"]
     assert "input_gradients_nonzero_finite FAILED" in caplog.text
-    gradient_check = next(c for c in result.report["sanity"]["checks"]
-                          if c["name"] == "input_gradients_nonzero_finite")
+    gradient_check = next(
+        c
+        for c in result.report["sanity"]["checks"]
+        if c["name"] == "input_gradients_nonzero_finite"
+    )
     assert gradient_check["value"] == 1.0
 
 
@@ -85,15 +90,39 @@ def test_wrong_sign_attack_is_flagged(trained):
     """PGD that descends the loss (targeted at the true label) fails the large-eps check."""
     _, fns, x, y = trained
 
-    def descending_pgd(model_fn, images, labels, *, eps, step_size, steps, random_start=True,
-                       loss="ce", norm="linf", restarts=1, seed=None):
-        return attacks.pgd(model_fn, images, labels, eps=eps, step_size=step_size, steps=steps,
-                           random_start=random_start, loss=loss, norm=norm, restarts=restarts,
-                           seed=seed, targeted=True)
+    def descending_pgd(
+        model_fn,
+        images,
+        labels,
+        *,
+        eps,
+        step_size,
+        steps,
+        random_start=True,
+        loss="ce",
+        norm="linf",
+        restarts=1,
+        seed=None,
+    ):
+        return attacks.pgd(
+            model_fn,
+            images,
+            labels,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            random_start=random_start,
+            loss=loss,
+            norm=norm,
+            restarts=restarts,
+            seed=seed,
+            targeted=True,
+        )
 
     registry = {**attacks.ATTACKS, "pgd": descending_pgd}
-    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(),
-                        steps_sweep=())
+    config = EvalConfig(
+        eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(), steps_sweep=()
+    )
     result = evaluate(fns, (x, y), config, registry=registry, batch_size=30)
     checks = _checks(result)
     assert checks["large_eps_breaks_model"] is False
@@ -110,8 +139,11 @@ def test_plan_shares_equal_runs_and_marks_the_threat_model():
     assert dict(plan.eps_sweep)[0.3] == dict(plan.steps_sweep)[3] == "pgd"
     assert plan.roles["random_start"] == "pgd" and plan.roles["eps_zero"] == "pgd_eps0"
     assert not plan.specs[plan.roles["large_eps"]].counts_for_robust
-    assert all(spec.counts_for_robust for name, spec in plan.specs.items()
-               if name != plan.roles["large_eps"])
+    assert all(
+        spec.counts_for_robust
+        for name, spec in plan.specs.items()
+        if name != plan.roles["large_eps"]
+    )
     assert resolve_attack("pgd_cw", attacks.ATTACKS) == ("pgd", {"loss": "cw"})
     with pytest.raises(UserError, match="unknown attack 'nosuch'"):
         resolve_attack("nosuch", attacks.ATTACKS)
@@ -156,11 +188,21 @@ class _FixedDetector:
 @pytest.mark.parametrize("separating, low, high", [(True, 0.999, 1.0), (False, 0.3, 0.7)])
 def test_detection_auc_wiring(trained, monkeypatch, separating, low, high):
     _, fns, x, y = trained
-    monkeypatch.setattr(detection, "build",
-                        lambda *a, **k: _FixedDetector(*a, separating=separating, **k))
-    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("fgsm",), eps_sweep=(),
-                        steps_sweep=(), detection=True, detection_eps=(0.3,), detection_steps=3,
-                        detection_weights=())
+    monkeypatch.setattr(
+        detection, "build", lambda *a, **k: _FixedDetector(*a, separating=separating, **k)
+    )
+    config = EvalConfig(
+        eps=0.3,
+        step_size=0.1,
+        steps=3,
+        attacks=("fgsm",),
+        eps_sweep=(),
+        steps_sweep=(),
+        detection=True,
+        detection_eps=(0.3,),
+        detection_steps=3,
+        detection_weights=(),
+    )
     result = evaluate(fns, (x, y), config, reference=(x, y), batch_size=30)
     (entry,) = result.report["detection"]["attacks"]
     assert low <= entry["detectors"]["gaussian"]["plain"]["auc_clean_vs_adversarial"] <= high
@@ -171,12 +213,29 @@ def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arra
     _, fns, x, y = trained
     images, labels = mnist5k_arrays
     rows = np.random.default_rng(0).permutation(len(labels))[:300]
-    config = EvalConfig(eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(0.0, 0.3),
-                        steps_sweep=(1, 3), detection=True, detection_eps=(0.3, 0.4),
-                        detection_steps=3, detection_weights=(1.0,), detection_reference=300,
-                        detection_k=10)
-    result = evaluate(fns, (x, y), config, reference=(images[rows], labels[rows]),
-                                 batch_size=30, num_examples=40, model_info={"source": "python"})
+    config = EvalConfig(
+        eps=0.3,
+        step_size=0.1,
+        steps=3,
+        attacks=("pgd",),
+        eps_sweep=(0.0, 0.3),
+        steps_sweep=(1, 3),
+        detection=True,
+        detection_eps=(0.3, 0.4),
+        detection_steps=3,
+        detection_weights=(1.0,),
+        detection_reference=300,
+        detection_k=10,
+    )
+    result = evaluate(
+        fns,
+        (x, y),
+        config,
+        reference=(images[rows], labels[rows]),
+        batch_size=30,
+        num_examples=40,
+        model_info={"source": "python"},
+    )
     report = result.report
     assert report["data"]["num_examples"] == 40
     assert report["detection"]["reference_examples"] == 300
@@ -192,19 +251,39 @@ def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arra
 
 def _assert_report_schema(report):
     """Keys and types every report.json has (bin/evaluate adds 'outputs')."""
-    types = {"schema_version": int, "versions": dict, "model": dict, "data": dict,
-             "threat_model": dict, "config": dict, "clean_accuracy": float,
-             "robust_accuracy": float, "robust_attacks": list, "attacks": dict, "sweeps": dict,
-             "metrics": dict, "sanity": dict, "figures": dict, "seconds": float,
-             "distribution": dict, "per_example": dict}
+    types = {
+        "schema_version": int,
+        "versions": dict,
+        "model": dict,
+        "data": dict,
+        "threat_model": dict,
+        "config": dict,
+        "clean_accuracy": float,
+        "robust_accuracy": float,
+        "robust_attacks": list,
+        "attacks": dict,
+        "sweeps": dict,
+        "metrics": dict,
+        "sanity": dict,
+        "figures": dict,
+        "seconds": float,
+        "distribution": dict,
+        "per_example": dict,
+    }
     for key, kind in types.items():
         assert isinstance(report[key], kind), key
     assert {"tensorflow", "keras", "tf_metric_robust"} <= set(report["versions"])
-    assert {"norm", "eps", "step_size", "steps", "restarts", "seed"} <= set(
-        report["threat_model"])
+    assert {"norm", "eps", "step_size", "steps", "restarts", "seed"} <= set(report["threat_model"])
     for entry in report["attacks"].values():
-        assert set(entry) == {"attack", "groups", "settings", "accuracy", "counts_for_robust",
-                              "max_bound_violation", "seconds"}
+        assert set(entry) == {
+            "attack",
+            "groups",
+            "settings",
+            "accuracy",
+            "counts_for_robust",
+            "max_bound_violation",
+            "seconds",
+        }
         assert isinstance(entry["accuracy"], float) and "eps" in entry["settings"]
     assert set(report["sweeps"]) == {"eps", "steps"}
     assert isinstance(report["sanity"]["passed"], bool)
@@ -213,12 +292,22 @@ def _assert_report_schema(report):
     assert report["metrics"]["eval/clean_accuracy"] == report["clean_accuracy"]
     if report["detection"] is not None:
         for entry in report["detection"]["attacks"]:
-            assert {"eps", "steps", "attack", "accuracy", "knn_accuracy_adversarial",
-                    "detectors"} <= set(entry)
+            assert {
+                "eps",
+                "steps",
+                "attack",
+                "accuracy",
+                "knn_accuracy_adversarial",
+                "detectors",
+            } <= set(entry)
             for result in entry["detectors"].values():
-                assert {"auc_misclassified_vs_correct_all", "auc_clean_vs_adversarial",
-                        "auc_misclassified_adversarial_vs_correct_clean", "tpr_at_5pct_fpr",
-                        "undetected_misclassified_at_5pct_fpr"} <= set(result["plain"])
+                assert {
+                    "auc_misclassified_vs_correct_all",
+                    "auc_clean_vs_adversarial",
+                    "auc_misclassified_adversarial_vs_correct_clean",
+                    "tpr_at_5pct_fpr",
+                    "undetected_misclassified_at_5pct_fpr",
+                } <= set(result["plain"])
 
 
 def test_saved_model_of_a_run_matches_network(trained, tmp_path):
@@ -227,30 +316,37 @@ def test_saved_model_of_a_run_matches_network(trained, tmp_path):
     model_dir = str(tmp_path / "run")
     _write_run(model_dir)
     path = export.export_saved_model(network, os.path.join(model_dir, "saved_model"))
-    loaded, info, dataset, run_dir = evaluation_run.load_model(
-        EvaluateRun(model_dir=model_dir))
+    loaded, info, dataset, run_dir = evaluation_run.load_model(EvaluateRun(model_dir=model_dir))
     assert (info["source"], info["saved_model"], dataset) == ("saved_model", path, "mnist5k")
     np.testing.assert_allclose(loaded.outputs(x[:10])[0], fns.outputs(x[:10])[0], atol=1e-4)
-    config = EvalConfig(eps=0.3, step_size=0.1, steps=2, attacks=("fgsm",), eps_sweep=(),
-                        steps_sweep=())
+    config = EvalConfig(
+        eps=0.3, step_size=0.1, steps=2, attacks=("fgsm",), eps_sweep=(), steps_sweep=()
+    )
     result = evaluate(loaded, (x[:20], y[:20]), config, batch_size=20)
     assert result.report["sanity"]["checks"][0]["passed"]  # eps 0 = clean through the signature
 
 
 def _start_bin_evaluate(*args):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "bin", "evaluate"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "bin", "evaluate"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _write_run(model_dir, network=None):
     os.makedirs(model_dir, exist_ok=True)
     with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
-                   "mode": "natural"}, f)
+        json.dump(
+            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
+        )
     if network is not None:
-        manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
-                                             os.path.join(model_dir, "checkpoints"), 1)
+        manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
+        )
         manager.save(checkpoint_number=150)
 
 
@@ -258,17 +354,23 @@ def test_bin_evaluate_user_errors(tmp_path):
     """Each bad input gives one 'error:' line on stderr, no traceback, a non-zero exit."""
     model_dir = str(tmp_path / "run")
     _write_run(model_dir)  # a recipe but neither checkpoint nor SavedModel
-    cases = {"--eps must be in [0, 1]": ["--eps=1.5"],
-             "unknown attack 'nosuch'": ["--attacks=pgd,nosuch"],
-             "no checkpoint in": []}
+    cases = {
+        "--eps must be in [0, 1]": ["--eps=1.5"],
+        "unknown attack 'nosuch'": ["--attacks=pgd,nosuch"],
+        "no checkpoint in": [],
+    }
     # Started together: each process spends most of its time importing TensorFlow.
-    running = {message: _start_bin_evaluate(f"--model_dir={model_dir}", *args)
-               for message, args in cases.items()}
+    running = {
+        message: _start_bin_evaluate(f"--model_dir={model_dir}", *args)
+        for message, args in cases.items()
+    }
     # Checked before TensorFlow is imported: a typo in a path fails at once.
     running[f"--model_dir {tmp_path}/typo does not exist"] = _start_bin_evaluate(
-        f"--model_dir={tmp_path}/typo")
+        f"--model_dir={tmp_path}/typo"
+    )
     running["exactly one of --model_dir and --saved_model"] = _start_bin_evaluate(
-        f"--model_dir={model_dir}", f"--saved_model={model_dir}")
+        f"--model_dir={model_dir}", f"--saved_model={model_dir}"
+    )
     for message, process in running.items():
         _, stderr = process.communicate(timeout=600)
         assert process.returncode != 0 and "Traceback" not in stderr, stderr
@@ -281,24 +383,41 @@ def test_bin_evaluate_end_to_end(trained, tmp_path):
     model_dir = str(tmp_path / "run")
     _write_run(model_dir, network)
     process = _start_bin_evaluate(
-        f"--model_dir={model_dir}", f"--data_dir={tmp_path / 'data'}", "--num_examples=40",
-        "--batch_size=20", "--attacks=fgsm,pgd_cw", "--steps=2", "--step_size=0.15",
-        "--eps_sweep=0,0.1,0.3", "--steps_sweep=1,2", "--detection", "--detection_eps=0.3,0.4",
-        "--detection_steps=2", "--detection_weights=1", "--detection_reference=200",
-        "--detection_k=10")
+        f"--model_dir={model_dir}",
+        f"--data_dir={tmp_path / 'data'}",
+        "--num_examples=40",
+        "--batch_size=20",
+        "--attacks=fgsm,pgd_cw",
+        "--steps=2",
+        "--step_size=0.15",
+        "--eps_sweep=0,0.1,0.3",
+        "--steps_sweep=1,2",
+        "--detection",
+        "--detection_eps=0.3,0.4",
+        "--detection_steps=2",
+        "--detection_weights=1",
+        "--detection_reference=200",
+        "--detection_k=10",
+    )
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr[-3000:]
     report_path = os.path.join(model_dir, "evaluation", "latest", "report.json")
     with open(report_path) as f:
         report = json.load(f)
     name = report["outputs"]["name"]
-    assert os.path.realpath(report_path) == os.path.join(os.path.realpath(model_dir),
-                                                         "evaluation", name, "report.json")
+    assert os.path.realpath(report_path) == os.path.join(
+        os.path.realpath(model_dir), "evaluation", name, "report.json"
+    )
     _assert_report_schema(report)
     assert report["model"]["step"] == 150 and report["model"]["checkpoint"].endswith("ckpt-150")
-    assert report["data"] == {"dataset": "mnist5k", "split": "test", "num_examples": 40,
-                              "num_examples_requested": 40, "batch_size": 20,
-                              "data_dir": str(tmp_path / "data")}
+    assert report["data"] == {
+        "dataset": "mnist5k",
+        "split": "test",
+        "num_examples": 40,
+        "num_examples_requested": 40,
+        "batch_size": 20,
+        "data_dir": str(tmp_path / "data"),
+    }
     assert report["threat_model"]["eps"] == 0.3 and len(report["detection"]["attacks"]) == 2
     assert report["sanity"]["passed"], report["sanity"]
     for figure in ("accuracy_vs_eps.png", "accuracy_vs_steps.png", "detection_roc.png"):
@@ -314,15 +433,25 @@ def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
     network, _, _, _ = trained
     model_dir = str(tmp_path / "run")
     _write_run(model_dir, network)
-    with_sweep = EvalConfig(eps=0.3, step_size=0.15, steps=2, attacks=("fgsm",),
-                            eps_sweep=(0.0, 0.3), steps_sweep=())
-    without_sweep = EvalConfig(eps=0.2, step_size=0.1, steps=2, attacks=("pgd",), eps_sweep=(),
-                               steps_sweep=())
+    with_sweep = EvalConfig(
+        eps=0.3, step_size=0.15, steps=2, attacks=("fgsm",), eps_sweep=(0.0, 0.3), steps_sweep=()
+    )
+    without_sweep = EvalConfig(
+        eps=0.2, step_size=0.1, steps=2, attacks=("pgd",), eps_sweep=(), steps_sweep=()
+    )
 
     def evaluate(config, output=None):
-        return evaluation_run.run(EvaluateRun(
-            model_dir=model_dir, data_dir=mnist5k_data_dir, num_examples=20, batch_size=20,
-            progress=False, output=output, config=config))
+        return evaluation_run.run(
+            EvaluateRun(
+                model_dir=model_dir,
+                data_dir=mnist5k_data_dir,
+                num_examples=20,
+                batch_size=20,
+                progress=False,
+                output=output,
+                config=config,
+            )
+        )
 
     first, second = evaluate(with_sweep), evaluate(without_sweep)
     names = [first["outputs"]["name"], second["outputs"]["name"]]
@@ -332,8 +461,10 @@ def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
     for name, report in zip(names, (first, second)):
         with open(os.path.join(evaluations, name, "report.json")) as f:
             assert json.load(f)["threat_model"] == report["threat_model"]
-    assert sorted(os.listdir(os.path.join(evaluations, names[0]))) == ["accuracy_vs_eps.png",
-                                                                       "report.json"]
+    assert sorted(os.listdir(os.path.join(evaluations, names[0]))) == [
+        "accuracy_vs_eps.png",
+        "report.json",
+    ]
     assert os.listdir(os.path.join(evaluations, names[1])) == ["report.json"]
     with open(os.path.join(evaluations, "latest", "report.json")) as f:
         assert json.load(f)["outputs"]["name"] == names[1]

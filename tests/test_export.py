@@ -44,23 +44,38 @@ def exported(tmp_path_factory, mnist5k_arrays, mnist5k_data_dir):
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1))
     classifier = _Classifier(network)
-    classifier.compile(optimizer=keras.optimizers.Adam(2e-3),
-                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(2e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
     order = np.random.default_rng(0).permutation(train)
     classifier.fit(images[order], labels[order], batch_size=64, epochs=1, verbose=0)
     model_dir = str(tmp_path_factory.mktemp("run"))
     with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
-                   "mode": "natural"}, f)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
-                                         os.path.join(model_dir, "checkpoints"), max_to_keep=1)
+        json.dump(
+            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
+        )
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), max_to_keep=1
+    )
     manager.save(checkpoint_number=63)
     # kNN with k = 10 (the default detector is the Gaussian, tested in test_detection.py): the
     # demo model is naturally trained, and fewer neighbours separate it better.
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_dir={model_dir}",
-         f"--data_dir={mnist5k_data_dir}", "--detector=knn", "--detection_k=10"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            os.path.join(ROOT, "bin", "export"),
+            f"--model_dir={model_dir}",
+            f"--data_dir={mnist5k_data_dir}",
+            "--detector=knn",
+            "--detection_k=10",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     path = os.path.join(model_dir, "saved_model", "1")
     return network, model_dir, path, images[test], labels[test], result
@@ -108,39 +123,87 @@ def outside_runs(exported):
         "from tf_metric_robust import export\n"
         "model = tf.saved_model.load(export.latest_version(sys.argv[1]))\n"
         "out = model.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
-        "np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})\n")
+        "np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})\n"
+    )
     fresh_output = os.path.join(model_dir, "fresh.npz")
     cli_output = os.path.join(model_dir, "cli_out")
     saved_model_cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     evaluate_output = os.path.join(model_dir, "evaluate_saved_model", "report.json")
     commands = {
-        "fresh": ([sys.executable, "-c", script, os.path.dirname(path), probe, fresh_output],
-                  fresh_output, ENV),
-        "saved_model_cli": ([saved_model_cli, "run", "--dir", path, "--tag_set", "serve",
-                             "--signature_def", "serving_default", "--inputs",
-                             f"images={probe}", "--outdir", cli_output], cli_output, ENV),
+        "fresh": (
+            [sys.executable, "-c", script, os.path.dirname(path), probe, fresh_output],
+            fresh_output,
+            ENV,
+        ),
+        "saved_model_cli": (
+            [
+                saved_model_cli,
+                "run",
+                "--dir",
+                path,
+                "--tag_set",
+                "serve",
+                "--signature_def",
+                "serving_default",
+                "--inputs",
+                f"images={probe}",
+                "--outdir",
+                cli_output,
+            ],
+            cli_output,
+            ENV,
+        ),
         # Issue 13: the default attack list, the sanity checks (persistent tapes) and detection
         # through a SavedModel's signatures, in a fresh process.
-        "evaluate": ([sys.executable, os.path.join(ROOT, "bin", "evaluate"),
-                      f"--saved_model={path}", "--dataset=mnist5k", "--num_examples=20",
-                      "--batch_size=20", "--steps=3", "--step_size=0.1", "--eps_sweep=0,0.3",
-                      "--steps_sweep=1,3", "--detection", "--detection_reference=200",
-                      "--detection_k=10", "--detection_eps=0.3", "--detection_steps=3",
-                      "--detection_weights=1", f"--output={evaluate_output}", "--noprogress",
-                      f"--data_dir={os.path.join(model_dir, 'tfds')}"],
-                     os.path.dirname(evaluate_output), ENV),
+        "evaluate": (
+            [
+                sys.executable,
+                os.path.join(ROOT, "bin", "evaluate"),
+                f"--saved_model={path}",
+                "--dataset=mnist5k",
+                "--num_examples=20",
+                "--batch_size=20",
+                "--steps=3",
+                "--step_size=0.1",
+                "--eps_sweep=0,0.3",
+                "--steps_sweep=1,3",
+                "--detection",
+                "--detection_reference=200",
+                "--detection_k=10",
+                "--detection_eps=0.3",
+                "--detection_steps=3",
+                "--detection_weights=1",
+                f"--output={evaluate_output}",
+                "--noprogress",
+                f"--data_dir={os.path.join(model_dir, 'tfds')}",
+            ],
+            os.path.dirname(evaluate_output),
+            ENV,
+        ),
     }
     # Issue 13: oneDNN's convolution rejects a zero-size batch; the signatures must not depend on
     # the kernel library, so the serving checks run under both settings in fresh processes.
     for onednn in ("0", "1"):
         output = os.path.join(model_dir, f"serving_checks_onednn{onednn}.json")
         commands[f"onednn{onednn}"] = (
-            [sys.executable, "-c", SERVING_CHECKS, os.path.dirname(path), output], output,
-            dict(ENV, TF_ENABLE_ONEDNN_OPTS=onednn))
-    runs = {name: {"process": subprocess.Popen(command, cwd=ROOT, env=env, text=True,
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE),
-                   "output": output}
-            for name, (command, output, env) in commands.items()}
+            [sys.executable, "-c", SERVING_CHECKS, os.path.dirname(path), output],
+            output,
+            dict(ENV, TF_ENABLE_ONEDNN_OPTS=onednn),
+        )
+    runs = {
+        name: {
+            "process": subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            ),
+            "output": output,
+        }
+        for name, (command, output, env) in commands.items()
+    }
     yield runs
     for run in runs.values():
         if run["process"].poll() is None:
@@ -158,8 +221,12 @@ def _finished(runs, name):
 def _expected(network, images):
     out = network(images, training=False)
     logits = out["logits"].numpy()
-    return {"logits": logits, "probabilities": tf.nn.softmax(logits).numpy(),
-            "classes": logits.argmax(1), "embedding": out["embedding"].numpy()}
+    return {
+        "logits": logits,
+        "probabilities": tf.nn.softmax(logits).numpy(),
+        "classes": logits.argmax(1),
+        "embedding": out["embedding"].numpy(),
+    }
 
 
 def test_bin_export_writes_a_tf_serving_version_folder(exported, loaded, outside_runs):
@@ -175,13 +242,18 @@ def test_bin_export_writes_a_tf_serving_version_folder(exported, loaded, outside
     for name in ("serving_default", "serving_uint8"):
         assert set(loaded.signatures[name].structured_outputs) == set(OUTPUTS)
     assert set(loaded.signatures[export.GRADIENT_SIGNATURE].structured_outputs) == {
-        "logits", "embedding"}
+        "logits",
+        "embedding",
+    }
     # The reference (mnist5k train split: 400 per class, all of it for the default 5000) is in it.
     assert loaded.detector.reference_labels.shape == (4000,)
     # Each weight is stored once: the network's variables plus the detector's reference.
     weights = sum(int(np.prod(v.shape)) for v in network.variables)
-    stored = sum(int(np.prod(shape)) for name, shape in tf.train.list_variables(
-        os.path.join(path, "variables", "variables")) if name.endswith("VARIABLE_VALUE"))
+    stored = sum(
+        int(np.prod(shape))
+        for name, shape in tf.train.list_variables(os.path.join(path, "variables", "variables"))
+        if name.endswith("VARIABLE_VALUE")
+    )
     # ... and bin/export's record: the 5%-FPR threshold and the description (scalars).
     assert stored == weights + 4000 * 128 + 4000 + 2
 
@@ -193,8 +265,9 @@ def _run_like_tf_serving(path, signature_name, images):
         meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], path)
         signature = meta_graph.signature_def[signature_name]
         names = sorted(signature.outputs)
-        values = session.run([signature.outputs[n].name for n in names],
-                             {signature.inputs["images"].name: images})
+        values = session.run(
+            [signature.outputs[n].name for n in names], {signature.inputs["images"].name: images}
+        )
     return dict(zip(names, values))
 
 
@@ -213,8 +286,9 @@ def test_network_built_under_a_two_replica_strategy_exports(tmp_path, mnist5k_ar
     path = export.export_saved_model(network, str(tmp_path / "serving"), warmup=False)
     images = mnist5k_arrays[0][:4]
     out = _run_like_tf_serving(path, "serving_default", images)
-    np.testing.assert_allclose(out["logits"], _expected(network, images)["logits"], rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out["logits"], _expected(network, images)["logits"], rtol=1e-5, atol=1e-5
+    )
     assert "detection_score" not in out  # no reference given
 
 
@@ -223,8 +297,9 @@ def test_uint8_and_float_signatures_agree(exported, loaded):
     from_float = loaded.signatures["serving_default"](images=tf.constant(pixels / np.float32(255)))
     from_uint8 = loaded.signatures["serving_uint8"](images=tf.constant(pixels))
     for name in OUTPUTS:
-        np.testing.assert_allclose(from_uint8[name], from_float[name], rtol=1e-5, atol=1e-5,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            from_uint8[name], from_float[name], rtol=1e-5, atol=1e-5, err_msg=name
+        )
 
 
 BAD_FLOAT_INPUTS = [
@@ -235,8 +310,11 @@ BAD_FLOAT_INPUTS = [
     ("wrong channels", np.zeros((2, 28, 28, 3), np.float32), r"got shape\] \[2 28 28 3\]"),
     ("0-255 scale", np.full((2, 28, 28, 1), 255.0, np.float32), r"in \[0, 1\].*max\] \[255"),
     ("negative", np.full((2, 28, 28, 1), -0.1, np.float32), r"in \[0, 1\].*got min\] \[-0.1"),
-    ("NaN", np.where(np.eye(28)[None, :, :, None] > 0, np.nan, 0.5).astype(np.float32),
-     "NaN or Inf"),
+    (
+        "NaN",
+        np.where(np.eye(28)[None, :, :, None] > 0, np.nan, 0.5).astype(np.float32),
+        "NaN or Inf",
+    ),
     ("Inf", np.full((1, 28, 28, 1), np.inf, np.float32), "NaN or Inf"),
 ]
 
@@ -249,14 +327,17 @@ def test_bad_inputs_get_a_clear_error_from_the_signature(loaded):
             pytest.fail(f"accepted {what}")
     serve_uint8 = loaded.signatures["serving_uint8"]
     for images in (np.zeros((28, 28, 1), np.uint8), np.zeros((1, 28, 28, 3), np.uint8)):
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match=r"shape \[N, 28, 28, 1\] \(NHWC\) of uint8 in \[0, 255\]"):
+        with pytest.raises(
+            tf.errors.InvalidArgumentError,
+            match=r"shape \[N, 28, 28, 1\] \(NHWC\) of uint8 in \[0, 255\]",
+        ):
             serve_uint8(images=tf.constant(images))
     assert serve(images=tf.zeros([0, 28, 28, 1]))["classes"].shape == (0,)  # empty batch is fine
 
 
-def test_crash_mid_export_leaves_previous_version_and_no_partial_version(exported, tmp_path,
-                                                                         monkeypatch):
+def test_crash_mid_export_leaves_previous_version_and_no_partial_version(
+    exported, tmp_path, monkeypatch
+):
     network, model_dir, path, images, _, _ = exported
     base = str(tmp_path / "serving")
     shutil.copytree(os.path.dirname(path), base)
@@ -281,8 +362,12 @@ def test_crash_mid_export_leaves_previous_version_and_no_partial_version(exporte
     assert len(leftovers) == 1 and leftovers[0].startswith(".")
     assert export.versions(base) == [1] and export.latest_version(base) == os.path.join(base, "1")
     first = tf.saved_model.load(export.latest_version(base)).signatures["serving_default"]
-    np.testing.assert_allclose(first(images=tf.constant(images[:8]))["logits"],
-                               _expected(network, images[:8])["logits"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        first(images=tf.constant(images[:8]))["logits"],
+        _expected(network, images[:8])["logits"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
     # The next export after a gap (7 exists) is 8; an existing version is never overwritten.
     monkeypatch.setattr(tf.saved_model, "save", real_save)
@@ -314,8 +399,11 @@ def _prediction_log_class():
     add(tensor_pb2.DESCRIPTOR)
     field = descriptor_pb2.FieldDescriptorProto
     proto = descriptor_pb2.FileDescriptorProto(
-        name="warmup_test.proto", package="warmup_test", syntax="proto3",
-        dependency=[tensor_pb2.DESCRIPTOR.name])
+        name="warmup_test.proto",
+        package="warmup_test",
+        syntax="proto3",
+        dependency=[tensor_pb2.DESCRIPTOR.name],
+    )
 
     def message(name, fields, parent=None):
         new = (parent.nested_type if parent else proto.message_type).add(name=name)
@@ -328,11 +416,18 @@ def _prediction_log_class():
     one, many = field.LABEL_OPTIONAL, field.LABEL_REPEATED
     text, sub = field.TYPE_STRING, field.TYPE_MESSAGE
     message("ModelSpec", [("name", 1, text, "", one), ("signature_name", 3, text, "", one)])
-    request = message("PredictRequest", [
-        ("model_spec", 1, sub, ".warmup_test.ModelSpec", one),
-        ("inputs", 2, sub, ".warmup_test.PredictRequest.InputsEntry", many)])
-    entry = message("InputsEntry", [("key", 1, text, "", one),
-                                    ("value", 2, sub, ".tensorflow.TensorProto", one)], request)
+    request = message(
+        "PredictRequest",
+        [
+            ("model_spec", 1, sub, ".warmup_test.ModelSpec", one),
+            ("inputs", 2, sub, ".warmup_test.PredictRequest.InputsEntry", many),
+        ],
+    )
+    entry = message(
+        "InputsEntry",
+        [("key", 1, text, "", one), ("value", 2, sub, ".tensorflow.TensorProto", one)],
+        request,
+    )
     entry.options.map_entry = True
     message("PredictLog", [("request", 1, sub, ".warmup_test.PredictRequest", one)])
     message("PredictionLog", [("predict_log", 6, sub, ".warmup_test.PredictLog", one)])
@@ -350,7 +445,8 @@ def test_warmup_file_holds_prediction_logs_for_both_signatures(exported, loaded)
         assert log.SerializeToString() == record  # canonical encoding, byte for byte
         request = log.predict_log.request
         requests[request.model_spec.signature_name] = {
-            name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+            name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()
+        }
     assert set(requests) == set(export.SIGNATURES)
     for name, dtype in (("serving_default", np.float32), ("serving_uint8", np.uint8)):
         images = requests[name]["images"]
@@ -362,9 +458,15 @@ def test_warmup_file_holds_prediction_logs_for_both_signatures(exported, loaded)
 def test_detection_score_separates_clean_from_pgd_inputs(exported, loaded):
     network, _, _, images, labels, _ = exported
     x, y = images[::5], labels[::5]  # 200 test digits, 20 per class
-    adversarial = pgd(lambda v: network(v, training=False)["logits"], tf.constant(x),
-                      tf.constant(y), eps=0.3, step_size=0.05, steps=10,
-                      seed=tf.constant([1, 2], tf.int64))
+    adversarial = pgd(
+        lambda v: network(v, training=False)["logits"],
+        tf.constant(x),
+        tf.constant(y),
+        eps=0.3,
+        step_size=0.05,
+        steps=10,
+        seed=tf.constant([1, 2], tf.int64),
+    )
     serve = loaded.signatures["serving_default"]
     clean, attacked = serve(images=tf.constant(x)), serve(images=adversarial)
     assert np.mean(clean["classes"].numpy() == y) > 0.85
@@ -379,7 +481,12 @@ def test_detection_score_separates_clean_from_pgd_inputs(exported, loaded):
 def test_bin_export_user_errors_are_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_dir={tmp_path}/none"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -403,10 +510,10 @@ def test_saved_model_cli_run(exported, outside_runs):
     returncode, stderr, outdir = _finished(outside_runs, "saved_model_cli")
     assert returncode == 0, stderr[-3000:]
     expected = _expected(network, images[::50])
-    np.testing.assert_allclose(np.load(os.path.join(outdir, "logits.npy")), expected["logits"],
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.load(os.path.join(outdir, "classes.npy")),
-                                  expected["classes"])
+    np.testing.assert_allclose(
+        np.load(os.path.join(outdir, "logits.npy")), expected["logits"], rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(np.load(os.path.join(outdir, "classes.npy")), expected["classes"])
     assert np.load(os.path.join(outdir, "detection_score.npy")).shape == (20,)
 
 
@@ -418,13 +525,18 @@ def test_empty_batches_and_bad_inputs_on_either_kernel_library(exported, outside
     assert returncode == 0, stderr[-3000:]
     with open(output) as f:
         result = json.load(f)
-    expected = {"logits": [[0, 10], "float32"], "probabilities": [[0, 10], "float32"],
-                "classes": [[0], "int64"], "embedding": [[0, 128], "float32"],
-                "detection_score": [[0], "float32"]}
+    expected = {
+        "logits": [[0, 10], "float32"],
+        "probabilities": [[0, 10], "float32"],
+        "classes": [[0], "int64"],
+        "embedding": [[0, 128], "float32"],
+        "detection_score": [[0], "float32"],
+    }
     for name in ("serving_default", "serving_uint8"):
         assert result["empty"][name] == expected, name
     assert result["empty"][export.GRADIENT_SIGNATURE] == {
-        k: expected[k] for k in ("logits", "embedding")}
+        k: expected[k] for k in ("logits", "embedding")
+    }
     for name, (refused, total) in result["refused"].items():
         assert refused == total, name
 
@@ -450,9 +562,14 @@ def test_the_network_consumes_the_output_of_the_input_checks(exported, signature
     library = {f.signature.name: f for f in graph.as_graph_def().library.function}
 
     def asserts(function_name):  # Assert in a function or in the branches of its conds
-        return any(node.op == "Assert" or node.op in ("If", "StatelessIf") and any(
-            asserts(node.attr[branch].func.name) for branch in ("then_branch", "else_branch"))
-                   for node in library[function_name].node_def)
+        return any(
+            node.op == "Assert"
+            or node.op in ("If", "StatelessIf")
+            and any(
+                asserts(node.attr[branch].func.name) for branch in ("then_branch", "else_branch")
+            )
+            for node in library[function_name].node_def
+        )
 
     conds = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
     checks = [op for op in conds if asserts(op.get_attr("else_branch").name)]
@@ -468,8 +585,12 @@ def test_bin_evaluate_on_a_saved_model_of_bin_export(exported, outside_runs):
     checks and detection run through the export's signatures."""
     returncode, stderr, output_dir = _finished(outside_runs, "evaluate")
     assert returncode == 0, stderr[-3000:]
-    reports = [os.path.join(folder, name) for folder, _, names in os.walk(output_dir)
-               for name in names if name == "report.json"]
+    reports = [
+        os.path.join(folder, name)
+        for folder, _, names in os.walk(output_dir)
+        for name in names
+        if name == "report.json"
+    ]
     assert reports, os.listdir(output_dir)
     with open(reports[0]) as f:
         report = json.load(f)

@@ -8,7 +8,6 @@ import tensorflow as tf
 from tf_metric_robust.attacks import fab
 
 
-
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_box_projection_is_the_exact_minimum(norm):
     rng = np.random.default_rng(0)
@@ -17,8 +16,9 @@ def test_box_projection_is_the_exact_minimum(norm):
     target = rng.uniform(0, 1, (64, 30))  # a point inside the box on each hyperplane: reachable
     b = np.sum(w * target, axis=1)
     lower, upper = np.zeros_like(points), np.ones_like(points)
-    d = fab.box_projection(*(tf.constant(a, tf.float64) for a in (points, w, b, lower, upper)),
-                           norm).numpy()
+    d = fab.box_projection(
+        *(tf.constant(a, tf.float64) for a in (points, w, b, lower, upper)), norm
+    ).numpy()
     np.testing.assert_allclose(np.sum(w * (points + d), axis=1), b, atol=1e-9)
     assert (points + d >= -1e-12).all() and (points + d <= 1 + 1e-12).all()
     for row in range(64):
@@ -28,24 +28,41 @@ def test_box_projection_is_the_exact_minimum(norm):
         if norm == "linf":  # the smallest r with sum |w| min(r, room) = |gap|
             f = lambda r: np.sum(np.abs(wr) * np.minimum(r, room))  # noqa: E731
         else:  # the smallest mu with sum w^2 min(mu, room / |w|) = |gap|
-            f = lambda r: np.sum(wr ** 2 * np.minimum(  # noqa: E731
-                r, np.divide(room, np.abs(wr), out=np.zeros_like(room), where=wr != 0)))
+            f = lambda r: np.sum(
+                wr**2
+                * np.minimum(  # noqa: E731
+                    r, np.divide(room, np.abs(wr), out=np.zeros_like(room), where=wr != 0)
+                )
+            )
         lo, hi = 0.0, 1e6
         for _ in range(200):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if f(mid) < abs(gap) else (lo, mid)
         size = np.abs(d[row]).max() if norm == "linf" else np.linalg.norm(d[row])
-        expected = hi if norm == "linf" else np.linalg.norm(
-            wr * np.minimum(hi, np.divide(room, np.abs(wr), out=np.zeros_like(room),
-                                          where=wr != 0)))
+        expected = (
+            hi
+            if norm == "linf"
+            else np.linalg.norm(
+                wr
+                * np.minimum(
+                    hi, np.divide(room, np.abs(wr), out=np.zeros_like(room), where=wr != 0)
+                )
+            )
+        )
         assert size == pytest.approx(expected, rel=1e-6, abs=1e-9), row
 
 
 def test_unreachable_hyperplane_goes_as_far_as_the_box_allows():
     points = tf.constant([[0.5, 0.5]], tf.float64)
     w = tf.constant([[1.0, 1.0]], tf.float64)
-    d = fab.box_projection(points, w, tf.constant([5.0], tf.float64), tf.zeros_like(points),
-                           tf.ones_like(points), "linf")
+    d = fab.box_projection(
+        points,
+        w,
+        tf.constant([5.0], tf.float64),
+        tf.zeros_like(points),
+        tf.ones_like(points),
+        "linf",
+    )
     np.testing.assert_allclose(d.numpy(), [[0.5, 0.5]])
 
 
@@ -53,8 +70,11 @@ def _linear_model(seed, classes=10, dim=64):
     rng = np.random.default_rng(seed)
     weights = tf.constant(2 * rng.normal(size=(dim, classes)), tf.float32)
     bias = tf.constant(rng.normal(size=classes), tf.float32)
-    return (lambda x: tf.reshape(x, [tf.shape(x)[0], -1]) @ weights + bias), weights.numpy(), \
-        bias.numpy()
+    return (
+        (lambda x: tf.reshape(x, [tf.shape(x)[0], -1]) @ weights + bias),
+        weights.numpy(),
+        bias.numpy(),
+    )
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -68,9 +88,17 @@ def test_linear_classifier_minimum_within_one_percent_of_closed_form(norm):
     y = logits.argmax(1)
     flat = x.reshape(32, -1)
     dual = 1 if norm == "linf" else 2
-    closed_form = np.array([min((logits[i, y[i]] - logits[i, j]) / np.linalg.norm(
-        weights[:, y[i]] - weights[:, j], ord=dual) for j in range(10) if j != y[i])
-        for i in range(32)])
+    closed_form = np.array(
+        [
+            min(
+                (logits[i, y[i]] - logits[i, j])
+                / np.linalg.norm(weights[:, y[i]] - weights[:, j], ord=dual)
+                for j in range(10)
+                if j != y[i]
+            )
+            for i in range(32)
+        ]
+    )
     x_adv, size = fab.fab_minimum_norm(model, x, y, norm=norm, steps=100, num_target_classes=9)
     size = size.numpy()
     assert np.all(closed_form < 0.45)  # no coordinate moves 0.45: the box [0, 1] cannot bind

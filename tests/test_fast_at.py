@@ -51,6 +51,7 @@ def _batch(n=64, shape=(4, 4, 3), seed=1):
 
 def _start_of(attack, x, y, seed, **kwargs):
     """The attack's random start: its step is zero on a model whose logits ignore the input."""
+
     def flat(images):
         return tf.zeros([tf.shape(images)[0], 10]) + 0.0 * tf.reduce_sum(images)
 
@@ -90,8 +91,11 @@ def test_bounds(norm):
     x, y = _batch(n=128, shape=(8, 8, 1), seed=3)
     model = Linear(x.shape[1:], seed=2)
     eps = EPS if norm == "linf" else 0.5
-    size = (lambda d: np.abs(d).reshape(len(d), -1).max(1)) if norm == "linf" else (
-        lambda d: np.sqrt((d.reshape(len(d), -1) ** 2).sum(1)))
+    size = (
+        (lambda d: np.abs(d).reshape(len(d), -1).max(1))
+        if norm == "linf"
+        else (lambda d: np.sqrt((d.reshape(len(d), -1) ** 2).sum(1)))
+    )
     rs = gradient.fgsm_rs(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 1])).numpy()
     noisy = gradient.n_fgsm(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 2])).numpy()
     for adv in (rs, noisy):
@@ -122,8 +126,12 @@ def _trainer(mode, method, step_size):
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
     attack = AttackConfig(eps=0.1, step_size=step_size, steps=1, method=method)
-    trainer = AdversarialTrainer(network, mode=mode, attack=attack,
-                                 eval_attack=AttackConfig(eps=0.1, step_size=0.025, steps=4))
+    trainer = AdversarialTrainer(
+        network,
+        mode=mode,
+        attack=attack,
+        eval_attack=AttackConfig(eps=0.1, step_size=0.025, steps=4),
+    )
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
     return trainer
 
@@ -156,7 +164,10 @@ def test_collapse_detector_on_a_synthetic_run():
     a fall with FGSM falling too is divergence (not flagged, not good)."""
     detector = overfit_guard.CollapseDetector(drop=0.2)
     sequence = [  # (pgd, fgsm) per probe
-        (0.20, 0.30), (0.35, 0.45), (0.40, 0.50), (0.30, 0.55),  # a dip within 0.2: still good
+        (0.20, 0.30),
+        (0.35, 0.45),
+        (0.40, 0.50),
+        (0.30, 0.55),  # a dip within 0.2: still good
         (0.05, 0.85),  # catastrophic overfitting: PGD -0.35 from best, FGSM up
         (0.38, 0.50),  # after a restore
         (0.10, 0.20),  # PGD and FGSM both fall: divergence, not overfitting
@@ -171,6 +182,7 @@ def test_collapse_detector_on_a_synthetic_run():
 
 def test_guard_replays_its_record_on_resume(tmp_path):
     """A resumed run continues with the step size and best accuracy the record holds."""
+
     class Stub:
         attack = AttackConfig(eps=0.3, step_size=0.375, steps=1, method="fgsm_rs")
         retraced = 0
@@ -178,12 +190,15 @@ def test_guard_replays_its_record_on_resume(tmp_path):
         def make_train_function(self, force=False):
             self.retraced += force
 
-    lines = [dict(step=4, pgd_accuracy=0.5, fgsm_accuracy=0.5, step_size=0.375),
-             dict(step=8, pgd_accuracy=0.1, fgsm_accuracy=0.9, step_size=0.3)]
+    lines = [
+        dict(step=4, pgd_accuracy=0.5, fgsm_accuracy=0.5, step_size=0.375),
+        dict(step=8, pgd_accuracy=0.1, fgsm_accuracy=0.9, step_size=0.3),
+    ]
     (tmp_path / overfit_guard.RECORD).write_text("".join(json.dumps(x) + "\n" for x in lines))
     trainer = Stub()
-    guard = overfit_guard.OverfitGuard(trainer, np.zeros((2, 4, 4, 1)), np.zeros(2),
-                                       check_every=4, record_dir=str(tmp_path))
+    guard = overfit_guard.OverfitGuard(
+        trainer, np.zeros((2, 4, 4, 1)), np.zeros(2), check_every=4, record_dir=str(tmp_path)
+    )
     assert trainer.attack.step_size == 0.3 and trainer.retraced == 1
     assert guard.detector.best_pgd == 0.5
 
@@ -212,13 +227,21 @@ def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, 
     monkeypatch.setattr(overfit_guard, "probe_accuracies", scripted_probe)
     monkeypatch.setattr(overfit_guard.OverfitGuard, "check", recording_check)
     config = TrainConfig(
-        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir, mode="pgd",
+        model_dir=str(tmp_path / "run"),
+        dataset="mnist5k",
+        data_dir=mnist5k_data_dir,
+        mode="pgd",
         batch_size=20,
-        train_steps=16, eval_every=16, eval_examples=20, final_eval_examples=20,
+        train_steps=16,
+        eval_every=16,
+        eval_examples=20,
+        final_eval_examples=20,
         attack=AttackConfig(eps=0.3, step_size=0.375, steps=1, method="fgsm_rs"),
-        eval_attack=AttackConfig(eps=0.3, step_size=0.1, steps=2), export=False,
+        eval_attack=AttackConfig(eps=0.3, step_size=0.1, steps=2),
+        export=False,
         model_kwargs={"embedding_dim": 16},
-        overfit=OverfitConfig(check_every=4, action="restore"))
+        overfit=OverfitConfig(check_every=4, action="restore"),
+    )
     experiment.train(config)
     assert sorted(snapshots) == [4, 8, 12, 16]
     # At step 12 the weights went back to those of step 8 (the last good probe).
@@ -245,8 +268,9 @@ def test_guard_restores_under_a_two_replica_strategy(monkeypatch):
         trainer = _trainer("pgd", "fgsm_rs", 0.125)
     images, labels = _digits(40)
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).repeat().batch(20)
-    guard = overfit_guard.OverfitGuard(trainer, images[:8], labels[:8], check_every=2,
-                                       action="restore")
+    guard = overfit_guard.OverfitGuard(
+        trainer, images[:8], labels[:8], check_every=2, action="restore"
+    )
     weights = {}
     real_check = guard.check
 

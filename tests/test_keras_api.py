@@ -47,17 +47,23 @@ def test_readme_example_runs(mode, capsys):
     assert np.isfinite(results["loss"])
     # The wrapper shares the Sequential's weights: training the network trained the classifier.
     images = scope["test_images"][:4]
-    np.testing.assert_allclose(network(images)["logits"], scope["classifier"](images), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        network(images)["logits"], scope["classifier"](images), rtol=1e-5, atol=1e-5
+    )
     out = capsys.readouterr().out
     assert "['classes', 'embedding', 'logits', 'probabilities']" in out
     assert os.path.isdir(os.path.join(scope["run_dir"], "checkpoints"))
 
 
 def _sequential(last_activation=None):
-    return keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Flatten(name="flat"),
-                             keras.layers.Dense(8, activation="relu", name="hidden"),
-                             keras.layers.Dense(3, activation=last_activation, name="out")])
+    return keras.Sequential(
+        [
+            keras.Input((6, 6, 1)),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Dense(3, activation=last_activation, name="out"),
+        ]
+    )
 
 
 def test_with_embedding_default_and_named_layer():
@@ -88,12 +94,15 @@ class _Subclassed(keras.Model):
         return self.dense(x)
 
 
-@pytest.mark.parametrize("build,message", [
-    (lambda: _sequential("softmax"), "softmax"),
-    (lambda: keras.Sequential([keras.layers.Dense(3)]), "keras.Input"),
-    (lambda: _Subclassed(), "subclassed"),
-    (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")]), "Dense"),
-])
+@pytest.mark.parametrize(
+    "build,message",
+    [
+        (lambda: _sequential("softmax"), "softmax"),
+        (lambda: keras.Sequential([keras.layers.Dense(3)]), "keras.Input"),
+        (lambda: _Subclassed(), "subclassed"),
+        (lambda: keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu")]), "Dense"),
+    ],
+)
 def test_with_embedding_refuses_what_it_cannot_wrap(build, message):
     model = build()
     if isinstance(model, _Subclassed):
@@ -106,6 +115,12 @@ def test_with_embedding_names_a_missing_layer():
     with pytest.raises(ValueError, match="no layer 'penultimate'.*flat, hidden, out"):
         models.with_embedding(_sequential(), embedding_layer="penultimate")
     with pytest.raises(ValueError, match=r"embedding must be \[N, D\]"):
-        conv = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(2, 3, name="conv"),
-                                 keras.layers.Flatten(), keras.layers.Dense(3)])
+        conv = keras.Sequential(
+            [
+                keras.Input((6, 6, 1)),
+                keras.layers.Conv2D(2, 3, name="conv"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3),
+            ]
+        )
         models.with_embedding(conv, embedding_layer="conv")

@@ -13,10 +13,17 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def shared_reference(name):
     """Path of a reference file in the project's shared/reference/ folder beside the repository."""
-    return next((path for path in (
-        os.path.join(_ROOT, "..", "shared", "reference", name),
-        os.path.join("/work/shared/reference", name)) if os.path.exists(path)),
-        f"shared/reference/{name} (not found beside the repository)")
+    return next(
+        (
+            path
+            for path in (
+                os.path.join(_ROOT, "..", "shared", "reference", name),
+                os.path.join("/work/shared/reference", name),
+            )
+            if os.path.exists(path)
+        ),
+        f"shared/reference/{name} (not found beside the repository)",
+    )
 
 
 # Values dumped from real TFA 0.23.
@@ -48,8 +55,11 @@ def _tfa_value_and_grad(kind, labels, embeddings, **kwargs):
 
 
 def _case(ref, i):
-    return (ref[f"lab{i}"], ref[f"emb{i}"],
-            dict(margin=float(ref[f"margin{i}"]), distance_metric=str(ref[f"metric{i}"])))
+    return (
+        ref[f"lab{i}"],
+        ref[f"emb{i}"],
+        dict(margin=float(ref[f"margin{i}"]), distance_metric=str(ref[f"metric{i}"])),
+    )
 
 
 @pytest.mark.parametrize("kind", ["semihard", "hard"])
@@ -110,10 +120,10 @@ def test_batch_losses_match_numpy_loops(soft):
     emb = rng.normal(size=(12, 4)).astype(np.float32)
     semi, hard = _numpy_batch_losses(labels, emb.astype(np.float64), 0.5, soft)
     kwargs = dict(margin=0.5, distance_metric="squared-L2")
-    np.testing.assert_allclose(losses.triplet_semihard_loss(labels, emb, **kwargs), semi,
-                               rtol=1e-5)
-    np.testing.assert_allclose(losses.triplet_hard_loss(labels, emb, soft=soft, **kwargs), hard,
-                               rtol=1e-5)
+    np.testing.assert_allclose(losses.triplet_semihard_loss(labels, emb, **kwargs), semi, rtol=1e-5)
+    np.testing.assert_allclose(
+        losses.triplet_hard_loss(labels, emb, soft=soft, **kwargs), hard, rtol=1e-5
+    )
 
 
 def test_tfa_callable_metric_and_bad_metric():
@@ -123,7 +133,9 @@ def test_tfa_callable_metric_and_bad_metric():
     squared = lambda x: losses.pairwise_distance(x, x, "squared_l2")  # noqa: E731
     np.testing.assert_allclose(
         losses.triplet_semihard_loss(labels, emb, distance_metric=squared),
-        losses.triplet_semihard_loss(labels, emb, distance_metric="squared-L2"), rtol=1e-6)
+        losses.triplet_semihard_loss(labels, emb, distance_metric="squared-L2"),
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError, match="distance_metric"):
         losses.triplet_hard_loss(labels, emb, distance_metric="L1")
 
@@ -162,10 +174,18 @@ def test_distances_match_numpy(distance):
     rng = np.random.default_rng(2)
     a = rng.normal(size=(6, 5)).astype(np.float32)
     b = rng.normal(size=(4, 5)).astype(np.float32)
-    np.testing.assert_allclose(losses.pairwise_distance(a, b, distance),
-                               _numpy_distance(a, b, distance, True), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(losses.rowwise_distance(a, a[::-1], distance),
-                               _numpy_distance(a, a[::-1], distance, False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        losses.pairwise_distance(a, b, distance),
+        _numpy_distance(a, b, distance, True),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        losses.rowwise_distance(a, a[::-1], distance),
+        _numpy_distance(a, a[::-1], distance, False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="distance"):
         losses.pairwise_distance(a, b, "l1")
 
@@ -179,15 +199,15 @@ def _assert_finite(*tensors):
 def test_zero_embeddings_are_finite(distance):
     zeros = tf.zeros([4, 3])
     labels = tf.constant([0, 0, 1, 1])
-    for fn in (lambda e: losses.pairwise_distance(e, e, distance),
-               lambda e: losses.rowwise_distance(e, tf.zeros_like(e), distance),
-               lambda e: losses.tla_triplet_loss(e, e, tf.zeros_like(e), margin=0.1,
-                                                 distance=distance)[0]):
+    for fn in (
+        lambda e: losses.pairwise_distance(e, e, distance),
+        lambda e: losses.rowwise_distance(e, tf.zeros_like(e), distance),
+        lambda e: losses.tla_triplet_loss(e, e, tf.zeros_like(e), margin=0.1, distance=distance)[0],
+    ):
         _assert_finite(*_value_and_grad(fn, zeros))
     for metric in losses.TFA_DISTANCE_METRICS:
         for fn in TFA_LOSSES.values():
-            _assert_finite(*_value_and_grad(
-                lambda e: fn(labels, e, distance_metric=metric), zeros))
+            _assert_finite(*_value_and_grad(lambda e: fn(labels, e, distance_metric=metric), zeros))
 
 
 @pytest.mark.parametrize("metric", losses.TFA_DISTANCE_METRICS)
@@ -195,8 +215,7 @@ def test_batches_without_positives_or_negatives_are_finite(metric):
     emb = tf.constant(np.random.default_rng(3).normal(size=(5, 3)), tf.float32)
     for labels in ([0, 1, 2, 3, 4], [7, 7, 7, 7, 7]):
         for fn in TFA_LOSSES.values():
-            _assert_finite(*_value_and_grad(
-                lambda e: fn(labels, e, distance_metric=metric), emb))
+            _assert_finite(*_value_and_grad(lambda e: fn(labels, e, distance_metric=metric), emb))
     # No positive pair at all: TFA divides 0 by 0 (NaN); we return 0.
     assert float(losses.triplet_semihard_loss([0, 1, 2, 3, 4], emb, distance_metric=metric)) == 0
 
@@ -204,15 +223,20 @@ def test_batches_without_positives_or_negatives_are_finite(metric):
 def test_hardest_negative_index_hand_made():
     anchor = tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     anchor_labels = tf.constant([0, 1, 2])
-    pool = tf.constant([[1.0, 0.01],   # class 0
-                        [0.9, 0.3],    # class 1
-                        [0.5, 0.5],    # class 2
-                        [1.0, 0.05],   # class 3, an empty (invalid) slot
-                        [0.1, 1.0]])   # class 0
+    pool = tf.constant(
+        [
+            [1.0, 0.01],  # class 0
+            [0.9, 0.3],  # class 1
+            [0.5, 0.5],  # class 2
+            [1.0, 0.05],  # class 3, an empty (invalid) slot
+            [0.1, 1.0],
+        ]
+    )  # class 0
     pool_labels = tf.constant([0, 1, 2, 3, 0], tf.int64)
     pool_valid = tf.constant([True, True, True, False, True])
-    index, found = losses.hardest_negative_index(anchor, anchor_labels, pool, pool_labels,
-                                                 distance="cosine", pool_valid=pool_valid)
+    index, found = losses.hardest_negative_index(
+        anchor, anchor_labels, pool, pool_labels, distance="cosine", pool_valid=pool_valid
+    )
     # anchor 0: pool 0 (same class) and pool 3 (invalid) are closer than pool 1 (cos .95).
     # anchor 1: pool 4 (cos .995). anchor 2: pool 2 is identical but same class; pool 1 (cos .89)
     # beats pool 4 (.77) and pool 0 (.71).
@@ -222,22 +246,30 @@ def test_hardest_negative_index_hand_made():
     # 'abs_cosine' treats an opposite direction as similar; l2 uses Euclidean nearness.
     index, _ = losses.hardest_negative_index([[1.0, 0.0]], [0], [[-2.0, 0.0], [0.5, 0.5]], [1, 2])
     np.testing.assert_array_equal(index, [0])
-    index, _ = losses.hardest_negative_index([[1.0, 0.0]], [0], [[-2.0, 0.0], [0.5, 0.5]], [1, 2],
-                                             distance="l2")
+    index, _ = losses.hardest_negative_index(
+        [[1.0, 0.0]], [0], [[-2.0, 0.0], [0.5, 0.5]], [1, 2], distance="l2"
+    )
     np.testing.assert_array_equal(index, [1])
 
 
 def test_hardest_negative_index_without_candidates():
     index, found = losses.hardest_negative_index(
-        [[1.0, 0.0], [0.0, 1.0]], [0, 1], [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [0, 0, 1],
-        pool_valid=[True, True, False])
+        [[1.0, 0.0], [0.0, 1.0]],
+        [0, 1],
+        [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]],
+        [0, 0, 1],
+        pool_valid=[True, True, False],
+    )
     np.testing.assert_array_equal(found, [False, True])
     np.testing.assert_array_equal(index, [0, 1])  # anchor 1: pool 1, of class 0, is identical
 
 
 def _authors_case(ref, i):
-    kwargs = dict(margin=float(ref[f"margin{i}"]), lambda_norm=float(ref[f"regularize{i}"]),
-                  distance=AUTHORS_DISTANCE[str(ref[f"loss_type{i}"])])
+    kwargs = dict(
+        margin=float(ref[f"margin{i}"]),
+        lambda_norm=float(ref[f"regularize{i}"]),
+        distance=AUTHORS_DISTANCE[str(ref[f"loss_type{i}"])],
+    )
     return [ref[f"{part}{i}"] for part in ("anchor", "positive", "negative")], kwargs
 
 
@@ -262,27 +294,31 @@ def test_tla_triplet_loss_matches_the_authors_code(case):
     grads = tape.gradient(loss, embeddings)
     assert per_example.shape == (embeddings[0].shape[0],)
     np.testing.assert_allclose(loss, ref[f"triplet_loss{case}"], rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(tf.reduce_mean(stats["positive_distance"]), ref[f"pos_dist{case}"],
-                               rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(tf.reduce_mean(stats["negative_distance"]), ref[f"neg_dist{case}"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tf.reduce_mean(stats["positive_distance"]), ref[f"pos_dist{case}"], rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        tf.reduce_mean(stats["negative_distance"]), ref[f"neg_dist{case}"], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(tf.reduce_mean(stats["norm"]), ref[f"norm{case}"], rtol=1e-5)
     for grad, part in zip(grads, ("a", "p", "n")):
         expected = ref[f"grad_{part}{case}"]
         # rel err <= 1e-5 against the largest entry (entries near 0 carry only rounding).
-        np.testing.assert_allclose(grad, expected, rtol=0,
-                                   atol=1e-5 * max(np.abs(expected).max(), 1e-12))
+        np.testing.assert_allclose(
+            grad, expected, rtol=0, atol=1e-5 * max(np.abs(expected).max(), 1e-12)
+        )
 
 
 def test_tla_triplet_loss_norm_part_and_valid_mask():
     rng = np.random.default_rng(4)
     a, p, n = (rng.normal(size=(8, 6)).astype(np.float32) for _ in range(3))
     valid = np.array([True] * 6 + [False] * 2)
-    loss, stats = losses.tla_triplet_loss(a, p, n, margin=0.3, distance="l2", lambda_norm=0.1,
-                                          valid=valid)
+    loss, stats = losses.tla_triplet_loss(
+        a, p, n, margin=0.3, distance="l2", lambda_norm=0.1, valid=valid
+    )
     d_ap = np.sqrt(((a - p) ** 2).sum(1))
     d_an = np.sqrt(((a - n) ** 2).sum(1))
-    norm = (a ** 2).mean(1) + (p ** 2).mean(1) + (n ** 2).mean(1)  # a sum, not an average
+    norm = (a**2).mean(1) + (p**2).mean(1) + (n**2).mean(1)  # a sum, not an average
     expected = np.where(valid, np.maximum(d_ap - d_an + 0.3, 0.0) + 0.1 * norm, 0.0)
     np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["norm"], norm, rtol=1e-5)
@@ -313,8 +349,10 @@ def test_same_class_partner_index():
         else:
             assert j == i  # classes 2 and 3 have no partner
     np.testing.assert_array_equal(partner, losses.same_class_partner_index(labels, seed))
-    draws = {tuple(losses.same_class_partner_index(labels, tf.constant([s, 0])).numpy())
-             for s in range(20)}
+    draws = {
+        tuple(losses.same_class_partner_index(labels, tf.constant([s, 0])).numpy())
+        for s in range(20)
+    }
     assert len(draws) > 1  # the seed matters
     fn = tf.function(losses.same_class_partner_index)
     np.testing.assert_array_equal(fn(labels, seed), partner)
@@ -323,7 +361,7 @@ def test_same_class_partner_index():
 def test_embedding_norm_loss():
     rng = np.random.default_rng(5)
     a, p, n = (rng.normal(size=(4, 3)).astype(np.float32) for _ in range(3))
-    expected = (a ** 2).mean(1) + (p ** 2).mean(1) + (n ** 2).mean(1)
+    expected = (a**2).mean(1) + (p**2).mean(1) + (n**2).mean(1)
     np.testing.assert_allclose(losses.embedding_norm_loss(a, p, n), expected, rtol=1e-6)
     with pytest.raises(ValueError):
         losses.embedding_norm_loss()
@@ -334,11 +372,17 @@ def test_low_precision_inputs_give_float32(dtype):
     rng = np.random.default_rng(6)
     labels = tf.constant([0, 0, 1, 1, 2, 2])
     a, p, n = (tf.cast(rng.normal(size=(6, 4)), dtype) for _ in range(3))
-    outputs = [losses.pairwise_distance(a, p), losses.rowwise_distance(a, p, "l2"),
-               losses.tla_triplet_loss(a, p, n, margin=0.05)[0],
-               losses.embedding_norm_loss(a, p, n)]
-    outputs += [fn(labels, a, distance_metric=m) for fn in TFA_LOSSES.values()
-                for m in losses.TFA_DISTANCE_METRICS]
+    outputs = [
+        losses.pairwise_distance(a, p),
+        losses.rowwise_distance(a, p, "l2"),
+        losses.tla_triplet_loss(a, p, n, margin=0.05)[0],
+        losses.embedding_norm_loss(a, p, n),
+    ]
+    outputs += [
+        fn(labels, a, distance_metric=m)
+        for fn in TFA_LOSSES.values()
+        for m in losses.TFA_DISTANCE_METRICS
+    ]
     for out in outputs:
         assert out.dtype == tf.float32
         _assert_finite(out)
@@ -376,16 +420,20 @@ def _np_mart(labels, clean, adversarial, beta):
     adv_probs = np.exp(_np_log_softmax(adversarial))
     top = np.argsort(adv_probs, axis=1)[:, -2:]
     new_y = np.where(top[:, -1] == labels, top[:, -2], top[:, -1])
-    loss_adv = (-_np_log_softmax(adversarial)[rows, labels]
-                - np.log(1.0001 - adv_probs + 1e-12)[rows, new_y])
+    loss_adv = (
+        -_np_log_softmax(adversarial)[rows, labels]
+        - np.log(1.0001 - adv_probs + 1e-12)[rows, new_y]
+    )
     nat_probs = np.exp(_np_log_softmax(clean))
     true_probs = nat_probs[rows, labels]
     robust = _np_kl_div(np.log(adv_probs + 1e-12), nat_probs) * (1.0000001 - true_probs)
     return loss_adv + beta * robust
 
 
-ADVERSARIAL_LOSSES = {"trades": (losses.trades_loss, _np_trades),
-                      "mart": (losses.mart_loss, _np_mart)}
+ADVERSARIAL_LOSSES = {
+    "trades": (losses.trades_loss, _np_trades),
+    "mart": (losses.mart_loss, _np_mart),
+}
 
 
 def _logit_case(classes, scale, seed, n=6):
@@ -431,13 +479,16 @@ def test_trades_and_mart_match_the_reference_formula_and_its_gradient(name, clas
     labels, clean, adversarial = _logit_case(classes, scale=2.0, seed=classes)
     weights = np.random.default_rng(1).uniform(0.5, 1.5, len(labels))
     beta = 6.0
-    value, grad_clean, grad_adversarial = _tf_value_and_grads(ours, labels, clean, adversarial,
-                                                              weights, beta)
+    value, grad_clean, grad_adversarial = _tf_value_and_grads(
+        ours, labels, clean, adversarial, weights, beta
+    )
     assert value.dtype == tf.float32 and value.shape == [len(labels)]
-    np.testing.assert_allclose(value.numpy(), reference(labels, clean, adversarial, beta),
-                               rtol=2e-5, atol=2e-5)
-    fd_clean, fd_adversarial = _finite_difference(reference, labels, clean, adversarial, weights,
-                                                  beta)
+    np.testing.assert_allclose(
+        value.numpy(), reference(labels, clean, adversarial, beta), rtol=2e-5, atol=2e-5
+    )
+    fd_clean, fd_adversarial = _finite_difference(
+        reference, labels, clean, adversarial, weights, beta
+    )
     np.testing.assert_allclose(grad_clean.numpy(), fd_clean, rtol=1e-3, atol=2e-5)
     np.testing.assert_allclose(grad_adversarial.numpy(), fd_adversarial, rtol=1e-3, atol=2e-5)
 
@@ -449,12 +500,14 @@ def test_trades_and_mart_are_finite_on_extreme_logits(name, classes, scale):
     ours, reference = ADVERSARIAL_LOSSES[name]
     labels, clean, adversarial = _logit_case(classes, scale=scale, seed=7)
     weights = np.ones(len(labels))
-    value, grad_clean, grad_adversarial = _tf_value_and_grads(ours, labels, clean, adversarial,
-                                                              weights, 6.0)
+    value, grad_clean, grad_adversarial = _tf_value_and_grads(
+        ours, labels, clean, adversarial, weights, 6.0
+    )
     for tensor in (value, grad_clean, grad_adversarial):
         assert np.all(np.isfinite(tensor.numpy()))
-    np.testing.assert_allclose(value.numpy(), reference(labels, clean, adversarial, 6.0),
-                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        value.numpy(), reference(labels, clean, adversarial, 6.0), rtol=1e-5, atol=1e-3
+    )
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL_LOSSES))
@@ -465,8 +518,12 @@ def test_trades_and_mart_special_cases(name):
     if name == "trades":
         same = ours(labels, clean, clean, beta=6.0).numpy()
         np.testing.assert_allclose(same, reference(labels, clean, clean, 0.0), rtol=1e-5)
-    np.testing.assert_allclose(ours(labels, clean, adversarial, beta=0.0).numpy(),
-                               reference(labels, clean, adversarial, 0.0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        ours(labels, clean, adversarial, beta=0.0).numpy(),
+        reference(labels, clean, adversarial, 0.0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     for dtype in (tf.float16, tf.bfloat16):
         value = ours(labels, tf.constant(clean, dtype), tf.constant(adversarial, dtype), beta=6.0)
         assert value.dtype == tf.float32 and np.all(np.isfinite(value.numpy()))

@@ -85,8 +85,9 @@ def test_bank_as_negative_pool_skips_empty_slots():
     bank.enqueue(np.array([[1.0, 0.1], [0.0, 1.0]], np.float32), [1, 2])
     pool, pool_labels, valid = bank.read()
     # Empty slots hold zero vectors with label -1; they must never be picked.
-    index, found = losses.hardest_negative_index([[1.0, 0.0]], [0], pool, pool_labels,
-                                                 distance="l2", pool_valid=valid)
+    index, found = losses.hardest_negative_index(
+        [[1.0, 0.0]], [0], pool, pool_labels, distance="l2", pool_valid=valid
+    )
     np.testing.assert_array_equal(index, [0])
     np.testing.assert_array_equal(found, [True])
 
@@ -100,6 +101,7 @@ def test_two_replicas_keep_their_own_bank_without_collectives():
         def fn(context):
             base = 100 * step + 10 * context.replica_id_in_sync_group
             return _rows([base, base + 1])
+
         return strategy.experimental_distribute_values_from_function(fn)
 
     @tf.function
@@ -107,13 +109,15 @@ def test_two_replicas_keep_their_own_bank_without_collectives():
         def replica_fn(embeddings, labels):
             bank.enqueue(embeddings, labels)
             return bank.read()
+
         return strategy.run(replica_fn, args=(embeddings, labels))
 
     for step in range(2):  # 2 rows x 2 steps = 4 rows in 3 slots per replica: wraps around
         outputs = train_step(*replica_batch(step))
     # Replica r wrote [10r, 10r+1] to slots 0-1, then [100+10r, 101+10r] to slots 2, 0.
     for replica, (embeddings, labels, valid) in enumerate(
-            zip(*(strategy.experimental_local_results(o) for o in outputs))):
+        zip(*(strategy.experimental_local_results(o) for o in outputs))
+    ):
         expected = [101 + 10 * replica, 1 + 10 * replica, 100 + 10 * replica]
         np.testing.assert_array_equal(labels, expected)
         np.testing.assert_array_equal(embeddings[:, 0], expected)

@@ -38,8 +38,11 @@ def built():
 
 
 def _kernels(model):
-    return [layer.kernel for layer in model.layers
-            if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]
+    return [
+        layer.kernel
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
 
 
 @pytest.fixture
@@ -68,8 +71,9 @@ def test_outputs_embedding_layer_and_logits_head(built, name, shape, kwargs, dim
     # ... and it is the input of the final dense layer 'logits'.
     head = model.get_layer("logits")
     assert head.input is model.get_layer("embedding").output
-    np.testing.assert_allclose(out["embedding"] @ head.kernel + head.bias, out["logits"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        out["embedding"] @ head.kernel + head.bias, out["logits"], rtol=1e-5, atol=1e-5
+    )
     train_out = model(x, training=True)
     assert train_out["logits"].shape == (4, 10)
 
@@ -94,8 +98,7 @@ def test_mnist_large_is_the_authors_network(built):
     """model_mnist_large.py (paper Table 5): 4 conv3x3 + fc1024, each with BN (decay 0.9)."""
     model = built("mnist_large")
     assert model.count_params() == 13_250_186  # 13,247,178 trainable + 3,008 BN moving stats
-    norms = [layer for layer in model.layers
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert len(norms) == 5 and all(n.momentum == 0.9 and n.epsilon == 1e-3 for n in norms)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 256]
@@ -180,8 +183,10 @@ def test_small_cnn_learns_mnist5k(mnist5k_arrays):
     keras.utils.set_random_seed(0)
     model = models.build("small_cnn", 10, (28, 28, 1))
     # Keras metrics on a dict-output model want targets for every output: loss only here.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                  loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={"logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)},
+    )
     model.fit(images[train], {"logits": labels[train]}, batch_size=64, epochs=2, verbose=0)
     logits = model.predict(images[test], batch_size=500, verbose=0)["logits"]
     assert np.mean(np.argmax(logits, -1) == labels[test]) > 0.93  # 0.952 measured (seed 0)
@@ -225,9 +230,14 @@ def recipes():
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", _RECIPE_SCRIPT], cwd=root, capture_output=True,
-                            text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": ""})
+    result = subprocess.run(
+        [sys.executable, "-c", _RECIPE_SCRIPT],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -254,12 +264,18 @@ def test_mnist_recipe_is_the_papers(recipes):
     assert mnist["optimizer"]["weight_decay"] == 2e-4 and mnist["label_smoothing"] == 0.1
     triplet = mnist["triplet"]
     assert (triplet["margin"], triplet["lambda_triplet"], triplet["lambda_norm"]) == (
-        0.05, 0.5, 1e-4)
+        0.05,
+        0.5,
+        1e-4,
+    )
     assert (triplet["negative_pool"], triplet["pool_multiplier"]) == ("extra", 1)
     assert (triplet["positive"], triplet["other_positive"]) == ("other", "data")
     assert triplet["separate_passes"] and mnist["validation_examples"] == 5000  # 55,000 train
     assert (mnist["attack"]["steps"], mnist["attack"]["step_size"], mnist["attack"]["eps"]) == (
-        40, 0.01, 0.3)
+        40,
+        0.01,
+        0.3,
+    )
     assert mnist["eval_attack"]["steps"] == 100
     assert recipes["mnist_pgd_at.flags"]["model"] == "madry_mnist"
 
@@ -275,6 +291,9 @@ def test_cifar_recipes_paper_and_code(recipes):
         assert abs(triplet["positive_noise"] - 8 / 255) < 1e-9
         assert (triplet["negative_pool"], triplet["pool_multiplier"]) == ("extra", 10)
         assert (triplet["margin"], triplet["lambda_triplet"], triplet["lambda_norm"]) == (
-            0.03, 2.0, 1e-3)
+            0.03,
+            2.0,
+            1e-3,
+        )
         assert recipe["select_best"] == "pgd" and recipe["eval_round_to_grid"]
         assert recipe["params"] == recipes["cifar_pgd_at.flags"]["params"]

@@ -15,14 +15,22 @@ def test_eps_label():
 
 def test_figures_are_pngs(tmp_path):
     paths = [
-        plots.plot_accuracy_vs_eps([(e / 255, 1 - e / 20) for e in (0, 2, 4, 8, 16)],
-                                   str(tmp_path / "eps.png"), clean_accuracy=1.0,
-                                   threat_eps=8 / 255),
-        plots.plot_accuracy_vs_steps([(1, 0.6), (10, 0.5), (100, 0.45)],
-                                     str(tmp_path / "steps.png"), clean_accuracy=0.9),
-        plots.plot_roc({"eps 0.3": (np.array([0, 0.2, 1]), np.array([0, 0.7, 1]), 0.75),
-                        "no auc": (np.array([0, 1]), np.array([0, 1]), None)},
-                       str(tmp_path / "roc.png")),
+        plots.plot_accuracy_vs_eps(
+            [(e / 255, 1 - e / 20) for e in (0, 2, 4, 8, 16)],
+            str(tmp_path / "eps.png"),
+            clean_accuracy=1.0,
+            threat_eps=8 / 255,
+        ),
+        plots.plot_accuracy_vs_steps(
+            [(1, 0.6), (10, 0.5), (100, 0.45)], str(tmp_path / "steps.png"), clean_accuracy=0.9
+        ),
+        plots.plot_roc(
+            {
+                "eps 0.3": (np.array([0, 0.2, 1]), np.array([0, 0.7, 1]), 0.75),
+                "no auc": (np.array([0, 1]), np.array([0, 1]), None),
+            },
+            str(tmp_path / "roc.png"),
+        ),
     ]
     for path in paths:
         with open(path, "rb") as f:

@@ -27,8 +27,9 @@ def test_other_index_is_always_another_example_of_the_class():
     labels = np.array([3, 0, 3, 1, 0, 3, 2, 0, 3, 1])  # class 2 has a single example
     table = positives.ClassIndex(labels)
     index = tf.range(len(labels), dtype=tf.int64)
-    draws = np.stack([positives.other_index(index, table, tf.constant([s, 7])).numpy()
-                      for s in range(200)])
+    draws = np.stack(
+        [positives.other_index(index, table, tf.constant([s, 7])).numpy() for s in range(200)]
+    )
     for i, label in enumerate(labels):
         chosen = draws[:, i]
         assert np.all(labels[chosen] == label)
@@ -47,18 +48,24 @@ def test_train_stream_other_images_are_other_images_of_the_class(mnist5k_data_di
     pixels = np.round(split[0][0].numpy() * 255).astype(np.uint8)
     labels = split[0][1].numpy()
     by_bytes = {image.tobytes(): i for i, image in enumerate(pixels)}
-    stream = data.train_dataset("mnist5k", batch_size=100, seed=3, data_dir=mnist5k_data_dir,
-                                other_positives=True)
+    stream = data.train_dataset(
+        "mnist5k", batch_size=100, seed=3, data_dir=mnist5k_data_dir, other_positives=True
+    )
     plain = data.train_dataset("mnist5k", batch_size=100, seed=3, data_dir=mnist5k_data_dir)
-    for ((images, others), batch_labels), (plain_images, _) in zip(stream.take(2),
-                                                                   plain.take(2)):
+    for ((images, others), batch_labels), (plain_images, _) in zip(stream.take(2), plain.take(2)):
         np.testing.assert_array_equal(images, plain_images)
         for image, other, label in zip(images.numpy(), others.numpy(), batch_labels.numpy()):
             source = by_bytes[np.round(image * 255).astype(np.uint8).tobytes()]
             partner = by_bytes[np.round(other * 255).astype(np.uint8).tobytes()]
             assert labels[partner] == label and partner != source
-    resumed = data.train_dataset("mnist5k", batch_size=100, seed=3, data_dir=mnist5k_data_dir,
-                                 other_positives=True, start_step=1)
+    resumed = data.train_dataset(
+        "mnist5k",
+        batch_size=100,
+        seed=3,
+        data_dir=mnist5k_data_dir,
+        other_positives=True,
+        start_step=1,
+    )
     np.testing.assert_array_equal(next(iter(resumed))[0][1], list(stream.skip(1).take(1))[0][0][1])
 
 

@@ -24,8 +24,10 @@ ATTACK = AttackConfig(eps=0.3, step_size=0.1, steps=2)
 @pytest.fixture
 def policy():
     """Sets the global dtype policy for one test and always restores float32 afterwards."""
+
     def set_policy(name):
         keras.mixed_precision.set_global_policy(name)
+
     yield set_policy
     keras.mixed_precision.set_global_policy("float32")
 
@@ -36,13 +38,15 @@ def _batches(mnist5k_arrays, rows):
     return images[index], labels[index]
 
 
-def _fit_tla(mnist5k_arrays, *, negative_pool="batch", jit_compile=False, attack=ATTACK,
-             steps=STEPS):
+def _fit_tla(
+    mnist5k_arrays, *, negative_pool="batch", jit_compile=False, attack=ATTACK, steps=STEPS
+):
     """Builds small_cnn + TLA trainer under the current policy and fits `steps` steps."""
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1))
-    triplet = TripletConfig(negative_pool=negative_pool, positive="both", bank_size=64,
-                            pool_multiplier=1)
+    triplet = TripletConfig(
+        negative_pool=negative_pool, positive="both", bank_size=64, pool_multiplier=1
+    )
     trainer = AdversarialTrainer(network, mode="tla", attack=attack, triplet=triplet, seed=0)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=jit_compile)
     rows = BATCH * (2 if negative_pool == "extra" else 1)
@@ -77,13 +81,17 @@ def test_tla_steps_under_mixed_precision_are_finite(mnist5k_arrays, policy, name
     assert scaled == (name == "mixed_float16")
 
 
-@pytest.mark.parametrize("name,mode,options", [
-    ("mixed_float16", "trades", dict(awp_gamma=1e-2, ema_decay=0.9)),
-    ("mixed_bfloat16", "mart", dict(awp_gamma=1e-2)),
-    ("mixed_float16", "tla", dict(base="trades", ema_decay=0.9)),
-])
-def test_kl_modes_awp_and_ema_under_mixed_precision_are_finite(mnist5k_arrays, policy, name,
-                                                               mode, options):
+@pytest.mark.parametrize(
+    "name,mode,options",
+    [
+        ("mixed_float16", "trades", dict(awp_gamma=1e-2, ema_decay=0.9)),
+        ("mixed_bfloat16", "mart", dict(awp_gamma=1e-2)),
+        ("mixed_float16", "tla", dict(base="trades", ema_decay=0.9)),
+    ],
+)
+def test_kl_modes_awp_and_ema_under_mixed_precision_are_finite(
+    mnist5k_arrays, policy, name, mode, options
+):
     """TRADES, MART and TLA on TRADES with AWP and the EMA: finite losses, float32 weights and
     averages, and a non-zero AWP perturbation under float16 loss scaling."""
     policy(name)
@@ -92,8 +100,9 @@ def test_kl_modes_awp_and_ema_under_mixed_precision_are_finite(mnist5k_arrays, p
     trainer = AdversarialTrainer(network, mode=mode, attack=ATTACK, seed=0, **options)
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
     images, labels = _batches(mnist5k_arrays, BATCH * STEPS)
-    history = trainer.fit(images, labels, batch_size=BATCH, epochs=1, shuffle=False,
-                          verbose=0).history
+    history = trainer.fit(
+        images, labels, batch_size=BATCH, epochs=1, shuffle=False, verbose=0
+    ).history
     for key in ("loss", "ce_loss", "robust_loss"):
         assert np.isfinite(history[key][-1]), key
     variables = list(trainer.network.trainable_variables)
@@ -105,8 +114,9 @@ def test_kl_modes_awp_and_ema_under_mixed_precision_are_finite(mnist5k_arrays, p
         kernels = awp.perturbed_variables(trainer.network)
         perturbation = trainer._awp_perturbation(batch, batch.images, kernels)
         for kernel, v in zip(kernels, perturbation):
-            np.testing.assert_allclose(np.linalg.norm(v.numpy()),
-                                       1e-2 * np.linalg.norm(kernel.numpy()), rtol=1e-3)
+            np.testing.assert_allclose(
+                np.linalg.norm(v.numpy()), 1e-2 * np.linalg.norm(kernel.numpy()), rtol=1e-3
+            )
 
 
 def test_tla_steps_with_jit_compile_are_finite(mnist5k_arrays):
@@ -123,8 +133,15 @@ def test_pgd_under_mixed_precision_keeps_dtype_and_ball(mnist5k_arrays, policy, 
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1))
     images, labels = _batches(mnist5k_arrays, BATCH)
-    x_adv = attacks.pgd(lambda v: network(v, training=False)["logits"], tf.constant(images),
-                        labels, eps=0.3, step_size=0.1, steps=3, random_start=False)
+    x_adv = attacks.pgd(
+        lambda v: network(v, training=False)["logits"],
+        tf.constant(images),
+        labels,
+        eps=0.3,
+        step_size=0.1,
+        steps=3,
+        random_start=False,
+    )
     assert x_adv.dtype == tf.float32
     x_adv = x_adv.numpy()
     assert np.abs(x_adv - images).max() <= 0.3 + 1e-6
@@ -140,15 +157,25 @@ def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
     from tf_metric_robust import data, experiment
 
     config = TrainConfig(
-        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
-        mode="natural", batch_size=BATCH, train_steps=2, eval_every=2, eval_examples=BATCH,
-        final_eval_examples=BATCH, eval_batch_size=BATCH, mixed_precision="mixed_bfloat16",
-        export=False)
+        model_dir=str(tmp_path / "run"),
+        dataset="mnist5k",
+        data_dir=mnist5k_data_dir,
+        mode="natural",
+        batch_size=BATCH,
+        train_steps=2,
+        eval_every=2,
+        eval_examples=BATCH,
+        final_eval_examples=BATCH,
+        eval_batch_size=BATCH,
+        mixed_precision="mixed_bfloat16",
+        export=False,
+    )
     metrics = experiment.train(config)
     assert metrics["step"] == 2 and np.isfinite(metrics["eval/clean_accuracy"])
     assert keras.mixed_precision.global_policy().name == "float32"
-    missing_data = dataclasses.replace(config, model_dir=str(tmp_path / "other"), dataset="mnist",
-                                       data_dir=str(tmp_path / "empty"))
+    missing_data = dataclasses.replace(
+        config, model_dir=str(tmp_path / "other"), dataset="mnist", data_dir=str(tmp_path / "empty")
+    )
     with pytest.raises(data.DatasetNotFoundError):  # raised after the policy was set
         experiment.train(missing_data)
     assert keras.mixed_precision.global_policy().name == "float32"

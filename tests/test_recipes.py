@@ -20,15 +20,25 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = sorted(os.path.basename(p)[:-len(".flags")]
-                 for p in glob.glob(os.path.join(ROOT, "configs", "*.flags")))
+RECIPES = sorted(
+    os.path.basename(p)[: -len(".flags")]
+    for p in glob.glob(os.path.join(ROOT, "configs", "*.flags"))
+)
 # Recipes that train their own network (shrunk); every other one trains SMALL_NETWORK.
 OWN_NETWORK = {"mnist5k": [], "cifar": ["--wrn_depth=10", "--wrn_width=1"]}
 SMALL_NETWORK = ["--model=small_cnn"]  # and a training attack of at most 2 steps
 # One step, evaluations on 8 test examples with PGD-1, --select_best's validation split of 50
 # examples (the recipes hold out 1000 or 5000: the fake split has them, the test no time).
-QUICK = ["--train_steps=1", "--eval_every=1", "--eval_examples=8", "--final_eval_examples=8",
-         "--eval_batch_size=8", "--eval_steps=1", "--validation_examples=50", "--noexport"]
+QUICK = [
+    "--train_steps=1",
+    "--eval_every=1",
+    "--eval_examples=8",
+    "--final_eval_examples=8",
+    "--eval_batch_size=8",
+    "--eval_steps=1",
+    "--validation_examples=50",
+    "--noexport",
+]
 
 
 def _recipe_value(recipe, name, default=None):
@@ -46,8 +56,9 @@ def _network_flags(recipe):
 
 
 def test_every_recipe_is_covered():
-    assert {"mnist5k", "mnist", "mnist_pgd_at", "cifar", "cifar_pgd_at",
-            "tiny_imagenet"} <= set(RECIPES)
+    assert {"mnist5k", "mnist", "mnist_pgd_at", "cifar", "cifar_pgd_at", "tiny_imagenet"} <= set(
+        RECIPES
+    )
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
@@ -55,9 +66,16 @@ def test_recipe_trains_one_step_on_fake_data(recipe, tmp_path):
     dataset = _recipe_value(recipe, "dataset", "mnist5k")
     model = _recipe_value(recipe, "model", "small_cnn") if recipe in OWN_NETWORK else "small_cnn"
     model_dir = tmp_path / "run"
-    command = [sys.executable, "bin/train", f"--flagfile=configs/{recipe}.flags",
-               f"--dataset=fake:{dataset}", f"--model_dir={model_dir}",
-               f"--data_dir={tmp_path / 'no_data'}", *QUICK, *_network_flags(recipe)]
+    command = [
+        sys.executable,
+        "bin/train",
+        f"--flagfile=configs/{recipe}.flags",
+        f"--dataset=fake:{dataset}",
+        f"--model_dir={model_dir}",
+        f"--data_dir={tmp_path / 'no_data'}",
+        *QUICK,
+        *_network_flags(recipe),
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     with open(model_dir / "metrics.json") as f:

@@ -21,22 +21,43 @@ from tf_metric_robust import run_files, stopping
 from tf_metric_robust.config import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--flagfile=configs/mnist5k.flags", "--train_steps=8", "--eval_every=4",
-        "--checkpoint_every=2", "--steps=1", "--eval_steps=1", "--eval_examples=50",
-        "--final_eval_examples=50", "--batch_size=16", "--deterministic"]
+TINY = [
+    "--flagfile=configs/mnist5k.flags",
+    "--train_steps=8",
+    "--eval_every=4",
+    "--checkpoint_every=2",
+    "--steps=1",
+    "--eval_steps=1",
+    "--eval_examples=50",
+    "--final_eval_examples=50",
+    "--batch_size=16",
+    "--deterministic",
+]
 
 
 def _command(model_dir, data_dir, *extra, script="bin/train"):
-    return [sys.executable, script, f"--model_dir={model_dir}", f"--data_dir={data_dir}", *TINY,
-            *extra]
+    return [
+        sys.executable,
+        script,
+        f"--model_dir={model_dir}",
+        f"--data_dir={data_dir}",
+        *TINY,
+        *extra,
+    ]
 
 
 def _train(model_dir, data_dir, *extra, fault=None):
     script, env = "bin/train", None
     if fault:
         script, env = "tests/train_with_fault.py", dict(os.environ, TFMR_FAULT=fault)
-    return subprocess.run(_command(model_dir, data_dir, *extra, script=script), cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        _command(model_dir, data_dir, *extra, script=script),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def _steps(model_dir):
@@ -48,8 +69,11 @@ def _steps(model_dir):
 def _variables(path):
     """Every value a checkpoint holds but its save counter (how many saves one process made)."""
     reader = tf.train.load_checkpoint(path)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")}
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH" and not name.startswith("save_counter")
+    }
 
 
 def _last_line(text):
@@ -57,13 +81,19 @@ def _last_line(text):
 
 
 # --------------------------------------------------------------------- kill -9 anywhere, resume
-def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(tmp_path,
-                                                                          mnist5k_data_dir):
+def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(
+    tmp_path, mnist5k_data_dir
+):
     """One run killed six ways in a row ends bit-identical to a run never interrupted."""
     reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
     checkpoints = run_files.checkpoint_dir(str(model_dir))
-    reference = subprocess.Popen(_command(reference_dir, mnist5k_data_dir), cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        _command(reference_dir, mnist5k_data_dir),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # 1. kill -9 right after the first checkpoint.
         run = _train(model_dir, mnist5k_data_dir, fault="kill_after_checkpoint:2")
@@ -76,7 +106,8 @@ def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(tmp_pa
         assert "Resumed from" in run.stdout and "ckpt-2" in run.stdout
         assert _last_line(run.stderr) == (
             f"stopped: SIGTERM received: stopped at step 3, checkpoint {checkpoints}/ckpt-3; "
-            "re-run the same command to resume")
+            "re-run the same command to resume"
+        )
         assert _steps(model_dir) == [2, 3] and "Traceback" not in run.stderr
 
         # 3. kill -9 mid-segment (end of step 5; checkpoints at 2, 3, 4).
@@ -128,8 +159,13 @@ def test_resume_is_exact_with_awp_and_ema(tmp_path, mnist5k_data_dir):
     bit-identical to an uninterrupted run, the averages included."""
     extra = ("--awp_gamma=0.01", "--awp_warmup_steps=3", "--ema_decay=0.9", "--noexport")
     reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
-    reference = subprocess.Popen(_command(reference_dir, mnist5k_data_dir, *extra), cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reference = subprocess.Popen(
+        _command(reference_dir, mnist5k_data_dir, *extra),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         run = _train(model_dir, mnist5k_data_dir, *extra, fault="kill_at_step:5")
         assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
@@ -160,7 +196,8 @@ def test_nan_loss_stops_with_one_line_and_saves_nothing_after_it(tmp_path, mnist
     assert _last_line(run.stderr) == (
         "error: non-finite loss (nan) at step 5: training stopped, nothing saved after it; last "
         f"good checkpoint: {checkpoints}/ckpt-4, where a re-run resumes (lower --learning_rate "
-        "or check the data first)")
+        "or check the data first)"
+    )
     assert _steps(tmp_path) == [2, 4]
     for value in _variables(os.path.join(checkpoints, "ckpt-4")).values():
         if value.dtype.kind == "f":
@@ -190,15 +227,18 @@ def test_stop_signals_set_a_flag_and_restore_the_handlers():
 
 
 def test_a_second_signal_quits_at_once():
-    script = ("import os, signal, time\n"
-              "from tf_metric_robust import stopping\n"
-              "with stopping.StopSignals():\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
-              "    time.sleep(0.1)\n"
-              "    os.kill(os.getpid(), signal.SIGINT)\n"
-              "    time.sleep(60)\n")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    script = (
+        "import os, signal, time\n"
+        "from tf_metric_robust import stopping\n"
+        "with stopping.StopSignals():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.1)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(60)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
     assert "send it again to quit without saving" in result.stderr
 
@@ -228,27 +268,31 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     else:
         os.remove(data_file)
     value.assign(-1.0)
-    restored = run_files.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path),
-                                                 repair=True)
+    restored = run_files.restore_newest_readable(
+        tf.train.Checkpoint(value=value), str(tmp_path), repair=True
+    )
     assert restored == str(tmp_path / "ckpt-4") and float(value.numpy()) == 4.0
     assert "ckpt-6 is unreadable" in caplog.text
     # Moved aside, and the state file now makes CheckpointManager continue from ckpt-4.
     assert os.path.exists(tmp_path / "corrupt" / "ckpt-6.index")
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(value=value), str(tmp_path), 2)
     assert manager.latest_checkpoint == str(tmp_path / "ckpt-4")
-    assert run_files.checkpoint_paths(str(tmp_path)) == [str(tmp_path / f"ckpt-{s}")
-                                                         for s in (4, 2)]
+    assert run_files.checkpoint_paths(str(tmp_path)) == [
+        str(tmp_path / f"ckpt-{s}") for s in (4, 2)
+    ]
     manager.save(checkpoint_number=6)  # rotation still works: keeps 2, deletes ckpt-2
-    assert run_files.checkpoint_paths(str(tmp_path)) == [str(tmp_path / f"ckpt-{s}")
-                                                         for s in (6, 4)]
+    assert run_files.checkpoint_paths(str(tmp_path)) == [
+        str(tmp_path / f"ckpt-{s}") for s in (6, 4)
+    ]
 
 
 def test_unreadable_state_file_does_not_restart_the_run(tmp_path):
     value = _saved_run(tmp_path)
     (tmp_path / "checkpoint").write_text("garbage {{{")
     assert tf.train.latest_checkpoint(str(tmp_path)) is None  # what TF alone would conclude
-    restored = run_files.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path),
-                                                 repair=True)
+    restored = run_files.restore_newest_readable(
+        tf.train.Checkpoint(value=value), str(tmp_path), repair=True
+    )
     assert restored.endswith("ckpt-6") and float(value.numpy()) == 6.0
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-6")
 
@@ -287,8 +331,9 @@ def test_flag_layer_names_match_the_registries():
     assert sorted(cli.MODELS) == sorted(models.MODELS)
 
 
-TWO_WORKERS = json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                          "task": {"type": "worker", "index": 0}})
+TWO_WORKERS = json.dumps(
+    {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
+)
 # (flags, TF_CONFIG, start of the message); all rejected before TensorFlow is imported.
 FAST_BAD_INPUT = {
     "unknown dataset": (["--dataset=imagenet21k"], None, "error: unknown --dataset"),
@@ -300,22 +345,39 @@ FAST_BAD_INPUT = {
     "step_size <= 0": (["--step_size=0"], None, "error: --step_size must be in (0, inf)"),
     "steps < 1": (["--steps=0"], None, "error: --steps must be a positive integer"),
     "batch_size < 1": (["--batch_size=0"], None, "error: --batch_size must be a positive integer"),
-    "learning_rate <= 0": (["--learning_rate=-1"], None,
-                           "error: --learning_rate must be in (0, inf)"),
-    "negative lambda_triplet": (["--lambda_triplet=-1"], None,
-                                "error: --lambda_triplet must be in [0, inf)"),
-    "decreasing lr_boundaries": (["--lr_boundaries=60,50", "--lr_values=0.1,0.01,0.001"], None,
-                                 "error: --lr_boundaries must be strictly increasing"),
-    "batch not divisible by replicas": (["--strategy=multi_worker", "--batch_size=15"],
-                                        TWO_WORKERS, "error: --batch_size 15 is not divisible"),
-    "malformed TF_CONFIG": (["--strategy=multi_worker"], "{not json",
-                            "error: TF_CONFIG is not a valid cluster specification"),
-    "missing flagfile": (["--flagfile=/nonexistent/recipe.flags"], None,
-                         "error: Unable to open flagfile"),
+    "learning_rate <= 0": (
+        ["--learning_rate=-1"],
+        None,
+        "error: --learning_rate must be in (0, inf)",
+    ),
+    "negative lambda_triplet": (
+        ["--lambda_triplet=-1"],
+        None,
+        "error: --lambda_triplet must be in [0, inf)",
+    ),
+    "decreasing lr_boundaries": (
+        ["--lr_boundaries=60,50", "--lr_values=0.1,0.01,0.001"],
+        None,
+        "error: --lr_boundaries must be strictly increasing",
+    ),
+    "batch not divisible by replicas": (
+        ["--strategy=multi_worker", "--batch_size=15"],
+        TWO_WORKERS,
+        "error: --batch_size 15 is not divisible",
+    ),
+    "malformed TF_CONFIG": (
+        ["--strategy=multi_worker"],
+        "{not json",
+        "error: TF_CONFIG is not a valid cluster specification",
+    ),
+    "missing flagfile": (
+        ["--flagfile=/nonexistent/recipe.flags"],
+        None,
+        "error: Unable to open flagfile",
+    ),
     "unknown flag": (["--learning_rat=0.1"], None, "error: Unknown command line flag"),
     "stray argument": (["train"], None, "error: unexpected arguments: train"),
-    "data_dir is a file": (["--data_dir=" + os.path.abspath(__file__)], None,
-                           "error: --data_dir"),
+    "data_dir is a file": (["--data_dir=" + os.path.abspath(__file__)], None, "error: --data_dir"),
 }
 
 
@@ -334,9 +396,20 @@ def test_bad_flags_are_rejected_in_one_line_before_tensorflow(tmp_path, case):
         env["TF_CONFIG"] = tf_config
     model_dir = tmp_path / "run"
     started = time.time()
-    result = subprocess.run([sys.executable, "bin/train", "--flagfile=configs/mnist5k.flags",
-                             f"--model_dir={model_dir}", *extra], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "bin/train",
+            "--flagfile=configs/mnist5k.flags",
+            f"--model_dir={model_dir}",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seconds = time.time() - started
     _assert_one_line_error(result, expected)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -348,14 +421,18 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
     """Errors that need TensorFlow (and checks of bin/evaluate, bin/export), run side by side."""
     corrupt = tmp_path / "corrupt"
     os.makedirs(corrupt / "checkpoints")
-    (corrupt / "recipe.json").write_text(json.dumps(
-        {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "tla"}))
+    (corrupt / "recipe.json").write_text(
+        json.dumps({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "tla"})
+    )
     (corrupt / "checkpoints" / "ckpt-2.index").write_bytes(os.urandom(300))
     (corrupt / "checkpoints" / "ckpt-2.data-00000-of-00001").write_bytes(os.urandom(3000))
     other = tmp_path / "other"
     os.makedirs(other)
-    (other / "recipe.json").write_text(json.dumps(
-        {"dataset": "mnist5k", "model": "madry_mnist", "model_kwargs": {}, "mode": "tla"}))
+    (other / "recipe.json").write_text(
+        json.dumps(
+            {"dataset": "mnist5k", "model": "madry_mnist", "model_kwargs": {}, "mode": "tla"}
+        )
+    )
     if os.geteuid() == 0:  # root writes anywhere a permission allows; sysfs refuses new folders
         read_only = "/sys/tf_metric_robust_tfds"
     else:
@@ -363,41 +440,64 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
         os.makedirs(read_only, mode=0o555)
     train = [sys.executable, "bin/train", "--flagfile=configs/mnist5k.flags"]
     cases = {
-        "unreadable checkpoint": (train + [f"--model_dir={corrupt}",
-                                           f"--data_dir={mnist5k_data_dir}"],
-                                  "error: no readable checkpoint in"),
-        "model_dir of another recipe": (train + [f"--model_dir={other}",
-                                                 f"--data_dir={mnist5k_data_dir}"],
-                                        "error: " + str(other) + " holds a different recipe"),
+        "unreadable checkpoint": (
+            train + [f"--model_dir={corrupt}", f"--data_dir={mnist5k_data_dir}"],
+            "error: no readable checkpoint in",
+        ),
+        "model_dir of another recipe": (
+            train + [f"--model_dir={other}", f"--data_dir={mnist5k_data_dir}"],
+            "error: " + str(other) + " holds a different recipe",
+        ),
         # 50 x (1 + 100) = 5050 examples per step (batch + TLA's extra pool): 4000 in the split.
         "batch and pool larger than the split": (
-            train + [f"--model_dir={tmp_path / 'c'}", f"--data_dir={mnist5k_data_dir}",
-                     "--negative_pool=extra", "--pool_multiplier=100"], "error: "),
-        "dataset absent offline": (train + [f"--model_dir={tmp_path / 'a'}", "--dataset=cifar10",
-                                            f"--data_dir={tmp_path / 'empty'}"],
-                                   "error: Dataset 'cifar10' is not prepared"),
-        "data_dir not writable": (train + [f"--model_dir={tmp_path / 'b'}",
-                                           f"--data_dir={read_only}"],
-                                  "error: cannot prepare dataset 'mnist5k' in --data_dir"),
+            train
+            + [
+                f"--model_dir={tmp_path / 'c'}",
+                f"--data_dir={mnist5k_data_dir}",
+                "--negative_pool=extra",
+                "--pool_multiplier=100",
+            ],
+            "error: ",
+        ),
+        "dataset absent offline": (
+            train
+            + [
+                f"--model_dir={tmp_path / 'a'}",
+                "--dataset=cifar10",
+                f"--data_dir={tmp_path / 'empty'}",
+            ],
+            "error: Dataset 'cifar10' is not prepared",
+        ),
+        "data_dir not writable": (
+            train + [f"--model_dir={tmp_path / 'b'}", f"--data_dir={read_only}"],
+            "error: cannot prepare dataset 'mnist5k' in --data_dir",
+        ),
     }
     if os.path.exists(os.path.join(ROOT, "bin", "export")):
         cases["export: unreadable checkpoint"] = (
             [sys.executable, "bin/export", f"--model_dir={corrupt}"],
-            "error: no readable checkpoint in")
+            "error: no readable checkpoint in",
+        )
         cases["export: missing model_dir"] = (
             [sys.executable, "bin/export", f"--model_dir={tmp_path / 'none'}"],
-            "error: --model_dir")
+            "error: --model_dir",
+        )
     if os.path.exists(os.path.join(ROOT, "bin", "evaluate")):
         cases["evaluate: eps > 1"] = (
             [sys.executable, "bin/evaluate", f"--model_dir={corrupt}", "--eps=2"],
-            "error: --eps must be in [0, 1]")
+            "error: --eps must be in [0, 1]",
+        )
         cases["evaluate: unknown attack"] = (
             [sys.executable, "bin/evaluate", f"--model_dir={corrupt}", "--attacks=foo"],
-            "error: unknown attack 'foo'")
+            "error: unknown attack 'foo'",
+        )
     started = time.time()
-    processes = {name: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True)
-                 for name, (command, _) in cases.items()}
+    processes = {
+        name: subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (command, _) in cases.items()
+    }
     try:
         for name, process in processes.items():
             stdout, stderr = process.communicate(timeout=900)

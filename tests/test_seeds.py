@@ -17,9 +17,12 @@ def test_same_coordinates_same_key_in_and_out_of_graphs():
 
 
 def test_roots_seeds_and_indices_never_share_a_key():
-    keys = [tuple(seeds.key(seed, root, *indices).numpy())
-            for seed, root, indices in itertools.product(
-                (0, 1), seeds.ROOTS, ((), (0,), (1,), (0, 1), (1, 0)))]
+    keys = [
+        tuple(seeds.key(seed, root, *indices).numpy())
+        for seed, root, indices in itertools.product(
+            (0, 1), seeds.ROOTS, ((), (0,), (1,), (0, 1), (1, 0))
+        )
+    ]
     assert len(set(keys)) == len(keys)
 
 

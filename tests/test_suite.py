@@ -20,12 +20,36 @@ from tf_metric_robust.evaluation.model_fns import ModelFns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PGD-3 plus AutoAttack with 5 APGD steps and 100 Square queries; no sweeps.
-QUICK = dict(step_size=0.04, steps=3, attacks=("pgd",), eps_sweep=(), steps_sweep=(),
-             suite="autoattack", suite_steps=5, suite_queries=100)
-SECTION_KEYS = {"name", "version", "eps", "norm", "steps", "queries", "num_target_classes",
-                "seed", "batch_size", "attacks", "clean_accuracy", "attack_accuracy",
-                "robust_accuracy", "fooled_by", "pgd_attack", "pgd_accuracy", "warnings",
-                "seconds"}
+QUICK = dict(
+    step_size=0.04,
+    steps=3,
+    attacks=("pgd",),
+    eps_sweep=(),
+    steps_sweep=(),
+    suite="autoattack",
+    suite_steps=5,
+    suite_queries=100,
+)
+SECTION_KEYS = {
+    "name",
+    "version",
+    "eps",
+    "norm",
+    "steps",
+    "queries",
+    "num_target_classes",
+    "seed",
+    "batch_size",
+    "attacks",
+    "clean_accuracy",
+    "attack_accuracy",
+    "robust_accuracy",
+    "fooled_by",
+    "pgd_attack",
+    "pgd_accuracy",
+    "warnings",
+    "seconds",
+}
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +68,37 @@ def bin_evaluate(trained, tmp_path_factory, mnist5k_data_dir):
     network = trained[0]
     model_dir = str(tmp_path_factory.mktemp("suite_run"))
     with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump({"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {},
-                   "mode": "natural"}, f)
-    tf.train.CheckpointManager(tf.train.Checkpoint(network=network),
-                               os.path.join(model_dir, "checkpoints"), 1).save(
-        checkpoint_number=150)
+        json.dump(
+            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
+        )
+    tf.train.CheckpointManager(
+        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
+    ).save(checkpoint_number=150)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     process = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "bin", "evaluate"), f"--model_dir={model_dir}",
-         f"--data_dir={mnist5k_data_dir}", "--num_examples=20", "--batch_size=20",
-         "--attacks=pgd", "--eps=0.1", "--step_size=0.04", "--steps=2", "--eps_sweep=",
-         "--steps_sweep=", "--suite=autoattack", "--suite_steps=3", "--suite_queries=50",
-         "--noprogress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            os.path.join(ROOT, "bin", "evaluate"),
+            f"--model_dir={model_dir}",
+            f"--data_dir={mnist5k_data_dir}",
+            "--num_examples=20",
+            "--batch_size=20",
+            "--attacks=pgd",
+            "--eps=0.1",
+            "--step_size=0.04",
+            "--steps=2",
+            "--eps_sweep=",
+            "--steps_sweep=",
+            "--suite=autoattack",
+            "--suite_steps=3",
+            "--suite_queries=50",
+            "--noprogress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     yield process, model_dir
     if process.poll() is None:
         process.kill()
@@ -65,8 +108,7 @@ def bin_evaluate(trained, tmp_path_factory, mnist5k_data_dir):
 @pytest.fixture(scope="module")
 def normal(trained, bin_evaluate):
     network, x, y = trained
-    return evaluate(ModelFns(network), (x, y), EvalConfig(eps=0.1, **QUICK),
-                               batch_size=40)
+    return evaluate(ModelFns(network), (x, y), EvalConfig(eps=0.1, **QUICK), batch_size=40)
 
 
 def _checks(report):
@@ -82,8 +124,7 @@ def test_suite_section_and_worst_case(normal):
     assert (section["steps"], section["queries"], section["eps"]) == (5, 100, 0.1)
     assert section["clean_accuracy"] == report["clean_accuracy"] > 0.8
     assert section["robust_accuracy"] == section["attack_accuracy"]["square"]
-    assert sum(section["fooled_by"].values()) == round(
-        40 * (1 - section["robust_accuracy"]))
+    assert sum(section["fooled_by"].values()) == round(40 * (1 - section["robust_accuracy"]))
     # APGD is compared with the evaluation's own PGD run.
     assert section["pgd_attack"] == "pgd"
     assert section["pgd_accuracy"] == report["attacks"]["pgd"]["accuracy"]
@@ -100,8 +141,9 @@ def test_suite_section_and_worst_case(normal):
     checks = _checks(report)
     assert checks["suite_square_not_beating_gradient_attacks"]["threshold"] == suite.SQUARE_GAP
     assert checks["suite_apgd_not_far_below_pgd"]["value"] == pytest.approx(
-        section["pgd_accuracy"] - min(section["attack_accuracy"][n] for n in ("apgd_ce",
-                                                                              "apgd_t", "fab_t")))
+        section["pgd_accuracy"]
+        - min(section["attack_accuracy"][n] for n in ("apgd_ce", "apgd_t", "fab_t"))
+    )
     fired = any(w.startswith("apgd found much more than pgd") for w in section["warnings"])
     assert checks["suite_apgd_not_far_below_pgd"]["passed"] is not fired
     json.dumps(report)  # JSON-ready

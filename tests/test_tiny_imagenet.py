@@ -33,8 +33,10 @@ def tiny_imagenet_files(seed=0):
     """{path inside tiny-imagenet-200/: bytes} with the real layout; validation labels by
     val_annotations.txt (listed out of class order), one grayscale train JPEG, unlabelled test/."""
     rng = np.random.default_rng(seed)
-    files = {"wnids.txt": ("\n".join(WNIDS) + "\n").encode(),
-             "words.txt": "".join(f"{w}\tname of {w}\n" for w in WNIDS).encode()}
+    files = {
+        "wnids.txt": ("\n".join(WNIDS) + "\n").encode(),
+        "words.txt": "".join(f"{w}\tname of {w}\n" for w in WNIDS).encode(),
+    }
     for wnid in WNIDS:
         for i in range(TRAIN_PER_CLASS):
             path = f"train/{wnid}/images/{wnid}_{i}.JPEG"
@@ -84,8 +86,11 @@ def _val_labels():
 
 def test_registry_entry_augments_and_tests_on_validation():
     spec = data.dataset_info("tiny_imagenet")
-    assert (spec.num_classes, spec.image_shape, spec.num_train_examples) == (200, (64, 64, 3),
-                                                                             100_000)
+    assert (spec.num_classes, spec.image_shape, spec.num_train_examples) == (
+        200,
+        (64, 64, 3),
+        100_000,
+    )
     assert (spec.train_split, spec.test_split) == ("train", "validation")
     assert spec.augment and spec.flip and not spec.auto_prepare
 
@@ -95,7 +100,9 @@ def test_builder_splits_labels_and_wnid_order(tiny_data_dir):
     assert builder.info.features["label"].names == WNIDS  # wnids.txt order, not sorted
     assert builder.info.metadata["class_names"] == [f"name of {w}" for w in WNIDS]
     assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
-        "train": TRAIN_PER_CLASS * len(WNIDS), "validation": VAL_PER_CLASS * len(WNIDS)}
+        "train": TRAIN_PER_CLASS * len(WNIDS),
+        "validation": VAL_PER_CLASS * len(WNIDS),
+    }
     want = _val_labels()
     validation = list(builder.as_dataset(split="validation").as_numpy_iterator())
     assert {ex["file_name"].decode(): int(ex["label"]) for ex in validation} == want
@@ -116,8 +123,9 @@ def test_grayscale_jpeg_is_stored_with_three_channels(tiny_data_dir):
 
 
 def test_pipelines_give_unit_range_64px_batches(tiny_data_dir):
-    images, labels = next(iter(data.eval_dataset("tiny_imagenet", batch_size=5,
-                                                 data_dir=tiny_data_dir)))
+    images, labels = next(
+        iter(data.eval_dataset("tiny_imagenet", batch_size=5, data_dir=tiny_data_dir))
+    )
     assert images.shape == (5, 64, 64, 3) and images.dtype == tf.float32 and labels.shape == (5,)
     batch = data.train_dataset("tiny_imagenet", batch_size=8, seed=0, data_dir=tiny_data_dir)
     images, labels = next(iter(batch))  # augmented by default: pad-4 crop + flip
@@ -130,8 +138,11 @@ def test_augment_batch_on_64px_takes_shifted_windows():
     out = data.augment_batch(images, tf.constant([3, 4], tf.int64), flip=True).numpy()
     padded = np.pad(images.numpy(), [[0, 0], [data.PAD] * 2, [data.PAD] * 2, [0, 0]])
     for image, crop in zip(padded, out):
-        windows = [image[r:r + 64, c:c + 64] for r in range(2 * data.PAD + 1)
-                   for c in range(2 * data.PAD + 1)]
+        windows = [
+            image[r : r + 64, c : c + 64]
+            for r in range(2 * data.PAD + 1)
+            for c in range(2 * data.PAD + 1)
+        ]
         assert any(np.array_equal(crop, w) or np.array_equal(crop, w[:, ::-1]) for w in windows)
 
 
@@ -151,10 +162,12 @@ def test_download_fetches_the_official_zip(tmp_path):
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(data.DatasetNotFoundError):
         data.eval_dataset("tiny_imagenet", batch_size=4, data_dir=data_dir)
-    with mock.patch.object(tfds.download.DownloadManager, "download",
-                           return_value=archive) as download:
-        images, _ = next(iter(data.eval_dataset("tiny_imagenet", batch_size=4,
-                                                data_dir=data_dir, download=True)))
+    with mock.patch.object(
+        tfds.download.DownloadManager, "download", return_value=archive
+    ) as download:
+        images, _ = next(
+            iter(data.eval_dataset("tiny_imagenet", batch_size=4, data_dir=data_dir, download=True))
+        )
     download.assert_called_once_with(tiny_imagenet_builder.URL)
     assert images.shape == (4, 64, 64, 3)
 
@@ -171,7 +184,8 @@ def test_missing_tiny_imagenet_fails_fast_naming_manual_dir(tmp_path):
 
 def test_parsers():
     assert tiny_imagenet_builder.parse_val_annotations("val_0.JPEG\tn01\t0\t0\t9\t9\n") == {
-        "val_0.JPEG": "n01"}
+        "val_0.JPEG": "n01"
+    }
     assert tiny_imagenet_builder.parse_wnids("n02\nn01\n\n") == ["n02", "n01"]
     with pytest.raises(ValueError, match="distinct"):
         tiny_imagenet_builder.parse_wnids("n01\nn01\n")
@@ -191,8 +205,9 @@ def test_authors_network_on_64px():
     assert model.get_layer("stem_relu").output.shape == (None, 64, 64, 64)  # stride 1, no pool
     assert model.get_layer("final_relu").output.shape == (None, 8, 8, 2048)
     units = {layer.name.rsplit("_", 1)[0] for layer in model.layers if layer.name.endswith("_add")}
-    assert sorted(units) == sorted(f"unit_{s}_{i}" for s, n in zip(range(1, 5), (2, 3, 5, 2))
-                                   for i in range(n))
+    assert sorted(units) == sorted(
+        f"unit_{s}_{i}" for s, n in zip(range(1, 5), (2, 3, 5, 2)) for i in range(n)
+    )
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 17_980_040
     assert len(model.losses) == len([layer for layer in model.layers if hasattr(layer, "kernel")])
 
@@ -207,17 +222,28 @@ def test_network_arguments_are_checked():
 def test_tla_trains_on_the_miniature(tiny_data_dir):
     """A few TLA steps of the authors' recipe (both positives, extra pool) at a tiny width."""
     batch, pool = 8, 1
-    network = models.build("preact_resnet_tiny", 200, (64, 64, 3), width=4, blocks=(1, 1, 1, 1),
-                           weight_decay=2e-4)
+    network = models.build(
+        "preact_resnet_tiny", 200, (64, 64, 3), width=4, blocks=(1, 1, 1, 1), weight_decay=2e-4
+    )
     trainer = AdversarialTrainer(
-        network, mode="tla", attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=1),
-        triplet=TripletConfig(negative_pool="extra", pool_multiplier=pool, positive="both",
-                              margin=0.6, margin_other=0.02, lambda_triplet=0.5),
-        label_smoothing=0.1)
+        network,
+        mode="tla",
+        attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=1),
+        triplet=TripletConfig(
+            negative_pool="extra",
+            pool_multiplier=pool,
+            positive="both",
+            margin=0.6,
+            margin_other=0.02,
+            lambda_triplet=0.5,
+        ),
+        label_smoothing=0.1,
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
     before = [w.numpy() for w in network.trainable_weights]
-    stream = data.train_dataset("tiny_imagenet", batch_size=batch * (1 + pool), seed=0,
-                                data_dir=tiny_data_dir)
+    stream = data.train_dataset(
+        "tiny_imagenet", batch_size=batch * (1 + pool), seed=0, data_dir=tiny_data_dir
+    )
     history = trainer.fit(stream, steps_per_epoch=3, epochs=1, verbose=0).history
     assert np.isfinite(history["loss"][-1]) and history["triplet_loss"][-1] >= 0.0
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, network.trainable_weights))
@@ -276,8 +302,9 @@ def test_image_folder_pipelines_resize_to_one_shape(folder):
 def test_tla_trains_on_an_image_folder(folder):
     spec = data.dataset_info(f"image_folder:{folder}")
     network = models.build("small_cnn", spec.num_classes, spec.image_shape, embedding_dim=16)
-    trainer = AdversarialTrainer(network, mode="tla",
-                                 attack=AttackConfig(eps=8 / 255, step_size=4 / 255, steps=1))
+    trainer = AdversarialTrainer(
+        network, mode="tla", attack=AttackConfig(eps=8 / 255, step_size=4 / 255, steps=1)
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(0.05), jit_compile=False)
     stream = data.train_dataset(spec.name, batch_size=6, seed=0, augment=True)
     history = trainer.fit(stream, steps_per_epoch=2, epochs=1, verbose=0).history
@@ -299,15 +326,21 @@ def test_bad_image_folders_raise(tmp_path):
 
 def _config(model_dir, mode, init=None):
     return TrainConfig(
-        model_dir=str(model_dir), dataset="mnist5k", model="small_cnn", mode=mode,
-        attack=AttackConfig(eps=0.3, step_size=0.1, steps=1), init_checkpoint=init)
+        model_dir=str(model_dir),
+        dataset="mnist5k",
+        model="small_cnn",
+        mode=mode,
+        attack=AttackConfig(eps=0.3, step_size=0.1, steps=1),
+        init_checkpoint=init,
+    )
 
 
 def _saved_pgd_run(model_dir):
     """A PGD-AT trainer whose network was saved the way experiment.train saves it."""
     trainer = experiment.build_trainer(_config(model_dir, "pgd"))
-    manager = tf.train.CheckpointManager(experiment.make_checkpoint(trainer),
-                                         os.path.join(model_dir, "checkpoints"), max_to_keep=1)
+    manager = tf.train.CheckpointManager(
+        experiment.make_checkpoint(trainer), os.path.join(model_dir, "checkpoints"), max_to_keep=1
+    )
     return trainer, manager.save(checkpoint_number=2)
 
 
@@ -346,15 +379,39 @@ def test_flagfile_parses_to_the_authors_values():
         "print(F.dataset, F.model, F.mode, F.batch_size, F.momentum, F.weight_decay, "
         "F.label_smoothing, F.augment, F.optimizer, ','.join(F.lr_values), a.steps, e.steps, "
         "t.positive, t.margin, t.margin_other if t.margin_other is not None else t.margin, t.negative_pool, t.pool_multiplier, t.distance, "
-        "t.lambda_triplet, t.lambda_norm, a.eps, a.step_size, e.step_size)\n")
+        "t.lambda_triplet, t.lambda_norm, a.eps, a.step_size, e.step_size)\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script, f"--flagfile={REPO}/configs/tiny_imagenet.flags"],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     values = result.stdout.split()
     assert values[:-3] == [
-        "tiny_imagenet", "preact_resnet_tiny", "tla", "20", "0.9", "0.0002", "0.1", "True", "sgd",
-        "0.1,0.01,0.001", "7", "10", "both", "0.6", "0.02", "extra", "1", "abs_cosine", "0.5",
-        "0.001"]
-    np.testing.assert_allclose([float(v) for v in values[-3:]], [8 / 255, 2 / 255, 2 / 255],
-                               atol=1e-8)
+        "tiny_imagenet",
+        "preact_resnet_tiny",
+        "tla",
+        "20",
+        "0.9",
+        "0.0002",
+        "0.1",
+        "True",
+        "sgd",
+        "0.1,0.01,0.001",
+        "7",
+        "10",
+        "both",
+        "0.6",
+        "0.02",
+        "extra",
+        "1",
+        "abs_cosine",
+        "0.5",
+        "0.001",
+    ]
+    np.testing.assert_allclose(
+        [float(v) for v in values[-3:]], [8 / 255, 2 / 255, 2 / 255], atol=1e-8
+    )

@@ -11,14 +11,28 @@ import pytest
 import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--flagfile=configs/mnist5k.flags", "--eval_examples=50", "--final_eval_examples=100",
-        "--steps=2", "--step_size=0.15", "--eval_steps=3", "--eval_step_size=0.1",
-        "--batch_size=32", "--eval_batch_size=50"]
+TINY = [
+    "--flagfile=configs/mnist5k.flags",
+    "--eval_examples=50",
+    "--final_eval_examples=100",
+    "--steps=2",
+    "--step_size=0.15",
+    "--eval_steps=3",
+    "--eval_step_size=0.1",
+    "--batch_size=32",
+    "--eval_batch_size=50",
+]
 
 
 def _train(model_dir, data_dir, *extra):
-    command = [sys.executable, "bin/train", f"--model_dir={model_dir}", f"--data_dir={data_dir}",
-               *TINY, *extra]
+    command = [
+        sys.executable,
+        "bin/train",
+        f"--model_dir={model_dir}",
+        f"--data_dir={data_dir}",
+        *TINY,
+        *extra,
+    ]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     return result
 
@@ -35,16 +49,27 @@ def finished_run(tmp_path_factory, mnist5k_data_dir):
     first = _train(model_dir, mnist5k_data_dir, "--train_steps=6", "--eval_every=3", "--noexport")
     assert first.returncode == 0, first.stderr[-3000:]
     steps_after_first = _step(model_dir)
-    second = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--eval_every=3",
-                    "--allow_changes=train_steps")
+    second = _train(
+        model_dir,
+        mnist5k_data_dir,
+        "--train_steps=12",
+        "--eval_every=3",
+        "--allow_changes=train_steps",
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     return model_dir, steps_after_first, first, second
 
 
 def test_run_writes_the_contract_outputs(finished_run):
     model_dir, _, _, _ = finished_run
-    for name in ("checkpoints", "tensorboard", "saved_model", "flags.txt", "metrics.json",
-                 "recipe.json"):
+    for name in (
+        "checkpoints",
+        "tensorboard",
+        "saved_model",
+        "flags.txt",
+        "metrics.json",
+        "recipe.json",
+    ):
         assert os.path.exists(os.path.join(model_dir, name)), name
     with open(os.path.join(model_dir, "metrics.json")) as f:
         metrics = json.load(f)
@@ -66,11 +91,16 @@ def test_run_writes_the_contract_outputs(finished_run):
     assert "--model_dir=" in flags_text and "--train_steps=6" in flags_text
     for internal in ("--test_random_seed", "--hbm_oom_exit", "pdb", "--verbosity", "--flagfile"):
         assert internal not in flags_text
-    events = [f for _, _, files in os.walk(os.path.join(model_dir, "tensorboard"))
-              for f in files if f.startswith("events.out")]
+    events = [
+        f
+        for _, _, files in os.walk(os.path.join(model_dir, "tensorboard"))
+        for f in files
+        if f.startswith("events.out")
+    ]
     assert events
-    assert os.path.exists(os.path.join(model_dir, "tensorboard", "projector",
-                                       "projector_config.pbtxt"))
+    assert os.path.exists(
+        os.path.join(model_dir, "tensorboard", "projector", "projector_config.pbtxt")
+    )
 
 
 def test_resume_continues_at_the_last_checkpoint(finished_run):
@@ -89,8 +119,7 @@ def test_finished_run_says_so_and_exits_zero(finished_run, mnist5k_data_dir):
     assert _step(model_dir) == 12
 
 
-def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_run,
-                                                                      mnist5k_arrays):
+def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_run, mnist5k_arrays):
     model_dir, _, _, _ = finished_run
     from tf_metric_robust import run_files
 
@@ -105,28 +134,42 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_r
         "path = export.latest_version(sys.argv[1])\n"
         "model = tf.saved_model.load(path)\n"
         "out = model.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
-        "np.save(sys.argv[3], out['logits'].numpy())\n")
+        "np.save(sys.argv[3], out['logits'].numpy())\n"
+    )
     output = os.path.join(model_dir, "logits.npy")
-    result = subprocess.run([sys.executable, "-c", script, os.path.join(model_dir, "saved_model"),
-                             inputs, output], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script, os.path.join(model_dir, "saved_model"), inputs, output],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(output), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_changed_recipe_is_refused(finished_run, mnist5k_data_dir):
     model_dir, _, _, _ = finished_run
-    result = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--model=madry_mnist",
-                    "--allow_changes=model")
+    result = _train(
+        model_dir,
+        mnist5k_data_dir,
+        "--train_steps=12",
+        "--model=madry_mnist",
+        "--allow_changes=model",
+    )
     assert result.returncode == 2
     assert "different recipe" in result.stderr and "Traceback" not in result.stderr
 
 
 def _files(model_dir):
     """{relative path: modification time} of every file under model_dir."""
-    return {os.path.relpath(os.path.join(root, name), model_dir):
-            os.path.getmtime(os.path.join(root, name))
-            for root, _, names in os.walk(model_dir) for name in names}
+    return {
+        os.path.relpath(os.path.join(root, name), model_dir): os.path.getmtime(
+            os.path.join(root, name)
+        )
+        for root, _, names in os.walk(model_dir)
+        for name in names
+    }
 
 
 def test_resume_with_changed_settings_is_refused_in_one_line(finished_run, mnist5k_data_dir):
@@ -134,14 +177,22 @@ def test_resume_with_changed_settings_is_refused_in_one_line(finished_run, mnist
     flags.txt. Now it is refused, naming every difference, and nothing in the run changes."""
     model_dir, _, _, _ = finished_run
     before = _files(model_dir)
-    result = _train(model_dir, mnist5k_data_dir, "--train_steps=12", "--eval_every=3",
-                    "--learning_rate=0.5", "--eps=0.1")
+    result = _train(
+        model_dir,
+        mnist5k_data_dir,
+        "--train_steps=12",
+        "--eval_every=3",
+        "--learning_rate=0.5",
+        "--eps=0.1",
+    )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "--learning_rate 0.001 -> 0.5" in lines[0] and "--eps 0.3 -> 0.1" in lines[0]
-    assert "--allow_changes=learning_rate,eps" in lines[0] or \
-        "--allow_changes=eps,learning_rate" in lines[0]
+    assert (
+        "--allow_changes=learning_rate,eps" in lines[0]
+        or "--allow_changes=eps,learning_rate" in lines[0]
+    )
     assert _files(model_dir) == before
     # Unknown or result-neutral names in --allow_changes are usage errors, before TensorFlow.
     bad = _train(model_dir, mnist5k_data_dir, "--allow_changes=learnin_rate")
@@ -208,14 +259,19 @@ def test_tensorboard_finds_scalars_images_and_projector_from_the_top_logdir(fini
     ctx = context.RequestContext()
     scalars = provider.list_scalars(ctx, experiment_id="", plugin_name="scalars")
     tags = {tag for run in scalars.values() for tag in run}
-    assert {"eval/clean_accuracy", "eval/pgd3_accuracy", "train/loss",
-            "train/pgd2_accuracy"} <= tags, tags
+    assert {
+        "eval/clean_accuracy",
+        "eval/pgd3_accuracy",
+        "train/loss",
+        "train/pgd2_accuracy",
+    } <= tags, tags
     images = provider.list_blob_sequences(ctx, experiment_id="", plugin_name="images")
     assert any("eval/clean_adversarial_perturbation" in run for run in images.values())
     plugin = projector_plugin.ProjectorPlugin(
-        base_plugin.TBContext(logdir=logdir, data_provider=provider))
+        base_plugin.TBContext(logdir=logdir, data_provider=provider)
+    )
     plugin._update_configs()
-    (run, config), = plugin._configs.items()
+    ((run, config),) = plugin._configs.items()
     assert run in {run.run_name for run in provider.list_runs(ctx, experiment_id="")}
     (embedding,) = config.embeddings
     assert list(embedding.tensor_shape) == [100, 128]  # --final_eval_examples=100, fc128
@@ -223,8 +279,7 @@ def test_tensorboard_finds_scalars_images_and_projector_from_the_top_logdir(fini
     with open(os.path.join(directory, embedding.metadata_path)) as f:
         rows = f.read().splitlines()
     assert rows[0] == "label\tprediction" and len(rows) == 101
-    sprite = tf.io.decode_png(tf.io.read_file(os.path.join(directory,
-                                                           embedding.sprite.image_path)))
+    sprite = tf.io.decode_png(tf.io.read_file(os.path.join(directory, embedding.sprite.image_path)))
     assert list(embedding.sprite.single_image_dim) == [28, 28]
     assert sprite.shape[0] == sprite.shape[1] == 28 * 10  # 100 digits, 10 x 10
 
@@ -239,8 +294,14 @@ def test_help_lists_our_flags_without_the_venv(script, tmp_path):
         pytest.skip("no .venv in the clone (make install creates it)")
     (tmp_path / "tf_metric_robust").symlink_to(ROOT)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no venv activated
-    result = subprocess.run([base_python, f"tf_metric_robust/bin/{script}", "--helpshort"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [base_python, f"tf_metric_robust/bin/{script}", "--helpshort"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "--model_dir" in result.stdout and "--data_dir" in result.stdout
     assert "--test_random_seed" not in result.stdout  # absl's and TF's flags: --helpfull only

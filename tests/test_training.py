@@ -28,13 +28,16 @@ def _batches(arrays, batch_size, count, seed=0):
     return tf.data.Dataset.from_tensor_slices((images[order], labels[order])).batch(batch_size)
 
 
-@pytest.mark.parametrize("mode,triplet", [
-    ("natural", None),
-    ("pgd", None),
-    ("tla", TripletConfig(lambda_triplet=2.0)),
-    ("tla", TripletConfig(negative_pool="bank", bank_size=256, positive="both")),
-    ("tla", TripletConfig(mining="semihard", distance="l2", margin=0.5)),
-])
+@pytest.mark.parametrize(
+    "mode,triplet",
+    [
+        ("natural", None),
+        ("pgd", None),
+        ("tla", TripletConfig(lambda_triplet=2.0)),
+        ("tla", TripletConfig(negative_pool="bank", bank_size=256, positive="both")),
+        ("tla", TripletConfig(mining="semihard", distance="l2", margin=0.5)),
+    ],
+)
 def test_training_lowers_the_loss(mnist5k_arrays, mode, triplet):
     trainer = _trainer(mode, triplet=triplet)
     history = trainer.fit(_batches(mnist5k_arrays, 32, 60), epochs=1, verbose=0)
@@ -69,8 +72,9 @@ def test_tla_triplet_term_is_positive_and_reaches_the_embedding(mnist5k_arrays):
 
 def _one_step_weights(strategy, mode, batch):
     with strategy.scope():
-        trainer = _trainer(mode, attack=FIXED_START,
-                           optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
+        trainer = _trainer(
+            mode, attack=FIXED_START, optimizer=keras.optimizers.SGD(0.5, momentum=0.9)
+        )
     trainer.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
     return [w.numpy() for w in trainer.network.weights], trainer.optimizer.iterations.numpy()
 
@@ -139,11 +143,13 @@ def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
 
     batch, multiplier, replicas = 4, 2, 2
     ids = tf.range(batch * (1 + multiplier), dtype=tf.int64)
-    np.testing.assert_array_equal(replica_major(ids, batch, replicas),
-                                  [0, 1, 4, 5, 6, 7, 2, 3, 8, 9, 10, 11])
+    np.testing.assert_array_equal(
+        replica_major(ids, batch, replicas), [0, 1, 4, 5, 6, 7, 2, 3, 8, 9, 10, 11]
+    )
     images = tf.reshape(tf.cast(ids, tf.float32), [-1, 1, 1, 1]) * tf.ones([1, 2, 2, 1])
-    np.testing.assert_array_equal(replica_major(images, batch, replicas)[:, 0, 0, 0],
-                                  replica_major(ids, batch, replicas))
+    np.testing.assert_array_equal(
+        replica_major(images, batch, replicas)[:, 0, 0, 0], replica_major(ids, batch, replicas)
+    )
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
     strategy = tf.distribute.MirroredStrategy(cpus)
     dataset = tf.data.Dataset.from_tensors(replica_major(ids, batch, replicas))
@@ -159,8 +165,9 @@ def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
 def test_tla_loss_adds_lambda_triplet_times_each_authors_term(mnist5k_arrays):
     """total = CE + lambda_triplet * sum over positive terms of (hinge + lambda_norm * norm), as
     train_update_fast_triplet.py:366-376 adds utils.triplet_loss terms."""
-    triplet = TripletConfig(positive="both", margin=0.2, margin_other=0.1, lambda_triplet=3.0,
-                            lambda_norm=0.5)
+    triplet = TripletConfig(
+        positive="both", margin=0.2, margin_other=0.1, lambda_triplet=3.0, lambda_norm=0.5
+    )
     trainer = _trainer("tla", triplet=triplet)
     images, labels = next(iter(_batches(mnist5k_arrays, 32, 1)))
     labels = tf.cast(labels, tf.int64)
@@ -169,13 +176,15 @@ def test_tla_loss_adds_lambda_triplet_times_each_authors_term(mnist5k_arrays):
     out = trainer.network(tf.concat([adversarial, images], 0), training=False)
     adv_emb, clean_emb = tf.split(out["embedding"], 2)
     from tf_metric_robust import losses
+
     index, found = losses.hardest_negative_index(adv_emb, labels, clean_emb, labels)
     negative = tf.gather(clean_emb, index)
     partner = losses.same_class_partner_index(labels, trainer._seed("training.partner"))
     expected = 0.0
     for positive, margin in ((clean_emb, 0.2), (tf.gather(clean_emb, partner), 0.1)):
-        term, _ = losses.tla_triplet_loss(adv_emb, positive, negative, margin=margin,
-                                          lambda_norm=0.5, valid=found)
+        term, _ = losses.tla_triplet_loss(
+            adv_emb, positive, negative, margin=margin, lambda_norm=0.5, valid=found
+        )
         expected += term
     norm = losses.embedding_norm_loss(adv_emb, clean_emb, negative)
     assert float(tf.reduce_mean(norm)) > 0.0
@@ -205,16 +214,18 @@ def test_separate_and_joint_passes_differ_only_through_batch_norm(mnist5k_arrays
     adversarial = tf.clip_by_value(images + 0.2 * tf.sign(images - 0.5), 0.0, 1.0)
     results = {}
     for separate in (True, False):
-        triplet = TripletConfig(positive="both", other_positive="data", separate_passes=separate,
-                                margin=0.5)
+        triplet = TripletConfig(
+            positive="both", other_positive="data", separate_passes=separate, margin=0.5
+        )
         if with_bn:
             network = _bn_network()
         else:
             keras.utils.set_random_seed(0)
             network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=16)
         trainer = AdversarialTrainer(network, mode="tla", attack=ATTACK, triplet=triplet)
-        total, logs, _, _ = trainer.compute_losses(images, labels, adversarial, True,
-                                                   other_images=others)
+        total, logs, _, _ = trainer.compute_losses(
+            images, labels, adversarial, True, other_images=others
+        )
         results[separate] = (total.numpy(), logs["ce_loss"].numpy())
     total_gap = np.abs(results[True][0] - results[False][0]).max()
     ce_gap = np.abs(results[True][1] - results[False][1]).max()
@@ -230,8 +241,9 @@ def test_other_positive_data_needs_other_images(mnist5k_arrays):
         trainer.fit(_batches(mnist5k_arrays, 16, 1), epochs=1, verbose=0)
     trainer = _trainer("tla", triplet=TripletConfig(positive="other", other_positive="data"))
     images, labels = mnist5k_arrays
-    stream = tf.data.Dataset.from_tensor_slices(
-        ((images[:32], images[32:64]), labels[:32])).batch(16)
+    stream = tf.data.Dataset.from_tensor_slices(((images[:32], images[32:64]), labels[:32])).batch(
+        16
+    )
     logs = trainer.fit(stream, epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"][-1]) and trainer.optimizer.iterations.numpy() == 2
 
@@ -240,20 +252,30 @@ def test_attack_bn_mode_train_attacks_with_batch_statistics(mnist5k_arrays):
     """--attack_bn_mode=train (Madry's PGD-AT) differentiates the training-mode network."""
     images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
     labels = tf.cast(labels, tf.int64)
-    trainer = AdversarialTrainer(_bn_network(), mode="pgd", attack=FIXED_START,
-                                 attack_bn_mode="train")
-    bn = [layer for layer in trainer.network.layers
-          if isinstance(layer, keras.layers.BatchNormalization)][0]
-    np.testing.assert_allclose(trainer.training_logits_fn(images),
-                               trainer.network(images, training=True)["logits"], rtol=1e-5)
+    trainer = AdversarialTrainer(
+        _bn_network(), mode="pgd", attack=FIXED_START, attack_bn_mode="train"
+    )
+    bn = [
+        layer
+        for layer in trainer.network.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ][0]
+    np.testing.assert_allclose(
+        trainer.training_logits_fn(images),
+        trainer.network(images, training=True)["logits"],
+        rtol=1e-5,
+    )
     moving_mean = bn.moving_mean.numpy().copy()
     trainer.compile(optimizer=keras.optimizers.SGD(0.0))
     trainer.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0)
     # 3 attack steps + the weight update ran in training mode: the moving mean moved 4 times
     # (momentum 0.99 each), not once as with an inference-mode attack.
     inference = AdversarialTrainer(_bn_network(), mode="pgd", attack=FIXED_START)
-    inference_bn = [layer for layer in inference.network.layers
-                    if isinstance(layer, keras.layers.BatchNormalization)][0]
+    inference_bn = [
+        layer
+        for layer in inference.network.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ][0]
     inference.compile(optimizer=keras.optimizers.SGD(0.0))
     inference.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0)
     moved = np.abs(bn.moving_mean.numpy() - moving_mean).max()
@@ -263,8 +285,7 @@ def test_attack_bn_mode_train_attacks_with_batch_statistics(mnist5k_arrays):
         AdversarialTrainer(_bn_network(), mode="pgd", attack=ATTACK, attack_bn_mode="eval")
 
 
-def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
-                                                                      mnist5k_data_dir):
+def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path, mnist5k_data_dir):
     """--select_best=pgd: validation split held out of TRAINING, best checkpoint kept, final
     metrics computed with its weights; never without a validation split."""
     import json
@@ -275,12 +296,25 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
 
     attack = AttackConfig(eps=0.1, step_size=0.05, steps=2)
     config = TrainConfig(
-        model_dir=str(tmp_path / "run"), dataset="mnist5k", data_dir=mnist5k_data_dir,
-        model="small_cnn", mode="pgd", batch_size=20, train_steps=4, eval_every=2,
-        checkpoint_every=2, eval_examples=40, final_eval_examples=40, eval_batch_size=40,
-        attack=attack, eval_attack=attack, optimizer=OptimizerConfig(
-            name="adam", learning_rate=1e-3), validation_examples=100, select_best="pgd",
-        export=False)
+        model_dir=str(tmp_path / "run"),
+        dataset="mnist5k",
+        data_dir=mnist5k_data_dir,
+        model="small_cnn",
+        mode="pgd",
+        batch_size=20,
+        train_steps=4,
+        eval_every=2,
+        checkpoint_every=2,
+        eval_examples=40,
+        final_eval_examples=40,
+        eval_batch_size=40,
+        attack=attack,
+        eval_attack=attack,
+        optimizer=OptimizerConfig(name="adam", learning_rate=1e-3),
+        validation_examples=100,
+        select_best="pgd",
+        export=False,
+    )
     metrics = experiment.train(config)
     record = selection.read_record(os.path.join(config.model_dir, selection.BEST_DIR))
     assert record["validation_examples"] == 100 and record["step"] in (2, 4)
@@ -288,22 +322,33 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path,
     with open(os.path.join(config.model_dir, "metrics.json")) as f:
         assert json.load(f)["selected_checkpoint"]["step"] == record["step"]
     # The validation split is the first 100 training examples, never seen in training.
-    held_out = next(iter(data.eval_dataset("mnist5k", batch_size=100, data_dir=mnist5k_data_dir,
-                                           split=data.validation_split("mnist5k", 100))))[0]
-    trained = data.train_dataset("mnist5k", batch_size=100, seed=0, data_dir=mnist5k_data_dir,
-                                 validation_examples=100)
+    held_out = next(
+        iter(
+            data.eval_dataset(
+                "mnist5k",
+                batch_size=100,
+                data_dir=mnist5k_data_dir,
+                split=data.validation_split("mnist5k", 100),
+            )
+        )
+    )[0]
+    trained = data.train_dataset(
+        "mnist5k", batch_size=100, seed=0, data_dir=mnist5k_data_dir, validation_examples=100
+    )
     seen = np.concatenate([images.numpy() for images, _ in trained.take(39)])  # one epoch
     held = {image.tobytes() for image in held_out.numpy()}
     assert len(seen) == 3900 and not held & {image.tobytes() for image in seen}
-    bad = TrainConfig(**{**config.__dict__, "model_dir": str(tmp_path / "bad"),
-                                    "validation_examples": 0})
+    bad = TrainConfig(
+        **{**config.__dict__, "model_dir": str(tmp_path / "bad"), "validation_examples": 0}
+    )
     with pytest.raises(UserError, match="validation_examples"):
         experiment.train(bad)
 
 
 @pytest.mark.parametrize("round_to_grid", [False, True])
 def test_eval_round_to_grid_puts_evaluation_adversarials_on_the_pixel_grid(
-        mnist5k_arrays, monkeypatch, round_to_grid):
+    mnist5k_arrays, monkeypatch, round_to_grid
+):
     """--eval_round_to_grid rounds the evaluation attack's output to k/255, as the authors' CIFAR
     evaluation (pgd_attack.py:285-286); training attacks are never rounded."""
     from tf_metric_robust import training
@@ -312,14 +357,20 @@ def test_eval_round_to_grid_puts_evaluation_adversarials_on_the_pixel_grid(
     off_grid = 0.3 / 255  # what the fake attack adds: rounding must undo it
     monkeypatch.setattr(training.attacks, "pgd", lambda fn, x, y, **kwargs: x + off_grid)
     keras.utils.set_random_seed(0)
-    trainer = AdversarialTrainer(models.build("small_cnn", 10, (28, 28, 1)), mode="pgd",
-                                 attack=ATTACK, eval_round_to_grid=round_to_grid)
+    trainer = AdversarialTrainer(
+        models.build("small_cnn", 10, (28, 28, 1)),
+        mode="pgd",
+        attack=ATTACK,
+        eval_round_to_grid=round_to_grid,
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(0.0), run_eagerly=True)
     seen = []
     compute_losses = trainer.compute_losses
-    monkeypatch.setattr(trainer, "compute_losses",
-                        lambda *args, **kwargs: seen.append(args[2]) or compute_losses(*args,
-                                                                                       **kwargs))
+    monkeypatch.setattr(
+        trainer,
+        "compute_losses",
+        lambda *args, **kwargs: seen.append(args[2]) or compute_losses(*args, **kwargs),
+    )
     trainer.evaluate(tf.data.Dataset.from_tensors((images, labels)), verbose=0)
     gap = np.abs(seen[0].numpy() - images.numpy()).max()
     assert (gap < 1e-6) if round_to_grid else (abs(gap - off_grid) < 1e-6)
@@ -372,8 +423,9 @@ def test_kl_modes_train_step_uses_the_loss_functions(mnist5k_arrays):
         network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
         trainer = AdversarialTrainer(network, mode=mode, attack=ATTACK, beta=2.5)
         total, logs, clean, adv = trainer.compute_losses(images, labels, adversarial, False)
-        expected = loss_fn(labels, network(images)["logits"], network(adversarial)["logits"],
-                           beta=2.5)
+        expected = loss_fn(
+            labels, network(images)["logits"], network(adversarial)["logits"], beta=2.5
+        )
         np.testing.assert_allclose(total.numpy(), expected.numpy(), rtol=1e-5)
         assert float(tf.reduce_mean(logs["robust_loss"])) > 0.0
 
@@ -387,8 +439,12 @@ def test_kl_modes_refuse_label_smoothing_and_trades_attack_loss():
     with pytest.raises(UserError, match="label_smoothing=0"):
         check_mode("mart", beta=6.0, label_smoothing=0.1, attack=ATTACK)
     with pytest.raises(UserError, match="attack_loss"):
-        check_mode("trades", beta=6.0, label_smoothing=0.0,
-                   attack=AttackConfig(eps=0.1, step_size=0.05, steps=3, loss="cw"))
+        check_mode(
+            "trades",
+            beta=6.0,
+            label_smoothing=0.0,
+            attack=AttackConfig(eps=0.1, step_size=0.05, steps=3, loss="cw"),
+        )
     with pytest.raises(UserError, match="beta"):
         check_mode("trades", beta=-1.0, label_smoothing=0.0, attack=ATTACK)
     check_mode("tla", beta=6.0, label_smoothing=0.1, attack=ATTACK)
@@ -406,21 +462,34 @@ def test_tla_on_trades_is_the_trades_loss_plus_the_triplet_term(mnist5k_arrays):
     labels = tf.cast(labels, tf.int64)
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
-    trainer = AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades", beta=2.5,
-                                 triplet=TripletConfig(lambda_triplet=0.7, margin=0.5))
+    trainer = AdversarialTrainer(
+        network,
+        mode="tla",
+        attack=ATTACK,
+        base="trades",
+        beta=2.5,
+        triplet=TripletConfig(lambda_triplet=0.7, margin=0.5),
+    )
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     adversarial = _replica_independent_perturbation(None, images, labels)
     total, logs, clean, adv = trainer.compute_losses(images, labels, adversarial, False)
-    expected = losses.trades_loss(labels, network(images)["logits"],
-                                  network(adversarial)["logits"], beta=2.5)
-    np.testing.assert_allclose(total.numpy(), (expected + 0.7 * logs["triplet_loss"]).numpy(),
-                               rtol=1e-5)
+    expected = losses.trades_loss(
+        labels, network(images)["logits"], network(adversarial)["logits"], beta=2.5
+    )
+    np.testing.assert_allclose(
+        total.numpy(), (expected + 0.7 * logs["triplet_loss"]).numpy(), rtol=1e-5
+    )
     assert float(tf.reduce_mean(logs["triplet_loss"])) > 0.0
     np.testing.assert_allclose(logs["robust_loss"] + logs["ce_loss"], expected, rtol=1e-5)
     # The training attack is TRADES': KL against the clean logits from x + 0.001 N(0, 1).
     kwargs = {**ATTACK.kwargs(), "loss": "kl", "random_start": objectives.TRADES_START_STD}
-    reference = attacks.pgd(trainer.logits_fn, images, network(images)["logits"],
-                            seed=trainer._seed("training.attack"), **kwargs)
+    reference = attacks.pgd(
+        trainer.logits_fn,
+        images,
+        network(images)["logits"],
+        seed=trainer._seed("training.attack"),
+        **kwargs,
+    )
     np.testing.assert_allclose(trainer._training_attack(images, labels), reference, atol=1e-6)
 
 
@@ -428,8 +497,13 @@ def test_tla_on_trades_lowers_the_loss(mnist5k_arrays):
     def trainer():
         keras.utils.set_random_seed(0)
         network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
-        built = AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades",
-                                   triplet=TripletConfig(lambda_triplet=0.5))
+        built = AdversarialTrainer(
+            network,
+            mode="tla",
+            attack=ATTACK,
+            base="trades",
+            triplet=TripletConfig(lambda_triplet=0.5),
+        )
         built.compile(optimizer=keras.optimizers.Adam(1e-3))
         return built
 
@@ -450,15 +524,21 @@ def test_base_trades_is_refused_where_it_cannot_run():
     with pytest.raises(ValueError, match="base"):
         AdversarialTrainer(network, mode="pgd", attack=ATTACK, base="trades")
     with pytest.raises(ValueError, match="positive_noise"):
-        AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades",
-                           triplet=TripletConfig(positive_noise=8 / 255))
+        AdversarialTrainer(
+            network,
+            mode="tla",
+            attack=ATTACK,
+            base="trades",
+            triplet=TripletConfig(positive_noise=8 / 255),
+        )
     with pytest.raises(UserError, match="--mode=tla"):
         check_mode("mart", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades")
     with pytest.raises(UserError, match="label_smoothing=0"):
         check_mode("tla", beta=6.0, label_smoothing=0.1, attack=ATTACK, base="trades")
     with pytest.raises(UserError, match="positive_noise"):
-        check_mode("tla", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades",
-                   positive_noise=0.1)
+        check_mode(
+            "tla", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0.1
+        )
 
 
 def test_trainer_without_evaluation_attack_fails_at_construction():

@@ -78,8 +78,7 @@ def install(kind, at):
         original_losses = AdversarialTrainer.compute_losses
 
         def compute_losses(self, images, labels, adversarial, training, *args, **kwargs):
-            result = original_losses(self, images, labels, adversarial, training, *args,
-                                     **kwargs)
+            result = original_losses(self, images, labels, adversarial, training, *args, **kwargs)
             if training:  # optimizer.iterations counts finished steps: step N sees N - 1
                 poison = tf.where(tf.equal(self.optimizer.iterations, at - 1), float("nan"), 0.0)
                 result = result._replace(total=result.total + tf.cast(poison, result.total.dtype))

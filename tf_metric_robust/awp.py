@@ -110,8 +110,10 @@ class WeightPerturbation:
                 with tf.GradientTape() as tape:
                     loss = tf.cast(loss_fn(), tf.float32)
                 grads = tape.gradient(loss, variables)
-            return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-                    for v, g in zip(variables, grads)]
+            return [
+                tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+                for v, g in zip(variables, grads)
+            ]
 
         if self.warmup_steps > 0:
             active = tf.cast(step, tf.int64) >= self.warmup_steps

@@ -37,9 +37,11 @@ def cosine_similarity(a, b, pairwise):
 
 def squared_l2_matrix(a, b):
     """|a_i|^2 + |b_j|^2 - 2 a_i.b_j clamped at 0 (rounding), [N, M]."""
-    squared = (tf.reduce_sum(tf.square(a), axis=1, keepdims=True)
-               + tf.reduce_sum(tf.square(b), axis=1)[tf.newaxis, :]
-               - 2.0 * tf.matmul(a, b, transpose_b=True))
+    squared = (
+        tf.reduce_sum(tf.square(a), axis=1, keepdims=True)
+        + tf.reduce_sum(tf.square(b), axis=1)[tf.newaxis, :]
+        - 2.0 * tf.matmul(a, b, transpose_b=True)
+    )
     return tf.maximum(squared, 0.0)
 
 

@@ -30,12 +30,15 @@ def cluster_from_env():
         workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
         members = cluster[task_type]
     except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"TF_CONFIG is not a valid cluster specification ({type(error).__name__}: "
-                        f"{error}); expected {{\"cluster\": {{\"worker\": [\"host:port\", ...]}}, "
-                        f"\"task\": {{\"type\": \"worker\", \"index\": 0}}}}") from None
+        raise UserError(
+            f"TF_CONFIG is not a valid cluster specification ({type(error).__name__}: "
+            f'{error}); expected {{"cluster": {{"worker": ["host:port", ...]}}, '
+            f'"task": {{"type": "worker", "index": 0}}}}'
+        ) from None
     if not 0 <= index < len(members):
-        raise UserError(f"TF_CONFIG task index {index} is outside its {task_type} list "
-                        f"({len(members)} entries)")
+        raise UserError(
+            f"TF_CONFIG task index {index} is outside its {task_type} list ({len(members)} entries)"
+        )
     return task_type, index, max(workers, 1)
 
 
@@ -66,8 +69,10 @@ def make_strategy(name="auto", tpu_address=None):
 
     if name == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise UserError("strategy 'multi_worker' needs the TF_CONFIG environment variable "
-                            "(cluster spec and this worker's task); see README 'Multi-worker'")
+            raise UserError(
+                "strategy 'multi_worker' needs the TF_CONFIG environment variable "
+                "(cluster spec and this worker's task); see README 'Multi-worker'"
+            )
         cluster_from_env()  # a clear message for malformed JSON
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -94,5 +99,7 @@ def check_batch_size(batch_size, strategy):
     """Raises UserError unless the global batch splits evenly over the replicas."""
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
-        raise UserError(f"batch_size {batch_size} is not divisible by the {replicas} replicas "
-                        f"of the strategy; use a multiple of {replicas}")
+        raise UserError(
+            f"batch_size {batch_size} is not divisible by the {replicas} replicas "
+            f"of the strategy; use a multiple of {replicas}"
+        )

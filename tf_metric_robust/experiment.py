@@ -25,8 +25,18 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust import (data, distribute, export, overfit_guard, run_files, selection,
-                              stopping, summaries, train_inputs, weight_averaging)
+from tf_metric_robust import (
+    data,
+    distribute,
+    export,
+    overfit_guard,
+    run_files,
+    selection,
+    stopping,
+    summaries,
+    train_inputs,
+    weight_averaging,
+)
 from tf_metric_robust.config import UserError
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
 from tf_metric_robust.train_inputs import replica_major  # noqa: F401 (re-exported)
@@ -36,15 +46,23 @@ from tf_metric_robust.training import AdversarialTrainer, make_optimizer
 def build_trainer(config):
     """Network + AdversarialTrainer + optimizer, compiled; call inside strategy.scope()."""
     network = run_files.build_network(config.recipe(), config.optimizer.weight_decay)
-    trainer = AdversarialTrainer(network, mode=config.mode, attack=config.attack,
-                                 eval_attack=config.eval_attack, triplet=config.triplet,
-                                 label_smoothing=config.label_smoothing, seed=config.seed,
-                                 eps_warmup_steps=config.eps_warmup_steps,
-                                 attack_bn_mode=config.attack_bn_mode,
-                                 eval_round_to_grid=config.eval_round_to_grid,
-                                 beta=config.beta, base=config.base, awp_gamma=config.awp_gamma,
-                                 awp_warmup_steps=config.awp_warmup_steps,
-                                 ema_decay=config.ema_decay)
+    trainer = AdversarialTrainer(
+        network,
+        mode=config.mode,
+        attack=config.attack,
+        eval_attack=config.eval_attack,
+        triplet=config.triplet,
+        label_smoothing=config.label_smoothing,
+        seed=config.seed,
+        eps_warmup_steps=config.eps_warmup_steps,
+        attack_bn_mode=config.attack_bn_mode,
+        eval_round_to_grid=config.eval_round_to_grid,
+        beta=config.beta,
+        base=config.base,
+        awp_gamma=config.awp_gamma,
+        awp_warmup_steps=config.awp_warmup_steps,
+        ema_decay=config.ema_decay,
+    )
     optimizer = make_optimizer(config.optimizer)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     optimizer.build(network.trainable_variables)
@@ -66,8 +84,11 @@ def _best_checkpoint(config, output_dir, trainer):
         return None
     if config.select_best != "pgd":
         raise UserError(f"select_best must be 'none' or 'pgd', got {config.select_best!r}")
-    return selection.BestCheckpoint(os.path.join(output_dir, selection.BEST_DIR),
-                                    trainer.network, train_inputs.validation_input(config))
+    return selection.BestCheckpoint(
+        os.path.join(output_dir, selection.BEST_DIR),
+        trainer.network,
+        train_inputs.validation_input(config),
+    )
 
 
 def _state_variables(trainer):
@@ -110,8 +131,9 @@ def train(config, flags_text=None, progress=None):
     if chief:
         run_files.check_writable(config.model_dir)
         check = run_files.check_recipe(config.model_dir, config.recipe(), config.allow_changes)
-        start = functools.partial(run_files.record_start, config.model_dir, config.recipe(),
-                                  check, flags_text=flags_text)
+        start = functools.partial(
+            run_files.record_start, config.model_dir, config.recipe(), check, flags_text=flags_text
+        )
     output_dir = config.model_dir if chief else tempfile.mkdtemp(prefix="tf_metric_robust-")
     # --mixed_precision sets Keras' process-wide dtype policy; a caller of the Python API keeps
     # building float32 models after this run.
@@ -143,17 +165,24 @@ def _train(config, output_dir, chief, start, report):
     step = first_step = int(trainer.optimizer.iterations.numpy())
     if start is not None:
         start(step)  # every check passed: recipe.json, flags.txt / history.jsonl
-    manager = tf.train.CheckpointManager(checkpoint, run_files.checkpoint_dir(output_dir),
-                                         max_to_keep=config.keep_checkpoints)
-    saver = stopping.Saver(manager, _state_variables(trainer), step if restored else None,
-                           run_files.checkpoint_dir(config.model_dir))
+    manager = tf.train.CheckpointManager(
+        checkpoint, run_files.checkpoint_dir(output_dir), max_to_keep=config.keep_checkpoints
+    )
+    saver = stopping.Saver(
+        manager,
+        _state_variables(trainer),
+        step if restored else None,
+        run_files.checkpoint_dir(config.model_dir),
+    )
     writer = summaries.Writer(os.path.join(output_dir, "tensorboard"))
     best = _best_checkpoint(config, output_dir, trainer)
     started = time.time()
     with stopping.StopSignals(enabled=config.strategy != "multi_worker") as signals:
         guard = stopping.StepGuard(saver, config.checkpoint_every, signals)
-        callbacks = [guard, summaries.TrainScalars(writer, every=min(50, config.eval_every),
-                                                   attack=config.attack)]
+        callbacks = [
+            guard,
+            summaries.TrainScalars(writer, every=min(50, config.eval_every), attack=config.attack),
+        ]
         callbacks += overfit_guard.callbacks(config, trainer, output_dir)  # fast AT (issue 18)
         # A terminal gets Keras' progress bar; a log file (stdout redirected) one line per segment.
         verbose = 1 if sys.stdout.isatty() else 2
@@ -163,28 +192,47 @@ def _train(config, output_dir, chief, start, report):
             guard.check()
             segment = min(config.eval_every - step % config.eval_every, config.train_steps - step)
             report(f"Steps {step + 1}-{step + segment} of {config.train_steps}")
-            trainer.fit(train_inputs.train_input(config, step, strategy.num_replicas_in_sync),
-                        steps_per_epoch=segment, epochs=1,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)
+            trainer.fit(
+                train_inputs.train_input(config, step, strategy.num_replicas_in_sync),
+                steps_per_epoch=segment,
+                epochs=1,
+                callbacks=callbacks,
+                verbose=verbose,
+                shuffle=False,
+            )
             step = int(trainer.optimizer.iterations.numpy())
             saver.save(step)  # no-op when the guard just saved this step
             guard.check()
             with weight_averaging.maybe_swapped_in(trainer.ema):
-                results, count = _evaluate(trainer, eval_data, guard, config,
-                                           config.eval_examples)
+                results, count = _evaluate(trainer, eval_data, guard, config, config.eval_examples)
                 results = summaries.name_accuracies(results, config.eval_attack)
                 writer.scalars("eval", results, step)
                 if best is not None:
                     record = best.consider(trainer, step)
-                    writer.scalars("validation", {"best_pgd_accuracy": record[
-                        "validation_pgd_accuracy"]}, step)
-                    report(f"validation: pgd_accuracy {record['last_pgd_accuracy']:.4f} (best "
-                           f"{record['validation_pgd_accuracy']:.4f} at step {record['step']})")
+                    writer.scalars(
+                        "validation", {"best_pgd_accuracy": record["validation_pgd_accuracy"]}, step
+                    )
+                    report(
+                        f"validation: pgd_accuracy {record['last_pgd_accuracy']:.4f} (best "
+                        f"{record['validation_pgd_accuracy']:.4f} at step {record['step']})"
+                    )
                 summaries.log_adversarial_grid(writer, trainer, eval_data, step)
-            report("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())) +
-                   f" ({count} examples)")
-        return _finish(config, trainer, writer, guard, output_dir, step, report,
-                       trained=step > first_step, seconds=time.time() - started)
+            report(
+                "eval: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
+                + f" ({count} examples)"
+            )
+        return _finish(
+            config,
+            trainer,
+            writer,
+            guard,
+            output_dir,
+            step,
+            report,
+            trained=step > first_step,
+            seconds=time.time() - started,
+        )
 
 
 def _evaluate(trainer, dataset, guard, config, num_examples):
@@ -194,11 +242,17 @@ def _evaluate(trainer, dataset, guard, config, num_examples):
     """
     results = trainer.evaluate(dataset, return_dict=True, verbose=0, callbacks=[guard])
     count = int(trainer.trackers["clean_accuracy"].count.numpy())
-    expected = data.eval_size(config.dataset, num_examples=num_examples,
-                              data_dir=config.data_dir, download=config.download)
+    expected = data.eval_size(
+        config.dataset,
+        num_examples=num_examples,
+        data_dir=config.data_dir,
+        download=config.download,
+    )
     if count != expected:
-        logging.warning(f"the evaluation scored {count} of {expected} test examples; its "
-                        "accuracies average those only")
+        logging.warning(
+            f"the evaluation scored {count} of {expected} test examples; its "
+            "accuracies average those only"
+        )
     return results, count
 
 
@@ -206,13 +260,16 @@ def _restore(checkpoint, config, repair, report=logging.info):
     """Restores the newest readable checkpoint of the run (True), else --init_checkpoint's
     network weights if given (False)."""
     latest = run_files.restore_newest_readable(
-        checkpoint, run_files.checkpoint_dir(config.model_dir), repair=repair)
+        checkpoint, run_files.checkpoint_dir(config.model_dir), repair=repair
+    )
     if latest:
         report(f"Resumed from {latest}")
         return True
     if config.init_checkpoint:
-        source, network_only = config.init_checkpoint, tf.train.Checkpoint(
-            network=checkpoint.network)
+        source, network_only = (
+            config.init_checkpoint,
+            tf.train.Checkpoint(network=checkpoint.network),
+        )
         if os.path.isdir(source):
             found = None
             for folder in (run_files.checkpoint_dir(source), source):
@@ -226,8 +283,10 @@ def _restore(checkpoint, config, repair, report=logging.info):
             try:
                 network_only.restore(source).assert_existing_objects_matched().expect_partial()
             except (tf.errors.OpError, AssertionError, ValueError) as error:
-                raise UserError(f"--init_checkpoint {source}: cannot restore the network "
-                                f"({type(error).__name__}: {error})") from None
+                raise UserError(
+                    f"--init_checkpoint {source}: cannot restore the network "
+                    f"({type(error).__name__}: {error})"
+                ) from None
         report(f"Initialised network weights from {source}")
     return False
 
@@ -236,8 +295,9 @@ def _export_is_stale(model_dir):
     """True without a SavedModel version newer than metrics.json (e.g. killed during export)."""
     latest = export.latest_version(os.path.join(model_dir, "saved_model"))
     metrics_path = os.path.join(model_dir, "metrics.json")
-    return latest is None or (os.path.exists(metrics_path) and
-                              os.path.getmtime(latest) < os.path.getmtime(metrics_path))
+    return latest is None or (
+        os.path.exists(metrics_path) and os.path.getmtime(latest) < os.path.getmtime(metrics_path)
+    )
 
 
 def _finish(config, trainer, writer, guard, output_dir, step, report, *, trained, seconds):
@@ -253,18 +313,34 @@ def _finish(config, trainer, writer, guard, output_dir, step, report, *, trained
     needs_export = config.export and (trained or _export_is_stale(config.model_dir))
     # --select_best: the final evaluation and the export use the selected weights (the EMA's,
     # if on: the selection evaluated those); else the EMA's, if on.
-    selected = (selection.restore_best(output_dir, trainer.network)
-                if config.select_best != "none" else None)
+    selected = (
+        selection.restore_best(output_dir, trainer.network)
+        if config.select_best != "none"
+        else None
+    )
     if selected:
-        report(f"Selected the checkpoint of step {selected['step']} (validation PGD accuracy "
-               f"{selected['validation_pgd_accuracy']:.4f})")
+        report(
+            f"Selected the checkpoint of step {selected['step']} (validation PGD accuracy "
+            f"{selected['validation_pgd_accuracy']:.4f})"
+        )
     with weight_averaging.maybe_swapped_in(None if selected else trainer.ema):
-        return _final_results(config, trainer, writer, guard, output_dir, step, selected,
-                              reuse_metrics, needs_export, seconds)
+        return _final_results(
+            config,
+            trainer,
+            writer,
+            guard,
+            output_dir,
+            step,
+            selected,
+            reuse_metrics,
+            needs_export,
+            seconds,
+        )
 
 
-def _final_results(config, trainer, writer, guard, output_dir, step, selected, reuse_metrics,
-                   needs_export, seconds):
+def _final_results(
+    config, trainer, writer, guard, output_dir, step, selected, reuse_metrics, needs_export, seconds
+):
     """metrics.json (evaluated, or read when a finished run is re-run) and the export."""
     metrics_path = os.path.join(config.model_dir, "metrics.json")
     final_data = train_inputs.eval_input(config, config.final_eval_examples)
@@ -276,17 +352,26 @@ def _final_results(config, trainer, writer, guard, output_dir, step, selected, r
         robust = f"eval/{summaries.attack_label(config.eval_attack)}_accuracy"
         attack = dataclasses.asdict(config.eval_attack)
         metrics = {
-            "step": step, "dataset": config.dataset, "model": config.model, "mode": config.mode,
+            "step": step,
+            "dataset": config.dataset,
+            "model": config.model,
+            "mode": config.mode,
             "eval/clean_accuracy": float(results["clean_accuracy"]),
             robust: float(results["pgd_accuracy"]),
             "eval_attack": attack,
             "num_examples": count,
             # What each number is: the attack behind it and how many test examples it averages.
             "accuracies": {
-                "eval/clean_accuracy": {"attack": None, "num_examples": count,
-                                        "split": data.dataset_info(config.dataset).test_split},
-                robust: {"attack": {"name": "pgd", **attack}, "num_examples": count,
-                         "split": data.dataset_info(config.dataset).test_split},
+                "eval/clean_accuracy": {
+                    "attack": None,
+                    "num_examples": count,
+                    "split": data.dataset_info(config.dataset).test_split,
+                },
+                robust: {
+                    "attack": {"name": "pgd", **attack},
+                    "num_examples": count,
+                    "split": data.dataset_info(config.dataset).test_split,
+                },
             },
             "train_seconds_this_run": round(seconds, 1),
             "weights": "ema" if config.ema_decay else "trained",  # which weights scored
@@ -300,9 +385,13 @@ def _final_results(config, trainer, writer, guard, output_dir, step, selected, r
         guard.check()
         # The kNN detection reference (clean training examples) goes inside the SavedModel.
         reference_images, reference_labels = export.reference_examples(
-            config.dataset, data_dir=config.data_dir, download=config.download)
+            config.dataset, data_dir=config.data_dir, download=config.download
+        )
         # Written to a hidden folder and renamed into place (export.py): never half a version.
-        export.export_saved_model(trainer.network, os.path.join(output_dir, "saved_model"),
-                                  reference_images=reference_images,
-                                  reference_labels=reference_labels)
+        export.export_saved_model(
+            trainer.network,
+            os.path.join(output_dir, "saved_model"),
+            reference_images=reference_images,
+            reference_labels=reference_labels,
+        )
     return metrics

@@ -26,6 +26,8 @@ def use_project_python(script):
     python = os.path.join(venv, "bin", "python")
     if os.path.exists(python) and os.path.realpath(sys.prefix) != os.path.realpath(venv):
         os.execv(python, [python, os.path.realpath(script), *sys.argv[1:]])
-    sys.exit(f"error: {sys.executable} cannot import {', '.join(missing)}; run `make install` "
-             f"in {root} (creates .venv, which bin/* then use), or activate an environment "
-             "where the package is installed (pip install -e '.[cpu]')")
+    sys.exit(
+        f"error: {sys.executable} cannot import {', '.join(missing)}; run `make install` "
+        f"in {root} (creates .venv, which bin/* then use), or activate an environment "
+        "where the package is installed (pip install -e '.[cpu]')"
+    )

@@ -8,18 +8,32 @@ TLA: Mao, Zhong, Yang, Vondrick, Ray, "Metric Learning for Adversarial Robustnes
 import tensorflow as tf
 
 from tf_metric_robust.distances import (  # noqa: F401 (re-exported: the losses API)
-    DISTANCES, to_float32, pairwise_distance, rowwise_distance)
+    DISTANCES,
+    to_float32,
+    pairwise_distance,
+    rowwise_distance,
+)
 from tf_metric_robust.tfa_losses import (  # noqa: F401 (re-exported: the losses API)
-    TFA_DISTANCE_METRICS, TripletHardLoss, TripletSemiHardLoss, triplet_hard_loss,
-    triplet_semihard_loss)
+    TFA_DISTANCE_METRICS,
+    TripletHardLoss,
+    TripletSemiHardLoss,
+    triplet_hard_loss,
+    triplet_semihard_loss,
+)
 
 # ---------------------------------------------------------------------------------------------
 # TLA (Mao et al. 2019): per-example terms; the caller reduces them with
 # tf.nn.compute_average_loss (Keras 3 sums replica gradients, so scale exactly once).
 
 
-def hardest_negative_index(anchor_embedding, anchor_labels, pool_embedding, pool_labels,
-                           distance="abs_cosine", pool_valid=None):
+def hardest_negative_index(
+    anchor_embedding,
+    anchor_labels,
+    pool_embedding,
+    pool_labels,
+    distance="abs_cosine",
+    pool_valid=None,
+):
     """Index of the pool entry of another class most similar to each anchor (TLA's negative).
 
     Args:
@@ -34,8 +48,9 @@ def hardest_negative_index(anchor_embedding, anchor_labels, pool_embedding, pool
       (index int32 [N] into the pool, found bool [N]); found is False (and index 0) when an anchor
       has no valid other-class entry. No gradient flows: only indices come out.
     """
-    dist = pairwise_distance(tf.stop_gradient(anchor_embedding), tf.stop_gradient(pool_embedding),
-                             distance)
+    dist = pairwise_distance(
+        tf.stop_gradient(anchor_embedding), tf.stop_gradient(pool_embedding), distance
+    )
     anchor_labels = tf.cast(tf.reshape(anchor_labels, [-1]), tf.int64)
     pool_labels = tf.cast(tf.reshape(pool_labels, [-1]), tf.int64)
     candidate = tf.not_equal(anchor_labels[:, tf.newaxis], pool_labels[tf.newaxis, :])
@@ -47,8 +62,16 @@ def hardest_negative_index(anchor_embedding, anchor_labels, pool_embedding, pool
     return tf.where(found, index, 0), found
 
 
-def tla_triplet_loss(anchor_embedding, positive_embedding, negative_embedding, *, margin,
-                     distance="abs_cosine", lambda_norm=0.0, valid=None):
+def tla_triplet_loss(
+    anchor_embedding,
+    positive_embedding,
+    negative_embedding,
+    *,
+    margin,
+    distance="abs_cosine",
+    lambda_norm=0.0,
+    valid=None,
+):
     """One TLA triplet term per example, with the authors' norm part inside (Mao et al. 2019).
 
     loss_i = [D(a_i, p_i) - D(a_i, n_i) + margin]_+ + lambda_norm * mean_d(a_i^2 + p_i^2 + n_i^2),
@@ -71,8 +94,9 @@ def tla_triplet_loss(anchor_embedding, positive_embedding, negative_embedding, *
     Returns:
       (loss float32 [N], {'positive_distance': [N], 'negative_distance': [N], 'norm': [N]}).
     """
-    anchor, positive, negative = (to_float32(e) for e in (anchor_embedding, positive_embedding,
-                                                        negative_embedding))
+    anchor, positive, negative = (
+        to_float32(e) for e in (anchor_embedding, positive_embedding, negative_embedding)
+    )
     positive_distance = rowwise_distance(anchor, positive, distance)
     negative_distance = rowwise_distance(anchor, negative, distance)
     norm = embedding_norm_loss(anchor, positive, negative)
@@ -80,8 +104,11 @@ def tla_triplet_loss(anchor_embedding, positive_embedding, negative_embedding, *
     loss += to_float32(lambda_norm) * norm
     if valid is not None:
         loss = tf.where(tf.reshape(valid, [-1]), loss, 0.0)
-    return loss, {"positive_distance": positive_distance, "negative_distance": negative_distance,
-                  "norm": norm}
+    return loss, {
+        "positive_distance": positive_distance,
+        "negative_distance": negative_distance,
+        "norm": norm,
+    }
 
 
 def same_class_partner_index(labels, seed):
@@ -93,8 +120,10 @@ def same_class_partner_index(labels, seed):
     labels = tf.reshape(labels, [-1])
     n = tf.shape(labels)[0]
     positions = tf.range(n)
-    partner = tf.logical_and(tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :]),
-                             tf.not_equal(positions[:, tf.newaxis], positions[tf.newaxis, :]))
+    partner = tf.logical_and(
+        tf.equal(labels[:, tf.newaxis], labels[tf.newaxis, :]),
+        tf.not_equal(positions[:, tf.newaxis], positions[tf.newaxis, :]),
+    )
     # argmax of i.i.d. uniform scores over the allowed entries = a uniform choice among them.
     scores = tf.where(partner, tf.random.stateless_uniform([n, n], seed=seed), -1.0)
     choice = tf.argmax(scores, axis=1, output_type=tf.int32)
@@ -112,6 +141,7 @@ def embedding_norm_loss(*embeddings):
         raise ValueError("embedding_norm_loss needs at least one embedding tensor")
     return tf.add_n([tf.reduce_mean(tf.square(to_float32(e)), axis=-1) for e in embeddings])
 
+
 # ---------------------------------------------------------------------------------------------
 # TRADES (Zhang et al., ICML 2019) and MART (Wang et al., ICLR 2020): per-example losses; the
 # caller reduces them with tf.nn.compute_average_loss. Both KL terms let gradients flow into the
@@ -123,8 +153,9 @@ def _kl_clean_to_adversarial(clean_logits, adversarial_log_probs):
     adversarial_log_probs, target=softmax(clean_logits)) summed over classes. log p(x) comes from
     log_softmax, so a probability that underflows to 0 contributes 0, as KLDivLoss's 0 log 0."""
     clean_probs = tf.nn.softmax(clean_logits)
-    return tf.reduce_sum(clean_probs * (tf.nn.log_softmax(clean_logits) - adversarial_log_probs),
-                         axis=-1)
+    return tf.reduce_sum(
+        clean_probs * (tf.nn.log_softmax(clean_logits) - adversarial_log_probs), axis=-1
+    )
 
 
 def trades_loss(labels, clean_logits, adversarial_logits, *, beta):
@@ -161,8 +192,9 @@ def mart_loss(labels, clean_logits, adversarial_logits, *, beta):
     top2 = tf.cast(top2, tf.int64)
     other = tf.where(tf.equal(top2[:, 0], labels), top2[:, 1], top2[:, 0])
     other_prob = tf.gather(adversarial_probs, other, batch_dims=1)
-    boosted_ce = (tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=adversarial)
-                  - tf.math.log(1.0001 - other_prob + 1e-12))
+    boosted_ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=adversarial
+    ) - tf.math.log(1.0001 - other_prob + 1e-12)
     kl = _kl_clean_to_adversarial(clean, tf.math.log(adversarial_probs + 1e-12))
     true_prob = tf.gather(tf.nn.softmax(clean), labels, batch_dims=1)
     return boosted_ce + to_float32(beta) * kl * (1.0000001 - true_prob)

@@ -31,13 +31,20 @@ class EmbeddingBank(keras.layers.Layer):
         # Sync-on-read: assignments in replica context stay local to the replica; reading in
         # cross-replica context (checkpoints) gives the first replica's copy.
         # (Layer.add_weight does not take `synchronization`; keras.Variable does and is tracked.)
-        common = dict(trainable=False, synchronization="on_read",
-                      aggregation="only_first_replica")
-        self.embeddings = keras.Variable(keras.initializers.Zeros()((self.size, self.dim)),
-                                         dtype="float32", autocast=False, name="embeddings",
-                                         **common)
-        self.labels = keras.Variable(keras.initializers.Constant(-1)((self.size,), "int64"),
-                                     dtype="int64", name="labels", **common)
+        common = dict(trainable=False, synchronization="on_read", aggregation="only_first_replica")
+        self.embeddings = keras.Variable(
+            keras.initializers.Zeros()((self.size, self.dim)),
+            dtype="float32",
+            autocast=False,
+            name="embeddings",
+            **common,
+        )
+        self.labels = keras.Variable(
+            keras.initializers.Constant(-1)((self.size,), "int64"),
+            dtype="int64",
+            name="labels",
+            **common,
+        )
         self.pointer = keras.Variable(0, dtype="int64", name="pointer", **common)
         self.built = True
 
@@ -51,18 +58,27 @@ class EmbeddingBank(keras.layers.Layer):
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
         if embeddings.shape.rank != 2 or embeddings.shape[-1] not in (None, self.dim):
             raise ValueError(f"embeddings must be [N, {self.dim}], got shape {embeddings.shape}")
-        tf.debugging.assert_equal(tf.shape(embeddings)[0], tf.shape(labels)[0],
-                                  message="enqueue: embeddings and labels differ in length")
+        tf.debugging.assert_equal(
+            tf.shape(embeddings)[0],
+            tf.shape(labels)[0],
+            message="enqueue: embeddings and labels differ in length",
+        )
         count = tf.shape(labels, out_type=tf.int64)[0]
         kept = tf.minimum(count, self.size)
         pointer = tf.convert_to_tensor(self.pointer)
         # Rows dropped when count > size would have been overwritten by later rows anyway.
         slots = (pointer + count - kept + tf.range(kept)) % self.size
         slots = slots[:, tf.newaxis]
-        self.embeddings.assign(tf.tensor_scatter_nd_update(
-            tf.convert_to_tensor(self.embeddings), slots, embeddings[count - kept:]))
-        self.labels.assign(tf.tensor_scatter_nd_update(
-            tf.convert_to_tensor(self.labels), slots, labels[count - kept:]))
+        self.embeddings.assign(
+            tf.tensor_scatter_nd_update(
+                tf.convert_to_tensor(self.embeddings), slots, embeddings[count - kept :]
+            )
+        )
+        self.labels.assign(
+            tf.tensor_scatter_nd_update(
+                tf.convert_to_tensor(self.labels), slots, labels[count - kept :]
+            )
+        )
         self.pointer.assign((pointer + count) % self.size)
 
     def read(self):

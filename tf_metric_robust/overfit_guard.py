@@ -65,19 +65,33 @@ class CollapseDetector:
             self.best_pgd, self.fgsm_at_best = pgd_accuracy, fgsm_accuracy
         collapsed = self.best_pgd - pgd_accuracy > self.drop
         climbing = fgsm_accuracy > self.fgsm_at_best
-        return Check(step=int(step), pgd_accuracy=pgd_accuracy, fgsm_accuracy=fgsm_accuracy,
-                     best_pgd_accuracy=self.best_pgd, good=not collapsed,
-                     overfit=collapsed and climbing)
+        return Check(
+            step=int(step),
+            pgd_accuracy=pgd_accuracy,
+            fgsm_accuracy=fgsm_accuracy,
+            best_pgd_accuracy=self.best_pgd,
+            good=not collapsed,
+            overfit=collapsed and climbing,
+        )
 
 
 def probe_accuracies(logits_fn, images, labels, *, eps, norm, seed):
     """(PGD-5 accuracy, FGSM accuracy) of `logits_fn` on one batch, as Python floats."""
-    pgd_images = attacks.pgd(logits_fn, images, labels, eps=eps, step_size=eps / 4,
-                             steps=PROBE_STEPS, norm=norm, seed=seed)
+    pgd_images = attacks.pgd(
+        logits_fn,
+        images,
+        labels,
+        eps=eps,
+        step_size=eps / 4,
+        steps=PROBE_STEPS,
+        norm=norm,
+        seed=seed,
+    )
     fgsm_images = attacks.fgsm(logits_fn, images, labels, eps=eps, norm=norm)
-    return tuple(float(tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits_fn(x), -1), labels),
-                                              tf.float32)))
-                 for x in (pgd_images, fgsm_images))
+    return tuple(
+        float(tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits_fn(x), -1), labels), tf.float32)))
+        for x in (pgd_images, fgsm_images)
+    )
 
 
 class OverfitGuard(keras.callbacks.Callback):
@@ -93,8 +107,19 @@ class OverfitGuard(keras.callbacks.Callback):
         step size is applied again, so the run continues as it would have.
     """
 
-    def __init__(self, trainer, images, labels, *, check_every, action="warn", drop=DROP,
-                 step_factor=STEP_FACTOR, record_dir=None, seed=0):
+    def __init__(
+        self,
+        trainer,
+        images,
+        labels,
+        *,
+        check_every,
+        action="warn",
+        drop=DROP,
+        step_factor=STEP_FACTOR,
+        record_dir=None,
+        seed=0,
+    ):
         super().__init__()
         if action not in ACTIONS:
             raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
@@ -119,7 +144,8 @@ class OverfitGuard(keras.callbacks.Callback):
         the weight EMA (it averaged the collapsed weights too)."""
         trainer = self.trainer
         variables = list(trainer.network.variables) + [
-            v for v in trainer.optimizer.variables if v is not trainer.optimizer.iterations]
+            v for v in trainer.optimizer.variables if v is not trainer.optimizer.iterations
+        ]
         for part in ("bank", "ema"):
             if getattr(trainer, part, None) is not None:
                 variables += list(getattr(trainer, part).variables)
@@ -140,15 +166,23 @@ class OverfitGuard(keras.callbacks.Callback):
             self.detector.update(line["step"], line["pgd_accuracy"], line["fgsm_accuracy"])
         if lines and lines[-1]["step_size"] != self.trainer.attack.step_size:
             self._set_step_size(lines[-1]["step_size"])
-            logging.info("overfit guard: training step size %g from %s", lines[-1]["step_size"],
-                         self.record_path)
+            logging.info(
+                "overfit guard: training step size %g from %s",
+                lines[-1]["step_size"],
+                self.record_path,
+            )
 
     def check(self, step):
         """Probes now; acts on the verdict; returns the Check."""
         trainer = self.trainer
-        pgd, fgsm = probe_accuracies(trainer.logits_fn, self.images, self.labels,
-                                     eps=trainer.attack.eps, norm=trainer.attack.norm,
-                                     seed=self.seed)
+        pgd, fgsm = probe_accuracies(
+            trainer.logits_fn,
+            self.images,
+            self.labels,
+            eps=trainer.attack.eps,
+            norm=trainer.attack.norm,
+            seed=self.seed,
+        )
         verdict = self.detector.update(step, pgd, fgsm)
         self.checks.append(verdict)
         if verdict.good:
@@ -156,23 +190,34 @@ class OverfitGuard(keras.callbacks.Callback):
         if verdict.overfit:
             logging.warning(
                 "catastrophic overfitting at step %d: PGD-%d accuracy %.3f (best %.3f) while "
-                "FGSM accuracy rose to %.3f on the probe batch", step, PROBE_STEPS, pgd,
-                verdict.best_pgd_accuracy, fgsm)
+                "FGSM accuracy rose to %.3f on the probe batch",
+                step,
+                PROBE_STEPS,
+                pgd,
+                verdict.best_pgd_accuracy,
+                fgsm,
+            )
             if self.action == "restore" and self._snapshot is not None:
                 for variable, value in zip(self._state(), self._snapshot):
                     variable.assign(value)
                 self.restores += 1
                 self._set_step_size(trainer.attack.step_size * self.step_factor)
-                logging.warning("overfit guard: restored the weights of the last good probe; "
-                                "training attack step size now %g", trainer.attack.step_size)
+                logging.warning(
+                    "overfit guard: restored the weights of the last good probe; "
+                    "training attack step size now %g",
+                    trainer.attack.step_size,
+                )
         self._write(verdict)
         return verdict
 
     def _write(self, verdict):
         if not self.record_path:
             return
-        line = {**dataclasses.asdict(verdict), "step_size": self.trainer.attack.step_size,
-                "restores": self.restores}
+        line = {
+            **dataclasses.asdict(verdict),
+            "step_size": self.trainer.attack.step_size,
+            "restores": self.restores,
+        }
         with open(self.record_path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -193,12 +238,22 @@ def probe_batch(config):
     al.'s choice, train_fgsm.py:103-104); never the test split."""
     if config.validation_examples > 0:
         split = data.validation_split(config.dataset, config.validation_examples)
-        batches = data.eval_dataset(config.dataset, batch_size=PROBE_EXAMPLES, split=split,
-                                    data_dir=config.data_dir, download=config.download)
+        batches = data.eval_dataset(
+            config.dataset,
+            batch_size=PROBE_EXAMPLES,
+            split=split,
+            data_dir=config.data_dir,
+            download=config.download,
+        )
     else:
-        batches = data.train_dataset(config.dataset, batch_size=PROBE_EXAMPLES, seed=config.seed,
-                                     data_dir=config.data_dir, download=config.download,
-                                     augment=False)
+        batches = data.train_dataset(
+            config.dataset,
+            batch_size=PROBE_EXAMPLES,
+            seed=config.seed,
+            data_dir=config.data_dir,
+            download=config.download,
+            augment=False,
+        )
     images, labels = next(iter(batches))
     return images, labels
 
@@ -209,6 +264,15 @@ def callbacks(config, trainer, output_dir):
     if guard.check_every == 0:
         return []
     images, labels = probe_batch(config)
-    return [OverfitGuard(trainer, images, labels, check_every=guard.check_every,
-                         action=guard.action, drop=guard.drop, record_dir=output_dir,
-                         seed=config.seed)]
+    return [
+        OverfitGuard(
+            trainer,
+            images,
+            labels,
+            check_every=guard.check_every,
+            action=guard.action,
+            drop=guard.drop,
+            record_dir=output_dir,
+            seed=config.seed,
+        )
+    ]

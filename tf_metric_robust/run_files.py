@@ -52,8 +52,10 @@ def read_recipe(model_dir):
     """
     path = os.path.join(model_dir, RECIPE_FILE)
     if not os.path.exists(path):
-        raise UserError(f"{model_dir} is not a training run (no {RECIPE_FILE}); pass the "
-                        "--model_dir of bin/train or --saved_model")
+        raise UserError(
+            f"{model_dir} is not a training run (no {RECIPE_FILE}); pass the "
+            "--model_dir of bin/train or --saved_model"
+        )
     with open(path) as f:
         return json.load(f)
 
@@ -116,30 +118,37 @@ def check_recipe(model_dir, recipe, allow_changes=()):
     if not os.path.exists(os.path.join(model_dir, RECIPE_FILE)):
         return RecipeCheck(new=True)
     saved = read_recipe(model_dir)
-    fixed = [k for k in RECIPE_KEYS if saved.get(k, {} if k == "model_kwargs" else None)
-             != recipe.get(k)]
+    fixed = [
+        k for k in RECIPE_KEYS if saved.get(k, {} if k == "model_kwargs" else None) != recipe.get(k)
+    ]
     if fixed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} there vs {recipe.get(k)!r} now"
-                            for k in fixed)
-        raise UserError(f"{model_dir} holds a different recipe ({details}); use a new "
-                        "--model_dir")
+        details = ", ".join(f"{k}: {saved.get(k)!r} there vs {recipe.get(k)!r} now" for k in fixed)
+        raise UserError(f"{model_dir} holds a different recipe ({details}); use a new --model_dir")
     settings, before = recipe.get("settings") or {}, recorded_settings(model_dir)
     if before is None:
-        logging.warning(f"{model_dir}/{RECIPE_FILE} predates the full recipe (it holds only "
-                        f"{', '.join(RECIPE_KEYS)}): the other settings cannot be checked; this "
-                        f"run's are recorded in {HISTORY_FILE} and checked from now on")
+        logging.warning(
+            f"{model_dir}/{RECIPE_FILE} predates the full recipe (it holds only "
+            f"{', '.join(RECIPE_KEYS)}): the other settings cannot be checked; this "
+            f"run's are recorded in {HISTORY_FILE} and checked from now on"
+        )
         return RecipeCheck(new=False, record_settings=True)
-    changes = {name: {"from": before[name], "to": value} for name, value in settings.items()
-               if name in before and name not in RECIPE_KEYS and before[name] != value}
+    changes = {
+        name: {"from": before[name], "to": value}
+        for name, value in settings.items()
+        if name in before and name not in RECIPE_KEYS and before[name] != value
+    }
     refused = [name for name in changes if name not in allow_changes]
     if refused:
-        details = ", ".join(f"--{name} {_show(changes[name]['from'])} -> "
-                            f"{_show(changes[name]['to'])}" for name in refused)
+        details = ", ".join(
+            f"--{name} {_show(changes[name]['from'])} -> {_show(changes[name]['to'])}"
+            for name in refused
+        )
         raise UserError(
             f"{model_dir} was trained with other settings: {details}; re-run with the recorded "
             f"values (see {FLAGS_FILE} and {HISTORY_FILE}), use a new --model_dir, or pass "
             f"--allow_changes={','.join(refused)} to continue with the new ones (recorded in "
-            f"{HISTORY_FILE})")
+            f"{HISTORY_FILE})"
+        )
     return RecipeCheck(new=False, changes=changes)
 
 
@@ -188,10 +197,13 @@ def record_start(model_dir, recipe, check, step, flags_text=None):
         f.flush()
         os.fsync(f.fileno())
     if check.changes:
-        logging.info("Continuing with changed settings (recorded in "
-                     f"{os.path.join(model_dir, HISTORY_FILE)}): " + ", ".join(
-                         f"--{n} {_show(c['from'])} -> {_show(c['to'])}"
-                         for n, c in check.changes.items()))
+        logging.info(
+            "Continuing with changed settings (recorded in "
+            f"{os.path.join(model_dir, HISTORY_FILE)}): "
+            + ", ".join(
+                f"--{n} {_show(c['from'])} -> {_show(c['to'])}" for n, c in check.changes.items()
+            )
+        )
 
 
 def checkpoint_dir(model_dir):
@@ -208,7 +220,7 @@ def checkpoint_paths(directory):
     for index in glob.glob(os.path.join(glob.escape(directory), "ckpt-*.index")):
         match = re.fullmatch(r"ckpt-(\d+)\.index", os.path.basename(index))
         if match:
-            found.append((int(match.group(1)), index[:-len(".index")]))
+            found.append((int(match.group(1)), index[: -len(".index")]))
     return [prefix for _, prefix in sorted(found, reverse=True)]
 
 
@@ -228,11 +240,14 @@ def restore_newest_readable(checkpoint, directory, *, repair=False):
             status.expect_partial()  # values of other objects (the optimizer) may stay unread
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError) as error:
-            raise UserError(f"checkpoint {path} does not fit this model: {_first_line(error)}") \
-                from None
+            raise UserError(
+                f"checkpoint {path} does not fit this model: {_first_line(error)}"
+            ) from None
         except Exception as error:  # OpError, or IndexError('Read less bytes than requested')
-            logging.warning(f"checkpoint {path} is unreadable ({type(error).__name__}: "
-                            f"{_first_line(error)}); trying the previous one")
+            logging.warning(
+                f"checkpoint {path} is unreadable ({type(error).__name__}: "
+                f"{_first_line(error)}); trying the previous one"
+            )
             damaged.append((path, error))
             continue
         if repair and (damaged or tf.train.latest_checkpoint(directory) != path):
@@ -240,8 +255,10 @@ def restore_newest_readable(checkpoint, directory, *, repair=False):
         return path
     if damaged:
         details = "; ".join(f"{os.path.basename(p)}: {_first_line(e)}" for p, e in damaged)
-        raise UserError(f"no readable checkpoint in {directory} ({details}); move the folder "
-                        "away to start over, or restore a backup")
+        raise UserError(
+            f"no readable checkpoint in {directory} ({details}); move the folder "
+            "away to start over, or restore a backup"
+        )
     return None
 
 
@@ -253,10 +270,11 @@ def _set_latest(directory, path, damaged):
         for prefix in damaged:
             for name in glob.glob(glob.escape(prefix) + ".*"):
                 os.replace(name, os.path.join(aside, os.path.basename(name)))
-        logging.warning(f"moved {len(damaged)} unreadable checkpoint(s) to {aside}; resuming "
-                        f"from {path}")
+        logging.warning(
+            f"moved {len(damaged)} unreadable checkpoint(s) to {aside}; resuming from {path}"
+        )
     kept = checkpoint_paths(directory)
-    kept = kept[kept.index(path):][::-1]  # oldest first, up to `path`
+    kept = kept[kept.index(path) :][::-1]  # oldest first, up to `path`
     # Timestamps newer than last_preserved_timestamp keep them under CheckpointManager's
     # max_to_keep rotation (without them it would keep them forever). Relative names, as the
     # manager writes them, so that a model_dir can be moved.
@@ -267,10 +285,12 @@ def _set_latest(directory, path, damaged):
         previous = None
     preserved = previous.last_preserved_timestamp if previous else min(times) - 1.0
     tf.compat.v1.train.update_checkpoint_state(
-        directory, os.path.basename(path),
+        directory,
+        os.path.basename(path),
         all_model_checkpoint_paths=[os.path.basename(p) for p in kept],
         all_model_checkpoint_timestamps=[max(t, preserved + 1e-3) for t in times],
-        last_preserved_timestamp=preserved)
+        last_preserved_timestamp=preserved,
+    )
 
 
 def _first_line(error):
@@ -281,8 +301,13 @@ def _first_line(error):
 def build_network(recipe, weight_decay=0.0):
     """The network of a recipe, freshly initialised."""
     info = data.dataset_info(recipe["dataset"])
-    return models.build(recipe["model"], info.num_classes, info.image_shape,
-                        weight_decay=weight_decay, **recipe.get("model_kwargs", {}))
+    return models.build(
+        recipe["model"],
+        info.num_classes,
+        info.image_shape,
+        weight_decay=weight_decay,
+        **recipe.get("model_kwargs", {}),
+    )
 
 
 def load_network(model_dir):
@@ -292,8 +317,9 @@ def load_network(model_dir):
     recipe = read_recipe(model_dir)
     network = build_network(recipe)
     # Only the network: the optimizer (and memory bank) values in the checkpoint stay unread.
-    latest = restore_newest_readable(tf.train.Checkpoint(network=network),
-                                     checkpoint_dir(model_dir))
+    latest = restore_newest_readable(
+        tf.train.Checkpoint(network=network), checkpoint_dir(model_dir)
+    )
     if latest is None:
         raise UserError(f"no checkpoint in {checkpoint_dir(model_dir)}")
     if weight_averaging.restore_averaged(network, latest):

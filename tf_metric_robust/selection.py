@@ -29,8 +29,9 @@ class BestCheckpoint:
     def __init__(self, directory, network, validation_data):
         self.directory = directory
         self.validation_data = validation_data
-        self.manager = tf.train.CheckpointManager(tf.train.Checkpoint(network=network), directory,
-                                                  max_to_keep=1)
+        self.manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(network=network), directory, max_to_keep=1
+        )
         self.record = read_record(directory)
 
     def consider(self, trainer, step):
@@ -45,7 +46,8 @@ class BestCheckpoint:
         if accuracy > best:
             self.manager.save(checkpoint_number=step)
             self.record = {
-                "step": int(step), "validation_pgd_accuracy": accuracy,
+                "step": int(step),
+                "validation_pgd_accuracy": accuracy,
                 "validation_clean_accuracy": float(results["clean_accuracy"]),
                 "validation_examples": int(trainer.trackers["clean_accuracy"].count.numpy()),
             }

@@ -30,8 +30,10 @@ class Interrupted(Exception):
         if step is None:
             message = f"{name} received: stopped before the first checkpoint; re-run to start"
         else:
-            message = (f"{name} received: stopped at step {step}, checkpoint {checkpoint}; "
-                       "re-run the same command to resume")
+            message = (
+                f"{name} received: stopped at step {step}, checkpoint {checkpoint}; "
+                "re-run the same command to resume"
+            )
         super().__init__(message)
 
 
@@ -73,8 +75,11 @@ class StopSignals:
             return
         self.received = signum
         # os.write, not print: a handler may interrupt a print to the same stream.
-        os.write(2, f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end "
-                    "of this step, then stopping (send it again to quit without saving)\n".encode())
+        os.write(
+            2,
+            f"\n{signal.Signals(signum).name} received: saving a checkpoint at the end "
+            "of this step, then stopping (send it again to quit without saving)\n".encode(),
+        )
 
 
 def _is_float(variable):
@@ -108,8 +113,10 @@ class Saver:
         """Where a re-run would continue from, for the messages of a stopped run."""
         if self.step is None:
             return "no checkpoint yet, a re-run starts over (lower --learning_rate?)"
-        return (f"last good checkpoint: {self.last_good()}, where a re-run resumes (lower "
-                "--learning_rate or check the data first)")
+        return (
+            f"last good checkpoint: {self.last_good()}, where a re-run resumes (lower "
+            "--learning_rate or check the data first)"
+        )
 
     def save(self, step):
         """Checkpoints `step` unless it is already saved; TrainingDiverged if a value is NaN/Inf."""
@@ -118,8 +125,10 @@ class Saver:
         for variable in self.variables:
             if not bool(tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(variable)))):
                 name = getattr(variable, "path", None) or variable.name
-                raise TrainingDiverged(f"non-finite values in {name} at step {step}: training "
-                                       f"stopped, this state was not saved; {self.resume_hint()}")
+                raise TrainingDiverged(
+                    f"non-finite values in {name} at step {step}: training "
+                    f"stopped, this state was not saved; {self.resume_hint()}"
+                )
         self.manager.save(checkpoint_number=step)
         self.step = step
 
@@ -137,8 +146,10 @@ class StepGuard(keras.callbacks.Callback):
         step = int(self.model.optimizer.iterations.numpy())
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            raise TrainingDiverged(f"non-finite loss ({float(loss)}) at step {step}: training "
-                                   f"stopped, nothing saved after it; {self.saver.resume_hint()}")
+            raise TrainingDiverged(
+                f"non-finite loss ({float(loss)}) at step {step}: training "
+                f"stopped, nothing saved after it; {self.saver.resume_hint()}"
+            )
         if step % self.every == 0 or self.signals.received:
             self.saver.save(step)
         if self.signals.received:

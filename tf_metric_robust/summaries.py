@@ -33,8 +33,10 @@ def attack_label(attack):
 
 def name_accuracies(values, attack):
     """The trainer's 'pgd_accuracy' renamed after the attack behind it ('pgd40_accuracy')."""
-    return {(f"{attack_label(attack)}_accuracy" if name == "pgd_accuracy" and attack else name):
-            value for name, value in values.items()}
+    return {
+        (f"{attack_label(attack)}_accuracy" if name == "pgd_accuracy" and attack else name): value
+        for name, value in values.items()
+    }
 
 
 class Writer:
@@ -119,17 +121,25 @@ def log_adversarial_grid(writer, trainer, dataset, step, count=8):
     adversarial = attacks.pgd(trainer.logits_fn, images, labels, **attack.kwargs())
     clean_predictions = tf.argmax(trainer.logits_fn(images), -1).numpy()
     adversarial_predictions = tf.argmax(trainer.logits_fn(adversarial), -1).numpy()
-    titles = [f"label {y}\nclean {p} / adv {q}" for y, p, q in
-              zip(labels.numpy(), clean_predictions, adversarial_predictions)]
+    titles = [
+        f"label {y}\nclean {p} / adv {q}"
+        for y, p, q in zip(labels.numpy(), clean_predictions, adversarial_predictions)
+    ]
     clean, adversarial = images.numpy(), adversarial.numpy()
     name = attack_label(attack).upper()
-    png = _grid_figure([clean, adversarial, perturbation_image(clean, adversarial, attack.eps)],
-                       ["clean", name, f"perturbation\n(±{attack.eps:.3g} → 0..1)"], titles)
-    writer.images("eval/clean_adversarial_perturbation",
-                  tf.io.decode_png(png, channels=3)[tf.newaxis], step,
-                  description=f"rows: clean test images, {name} adversarial (eps {attack.eps:.4g}), "
-                              f"0.5 + perturbation / (2 eps); columns: label, clean and "
-                              "adversarial prediction")
+    png = _grid_figure(
+        [clean, adversarial, perturbation_image(clean, adversarial, attack.eps)],
+        ["clean", name, f"perturbation\n(±{attack.eps:.3g} → 0..1)"],
+        titles,
+    )
+    writer.images(
+        "eval/clean_adversarial_perturbation",
+        tf.io.decode_png(png, channels=3)[tf.newaxis],
+        step,
+        description=f"rows: clean test images, {name} adversarial (eps {attack.eps:.4g}), "
+        f"0.5 + perturbation / (2 eps); columns: label, clean and "
+        "adversarial prediction",
+    )
 
 
 def sprite(images):
@@ -139,7 +149,7 @@ def sprite(images):
     sheet = np.ones((side * height, side * width, channels), np.float32)
     for index, image in enumerate(images):
         row, col = divmod(index, side)
-        sheet[row * height:(row + 1) * height, col * width:(col + 1) * width] = image
+        sheet[row * height : (row + 1) * height, col * width : (col + 1) * width] = image
     return (np.clip(sheet, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
@@ -181,7 +191,10 @@ def log_projector(logdir, network, dataset, count=500, step=0):
     projector.visualize_embeddings(directory, config)
     writer = tf.summary.create_file_writer(directory)
     with writer.as_default(step=int(step)):
-        tf.summary.text("projector/about", f"{len(embeddings)} test embeddings (the network's "
-                        f"penultimate layer) at step {step}, with labels, predictions and a "
-                        "sprite: open the Projector tab.")
+        tf.summary.text(
+            "projector/about",
+            f"{len(embeddings)} test embeddings (the network's "
+            f"penultimate layer) at step {step}, with labels, predictions and a "
+            "sprite: open the Projector tab.",
+        )
     writer.close()

@@ -8,8 +8,7 @@ Computed in float32, whatever the input dtype.
 import keras
 import tensorflow as tf
 
-from tf_metric_robust.distances import (cosine_similarity, safe_sqrt, squared_l2_matrix,
-                                        to_float32)
+from tf_metric_robust.distances import cosine_similarity, safe_sqrt, squared_l2_matrix, to_float32
 
 TFA_DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 
@@ -19,8 +18,10 @@ def _tfa_distance_matrix(embeddings, distance_metric):
     if callable(distance_metric):
         return to_float32(distance_metric(embeddings))
     if distance_metric not in TFA_DISTANCE_METRICS:
-        raise ValueError(f"distance_metric must be one of {TFA_DISTANCE_METRICS} or a callable, "
-                         f"got {distance_metric!r}")
+        raise ValueError(
+            f"distance_metric must be one of {TFA_DISTANCE_METRICS} or a callable, "
+            f"got {distance_metric!r}"
+        )
     if distance_metric == "angular":
         return tf.maximum(1.0 - cosine_similarity(embeddings, embeddings, pairwise=True), 0.0)
     squared = squared_l2_matrix(embeddings, embeddings)
@@ -70,8 +71,9 @@ def triplet_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2"):
     dist, same, positives = _batch_setup(labels, embeddings, distance_metric)
     negatives = tf.logical_not(same)
     # farther[a, p, n]: n is a negative of anchor a lying farther from a than positive p.
-    farther = tf.logical_and(negatives[:, tf.newaxis, :],
-                             dist[:, tf.newaxis, :] > dist[:, :, tf.newaxis])
+    farther = tf.logical_and(
+        negatives[:, tf.newaxis, :], dist[:, tf.newaxis, :] > dist[:, :, tf.newaxis]
+    )
     semihard = _masked_min(dist[:, tf.newaxis, :], tf.cast(farther, tf.float32))  # [a, p]
     farthest = _masked_max(dist, tf.cast(negatives, tf.float32))  # [a]
     chosen = tf.where(tf.reduce_any(farther, axis=-1), semihard, farthest[:, tf.newaxis])
@@ -120,16 +122,20 @@ class TripletSemiHardLoss(_BatchTripletLoss):
         return triplet_semihard_loss(labels, embeddings, self.margin, self.distance_metric)
 
     def get_config(self):
-        return {**super().get_config(), "margin": self.margin,
-                "distance_metric": self.distance_metric}
+        return {
+            **super().get_config(),
+            "margin": self.margin,
+            "distance_metric": self.distance_metric,
+        }
 
 
 @keras.saving.register_keras_serializable(package="tf_metric_robust")
 class TripletHardLoss(_BatchTripletLoss):
     """`triplet_hard_loss` as a `keras.losses.Loss` (TFA's `TripletHardLoss`)."""
 
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name="triplet_hard_loss",
-                 **kwargs):
+    def __init__(
+        self, margin=1.0, soft=False, distance_metric="L2", name="triplet_hard_loss", **kwargs
+    ):
         super().__init__(name=name, **kwargs)
         self.margin = margin
         self.soft = soft
@@ -139,5 +145,9 @@ class TripletHardLoss(_BatchTripletLoss):
         return triplet_hard_loss(labels, embeddings, self.margin, self.soft, self.distance_metric)
 
     def get_config(self):
-        return {**super().get_config(), "margin": self.margin, "soft": self.soft,
-                "distance_metric": self.distance_metric}
+        return {
+            **super().get_config(),
+            "margin": self.margin,
+            "soft": self.soft,
+            "distance_metric": self.distance_metric,
+        }

@@ -74,12 +74,28 @@ class TripletTerm:
     def negative_index(self, anchor_embedding, labels, pool):
         """The one negative search: for each anchor, the index of the most similar entry of
         another class in `pool` (train_update_fast_triplet.py:623-626) -> (index [N], found [N])."""
-        return losses.hardest_negative_index(anchor_embedding, labels, pool.embedding,
-                                             pool.labels, distance=self.config.distance,
-                                             pool_valid=pool.valid)
+        return losses.hardest_negative_index(
+            anchor_embedding,
+            labels,
+            pool.embedding,
+            pool.labels,
+            distance=self.config.distance,
+            pool_valid=pool.valid,
+        )
 
-    def __call__(self, images, adversarial, labels, *, training, seed, pool_images=None,
-                 pool_labels=None, other_images=None, need_clean=False):
+    def __call__(
+        self,
+        images,
+        adversarial,
+        labels,
+        *,
+        training,
+        seed,
+        pool_images=None,
+        pool_labels=None,
+        other_images=None,
+        need_clean=False,
+    ):
         """TripletOutputs of one batch.
 
         Passes: adversarial anchors; clean images (the own positive, with the authors' noise
@@ -90,8 +106,9 @@ class TripletTerm:
         """
         cfg = self.config
         if training and cfg.positive_noise > 0:
-            images = positives.noisy_positive(images, cfg.positive_noise,
-                                              seed("training.positive_noise"))
+            images = positives.noisy_positive(
+                images, cfg.positive_noise, seed("training.positive_noise")
+            )
         if cfg.mining == "semihard":
             return self._semihard(images, adversarial, labels, training)
         extra = cfg.negative_pool == "extra" and pool_images is not None
@@ -103,8 +120,9 @@ class TripletTerm:
         clean = need_clean or own or not extra or (other and not other_from_data)
         batches = [adversarial] + [images] * clean
         if extra:
-            negative_images, found = self._extra_negatives(adversarial, labels, pool_images,
-                                                           pool_labels)
+            negative_images, found = self._extra_negatives(
+                adversarial, labels, pool_images, pool_labels
+            )
             batches.append(negative_images)
         if other_from_data:
             batches.append(other_images)
@@ -115,7 +133,8 @@ class TripletTerm:
             negative_embedding = outputs[1 + clean]["embedding"]
         else:
             negative_embedding, found = self._pool_negatives(
-                adversarial_out["embedding"], clean_out["embedding"], labels, training)
+                adversarial_out["embedding"], clean_out["embedding"], labels, training
+            )
         positive_terms = []
         if own:
             positive_terms.append((clean_out["embedding"], cfg.margin))
@@ -127,8 +146,14 @@ class TripletTerm:
         terms, positive_distances = [], []
         for positive_embedding, margin in positive_terms:
             term, stats = losses.tla_triplet_loss(
-                adversarial_out["embedding"], positive_embedding, negative_embedding,
-                margin=margin, distance=cfg.distance, lambda_norm=cfg.lambda_norm, valid=found)
+                adversarial_out["embedding"],
+                positive_embedding,
+                negative_embedding,
+                margin=margin,
+                distance=cfg.distance,
+                lambda_norm=cfg.lambda_norm,
+                valid=found,
+            )
             terms.append(term)
             positive_distances.append(stats["positive_distance"])
         return TripletOutputs(
@@ -137,7 +162,8 @@ class TripletTerm:
             triplet=tf.add_n(terms),
             positive_distance=tf.add_n(positive_distances) / float(len(positive_distances)),
             negative_distance=stats["negative_distance"],
-            positive_embedding=positive_terms[0][0])
+            positive_embedding=positive_terms[0][0],
+        )
 
     def _extra_negatives(self, adversarial, labels, pool_images, pool_labels):
         """The authors' retrieval: embed the extra clean pool and the anchors in inference mode
@@ -145,8 +171,9 @@ class TripletTerm:
         negative image. Returns (images, found)."""
         pool_embedding = tf.stop_gradient(self.network(pool_images, training=False)["embedding"])
         anchor_embedding = tf.stop_gradient(self.network(adversarial, training=False)["embedding"])
-        index, found = self.negative_index(anchor_embedding, labels,
-                                           NegativePool(pool_embedding, pool_labels))
+        index, found = self.negative_index(
+            anchor_embedding, labels, NegativePool(pool_embedding, pool_labels)
+        )
         return tf.gather(pool_images, index), found
 
     def _pool_negatives(self, anchor_embedding, clean_embedding, labels, training):
@@ -158,7 +185,8 @@ class TripletTerm:
             pool = NegativePool(
                 tf.concat([clean_embedding, tf.cast(bank_embedding, clean_embedding.dtype)], 0),
                 tf.concat([labels, tf.cast(bank_labels, labels.dtype)], 0),
-                tf.concat([tf.ones(tf.shape(labels), tf.bool), bank_valid], 0))
+                tf.concat([tf.ones(tf.shape(labels), tf.bool), bank_valid], 0),
+            )
         index, found = self.negative_index(anchor_embedding, labels, pool)
         if self.bank is not None and training:
             self.bank.enqueue(clean_embedding, labels)
@@ -167,16 +195,26 @@ class TripletTerm:
     def _semihard(self, images, adversarial, labels, training):
         """TFA's triplet_semihard_loss over the joint adversarial + clean batch."""
         cfg = self.config
-        adversarial_out, clean_out = forward_passes(self.network, [adversarial, images], training,
-                                                    cfg.separate_passes)
+        adversarial_out, clean_out = forward_passes(
+            self.network, [adversarial, images], training, cfg.separate_passes
+        )
         embeddings = tf.concat([adversarial_out["embedding"], clean_out["embedding"]], 0)
-        batch_loss = losses.triplet_semihard_loss(tf.concat([labels, labels], 0), embeddings,
-                                                  margin=cfg.margin,
-                                                  distance_metric=tfa_metric(cfg.distance))
+        batch_loss = losses.triplet_semihard_loss(
+            tf.concat([labels, labels], 0),
+            embeddings,
+            margin=cfg.margin,
+            distance_metric=tfa_metric(cfg.distance),
+        )
         # One scalar per replica batch: spread it so compute_average_loss scales it once.
         # The norm part sits inside the term, as in the authors' triplet_loss (utils.py:155).
         norm = losses.embedding_norm_loss(adversarial_out["embedding"], clean_out["embedding"])
         triplet = tf.fill(tf.shape(labels), batch_loss) + cfg.lambda_norm * norm
         zeros = tf.zeros(tf.shape(labels))
-        return TripletOutputs(adversarial_out["logits"], clean_out["logits"], triplet, zeros, zeros,
-                              clean_out["embedding"])
+        return TripletOutputs(
+            adversarial_out["logits"],
+            clean_out["logits"],
+            triplet,
+            zeros,
+            zeros,
+            clean_out["embedding"],
+        )

@@ -30,21 +30,34 @@ def _step_examples(config):
 def other_positives_from_data(config):
     """Whether TLA's other positives come from the data (an independent image of the class)."""
     triplet = config.triplet
-    return (config.mode == "tla" and triplet.mining == "paper" and triplet.other_positive == "data"
-            and triplet.positive in ("other", "both"))
+    return (
+        config.mode == "tla"
+        and triplet.mining == "paper"
+        and triplet.other_positive == "data"
+        and triplet.positive in ("other", "both")
+    )
 
 
 def train_input(config, start_step, replicas=1):
     """Training batches from step `start_step` on, split over `replicas` replicas."""
     batch, extra_pool = _step_examples(config)
     dataset = data.train_dataset(
-        config.dataset, batch_size=batch, seed=config.seed, start_step=start_step,
-        data_dir=config.data_dir, download=config.download, augment=config.augment,
+        config.dataset,
+        batch_size=batch,
+        seed=config.seed,
+        start_step=start_step,
+        data_dir=config.data_dir,
+        download=config.download,
+        augment=config.augment,
         other_positives=other_positives_from_data(config),
-        validation_examples=config.validation_examples)
+        validation_examples=config.validation_examples,
+    )
     if extra_pool and replicas > 1:
-        dataset = dataset.map(lambda images, labels: tf.nest.map_structure(
-            lambda rows: replica_major(rows, config.batch_size, replicas), (images, labels)))
+        dataset = dataset.map(
+            lambda images, labels: tf.nest.map_structure(
+                lambda rows: replica_major(rows, config.batch_size, replicas), (images, labels)
+            )
+        )
     return shard_by_data(dataset)
 
 
@@ -67,39 +80,64 @@ def check_train_input(config):
     """UserError unless a training step's examples (batch, plus the extra pool) fit the split."""
     batch, extra_pool = _step_examples(config)
     try:
-        data.train_dataset(config.dataset, batch_size=batch, seed=config.seed,
-                           data_dir=config.data_dir, download=config.download)
+        data.train_dataset(
+            config.dataset,
+            batch_size=batch,
+            seed=config.seed,
+            data_dir=config.data_dir,
+            download=config.download,
+        )
     except (data.DatasetNotFoundError, UserError):
         raise
     except ValueError as error:
-        need = (f"--batch_size {config.batch_size} x (1 + --pool_multiplier "
-                f"{config.triplet.pool_multiplier})" if extra_pool else
-                f"--batch_size {config.batch_size}")
-        raise UserError(f"{need} does not fit the training split of {config.dataset} "
-                        f"({error}); use a smaller batch or pool") from None
+        need = (
+            f"--batch_size {config.batch_size} x (1 + --pool_multiplier "
+            f"{config.triplet.pool_multiplier})"
+            if extra_pool
+            else f"--batch_size {config.batch_size}"
+        )
+        raise UserError(
+            f"{need} does not fit the training split of {config.dataset} "
+            f"({error}); use a smaller batch or pool"
+        ) from None
 
 
 def eval_input(config, num_examples):
     """Evaluation batches; also where a missing or unwritable dataset is reported, before the
     model is built (preparing a dataset writes into --data_dir)."""
     try:
-        return shard_by_data(data.eval_dataset(
-            config.dataset, batch_size=config.eval_batch_size, num_examples=num_examples,
-            data_dir=config.data_dir, download=config.download))
+        return shard_by_data(
+            data.eval_dataset(
+                config.dataset,
+                batch_size=config.eval_batch_size,
+                num_examples=num_examples,
+                data_dir=config.data_dir,
+                download=config.download,
+            )
+        )
     except data.DatasetNotFoundError:
         raise
     except OSError as error:
-        raise UserError(f"cannot prepare dataset {config.dataset!r} in --data_dir "
-                        f"{config.data_dir}: {error.strerror or error}: {error.filename}; pass a "
-                        "writable --data_dir, or one where the dataset is prepared") from None
+        raise UserError(
+            f"cannot prepare dataset {config.dataset!r} in --data_dir "
+            f"{config.data_dir}: {error.strerror or error}: {error.filename}; pass a "
+            "writable --data_dir, or one where the dataset is prepared"
+        ) from None
 
 
 def validation_input(config):
     """Batches of the validation split held out of the training set (--validation_examples)."""
     if config.validation_examples < 1:
-        raise UserError("--select_best=pgd needs --validation_examples > 0 (a validation split "
-                        "held out of the training set; never the test set)")
-    return shard_by_data(data.eval_dataset(
-        config.dataset, batch_size=config.eval_batch_size, data_dir=config.data_dir,
-        download=config.download,
-        split=data.validation_split(config.dataset, config.validation_examples)))
+        raise UserError(
+            "--select_best=pgd needs --validation_examples > 0 (a validation split "
+            "held out of the training set; never the test set)"
+        )
+    return shard_by_data(
+        data.eval_dataset(
+            config.dataset,
+            batch_size=config.eval_batch_size,
+            data_dir=config.data_dir,
+            download=config.download,
+            split=data.validation_split(config.dataset, config.validation_examples),
+        )
+    )

@@ -60,32 +60,57 @@ class AdversarialTrainer(keras.Model):
     EMA of the weights (`self.ema`, evaluated and exported instead of the raw weights).
     """
 
-    def __init__(self, network, *, mode, attack=None, eval_attack=None, triplet=None,
-                 label_smoothing=0.0, seed=0, eps_warmup_steps=0, attack_bn_mode="inference",
-                 eval_round_to_grid=False, beta=6.0, base="pgd", awp_gamma=0.0,
-                 awp_warmup_steps=0, ema_decay=0.0, **kwargs):
+    def __init__(
+        self,
+        network,
+        *,
+        mode,
+        attack=None,
+        eval_attack=None,
+        triplet=None,
+        label_smoothing=0.0,
+        seed=0,
+        eps_warmup_steps=0,
+        attack_bn_mode="inference",
+        eval_round_to_grid=False,
+        beta=6.0,
+        base="pgd",
+        awp_gamma=0.0,
+        awp_warmup_steps=0,
+        ema_decay=0.0,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if attack_bn_mode not in ATTACK_BN_MODES:
-            raise ValueError(f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got "
-                             f"{attack_bn_mode!r}")
+            raise ValueError(
+                f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got {attack_bn_mode!r}"
+            )
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         if base not in BASES or (base != "pgd" and mode != "tla"):
-            raise ValueError(f"base must be one of {BASES}, and other than 'pgd' only for mode "
-                             f"tla; got base {base!r} with mode {mode!r}")
+            raise ValueError(
+                f"base must be one of {BASES}, and other than 'pgd' only for mode "
+                f"tla; got base {base!r} with mode {mode!r}"
+            )
         if mode != "natural" and attack is None:
             raise ValueError(f"mode {mode!r} needs an attack configuration")
         if (eval_attack or attack) is None:
-            raise ValueError("evaluation reports PGD accuracy: pass eval_attack (an "
-                             "AttackConfig), or attack, which it defaults to")
+            raise ValueError(
+                "evaluation reports PGD accuracy: pass eval_attack (an "
+                "AttackConfig), or attack, which it defaults to"
+            )
         self.triplet = triplet or TripletConfig()
         self.trades_objective = mode == "trades" or base == "trades"
         if (mode in KL_MODES or self.trades_objective) and label_smoothing:
-            raise ValueError(f"mode {mode!r} (base {base!r}) uses plain cross-entropy (as its "
-                             f"reference): label_smoothing must be 0, got {label_smoothing}")
+            raise ValueError(
+                f"mode {mode!r} (base {base!r}) uses plain cross-entropy (as its "
+                f"reference): label_smoothing must be 0, got {label_smoothing}"
+            )
         if base == "trades" and self.triplet.positive_noise > 0:
-            raise ValueError("base 'trades' takes TRADES' terms from the clean pass, which "
-                             "positive_noise would change: positive_noise must be 0")
+            raise ValueError(
+                "base 'trades' takes TRADES' terms from the clean pass, which "
+                "positive_noise would change: positive_noise must be 0"
+            )
         self.attack_bn_mode = attack_bn_mode
         self.eval_round_to_grid = bool(eval_round_to_grid)
         self.beta = float(beta)
@@ -135,8 +160,11 @@ class AdversarialTrainer(keras.Model):
     def _cross_entropy(self, labels, logits):
         one_hot = tf.one_hot(labels, self.num_classes)
         return keras.losses.categorical_crossentropy(
-            one_hot, tf.cast(logits, tf.float32), from_logits=True,
-            label_smoothing=self.label_smoothing)
+            one_hot,
+            tf.cast(logits, tf.float32),
+            from_logits=True,
+            label_smoothing=self.label_smoothing,
+        )
 
     def _seed(self, root):
         """Stateless key of this step and replica under `root` (seeds.py): a resumed run draws
@@ -146,8 +174,16 @@ class AdversarialTrainer(keras.Model):
         step = self.optimizer.iterations if self.optimizer else 0
         return seeds.key(self.seed, root, step, replica_id)
 
-    def compute_losses(self, images, labels, adversarial, training, pool_images=None,
-                       pool_labels=None, other_images=None):
+    def compute_losses(
+        self,
+        images,
+        labels,
+        adversarial,
+        training,
+        pool_images=None,
+        pool_labels=None,
+        other_images=None,
+    ):
         """Losses (per-example total and logs, logits), shared by train_step and test_step."""
         logs = {}
         clean_logits = adversarial_logits = None
@@ -160,19 +196,29 @@ class AdversarialTrainer(keras.Model):
         elif self.mode in KL_MODES:
             # Clean and adversarial passes, each with its own BN statistics, in training mode
             # (trades.py:73-82, mart.py:32-40).
-            clean_out, adversarial_out = forward_passes(self.network, [images, adversarial],
-                                                        training, self.triplet.separate_passes)
+            clean_out, adversarial_out = forward_passes(
+                self.network, [images, adversarial], training, self.triplet.separate_passes
+            )
             clean_logits, adversarial_logits = clean_out["logits"], adversarial_out["logits"]
         else:
-            parts = self.triplet_term(images, adversarial, labels, training=training,
-                                      seed=self._seed, pool_images=pool_images,
-                                      pool_labels=pool_labels, other_images=other_images,
-                                      need_clean=self.trades_objective)
+            parts = self.triplet_term(
+                images,
+                adversarial,
+                labels,
+                training=training,
+                seed=self._seed,
+                pool_images=pool_images,
+                pool_labels=pool_labels,
+                other_images=other_images,
+                need_clean=self.trades_objective,
+            )
             clean_logits, adversarial_logits = parts.clean_logits, parts.adversarial_logits
-            logs.update(triplet_loss=parts.triplet, positive_distance=parts.positive_distance,
-                        negative_distance=parts.negative_distance,
-                        embedding_norm=tf.norm(tf.cast(parts.positive_embedding, tf.float32),
-                                               axis=-1))
+            logs.update(
+                triplet_loss=parts.triplet,
+                positive_distance=parts.positive_distance,
+                negative_distance=parts.negative_distance,
+                embedding_norm=tf.norm(tf.cast(parts.positive_embedding, tf.float32), axis=-1),
+            )
             if not self.trades_objective:
                 # CE on the adversarial images only (config train_flag_adv_only, lines 382-389).
                 ce = total = self._cross_entropy(labels, adversarial_logits)
@@ -180,8 +226,9 @@ class AdversarialTrainer(keras.Model):
             loss_fn = losses.mart_loss if self.mode == "mart" else losses.trades_loss
             total = loss_fn(labels, clean_logits, adversarial_logits, beta=self.beta)
             # TRADES' CE is on the clean images, MART's on the adversarial ones.
-            ce = self._cross_entropy(labels, adversarial_logits if self.mode == "mart"
-                                     else clean_logits)
+            ce = self._cross_entropy(
+                labels, adversarial_logits if self.mode == "mart" else clean_logits
+            )
             logs["robust_loss"] = total - ce  # what the mode adds to its CE
         if self.mode == "tla":
             # lambda_triplet weighs each whole term, norm part included (lines 372, 376).
@@ -198,8 +245,10 @@ class AdversarialTrainer(keras.Model):
         if isinstance(images, (tuple, list)):
             images, other_images = images
         elif training and self._needs_other_images():
-            raise ValueError("triplet other_positive='data' needs ((images, other_images), labels) "
-                             "batches: data.train_dataset(..., other_positives=True)")
+            raise ValueError(
+                "triplet other_positive='data' needs ((images, other_images), labels) "
+                "batches: data.train_dataset(..., other_positives=True)"
+            )
         labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
         if not (training and self.mode == "tla" and self.triplet.negative_pool == "extra"):
             return Batch(images, labels, other_images=other_images)
@@ -210,16 +259,21 @@ class AdversarialTrainer(keras.Model):
         return Batch(images[:batch], labels[:batch], images[batch:], labels[batch:], other_images)
 
     def _needs_other_images(self):
-        return (self.mode == "tla" and self.triplet.mining == "paper"
-                and self.triplet.positive in ("other", "both")
-                and self.triplet.other_positive == "data")
+        return (
+            self.mode == "tla"
+            and self.triplet.mining == "paper"
+            and self.triplet.positive in ("other", "both")
+            and self.triplet.other_positive == "data"
+        )
 
     def _update_metrics(self, loss, result, labels):
         self.trackers["loss"].update_state(loss)
         for name, value in result.logs.items():
             self.trackers[name].update_state(value)
-        for name, logits in (("clean_accuracy", result.clean_logits),
-                             ("pgd_accuracy", result.adversarial_logits)):
+        for name, logits in (
+            ("clean_accuracy", result.clean_logits),
+            ("pgd_accuracy", result.adversarial_logits),
+        ):
             if logits is not None:
                 correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
                 self.trackers[name].update_state(correct)
@@ -246,8 +300,9 @@ class AdversarialTrainer(keras.Model):
         if self.trades_objective:
             kwargs["loss"] = "kl"
             targets = tf.stop_gradient(model_fn(images))
-        return tf.stop_gradient(attacks.pgd(model_fn, images, targets,
-                                            seed=self._seed("training.attack"), **kwargs))
+        return tf.stop_gradient(
+            attacks.pgd(model_fn, images, targets, seed=self._seed("training.attack"), **kwargs)
+        )
 
     def _awp_perturbation(self, batch, adversarial, variables):
         """AWP's perturbation from the mode's own loss on this batch, BN statistics and bank
@@ -256,9 +311,13 @@ class AdversarialTrainer(keras.Model):
         if self.bank is not None:
             keep += list(self.bank.variables)
         return self.awp.compute(
-            lambda: tf.nn.compute_average_loss(self.compute_losses(
-                batch.images, batch.labels, adversarial, True, *batch[2:]).total),
-            variables, self.optimizer.iterations, keep=keep)
+            lambda: tf.nn.compute_average_loss(
+                self.compute_losses(batch.images, batch.labels, adversarial, True, *batch[2:]).total
+            ),
+            variables,
+            self.optimizer.iterations,
+            keep=keep,
+        )
 
     def train_step(self, data):
         batch = self._unpack(data, training=True)
@@ -267,13 +326,13 @@ class AdversarialTrainer(keras.Model):
             adversarial = self._training_attack(batch.images, batch.labels)
         variables = self.network.trainable_variables
         perturbed = awp.perturbed_variables(self.network) if self.awp else []
-        perturbation = (self._awp_perturbation(batch, adversarial, perturbed) if self.awp
-                        else [])
+        perturbation = self._awp_perturbation(batch, adversarial, perturbed) if self.awp else []
         # AWP: gradient at w + v, applied to w after an exact restore (awp.py).
         with awp.perturbed(perturbed, perturbation):
             with tf.GradientTape() as tape:
-                result = self.compute_losses(batch.images, batch.labels, adversarial, True,
-                                             *batch[2:])
+                result = self.compute_losses(
+                    batch.images, batch.labels, adversarial, True, *batch[2:]
+                )
                 loss = tf.nn.compute_average_loss(result.total)
                 if self.network.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(self.network.losses))
@@ -307,7 +366,8 @@ def make_optimizer(config):
     learning_rate = config.learning_rate
     if config.lr_boundaries:
         learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            list(config.lr_boundaries), list(config.lr_values))
+            list(config.lr_boundaries), list(config.lr_values)
+        )
     if config.name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=config.momentum)
     return keras.optimizers.Adam(learning_rate)

@@ -47,8 +47,13 @@ class WeightAverage(keras.layers.Layer):
         for i, weight in enumerate(self._network.weights):
             # Each replica keeps its own copy, updated from its own (identical) weights after
             # the step; batch-norm statistics differ per replica as the network's own do.
-            average = keras.Variable(tf.convert_to_tensor(weight), dtype=weight.dtype,
-                                     trainable=False, autocast=False, name=f"average_{i}")
+            average = keras.Variable(
+                tf.convert_to_tensor(weight),
+                dtype=weight.dtype,
+                trainable=False,
+                autocast=False,
+                name=f"average_{i}",
+            )
             setattr(self, f"average_{i}", average)
             self._network.averages.append(average)
         self.built = True

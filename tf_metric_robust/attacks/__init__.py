@@ -25,5 +25,18 @@ ATTACKS = {
     "adaptive_detector": adaptive_detector,
 }
 
-__all__ = ["ATTACKS", "AutoAttackResult", "adaptive_detector", "apgd", "apgd_dlr",
-           "apgd_targeted", "autoattack", "fab_minimum_norm", "fab_targeted", "fgsm", "mifgsm", "pgd", "square"]
+__all__ = [
+    "ATTACKS",
+    "AutoAttackResult",
+    "adaptive_detector",
+    "apgd",
+    "apgd_dlr",
+    "apgd_targeted",
+    "autoattack",
+    "fab_minimum_norm",
+    "fab_targeted",
+    "fgsm",
+    "mifgsm",
+    "pgd",
+    "square",
+]

@@ -56,8 +56,11 @@ def prepare_inputs(x, y, eps, clip_min, clip_max, seed):
     x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
     seed = stateless_seed(seed)
     scalars = tuple(tf.cast(v, tf.float32) for v in (eps, clip_min, clip_max))
-    checks = [] if known[0] is not None else [
-        tf.debugging.assert_greater_equal(scalars[0], 0.0, message="eps must be >= 0")]
+    checks = (
+        []
+        if known[0] is not None
+        else [tf.debugging.assert_greater_equal(scalars[0], 0.0, message="eps must be >= 0")]
+    )
     return x, y, scalars, seed, known[0] == 0, checks
 
 
@@ -90,8 +93,9 @@ def run_compiled(graph_fn, model_fn, static, *args):
     if tf.inside_function():
         return graph_fn(model_fn, *args, **static)
     # A bound method is a new object on every attribute access: key on its owner instead.
-    owner, method = (model_fn.__self__, model_fn.__func__) if inspect.ismethod(model_fn) else (
-        model_fn, None)
+    owner, method = (
+        (model_fn.__self__, model_fn.__func__) if inspect.ismethod(model_fn) else (model_fn, None)
+    )
     key = (graph_fn, method, tuple(sorted(static.items())))
     try:
         per_owner = _COMPILED.setdefault(owner, {})

@@ -40,8 +40,23 @@ class DetectorObjective:
         return misclassify + self.weight * self.detector.confidence(embedding, predicted)
 
 
-def adaptive_detector(model_fn, x, y, *, detector, eps, step_size, steps, weight=1.0, kappa=2.0,
-                      random_start=True, norm="linf", clip_min=0.0, clip_max=1.0, seed=None):
+def adaptive_detector(
+    model_fn,
+    x,
+    y,
+    *,
+    detector,
+    eps,
+    step_size,
+    steps,
+    weight=1.0,
+    kappa=2.0,
+    random_start=True,
+    norm="linf",
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+):
     """PGD against classifier + detector in the linf/l2 eps-ball around x.
 
     Args: model_fn maps images to (logits [N, C], embedding [N, D]) (e.g. ModelFns.outputs);
@@ -50,17 +65,32 @@ def adaptive_detector(model_fn, x, y, *, detector, eps, step_size, steps, weight
     kappa: the margin cap in logits; the rest as `attacks.pgd`. Returns adversarial images, same
     shape and dtype as x, inside the ball and [clip_min, clip_max].
     """
-    checks = gradient.validate_args(eps=eps, step_size=step_size, steps=steps, restarts=1,
-                                    norm=norm, loss="cw", clip_min=clip_min, clip_max=clip_max)
+    checks = gradient.validate_args(
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        restarts=1,
+        norm=norm,
+        loss="cw",
+        clip_min=clip_min,
+        clip_max=clip_max,
+    )
     if weight < 0 or kappa <= 0:
         raise ValueError(f"weight must be >= 0 and kappa > 0, got {weight} and {kappa}")
     x, y = objectives.images_and_labels(x, y)
     scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, 0.0, clip_min, clip_max)]
     seed = _plumbing.stateless_seed(seed)
-    static = dict(steps=steps, norm=norm, targeted=False, random_start=bool(random_start),
-                  momentum=False, restarts=1,
-                  loss=DetectorObjective(detector, float(weight), float(kappa)))
+    static = dict(
+        steps=steps,
+        norm=norm,
+        targeted=False,
+        random_start=bool(random_start),
+        momentum=False,
+        restarts=1,
+        loss=DetectorObjective(detector, float(weight), float(kappa)),
+    )
     with tf.control_dependencies(checks):
-        x_adv = _plumbing.run_compiled(gradient.attack_graph, model_fn, static, x, y, *scalars,
-                                       seed)
+        x_adv = _plumbing.run_compiled(
+            gradient.attack_graph, model_fn, static, x, y, *scalars, seed
+        )
     return tf.stop_gradient(x_adv)

@@ -78,8 +78,23 @@ def _loss_value(logits, labels, targets, loss, targeted):
     return objectives.objective(logits, labels, "ce", targeted=False)
 
 
-def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps, norm, loss,
-                targeted, rho, eot_iter):
+def _single_run(
+    model_fn,
+    x,
+    y,
+    targets,
+    eps,
+    clip_min,
+    clip_max,
+    seed,
+    *,
+    steps,
+    norm,
+    loss,
+    targeted,
+    rho,
+    eot_iter,
+):
     """One APGD run from a random start. Returns (x_adv, fooled bool [N], best loss float32 [N]).
 
     With eot_iter > 1 each iterate's gradient is the mean over eot_iter calls of a randomised
@@ -119,12 +134,29 @@ def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps
         interval[w] = float(w - previous)
     interval = tf.constant(interval)
 
-    def body(k, x_adv, x_prev, grad, value_prev, best, x_best, grad_best, x_found, found, step,
-             increases, best_at_check, halved_at_check):
+    def body(
+        k,
+        x_adv,
+        x_prev,
+        grad,
+        value_prev,
+        best,
+        x_best,
+        grad_best,
+        x_found,
+        found,
+        step,
+        increases,
+        best_at_check,
+        halved_at_check,
+    ):
         alpha = tf.where(k == 0, 1.0, _ALPHA)  # the first step has no momentum
         z = project(x_adv + tf.cast(expand(step) * objectives.step_direction(grad, norm), x.dtype))
-        x_new = project(x_adv + tf.cast(alpha, x.dtype) * (z - x_adv)
-                        + tf.cast(1.0 - alpha, x.dtype) * (x_adv - x_prev))
+        x_new = project(
+            x_adv
+            + tf.cast(alpha, x.dtype) * (z - x_adv)
+            + tf.cast(1.0 - alpha, x.dtype) * (x_adv - x_prev)
+        )
         value, grad, fooled = evaluate(x_new)
         x_found = pick(fooled & ~found, x_new, x_found)
         found = found | fooled
@@ -134,8 +166,9 @@ def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps
         best = tf.where(improved, value, best)
         x_prev, x_adv, value_prev = x_adv, x_new, value
         check = is_check[k + 1]
-        halve = check & ((increases < rho * interval[k + 1])
-                         | (~halved_at_check & (best <= best_at_check)))
+        halve = check & (
+            (increases < rho * interval[k + 1]) | (~halved_at_check & (best <= best_at_check))
+        )
         step = tf.where(halve, 0.5 * step, step)
         # Restart from the best point, with no momentum carried over.
         x_adv, x_prev = pick(halve, x_best, x_adv), pick(halve, x_best, x_prev)
@@ -143,20 +176,63 @@ def _single_run(model_fn, x, y, targets, eps, clip_min, clip_max, seed, *, steps
         halved_at_check = tf.where(check, halve, halved_at_check)
         best_at_check = tf.where(check, best, best_at_check)
         increases = tf.where(check, 0.0, increases)
-        return (k + 1, x_adv, x_prev, grad, value_prev, best, x_best, grad_best, x_found, found,
-                step, increases, best_at_check, halved_at_check)
+        return (
+            k + 1,
+            x_adv,
+            x_prev,
+            grad,
+            value_prev,
+            best,
+            x_best,
+            grad_best,
+            x_found,
+            found,
+            step,
+            increases,
+            best_at_check,
+            halved_at_check,
+        )
 
     x_adv = project(objectives.random_start(x, eps, norm, seed))
     value, grad, found = evaluate(x_adv)
-    state = (tf.constant(0), x_adv, x_adv, grad, value, value, x_adv, grad, x_adv, found,
-             2.0 * eps * tf.ones_like(value), tf.zeros_like(value), value, tf.zeros_like(found))
+    state = (
+        tf.constant(0),
+        x_adv,
+        x_adv,
+        grad,
+        value,
+        value,
+        x_adv,
+        grad,
+        x_adv,
+        found,
+        2.0 * eps * tf.ones_like(value),
+        tf.zeros_like(value),
+        value,
+        tf.zeros_like(found),
+    )
     out = tf.while_loop(lambda k, *_: k < steps, body, state)
     best, x_best, x_found, found = out[5], out[6], out[8], out[9]
     return pick(found, x_found, x_best), found, best
 
 
-def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, norm, loss,
-                targeted, rho, eot_iter):
+def _apgd_graph(
+    model_fn,
+    x,
+    y,
+    eps,
+    clip_min,
+    clip_max,
+    runs,
+    seed,
+    *,
+    steps,
+    norm,
+    loss,
+    targeted,
+    rho,
+    eot_iter,
+):
     """`runs` (int32 scalar) APGD runs, restarts or one per target class, on the examples still
     classified right.
 
@@ -179,25 +255,55 @@ def _apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, steps, n
         sub_t = tf.gather(tf.cast(ranked[:, r + 1], y.dtype), idx) if targeted else sub_y
         sub_x = tf.gather(x, idx)
         x_r, found_r, best_r = _single_run(
-            model_fn, sub_x, sub_y, sub_t, eps, clip_min, clip_max,
+            model_fn,
+            sub_x,
+            sub_y,
+            sub_t,
+            eps,
+            clip_min,
+            clip_max,
             tf.random.experimental.stateless_fold_in(seed, r),
-            steps=steps, norm=norm, loss=loss, targeted=targeted, rho=rho, eot_iter=eot_iter)
+            steps=steps,
+            norm=norm,
+            loss=loss,
+            targeted=targeted,
+            rho=rho,
+            eot_iter=eot_iter,
+        )
         take = found_r | (best_r > tf.gather(best, idx))
         rows = idx[:, None]
-        x_keep = tf.where(tf.reshape(take, [-1] + [1] * (x.shape.rank - 1)), x_r,
-                          tf.gather(x_out, idx))
+        x_keep = tf.where(
+            tf.reshape(take, [-1] + [1] * (x.shape.rank - 1)), x_r, tf.gather(x_out, idx)
+        )
         x_out = tf.tensor_scatter_nd_update(x_out, rows, x_keep)
         best = tf.tensor_scatter_nd_update(best, rows, tf.where(take, best_r, tf.gather(best, idx)))
         return r + 1, x_out, tf.tensor_scatter_nd_update(found, rows, found_r), best
 
     _, x_out, _, _ = tf.while_loop(
-        lambda r, x_out, found, best: (r < runs) & tf.reduce_any(~found), body,
-        (tf.constant(0), x, found, best))
+        lambda r, x_out, found, best: (r < runs) & tf.reduce_any(~found),
+        body,
+        (tf.constant(0), x, found, best),
+    )
     return x_out
 
 
-def _run(model_fn, x, y, *, eps, steps, norm, loss, targeted, runs, rho, seed, clip_min,
-         clip_max, eot_iter=1):
+def _run(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    steps,
+    norm,
+    loss,
+    targeted,
+    runs,
+    rho,
+    seed,
+    clip_min,
+    clip_max,
+    eot_iter=1,
+):
     """Validates arguments, converts them to tensors and runs the cached compiled attack."""
     _plumbing.check_norm(norm)
     if loss not in LOSSES:
@@ -207,21 +313,38 @@ def _run(model_fn, x, y, *, eps, steps, norm, loss, targeted, runs, rho, seed, c
     if not isinstance(rho, numbers.Real) or not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
     x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
-        x, y, eps, clip_min, clip_max, seed)
+        x, y, eps, clip_min, clip_max, seed
+    )
     if eps_is_zero:
         return tf.identity(x)
     # The run count is a tensor: other restart / target counts reuse the compiled graph.
-    static = dict(steps=steps, norm=norm, loss=loss, targeted=targeted, rho=float(rho),
-                  eot_iter=eot_iter)
+    static = dict(
+        steps=steps, norm=norm, loss=loss, targeted=targeted, rho=float(rho), eot_iter=eot_iter
+    )
     with tf.control_dependencies(checks):
-        x_adv = _plumbing.run_compiled(_apgd_graph, model_fn, static, x, y, *scalars,
-                             tf.constant(runs, tf.int32), seed)
+        x_adv = _plumbing.run_compiled(
+            _apgd_graph, model_fn, static, x, y, *scalars, tf.constant(runs, tf.int32), seed
+        )
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
 
 
-def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, seed=None,
-         clip_min=0.0, clip_max=1.0, rho=0.75, eot_iter=1):
+def apgd(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    steps=100,
+    norm="linf",
+    loss="ce",
+    restarts=1,
+    seed=None,
+    clip_min=0.0,
+    clip_max=1.0,
+    rho=0.75,
+    eot_iter=1,
+):
     """Untargeted APGD (Croce & Hein 2020) with the CE or DLR loss in the linf or l2 eps-ball.
 
     Args: model_fn maps images to logits [N, C]; x images [N, ...] (float dtype, kept); y int
@@ -231,20 +354,72 @@ def apgd(model_fn, x, y, *, eps, steps=100, norm="linf", loss="ce", restarts=1, 
     20). Returns adversarial images of x's shape and dtype inside the ball and [clip_min, clip_max].
     """
     _plumbing.check_int("restarts", restarts, 1)
-    return _run(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss=loss, targeted=False,
-                runs=restarts, rho=rho, seed=seed, clip_min=clip_min, clip_max=clip_max,
-                eot_iter=eot_iter)
+    return _run(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        loss=loss,
+        targeted=False,
+        runs=restarts,
+        rho=rho,
+        seed=seed,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        eot_iter=eot_iter,
+    )
 
 
-def apgd_dlr(model_fn, x, y, *, eps, steps=100, norm="linf", restarts=1, seed=None, clip_min=0.0,
-             clip_max=1.0, rho=0.75, eot_iter=1):
+def apgd_dlr(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    steps=100,
+    norm="linf",
+    restarts=1,
+    seed=None,
+    clip_min=0.0,
+    clip_max=1.0,
+    rho=0.75,
+    eot_iter=1,
+):
     """APGD-DLR (Croce & Hein 2020): `apgd` with the DLR loss, robust to logit rescaling."""
-    return apgd(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss="dlr", restarts=restarts,
-                seed=seed, clip_min=clip_min, clip_max=clip_max, rho=rho, eot_iter=eot_iter)
+    return apgd(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        loss="dlr",
+        restarts=restarts,
+        seed=seed,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        rho=rho,
+        eot_iter=eot_iter,
+    )
 
 
-def apgd_targeted(model_fn, x, y, *, eps, steps=100, norm="linf", num_target_classes=9,
-                  loss="dlr", seed=None, clip_min=0.0, clip_max=1.0, rho=0.75):
+def apgd_targeted(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    steps=100,
+    norm="linf",
+    num_target_classes=9,
+    loss="dlr",
+    seed=None,
+    clip_min=0.0,
+    clip_max=1.0,
+    rho=0.75,
+):
     """APGD-T (Croce & Hein 2020): one targeted APGD run per each of the top-k wrong classes.
 
     k = min(`num_target_classes`, C - 1) (the paper's 9 for 10 classes); the targets are the
@@ -253,6 +428,18 @@ def apgd_targeted(model_fn, x, y, *, eps, steps=100, norm="linf", num_target_cla
     or 'ce' (CE toward the target). Success means misclassified. Other arguments as in `apgd`.
     """
     _plumbing.check_int("num_target_classes", num_target_classes, 1)
-    return _run(model_fn, x, y, eps=eps, steps=steps, norm=norm, loss=loss, targeted=True,
-                runs=num_target_classes, rho=rho, seed=seed, clip_min=clip_min,
-                clip_max=clip_max)
+    return _run(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        steps=steps,
+        norm=norm,
+        loss=loss,
+        targeted=True,
+        runs=num_target_classes,
+        rho=rho,
+        seed=seed,
+        clip_min=clip_min,
+        clip_max=clip_max,
+    )

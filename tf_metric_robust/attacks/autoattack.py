@@ -66,9 +66,13 @@ class AutoAttackResult:
 
     def as_dict(self):
         """JSON-friendly summary (no arrays), for evaluation reports."""
-        return {"clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy,
-                "attack_accuracy": dict(self.attack_accuracy), "warnings": list(self.warnings),
-                "seconds": dict(self.seconds)}
+        return {
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "attack_accuracy": dict(self.attack_accuracy),
+            "warnings": list(self.warnings),
+            "seconds": dict(self.seconds),
+        }
 
 
 def _argmax_graph(model_fn, x):
@@ -77,31 +81,54 @@ def _argmax_graph(model_fn, x):
 
 def _predict(model_fn, x, batch_size):
     """Predicted classes int64 [N] for a NumPy batch of images, `batch_size` at a time."""
-    batches = [tf.convert_to_tensor(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return np.concatenate([_plumbing.run_compiled(_argmax_graph, model_fn, {}, b).numpy() for b in batches]
-                          or [np.zeros([0], np.int64)])
+    batches = [tf.convert_to_tensor(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return np.concatenate(
+        [_plumbing.run_compiled(_argmax_graph, model_fn, {}, b).numpy() for b in batches]
+        or [np.zeros([0], np.int64)]
+    )
 
 
-def member_attack(name, *, eps, norm, steps, queries, num_target_classes, restarts, clip_min,
-                  clip_max, eot_iter=1):
+def member_attack(
+    name, *, eps, norm, steps, queries, num_target_classes, restarts, clip_min, clip_max, eot_iter=1
+):
     """(x, y, seed) -> x_adv for one AutoAttack member."""
     common = dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     if name in ("apgd_ce", "apgd_dlr"):
         attack = apgd if name == "apgd_ce" else apgd_dlr
-        return lambda m, x, y, seed: attack(m, x, y, steps=steps, restarts=restarts, seed=seed,
-                                            eot_iter=eot_iter, **common)
+        return lambda m, x, y, seed: attack(
+            m, x, y, steps=steps, restarts=restarts, seed=seed, eot_iter=eot_iter, **common
+        )
     if name == "apgd_t":
         return lambda m, x, y, seed: apgd_targeted(
-            m, x, y, steps=steps, num_target_classes=num_target_classes, seed=seed, **common)
+            m, x, y, steps=steps, num_target_classes=num_target_classes, seed=seed, **common
+        )
     if name == "fab_t":
         return lambda m, x, y, seed: fab_targeted(
-            m, x, y, steps=steps, num_target_classes=num_target_classes, **common)
+            m, x, y, steps=steps, num_target_classes=num_target_classes, **common
+        )
     return lambda m, x, y, seed: square(m, x, y, queries=queries, seed=seed, **common)
 
 
-def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, batch_size=None,
-               attacks=None, steps=100, queries=5000, num_target_classes=9, clip_min=0.0,
-               clip_max=1.0, pgd_accuracy=None, pgd_gap=0.05, square_gap=0.002):
+def autoattack(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    norm="linf",
+    version="standard",
+    seed=0,
+    batch_size=None,
+    attacks=None,
+    steps=100,
+    queries=5000,
+    num_target_classes=9,
+    clip_min=0.0,
+    clip_max=1.0,
+    pgd_accuracy=None,
+    pgd_gap=0.05,
+    square_gap=0.002,
+):
     """Runs the AutoAttack sequence on (x, y) and returns an `AutoAttackResult`.
 
     Args:
@@ -125,10 +152,12 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
     names = tuple(VERSIONS[version] if attacks is None else attacks)
     unknown = [n for n in names if n not in GRADIENT_ATTACKS + ("square",)]
     if unknown or not names or len(set(names)) != len(names):
-        raise ValueError(f"attacks must be distinct names from {GRADIENT_ATTACKS + ('square',)}, "
-                         f"got {names!r}")
-    if batch_size is not None and not (isinstance(batch_size, numbers.Integral)
-                                       and batch_size >= 1):
+        raise ValueError(
+            f"attacks must be distinct names from {GRADIENT_ATTACKS + ('square',)}, got {names!r}"
+        )
+    if batch_size is not None and not (
+        isinstance(batch_size, numbers.Integral) and batch_size >= 1
+    ):
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
     if not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be a Python int, got {seed!r}")
@@ -137,10 +166,21 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
     y = np.asarray(y).astype(np.int64)
     if x.ndim < 2 or y.shape != (len(x),):
         raise ValueError(f"x must be [N, ...] and y [N] labels, got {x.shape} and {y.shape}")
-    run = {n: member_attack(n, eps=eps, norm=norm, steps=steps, queries=queries,
-                            num_target_classes=num_target_classes, restarts=RESTARTS[version],
-                            clip_min=clip_min, clip_max=clip_max, eot_iter=EOT_ITER[version])
-           for n in names}
+    run = {
+        n: member_attack(
+            n,
+            eps=eps,
+            norm=norm,
+            steps=steps,
+            queries=queries,
+            num_target_classes=num_target_classes,
+            restarts=RESTARTS[version],
+            clip_min=clip_min,
+            clip_max=clip_max,
+            eot_iter=EOT_ITER[version],
+        )
+        for n in names
+    }
     size = batch_size or max(len(x), 1)
 
     x_adv = x.copy()
@@ -151,10 +191,10 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
         start = time.time()
         todo = np.flatnonzero(fooled_by == "")
         for b, first in enumerate(range(0, len(todo), size)):
-            rows = todo[first:first + size]
+            rows = todo[first : first + size]
             padded = np.resize(rows, size) if batch_size else rows  # repeats rows; results dropped
             batch_seed = seeds.key(int(seed), "autoattack", MEMBER_ID[name], b)
-            adv = np.asarray(run[name](model_fn, x[padded], y[padded], batch_seed))[:len(rows)]
+            adv = np.asarray(run[name](model_fn, x[padded], y[padded], batch_seed))[: len(rows)]
             _check_bounds(name, adv, x[rows], eps, norm, clip_min, clip_max)
             fooled = _predict(model_fn, adv, size) != y[rows]
             x_adv[rows[fooled]] = adv[fooled]
@@ -163,28 +203,38 @@ def autoattack(model_fn, x, y, *, eps, norm="linf", version="standard", seed=0, 
         seconds[name] = time.time() - start
         log_member(name, attack_accuracy[name], seconds[name])
 
-    warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap,
-                        square_gap)
-    return AutoAttackResult(clean_accuracy=clean_accuracy,
-                            robust_accuracy=attack_accuracy[names[-1]],
-                            attack_accuracy=attack_accuracy, x_adv=x_adv,
-                            fooled_by=fooled_by.astype(str), warnings=warnings, seconds=seconds)
+    warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap)
+    return AutoAttackResult(
+        clean_accuracy=clean_accuracy,
+        robust_accuracy=attack_accuracy[names[-1]],
+        attack_accuracy=attack_accuracy,
+        x_adv=x_adv,
+        fooled_by=fooled_by.astype(str),
+        warnings=warnings,
+        seconds=seconds,
+    )
 
 
 def _check_bounds(name, adv, x, eps, norm, clip_min, clip_max, tolerance=1e-5):
     """RuntimeError if an attack left the threat model (a bug, never a finding)."""
     delta = (adv.astype(np.float64) - x).reshape(len(x), -1)
     size = np.abs(delta).max(1) if norm == "linf" else np.sqrt(np.square(delta).sum(1))
-    if len(x) and (size.max() > eps + tolerance or adv.min() < clip_min - tolerance
-                   or adv.max() > clip_max + tolerance):
-        raise RuntimeError(f"{name} returned points outside the {norm} ball of radius {eps} or "
-                           f"the box [{clip_min}, {clip_max}]")
+    if len(x) and (
+        size.max() > eps + tolerance
+        or adv.min() < clip_min - tolerance
+        or adv.max() > clip_max + tolerance
+    ):
+        raise RuntimeError(
+            f"{name} returned points outside the {norm} ball of radius {eps} or "
+            f"the box [{clip_min}, {clip_max}]"
+        )
 
 
 def log_member(name, robust_accuracy, seconds):
     """One progress line per finished AutoAttack member (absl logging)."""
-    logging.info("autoattack %s: robust accuracy %.2f%% (%.1f s)", name, 100 * robust_accuracy,
-                 seconds)
+    logging.info(
+        "autoattack %s: robust accuracy %.2f%% (%.1f s)", name, 100 * robust_accuracy, seconds
+    )
 
 
 def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
@@ -201,7 +251,8 @@ def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, squa
                 f"square beat the gradient attacks: Square lowered robust accuracy from "
                 f"{before['square']:.2%} to {attack_accuracy['square']:.2%} on points the gradient "
                 f"attacks left robust; gradients are likely masked or obfuscated, so trust "
-                f"neither PGD nor APGD numbers for this model")
+                f"neither PGD nor APGD numbers for this model"
+            )
     gradient = [n for n in names if n in GRADIENT_ATTACKS]
     if pgd_accuracy is not None and gradient:
         apgd_accuracy = min(attack_accuracy[n] for n in gradient)
@@ -209,7 +260,8 @@ def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, squa
             warnings.append(
                 f"apgd found much more than pgd: robust accuracy {apgd_accuracy:.2%} after APGD vs "
                 f"{pgd_accuracy:.2%} under PGD (gap > {pgd_gap:.2%}); the PGD evaluation "
-                f"overstates robustness (too few steps, a bad step size, or masked gradients)")
+                f"overstates robustness (too few steps, a bad step size, or masked gradients)"
+            )
     for message in warnings:
         logging.warning("autoattack: %s", message)
     return warnings

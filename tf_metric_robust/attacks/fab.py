@@ -16,7 +16,6 @@ reduce to finding where a nondecreasing piecewise-linear function reaches a leve
 row. One tf.function per call (cached per model_fn); a tf.while_loop runs the iterations.
 """
 
-
 import tensorflow as tf
 
 from tf_metric_robust.attacks import _plumbing, objectives
@@ -59,8 +58,11 @@ def box_projection(points, w, b, lower, upper, norm):
     k = tf.minimum(first, dim - 1)
     below = tf.gather(weighted - sorted_weights * sorted_points, k, batch_dims=1)
     slope = tf.gather(remaining, k, batch_dims=1)
-    radius = tf.where(inside, (level - below) / tf.maximum(slope, tf.cast(1e-30, slope.dtype)),
-                      tf.reduce_max(sorted_points, axis=1))
+    radius = tf.where(
+        inside,
+        (level - below) / tf.maximum(slope, tf.cast(1e-30, slope.dtype)),
+        tf.reduce_max(sorted_points, axis=1),
+    )
     step = tf.minimum(radius[:, None], breakpoint)
     step = tf.sign(w) * step if norm == "linf" else w * step
     return tf.where(weight > 0, step, tf.zeros_like(step))
@@ -93,10 +95,12 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_cl
             with tf.GradientTape() as tape:
                 tape.watch(current)
                 logits = logits_at(current)
-                difference = (tf.gather(logits, target, batch_dims=1)
-                              - tf.gather(logits, y, batch_dims=1))  # < 0 until t wins
-            gradient = tape.gradient(difference, current,
-                                     unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                difference = tf.gather(logits, target, batch_dims=1) - tf.gather(
+                    logits, y, batch_dims=1
+                )  # < 0 until t wins
+            gradient = tape.gradient(
+                difference, current, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
             # The linearised boundary: difference + gradient.(z - current) = 0.
             offset = tf.reduce_sum(gradient * current, axis=1) - difference
             to_current = box_projection(current, gradient, offset, lower, upper, norm)
@@ -105,8 +109,11 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_cl
             size_input = tf.maximum(_size(to_input, norm), 1e-8)
             alpha = tf.clip_by_value(size_current / (size_current + size_input), 0.0, ALPHA_MAX)
             alpha = alpha[:, None]
-            moved = tf.clip_by_value((current + ETA * to_current) * (1 - alpha)
-                                     + (x0 + ETA * to_input) * alpha, lower, upper)
+            moved = tf.clip_by_value(
+                (current + ETA * to_current) * (1 - alpha) + (x0 + ETA * to_input) * alpha,
+                lower,
+                upper,
+            )
             adversarial = tf.not_equal(tf.argmax(logits_at(moved), -1, output_type=y.dtype), y)
             size = _size(moved - x0, norm)
             closer = adversarial & (size < best_size)
@@ -116,7 +123,8 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_cl
             return i + 1, moved, best, best_size
 
         _, _, best, best_size = tf.while_loop(
-            lambda i, *_: i < steps, iteration, (tf.constant(0), x0, best, best_size))
+            lambda i, *_: i < steps, iteration, (tf.constant(0), x0, best, best_size)
+        )
     return tf.cast(tf.reshape(best, shape), x.dtype), best_size
 
 
@@ -126,8 +134,9 @@ def _check(norm, steps, num_target_classes):
     _plumbing.check_int("num_target_classes", num_target_classes, 1)
 
 
-def fab_minimum_norm(model_fn, x, y, *, norm="linf", steps=100, num_target_classes=9,
-                     clip_min=0.0, clip_max=1.0):
+def fab_minimum_norm(
+    model_fn, x, y, *, norm="linf", steps=100, num_target_classes=9, clip_min=0.0, clip_max=1.0
+):
     """FAB-T without a budget: (closest adversarial points, their L-inf/L2 distance [N]).
 
     Distances are inf where no target class was reached (those rows return x). Points that
@@ -137,11 +146,18 @@ def fab_minimum_norm(model_fn, x, y, *, norm="linf", steps=100, num_target_class
     x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
     classes = objectives.logits_of(model_fn, x[:1]).shape[-1]
     if classes is not None and num_target_classes > classes - 1:
-        raise ValueError(f"num_target_classes must be <= {classes - 1} (classes - 1), got "
-                         f"{num_target_classes}")
-    x_adv, size = _plumbing.run_compiled(_fab_graph, model_fn, dict(
-        norm=norm, steps=steps, num_target_classes=num_target_classes), x, y,
-        tf.constant(clip_min, tf.float32), tf.constant(clip_max, tf.float32))
+        raise ValueError(
+            f"num_target_classes must be <= {classes - 1} (classes - 1), got {num_target_classes}"
+        )
+    x_adv, size = _plumbing.run_compiled(
+        _fab_graph,
+        model_fn,
+        dict(norm=norm, steps=steps, num_target_classes=num_target_classes),
+        x,
+        y,
+        tf.constant(clip_min, tf.float32),
+        tf.constant(clip_max, tf.float32),
+    )
     wrong = tf.not_equal(tf.argmax(objectives.logits_of(model_fn, x), -1, output_type=y.dtype), y)
     return tf.where(_per_row(wrong, x), x, x_adv), tf.where(wrong, 0.0, size)
 
@@ -151,8 +167,19 @@ def _per_row(mask, x):
     return tf.reshape(mask, [-1] + [1] * (x.shape.rank - 1))
 
 
-def fab_targeted(model_fn, x, y, *, eps, norm="linf", steps=100, num_target_classes=9,
-                 clip_min=0.0, clip_max=1.0, seed=None):
+def fab_targeted(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    norm="linf",
+    steps=100,
+    num_target_classes=9,
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+):
     """FAB-T as a threat-model attack: the closest adversarial point where it lies within eps of
     x, else x itself (so the result is always inside the eps-ball and the box). `seed` is
     accepted for the registry's calling convention; one run without random start is
@@ -160,8 +187,15 @@ def fab_targeted(model_fn, x, y, *, eps, norm="linf", steps=100, num_target_clas
     del seed
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    x_adv, size = fab_minimum_norm(model_fn, x, y, norm=norm, steps=steps,
-                                   num_target_classes=num_target_classes, clip_min=clip_min,
-                                   clip_max=clip_max)
+    x_adv, size = fab_minimum_norm(
+        model_fn,
+        x,
+        y,
+        norm=norm,
+        steps=steps,
+        num_target_classes=num_target_classes,
+        clip_min=clip_min,
+        clip_max=clip_max,
+    )
     x = tf.convert_to_tensor(x)
     return tf.stop_gradient(tf.where(_per_row(size <= eps, x), x_adv, x))

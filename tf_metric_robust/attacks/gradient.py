@@ -52,14 +52,34 @@ def _clip_to_box(x_adv, clip_min, clip_max):
     return tf.clip_by_value(x_adv, tf.cast(clip_min, dtype), tf.cast(clip_max, dtype))
 
 
-def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed, start_scale=1.0,
-                 *, steps, norm, loss, targeted, random_start, momentum, restarts, ball=True):
+def attack_graph(
+    model_fn,
+    x,
+    y,
+    eps,
+    step_size,
+    decay,
+    clip_min,
+    clip_max,
+    seed,
+    start_scale=1.0,
+    *,
+    steps,
+    norm,
+    loss,
+    targeted,
+    random_start,
+    momentum,
+    restarts,
+    ball=True,
+):
     """The shared loop: `restarts` runs of `steps` projected ascent steps, worst case per example.
 
     eps, step_size, decay, clip_min, clip_max, start_scale: float32 scalars; seed: None or int
     [2]. A uniform random start lies in the ball of radius start_scale * eps; `ball` False clips
     the start and every step to [clip_min, clip_max] only (N-FGSM), never to the eps-ball.
     """
+
     def constrain(x_adv):
         if ball:
             return objectives.project(x_adv, x, eps, norm, clip_min, clip_max)
@@ -78,13 +98,15 @@ def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed
         for _ in range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(x_adv)
-                total = tf.reduce_sum(objectives.objective(objectives.logits_of(model_fn, x_adv), y, loss,
-                                                           targeted))
+                total = tf.reduce_sum(
+                    objectives.objective(objectives.logits_of(model_fn, x_adv), y, loss, targeted)
+                )
             # No gradient path (a stop_gradient quantiser, logits that ignore the input) is a
             # zero gradient, never None: the step below then leaves x_adv where it is.
-            grad = tf.cast(tape.gradient(total, x_adv,
-                                         unconnected_gradients=tf.UnconnectedGradients.ZERO),
-                           tf.float32)
+            grad = tf.cast(
+                tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO),
+                tf.float32,
+            )
             if momentum:
                 accumulated = decay * accumulated + objectives.l1_normalize(grad)
                 grad = accumulated
@@ -106,27 +128,61 @@ def attack_graph(model_fn, x, y, eps, step_size, decay, clip_min, clip_max, seed
     return best
 
 
-def _run(model_fn, x, y, *, eps, step_size, steps, random_start, loss, norm, restarts, targeted,
-         clip_min, clip_max, seed, decay, start_scale=1.0, ball=True):
+def _run(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size,
+    steps,
+    random_start,
+    loss,
+    norm,
+    restarts,
+    targeted,
+    clip_min,
+    clip_max,
+    seed,
+    decay,
+    start_scale=1.0,
+    ball=True,
+):
     """Validates, converts arguments to tensors and runs the (cached) compiled attack.
 
     step_size None steps by eps (FGSM); decay None turns momentum off (PGD).
     """
-    checks = validate_args(eps=eps, step_size=step_size, steps=steps, restarts=restarts, norm=norm,
-                           loss=loss, clip_min=clip_min, clip_max=clip_max,
-                           decay=0.0 if decay is None else decay)
+    checks = validate_args(
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        restarts=restarts,
+        norm=norm,
+        loss=loss,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        decay=0.0 if decay is None else decay,
+    )
     checks += _plumbing.check_number("start_scale", start_scale, 0.0, strict=True)
     x, y = objectives.images_and_labels(x, y, clip_min, clip_max, loss)
     step_size = eps if step_size is None else step_size
     decay_value = 0.0 if decay is None else decay
     scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, decay_value, clip_min, clip_max)]
     seed = _plumbing.stateless_seed(seed)
-    static = dict(steps=steps, norm=norm, loss=loss, targeted=bool(targeted),
-                  random_start=_start(random_start), momentum=decay is not None,
-                  restarts=restarts, ball=bool(ball))
+    static = dict(
+        steps=steps,
+        norm=norm,
+        loss=loss,
+        targeted=bool(targeted),
+        random_start=_start(random_start),
+        momentum=decay is not None,
+        restarts=restarts,
+        ball=bool(ball),
+    )
     with tf.control_dependencies(checks):
-        x_adv = _plumbing.run_compiled(attack_graph, model_fn, static, x, y, *scalars, seed,
-                                       tf.cast(start_scale, tf.float32))
+        x_adv = _plumbing.run_compiled(
+            attack_graph, model_fn, static, x, y, *scalars, seed, tf.cast(start_scale, tf.float32)
+        )
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
 
@@ -140,9 +196,25 @@ def _start(random_start):
     return float(random_start)
 
 
-def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", norm="linf",
-        restarts=1, targeted=False, clip_min=0.0, clip_max=1.0, seed=None, start_scale=1.0,
-        project_to_ball=True):
+def pgd(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size,
+    steps,
+    random_start=True,
+    loss="ce",
+    norm="linf",
+    restarts=1,
+    targeted=False,
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+    start_scale=1.0,
+    project_to_ball=True,
+):
     """Projected gradient descent (Madry et al. 2018) in the linf or l2 eps-ball around x.
 
     Args: model_fn maps images to logits [N, C]; x images [N, ...] (any float dtype, kept);
@@ -156,38 +228,108 @@ def pgd(model_fn, x, y, *, eps, step_size, steps, random_start=True, loss="ce", 
     Returns adversarial images, same shape and dtype as x, inside the ball (unless
     project_to_ball is False) and [clip_min, clip_max].
     """
-    return _run(model_fn, x, y, eps=eps, step_size=step_size, steps=steps,
-                random_start=random_start, loss=loss, norm=norm, restarts=restarts,
-                targeted=targeted, clip_min=clip_min, clip_max=clip_max, seed=seed, decay=None,
-                start_scale=start_scale, ball=project_to_ball)
+    return _run(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        random_start=random_start,
+        loss=loss,
+        norm=norm,
+        restarts=restarts,
+        targeted=targeted,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        seed=seed,
+        decay=None,
+        start_scale=start_scale,
+        ball=project_to_ball,
+    )
 
 
-def fgsm(model_fn, x, y, *, eps, loss="ce", norm="linf", targeted=False, clip_min=0.0,
-         clip_max=1.0):
+def fgsm(
+    model_fn, x, y, *, eps, loss="ce", norm="linf", targeted=False, clip_min=0.0, clip_max=1.0
+):
     """Fast gradient (sign) method (Goodfellow et al. 2015): one step of size eps from x.
 
     For norm='l2' the step is eps * grad / ||grad||_2. Same arguments and result as `pgd`.
     """
-    return _run(model_fn, x, y, eps=eps, step_size=None, steps=1, random_start=False,
-                loss=loss, norm=norm, restarts=1, targeted=targeted, clip_min=clip_min,
-                clip_max=clip_max, seed=None, decay=None)
+    return _run(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=None,
+        steps=1,
+        random_start=False,
+        loss=loss,
+        norm=norm,
+        restarts=1,
+        targeted=targeted,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        seed=None,
+        decay=None,
+    )
 
 
-def mifgsm(model_fn, x, y, *, eps, step_size, steps, decay=1.0, loss="ce", norm="linf",
-           targeted=False, clip_min=0.0, clip_max=1.0, seed=None, random_start=False):
+def mifgsm(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size,
+    steps,
+    decay=1.0,
+    loss="ce",
+    norm="linf",
+    targeted=False,
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+    random_start=False,
+):
     """Momentum iterative FGSM (Dong et al. 2018): steps along accumulated L1-normalised gradients.
 
     g_{t+1} = decay * g_t + grad / ||grad||_1; the step is step_size * sign(g) (linf) or
     step_size * g / ||g||_2 (l2). The paper starts at x; `random_start` (default off) and `seed`
     work as in `pgd`. Dong et al. use decay 1.0 and step_size eps / steps.
     """
-    return _run(model_fn, x, y, eps=eps, step_size=step_size, steps=steps,
-                random_start=random_start, loss=loss, norm=norm, restarts=1, targeted=targeted,
-                clip_min=clip_min, clip_max=clip_max, seed=seed, decay=decay)
+    return _run(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=steps,
+        random_start=random_start,
+        loss=loss,
+        norm=norm,
+        restarts=1,
+        targeted=targeted,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        seed=seed,
+        decay=decay,
+    )
 
 
-def fgsm_rs(model_fn, x, y, *, eps, step_size=None, loss="ce", norm="linf", clip_min=0.0,
-            clip_max=1.0, seed=None):
+def fgsm_rs(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size=None,
+    loss="ce",
+    norm="linf",
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+):
     """FGSM with a random start (Wong et al. 2020): the training attack of fast AT.
 
     A uniform start in the eps-ball clipped to the box, one step of step_size (None: 1.25 eps)
@@ -195,12 +337,36 @@ def fgsm_rs(model_fn, x, y, *, eps, step_size=None, loss="ce", norm="linf", clip
     CIFAR10/train_fgsm.py:107-118. Arguments and result as `pgd` (inside the eps-ball).
     """
     step_size = FGSM_RS_STEP * eps if step_size is None else step_size
-    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=1, random_start=True,
-               loss=loss, norm=norm, clip_min=clip_min, clip_max=clip_max, seed=seed)
+    return pgd(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=1,
+        random_start=True,
+        loss=loss,
+        norm=norm,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        seed=seed,
+    )
 
 
-def n_fgsm(model_fn, x, y, *, eps, step_size=None, noise_scale=N_FGSM_NOISE, loss="ce",
-           norm="linf", clip_min=0.0, clip_max=1.0, seed=None):
+def n_fgsm(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size=None,
+    noise_scale=N_FGSM_NOISE,
+    loss="ce",
+    norm="linf",
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+):
     """N-FGSM (de Jorge et al. 2022): noise U(-noise_scale eps, noise_scale eps), one step.
 
     x + noise clipped to the box, one step of step_size (None: eps) from there, clipped to the
@@ -209,6 +375,19 @@ def n_fgsm(model_fn, x, y, *, eps, step_size=None, noise_scale=N_FGSM_NOISE, los
     [clip_min, clip_max]. Arguments as `pgd`.
     """
     step_size = eps if step_size is None else step_size
-    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=1, random_start=True,
-               loss=loss, norm=norm, clip_min=clip_min, clip_max=clip_max, seed=seed,
-               start_scale=noise_scale, project_to_ball=False)
+    return pgd(
+        model_fn,
+        x,
+        y,
+        eps=eps,
+        step_size=step_size,
+        steps=1,
+        random_start=True,
+        loss=loss,
+        norm=norm,
+        clip_min=clip_min,
+        clip_max=clip_max,
+        seed=seed,
+        start_scale=noise_scale,
+        project_to_ball=False,
+    )

@@ -41,13 +41,17 @@ def objective(logits, labels, loss, targeted):
         value = tf.cast(loss(logits, labels), tf.float32)
     elif loss == "ce":
         value = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=labels, logits=tf.cast(logits, tf.float32))
+            labels=labels, logits=tf.cast(logits, tf.float32)
+        )
     elif loss == "cw":
         value = margin(logits, labels)
     elif loss == "kl":
         clean = tf.cast(labels, tf.float32)
-        value = tf.reduce_sum(tf.nn.softmax(clean) * (tf.nn.log_softmax(clean) - tf.nn.log_softmax(
-            tf.cast(logits, tf.float32))), axis=-1)
+        value = tf.reduce_sum(
+            tf.nn.softmax(clean)
+            * (tf.nn.log_softmax(clean) - tf.nn.log_softmax(tf.cast(logits, tf.float32))),
+            axis=-1,
+        )
     else:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     return -value if targeted else value
@@ -118,8 +122,9 @@ def gaussian_start(x, std, seed=None):
     if seed is None:
         noise = tf.random.normal(shape)
     else:
-        noise = tf.random.stateless_normal(shape, seed=tf.random.experimental.stateless_fold_in(
-            seed, 1))
+        noise = tf.random.stateless_normal(
+            shape, seed=tf.random.experimental.stateless_fold_in(seed, 1)
+        )
     return x + tf.cast(std * noise, x.dtype)
 
 
@@ -148,18 +153,26 @@ def logits_of(model_fn, x):
     """model_fn(x), with a clear error for models that return their output dict."""
     logits = model_fn(x)
     if isinstance(logits, dict):
-        raise TypeError("model_fn must return logits; for tf_metric_robust models pass "
-                        "lambda x: model(x, training=False)['logits']")
+        raise TypeError(
+            "model_fn must return logits; for tf_metric_robust models pass "
+            "lambda x: model(x, training=False)['logits']"
+        )
     return logits
 
 
 def _range_message(clip_min, clip_max, low, high):
     """Why images outside [clip_min, clip_max] are refused, naming the usual cause."""
-    cause = ("images look like 0-255 pixels: divide by 255 (tf.image.convert_image_dtype on "
-             "uint8 pixels)" if high > clip_max + 1 else "rescale them to the box")
-    return (f"x holds values in [{low:g}, {high:g}], outside [clip_min, clip_max] = "
-            f"[{clip_min:g}, {clip_max:g}]: {cause}; an eps meant for the box would attack "
-            "almost nothing and the model would look robust")
+    cause = (
+        "images look like 0-255 pixels: divide by 255 (tf.image.convert_image_dtype on "
+        "uint8 pixels)"
+        if high > clip_max + 1
+        else "rescale them to the box"
+    )
+    return (
+        f"x holds values in [{low:g}, {high:g}], outside [clip_min, clip_max] = "
+        f"[{clip_min:g}, {clip_max:g}]: {cause}; an eps meant for the box would attack "
+        "almost nothing and the model would look robust"
+    )
 
 
 def _images_in_range(x, clip_min, clip_max):
@@ -181,11 +194,14 @@ def _images_in_range(x, clip_min, clip_max):
     x32 = tf.cast(x, tf.float32)
     low, high = tf.cast(clip_min, tf.float32), tf.cast(clip_max, tf.float32)
     inside = (tf.size(x) == 0) | ((tf.reduce_min(x32) >= low) & (tf.reduce_max(x32) <= high))
-    message = ("attack images must lie in [clip_min, clip_max]; values far above clip_max mean "
-               "0-255 pixels: divide by 255 (tf.image.convert_image_dtype on uint8 pixels). "
-               "x min, x max, clip_min, clip_max:")
-    check = tf.debugging.Assert(inside, [message, tf.reduce_min(x32), tf.reduce_max(x32), low,
-                                         high])
+    message = (
+        "attack images must lie in [clip_min, clip_max]; values far above clip_max mean "
+        "0-255 pixels: divide by 255 (tf.image.convert_image_dtype on uint8 pixels). "
+        "x min, x max, clip_min, clip_max:"
+    )
+    check = tf.debugging.Assert(
+        inside, [message, tf.reduce_min(x32), tf.reduce_max(x32), low, high]
+    )
     with tf.control_dependencies([check]):
         return tf.identity(x)
 

@@ -51,8 +51,9 @@ def _rectangle(rows, cols):
         return np.zeros((0, cols))
     top = max(rows // 2, cols // 2)
     tail = np.cumsum((1.0 / np.arange(1, top + 2) ** 2)[::-1])[::-1]  # tail[d] = sum_{k>=d}
-    distance = np.maximum(np.abs(np.arange(rows)[:, None] - rows // 2),
-                          np.abs(np.arange(cols)[None, :] - cols // 2))
+    distance = np.maximum(
+        np.abs(np.arange(rows)[:, None] - rows // 2), np.abs(np.arange(cols)[None, :] - cols // 2)
+    )
     value = tail[distance]
     return value / np.linalg.norm(value)
 
@@ -116,14 +117,20 @@ def _square_graph(model_fn, x, y, eps, clip_min, clip_max, seed, *, queries, nor
         shapes = tf.constant(np.stack([_eta(tile), _eta(tile).T]), tf.float32)
         which = tf.random.stateless_uniform(tf.stack([n_all, rows, cols]), keys[1], 0, 2, tf.int32)
         grid = tf.gather(shapes, which)[..., None] * signs(
-            keys[2], tf.stack([n_all, rows, cols, 1, 1, channels]))
-        grid = tf.reshape(tf.transpose(grid, [0, 1, 3, 2, 4, 5]),
-                          tf.stack([n_all, rows * tile, cols * tile, channels]))
+            keys[2], tf.stack([n_all, rows, cols, 1, 1, channels])
+        )
+        grid = tf.reshape(
+            tf.transpose(grid, [0, 1, 3, 2, 4, 5]),
+            tf.stack([n_all, rows * tile, cols * tile, channels]),
+        )
         top, left = (height - rows * tile) // 2, (width - cols * tile) // 2
-        delta = tf.pad(grid, [[0, 0], [top, height - top - rows * tile],
-                              [left, width - left - cols * tile], [0, 0]])
-        delta = delta / (tf.norm(tf.reshape(delta, [n_all, -1]), axis=1)[:, None, None, None]
-                         + _TINY)
+        delta = tf.pad(
+            grid,
+            [[0, 0], [top, height - top - rows * tile], [left, width - left - cols * tile], [0, 0]],
+        )
+        delta = delta / (
+            tf.norm(tf.reshape(delta, [n_all, -1]), axis=1)[:, None, None, None] + _TINY
+        )
         x_init = box(x + tf.cast(eps * delta, x.dtype))
         levels = sorted(set(sides_py))
         level_of = tf.constant([levels.index(s) for s in sides_py], tf.int32)
@@ -145,9 +152,11 @@ def _square_graph(model_fn, x, y, eps, clip_min, clip_max, seed, *, queries, nor
         xs, xb, ys, ms = (tf.gather(v, idx) for v in (x, x_best, y, m_best))
         side = sides[i]
         k = tf.random.experimental.stateless_split(
-            tf.random.experimental.stateless_fold_in(seed, i), 7)
-        corner = lambda key, size: tf.random.stateless_uniform([n], key, 0, size - side + 1,
-                                                               tf.int32)
+            tf.random.experimental.stateless_fold_in(seed, i), 7
+        )
+        corner = lambda key, size: tf.random.stateless_uniform(
+            [n], key, 0, size - side + 1, tf.int32
+        )
         top, left = corner(k[0], height), corner(k[1], width)
         window = _window(top, left, side, height, width)
         if norm == "linf":
@@ -156,9 +165,10 @@ def _square_graph(model_fn, x, y, eps, clip_min, clip_max, seed, *, queries, nor
             # If that vertex is the current one, flip a uniform nonzero subset of channel signs:
             # the same law as resampling until the window changes, without a resampling loop.
             same = tf.reduce_all(tf.equal(x_new, xb), axis=[1, 2, 3])
-            subset = tf.random.stateless_uniform([n, 1], k[3], 1, 2 ** channels, tf.int64)
-            bits = tf.bitwise.bitwise_and(tf.bitwise.right_shift(
-                subset, tf.range(channels, dtype=tf.int64)[None, :]), 1)
+            subset = tf.random.stateless_uniform([n, 1], k[3], 1, 2**channels, tf.int64)
+            bits = tf.bitwise.bitwise_and(
+                tf.bitwise.right_shift(subset, tf.range(channels, dtype=tf.int64)[None, :]), 1
+            )
             flipped = sign * tf.reshape(1.0 - 2.0 * tf.cast(bits, tf.float32), [n, 1, 1, channels])
             sign = tf.where(expand(same), flipped, sign)
             x_new = tf.where(window, box(xs + tf.cast(eps * sign, x.dtype)), xb)
@@ -167,11 +177,19 @@ def _square_graph(model_fn, x, y, eps, clip_min, clip_max, seed, *, queries, nor
             other = _window(corner(k[4], height), corner(k[5], width), side, height, width)
             norm_of = lambda v, axes: tf.sqrt(tf.reduce_sum(tf.square(v), axes, keepdims=True))
             inside = tf.where(window, delta, 0.0)
-            budget = tf.sqrt(tf.maximum(eps ** 2 - norm_of(delta, [1, 2, 3]) ** 2, 0.0) / channels
-                             + norm_of(tf.where(window | other, delta, 0.0), [1, 2, 3]) ** 2)
-            shape = _place(patterns[level_of[i]],
-                           tf.random.stateless_uniform([n], k[6], 0, 2, tf.int32),
-                           top, left, side, height, width)
+            budget = tf.sqrt(
+                tf.maximum(eps**2 - norm_of(delta, [1, 2, 3]) ** 2, 0.0) / channels
+                + norm_of(tf.where(window | other, delta, 0.0), [1, 2, 3]) ** 2
+            )
+            shape = _place(
+                patterns[level_of[i]],
+                tf.random.stateless_uniform([n], k[6], 0, 2, tf.int32),
+                top,
+                left,
+                side,
+                height,
+                width,
+            )
             fresh = shape * signs(k[2], tf.stack([n, 1, 1, channels]))
             fresh += inside / (norm_of(inside, [1, 2]) + _TINY)
             fresh = fresh / (norm_of(fresh, [1, 2]) + _TINY) * budget
@@ -186,14 +204,27 @@ def _square_graph(model_fn, x, y, eps, clip_min, clip_max, seed, *, queries, nor
         return i + 1, x_best, m_best, tf.tensor_scatter_nd_update(fooled, rows, fooled_new)
 
     _, x_best, _, _ = tf.while_loop(
-        lambda i, x_best, m_best, fooled: (i < queries - 1) & tf.reduce_any(~fooled), body,
-        (tf.constant(0), x_best, m_best, clean_fooled | init_fooled))
+        lambda i, x_best, m_best, fooled: (i < queries - 1) & tf.reduce_any(~fooled),
+        body,
+        (tf.constant(0), x_best, m_best, clean_fooled | init_fooled),
+    )
     # Exact by construction up to rounding; the projection makes the bounds hold bit for bit.
     return objectives.project(x_best, x, eps, norm, clip_min, clip_max)
 
 
-def square(model_fn, x, y, *, eps, queries=5000, norm="linf", p_init=0.8, seed=None,
-           clip_min=0.0, clip_max=1.0):
+def square(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    queries=5000,
+    norm="linf",
+    p_init=0.8,
+    seed=None,
+    clip_min=0.0,
+    clip_max=1.0,
+):
     """Square Attack (Andriushchenko et al. 2020), untargeted, margin loss, score-based.
 
     Args: model_fn maps images [N, H, W, C] to logits (only its outputs are used); x images in
@@ -208,7 +239,8 @@ def square(model_fn, x, y, *, eps, queries=5000, norm="linf", p_init=0.8, seed=N
     if not isinstance(p_init, numbers.Real) or not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
     x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
-        x, y, eps, clip_min, clip_max, seed)
+        x, y, eps, clip_min, clip_max, seed
+    )
     if x.shape.rank != 4 or None in x.shape[1:]:
         raise ValueError(f"x must be images [N, H, W, C] with known H, W, C, got {x.shape}")
     if x.shape[-1] > 62:  # the channel-sign subsets are drawn as int64 bit masks

@@ -8,9 +8,19 @@ errors print one line and exit with status 2.
 """
 
 from tf_metric_robust.cli import common, compare, evaluate, export, record, train
-from tf_metric_robust.cli.common import (DATASETS, FLAGS, MODELS, NumberParser, UsageError,
-                                         attack_config, define_number, flag_values_text,
-                                         our_flags, parse_number, run)
+from tf_metric_robust.cli.common import (
+    DATASETS,
+    FLAGS,
+    MODELS,
+    NumberParser,
+    UsageError,
+    attack_config,
+    define_number,
+    flag_values_text,
+    our_flags,
+    parse_number,
+    run,
+)
 from tf_metric_robust.cli.compare import compare_config, define_compare_flags
 from tf_metric_robust.cli.evaluate import define_evaluate_flags, evaluate_config
 from tf_metric_robust.cli.export import define_export_flags, export_config
@@ -21,8 +31,29 @@ from tf_metric_robust.cli.train import define_train_flags, model_kwargs, train_c
 # `for module in cli.MODULES: flags.adopt_module_key_flags(module)`.
 MODULES = (common, train, record, evaluate, export, compare)
 
-__all__ = ["DATASETS", "FLAGS", "MODELS", "MODULES", "NOT_IN_RECIPE", "NumberParser", "UsageError",
-           "attack_config", "compare_config", "define_compare_flags", "define_evaluate_flags",
-           "define_export_flags", "define_number", "define_train_flags", "evaluate_config",
-           "export_config", "flag_values_text", "model_kwargs", "our_flags", "parse_number",
-           "recipe_settings", "run", "train_config", "train_parts"]
+__all__ = [
+    "DATASETS",
+    "FLAGS",
+    "MODELS",
+    "MODULES",
+    "NOT_IN_RECIPE",
+    "NumberParser",
+    "UsageError",
+    "attack_config",
+    "compare_config",
+    "define_compare_flags",
+    "define_evaluate_flags",
+    "define_export_flags",
+    "define_number",
+    "define_train_flags",
+    "evaluate_config",
+    "export_config",
+    "flag_values_text",
+    "model_kwargs",
+    "our_flags",
+    "parse_number",
+    "recipe_settings",
+    "run",
+    "train_config",
+    "train_parts",
+]

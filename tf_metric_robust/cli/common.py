@@ -58,8 +58,9 @@ class NumberParser(flags.FloatParser):
 
 def define_number(name, default, help_text, valid=None):
     """A float flag that accepts fractions and only values inside `valid` (a config.Range)."""
-    flags.DEFINE(NumberParser(valid), name, default, help_text,
-                 serializer=flags.ArgumentSerializer())
+    flags.DEFINE(
+        NumberParser(valid), name, default, help_text, serializer=flags.ArgumentSerializer()
+    )
 
 
 def define_data_location_flags(purpose=""):
@@ -77,26 +78,42 @@ def define_detector_flags(detector_help, reference_help):
     """--detector and its settings, shared by bin/evaluate and bin/export (the same defaults, so
     the exported detector is the one whose AUC bin/evaluate reports)."""
     flags.DEFINE_enum("detector", "gaussian", list(cfg.DETECTORS), detector_help)
-    flags.DEFINE_enum("detection_covariance", None, list(cfg.COVARIANCES), "Gaussian detector "
-                      "covariance (default: per_class; tied for Tiny ImageNet).")
-    flags.DEFINE_integer("detection_reference", cfg.DEFAULT_REFERENCE_SIZE, reference_help,
-                         lower_bound=1)
-    flags.DEFINE_integer("detection_k", cfg.DEFAULT_DETECTION_K, "Neighbours of the kNN detector.",
-                         lower_bound=1)
-    flags.DEFINE_enum("detection_score", "agreement", list(cfg.SCORE_TYPES),
-                      "kNN detection score (see detection.KnnDetector).")
+    flags.DEFINE_enum(
+        "detection_covariance",
+        None,
+        list(cfg.COVARIANCES),
+        "Gaussian detector covariance (default: per_class; tied for Tiny ImageNet).",
+    )
+    flags.DEFINE_integer(
+        "detection_reference", cfg.DEFAULT_REFERENCE_SIZE, reference_help, lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "detection_k", cfg.DEFAULT_DETECTION_K, "Neighbours of the kNN detector.", lower_bound=1
+    )
+    flags.DEFINE_enum(
+        "detection_score",
+        "agreement",
+        list(cfg.SCORE_TYPES),
+        "kNN detection score (see detection.KnnDetector).",
+    )
 
 
 def define_attack_flags(prefix, help_prefix, eps, step_size, steps):
     """Flags of one PGD attack: <prefix>eps, <prefix>step_size, <prefix>steps, ..."""
-    define_number(f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.",
-                  cfg.UNIT)
+    define_number(
+        f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.", cfg.UNIT
+    )
     define_number(f"{prefix}step_size", step_size, f"{help_prefix} step size.", cfg.POSITIVE)
-    flags.DEFINE_integer(f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.",
-                         lower_bound=1)
+    flags.DEFINE_integer(
+        f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.", lower_bound=1
+    )
     flags.DEFINE_enum(f"{prefix}norm", "linf", ["linf", "l2"], f"{help_prefix} norm.")
-    flags.DEFINE_enum(f"{prefix}attack_loss", "ce", ["ce", "cw"],
-                      f"{help_prefix} loss: cross-entropy or CW margin.")
+    flags.DEFINE_enum(
+        f"{prefix}attack_loss",
+        "ce",
+        ["ce", "cw"],
+        f"{help_prefix} loss: cross-entropy or CW margin.",
+    )
     flags.DEFINE_bool(f"{prefix}random_start", True, f"{help_prefix} random start in the ball.")
 
 
@@ -115,8 +132,9 @@ def number_list(values, name, kind=float, valid=None):
         try:
             value = parse_number(item)
         except ValueError:
-            raise UsageError(f"--{name} must list numbers or fractions like 8/255, got "
-                             f"{item!r}") from None
+            raise UsageError(
+                f"--{name} must list numbers or fractions like 8/255, got {item!r}"
+            ) from None
         if kind is int:
             if not value.is_integer():
                 raise UsageError(f"--{name} must list whole numbers, got {item!r}")
@@ -130,26 +148,42 @@ def number_list(values, name, kind=float, valid=None):
 def attack_config(prefix=""):
     from tf_metric_robust.config import AttackConfig
 
-    return AttackConfig(eps=FLAGS[f"{prefix}eps"].value, step_size=FLAGS[f"{prefix}step_size"].value,
-                        steps=FLAGS[f"{prefix}steps"].value, norm=FLAGS[f"{prefix}norm"].value,
-                        loss=FLAGS[f"{prefix}attack_loss"].value,
-                        random_start=FLAGS[f"{prefix}random_start"].value,
-                        method=FLAGS.train_attack if prefix == "" and "train_attack" in FLAGS
-                        else "pgd")
+    return AttackConfig(
+        eps=FLAGS[f"{prefix}eps"].value,
+        step_size=FLAGS[f"{prefix}step_size"].value,
+        steps=FLAGS[f"{prefix}steps"].value,
+        norm=FLAGS[f"{prefix}norm"].value,
+        loss=FLAGS[f"{prefix}attack_loss"].value,
+        random_start=FLAGS[f"{prefix}random_start"].value,
+        method=FLAGS.train_attack if prefix == "" and "train_attack" in FLAGS else "pgd",
+    )
 
 
 # Names accepted by --dataset and --model, checked before TensorFlow is imported (that import
 # takes seconds); tests/test_reliability.py checks they equal data.dataset_names() and
 # models.MODELS.
-DATASETS = ("cifar10", "cifar100", "fashion_mnist", "mnist", "mnist5k", "svhn_cropped",
-            "tiny_imagenet")
+DATASETS = (
+    "cifar10",
+    "cifar100",
+    "fashion_mnist",
+    "mnist",
+    "mnist5k",
+    "svhn_cropped",
+    "tiny_imagenet",
+)
 
 
 DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
 
 
-MODELS = ("madry_mnist", "mnist_large", "preact_resnet18", "preact_resnet_tiny", "small_cnn",
-          "wide_resnet")
+MODELS = (
+    "madry_mnist",
+    "mnist_large",
+    "preact_resnet18",
+    "preact_resnet_tiny",
+    "small_cnn",
+    "wide_resnet",
+)
 
 
 FAKE_PREFIX = "fake:"  # data.py: fake:<name>, random examples with <name>'s shapes and classes
@@ -157,8 +191,10 @@ FAKE_PREFIX = "fake:"  # data.py: fake:<name>, random examples with <name>'s sha
 
 def dataset_choices():
     """The --dataset help: every registered name, fake:<name> and image_folder:/path."""
-    return (f"{', '.join(DATASETS)}; {FAKE_PREFIX}<name> (random examples with that dataset's "
-            f"shapes and classes, offline: smoke tests); or {DATASET_FOLDER_PREFIX}/path/to/folder")
+    return (
+        f"{', '.join(DATASETS)}; {FAKE_PREFIX}<name> (random examples with that dataset's "
+        f"shapes and classes, offline: smoke tests); or {DATASET_FOLDER_PREFIX}/path/to/folder"
+    )
 
 
 def check_multi_worker_env():
@@ -167,14 +203,16 @@ def check_multi_worker_env():
     from tf_metric_robust import distribute  # its TF_CONFIG helpers do not import TensorFlow
 
     if "TF_CONFIG" not in os.environ:
-        raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable "
-                         "(the cluster and this worker's task)")
+        raise UsageError(
+            "--strategy=multi_worker needs the TF_CONFIG environment variable "
+            "(the cluster and this worker's task)"
+        )
     return distribute.cluster_from_env()[2]
 
 
 def check_dataset(name):
     """UsageError unless --dataset names a registered, fake:<registered> or folder dataset."""
-    base = name[len(FAKE_PREFIX):] if name.startswith(FAKE_PREFIX) else name
+    base = name[len(FAKE_PREFIX) :] if name.startswith(FAKE_PREFIX) else name
     if base not in DATASETS and not name.startswith(DATASET_FOLDER_PREFIX):
         raise UsageError(f"unknown --dataset {name!r}; known: {dataset_choices()}")
 

@@ -7,9 +7,23 @@ from tf_metric_robust.cli.common import FLAGS, UsageError, our_flags
 # checkpoints or evaluates on the side (the final evaluation follows --final_eval_examples), on
 # which hardware it runs, what is printed. Every other flag of this module is part of the recipe
 # (recipe.json): a resume must match it unless --allow_changes names it (README, "Resuming").
-NOT_IN_RECIPE = ("model_dir", "data_dir", "download", "eval_every", "eval_examples",
-                 "eval_batch_size", "checkpoint_every", "keep_checkpoints", "export", "strategy",
-                 "tpu", "jit_compile", "deterministic", "init_checkpoint", "allow_changes")
+NOT_IN_RECIPE = (
+    "model_dir",
+    "data_dir",
+    "download",
+    "eval_every",
+    "eval_examples",
+    "eval_batch_size",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "export",
+    "strategy",
+    "tpu",
+    "jit_compile",
+    "deterministic",
+    "init_checkpoint",
+    "allow_changes",
+)
 
 
 def _plain_value(value):
@@ -27,8 +41,11 @@ def _plain_value(value):
 
 def recipe_settings():
     """{flag name: value} of every result-changing flag of bin/train (not in NOT_IN_RECIPE)."""
-    return {flag.name: _plain_value(flag.value) for flag in our_flags()
-            if flag.name not in NOT_IN_RECIPE}
+    return {
+        flag.name: _plain_value(flag.value)
+        for flag in our_flags()
+        if flag.name not in NOT_IN_RECIPE
+    }
 
 
 def allowed_changes():
@@ -36,7 +53,10 @@ def allowed_changes():
     known = recipe_settings()
     for name in names:
         if name not in known:
-            hint = ("it does not change results: no need to allow it" if name in NOT_IN_RECIPE
-                    else "not a flag of bin/train")
+            hint = (
+                "it does not change results: no need to allow it"
+                if name in NOT_IN_RECIPE
+                else "not a flag of bin/train"
+            )
             raise UsageError(f"--allow_changes: {name!r} is not a result-changing flag ({hint})")
     return names

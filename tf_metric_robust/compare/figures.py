@@ -23,28 +23,40 @@ def robust_vs_cost(summary, runs, path):
     key = "autoattack_accuracy"
     if not any(r["numbers"].get(key) is not None for r in runs):
         key = "pgd_accuracy"
-    if not any(r["numbers"].get(key) is not None and r["numbers"].get("train_seconds")
-               is not None for r in runs):
+    if not any(
+        r["numbers"].get(key) is not None and r["numbers"].get("train_seconds") is not None
+        for r in runs
+    ):
         return None
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     for index, (entry, row) in enumerate(summary.items()):
         colour = f"C{index % 10}"
-        points = [(r["numbers"]["train_seconds"], r["numbers"][key]) for r in runs
-                  if r["entry"] == entry and r["numbers"].get("train_seconds") is not None
-                  and r["numbers"].get(key) is not None]
+        points = [
+            (r["numbers"]["train_seconds"], r["numbers"][key])
+            for r in runs
+            if r["entry"] == entry
+            and r["numbers"].get("train_seconds") is not None
+            and r["numbers"].get(key) is not None
+        ]
         if not points:
             continue
-        axes.scatter([p[0] for p in points], [100 * p[1] for p in points], color=colour,
-                     alpha=0.35, s=18)
+        axes.scatter(
+            [p[0] for p in points], [100 * p[1] for p in points], color=colour, alpha=0.35, s=18
+        )
         cost, robust = row["metrics"]["train_seconds"], row["metrics"][key]
-        axes.errorbar(cost["mean"], 100 * robust["mean"],
-                      xerr=cost["ci"] or 0, yerr=100 * (robust["ci"] or 0), color=colour,
-                      marker="o", capsize=3, label=f"{entry} (n={robust['n']})")
+        axes.errorbar(
+            cost["mean"],
+            100 * robust["mean"],
+            xerr=cost["ci"] or 0,
+            yerr=100 * (robust["ci"] or 0),
+            color=colour,
+            marker="o",
+            capsize=3,
+            label=f"{entry} (n={robust['n']})",
+        )
     axes.set_xlabel("training wall time per run (s)")
-    axes.set_ylabel(("AutoAttack" if key == "autoattack_accuracy" else "PGD") +
-                    " accuracy (%)")
-    axes.set_title("Robust accuracy vs training cost (mean ± 95% CI over seeds)",
-                   fontsize="medium")
+    axes.set_ylabel(("AutoAttack" if key == "autoattack_accuracy" else "PGD") + " accuracy (%)")
+    axes.set_title("Robust accuracy vs training cost (mean ± 95% CI over seeds)", fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
@@ -62,8 +74,9 @@ def detection_roc(summary, runs, path):
     panels = []
     for entry, row in summary.items():
         for run in sorted((r for r in runs if r["entry"] == entry), key=lambda r: r["seed"]):
-            image = os.path.join(os.path.dirname(os.path.join(run["model_dir"], plan.REPORT)),
-                                 "detection_roc.png")
+            image = os.path.join(
+                os.path.dirname(os.path.join(run["model_dir"], plan.REPORT)), "detection_roc.png"
+            )
             if os.path.exists(image):
                 panels.append((entry, run["seed"], image, row["metrics"]["detection_auc"]))
                 break
@@ -78,8 +91,7 @@ def detection_roc(summary, runs, path):
         axis.imshow(matplotlib.image.imread(image))
         mean = "–" if auc["mean"] is None else f"{100 * auc['mean']:.1f}"
         spread = "" if auc["ci"] is None else f" ± {100 * auc['ci']:.1f}"
-        axis.set_title(f"{entry} (seed {seed}); AUC over seeds {mean}{spread}",
-                       fontsize="small")
+        axis.set_title(f"{entry} (seed {seed}); AUC over seeds {mean}{spread}", fontsize="small")
     figure.suptitle("Detection ROC, the TLA paper's protocol (misclassified = positive)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -89,8 +101,10 @@ def detection_roc(summary, runs, path):
 
 def write(output, summary, runs):
     """Both figures into output; returns the paths written."""
-    written = [robust_vs_cost(summary, runs, os.path.join(output, ROBUST_VS_COST)),
-               detection_roc(summary, runs, os.path.join(output, DETECTION_ROC))]
+    written = [
+        robust_vs_cost(summary, runs, os.path.join(output, ROBUST_VS_COST)),
+        detection_roc(summary, runs, os.path.join(output, DETECTION_ROC)),
+    ]
     return [path for path in written if path]
 
 

@@ -31,10 +31,16 @@ def run_hparams(run):
 
 def run_metrics(run):
     """{compare/<metric>: float} of the numbers the run has (accuracies as fractions)."""
-    keys = [key for key, _, _ in report.METRICS] + ["robust_accuracy", "adaptive_detection_auc",
-                                                   "adaptive_undetected_at_5pct_fpr"]
-    return {TAG_PREFIX + key: float(run["numbers"][key]) for key in keys
-            if run["numbers"].get(key) is not None}
+    keys = [key for key, _, _ in report.METRICS] + [
+        "robust_accuracy",
+        "adaptive_detection_auc",
+        "adaptive_undetected_at_5pct_fpr",
+    ]
+    return {
+        TAG_PREFIX + key: float(run["numbers"][key])
+        for key in keys
+        if run["numbers"].get(key) is not None
+    }
 
 
 def write_run(run):
@@ -62,8 +68,10 @@ def write_experiment(output, runs):
 
     every = [run_hparams(run) for run in runs]
     names = ["entry", "mode", "seed"] + sorted(
-        name for name in {n for values in every for n in values} - {"entry", "mode", "seed"}
-        if len({repr(values.get(name)) for values in every}) > 1)
+        name
+        for name in {n for values in every for n in values} - {"entry", "mode", "seed"}
+        if len({repr(values.get(name)) for values in every}) > 1
+    )
     hparams = []
     for name in names:
         seen = sorted({values[name] for values in every if name in values}, key=repr)
@@ -71,8 +79,7 @@ def write_experiment(output, runs):
             hparams.append(hp.HParam(name, hp.Discrete(seen)))
         else:
             hparams.append(hp.HParam(name))
-    metrics = [hp.Metric(TAG_PREFIX + key, display_name=title)
-               for key, title, _ in report.METRICS]
+    metrics = [hp.Metric(TAG_PREFIX + key, display_name=title) for key, title, _ in report.METRICS]
     writer = tf.summary.create_file_writer(output)
     with writer.as_default():
         hp.hparams_config(hparams=hparams, metrics=metrics)

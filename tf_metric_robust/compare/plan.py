@@ -17,9 +17,17 @@ from tf_metric_robust.config import UserError
 # mul_num x batch (MNIST mul_num 1, T:588-626), the other-image positive drawn from the data, weight
 # decay 2e-4 (T:367) and separate batch-norm passes (T:252-273).
 VARIANTS = {
-    "tla_authors": ("tla", ("--negative_pool=extra", "--pool_multiplier=1",
-                            "--triplet_positive=other", "--other_positive=data",
-                            "--weight_decay=2e-4", "--separate_bn_passes")),
+    "tla_authors": (
+        "tla",
+        (
+            "--negative_pool=extra",
+            "--pool_multiplier=1",
+            "--triplet_positive=other",
+            "--other_positive=data",
+            "--weight_decay=2e-4",
+            "--separate_bn_passes",
+        ),
+    ),
     # Fast AT (Wong et al. 2020): PGD-AT with one FGSM step from a uniform random start, step
     # 1.25 eps (bin/train --train_attack=fgsm_rs).
     "fast_at": ("pgd", ("--train_attack=fgsm_rs", "--steps=1")),
@@ -31,8 +39,14 @@ MODE_DEFAULTS = {"trades": ("--label_smoothing=0",), "mart": ("--label_smoothing
 
 # The shared evaluation: PGD at the dataset's literature setting (MNIST PGD-100, CIFAR PGD-20),
 # the standard AutoAttack, the paper's detection protocol with the adaptive detector attack.
-EVALUATE_FLAGS = ("--attacks=pgd", "--eps_sweep=", "--steps_sweep=", "--suite=autoattack",
-                  "--detection", "--noprogress")
+EVALUATE_FLAGS = (
+    "--attacks=pgd",
+    "--eps_sweep=",
+    "--steps_sweep=",
+    "--suite=autoattack",
+    "--detection",
+    "--noprogress",
+)
 
 RECORD = "compare_run.json"  # per model_dir: commands, wall times, status (run.py)
 REPORT = os.path.join("compare_evaluation", "report.json")  # the shared evaluation's report
@@ -78,8 +92,10 @@ def parse_mode_flags(text, modes):
         entry, equals, mode = (part.strip() for part in head.partition("="))
         if equals:
             if mode not in modes:
-                raise PlanError(f"--mode_flags: {entry}={mode}: {mode!r} is not a mode of "
-                                f"bin/train ({', '.join(modes)})")
+                raise PlanError(
+                    f"--mode_flags: {entry}={mode}: {mode!r} is not a mode of "
+                    f"bin/train ({', '.join(modes)})"
+                )
             if entry in modes or entry in VARIANTS:
                 raise PlanError(f"--mode_flags: {entry!r} is already an entry; pick a new name")
             defined[entry] = mode
@@ -99,8 +115,10 @@ def entry_mode(entry, modes, defined):
         return VARIANTS[entry][0]
     if entry in defined:
         return defined[entry]
-    raise PlanError(f"--modes: {entry!r} is not a mode ({', '.join(modes)}), a variant "
-                    f"({', '.join(VARIANTS)}) or a name defined in --mode_flags (NAME=MODE:...)")
+    raise PlanError(
+        f"--modes: {entry!r} is not a mode ({', '.join(modes)}), a variant "
+        f"({', '.join(VARIANTS)}) or a name defined in --mode_flags (NAME=MODE:...)"
+    )
 
 
 def entry_flags(entry, mode, user_flags):
@@ -129,20 +147,33 @@ def build(config, modes):
     user_flags, defined = parse_mode_flags(config.mode_flags, modes)
     for entry in user_flags:  # flags for a known entry left out of --modes are fine (unused)
         if entry not in config.entries and entry not in modes and entry not in VARIANTS:
-            raise PlanError(f"--mode_flags names {entry!r}, which is neither in --modes "
-                            f"({', '.join(config.entries)}) nor a mode or variant")
+            raise PlanError(
+                f"--mode_flags names {entry!r}, which is neither in --modes "
+                f"({', '.join(config.entries)}) nor a mode or variant"
+            )
     runs = []
     for entry in config.entries:
         mode = entry_mode(entry, modes, defined)
         for seed in config.seeds:
             model_dir = os.path.join(config.output, entry, f"seed{seed}")
-            train_args = (*config.train_args, f"--mode={mode}", f"--seed={seed}",
-                          *entry_flags(entry, mode, user_flags), f"--model_dir={model_dir}")
-            evaluate_args = (f"--model_dir={model_dir}", *EVALUATE_FLAGS,
-                             *((f"--num_examples={config.evaluate_examples}",)
-                               if config.evaluate_examples else ()),
-                             *config.evaluate_args,
-                             f"--output={os.path.join(model_dir, REPORT)}")
+            train_args = (
+                *config.train_args,
+                f"--mode={mode}",
+                f"--seed={seed}",
+                *entry_flags(entry, mode, user_flags),
+                f"--model_dir={model_dir}",
+            )
+            evaluate_args = (
+                f"--model_dir={model_dir}",
+                *EVALUATE_FLAGS,
+                *(
+                    (f"--num_examples={config.evaluate_examples}",)
+                    if config.evaluate_examples
+                    else ()
+                ),
+                *config.evaluate_args,
+                f"--output={os.path.join(model_dir, REPORT)}",
+            )
             runs.append(Run(entry, mode, seed, model_dir, train_args, evaluate_args))
     if config.only:
         known = {(run.entry, run.seed) for run in runs}
@@ -153,5 +184,15 @@ def build(config, modes):
     return runs
 
 
-__all__ = ["EVALUATE_FLAGS", "MODE_DEFAULTS", "PlanError", "Run", "VARIANTS", "build",
-           "entry_flags", "entry_mode", "parse_mode_flags", "parse_only"]
+__all__ = [
+    "EVALUATE_FLAGS",
+    "MODE_DEFAULTS",
+    "PlanError",
+    "Run",
+    "VARIANTS",
+    "build",
+    "entry_flags",
+    "entry_mode",
+    "parse_mode_flags",
+    "parse_only",
+]

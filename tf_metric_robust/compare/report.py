@@ -55,19 +55,21 @@ def _get(tree, *keys):
 
 def evaluation_numbers(report):
     """report.json of bin/evaluate -> {metric: fraction or None} and the PGD attack's label."""
-    numbers = {"clean_accuracy": _get(report, "clean_accuracy"),
-               "pgd_accuracy": _get(report, "attacks", "pgd", "accuracy"),
-               "autoattack_accuracy": _get(report, "suite", "robust_accuracy"),
-               "robust_accuracy": _get(report, "robust_accuracy"),
-               "evaluated_examples": _get(report, "data", "num_examples")}
+    numbers = {
+        "clean_accuracy": _get(report, "clean_accuracy"),
+        "pgd_accuracy": _get(report, "attacks", "pgd", "accuracy"),
+        "autoattack_accuracy": _get(report, "suite", "robust_accuracy"),
+        "robust_accuracy": _get(report, "robust_accuracy"),
+        "evaluated_examples": _get(report, "data", "num_examples"),
+    }
     detector = _get(report, "detection", "detector")
     result = _get(report, "detection", "attacks", 0, "detectors", detector) or {}
     numbers["detection_auc"] = _get(result, "plain", "auc_misclassified_vs_correct_all")
-    numbers["adaptive_detection_auc"] = _get(result, "adaptive",
-                                             "auc_misclassified_vs_correct_all")
+    numbers["adaptive_detection_auc"] = _get(result, "adaptive", "auc_misclassified_vs_correct_all")
     numbers["adaptive_tpr_at_5pct_fpr"] = _get(result, "adaptive", "tpr_at_5pct_fpr")
     numbers["adaptive_undetected_at_5pct_fpr"] = _get(
-        result, "adaptive", "undetected_misclassified_at_5pct_fpr")
+        result, "adaptive", "undetected_misclassified_at_5pct_fpr"
+    )
     steps = _get(report, "attacks", "pgd", "settings", "steps")
     return numbers, (f"PGD-{steps}" if steps else "PGD"), detector
 
@@ -92,14 +94,24 @@ def load_run(model_dir, entry=None):
         flags_text = None
     return {
         "entry": entry or record.get("entry") or os.path.basename(os.path.dirname(model_dir)),
-        "mode": record.get("mode", recipe.get("mode")), "seed": seed, "model_dir": model_dir,
-        "trained": metrics is not None, "evaluated": report is not None,
-        "numbers": numbers, "pgd_label": pgd_label, "detector": detector,
-        "train_metrics": metrics, "train_seconds_source": record.get(
-            "train_seconds_source", "bin/compare wall clock" if "train_seconds" in record
-            else "metrics.json train_seconds_this_run"),
-        "train_command": record.get("train_args"), "evaluate_command": record.get(
-            "evaluate_args"), "flags": flags_text,
+        "mode": record.get("mode", recipe.get("mode")),
+        "seed": seed,
+        "model_dir": model_dir,
+        "trained": metrics is not None,
+        "evaluated": report is not None,
+        "numbers": numbers,
+        "pgd_label": pgd_label,
+        "detector": detector,
+        "train_metrics": metrics,
+        "train_seconds_source": record.get(
+            "train_seconds_source",
+            "bin/compare wall clock"
+            if "train_seconds" in record
+            else "metrics.json train_seconds_this_run",
+        ),
+        "train_command": record.get("train_args"),
+        "evaluate_command": record.get("evaluate_args"),
+        "flags": flags_text,
     }
 
 
@@ -118,16 +130,23 @@ def summarize(runs, entries, reference):
     Only evaluated runs count (a run stopped mid-training has a partial wall time and no
     numbers); entries without one are left out (results.md lists their runs as not evaluated).
     """
-    by_entry = {entry: [r for r in runs if r["entry"] == entry and r["evaluated"]]
-                for entry in entries}
+    by_entry = {
+        entry: [r for r in runs if r["entry"] == entry and r["evaluated"]] for entry in entries
+    }
     by_entry = {entry: entry_runs for entry, entry_runs in by_entry.items() if entry_runs}
-    per_seed = {entry: {key: {r["seed"]: r["numbers"].get(key) for r in entry_runs}
-                        for key, _, _ in METRICS}
-                for entry, entry_runs in by_entry.items()}
+    per_seed = {
+        entry: {
+            key: {r["seed"]: r["numbers"].get(key) for r in entry_runs} for key, _, _ in METRICS
+        }
+        for entry, entry_runs in by_entry.items()
+    }
     summary = {}
     for entry, entry_runs in by_entry.items():
-        row = {"mode": entry_runs[0]["mode"] if entry_runs else None,
-               "seeds": sorted(r["seed"] for r in entry_runs), "metrics": {}}
+        row = {
+            "mode": entry_runs[0]["mode"] if entry_runs else None,
+            "seeds": sorted(r["seed"] for r in entry_runs),
+            "metrics": {},
+        }
         for key, _, _ in METRICS:
             cell = stats.mean_ci([r["numbers"].get(key) for r in entry_runs])
             if reference in per_seed and entry != reference:
@@ -171,19 +190,27 @@ def _relative(cell, percent):
 def markdown(summary, runs, reference, pgd_label="PGD"):
     """results.md: one table of means ± 95% CI, one of the paired differences to the reference."""
     titles = [pgd_label if key == "pgd_accuracy" else title for key, title, _ in METRICS]
-    lines = ["Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
-             "degrees of freedom); accuracies, AUC and TPR in %.", "",
-             "| entry | mode | seeds | " + " | ".join(titles) + " |",
-             "|---|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        "Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
+        "degrees of freedom); accuracies, AUC and TPR in %.",
+        "",
+        "| entry | mode | seeds | " + " | ".join(titles) + " |",
+        "|---|---|---|" + "---|" * len(METRICS),
+    ]
     for entry, row in summary.items():
         cells = [_cell(row["metrics"][key], percent) for key, _, percent in METRICS]
         seeds = ",".join(str(s) for s in row["seeds"])
         lines.append(f"| {entry} | {row['mode']} | {seeds} | " + " | ".join(cells) + " |")
     if reference in summary:
-        lines += ["", f"Relative to `{reference}`: the difference in points, paired by seed, "
-                  "± its 95% interval (**bold**: the interval excludes 0); training time as the "
-                  "ratio of mean wall times.", "",
-                  "| entry | " + " | ".join(titles) + " |", "|---|" + "---|" * len(METRICS)]
+        lines += [
+            "",
+            f"Relative to `{reference}`: the difference in points, paired by seed, "
+            "± its 95% interval (**bold**: the interval excludes 0); training time as the "
+            "ratio of mean wall times.",
+            "",
+            "| entry | " + " | ".join(titles) + " |",
+            "|---|" + "---|" * len(METRICS),
+        ]
         for entry, row in summary.items():
             if entry == reference:
                 continue
@@ -199,22 +226,39 @@ def write(output, runs, entries, reference, command=None):
     """results.json and results.md in output; returns the summary."""
     summary = summarize(runs, entries, reference)
     labels = sorted({r["pgd_label"] for r in runs if r["evaluated"]}) or ["PGD"]
-    examples = sorted({r["numbers"].get("evaluated_examples") for r in runs if r["evaluated"]}
-                      - {None})
-    results = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "command": command, "reference": reference, "entries": list(entries),
-               "pgd_attack": labels, "evaluated_examples": examples,
-               "confidence": "95% Student t over seeds; differences paired by seed",
-               "summary": summary, "runs": runs}
+    examples = sorted(
+        {r["numbers"].get("evaluated_examples") for r in runs if r["evaluated"]} - {None}
+    )
+    results = {
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": command,
+        "reference": reference,
+        "entries": list(entries),
+        "pgd_attack": labels,
+        "evaluated_examples": examples,
+        "confidence": "95% Student t over seeds; differences paired by seed",
+        "summary": summary,
+        "runs": runs,
+    }
     write_json_atomic(os.path.join(output, "results.json"), results)
     text = markdown(summary, runs, reference, pgd_label="/".join(labels))
     if examples:
-        text += (f"\nEvaluated on the first {'/'.join(str(e) for e in examples)} test "
-                 "examples (bin/evaluate, the same for every run).\n")
+        text += (
+            f"\nEvaluated on the first {'/'.join(str(e) for e in examples)} test "
+            "examples (bin/evaluate, the same for every run).\n"
+        )
     with open(os.path.join(output, "results.md"), "w") as f:
         f.write(text)
     return summary
 
 
-__all__ = ["METRICS", "evaluation_numbers", "find_runs", "load_run", "markdown", "summarize",
-           "write", "write_json_atomic"]
+__all__ = [
+    "METRICS",
+    "evaluation_numbers",
+    "find_runs",
+    "load_run",
+    "markdown",
+    "summarize",
+    "write",
+    "write_json_atomic",
+]

@@ -50,8 +50,7 @@ class Runner:
     """Runs planned runs (plan.Run), `parallel` at a time, printing one line per finished run
     and an overall bar; CPU threads are split between the parallel runs."""
 
-    def __init__(self, runs, *, bin_dir, log_dir, parallel=1, threads=0, python=None,
-                 out=None):
+    def __init__(self, runs, *, bin_dir, log_dir, parallel=1, threads=0, python=None, out=None):
         self.runs, self.bin_dir, self.log_dir = list(runs), bin_dir, log_dir
         self.parallel, self.python = parallel, python or sys.executable
         self.out = out or sys.stdout
@@ -59,8 +58,9 @@ class Runner:
         threads = threads or os.cpu_count() or 1
         if parallel > 1:  # TensorFlow and OpenMP read these at start-up
             share = str(max(1, threads // parallel))
-            self.env.update(TF_NUM_INTRAOP_THREADS=share, TF_NUM_INTEROP_THREADS="1",
-                            OMP_NUM_THREADS=share)
+            self.env.update(
+                TF_NUM_INTRAOP_THREADS=share, TF_NUM_INTEROP_THREADS="1", OMP_NUM_THREADS=share
+            )
         self._lock = threading.Lock()
         self._processes, self._stopping = set(), False
         self._started = time.time()
@@ -75,8 +75,9 @@ class Runner:
             with self._lock:  # no new child once interrupt() ran: it could not stop that one
                 if self._stopping:
                     raise RunFailed(f"interrupted before bin/{program} started")
-                process = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT,
-                                           env=self.env)
+                process = subprocess.Popen(
+                    command, stdout=f, stderr=subprocess.STDOUT, env=self.env
+                )
                 self._processes.add(process)
             try:
                 code = process.wait()
@@ -103,8 +104,11 @@ class Runner:
 
     def _train(self, run, record, log):
         metrics_path = os.path.join(run.model_dir, "metrics.json")
-        if (os.path.exists(metrics_path) and record.get("train_done")
-                and record.get("train_args") == list(run.train_args)):
+        if (
+            os.path.exists(metrics_path)
+            and record.get("train_done")
+            and record.get("train_args") == list(run.train_args)
+        ):
             return "skipped"
         before = _mtime(metrics_path)
         code, seconds = self._call("train", run.train_args, log)
@@ -115,8 +119,9 @@ class Runner:
             elif "train_seconds" not in record:  # finished before bin/compare saw it
                 metrics = report._read_json(metrics_path) or {}
                 record["train_seconds"] = metrics.get("train_seconds_this_run")
-                record["train_seconds_source"] = ("metrics.json train_seconds_this_run "
-                                                  "(trained outside bin/compare)")
+                record["train_seconds_source"] = (
+                    "metrics.json train_seconds_this_run (trained outside bin/compare)"
+                )
             record.update(train_args=list(run.train_args), train_done=code == 0)
             report.write_json_atomic(run.record_path, record)
         if code != 0:
@@ -124,8 +129,9 @@ class Runner:
         return "trained" if _mtime(metrics_path) != before else "already trained"
 
     def _evaluate(self, run, record, log):
-        if (os.path.exists(run.report_path)
-                and record.get("evaluate_args") == list(run.evaluate_args)):
+        if os.path.exists(run.report_path) and record.get("evaluate_args") == list(
+            run.evaluate_args
+        ):
             return "skipped"
         code, seconds = self._call("evaluate", run.evaluate_args, log)
         if code != 0:
@@ -167,9 +173,11 @@ class Runner:
         total = len(self.runs)
         filled = int(width * self.finished / max(total, 1))
         elapsed = time.time() - self._started
-        text = (f"[{'#' * filled}{'.' * (width - filled)}] {self.finished}/{total} runs"
-                f"{f' ({len(self.failed)} failed)' if self.failed else ''}, "
-                f"{elapsed / 60:.0f} min elapsed")
+        text = (
+            f"[{'#' * filled}{'.' * (width - filled)}] {self.finished}/{total} runs"
+            f"{f' ({len(self.failed)} failed)' if self.failed else ''}, "
+            f"{elapsed / 60:.0f} min elapsed"
+        )
         remaining = total - self.finished
         if remaining and self.worked:
             left = self.work_seconds / self.worked * remaining / self.parallel
@@ -194,14 +202,20 @@ def summary_line(result):
     """'clean 97.2, PGD-100 78.0, AutoAttack 72.5, detection AUC 79.6, adaptive TPR@5%FPR 8.5;
     train 350 s, evaluate 400 s' (accuracies in %)."""
     numbers, parts = result["numbers"], []
-    for key, title in (("clean_accuracy", "clean"), ("pgd_accuracy", result["pgd_label"]),
-                       ("autoattack_accuracy", "AutoAttack"), ("detection_auc", "detection AUC"),
-                       ("adaptive_tpr_at_5pct_fpr", "adaptive TPR@5%FPR")):
+    for key, title in (
+        ("clean_accuracy", "clean"),
+        ("pgd_accuracy", result["pgd_label"]),
+        ("autoattack_accuracy", "AutoAttack"),
+        ("detection_auc", "detection AUC"),
+        ("adaptive_tpr_at_5pct_fpr", "adaptive TPR@5%FPR"),
+    ):
         if numbers.get(key) is not None:
             parts.append(f"{title} {100 * numbers[key]:.1f}")
-    times = [f"{name} {numbers[key]:.0f} s" for key, name in (
-        ("train_seconds", "train"), ("evaluate_seconds", "evaluate"))
-        if numbers.get(key) is not None]
+    times = [
+        f"{name} {numbers[key]:.0f} s"
+        for key, name in (("train_seconds", "train"), ("evaluate_seconds", "evaluate"))
+        if numbers.get(key) is not None
+    ]
     return ", ".join(parts) + ("; " + ", ".join(times) if times else "")
 
 
@@ -232,10 +246,20 @@ def compare(config, *, modes, bin_dir, command=None, out=None):
     planned = plan.build(config, modes)
     failed = []
     if not config.collect:
-        runner = Runner(planned, bin_dir=bin_dir, log_dir=os.path.join(config.output, "logs"),
-                        parallel=config.parallel, threads=config.threads, out=out)
-        print(f"{len(planned)} runs into {config.output} ({config.parallel} at a time); "
-              f"logs in {runner.log_dir}", file=out, flush=True)
+        runner = Runner(
+            planned,
+            bin_dir=bin_dir,
+            log_dir=os.path.join(config.output, "logs"),
+            parallel=config.parallel,
+            threads=config.threads,
+            out=out,
+        )
+        print(
+            f"{len(planned)} runs into {config.output} ({config.parallel} at a time); "
+            f"logs in {runner.log_dir}",
+            file=out,
+            flush=True,
+        )
         runner.run_all()
         failed = runner.failed
     if config.only:  # a cluster job: the aggregation is one --collect at the end
@@ -243,22 +267,31 @@ def compare(config, *, modes, bin_dir, command=None, out=None):
     if config.collect:
         dirs = report.find_runs(config.output)
         if not dirs:
-            raise plan.PlanError(f"--collect: no runs in {config.output} (expected "
-                                 "<output>/<entry>/seed<k>/ folders written by bin/train)")
+            raise plan.PlanError(
+                f"--collect: no runs in {config.output} (expected "
+                "<output>/<entry>/seed<k>/ folders written by bin/train)"
+            )
         runs = [report.load_run(d) for d in dirs]
         for run in runs:
             record = report._read_json(os.path.join(run["model_dir"], plan.RECORD)) or {}
             write_hparams(run, record, os.path.join(run["model_dir"], plan.RECORD))
     else:
-        runs = [report.load_run(r.model_dir, entry=r.entry) for r in planned
-                if os.path.exists(os.path.join(r.model_dir, "recipe.json"))]
+        runs = [
+            report.load_run(r.model_dir, entry=r.entry)
+            for r in planned
+            if os.path.exists(os.path.join(r.model_dir, "recipe.json"))
+        ]
     entries = entry_order(config.entries, runs)
     summary = report.write(config.output, runs, entries, config.reference, command=command)
     written = figures.write(config.output, summary, runs)
     if any(run["evaluated"] for run in runs):
         hparams.write_experiment(config.output, [r for r in runs if r["evaluated"]])
-    print(f"wrote {os.path.join(config.output, 'results.md')}, results.json, "
-          f"{', '.join(os.path.basename(p) for p in written)}", file=out, flush=True)
+    print(
+        f"wrote {os.path.join(config.output, 'results.md')}, results.json, "
+        f"{', '.join(os.path.basename(p) for p in written)}",
+        file=out,
+        flush=True,
+    )
     with open(os.path.join(config.output, "results.md")) as f:
         print(f.read(), file=out, flush=True)
     return 1 if failed else 0

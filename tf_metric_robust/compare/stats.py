@@ -10,9 +10,38 @@ import statistics
 
 # Two-sided 95% quantiles t(0.975, df) for df = 1..30 (any t table, e.g. NIST/SEMATECH e-Handbook
 # 1.3.6.7.2); beyond 30 the Cornish-Fisher expansion below is within 1e-4.
-_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
-         2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
-         2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+_T975 = (
+    12.7062,
+    4.3027,
+    3.1824,
+    2.7764,
+    2.5706,
+    2.4469,
+    2.3646,
+    2.3060,
+    2.2622,
+    2.2281,
+    2.2010,
+    2.1788,
+    2.1604,
+    2.1448,
+    2.1314,
+    2.1199,
+    2.1098,
+    2.1009,
+    2.0930,
+    2.0860,
+    2.0796,
+    2.0739,
+    2.0687,
+    2.0639,
+    2.0595,
+    2.0555,
+    2.0518,
+    2.0484,
+    2.0452,
+    2.0423,
+)
 _Z975 = 1.959964
 
 
@@ -23,8 +52,12 @@ def t975(df):
     if df <= len(_T975):
         return _T975[df - 1]
     z = _Z975
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def mean_ci(values):
@@ -33,8 +66,14 @@ def mean_ci(values):
     None entries (a number a run did not produce) are left out and counted in 'missing'.
     """
     present = [float(v) for v in values if v is not None and math.isfinite(v)]
-    result = {"n": len(present), "mean": None, "ci": None, "sd": None, "values": present,
-              "missing": len(values) - len(present)}
+    result = {
+        "n": len(present),
+        "mean": None,
+        "ci": None,
+        "sd": None,
+        "values": present,
+        "missing": len(values) - len(present),
+    }
     if present:
         result["mean"] = statistics.fmean(present)
     if len(present) >= 2:
@@ -46,19 +85,20 @@ def mean_ci(values):
 def paired_difference(values, reference):
     """mean_ci of values[seed] - reference[seed] over the seeds both have ({seed: value} dicts),
     plus 'separates': True when the interval excludes 0."""
-    seeds = sorted(s for s in values if s in reference and values[s] is not None
-                   and reference[s] is not None)
+    seeds = sorted(
+        s for s in values if s in reference and values[s] is not None and reference[s] is not None
+    )
     result = mean_ci([values[s] - reference[s] for s in seeds])
     result["seeds"] = seeds
-    result["separates"] = (result["ci"] is not None and
-                           abs(result["mean"]) > result["ci"])
+    result["separates"] = result["ci"] is not None and abs(result["mean"]) > result["ci"]
     return result
 
 
 def ratio_of_means(values, reference):
     """mean(values) / mean(reference) over the seeds both have, or None (training-cost ratio)."""
-    seeds = [s for s in values if s in reference and values[s] is not None
-             and reference[s] is not None]
+    seeds = [
+        s for s in values if s in reference and values[s] is not None and reference[s] is not None
+    ]
     denominator = sum(reference[s] for s in seeds)
     if not seeds or denominator <= 0:
         return None

@@ -4,22 +4,75 @@ cli.py maps flags to these and turns a UserError into a one-line usage error; li
 them (or plain arguments) and never read flags. Importing this package never imports TensorFlow.
 """
 
-from tf_metric_robust.config.common import (NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, Range,
-                                            UserError)
+from tf_metric_robust.config.common import NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, Range, UserError
 from tf_metric_robust.config.compare import CompareConfig
-from tf_metric_robust.config.evaluation import (DEFAULT_ATTACKS, EVAL_STRATEGIES, SUITE_VERSIONS,
-                                                SUITES, EvalConfig, EvaluateRun, Thresholds)
-from tf_metric_robust.config.export import (COVARIANCES, DEFAULT_DETECTION_K,
-                                            DEFAULT_REFERENCE_SIZE, DETECTORS, SCORE_TYPES,
-                                            ExportConfig)
-from tf_metric_robust.config.training import (DISTANCES, KL_MODES, MININGS, MODES, NEGATIVE_POOLS,
-                                              OPERATIONAL_FIELDS, OTHER_POSITIVES, POSITIVES,
-                                              RECIPE_KEYS, AttackConfig, OptimizerConfig,
-                                              TrainConfig, TripletConfig, check_mode)
+from tf_metric_robust.config.evaluation import (
+    DEFAULT_ATTACKS,
+    EVAL_STRATEGIES,
+    SUITE_VERSIONS,
+    SUITES,
+    EvalConfig,
+    EvaluateRun,
+    Thresholds,
+)
+from tf_metric_robust.config.export import (
+    COVARIANCES,
+    DEFAULT_DETECTION_K,
+    DEFAULT_REFERENCE_SIZE,
+    DETECTORS,
+    SCORE_TYPES,
+    ExportConfig,
+)
+from tf_metric_robust.config.training import (
+    DISTANCES,
+    KL_MODES,
+    MININGS,
+    MODES,
+    NEGATIVE_POOLS,
+    OPERATIONAL_FIELDS,
+    OTHER_POSITIVES,
+    POSITIVES,
+    RECIPE_KEYS,
+    AttackConfig,
+    OptimizerConfig,
+    TrainConfig,
+    TripletConfig,
+    check_mode,
+)
 
-__all__ = ["DEFAULT_ATTACKS", "EVAL_STRATEGIES", "SUITES", "SUITE_VERSIONS", "EvalConfig", "EvaluateRun",
-           "Thresholds", "COVARIANCES", "DEFAULT_DETECTION_K", "DEFAULT_REFERENCE_SIZE", "DETECTORS",
-           "DISTANCES", "KL_MODES", "MININGS", "MODES", "NEGATIVE_POOLS", "NON_NEGATIVE",
-           "OPERATIONAL_FIELDS", "OTHER_POSITIVES", "POSITIVE", "POSITIVES", "RECIPE_KEYS",
-           "SCORE_TYPES", "UNIT", "UNIT_OPEN", "AttackConfig", "CompareConfig", "ExportConfig",
-           "OptimizerConfig", "Range", "TrainConfig", "TripletConfig", "UserError", "check_mode"]
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "EVAL_STRATEGIES",
+    "SUITES",
+    "SUITE_VERSIONS",
+    "EvalConfig",
+    "EvaluateRun",
+    "Thresholds",
+    "COVARIANCES",
+    "DEFAULT_DETECTION_K",
+    "DEFAULT_REFERENCE_SIZE",
+    "DETECTORS",
+    "DISTANCES",
+    "KL_MODES",
+    "MININGS",
+    "MODES",
+    "NEGATIVE_POOLS",
+    "NON_NEGATIVE",
+    "OPERATIONAL_FIELDS",
+    "OTHER_POSITIVES",
+    "POSITIVE",
+    "POSITIVES",
+    "RECIPE_KEYS",
+    "SCORE_TYPES",
+    "UNIT",
+    "UNIT_OPEN",
+    "AttackConfig",
+    "CompareConfig",
+    "ExportConfig",
+    "OptimizerConfig",
+    "Range",
+    "TrainConfig",
+    "TripletConfig",
+    "UserError",
+    "check_mode",
+]

@@ -41,19 +41,26 @@ class CompareConfig:
         if self.parallel < 1:
             raise UserError(f"--parallel must be >= 1, got {self.parallel}")
         if self.evaluate_examples < 0:
-            raise UserError(f"--evaluate_examples must be >= 0 (0 = all), got "
-                            f"{self.evaluate_examples}")
+            raise UserError(
+                f"--evaluate_examples must be >= 0 (0 = all), got {self.evaluate_examples}"
+            )
         if self.collect and self.only:
-            raise UserError("--collect reads finished runs; it trains nothing, so --only has "
-                            "no meaning with it")
+            raise UserError(
+                "--collect reads finished runs; it trains nothing, so --only has no meaning with it"
+            )
         for arg in (*self.train_args, *self.evaluate_args):
             if not arg.startswith("--"):
                 raise UserError(f"{arg!r} is not a --flag=value")
-        owned = [a for a in self.train_args
-                 if a.split("=")[0].lstrip("-") in ("mode", "seed", "model_dir")]
+        owned = [
+            a
+            for a in self.train_args
+            if a.split("=")[0].lstrip("-") in ("mode", "seed", "model_dir")
+        ]
         if owned:
-            raise UserError(f"{owned[0]}: bin/compare sets --mode, --seed and --model_dir of "
-                            "every run (use --modes, --seeds, --output)")
+            raise UserError(
+                f"{owned[0]}: bin/compare sets --mode, --seed and --model_dir of "
+                "every run (use --modes, --seeds, --output)"
+            )
 
 
 __all__ = ["CompareConfig"]

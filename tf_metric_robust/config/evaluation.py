@@ -19,28 +19,52 @@ EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker")  # bin/evaluate --strateg
 SUITE_VERSIONS = ("standard", "plus", "rand")
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "pgd_cw", "mifgsm")
-_MNIST = dict(eps=0.3, step_size=0.01, steps=100, eps_sweep=(0.0, 0.1, 0.2, 0.3, 0.4),
-              steps_sweep=(1, 10, 20, 40, 100), detection_eps=(0.3,), detection_steps=100,
-              detection_covariance="per_class")
-_CIFAR = dict(eps=8 / 255, step_size=1 / 255, steps=20,
-              eps_sweep=tuple(e / 255 for e in (0, 2, 4, 6, 8, 12, 16)),
-              steps_sweep=(1, 5, 10, 20, 50), detection_eps=(25 / 255,), detection_steps=20,
-              detection_covariance="per_class")
-_DEFAULTS = {"mnist": _MNIST, "mnist5k": _MNIST, "fashion_mnist": _MNIST, "cifar10": _CIFAR,
-             "cifar100": _CIFAR, "svhn_cropped": _CIFAR}
+_MNIST = dict(
+    eps=0.3,
+    step_size=0.01,
+    steps=100,
+    eps_sweep=(0.0, 0.1, 0.2, 0.3, 0.4),
+    steps_sweep=(1, 10, 20, 40, 100),
+    detection_eps=(0.3,),
+    detection_steps=100,
+    detection_covariance="per_class",
+)
+_CIFAR = dict(
+    eps=8 / 255,
+    step_size=1 / 255,
+    steps=20,
+    eps_sweep=tuple(e / 255 for e in (0, 2, 4, 6, 8, 12, 16)),
+    steps_sweep=(1, 5, 10, 20, 50),
+    detection_eps=(25 / 255,),
+    detection_steps=20,
+    detection_covariance="per_class",
+)
+_DEFAULTS = {
+    "mnist": _MNIST,
+    "mnist5k": _MNIST,
+    "fashion_mnist": _MNIST,
+    "cifar10": _CIFAR,
+    "cifar100": _CIFAR,
+    "svhn_cropped": _CIFAR,
+}
 # Detection settings of datasets without a full table entry (their attack settings are derived).
 # Tiny ImageNet: the paper's eps and steps; 'tied' because 200 classes x 25 references cannot
 # each support a 2048-d covariance (nor fit in memory as 200 float64 factors).
-_DETECTION_ONLY = {"tiny_imagenet": dict(detection_eps=(25 / 255,), detection_steps=30,
-                                         detection_covariance="tied")}
+_DETECTION_ONLY = {
+    "tiny_imagenet": dict(
+        detection_eps=(25 / 255,), detection_steps=30, detection_covariance="tied"
+    )
+}
 
 
 def dataset_defaults(dataset):
     """Literature defaults {eps, step_size, steps, eps_sweep, steps_sweep, detection_eps,
     detection_steps, detection_covariance}."""
     if dataset not in _DEFAULTS:
-        raise UserError(f"no default attack settings for dataset {dataset!r} (known: "
-                        f"{', '.join(sorted(_DEFAULTS))}); pass eps, step_size and steps")
+        raise UserError(
+            f"no default attack settings for dataset {dataset!r} (known: "
+            f"{', '.join(sorted(_DEFAULTS))}); pass eps, step_size and steps"
+        )
     return dict(_DEFAULTS[dataset])
 
 
@@ -53,14 +77,17 @@ def derived_defaults(eps, steps):
     """Sweeps around an explicit threat model: eps x (0, 1/4, 1/2, 1, 3/2, 2), steps / 4 ... 2 x
     steps, detection at eps and `steps` with per-class covariances; for datasets without a table
     entry."""
+
     def radii(factors):
         return tuple(sorted({round(min(1.0, eps * f), 10) for f in factors}))
 
-    return {"eps_sweep": radii((0, 0.25, 0.5, 1, 1.5, 2)),
-            "steps_sweep": tuple(sorted({1, max(1, steps // 4), max(1, steps // 2), steps,
-                                         2 * steps})),
-            "detection_eps": radii((1,)), "detection_steps": steps,
-            "detection_covariance": "per_class"}
+    return {
+        "eps_sweep": radii((0, 0.25, 0.5, 1, 1.5, 2)),
+        "steps_sweep": tuple(sorted({1, max(1, steps // 4), max(1, steps // 2), steps, 2 * steps})),
+        "detection_eps": radii((1,)),
+        "detection_steps": steps,
+        "detection_covariance": "per_class",
+    }
 
 
 def check_suite(suite, version, steps, queries):
@@ -68,8 +95,9 @@ def check_suite(suite, version, steps, queries):
     if suite not in SUITES:
         raise UserError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
     if version not in SUITE_VERSIONS:
-        raise UserError(f"suite_version must be one of {', '.join(SUITE_VERSIONS)}, got "
-                        f"{version!r}")
+        raise UserError(
+            f"suite_version must be one of {', '.join(SUITE_VERSIONS)}, got {version!r}"
+        )
     for name, value in (("suite_steps", steps), ("suite_queries", queries)):
         if int(value) != value or value < 1:
             raise UserError(f"{name} must be an integer >= 1, got {value}")
@@ -138,10 +166,18 @@ class EvalConfig:
             raise UserError(f"large_eps must be > 0, got {self.large_eps}")
         if self.step_size is not None and self.step_size <= 0:
             raise UserError(f"step_size must be > 0, got {self.step_size}")
-        check_detector(self.detector, self.detection_covariance, self.detection_score,
-                       self.detection_k, self.detection_reference)
-        counts = [("steps", self.steps), ("restarts", self.restarts),
-                  ("detection_steps", self.detection_steps)]
+        check_detector(
+            self.detector,
+            self.detection_covariance,
+            self.detection_score,
+            self.detection_k,
+            self.detection_reference,
+        )
+        counts = [
+            ("steps", self.steps),
+            ("restarts", self.restarts),
+            ("detection_steps", self.detection_steps),
+        ]
         counts += [("steps_sweep", s) for s in self.steps_sweep or ()]
         for name, value in counts:
             if value is not None and (int(value) != value or value < 1):
@@ -169,8 +205,10 @@ class EvalConfig:
         elif None in (self.eps, self.step_size, self.steps):
             unset = [n for n in ("eps", "step_size", "steps") if getattr(self, n) is None]
             where = "no dataset" if dataset is None else f"dataset {dataset!r}"
-            raise UserError(f"{where} has no default attack settings (known: "
-                            f"{', '.join(sorted(_DEFAULTS))}); set {', '.join(unset)}")
+            raise UserError(
+                f"{where} has no default attack settings (known: "
+                f"{', '.join(sorted(_DEFAULTS))}); set {', '.join(unset)}"
+            )
         else:
             defaults = derived_defaults(self.eps, self.steps)
         return dataclasses.replace(self, **{name: defaults[name] for name in missing})
@@ -209,12 +247,23 @@ class EvaluateRun:
         if self.num_examples is not None and self.num_examples < 1:
             raise UserError(f"num_examples must be >= 1, got {self.num_examples}")
         if self.strategy not in EVAL_STRATEGIES:
-            raise UserError(f"strategy must be one of {', '.join(EVAL_STRATEGIES)}, got "
-                            f"{self.strategy!r}")
+            raise UserError(
+                f"strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.strategy!r}"
+            )
         if not self.worker_timeout > 0:
             raise UserError(f"worker_timeout must be > 0 seconds, got {self.worker_timeout}")
 
 
-__all__ = ["DEFAULT_ATTACKS", "EVAL_STRATEGIES", "SUITES", "SUITE_VERSIONS", "EvalConfig",
-           "EvaluateRun", "Thresholds", "check_suite", "dataset_defaults",
-           "default_detection_covariance", "derived_defaults"]
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "EVAL_STRATEGIES",
+    "SUITES",
+    "SUITE_VERSIONS",
+    "EvalConfig",
+    "EvaluateRun",
+    "Thresholds",
+    "check_suite",
+    "dataset_defaults",
+    "default_detection_covariance",
+    "derived_defaults",
+]

@@ -20,9 +20,11 @@ DEFAULT_DETECTION_K = 50  # neighbours of the kNN detector
 def check_detector(detector, covariance, score, k, reference):
     """UserError unless the detector settings (shared by bin/evaluate and bin/export) are valid;
     the names are the flags'."""
-    for name, value, allowed in (("detector", detector, DETECTORS),
-                                 ("detection_covariance", covariance, (None,) + COVARIANCES),
-                                 ("detection_score", score, SCORE_TYPES)):
+    for name, value, allowed in (
+        ("detector", detector, DETECTORS),
+        ("detection_covariance", covariance, (None,) + COVARIANCES),
+        ("detection_score", score, SCORE_TYPES),
+    ):
         if value not in allowed:
             shown = ", ".join(str(a) for a in allowed if a is not None)
             raise UserError(f"{name} must be one of {shown}, got {value!r}")
@@ -53,8 +55,13 @@ class ExportConfig:
     def __post_init__(self):
         if not self.model_dir:
             raise UserError("--model_dir is required (a bin/train run)")
-        check_detector(self.detector, self.detection_covariance, self.detection_score,
-                       self.detection_k, self.detection_reference)
+        check_detector(
+            self.detector,
+            self.detection_covariance,
+            self.detection_score,
+            self.detection_k,
+            self.detection_reference,
+        )
         if self.version is not None and self.version < 1:
             raise UserError(f"version must be >= 1, got {self.version}")
         if self.threshold_examples < 1:

@@ -40,13 +40,17 @@ class AttackConfig:
 
     def __post_init__(self):
         if self.method not in TRAIN_ATTACKS:
-            raise UserError(f"train_attack must be one of {', '.join(TRAIN_ATTACKS)}; got "
-                            f"{self.method!r}")
-        if self.method != "pgd" and (self.steps != 1 or self.restarts != 1
-                                     or not self.random_start):
-            raise UserError(f"train_attack {self.method} is one step from a random start: pass "
-                            f"--steps=1 and --random_start (got steps {self.steps}, random_start "
-                            f"{self.random_start}); step size: FGSM-RS 1.25 eps, N-FGSM eps")
+            raise UserError(
+                f"train_attack must be one of {', '.join(TRAIN_ATTACKS)}; got {self.method!r}"
+            )
+        if self.method != "pgd" and (
+            self.steps != 1 or self.restarts != 1 or not self.random_start
+        ):
+            raise UserError(
+                f"train_attack {self.method} is one step from a random start: pass "
+                f"--steps=1 and --random_start (got steps {self.steps}, random_start "
+                f"{self.random_start}); step size: FGSM-RS 1.25 eps, N-FGSM eps"
+            )
         UNIT.check("eps", self.eps)  # images are on [0,1]
         POSITIVE.check("step_size", self.step_size)
         if self.steps < 1:
@@ -61,8 +65,15 @@ class AttackConfig:
     def kwargs(self):
         """Keyword arguments of `attacks.pgd` (FGSM-RS is its one-step case; N-FGSM adds a 2 eps
         start and no projection to the eps-ball, attacks.gradient.n_fgsm)."""
-        kwargs = dict(eps=self.eps, step_size=self.step_size, steps=self.steps, norm=self.norm,
-                      loss=self.loss, random_start=self.random_start, restarts=self.restarts)
+        kwargs = dict(
+            eps=self.eps,
+            step_size=self.step_size,
+            steps=self.steps,
+            norm=self.norm,
+            loss=self.loss,
+            random_start=self.random_start,
+            restarts=self.restarts,
+        )
         if self.method == "n_fgsm":
             kwargs.update(start_scale=N_FGSM_NOISE, project_to_ball=False)
         return kwargs
@@ -83,8 +94,9 @@ class OverfitConfig:
         if self.check_every < 0:
             raise UserError(f"overfit_check_every must be >= 0, got {self.check_every}")
         if self.action not in OVERFIT_ACTIONS:
-            raise UserError(f"on_overfit must be one of {', '.join(OVERFIT_ACTIONS)}; got "
-                            f"{self.action!r}")
+            raise UserError(
+                f"on_overfit must be one of {', '.join(OVERFIT_ACTIONS)}; got {self.action!r}"
+            )
         if not 0 < self.drop <= 1:
             raise UserError(f"overfit_drop must be in (0, 1], got {self.drop}")
 
@@ -115,10 +127,12 @@ class TripletConfig:
     other_positive: str = "batch"  # 'data': an independent image of the class; 'batch': a partner
 
     def __post_init__(self):
-        for name, value, allowed in (("triplet_mining", self.mining, MININGS),
-                                     ("negative_pool", self.negative_pool, NEGATIVE_POOLS),
-                                     ("triplet_positive", self.positive, POSITIVES),
-                                     ("triplet_distance", self.distance, DISTANCES)):
+        for name, value, allowed in (
+            ("triplet_mining", self.mining, MININGS),
+            ("negative_pool", self.negative_pool, NEGATIVE_POOLS),
+            ("triplet_positive", self.positive, POSITIVES),
+            ("triplet_distance", self.distance, DISTANCES),
+        ):
             if value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         for name in ("margin", "lambda_triplet", "lambda_norm"):
@@ -129,8 +143,10 @@ class TripletConfig:
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.other_positive not in OTHER_POSITIVES:
-            raise UserError(f"other_positive must be one of {', '.join(OTHER_POSITIVES)}; "
-                            f"got {self.other_positive!r}")
+            raise UserError(
+                f"other_positive must be one of {', '.join(OTHER_POSITIVES)}; "
+                f"got {self.other_positive!r}"
+            )
         if not 0.0 <= self.positive_noise <= 1.0:
             raise UserError(f"positive_noise must be in [0, 1], got {self.positive_noise}")
 
@@ -146,20 +162,28 @@ def check_mode(mode, *, beta, label_smoothing, attack, base="pgd", positive_nois
         raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     NON_NEGATIVE.check("beta", beta)
     if base not in BASES or (base != "pgd" and mode != "tla"):
-        raise UserError(f"base must be one of {', '.join(BASES)}, and other than pgd only with "
-                        f"--mode=tla; got --base={base} with --mode={mode}")
+        raise UserError(
+            f"base must be one of {', '.join(BASES)}, and other than pgd only with "
+            f"--mode=tla; got --base={base} with --mode={mode}"
+        )
     if base == "trades" and positive_noise:
-        raise UserError("--base=trades takes TRADES' terms from the clean pass, which "
-                        f"--positive_noise would change: pass --positive_noise=0 (got "
-                        f"{positive_noise})")
+        raise UserError(
+            "--base=trades takes TRADES' terms from the clean pass, which "
+            f"--positive_noise would change: pass --positive_noise=0 (got "
+            f"{positive_noise})"
+        )
     if mode not in KL_MODES and base == "pgd":
         return
     if label_smoothing:
-        raise UserError(f"mode {mode} trains with plain cross-entropy as its reference: pass "
-                        f"--label_smoothing=0 (got {label_smoothing})")
+        raise UserError(
+            f"mode {mode} trains with plain cross-entropy as its reference: pass "
+            f"--label_smoothing=0 (got {label_smoothing})"
+        )
     if (mode == "trades" or base == "trades") and (attack.loss != "ce" or attack.restarts != 1):
-        raise UserError("mode trades attacks its own KL term: --attack_loss must be ce (the "
-                        f"default) and restarts 1, got {attack.loss!r} and {attack.restarts}")
+        raise UserError(
+            "mode trades attacks its own KL term: --attack_loss must be ce (the "
+            f"default) and restarts 1, got {attack.loss!r} and {attack.restarts}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,8 +212,10 @@ class OptimizerConfig:
         if self.lr_boundaries and not self.lr_values:
             raise UserError("lr_boundaries needs lr_values (one learning rate per interval)")
         if self.lr_values and len(self.lr_values) != len(self.lr_boundaries) + 1:
-            raise UserError("lr_values needs exactly one more entry than lr_boundaries "
-                            f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)")
+            raise UserError(
+                "lr_values needs exactly one more entry than lr_boundaries "
+                f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,12 +268,25 @@ class TrainConfig:
     allow_changes: tuple = ()  # settings a resume may change (recorded in history.jsonl)
 
     def __post_init__(self):
-        for name in ("batch_size", "train_steps", "eval_every", "checkpoint_every",
-                     "eval_examples", "eval_batch_size", "keep_checkpoints"):
+        for name in (
+            "batch_size",
+            "train_steps",
+            "eval_every",
+            "checkpoint_every",
+            "eval_examples",
+            "eval_batch_size",
+            "keep_checkpoints",
+        ):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        check_mode(self.mode, beta=self.beta, label_smoothing=self.label_smoothing,
-                   attack=self.attack, base=self.base, positive_noise=self.triplet.positive_noise)
+        check_mode(
+            self.mode,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            attack=self.attack,
+            base=self.base,
+            positive_noise=self.triplet.positive_noise,
+        )
         NON_NEGATIVE.check("awp_gamma", self.awp_gamma)
         if self.awp_warmup_steps < 0:
             raise UserError(f"awp_warmup_steps must be >= 0, got {self.awp_warmup_steps}")
@@ -257,19 +296,33 @@ class TrainConfig:
         """What recipe.json records: the network-defining keys and every result setting."""
         settings = self.settings
         if settings is None:
-            fields = {k: v for k, v in dataclasses.asdict(self).items()
-                      if k not in OPERATIONAL_FIELDS}
+            fields = {
+                k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL_FIELDS
+            }
             settings = dict(_flatten(fields))
-        return {**{key: getattr(self, key) for key in RECIPE_KEYS},
-                "settings": settings}
+        return {**{key: getattr(self, key) for key in RECIPE_KEYS}, "settings": settings}
 
 
 # TrainConfig fields that do not change results (where a run reads and writes, how often it
 # checkpoints or evaluates on the side, which hardware runs it): never part of the recipe.
-OPERATIONAL_FIELDS = ("model_dir", "data_dir", "download", "eval_every", "eval_examples",
-                      "eval_batch_size", "strategy", "tpu", "jit_compile", "deterministic",
-                      "checkpoint_every", "keep_checkpoints", "init_checkpoint", "export",
-                      "settings", "allow_changes")
+OPERATIONAL_FIELDS = (
+    "model_dir",
+    "data_dir",
+    "download",
+    "eval_every",
+    "eval_examples",
+    "eval_batch_size",
+    "strategy",
+    "tpu",
+    "jit_compile",
+    "deterministic",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "init_checkpoint",
+    "export",
+    "settings",
+    "allow_changes",
+)
 
 
 def _flatten(values, prefix=""):

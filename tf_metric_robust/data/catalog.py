@@ -79,8 +79,15 @@ _DATASETS = {
             "mnist5k", "mnist5k", 10, (28, 28, 1), "train", "test", 4_000, auto_prepare=True
         ),
         DatasetSpec(
-            "tiny_imagenet", "tiny_imagenet", 200, (64, 64, 3), "train", "validation", 100_000,
-            True, True,
+            "tiny_imagenet",
+            "tiny_imagenet",
+            200,
+            (64, 64, 3),
+            "train",
+            "validation",
+            100_000,
+            True,
+            True,
         ),
     )
 }
@@ -117,14 +124,27 @@ def dataset_info(name):
         real = dataset_info(fake_data.base_name(name))
         if real.root_dir is not None:
             raise ValueError(f"{name}: fake data needs a registered dataset, not a folder")
-        return dataclasses.replace(real, name=name, auto_prepare=True, fake=True,
-                                   num_train_examples=fake_data.size(real, real.train_split))
+        return dataclasses.replace(
+            real,
+            name=name,
+            auto_prepare=True,
+            fake=True,
+            num_train_examples=fake_data.size(real, real.train_split),
+        )
     if name.startswith(image_folder.PREFIX):
         layout = image_folder.describe(image_folder.root_of(name))
         return DatasetSpec(
-            name, "image_folder", len(layout.class_names), layout.image_shape, "train",
-            layout.test_split, layout.split_sizes["train"], augment=False, flip=True,
-            auto_prepare=True, root_dir=layout.root,
+            name,
+            "image_folder",
+            len(layout.class_names),
+            layout.image_shape,
+            "train",
+            layout.test_split,
+            layout.split_sizes["train"],
+            augment=False,
+            flip=True,
+            auto_prepare=True,
+            root_dir=layout.root,
         )
     if name not in _DATASETS:
         raise ValueError(
@@ -155,8 +175,11 @@ def prepared_builder(spec, data_dir, download):
                 f"pointing at a directory where it is prepared{manual}."
             )
         builder = preparation.prepare(
-            builder, lambda: tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False),
-            spec.name, download)
+            builder,
+            lambda: tfds.builder(spec.tfds_name, data_dir=data_dir, try_gcs=False),
+            spec.name,
+            download,
+        )
     return builder
 
 
@@ -189,8 +212,10 @@ def validation_split(name, validation_examples):
     if spec.root_dir is not None:
         raise ValueError(f"{name}: a validation split held out of training needs a tfds dataset")
     if validation_examples < 1 or validation_examples >= spec.num_train_examples:
-        raise ValueError(f"validation_examples must be in [1, {spec.num_train_examples}), got "
-                         f"{validation_examples}")
+        raise ValueError(
+            f"validation_examples must be in [1, {spec.num_train_examples}), got "
+            f"{validation_examples}"
+        )
     return f"{spec.train_split}[:{validation_examples}]"
 
 

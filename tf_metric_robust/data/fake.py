@@ -24,7 +24,7 @@ TEST_EXAMPLES = 200
 
 def base_name(name):
     """'fake:cifar10' -> 'cifar10'."""
-    return name[len(PREFIX):]
+    return name[len(PREFIX) :]
 
 
 def size(spec, split):
@@ -68,7 +68,8 @@ def load_split(spec, split):
     images, labels = _arrays(spec.tfds_name, spec.num_classes, base, size(spec, base))
     if base != split:
         (instruction,) = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-            {base: types.SimpleNamespace(num_examples=len(labels))})
+            {base: types.SimpleNamespace(num_examples=len(labels))}
+        )
         rows = slice(instruction.from_, instruction.to)
         images, labels = images[rows], labels[rows]
     return tf.data.Dataset.from_tensor_slices((images, labels)), len(labels)

@@ -33,9 +33,9 @@ class FolderLayout:
 
 def root_of(name):
     """'image_folder:/path' -> absolute '/path' (user ~ expanded); ValueError on a bad name."""
-    if not name.startswith(PREFIX) or not name[len(PREFIX):]:
+    if not name.startswith(PREFIX) or not name[len(PREFIX) :]:
         raise ValueError(f"expected {PREFIX}/path/to/folder, got {name!r}")
-    return os.path.abspath(os.path.expanduser(name[len(PREFIX):]))
+    return os.path.abspath(os.path.expanduser(name[len(PREFIX) :]))
 
 
 def _sorted_entries(folder, want_dirs):
@@ -87,8 +87,10 @@ def describe(root):
 def load_split(layout, split):
     """(dataset of (image uint8 [H,W,C], label int64) in tfds' order, number of examples)."""
     if split not in layout.split_sizes:
-        raise ValueError(f"image folder {layout.root} has no split {split!r} "
-                         f"(found: {', '.join(sorted(layout.split_sizes))})")
+        raise ValueError(
+            f"image folder {layout.root} has no split {split!r} "
+            f"(found: {', '.join(sorted(layout.split_sizes))})"
+        )
     height, width, channels = layout.image_shape
     builder = _builder(layout.root, channels)
     ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
@@ -97,8 +99,15 @@ def load_split(layout, split):
         image = tf.cond(
             tf.reduce_all(tf.shape(image)[:2] == [height, width]),
             lambda: image,
-            lambda: tf.cast(tf.round(tf.clip_by_value(tf.image.resize(
-                image, [height, width], antialias=True), 0.0, 255.0)), tf.uint8))
+            lambda: tf.cast(
+                tf.round(
+                    tf.clip_by_value(
+                        tf.image.resize(image, [height, width], antialias=True), 0.0, 255.0
+                    )
+                ),
+                tf.uint8,
+            ),
+        )
         return tf.ensure_shape(image, layout.image_shape), tf.cast(label, tf.int64)
 
     return ds.map(fit, num_parallel_calls=tf.data.AUTOTUNE), layout.split_sizes[split]

@@ -9,9 +9,17 @@ import tensorflow as tf
 
 from tf_metric_robust import positives, seeds
 from tf_metric_robust.config import UserError
-from tf_metric_robust.data.catalog import (AUTOTUNE, DEFAULT_SHUFFLE_WINDOW, PAD, dataset_info,
-                                           is_small, raw_split, split_in_memory, to_float,
-                                           training_part)
+from tf_metric_robust.data.catalog import (
+    AUTOTUNE,
+    DEFAULT_SHUFFLE_WINDOW,
+    PAD,
+    dataset_info,
+    is_small,
+    raw_split,
+    split_in_memory,
+    to_float,
+    training_part,
+)
 
 
 def augment_batch(images, seed, *, flip):
@@ -91,9 +99,11 @@ def train_dataset(
         pixels, class_index = split_in_memory(spec, train_split, data_dir, download)
         raw = raw.enumerate().map(lambda index, example: (*example, index))
     if num_examples < batch_size:
-        raise UserError(f"{name}: a training batch of {batch_size} examples (with TLA's extra "
-                        f"pool: batch_size x (1 + pool_multiplier)) exceeds the {num_examples} "
-                        "examples of the train split; use a smaller batch")
+        raise UserError(
+            f"{name}: a training batch of {batch_size} examples (with TLA's extra "
+            f"pool: batch_size x (1 + pool_multiplier)) exceeds the {num_examples} "
+            "examples of the train split; use a smaller batch"
+        )
     if is_small(spec, num_examples):
         raw = raw.cache()
         window = shuffle_buffer or num_examples
@@ -149,9 +159,7 @@ def train_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
-def eval_dataset(
-    name, *, batch_size, split=None, num_examples=None, data_dir=None, download=False
-):
+def eval_dataset(name, *, batch_size, split=None, num_examples=None, data_dir=None, download=False):
     """Finite, ordered, unaugmented batches; the last partial batch is kept.
 
     Args:

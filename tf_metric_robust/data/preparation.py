@@ -23,8 +23,15 @@ from tf_metric_robust.config import UserError
 
 CONNECT_TIMEOUT_SECONDS = 10
 # Exception types (by name, from socket, urllib3 and requests) that mean "no way to the server".
-_NETWORK_ERRORS = ("gaierror", "NameResolutionError", "NewConnectionError", "ConnectTimeoutError",
-                   "ConnectionError", "ConnectTimeout", "ProxyError")
+_NETWORK_ERRORS = (
+    "gaierror",
+    "NameResolutionError",
+    "NewConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionError",
+    "ConnectTimeout",
+    "ProxyError",
+)
 
 
 class NoNetworkError(UserError):
@@ -78,7 +85,8 @@ def _lock(data_dir_root, builder_name):
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             logging.getLogger(__name__).warning(
-                "waiting for another process preparing %s in %s", builder_name, root)
+                "waiting for another process preparing %s in %s", builder_name, root
+            )
             fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -123,13 +131,15 @@ def check_network(builder, name):
         try:
             socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as error:
-            raise NoNetworkError(_no_network_message(
-                name, f"cannot resolve {where} for {url}: {error}")) from None
+            raise NoNetworkError(
+                _no_network_message(name, f"cannot resolve {where} for {url}: {error}")
+            ) from None
         try:
             socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_SECONDS).close()
         except OSError as error:
-            raise NoNetworkError(_no_network_message(
-                name, f"cannot connect to {where}:{port} for {url}: {error}")) from None
+            raise NoNetworkError(
+                _no_network_message(name, f"cannot connect to {where}:{port} for {url}: {error}")
+            ) from None
 
 
 def _wrapped(error):
@@ -156,6 +166,8 @@ def network_failure(error):
 
 
 def _no_network_message(name, reason):
-    return (f"cannot download dataset {name!r}: no network access to the dataset's source "
-            f"({reason}); connect this machine, or prepare the dataset on one that is connected "
-            "and pass that data folder as --data_dir")
+    return (
+        f"cannot download dataset {name!r}: no network access to the dataset's source "
+        f"({reason}); connect this machine, or prepare the dataset on one that is connected "
+        "and pass that data folder as --data_dir"
+    )

@@ -69,7 +69,7 @@ class _ZipSource:
         if not top:
             raise ValueError(f"{path}: no wnids.txt at the top of the archive; expected {ROOT}/")
         self._prefix = top[0][: -len("wnids.txt")]
-        self._files = sorted(n[len(self._prefix):] for n in names if n.startswith(self._prefix))
+        self._files = sorted(n[len(self._prefix) :] for n in names if n.startswith(self._prefix))
 
     def files(self, folder):
         """Sorted paths starting with `folder` (a binary search: the list has 120k names)."""
@@ -187,8 +187,9 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
         unknown = sorted(set(annotations.values()) - set(label_of))
         if unknown:
             raise ValueError(f"tiny_imagenet: val_annotations.txt has unknown wnids {unknown[:5]}")
-        validation = [(f"val/images/{name}", label_of[wnid])
-                      for name, wnid in sorted(annotations.items())]
+        validation = [
+            (f"val/images/{name}", label_of[wnid]) for name, wnid in sorted(annotations.items())
+        ]
         return {
             "train": self._generate_examples(source, train),
             "validation": self._generate_examples(source, validation),

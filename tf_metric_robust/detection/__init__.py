@@ -19,22 +19,53 @@ from tf_metric_robust.config import COVARIANCES, DETECTORS, SCORE_TYPES
 from tf_metric_robust.detection.common import subsample_per_class
 from tf_metric_robust.detection.gaussian import GaussianDetector, shrunk_covariance
 from tf_metric_robust.detection.knn import KnnDetector
-from tf_metric_robust.detection.metrics import (FALSE_POSITIVE_RATE, protocol_report, roc_auc,
-                                                roc_curve, strongest_per_example,
-                                                threshold_at_fpr)
+from tf_metric_robust.detection.metrics import (
+    FALSE_POSITIVE_RATE,
+    protocol_report,
+    roc_auc,
+    roc_curve,
+    strongest_per_example,
+    threshold_at_fpr,
+)
 
-__all__ = ["COVARIANCES", "DETECTORS", "FALSE_POSITIVE_RATE", "GaussianDetector", "KnnDetector",
-           "SCORE_TYPES", "build", "protocol_report", "roc_auc", "roc_curve", "shrunk_covariance",
-           "strongest_per_example", "subsample_per_class", "threshold_at_fpr"]
+__all__ = [
+    "COVARIANCES",
+    "DETECTORS",
+    "FALSE_POSITIVE_RATE",
+    "GaussianDetector",
+    "KnnDetector",
+    "SCORE_TYPES",
+    "build",
+    "protocol_report",
+    "roc_auc",
+    "roc_curve",
+    "shrunk_covariance",
+    "strongest_per_example",
+    "subsample_per_class",
+    "threshold_at_fpr",
+]
 
 
-def build(kind, embeddings, labels, *, num_classes=None, k=50, score_type="agreement",
-          covariance="per_class"):
+def build(
+    kind,
+    embeddings,
+    labels,
+    *,
+    num_classes=None,
+    k=50,
+    score_type="agreement",
+    covariance="per_class",
+):
     """The detector `kind` ('gaussian' or 'knn') fitted on clean reference embeddings [R, D] and
     labels [R]: the one constructor bin/evaluate and bin/export share."""
     if kind == "gaussian":
         return GaussianDetector(embeddings, labels, covariance=covariance, num_classes=num_classes)
     if kind == "knn":
-        return KnnDetector(embeddings, labels, k=min(k, len(labels)), score_type=score_type,
-                           num_classes=num_classes)
+        return KnnDetector(
+            embeddings,
+            labels,
+            k=min(k, len(labels)),
+            score_type=score_type,
+            num_classes=num_classes,
+        )
     raise ValueError(f"detector must be one of {DETECTORS}, got {kind!r}")

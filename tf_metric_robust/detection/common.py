@@ -25,8 +25,9 @@ def subsample_per_class(embeddings, labels, max_per_class, seed=0):
 def checked_reference(embeddings, labels, num_classes):
     """(embeddings [R, D], labels int64 [R], num_classes) or ValueError."""
     if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
-        raise ValueError(f"need embeddings [R, D] and labels [R], got {embeddings.shape} and "
-                         f"{labels.shape}")
+        raise ValueError(
+            f"need embeddings [R, D] and labels [R], got {embeddings.shape} and {labels.shape}"
+        )
     if labels.size == 0 or labels.min() < 0:
         raise ValueError("reference labels must be non-empty and >= 0")
     num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
@@ -41,11 +42,15 @@ def checked_query(embeddings, predicted_labels, dim, num_classes):
     """(float32 embeddings [N, D], int32 predictions [N]) with run-time checks (tf.function-safe)."""
     embeddings = tf.ensure_shape(tf.cast(embeddings, tf.float32), [None, dim])
     predicted_labels = tf.cast(predicted_labels, tf.int32)
-    tf.debugging.assert_equal(tf.shape(predicted_labels), tf.shape(embeddings)[:1],
-                              message="one predicted label per embedding")
+    tf.debugging.assert_equal(
+        tf.shape(predicted_labels),
+        tf.shape(embeddings)[:1],
+        message="one predicted label per embedding",
+    )
     tf.debugging.assert_non_negative(predicted_labels, message="predicted labels < 0")
-    tf.debugging.assert_less(predicted_labels, num_classes,
-                             message="predicted labels >= num_classes")
+    tf.debugging.assert_less(
+        predicted_labels, num_classes, message="predicted labels >= num_classes"
+    )
     return embeddings, predicted_labels
 
 
@@ -55,7 +60,10 @@ def map_chunks(fn, embeddings, predicted_labels, chunk_size, dtype=tf.float32):
     padded = (n + chunk_size - 1) // chunk_size * chunk_size
     chunks = tf.reshape(tf.pad(embeddings, [[0, padded - n], [0, 0]]), [-1, chunk_size, dim])
     labels = tf.reshape(tf.pad(predicted_labels, [[0, padded - n]]), [-1, chunk_size])
-    out = tf.map_fn(lambda args: fn(*args), (chunks, labels),
-                    fn_output_signature=tf.TensorSpec([chunk_size], dtype),
-                    parallel_iterations=1)
+    out = tf.map_fn(
+        lambda args: fn(*args),
+        (chunks, labels),
+        fn_output_signature=tf.TensorSpec([chunk_size], dtype),
+        parallel_iterations=1,
+    )
     return tf.reshape(out, [-1])[:n]

@@ -17,8 +17,11 @@ def shrunk_covariance(centered, shrinkage="ledoit_wolf"):
     or a fixed float."""
     centered = np.asarray(centered, np.float64)
     n, d = centered.shape
-    s = (float(ledoit_wolf_shrinkage(centered, assume_centered=True))
-         if shrinkage == "ledoit_wolf" else float(shrinkage))
+    s = (
+        float(ledoit_wolf_shrinkage(centered, assume_centered=True))
+        if shrinkage == "ledoit_wolf"
+        else float(shrinkage)
+    )
     covariance = centered.T @ centered / n
     mu = np.trace(covariance) / d
     return (1.0 - s) * covariance + s * mu * np.eye(d), s
@@ -37,8 +40,17 @@ class GaussianDetector(tf.Module):
     Cholesky factors stored as float64 tf.Variables; densities computed in float64.
     """
 
-    def __init__(self, reference_embeddings, reference_labels, *, covariance="per_class",
-                 shrinkage="ledoit_wolf", num_classes=None, chunk_size=256, name=None):
+    def __init__(
+        self,
+        reference_embeddings,
+        reference_labels,
+        *,
+        covariance="per_class",
+        shrinkage="ledoit_wolf",
+        num_classes=None,
+        chunk_size=256,
+        name=None,
+    ):
         super().__init__(name=name)
         if covariance not in COVARIANCES:
             raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}")
@@ -48,24 +60,31 @@ class GaussianDetector(tf.Module):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         embeddings, labels, num_classes = checked_reference(
             np.asarray(reference_embeddings, np.float64),
-            np.asarray(reference_labels).astype(np.int64), num_classes)
+            np.asarray(reference_labels).astype(np.int64),
+            num_classes,
+        )
         dim = embeddings.shape[1]
         factors = num_classes if covariance == "per_class" else 1
         if factors * dim * dim * 8 > _MAX_FACTOR_BYTES:
-            raise ValueError(f"{factors} covariances of {dim}x{dim} float64 exceed "
-                             f"{_MAX_FACTOR_BYTES >> 20} MiB; use covariance='tied'")
+            raise ValueError(
+                f"{factors} covariances of {dim}x{dim} float64 exceed "
+                f"{_MAX_FACTOR_BYTES >> 20} MiB; use covariance='tied'"
+            )
         counts = np.bincount(labels, minlength=num_classes)
         needed = 2 if covariance == "per_class" else 1
         short = np.flatnonzero(counts < needed)
         if short.size:
-            raise ValueError(f"covariance {covariance!r} needs >= {needed} references of every "
-                             f"class; {short.size} classes have fewer (first: class {short[0]}, "
-                             f"{counts[short[0]]} references)")
+            raise ValueError(
+                f"covariance {covariance!r} needs >= {needed} references of every "
+                f"class; {short.size} classes have fewer (first: class {short[0]}, "
+                f"{counts[short[0]]} references)"
+            )
         means = np.stack([embeddings[labels == c].mean(axis=0) for c in range(num_classes)])
         centered = embeddings - means[labels]
         if covariance == "per_class":
-            fitted = [shrunk_covariance(centered[labels == c], shrinkage)
-                      for c in range(num_classes)]
+            fitted = [
+                shrunk_covariance(centered[labels == c], shrinkage) for c in range(num_classes)
+            ]
         else:
             fitted = [shrunk_covariance(centered, shrinkage)]
         whitening, half_log_dets = [], []
@@ -82,13 +101,19 @@ class GaussianDetector(tf.Module):
         self.means = tf.Variable(means, trainable=False, name="means")
         self.whitening = tf.Variable(whitening, trainable=False, name="whitening")
         # L_c^-1 mu_c: the per-class shift of the whitened embedding.
-        self.whitened_means = tf.Variable(np.einsum("kij,cj->ci", whitening, means)
-                                          if covariance == "tied" else
-                                          np.einsum("cij,cj->ci", whitening, means),
-                                          trainable=False, name="whitened_means")
+        self.whitened_means = tf.Variable(
+            np.einsum("kij,cj->ci", whitening, means)
+            if covariance == "tied"
+            else np.einsum("cij,cj->ci", whitening, means),
+            trainable=False,
+            name="whitened_means",
+        )
         self.log_normalizers = tf.Variable(
             np.broadcast_to(np.asarray(half_log_dets), [num_classes])
-            + 0.5 * dim * np.log(2.0 * np.pi), trainable=False, name="log_normalizers")
+            + 0.5 * dim * np.log(2.0 * np.pi),
+            trainable=False,
+            name="log_normalizers",
+        )
 
     def log_densities(self, embeddings):
         """log N(e; mu_c, Sigma_c) float64 [N, C] for embeddings [N, D] (differentiable)."""
@@ -96,9 +121,11 @@ class GaussianDetector(tf.Module):
         if self.covariance == "tied":
             # |W e - W mu_c|^2 expanded, so memory is [N, C] (float64 keeps the cancellation small).
             whitened = tf.matmul(e, self.whitening[0], transpose_b=True)  # [N, D]
-            squared = (tf.reduce_sum(tf.square(whitened), axis=1, keepdims=True)
-                       - 2.0 * tf.matmul(whitened, self.whitened_means, transpose_b=True)
-                       + tf.reduce_sum(tf.square(self.whitened_means), axis=1)[tf.newaxis])
+            squared = (
+                tf.reduce_sum(tf.square(whitened), axis=1, keepdims=True)
+                - 2.0 * tf.matmul(whitened, self.whitened_means, transpose_b=True)
+                + tf.reduce_sum(tf.square(self.whitened_means), axis=1)[tf.newaxis]
+            )
             squared = tf.maximum(squared, 0.0)
         else:
             whitened = tf.einsum("cij,nj->nci", self.whitening, e) - self.whitened_means
@@ -115,16 +142,24 @@ class GaussianDetector(tf.Module):
     def score(self, embeddings, predicted_labels):
         """Detection scores float32 [N] = -max_c log N(e; mu_c, Sigma_c); predictions [N] are
         checked (the interface of KnnDetector) but not used."""
-        embeddings, predicted_labels = checked_query(embeddings, predicted_labels, self.dim,
-                                                      self.num_classes)
+        embeddings, predicted_labels = checked_query(
+            embeddings, predicted_labels, self.dim, self.num_classes
+        )
         return map_chunks(
-            lambda chunk, _: tf.cast(-tf.reduce_max(self.log_densities(chunk), axis=1),
-                                     tf.float32),
-            embeddings, predicted_labels, self.chunk_size)
+            lambda chunk, _: tf.cast(-tf.reduce_max(self.log_densities(chunk), axis=1), tf.float32),
+            embeddings,
+            predicted_labels,
+            self.chunk_size,
+        )
 
     def describe(self):
         """JSON-ready settings (for reports and the export's detector.json)."""
-        return {"detector": "gaussian", "covariance": self.covariance, "dim": self.dim,
-                "num_classes": self.num_classes, "shrinkage": self.shrinkage,
-                "shrinkage_values": [round(s, 6) for s in self.shrinkages],
-                "score": "-max_c log N(embedding; mu_c, Sigma_c)"}
+        return {
+            "detector": "gaussian",
+            "covariance": self.covariance,
+            "dim": self.dim,
+            "num_classes": self.num_classes,
+            "shrinkage": self.shrinkage,
+            "shrinkage_values": [round(s, 6) for s in self.shrinkages],
+            "score": "-max_c log N(embedding; mu_c, Sigma_c)",
+        }

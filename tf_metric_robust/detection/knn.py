@@ -4,8 +4,12 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust.config import SCORE_TYPES
-from tf_metric_robust.detection.common import (checked_query, checked_reference, map_chunks,
-                                               subsample_per_class)
+from tf_metric_robust.detection.common import (
+    checked_query,
+    checked_reference,
+    map_chunks,
+    subsample_per_class,
+)
 
 
 class KnnDetector(tf.Module):
@@ -22,8 +26,19 @@ class KnnDetector(tf.Module):
     `classify` is the k-NN classifier of TLA's Table 4 (k = 50; adversarial / clean accuracy).
     """
 
-    def __init__(self, reference_embeddings, reference_labels, *, k=50, score_type="agreement",
-                 num_classes=None, max_reference=None, chunk_size=256, seed=0, name=None):
+    def __init__(
+        self,
+        reference_embeddings,
+        reference_labels,
+        *,
+        k=50,
+        score_type="agreement",
+        num_classes=None,
+        max_reference=None,
+        chunk_size=256,
+        seed=0,
+        name=None,
+    ):
         """Builds the detector from clean training embeddings [R, D] and their int labels [R].
 
         `max_reference` keeps at most that many random references per class (a compact reference
@@ -37,28 +52,40 @@ class KnnDetector(tf.Module):
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         embeddings, labels = subsample_per_class(
             np.asarray(reference_embeddings, np.float32),
-            np.asarray(reference_labels).astype(np.int64), max_reference, seed)
+            np.asarray(reference_labels).astype(np.int64),
+            max_reference,
+            seed,
+        )
         embeddings, labels, num_classes = checked_reference(embeddings, labels, num_classes)
         counts = np.bincount(labels, minlength=num_classes)
         limit = counts[counts > 0].min() if score_type == "similarity" else labels.size
         if not 1 <= k <= limit:
-            raise ValueError(f"k must be in [1, {limit}] for score_type {score_type!r} "
-                             f"(reference counts per class: {counts.tolist()}), got {k}")
+            raise ValueError(
+                f"k must be in [1, {limit}] for score_type {score_type!r} "
+                f"(reference counts per class: {counts.tolist()}), got {k}"
+            )
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         self.k, self.score_type, self.chunk_size = int(k), score_type, int(chunk_size)
         self.num_classes, self.dim = num_classes, embeddings.shape[1]
         self._confidence_k = int(min(k, counts[counts > 0].min()))
         self.reference_embeddings = tf.Variable(
-            embeddings / np.maximum(norms, 1e-12), trainable=False, name="reference_embeddings")
+            embeddings / np.maximum(norms, 1e-12), trainable=False, name="reference_embeddings"
+        )
         self.reference_labels = tf.Variable(
-            labels.astype(np.int32), trainable=False, name="reference_labels")
+            labels.astype(np.int32), trainable=False, name="reference_labels"
+        )
 
     def score(self, embeddings, predicted_labels):
         """Detection scores float32 [N] for embeddings [N, D] and the model's predictions [N]."""
-        embeddings, predicted_labels = checked_query(embeddings, predicted_labels, self.dim,
-                                                      self.num_classes)
-        return map_chunks(self._score_chunk, tf.math.l2_normalize(embeddings, axis=1),
-                           predicted_labels, self.chunk_size)
+        embeddings, predicted_labels = checked_query(
+            embeddings, predicted_labels, self.dim, self.num_classes
+        )
+        return map_chunks(
+            self._score_chunk,
+            tf.math.l2_normalize(embeddings, axis=1),
+            predicted_labels,
+            self.chunk_size,
+        )
 
     def classify(self, embeddings):
         """Majority label int32 [N] of the k nearest references (ties: the smallest label)."""
@@ -66,30 +93,40 @@ class KnnDetector(tf.Module):
         queries = tf.math.l2_normalize(embeddings, axis=1)
 
         def chunk(rows, _):
-            top = tf.math.top_k(tf.matmul(rows, self.reference_embeddings, transpose_b=True),
-                                self.k)
-            votes = tf.reduce_sum(tf.one_hot(tf.gather(self.reference_labels, top.indices),
-                                             self.num_classes), axis=1)
+            top = tf.math.top_k(
+                tf.matmul(rows, self.reference_embeddings, transpose_b=True), self.k
+            )
+            votes = tf.reduce_sum(
+                tf.one_hot(tf.gather(self.reference_labels, top.indices), self.num_classes), axis=1
+            )
             return tf.argmax(votes, axis=1, output_type=tf.int32)
 
-        return map_chunks(chunk, queries, tf.zeros(tf.shape(queries)[:1], tf.int32),
-                           self.chunk_size, tf.int32)
+        return map_chunks(
+            chunk, queries, tf.zeros(tf.shape(queries)[:1], tf.int32), self.chunk_size, tf.int32
+        )
 
     def confidence(self, embeddings, predicted_labels):
         """Mean cosine of the k nearest references of the predicted class, float32 [N]: a
         differentiable stand-in for the neighbour vote that an adaptive attack raises."""
         queries = tf.math.l2_normalize(tf.cast(embeddings, tf.float32), axis=1)
         similarities = tf.matmul(queries, self.reference_embeddings, transpose_b=True)
-        same_class = tf.equal(self.reference_labels[tf.newaxis, :],
-                              tf.cast(predicted_labels, tf.int32)[:, tf.newaxis])
+        same_class = tf.equal(
+            self.reference_labels[tf.newaxis, :], tf.cast(predicted_labels, tf.int32)[:, tf.newaxis]
+        )
         top = tf.math.top_k(tf.where(same_class, similarities, -3.0), self._confidence_k)
         return tf.reduce_mean(top.values, axis=1)
 
     def describe(self):
         """JSON-ready settings (for reports and the export's detector.json)."""
-        return {"detector": "knn", "k": self.k, "score_type": self.score_type, "dim": self.dim,
-                "num_classes": self.num_classes,
-                "reference_size": int(self.reference_labels.shape[0]), "distance": "cosine"}
+        return {
+            "detector": "knn",
+            "k": self.k,
+            "score_type": self.score_type,
+            "dim": self.dim,
+            "num_classes": self.num_classes,
+            "reference_size": int(self.reference_labels.shape[0]),
+            "distance": "cosine",
+        }
 
     def _score_chunk(self, queries, predicted_labels):
         """Scores one chunk: unit queries [C, D] against the unit reference [R, D]."""

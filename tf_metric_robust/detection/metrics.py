@@ -49,7 +49,6 @@ def _roc_entry(scores, is_positive):
     return roc_auc(scores, is_positive), {"fpr": fpr, "tpr": tpr, "thresholds": thresholds}
 
 
-
 FALSE_POSITIVE_RATE = 0.05  # the operating point of 'tpr_at_5pct_fpr' and the export threshold
 
 
@@ -63,8 +62,9 @@ def threshold_at_fpr(clean_scores, fpr=FALSE_POSITIVE_RATE):
     return float(scores[max(allowed_below, 1) - 1])
 
 
-def protocol_report(clean_scores, clean_correct, adversarial_scores, adversarial_correct,
-                    threshold):
+def protocol_report(
+    clean_scores, clean_correct, adversarial_scores, adversarial_correct, threshold
+):
     """Detection numbers of one attack from per-image scores and correctness, as NumPy arrays.
 
     'auc_misclassified_vs_correct_all': the TLA paper's Figure 5 protocol: ROC over all clean AND
@@ -78,12 +78,16 @@ def protocol_report(clean_scores, clean_correct, adversarial_scores, adversarial
     flagged / all adversarial images (the attack's success rate against model + detector).
     Returns (numbers dict, curves dict name -> ROC entry or None).
     """
-    clean_scores, adversarial_scores = (np.asarray(s, np.float64).reshape(-1)
-                                        for s in (clean_scores, adversarial_scores))
-    clean_correct, adversarial_correct = (np.asarray(c, bool).reshape(-1)
-                                          for c in (clean_correct, adversarial_correct))
-    if (clean_scores.shape != clean_correct.shape
-            or adversarial_scores.shape != adversarial_correct.shape):
+    clean_scores, adversarial_scores = (
+        np.asarray(s, np.float64).reshape(-1) for s in (clean_scores, adversarial_scores)
+    )
+    clean_correct, adversarial_correct = (
+        np.asarray(c, bool).reshape(-1) for c in (clean_correct, adversarial_correct)
+    )
+    if (
+        clean_scores.shape != clean_correct.shape
+        or adversarial_scores.shape != adversarial_correct.shape
+    ):
         raise ValueError("need one correctness flag per score")
     adversarial_wrong = ~adversarial_correct
     flagged = adversarial_scores > threshold
@@ -98,25 +102,30 @@ def protocol_report(clean_scores, clean_correct, adversarial_scores, adversarial
         "misclassified_vs_correct_all": _roc_entry(all_scores, all_wrong),
         "clean_vs_adversarial": binary(adversarial_scores, clean_scores),
         "misclassified_adversarial_vs_correct_clean": binary(
-            adversarial_scores[adversarial_wrong], clean_scores[clean_correct]),
+            adversarial_scores[adversarial_wrong], clean_scores[clean_correct]
+        ),
         "adversarial_misclassified_vs_correct": binary(
-            adversarial_scores[adversarial_wrong], adversarial_scores[adversarial_correct]),
+            adversarial_scores[adversarial_wrong], adversarial_scores[adversarial_correct]
+        ),
     }
     numbers = {f"auc_{name}": auc for name, (auc, _) in curves.items()}
-    numbers.update({
-        "accuracy": float(adversarial_correct.mean()),
-        "clean_accuracy": float(clean_correct.mean()),
-        "threshold": float(threshold),
-        "clean_flagged": float(np.mean(clean_scores > threshold)),
-        "tpr_at_5pct_fpr": (float(flagged[adversarial_wrong].mean())
-                            if adversarial_wrong.any() else None),
-        "undetected_misclassified_at_5pct_fpr": float(np.mean(adversarial_wrong & ~flagged)),
-        "num_clean": int(clean_scores.size),
-        "num_adversarial": int(adversarial_scores.size),
-        "num_adversarial_misclassified": int(adversarial_wrong.sum()),
-        "mean_score_clean": float(clean_scores.mean()),
-        "mean_score_adversarial": float(adversarial_scores.mean()),
-    })
+    numbers.update(
+        {
+            "accuracy": float(adversarial_correct.mean()),
+            "clean_accuracy": float(clean_correct.mean()),
+            "threshold": float(threshold),
+            "clean_flagged": float(np.mean(clean_scores > threshold)),
+            "tpr_at_5pct_fpr": (
+                float(flagged[adversarial_wrong].mean()) if adversarial_wrong.any() else None
+            ),
+            "undetected_misclassified_at_5pct_fpr": float(np.mean(adversarial_wrong & ~flagged)),
+            "num_clean": int(clean_scores.size),
+            "num_adversarial": int(adversarial_scores.size),
+            "num_adversarial_misclassified": int(adversarial_wrong.sum()),
+            "mean_score_clean": float(clean_scores.mean()),
+            "mean_score_adversarial": float(adversarial_scores.mean()),
+        }
+    )
     return numbers, {name: roc for name, (_, roc) in curves.items()}
 
 

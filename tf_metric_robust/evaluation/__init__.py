@@ -1,11 +1,11 @@
 """Robustness evaluation (bin/evaluate), one job per module; import the module you need.
 
-    plan.py                EvalConfig (settings, literature defaults) and the plan of attack runs
-    model_fns.py           ModelFns: logits / embedding of a Keras network, callable or SavedModel
-    evaluate.py            evaluate(): runs the plan, worst case, suite, checks -> report dict
-    sanity.py              Carlini et al. (2019) sanity checks on the per-example evidence
-    suite.py               AutoAttack (Croce & Hein 2020) inside an evaluation
-    detection_protocol.py  the TLA paper's detection protocol and the adaptive detector attack
-    outputs.py, plots.py   figures, TensorBoard summaries, the printed summary
-    run.py                 an evaluation of a model_dir or SavedModel: load, evaluate, write
+plan.py                EvalConfig (settings, literature defaults) and the plan of attack runs
+model_fns.py           ModelFns: logits / embedding of a Keras network, callable or SavedModel
+evaluate.py            evaluate(): runs the plan, worst case, suite, checks -> report dict
+sanity.py              Carlini et al. (2019) sanity checks on the per-example evidence
+suite.py               AutoAttack (Croce & Hein 2020) inside an evaluation
+detection_protocol.py  the TLA paper's detection protocol and the adaptive detector attack
+outputs.py, plots.py   figures, TensorBoard summaries, the printed summary
+run.py                 an evaluation of a model_dir or SavedModel: load, evaluate, write
 """

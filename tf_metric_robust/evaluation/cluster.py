@@ -40,8 +40,11 @@ def worker_position(name):
 def work_dir(report_path, evaluation_folder, settings_hash):
     """The work directory of an evaluation: beside its report folder (or beside --output's
     report), named after the hash of its settings so the same command finds it again."""
-    base = os.path.dirname(os.path.dirname(report_path)) if evaluation_folder else (
-        os.path.dirname(report_path))
+    base = (
+        os.path.dirname(os.path.dirname(report_path))
+        if evaluation_folder
+        else (os.path.dirname(report_path))
+    )
     return os.path.join(base, WORK_PREFIX + settings_hash)
 
 
@@ -49,8 +52,7 @@ def open_store(request, report_path, settings_hash):
     """The ShardStore of this process for `request` (an EvaluateRun)."""
     index, count, _ = worker_position(request.strategy)
     path = work_dir(report_path, not request.output, settings_hash)
-    return ShardStore(path, worker=index, num_workers=count,
-                      stale_seconds=request.worker_timeout)
+    return ShardStore(path, worker=index, num_workers=count, stale_seconds=request.worker_timeout)
 
 
 __all__ = ["WORK_PREFIX", "local_strategy", "open_store", "work_dir", "worker_position"]

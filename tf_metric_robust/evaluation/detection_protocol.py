@@ -18,6 +18,7 @@ from tf_metric_robust import detection
 from tf_metric_robust.attacks import adaptive
 from tf_metric_robust.config import UserError
 
+
 def reference_embeddings(fns, reference, count, batch_size=200):
     """Embeddings [R, D] and labels [R] of the first `count` clean reference examples: `reference`
     is (images, labels) arrays (export.reference_examples) or a dataset of (image, label)."""
@@ -27,13 +28,15 @@ def reference_embeddings(fns, reference, count, batch_size=200):
         batches = ((x, y) for x, y in reference)
     else:
         images, labels = reference
-        batches = ((images[i:i + batch_size], labels[i:i + batch_size])
-                   for i in range(0, len(labels), batch_size))
+        batches = (
+            (images[i : i + batch_size], labels[i : i + batch_size])
+            for i in range(0, len(labels), batch_size)
+        )
     embeddings, kept, seen = [], [], 0
     for x, y in batches:
         if seen >= count:
             break
-        x, y = x[:count - seen], np.asarray(y)[:count - seen]
+        x, y = x[: count - seen], np.asarray(y)[: count - seen]
         _, embedding = fns.outputs(tf.convert_to_tensor(x, tf.float32))
         if embedding is None:
             raise UserError("detection needs a model that returns an embedding")
@@ -44,36 +47,72 @@ def reference_embeddings(fns, reference, count, batch_size=200):
         raise UserError("detection needs reference (clean training) examples; got none")
     return np.concatenate(embeddings), np.concatenate(kept)
 
+
 def build_detectors(fns, reference, config, num_classes=None):
     """{'gaussian': GaussianDetector, 'knn': KnnDetector} fitted on the reference embeddings,
     the configured `config.detector` first (it heads the summary and the ROC figure)."""
     ref_emb, ref_labels = reference_embeddings(fns, reference, config.detection_reference)
     num_classes = max(int(num_classes or 0), int(ref_labels.max()) + 1)
     try:
-        built = {kind: detection.build(kind, ref_emb, ref_labels, num_classes=num_classes,
-                                       k=config.detection_k, score_type=config.detection_score,
-                                       covariance=config.detection_covariance or "per_class")
-                 for kind in detection.DETECTORS}
+        built = {
+            kind: detection.build(
+                kind,
+                ref_emb,
+                ref_labels,
+                num_classes=num_classes,
+                k=config.detection_k,
+                score_type=config.detection_score,
+                covariance=config.detection_covariance or "per_class",
+            )
+            for kind in detection.DETECTORS
+        }
     except ValueError as error:
         raise UserError(f"detection: {error}") from None
     order = [config.detector] + [name for name in built if name != config.detector]
     return {name: built[name] for name in order}
+
 
 def bound_adaptive_attack(fns, detector):
     """attacks.adaptive_detector with the detector and the model's (logits, embedding) bound, in
     the registry's calling convention (model_fn, x, y, **settings); model_fn (logits only) is
     ignored in favour of fns.outputs."""
 
-    def adaptive_detector(model_fn, x, y, *, eps, step_size, steps, weight=1.0, kappa=2.0,
-                          random_start=True, norm="linf", clip_min=0.0, clip_max=1.0,
-                          seed=None):
+    def adaptive_detector(
+        model_fn,
+        x,
+        y,
+        *,
+        eps,
+        step_size,
+        steps,
+        weight=1.0,
+        kappa=2.0,
+        random_start=True,
+        norm="linf",
+        clip_min=0.0,
+        clip_max=1.0,
+        seed=None,
+    ):
         del model_fn
         return adaptive.adaptive_detector(
-            fns.outputs, x, y, detector=detector, eps=eps, step_size=step_size, steps=steps,
-            weight=weight, kappa=kappa, random_start=random_start, norm=norm,
-            clip_min=clip_min, clip_max=clip_max, seed=seed)
+            fns.outputs,
+            x,
+            y,
+            detector=detector,
+            eps=eps,
+            step_size=step_size,
+            steps=steps,
+            weight=weight,
+            kappa=kappa,
+            random_start=random_start,
+            norm=norm,
+            clip_min=clip_min,
+            clip_max=clip_max,
+            seed=seed,
+        )
 
     return adaptive_detector
+
 
 def _adaptive_fn(fns, detector, settings, weight):
     """A shard function (shards.ShardRunner): the adaptive attack at `weight` -> per example
@@ -81,8 +120,9 @@ def _adaptive_fn(fns, detector, settings, weight):
 
     def run(x, y, key, params):
         del params
-        x_adv = adaptive.adaptive_detector(fns.outputs, x, y, detector=detector, weight=weight,
-                                           seed=key, **settings)
+        x_adv = adaptive.adaptive_detector(
+            fns.outputs, x, y, detector=detector, weight=weight, seed=key, **settings
+        )
         logits, embedding = fns.outputs(x_adv)
         return {"predictions": tf.argmax(logits, -1), "embedding": embedding}
 
@@ -92,15 +132,20 @@ def _adaptive_fn(fns, detector, settings, weight):
 def _adaptive_outputs(runner, fns, det_name, detector, images, labels, settings, weight):
     """(predictions [N], embeddings [N, D]) of the adaptive attack at one weight, shard by shard
     (key root 'evaluation.adaptive', coordinate: the run's name)."""
-    name = (f"adaptive.{det_name}.eps{settings['eps']:.4g}.steps{settings['steps']}"
-            f".weight{weight:g}")
-    out = runner.run(name, _adaptive_fn(fns, detector, settings, weight), images, labels,
-                     root="evaluation.adaptive")
+    name = f"adaptive.{det_name}.eps{settings['eps']:.4g}.steps{settings['steps']}.weight{weight:g}"
+    out = runner.run(
+        name,
+        _adaptive_fn(fns, detector, settings, weight),
+        images,
+        labels,
+        root="evaluation.adaptive",
+    )
     return out["predictions"], out["embedding"]
 
 
 def _scores(detector, embeddings, predictions):
     return detector.score(embeddings, predictions).numpy().astype(np.float64)
+
 
 def run_detection(runner, fns, evidence, plan, config, detectors):
     """Detection section of the report and ROC curves {label: (fpr, tpr, auc)}.
@@ -121,27 +166,35 @@ def run_detection(runner, fns, evidence, plan, config, detectors):
     entries, curves = [], {}
     for eps, name in plan.detection:
         spec = plan.specs[name]
-        settings = {key: spec.kwargs[key] for key in ("eps", "step_size", "steps", "norm",
-                                                      "random_start")}
+        settings = {
+            key: spec.kwargs[key] for key in ("eps", "step_size", "steps", "norm", "random_start")
+        }
         adv_emb, adv_pred = evidence["embeddings"][name], evidence["predictions"][name]
         adv_correct = adv_pred == labels
-        entry = {"eps": eps, "steps": settings["steps"], "step_size": settings["step_size"],
-                 "attack": name, "accuracy": float(adv_correct.mean()),
-                 "knn_accuracy_adversarial": float(np.mean(
-                     knn.classify(adv_emb).numpy() == labels)),
-                 "detectors": {}}
+        entry = {
+            "eps": eps,
+            "steps": settings["steps"],
+            "step_size": settings["step_size"],
+            "attack": name,
+            "accuracy": float(adv_correct.mean()),
+            "knn_accuracy_adversarial": float(np.mean(knn.classify(adv_emb).numpy() == labels)),
+            "detectors": {},
+        }
         for det_name, detector in detectors.items():
             threshold = thresholds[det_name]
             plain_scores = _scores(detector, adv_emb, adv_pred)
             plain, plain_roc = detection.protocol_report(
-                clean_scores[det_name], clean_correct, plain_scores, adv_correct, threshold)
+                clean_scores[det_name], clean_correct, plain_scores, adv_correct, threshold
+            )
             candidates, sweep = [(plain_scores, adv_correct)], []
             for weight in config.detection_weights:
-                pred, emb = _adaptive_outputs(runner, fns, det_name, detector, images, labels,
-                                              settings, weight)
+                pred, emb = _adaptive_outputs(
+                    runner, fns, det_name, detector, images, labels, settings, weight
+                )
                 scores = _scores(detector, emb, pred)
                 numbers, _ = detection.protocol_report(
-                    clean_scores[det_name], clean_correct, scores, pred == labels, threshold)
+                    clean_scores[det_name], clean_correct, scores, pred == labels, threshold
+                )
                 sweep.append({"weight": weight, **numbers})
                 candidates.append((scores, pred == labels))
             result = {"plain": plain, "adaptive": None, "adaptive_sweep": sweep}
@@ -151,39 +204,53 @@ def run_detection(runner, fns, evidence, plan, config, detectors):
                 best_scores = np.stack([s for s, _ in candidates])[chosen, rows]
                 best_correct = np.stack([c for _, c in candidates])[chosen, rows]
                 adaptive_numbers, adaptive_roc = detection.protocol_report(
-                    clean_scores[det_name], clean_correct, best_scores, best_correct, threshold)
+                    clean_scores[det_name], clean_correct, best_scores, best_correct, threshold
+                )
                 counts = np.bincount(chosen, minlength=len(candidates))
-                adaptive_numbers["chosen"] = {"plain": int(counts[0]), **{
-                    f"weight {w:g}": int(n) for w, n in zip(config.detection_weights,
-                                                            counts[1:])}}
+                adaptive_numbers["chosen"] = {
+                    "plain": int(counts[0]),
+                    **{
+                        f"weight {w:g}": int(n)
+                        for w, n in zip(config.detection_weights, counts[1:])
+                    },
+                }
                 result["adaptive"] = adaptive_numbers
             entry["detectors"][det_name] = result
             if det_name == config.detector or not curves:
-                _add_curve(curves, f"{det_name}, PGD-{settings['steps']} eps {eps:.4g}",
-                           plain_roc, plain)
+                _add_curve(
+                    curves, f"{det_name}, PGD-{settings['steps']} eps {eps:.4g}", plain_roc, plain
+                )
                 if sweep:
-                    _add_curve(curves, f"{det_name}, adaptive eps {eps:.4g}", adaptive_roc,
-                               adaptive_numbers)
+                    _add_curve(
+                        curves,
+                        f"{det_name}, adaptive eps {eps:.4g}",
+                        adaptive_roc,
+                        adaptive_numbers,
+                    )
         entries.append(entry)
     summary = {
         "detector": config.detector,
         "protocol": "ROC over all clean and adversarial test images, misclassified = positive "
-                    "(TLA paper, Fig. 5): auc_misclassified_vs_correct_all",
+        "(TLA paper, Fig. 5): auc_misclassified_vs_correct_all",
         "detectors": {name: d.describe() for name, d in detectors.items()},
         "reference_examples": int(detectors["knn"].reference_labels.shape[0]),
         "false_positive_rate": detection.FALSE_POSITIVE_RATE,
         "thresholds": thresholds,
         "adaptive_weights": list(config.detection_weights),
-        "knn_accuracy": {"k": knn.k, "clean": knn_clean,
-                         "adversarial": {f"{e['eps']:.4g}": e["knn_accuracy_adversarial"]
-                                         for e in entries}},
+        "knn_accuracy": {
+            "k": knn.k,
+            "clean": knn_clean,
+            "adversarial": {f"{e['eps']:.4g}": e["knn_accuracy_adversarial"] for e in entries},
+        },
         "attacks": entries,
     }
     return summary, curves
+
 
 def _add_curve(curves, label, roc, numbers):
     entry = roc["misclassified_vs_correct_all"]
     if entry is not None:
         curves[label] = (entry["fpr"], entry["tpr"], numbers["auc_misclassified_vs_correct_all"])
+
 
 __all__ = ["bound_adaptive_attack", "build_detectors", "reference_embeddings", "run_detection"]

@@ -47,9 +47,13 @@ def versions():
 
     import tf_metric_robust
 
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tf_metric_robust": tf_metric_robust.__version__}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "tf_metric_robust": tf_metric_robust.__version__,
+    }
 
 
 def load_examples(data, batch_size, num_examples=None):
@@ -90,11 +94,14 @@ def attack_fn(fns, attack, static, *, takes_seed, keep_embedding, norm):
     threat model and box (sanity.bound_violations), and the embedding when kept."""
 
     def run(x, y, key, params):
-        x_adv = attack(fns.logits, x, y, **static, **params, **({"seed": key} if takes_seed
-                                                                  else {}))
+        x_adv = attack(
+            fns.logits, x, y, **static, **params, **({"seed": key} if takes_seed else {})
+        )
         logits, embedding = fns.outputs(x_adv)
-        out = {"predictions": tf.argmax(logits, -1),
-               "violation": sanity.bound_violations(x_adv, x, params["eps"], norm)}
+        out = {
+            "predictions": tf.argmax(logits, -1),
+            "violation": sanity.bound_violations(x_adv, x, params["eps"], norm),
+        }
         if keep_embedding:
             out["embedding"] = embedding
         return out
@@ -122,32 +129,64 @@ def run_plan(runner, fns, x, y, plan, *, registry):
         params = {k: v for k, v in spec.kwargs.items() if k in DYNAMIC_SETTINGS}
         static = {k: v for k, v in spec.kwargs.items() if k not in DYNAMIC_SETTINGS}
         takes_seed = "seed" in inspect.signature(attack).parameters
-        fn = attack_fn(fns, attack, static, takes_seed=takes_seed,
-                       keep_embedding=spec.keep_embedding, norm=spec.kwargs.get("norm", "linf"))
+        fn = attack_fn(
+            fns,
+            attack,
+            static,
+            takes_seed=takes_seed,
+            keep_embedding=spec.keep_embedding,
+            norm=spec.kwargs.get("norm", "linf"),
+        )
         trace_key = json.dumps([spec.attack, static, spec.keep_embedding], sort_keys=True)
         out = runner.run(name, fn, x, y, params=params, trace_key=trace_key)
         preds[name] = out["predictions"]
         violations[name] = float(out["violation"].max())
         if spec.keep_embedding:
             embs[name] = out["embedding"]
-    return {"labels": y, "images": x, "clean_predictions": clean["predictions"],
-            "clean_embedding": clean.get("embedding"), "gradients": gradients,
-            "predictions": preds, "embeddings": embs, "violations": violations,
-            "seconds": {name: runner.seconds[name] for name in plan.specs}}
+    return {
+        "labels": y,
+        "images": x,
+        "clean_predictions": clean["predictions"],
+        "clean_embedding": clean.get("embedding"),
+        "gradients": gradients,
+        "predictions": preds,
+        "embeddings": embs,
+        "violations": violations,
+        "seconds": {name: runner.seconds[name] for name in plan.specs},
+    }
 
 
 def _attack_entry(spec, registry, accuracy, evidence, name):
     """The report entry of one run: its settings as called, accuracy, bounds, time."""
-    return {"attack": spec.attack, "groups": list(spec.groups),
-            "settings": call_settings(registry[spec.attack], spec.kwargs), "accuracy": accuracy,
-            "counts_for_robust": spec.counts_for_robust,
-            "max_bound_violation": evidence["violations"][name],
-            "seconds": round(evidence["seconds"][name], 3)}
+    return {
+        "attack": spec.attack,
+        "groups": list(spec.groups),
+        "settings": call_settings(registry[spec.attack], spec.kwargs),
+        "accuracy": accuracy,
+        "counts_for_robust": spec.counts_for_robust,
+        "max_bound_violation": evidence["violations"][name],
+        "seconds": round(evidence["seconds"][name], 3),
+    }
 
 
-def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_size=100,
-             num_examples=None, reference=None, registry=None, extra_attacks=(), progress=False,
-             model_info=None, data_info=None, strategy=None, store=None):
+def evaluate(
+    model,
+    data,
+    config=None,
+    *,
+    dataset=None,
+    num_classes=None,
+    batch_size=100,
+    num_examples=None,
+    reference=None,
+    registry=None,
+    extra_attacks=(),
+    progress=False,
+    model_info=None,
+    data_info=None,
+    strategy=None,
+    store=None,
+):
     """Evaluates any model on (x, y) arrays or a tf.data.Dataset; returns an EvaluationResult.
 
     Args: model: a Keras network / callable (see ModelFns) or a ModelFns; config: EvalConfig
@@ -164,18 +203,17 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     config = (config or EvalConfig()).resolve(dataset)
     wants_detectors = config.detection or "adaptive_detector" in config.attacks
     if wants_detectors and reference is None:
-        raise UserError("detection and adaptive_detector need reference (clean training) "
-                        "examples")
+        raise UserError("detection and adaptive_detector need reference (clean training) examples")
     registry = dict(attacks_lib.ATTACKS if registry is None else registry)
     fns = model if isinstance(model, ModelFns) else ModelFns(model)
     detectors = None
     if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
         detectors = detection_protocol.build_detectors(fns, reference, config, num_classes)
         registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
-            fns, detectors[config.detector])
+            fns, detectors[config.detector]
+        )
     plan = build_plan(config, registry, extra_attacks)
-    runner = ShardRunner(batch_size, config.seed, strategy=strategy, store=store,
-                         progress=progress)
+    runner = ShardRunner(batch_size, config.seed, strategy=strategy, store=store, progress=progress)
     x, y = load_examples(data, batch_size, num_examples)
     evidence = run_plan(runner, fns, x, y, plan, registry=registry)
     labels = evidence["labels"]
@@ -190,60 +228,98 @@ def evaluate(model, data, config=None, *, dataset=None, num_classes=None, batch_
     if config.suite != "none":
         pgd_attack, pgd_accuracy = suite.weakest_pgd(plan, accuracy)
         suite_section, suite_fooled_by, suite_checks = suite.run_suite(
-            runner, fns, x, y, evidence["clean_predictions"], config, pgd_attack=pgd_attack,
-            pgd_accuracy=pgd_accuracy)
+            runner,
+            fns,
+            x,
+            y,
+            evidence["clean_predictions"],
+            config,
+            pgd_attack=pgd_attack,
+            pgd_accuracy=pgd_accuracy,
+        )
         suite_correct[config.suite] = suite_fooled_by == ""
         robust &= suite_correct[config.suite]
     report = {
         "schema_version": 1,
         "versions": versions(),
         "model": dict(model_info or {}),
-        "data": {**(data_info or {}), "dataset": dataset, "num_examples": int(labels.size),
-                 "batch_size": batch_size},
-        "threat_model": {"norm": config.norm, "eps": config.eps, "step_size": config.step_size,
-                         "steps": config.steps, "restarts": config.restarts,
-                         "random_start": config.random_start, "seed": config.seed},
+        "data": {
+            **(data_info or {}),
+            "dataset": dataset,
+            "num_examples": int(labels.size),
+            "batch_size": batch_size,
+        },
+        "threat_model": {
+            "norm": config.norm,
+            "eps": config.eps,
+            "step_size": config.step_size,
+            "steps": config.steps,
+            "restarts": config.restarts,
+            "random_start": config.random_start,
+            "seed": config.seed,
+        },
         "config": dataclasses.asdict(config),
         "clean_accuracy": float(clean_correct.mean()),
         "robust_accuracy": float(robust.mean()),
         "robust_attacks": [name for name, spec in plan.specs.items() if spec.counts_for_robust]
         + list(suite_correct),
-        "attacks": {name: _attack_entry(spec, registry, accuracy(name), evidence, name)
-                    for name, spec in plan.specs.items()},
-        "sweeps": {"eps": [{"eps": e, "attack": n, "accuracy": accuracy(n)}
-                           for e, n in plan.eps_sweep],
-                   "steps": [{"steps": s, "attack": n, "accuracy": accuracy(n)}
-                             for s, n in plan.steps_sweep]},
+        "attacks": {
+            name: _attack_entry(spec, registry, accuracy(name), evidence, name)
+            for name, spec in plan.specs.items()
+        },
+        "sweeps": {
+            "eps": [{"eps": e, "attack": n, "accuracy": accuracy(n)} for e, n in plan.eps_sweep],
+            "steps": [
+                {"steps": s, "attack": n, "accuracy": accuracy(n)} for s, n in plan.steps_sweep
+            ],
+        },
         "suite": suite_section,
     }
-    report["metrics"] = {"eval/clean_accuracy": report["clean_accuracy"],
-                         "eval/robust_accuracy": report["robust_accuracy"],
-                         **{f"eval/{n}_accuracy": accuracy(n) for n in plan.main},
-                         **({f"eval/{config.suite}_accuracy": suite_section["robust_accuracy"]}
-                            if suite_section else {})}
+    report["metrics"] = {
+        "eval/clean_accuracy": report["clean_accuracy"],
+        "eval/robust_accuracy": report["robust_accuracy"],
+        **{f"eval/{n}_accuracy": accuracy(n) for n in plan.main},
+        **(
+            {f"eval/{config.suite}_accuracy": suite_section["robust_accuracy"]}
+            if suite_section
+            else {}
+        ),
+    }
     checks = sanity.run_checks(
-        clean_correct=clean_correct, clean_predictions=evidence["clean_predictions"],
-        predictions=evidence["predictions"], correct=correct, plan=plan,
-        violations=evidence["violations"], gradients=evidence["gradients"],
-        thresholds=config.thresholds)
+        clean_correct=clean_correct,
+        clean_predictions=evidence["clean_predictions"],
+        predictions=evidence["predictions"],
+        correct=correct,
+        plan=plan,
+        violations=evidence["violations"],
+        gradients=evidence["gradients"],
+        thresholds=config.thresholds,
+    )
     sanity.warn_failures(checks)  # the suite's own warnings are already logged by autoattack
     checks += suite_checks
-    report["sanity"] = {"passed": all(c["passed"] is not False for c in checks),
-                        "checks": checks}
+    report["sanity"] = {"passed": all(c["passed"] is not False for c in checks), "checks": checks}
     curves = {}
     report["detection"] = None
     if config.detection:
         report["detection"], curves = detection_protocol.run_detection(
-            runner, fns, evidence, plan, config, detectors)
-    report["distribution"] = {"replicas": runner.replicas, "workers": runner.store.num_workers,
-                              "resumed_shards": runner.resumed}
+            runner, fns, evidence, plan, config, detectors
+        )
+    report["distribution"] = {
+        "replicas": runner.replicas,
+        "workers": runner.store.num_workers,
+        "resumed_shards": runner.resumed,
+    }
     report["per_example"] = {
-        "labels": labels.tolist(), "clean_predictions": evidence["clean_predictions"].tolist(),
+        "labels": labels.tolist(),
+        "clean_predictions": evidence["clean_predictions"].tolist(),
         "robust": robust.tolist(),
         "predictions": {name: pred.tolist() for name, pred in evidence["predictions"].items()},
-        "suite_fooled_by": suite_fooled_by.tolist() if suite_section else None}
+        "suite_fooled_by": suite_fooled_by.tolist() if suite_section else None,
+    }
     report["figures"] = {}  # file names, filled by outputs.write_figures
     report["seconds"] = round(time.perf_counter() - started, 2)
-    return EvaluationResult(report=report, correct={"clean": clean_correct, "robust": robust,
-                                                    **correct, **suite_correct},
-                            roc_curves=curves)
+    return EvaluationResult(
+        report=report,
+        correct={"clean": clean_correct, "robust": robust, **correct, **suite_correct},
+        roc_curves=curves,
+    )

@@ -33,17 +33,22 @@ class ModelFns:
         (what `keras.Model.export` writes).
         """
         loaded = tf.saved_model.load(path)
-        name = next((n for n in ("logits_and_embedding", "serving_default")
-                     if n in loaded.signatures), None)
+        name = next(
+            (n for n in ("logits_and_embedding", "serving_default") if n in loaded.signatures), None
+        )
         if name is None:
-            raise UserError(f"{path}: no serving_default signature (signatures: "
-                            f"{', '.join(loaded.signatures) or 'none'})")
+            raise UserError(
+                f"{path}: no serving_default signature (signatures: "
+                f"{', '.join(loaded.signatures) or 'none'})"
+            )
         signature = loaded.signatures[name]
         inputs = list(signature.structured_input_signature[1])
         outputs = list(signature.structured_outputs)
         if len(inputs) != 1 or ("logits" not in outputs and len(outputs) != 1):
-            raise UserError(f"{path}: signature {name} must take one image tensor and return "
-                            f"'logits' (or one output); it takes {inputs} and returns {outputs}")
+            raise UserError(
+                f"{path}: signature {name} must take one image tensor and return "
+                f"'logits' (or one output); it takes {inputs} and returns {outputs}"
+            )
         (input_name,) = inputs
         logits_name = "logits" if "logits" in outputs else outputs[0]
 
@@ -65,8 +70,9 @@ class ModelFns:
 
     def _outputs(self, x):
         logits, embedding = self._call(x)
-        return tf.cast(logits, tf.float32), (None if embedding is None else
-                                              tf.cast(embedding, tf.float32))
+        return tf.cast(logits, tf.float32), (
+            None if embedding is None else tf.cast(embedding, tf.float32)
+        )
 
     def logits(self, x):
         return self._call(x)[0]

@@ -7,8 +7,11 @@ import tensorflow as tf
 
 from tf_metric_robust.evaluation import plots, suite
 
-FIGURES = {"eps": "accuracy_vs_eps.png", "steps": "accuracy_vs_steps.png",
-           "roc": "detection_roc.png"}
+FIGURES = {
+    "eps": "accuracy_vs_eps.png",
+    "steps": "accuracy_vs_steps.png",
+    "roc": "detection_roc.png",
+}
 
 
 def remove_stale_figures(directory, written):
@@ -26,14 +29,20 @@ def write_figures(result, directory):
     eps_points = [(p["eps"], p["accuracy"]) for p in report["sweeps"]["eps"]]
     steps_points = [(p["steps"], p["accuracy"]) for p in report["sweeps"]["steps"]]
     if eps_points:
-        plots.plot_accuracy_vs_eps(eps_points, os.path.join(directory, FIGURES["eps"]),
-                                   clean_accuracy=report["clean_accuracy"],
-                                   threat_eps=report["threat_model"]["eps"],
-                                   norm=report["threat_model"]["norm"])
+        plots.plot_accuracy_vs_eps(
+            eps_points,
+            os.path.join(directory, FIGURES["eps"]),
+            clean_accuracy=report["clean_accuracy"],
+            threat_eps=report["threat_model"]["eps"],
+            norm=report["threat_model"]["norm"],
+        )
         written["eps"] = FIGURES["eps"]
     if steps_points:
-        plots.plot_accuracy_vs_steps(steps_points, os.path.join(directory, FIGURES["steps"]),
-                                     clean_accuracy=report["clean_accuracy"])
+        plots.plot_accuracy_vs_steps(
+            steps_points,
+            os.path.join(directory, FIGURES["steps"]),
+            clean_accuracy=report["clean_accuracy"],
+        )
         written["steps"] = FIGURES["steps"]
     if result.roc_curves:
         plots.plot_roc(result.roc_curves, os.path.join(directory, FIGURES["roc"]))
@@ -48,21 +57,27 @@ def write_tensorboard(report, directory, figure_dir, step):
         for name, value in report["metrics"].items():
             tf.summary.scalar(name, value, step=step)
         for point in report["sweeps"]["eps"]:
-            tf.summary.scalar("eval_sweep/accuracy_vs_milli_eps", point["accuracy"],
-                              step=int(round(point["eps"] * 1000)))
+            tf.summary.scalar(
+                "eval_sweep/accuracy_vs_milli_eps",
+                point["accuracy"],
+                step=int(round(point["eps"] * 1000)),
+            )
         for point in report["sweeps"]["steps"]:
-            tf.summary.scalar("eval_sweep/accuracy_vs_steps", point["accuracy"],
-                              step=point["steps"])
+            tf.summary.scalar(
+                "eval_sweep/accuracy_vs_steps", point["accuracy"], step=point["steps"]
+            )
         for name, value in detection_lines(report, numbers=True):
             tf.summary.scalar(name, value, step=step)
         for kind, name in report["figures"].items():
             with open(os.path.join(figure_dir, name), "rb") as f:
                 image = tf.io.decode_png(f.read(), channels=4)
             tf.summary.image(f"eval_figures/{kind}", image[tf.newaxis], step=step)
-        rows = [f"| {c['name']} | {_status(c)} | {c['detail']} |"
-                for c in report["sanity"]["checks"]]
-        tf.summary.text("eval/sanity", "\n".join(["| check | status | detail |", "|-|-|-|"] + rows),
-                        step=step)
+        rows = [
+            f"| {c['name']} | {_status(c)} | {c['detail']} |" for c in report["sanity"]["checks"]
+        ]
+        tf.summary.text(
+            "eval/sanity", "\n".join(["| check | status | detail |", "|-|-|-|"] + rows), step=step
+        )
         if report.get("suite"):
             _suite_summaries(report["suite"], step)
     writer.flush()
@@ -73,10 +88,19 @@ def _suite_summaries(section, step):
     for name, value in section["attack_accuracy"].items():
         tf.summary.scalar(f"eval_suite/{name}_accuracy", value, step=step)
     rows = [f"| {name} | {value:.4f} |" for name, value in section["attack_accuracy"].items()]
-    text = "\n".join([f"{section['name']} ({section['version']}), robust accuracy after each "
-                      "attack (cumulative):", "", "| attack | accuracy |", "|-|-|",
-                      f"| clean | {section['clean_accuracy']:.4f} |", *rows, ""]
-                     + [f"**WARNING**: {message}" for message in section["warnings"]])
+    text = "\n".join(
+        [
+            f"{section['name']} ({section['version']}), robust accuracy after each "
+            "attack (cumulative):",
+            "",
+            "| attack | accuracy |",
+            "|-|-|",
+            f"| clean | {section['clean_accuracy']:.4f} |",
+            *rows,
+            "",
+        ]
+        + [f"**WARNING**: {message}" for message in section["warnings"]]
+    )
     tf.summary.text("eval/suite", text, step=step)
 
 
@@ -92,8 +116,10 @@ def summary_text(report):
             eps = entry["settings"]["eps"]
             lines.append(f"{name:<27} {entry['accuracy']:.4f}  (eps {eps:.4g})")
     lines += suite.summary_lines(report.get("suite"))
-    lines.append(f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  over "
-                 f"{len(report['robust_attacks'])} runs")
+    lines.append(
+        f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  over "
+        f"{len(report['robust_attacks'])} runs"
+    )
     lines += detection_lines(report)
     checks = report["sanity"]["checks"]
     lines += [f"sanity {_status(c):<7} {c['name']}: {c['detail']}" for c in checks]
@@ -117,18 +143,32 @@ def detection_lines(report, numbers=False):
                     continue
                 auc = values["auc_misclassified_vs_correct_all"]
                 attack = f"PGD-{entry['steps']}" if kind == "plain" else "adaptive"
-                lines.append(f"detection {det:<8} {attack:<9} eps {eps:<7} AUC (paper) "
-                             f"{'n/a' if auc is None else f'{auc:.4f}'}  accuracy "
-                             f"{values['accuracy']:.4f}  undetected misclassified @5% FPR "
-                             f"{values['undetected_misclassified_at_5pct_fpr']:.4f}")
+                lines.append(
+                    f"detection {det:<8} {attack:<9} eps {eps:<7} AUC (paper) "
+                    f"{'n/a' if auc is None else f'{auc:.4f}'}  accuracy "
+                    f"{values['accuracy']:.4f}  undetected misclassified @5% FPR "
+                    f"{values['undetected_misclassified_at_5pct_fpr']:.4f}"
+                )
                 if auc is not None:
                     scalars.append((f"eval_detection/{det}_{kind}_auc_eps{eps}", auc))
-                scalars.append((f"eval_detection/{det}_{kind}_undetected_eps{eps}",
-                                values["undetected_misclassified_at_5pct_fpr"]))
-        lines.append(f"kNN accuracy (k={knn['k']}) eps {eps:<7} adversarial "
-                     f"{entry['knn_accuracy_adversarial']:.4f}  clean {knn['clean']:.4f}")
+                scalars.append(
+                    (
+                        f"eval_detection/{det}_{kind}_undetected_eps{eps}",
+                        values["undetected_misclassified_at_5pct_fpr"],
+                    )
+                )
+        lines.append(
+            f"kNN accuracy (k={knn['k']}) eps {eps:<7} adversarial "
+            f"{entry['knn_accuracy_adversarial']:.4f}  clean {knn['clean']:.4f}"
+        )
     return scalars if numbers else lines
 
 
-__all__ = ["FIGURES", "detection_lines", "remove_stale_figures", "summary_text", "write_figures",
-           "write_tensorboard"]
+__all__ = [
+    "FIGURES",
+    "detection_lines",
+    "remove_stale_figures",
+    "summary_text",
+    "write_figures",
+    "write_tensorboard",
+]

@@ -61,15 +61,21 @@ def resolve_attack(name, registry):
     base, _, loss = name.rpartition("_")
     if base in registry and loss in ATTACK_LOSSES:
         return base, {"loss": loss}
-    raise UserError(f"unknown attack {name!r}; known: {', '.join(sorted(registry))} (and "
-                    f"'<attack>_<loss>' with loss in {', '.join(ATTACK_LOSSES)})")
+    raise UserError(
+        f"unknown attack {name!r}; known: {', '.join(sorted(registry))} (and "
+        f"'<attack>_<loss>' with loss in {', '.join(ATTACK_LOSSES)})"
+    )
 
 
 def call_settings(fn, kwargs):
     """What a call really uses: `fn`'s JSON-friendly keyword defaults updated with `kwargs`."""
-    defaults = {name: p.default for name, p in inspect.signature(fn).parameters.items()
-                if p.default is not inspect.Parameter.empty and name != "seed"
-                and isinstance(p.default, (bool, int, float, str, type(None)))}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+        and name != "seed"
+        and isinstance(p.default, (bool, int, float, str, type(None)))
+    }
     return {**defaults, **kwargs}
 
 
@@ -93,8 +99,15 @@ def build_plan(config, registry, extra_attacks=()):
     """
     c = config
     plan = Plan(threat=(c.norm, c.eps))
-    base = dict(eps=c.eps, step_size=c.step_size, steps=c.steps, norm=c.norm, loss="ce",
-                random_start=c.random_start, restarts=c.restarts)
+    base = dict(
+        eps=c.eps,
+        step_size=c.step_size,
+        steps=c.steps,
+        norm=c.norm,
+        loss="ce",
+        random_start=c.random_start,
+        restarts=c.restarts,
+    )
 
     def pgd(group, name, **changes):
         settings = dict(base, restarts=1, **changes)
@@ -106,29 +119,44 @@ def build_plan(config, registry, extra_attacks=()):
         attack, fixed = resolve_attack(name, registry)
         settings = dict(base) if attack in STEP_ATTACKS else dict(eps=c.eps, norm=c.norm)
         if attack == "mifgsm":  # Dong et al.: start at x, step eps / steps
-            settings.update(random_start=False,
-                            step_size=c.eps / c.steps if c.eps > 0 else c.step_size)
-        plan.main.append(plan.add(name, attack, _kwargs(registry[attack], fixed, **settings),
-                                  "attacks"))
+            settings.update(
+                random_start=False, step_size=c.eps / c.steps if c.eps > 0 else c.step_size
+            )
+        plan.main.append(
+            plan.add(name, attack, _kwargs(registry[attack], fixed, **settings), "attacks")
+        )
     for name, attack, kwargs in extra_attacks:
         plan.main.append(plan.add(name, attack, dict(kwargs), "attacks"))
+
     def step_for(eps):
         return c.step_size * eps / c.eps if eps > 0 and c.eps > 0 else c.step_size
 
     for eps in c.eps_sweep:
-        plan.eps_sweep.append((eps, pgd("eps_sweep", f"pgd_eps{eps:.4g}", eps=eps,
-                                        step_size=step_for(eps))))
+        plan.eps_sweep.append(
+            (eps, pgd("eps_sweep", f"pgd_eps{eps:.4g}", eps=eps, step_size=step_for(eps)))
+        )
     for steps in c.steps_sweep:
         plan.steps_sweep.append((steps, pgd("steps_sweep", f"pgd_steps{steps}", steps=steps)))
     plan.roles["eps_zero"] = pgd("sanity", "pgd_eps0", eps=0.0)
     plan.roles["random_start"] = pgd("sanity", "pgd_random_start", random_start=True)
     plan.roles["zero_start"] = pgd("sanity", "pgd_zero_start", random_start=False)
-    plan.roles["large_eps"] = pgd("sanity", "pgd_large_eps", eps=c.large_eps, norm="linf",
-                                  step_size=2.5 * c.large_eps / c.steps, random_start=True)
+    plan.roles["large_eps"] = pgd(
+        "sanity",
+        "pgd_large_eps",
+        eps=c.large_eps,
+        norm="linf",
+        step_size=2.5 * c.large_eps / c.steps,
+        random_start=True,
+    )
     if c.detection:
         for eps in c.detection_eps:
-            name = pgd("detection", f"pgd_eps{eps:.4g}_steps{c.detection_steps}", eps=eps,
-                       step_size=step_for(eps), steps=c.detection_steps)
+            name = pgd(
+                "detection",
+                f"pgd_eps{eps:.4g}_steps{c.detection_steps}",
+                eps=eps,
+                step_size=step_for(eps),
+                steps=c.detection_steps,
+            )
             plan.specs[name].keep_embedding = True
             plan.detection.append((eps, name))
     return plan

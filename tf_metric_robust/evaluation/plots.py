@@ -34,19 +34,26 @@ def eps_label(eps):
     return f"{eps:g}"
 
 
-def plot_accuracy_vs_eps(points, path, *, clean_accuracy=None, threat_eps=None, norm="linf",
-                         title=None):
+def plot_accuracy_vs_eps(
+    points, path, *, clean_accuracy=None, threat_eps=None, norm="linf", title=None
+):
     """Robust accuracy against eps. points: [(eps, accuracy)]; writes a PNG at path."""
     points = sorted(points)
     eps, accuracy = np.array([p[0] for p in points]), np.array([p[1] for p in points])
-    figure, axes = _new_axes(title or "PGD accuracy vs eps", f"eps ({norm}, images on [0,1])",
-                             "accuracy")
+    figure, axes = _new_axes(
+        title or "PGD accuracy vs eps", f"eps ({norm}, images on [0,1])", "accuracy"
+    )
     axes.plot(eps, accuracy, marker="o", label="PGD")
     if clean_accuracy is not None:
         axes.axhline(clean_accuracy, color="grey", linestyle="--", label="clean")
     if threat_eps is not None:
-        axes.axvline(threat_eps, color="red", alpha=0.4, linestyle=":",
-                     label=f"eval eps {eps_label(threat_eps)}")
+        axes.axvline(
+            threat_eps,
+            color="red",
+            alpha=0.4,
+            linestyle=":",
+            label=f"eval eps {eps_label(threat_eps)}",
+        )
     axes.set_xticks(eps)
     axes.set_xticklabels([eps_label(e) for e in eps], rotation=45 if len(eps) > 6 else 0)
     axes.set_ylim(-0.02, 1.02)
@@ -73,8 +80,11 @@ def plot_roc(curves, path, *, title=None):
     """ROC curves. curves: label -> (fpr [K], tpr [K], auc or None); writes a PNG at path.
 
     The default title names the TLA paper's protocol (Fig. 5), which detection_protocol plots."""
-    figure, axes = _new_axes(title or "Detection ROC: clean + adversarial, misclassified = "
-                             "positive", "false positive rate", "true positive rate")
+    figure, axes = _new_axes(
+        title or "Detection ROC: clean + adversarial, misclassified = positive",
+        "false positive rate",
+        "true positive rate",
+    )
     axes.title.set_fontsize("small")
     axes.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=0.8, label="chance")
     for label, (fpr, tpr, auc) in curves.items():

@@ -24,8 +24,11 @@ from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation import cluster
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
-from tf_metric_robust.evaluation.outputs import (remove_stale_figures, write_figures,
-                                                write_tensorboard)
+from tf_metric_robust.evaluation.outputs import (
+    remove_stale_figures,
+    write_figures,
+    write_tensorboard,
+)
 
 
 def _run_dir_of(saved_model):
@@ -49,29 +52,40 @@ def load_model(run):
         if run_files.checkpoint_paths(run_files.checkpoint_dir(model_dir)):
             network, recipe, checkpoint = run_files.load_network(model_dir)
             step = re.search(r"-(\d+)$", checkpoint)
-            info = {"source": "checkpoint", "model_dir": os.path.abspath(model_dir),
-                    "checkpoint": os.path.abspath(checkpoint), "recipe": recipe,
-                    "step": int(step.group(1)) if step else None}
+            info = {
+                "source": "checkpoint",
+                "model_dir": os.path.abspath(model_dir),
+                "checkpoint": os.path.abspath(checkpoint),
+                "recipe": recipe,
+                "step": int(step.group(1)) if step else None,
+            }
             return ModelFns(network), info, run.dataset or recipe["dataset"], model_dir
         base = os.path.join(model_dir, "saved_model")
         saved_model = export.latest_version(base)
         if saved_model is None:
-            raise UserError(f"{model_dir}: no checkpoint in {run_files.checkpoint_dir(model_dir)}"
-                            f" and no SavedModel in {base}")
+            raise UserError(
+                f"{model_dir}: no checkpoint in {run_files.checkpoint_dir(model_dir)}"
+                f" and no SavedModel in {base}"
+            )
     else:
         given, saved_model = saved_model, export.latest_version(saved_model)
         if saved_model is None:
-            raise UserError(f"--saved_model {given}: no saved_model.pb there nor in a version "
-                            "folder below it")
+            raise UserError(
+                f"--saved_model {given}: no saved_model.pb there nor in a version folder below it"
+            )
     run_dir = model_dir or _run_dir_of(saved_model)
     has_recipe = run_dir and os.path.exists(os.path.join(run_dir, run_files.RECIPE_FILE))
     recipe = run_files.read_recipe(run_dir) if has_recipe else None
     dataset = run.dataset or (recipe or {}).get("dataset")
     if dataset is None:
         raise UserError("--dataset is required with a SavedModel outside a training run")
-    info = {"source": "saved_model", "saved_model": os.path.abspath(saved_model),
-            "model_dir": os.path.abspath(run_dir) if run_dir else None, "recipe": recipe,
-            "step": None}
+    info = {
+        "source": "saved_model",
+        "saved_model": os.path.abspath(saved_model),
+        "model_dir": os.path.abspath(run_dir) if run_dir else None,
+        "recipe": recipe,
+        "step": None,
+    }
     return ModelFns.from_saved_model(saved_model), info, dataset, run_dir
 
 
@@ -82,10 +96,14 @@ LATEST = "latest"  # DIR/evaluation/latest -> the newest <name>
 def evaluation_name(run, model_info, dataset, now=None):
     """'<UTC time>-<8 hex digits>': when, and a hash of what was evaluated how (model, data,
     attack settings), so equal settings share the suffix and a folder name sorts by time."""
-    settings = {"config": dataclasses.asdict(run.config), "dataset": dataset,
-                "split": run.split, "num_examples": run.num_examples,
-                "batch_size": run.batch_size, "model": {k: model_info.get(k) for k in
-                                                        ("checkpoint", "saved_model")}}
+    settings = {
+        "config": dataclasses.asdict(run.config),
+        "dataset": dataset,
+        "split": run.split,
+        "num_examples": run.num_examples,
+        "batch_size": run.batch_size,
+        "model": {k: model_info.get(k) for k in ("checkpoint", "saved_model")},
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
     return f"{stamp}-{digest.hexdigest()[:8]}"
@@ -106,8 +124,11 @@ def output_paths(run, run_dir, name=None):
     else:
         raise UserError("--output is required with a SavedModel outside a training run")
     report = os.path.abspath(report)
-    tensorboard = (os.path.join(run_dir, "tensorboard", "evaluate", name) if run_dir else
-                   os.path.join(os.path.dirname(report), "tensorboard", name))
+    tensorboard = (
+        os.path.join(run_dir, "tensorboard", "evaluate", name)
+        if run_dir
+        else os.path.join(os.path.dirname(report), "tensorboard", name)
+    )
     return report, tensorboard
 
 
@@ -116,8 +137,10 @@ def _unique(name, run, run_dir):
     candidate, number = name, 1
     while True:
         report, tensorboard = output_paths(run, run_dir, candidate)
-        if not (os.path.exists(tensorboard) or
-                (not run.output and os.path.exists(os.path.dirname(report)))):
+        if not (
+            os.path.exists(tensorboard)
+            or (not run.output and os.path.exists(os.path.dirname(report)))
+        ):
             return candidate
         number += 1
         candidate = f"{name}-{number}"
@@ -150,35 +173,60 @@ def run(request):
     except ValueError as error:
         raise UserError(str(error)) from None
     split = request.split or spec.test_split
-    eval_data = data.eval_dataset(dataset, batch_size=request.batch_size, split=split,
-                                  num_examples=request.num_examples, data_dir=request.data_dir,
-                                  download=request.download)
+    eval_data = data.eval_dataset(
+        dataset,
+        batch_size=request.batch_size,
+        split=split,
+        num_examples=request.num_examples,
+        data_dir=request.data_dir,
+        download=request.download,
+    )
     reference = None
     if request.config.detection or "adaptive_detector" in request.config.attacks:
         # The selection bin/export uses too, so both fit the same detector.
         reference = export.reference_examples(
-            dataset, size=request.config.detection_reference, data_dir=request.data_dir,
-            download=request.download)
-        request = dataclasses.replace(request, config=dataclasses.replace(
-            request.config, detection_reference=len(reference[1])))
-    data_info = {"split": split, "data_dir": request.data_dir,
-                 "num_examples_requested": request.num_examples}
+            dataset,
+            size=request.config.detection_reference,
+            data_dir=request.data_dir,
+            download=request.download,
+        )
+        request = dataclasses.replace(
+            request,
+            config=dataclasses.replace(request.config, detection_reference=len(reference[1])),
+        )
+    data_info = {
+        "split": split,
+        "data_dir": request.data_dir,
+        "num_examples_requested": request.num_examples,
+    }
     # A terminal gets the progress bar; a log file (stdout redirected) one line here and the
     # summary at the end instead of a bar redrawn for every batch.
     progress = request.progress and sys.stdout.isatty() and chief
     if request.progress and not progress and chief:
-        print(f"Evaluating {dataset} [{split}] ({request.num_examples or 'all'} examples): "
-              f"{', '.join(request.config.attacks)}"
-              f"{', ' + request.config.suite if request.config.suite != 'none' else ''}",
-              flush=True)
+        print(
+            f"Evaluating {dataset} [{split}] ({request.num_examples or 'all'} examples): "
+            f"{', '.join(request.config.attacks)}"
+            f"{', ' + request.config.suite if request.config.suite != 'none' else ''}",
+            flush=True,
+        )
     name = evaluation_name(request, model_info, dataset)
     store = cluster.open_store(request, report_path, settings_hash=name[-8:])
     try:
-        result = evaluate(fns, eval_data, request.config, dataset=dataset,
-                          num_classes=spec.num_classes, batch_size=request.batch_size,
-                          num_examples=request.num_examples, reference=reference,
-                          progress=progress, model_info=model_info, data_info=data_info,
-                          strategy=strategy, store=store)
+        result = evaluate(
+            fns,
+            eval_data,
+            request.config,
+            dataset=dataset,
+            num_classes=spec.num_classes,
+            batch_size=request.batch_size,
+            num_examples=request.num_examples,
+            reference=reference,
+            progress=progress,
+            model_info=model_info,
+            data_info=data_info,
+            strategy=strategy,
+            store=store,
+        )
     finally:
         store.close()
     report = result.report
@@ -194,8 +242,11 @@ def run(request):
     os.makedirs(directory, exist_ok=True)
     report["figures"] = write_figures(result, directory)
     remove_stale_figures(directory, report["figures"])
-    report["outputs"] = {"name": name, "report": report_path,
-                         "tensorboard": tensorboard_dir if request.tensorboard else None}
+    report["outputs"] = {
+        "name": name,
+        "report": report_path,
+        "tensorboard": tensorboard_dir if request.tensorboard else None,
+    }
     run_files.write_json_atomic(report_path, report)
     if not request.output:
         _point_latest(os.path.dirname(directory), name)

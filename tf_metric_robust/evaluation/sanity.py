@@ -47,7 +47,7 @@ def bound_violations(x_adv, x, eps, norm, clip_min=0.0, clip_max=1.0):
     rows = tf.shape(x)[0]
     delta = tf.reshape(x_adv - x, [rows, -1])
     flat = tf.reshape(x_adv, [rows, -1])
-    size = (tf.reduce_max(tf.abs(delta), 1) if norm == "linf" else tf.norm(delta, axis=1))
+    size = tf.reduce_max(tf.abs(delta), 1) if norm == "linf" else tf.norm(delta, axis=1)
     box = tf.maximum(clip_min - tf.reduce_min(flat, 1), tf.reduce_max(flat, 1) - clip_max)
     violation = tf.maximum(tf.maximum(size - tf.cast(eps, tf.float64), box), 0.0)
     finite = tf.reduce_all(tf.math.is_finite(flat), 1)
@@ -55,8 +55,13 @@ def bound_violations(x_adv, x, eps, norm, clip_min=0.0, clip_max=1.0):
 
 
 def _check(name, passed, value, threshold, detail):
-    return {"name": name, "passed": None if passed is None else bool(passed), "value": value,
-            "threshold": threshold, "detail": detail}
+    return {
+        "name": name,
+        "passed": None if passed is None else bool(passed),
+        "value": value,
+        "threshold": threshold,
+        "detail": detail,
+    }
 
 
 def _monotone(name, points, tol, what):
@@ -66,12 +71,26 @@ def _monotone(name, points, tol, what):
     points = sorted(points)
     rises = [(b[1] - a[1], a[0], b[0]) for a, b in zip(points, points[1:])]
     rise, lo, hi = max(rises)
-    return _check(name, rise <= tol, rise, tol,
-                  f"largest accuracy rise {rise:+.4f} from {what} {lo:.4g} to {hi:.4g}")
+    return _check(
+        name,
+        rise <= tol,
+        rise,
+        tol,
+        f"largest accuracy rise {rise:+.4f} from {what} {lo:.4g} to {hi:.4g}",
+    )
 
 
-def run_checks(*, clean_correct, clean_predictions, predictions, correct, plan, violations,
-               gradients, thresholds):
+def run_checks(
+    *,
+    clean_correct,
+    clean_predictions,
+    predictions,
+    correct,
+    plan,
+    violations,
+    gradients,
+    thresholds,
+):
     """All checks from an evaluation's per-example evidence (see evaluation.run_plan)."""
     t = thresholds
     n = len(clean_correct)
@@ -81,40 +100,89 @@ def run_checks(*, clean_correct, clean_predictions, predictions, correct, plan, 
     roles = plan.roles
     checks = []
     differ = int(np.sum(predictions[roles["eps_zero"]] != clean_predictions))
-    checks.append(_check("eps_zero_is_clean", differ == 0, differ, 0,
-                         f"{differ} of {n} predictions change under an eps = 0 attack"))
-    checks.append(_monotone("accuracy_non_increasing_in_eps",
-                            [(e, acc[name]) for e, name in plan.eps_sweep], tol, "eps"))
-    checks.append(_monotone("accuracy_non_increasing_in_steps",
-                            [(s, acc[name]) for s, name in plan.steps_sweep], tol, "steps"))
-    attacked = {name: acc[name] - clean for name, spec in plan.specs.items()
-                if spec.kwargs["eps"] > 0}
+    checks.append(
+        _check(
+            "eps_zero_is_clean",
+            differ == 0,
+            differ,
+            0,
+            f"{differ} of {n} predictions change under an eps = 0 attack",
+        )
+    )
+    checks.append(
+        _monotone(
+            "accuracy_non_increasing_in_eps",
+            [(e, acc[name]) for e, name in plan.eps_sweep],
+            tol,
+            "eps",
+        )
+    )
+    checks.append(
+        _monotone(
+            "accuracy_non_increasing_in_steps",
+            [(s, acc[name]) for s, name in plan.steps_sweep],
+            tol,
+            "steps",
+        )
+    )
+    attacked = {
+        name: acc[name] - clean for name, spec in plan.specs.items() if spec.kwargs["eps"] > 0
+    }
     worst = max(attacked, key=attacked.get)
-    checks.append(_check("robust_not_above_clean", attacked[worst] <= tol, attacked[worst], tol,
-                         f"{worst} accuracy minus clean accuracy {attacked[worst]:+.4f}"))
+    checks.append(
+        _check(
+            "robust_not_above_clean",
+            attacked[worst] <= tol,
+            attacked[worst],
+            tol,
+            f"{worst} accuracy minus clean accuracy {attacked[worst]:+.4f}",
+        )
+    )
     far = max(violations, key=violations.get)
-    checks.append(_check("inside_eps_ball_and_box", violations[far] <= t.bound_tolerance,
-                         violations[far], t.bound_tolerance,
-                         f"largest distance outside the eps-ball or [0,1]: {far} "
-                         f"{violations[far]:.3g}"))
+    checks.append(
+        _check(
+            "inside_eps_ball_and_box",
+            violations[far] <= t.bound_tolerance,
+            violations[far],
+            t.bound_tolerance,
+            f"largest distance outside the eps-ball or [0,1]: {far} {violations[far]:.3g}",
+        )
+    )
     g = gradients
     zero = max(g["zero_ce"], g["zero_cw"]) / g["examples"]
-    checks.append(_check(
-        "input_gradients_nonzero_finite",
-        g["nonfinite"] == 0 and zero <= t.max_zero_gradient_fraction, zero,
-        t.max_zero_gradient_fraction,
-        f"of {g['examples']} examples: all-zero CE gradient {g['zero_ce']}, all-zero CW gradient "
-        f"{g['zero_cw']}, non-finite {g['nonfinite']}"))
+    checks.append(
+        _check(
+            "input_gradients_nonzero_finite",
+            g["nonfinite"] == 0 and zero <= t.max_zero_gradient_fraction,
+            zero,
+            t.max_zero_gradient_fraction,
+            f"of {g['examples']} examples: all-zero CE gradient {g['zero_ce']}, all-zero CW gradient "
+            f"{g['zero_cw']}, non-finite {g['nonfinite']}",
+        )
+    )
     large = acc[roles["large_eps"]]
     eps = plan.specs[roles["large_eps"]].kwargs["eps"]
-    checks.append(_check("large_eps_breaks_model", large <= t.large_eps_max_accuracy, large,
-                         t.large_eps_max_accuracy,
-                         f"accuracy {large:.4f} under L-inf PGD at eps {eps:g}"))
+    checks.append(
+        _check(
+            "large_eps_breaks_model",
+            large <= t.large_eps_max_accuracy,
+            large,
+            t.large_eps_max_accuracy,
+            f"accuracy {large:.4f} under L-inf PGD at eps {eps:g}",
+        )
+    )
     gap = abs(acc[roles["random_start"]] - acc[roles["zero_start"]])
     gap_tol = max(t.start_gap_tolerance, 1.0 / n)
-    checks.append(_check("random_vs_zero_start_gap", gap <= gap_tol, gap, gap_tol,
-                         f"PGD accuracy random start {acc[roles['random_start']]:.4f}, zero "
-                         f"start {acc[roles['zero_start']]:.4f}"))
+    checks.append(
+        _check(
+            "random_vs_zero_start_gap",
+            gap <= gap_tol,
+            gap,
+            gap_tol,
+            f"PGD accuracy random start {acc[roles['random_start']]:.4f}, zero "
+            f"start {acc[roles['zero_start']]:.4f}",
+        )
+    )
     return checks
 
 
@@ -122,5 +190,9 @@ def warn_failures(checks):
     """Logs one warning per failed check (Python logging; absl shows it on stderr)."""
     for check in checks:
         if check["passed"] is False:
-            _LOG.warning("sanity check %s FAILED: %s (threshold %s)", check["name"],
-                         check["detail"], check["threshold"])
+            _LOG.warning(
+                "sanity check %s FAILED: %s (threshold %s)",
+                check["name"],
+                check["detail"],
+                check["threshold"],
+            )

@@ -33,8 +33,9 @@ class ShardStore:
       poll_seconds: how often a waiting worker looks for the others' files.
     """
 
-    def __init__(self, work_dir=None, worker=0, num_workers=1, stale_seconds=120.0,
-                 poll_seconds=0.5):
+    def __init__(
+        self, work_dir=None, worker=0, num_workers=1, stale_seconds=120.0, poll_seconds=0.5
+    ):
         if work_dir is None and num_workers != 1:
             raise UserError("several workers exchange results through a work directory")
         self.work_dir, self.worker, self.num_workers = work_dir, worker, num_workers
@@ -109,8 +110,9 @@ class ShardStore:
         done = lambda w: os.path.exists(os.path.join(self.work_dir, f"done-{w}"))  # noqa: E731
         while not all(done(w) for w in range(self.num_workers)):
             if time.time() > deadline:
-                logging.warning("not every worker finished reading %s; left in place",
-                                self.work_dir)
+                logging.warning(
+                    "not every worker finished reading %s; left in place", self.work_dir
+                )
                 return
             time.sleep(self.poll_seconds)
         shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -151,7 +153,8 @@ class ShardStore:
                     f"worker {worker} of {self.num_workers} stopped before writing its shards of "
                     f"{run} (no heartbeat for {now - since:.0f} s); the shards written so far are "
                     f"kept in {self.work_dir}: start every worker again with the same command to "
-                    f"resume")
+                    f"resume"
+                )
 
 
 __all__ = ["HEARTBEAT_SECONDS", "ShardStore"]

@@ -50,8 +50,19 @@ class ShardRunner:
         self.resumed = 0  # own shards found already written (a re-run resuming)
         self._compiled = {}
 
-    def run(self, name, fn, x, y, *, rows=None, params=None, trace_key=None,
-            root="evaluation.attack", seed_id=None):
+    def run(
+        self,
+        name,
+        fn,
+        x,
+        y,
+        *,
+        rows=None,
+        params=None,
+        trace_key=None,
+        root="evaluation.attack",
+        seed_id=None,
+    ):
         """fn on every shard of (x[rows], y[rows]); returns {output: array [len(rows), ...]}.
 
         Args:
@@ -66,7 +77,7 @@ class ShardRunner:
         started = time.perf_counter()
         rows = np.arange(len(y)) if rows is None else np.asarray(rows, np.int64)
         size = self.shard_size
-        shards = [rows[i:i + size] for i in range(0, len(rows), size)]
+        shards = [rows[i : i + size] for i in range(0, len(rows), size)]
         seed_id = run_id(name) if seed_id is None else seed_id
         mine = [j for j in range(len(shards)) if self.store.owns(j)]
         todo = [j for j in mine if self.store.load(name, j) is None]
@@ -75,13 +86,13 @@ class ShardRunner:
         step = self._step(trace_key or name, fn)
         params = {k: tf.constant(v, tf.float32) for k, v in (params or {}).items()}
         for first in range(0, len(todo), self.replicas):
-            group = todo[first:first + self.replicas]
+            group = todo[first : first + self.replicas]
             inputs = []
             for j in group:
                 padded = np.resize(shards[j], size)  # cyclic repeat: the same shape every call
                 inputs.append((x[padded], y[padded], seeds.key(self.seed, root, seed_id, j)))
             for j, out in zip(group, self._call(step, inputs, params)):
-                self.store.save(name, j, {k: v[:len(shards[j])] for k, v in out.items()})
+                self.store.save(name, j, {k: v[: len(shards[j])] for k, v in out.items()})
             if bar is not None:
                 bar.add(len(group))
         parts = self.store.gather(name, len(shards))
@@ -96,7 +107,8 @@ class ShardRunner:
             # A partial, not a closure: TF's retracing warning counts closures sharing one code
             # object, and every run here has its own tf.function traced once.
             self._compiled[key] = tf.function(
-                functools.partial(_replica_step, self.strategy, fn), autograph=False)
+                functools.partial(_replica_step, self.strategy, fn), autograph=False
+            )
         return self._compiled[key]
 
     def _call(self, step, inputs, params):
@@ -106,8 +118,12 @@ class ShardRunner:
         if self.replicas == 1:
             out = step(*(tf.convert_to_tensor(v) for v in inputs[0]), params)
             return [{k: v.numpy() for k, v in out.items()}]
-        args = [self.strategy.experimental_distribute_values_from_function(
-            lambda context, i=i: inputs[context.replica_id_in_sync_group][i]) for i in range(3)]
+        args = [
+            self.strategy.experimental_distribute_values_from_function(
+                lambda context, i=i: inputs[context.replica_id_in_sync_group][i]
+            )
+            for i in range(3)
+        ]
         out = step(*args, params)
         local = {k: self.strategy.experimental_local_results(v) for k, v in out.items()}
         return [{k: v[r].numpy() for k, v in local.items()} for r in range(count)]

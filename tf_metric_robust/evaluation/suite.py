@@ -16,9 +16,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust.attacks.autoattack import (EOT_ITER, GRADIENT_ATTACKS, MEMBER_ID, RESTARTS,
-                                                 VERSIONS, diagnose, log_member,
-                                                 member_attack)
+from tf_metric_robust.attacks.autoattack import (
+    EOT_ITER,
+    GRADIENT_ATTACKS,
+    MEMBER_ID,
+    RESTARTS,
+    VERSIONS,
+    diagnose,
+    log_member,
+    member_attack,
+)
 from tf_metric_robust.evaluation import sanity
 
 NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
@@ -30,8 +37,11 @@ BOUND_TOLERANCE = 1e-5  # a member's result outside the threat model by more is 
 def weakest_pgd(plan, accuracy):
     """(name, accuracy) of the lowest-accuracy PGD run of the attack list inside the threat model,
     or (None, None): the PGD number the suite's APGD is compared with."""
-    runs = {name: accuracy(name) for name in plan.main
-            if plan.specs[name].attack == "pgd" and plan.specs[name].counts_for_robust}
+    runs = {
+        name: accuracy(name)
+        for name in plan.main
+        if plan.specs[name].attack == "pgd" and plan.specs[name].counts_for_robust
+    }
     if not runs:
         return None, None
     name = min(runs, key=runs.get)
@@ -45,14 +55,15 @@ def _member_fn(fns, attack, eps, norm):
     def run(x, y, key, params):
         del params
         x_adv = attack(fns.logits, x, y, key)
-        return {"predictions": tf.argmax(fns.outputs(x_adv)[0], -1),
-                "violation": sanity.bound_violations(x_adv, x, eps, norm)}
+        return {
+            "predictions": tf.argmax(fns.outputs(x_adv)[0], -1),
+            "violation": sanity.bound_violations(x_adv, x, eps, norm),
+        }
 
     return run
 
 
-def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None,
-              pgd_accuracy=None):
+def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None, pgd_accuracy=None):
     """Runs config.suite on all of (x, y); returns (report section, fooled_by [N], checks).
 
     The AutoAttack sequence of attacks.autoattack (each member only on the points every earlier
@@ -70,49 +81,83 @@ def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None,
       pgd_attack, pgd_accuracy: the evaluation's PGD run and its accuracy (fraction), or None.
     """
     names = VERSIONS[config.suite_version]
-    logging.info("AutoAttack (%s: %s) on %d examples", config.suite_version, ", ".join(names),
-                 len(y))
-    settings = dict(eps=config.eps, norm=config.norm, version=config.suite_version,
-                    steps=config.suite_steps, queries=config.suite_queries,
-                    num_target_classes=NUM_TARGET_CLASSES, seed=config.seed)
+    logging.info(
+        "AutoAttack (%s: %s) on %d examples", config.suite_version, ", ".join(names), len(y)
+    )
+    settings = dict(
+        eps=config.eps,
+        norm=config.norm,
+        version=config.suite_version,
+        steps=config.suite_steps,
+        queries=config.suite_queries,
+        num_target_classes=NUM_TARGET_CLASSES,
+        seed=config.seed,
+    )
     fooled_by = np.where(clean_predictions != y, "clean", "").astype(object)
     clean_accuracy = float(np.mean(fooled_by == ""))
     attack_accuracy, seconds = {}, {}
     for name in names:
         attack = member_attack(
-            name, eps=config.eps, norm=config.norm, steps=config.suite_steps,
-            queries=config.suite_queries, num_target_classes=NUM_TARGET_CLASSES,
-            restarts=RESTARTS[config.suite_version], clip_min=0.0, clip_max=1.0,
-            eot_iter=EOT_ITER[config.suite_version])
+            name,
+            eps=config.eps,
+            norm=config.norm,
+            steps=config.suite_steps,
+            queries=config.suite_queries,
+            num_target_classes=NUM_TARGET_CLASSES,
+            restarts=RESTARTS[config.suite_version],
+            clip_min=0.0,
+            clip_max=1.0,
+            eot_iter=EOT_ITER[config.suite_version],
+        )
         rows = np.flatnonzero(fooled_by == "")
         run = f"autoattack.{config.suite_version}.{name}"
         if len(rows):
-            out = runner.run(run, _member_fn(fns, attack, config.eps, config.norm), x, y,
-                             rows=rows, root="autoattack", seed_id=MEMBER_ID[name])
+            out = runner.run(
+                run,
+                _member_fn(fns, attack, config.eps, config.norm),
+                x,
+                y,
+                rows=rows,
+                root="autoattack",
+                seed_id=MEMBER_ID[name],
+            )
             if out["violation"].max() > BOUND_TOLERANCE:
-                raise RuntimeError(f"{name} returned points outside the {config.norm} ball of "
-                                   f"radius {config.eps} or the box [0, 1]")
+                raise RuntimeError(
+                    f"{name} returned points outside the {config.norm} ball of "
+                    f"radius {config.eps} or the box [0, 1]"
+                )
             fooled_by[rows[out["predictions"] != y[rows]]] = name
         attack_accuracy[name] = float(np.mean(fooled_by == ""))
         seconds[name] = runner.seconds.get(run, 0.0)
         log_member(name, attack_accuracy[name], seconds[name])
-    warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, PGD_GAP,
-                        SQUARE_GAP)
+    warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, PGD_GAP, SQUARE_GAP)
     fooled_by = fooled_by.astype(str)
     counts = {name: int(np.sum(fooled_by == name)) for name in ("clean", *names)}
-    section = {"name": config.suite, **settings, "batch_size": runner.shard_size,
-               "attacks": list(names), "clean_accuracy": clean_accuracy,
-               "attack_accuracy": attack_accuracy,
-               "robust_accuracy": attack_accuracy[names[-1]], "fooled_by": counts,
-               "pgd_attack": pgd_attack, "pgd_accuracy": pgd_accuracy,
-               "warnings": list(warnings),
-               "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    section = {
+        "name": config.suite,
+        **settings,
+        "batch_size": runner.shard_size,
+        "attacks": list(names),
+        "clean_accuracy": clean_accuracy,
+        "attack_accuracy": attack_accuracy,
+        "robust_accuracy": attack_accuracy[names[-1]],
+        "fooled_by": counts,
+        "pgd_attack": pgd_attack,
+        "pgd_accuracy": pgd_accuracy,
+        "warnings": list(warnings),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+    }
     return section, fooled_by, suite_checks(section)
 
 
 def _check(name, passed, value, threshold, detail):
-    return {"name": name, "passed": passed, "value": value, "threshold": threshold,
-            "detail": detail}
+    return {
+        "name": name,
+        "passed": passed,
+        "value": value,
+        "threshold": threshold,
+        "detail": detail,
+    }
 
 
 def suite_checks(section):
@@ -124,21 +169,40 @@ def suite_checks(section):
         index = order.index("square")
         before = accuracy[order[index - 1]] if index else section["clean_accuracy"]
         gain = before - accuracy["square"]
-        checks.append(_check(
-            "suite_square_not_beating_gradient_attacks", gain <= SQUARE_GAP, gain, SQUARE_GAP,
-            f"Square lowered robust accuracy from {before:.4f} to {accuracy['square']:.4f} on "
-            f"points the attacks before it left robust (more: gradient masking)"))
+        checks.append(
+            _check(
+                "suite_square_not_beating_gradient_attacks",
+                gain <= SQUARE_GAP,
+                gain,
+                SQUARE_GAP,
+                f"Square lowered robust accuracy from {before:.4f} to {accuracy['square']:.4f} on "
+                f"points the attacks before it left robust (more: gradient masking)",
+            )
+        )
     gradient = [accuracy[n] for n in order if n in GRADIENT_ATTACKS]
     pgd = section["pgd_accuracy"]
     if pgd is None or not gradient:
-        checks.append(_check("suite_apgd_not_far_below_pgd", None, None, PGD_GAP,
-                             "skipped: no PGD run in the attack list or no APGD in the suite"))
+        checks.append(
+            _check(
+                "suite_apgd_not_far_below_pgd",
+                None,
+                None,
+                PGD_GAP,
+                "skipped: no PGD run in the attack list or no APGD in the suite",
+            )
+        )
     else:
         gap = pgd - min(gradient)
-        checks.append(_check(
-            "suite_apgd_not_far_below_pgd", gap <= PGD_GAP, gap, PGD_GAP,
-            f"robust accuracy {min(gradient):.4f} after APGD vs {pgd:.4f} under "
-            f"{section['pgd_attack']} (more: the PGD evaluation overstates robustness)"))
+        checks.append(
+            _check(
+                "suite_apgd_not_far_below_pgd",
+                gap <= PGD_GAP,
+                gap,
+                PGD_GAP,
+                f"robust accuracy {min(gradient):.4f} after APGD vs {pgd:.4f} under "
+                f"{section['pgd_attack']} (more: the PGD evaluation overstates robustness)",
+            )
+        )
     return checks
 
 
@@ -155,5 +219,12 @@ def summary_lines(section):
     return lines
 
 
-__all__ = ["NUM_TARGET_CLASSES", "PGD_GAP", "SQUARE_GAP", "run_suite", "suite_checks",
-           "summary_lines", "weakest_pgd"]
+__all__ = [
+    "NUM_TARGET_CLASSES",
+    "PGD_GAP",
+    "SQUARE_GAP",
+    "run_suite",
+    "suite_checks",
+    "summary_lines",
+    "weakest_pgd",
+]

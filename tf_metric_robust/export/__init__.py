@@ -11,7 +11,19 @@ from tf_metric_robust.export.saved_model import DETECTOR_FILE, export_run, expor
 from tf_metric_robust.export.serving import GRADIENT_SIGNATURE, SIGNATURES, ServingModule
 from tf_metric_robust.export.warmup import WARMUP_FILE, predict_log_record, write_warmup_requests
 
-__all__ = ["DETECTOR_FILE", "GRADIENT_SIGNATURE", "SIGNATURES", "WARMUP_FILE", "ServingModule",
-           "calibrate_detector", "export_run", "export_saved_model", "latest_version",
-           "make_detector", "predict_log_record", "reference_examples", "versions",
-           "write_warmup_requests"]
+__all__ = [
+    "DETECTOR_FILE",
+    "GRADIENT_SIGNATURE",
+    "SIGNATURES",
+    "WARMUP_FILE",
+    "ServingModule",
+    "calibrate_detector",
+    "export_run",
+    "export_saved_model",
+    "latest_version",
+    "make_detector",
+    "predict_log_record",
+    "reference_examples",
+    "versions",
+    "write_warmup_requests",
+]

@@ -11,8 +11,9 @@ from tf_metric_robust import data, detection
 from tf_metric_robust.config import DEFAULT_DETECTION_K, DEFAULT_REFERENCE_SIZE, UserError
 
 
-def reference_examples(dataset, *, size=DEFAULT_REFERENCE_SIZE, data_dir=None, download=False,
-                       batch_size=500):
+def reference_examples(
+    dataset, *, size=DEFAULT_REFERENCE_SIZE, data_dir=None, download=False, batch_size=500
+):
     """About `size` clean training examples, split evenly over the classes, that detectors are
     fitted on: the one selection bin/export and bin/evaluate --detection both use.
 
@@ -40,16 +41,33 @@ def reference_examples(dataset, *, size=DEFAULT_REFERENCE_SIZE, data_dir=None, d
     return np.stack(kept_images).astype(np.float32), np.asarray(kept_labels, np.int64)
 
 
-def make_detector(network, images, labels, *, k=DEFAULT_DETECTION_K, score_type="agreement",
-                  detector="gaussian", covariance="per_class", batch_size=256):
+def make_detector(
+    network,
+    images,
+    labels,
+    *,
+    k=DEFAULT_DETECTION_K,
+    score_type="agreement",
+    detector="gaussian",
+    covariance="per_class",
+    batch_size=256,
+):
     """The `detector` ('gaussian' or 'knn', detection.build) fitted on the network's embeddings
     of clean `images` [M,H,W,C] with `labels` [M]."""
-    embeddings = [network(images[i:i + batch_size], training=False)["embedding"].numpy()
-                  for i in range(0, len(images), batch_size)]
+    embeddings = [
+        network(images[i : i + batch_size], training=False)["embedding"].numpy()
+        for i in range(0, len(images), batch_size)
+    ]
     num_classes = int(network.get_layer("logits").units)
-    return detection.build(detector, np.concatenate(embeddings).astype(np.float32), labels,
-                           num_classes=num_classes, k=k, score_type=score_type,
-                           covariance=covariance)
+    return detection.build(
+        detector,
+        np.concatenate(embeddings).astype(np.float32),
+        labels,
+        num_classes=num_classes,
+        k=k,
+        score_type=score_type,
+        covariance=covariance,
+    )
 
 
 def calibrate_detector(network, detector, images, *, batch_size=256):
@@ -57,9 +75,8 @@ def calibrate_detector(network, detector, images, *, batch_size=256):
     is also stored on the detector as tf.Variable `threshold` (saved with the export)."""
     scores = []
     for i in range(0, len(images), batch_size):
-        out = network(images[i:i + batch_size], training=False)
+        out = network(images[i : i + batch_size], training=False)
         scores.append(detector.score(out["embedding"], tf.argmax(out["logits"], -1)).numpy())
     threshold = detection.threshold_at_fpr(np.concatenate(scores))
-    detector.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False,
-                                     name="threshold")
+    detector.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
     return threshold

@@ -15,8 +15,11 @@ def versions(export_dir):
     """Sorted integer versions under export_dir (children named by digits, as TF Serving reads)."""
     if not os.path.isdir(export_dir):
         return []
-    return sorted(int(name) for name in os.listdir(export_dir)
-                  if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+    return sorted(
+        int(name)
+        for name in os.listdir(export_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+    )
 
 
 def latest_version(export_dir):
@@ -33,8 +36,10 @@ def latest_version(export_dir):
 
 def refuse_existing(export_dir, version):
     if os.path.exists(os.path.join(export_dir, str(version))):
-        raise UserError(f"version {version} already exists in {export_dir}; versions are never "
-                        "overwritten (TF Serving may be serving it): pick another --version")
+        raise UserError(
+            f"version {version} already exists in {export_dir}; versions are never "
+            "overwritten (TF Serving may be serving it): pick another --version"
+        )
 
 
 def publish(temporary, export_dir, version, attempts=5):

@@ -25,17 +25,31 @@ import tensorflow as tf
 from tf_metric_robust import data, detection, run_files
 from tf_metric_robust.config import DEFAULT_DETECTION_K, UserError
 from tf_metric_robust.export.detector import calibrate_detector, make_detector, reference_examples
-from tf_metric_robust.export.folders import (TEMPORARY_PREFIX, publish, refuse_existing,
-                                             sync_directory, sync_tree)
+from tf_metric_robust.export.folders import (
+    TEMPORARY_PREFIX,
+    publish,
+    refuse_existing,
+    sync_directory,
+    sync_tree,
+)
 from tf_metric_robust.export.serving import ServingModule
 from tf_metric_robust.export.warmup import WARMUP_FILE, write_warmup_requests
 
 DETECTOR_FILE = os.path.join("assets.extra", "detector.json")  # bin/export's detector record
 
 
-def export_saved_model(network, export_dir, *, reference_images=None, reference_labels=None,
-                       detection_k=DEFAULT_DETECTION_K, detection_score="agreement",
-                       version=None, warmup=True, detector=None):
+def export_saved_model(
+    network,
+    export_dir,
+    *,
+    reference_images=None,
+    reference_labels=None,
+    detection_k=DEFAULT_DETECTION_K,
+    detection_score="agreement",
+    version=None,
+    warmup=True,
+    detector=None,
+):
     """Writes `network` as export_dir/<version>/ atomically; returns that version folder's path.
 
     `reference_images` [M,H,W,C] in [0,1] with `reference_labels` [M] (clean training examples,
@@ -45,15 +59,18 @@ def export_saved_model(network, export_dir, *, reference_images=None, reference_
     `detector`: an already fitted detector (make_detector) instead of the reference.
     """
     if "://" in str(export_dir):
-        raise UserError(f"export_dir {export_dir} must be a local folder (the version is renamed "
-                        "into place atomically); export locally and copy the version folder")
+        raise UserError(
+            f"export_dir {export_dir} must be a local folder (the version is renamed "
+            "into place atomically); export locally and copy the version folder"
+        )
     if (reference_images is None) != (reference_labels is None):
         raise ValueError("pass both reference_images and reference_labels, or neither")
     if version is not None and (int(version) != version or version < 1):
         raise UserError(f"version must be an integer >= 1, got {version}")
     if detector is None and reference_images is not None:
-        detector = make_detector(network, reference_images, reference_labels, k=detection_k,
-                                 score_type=detection_score)
+        detector = make_detector(
+            network, reference_images, reference_labels, k=detection_k, score_type=detection_score
+        )
     module = ServingModule(network, detector)
     os.makedirs(export_dir, exist_ok=True)
     if version is not None:
@@ -82,30 +99,60 @@ def export_run(config):
 
     network, recipe, checkpoint = run_files.load_network(config.model_dir)
     dataset = recipe["dataset"]
-    images, labels = reference_examples(dataset, size=config.detection_reference,
-                                        data_dir=config.data_dir, download=config.download)
+    images, labels = reference_examples(
+        dataset, size=config.detection_reference, data_dir=config.data_dir, download=config.download
+    )
     covariance = config.detection_covariance or default_detection_covariance(dataset)
     info = data.dataset_info(dataset)
-    clean = np.concatenate([x for x, _ in data.eval_dataset(
-        dataset, batch_size=500, split=info.test_split, num_examples=config.threshold_examples,
-        data_dir=config.data_dir, download=config.download).as_numpy_iterator()])
+    clean = np.concatenate(
+        [
+            x
+            for x, _ in data.eval_dataset(
+                dataset,
+                batch_size=500,
+                split=info.test_split,
+                num_examples=config.threshold_examples,
+                data_dir=config.data_dir,
+                download=config.download,
+            ).as_numpy_iterator()
+        ]
+    )
     try:
-        detector = make_detector(network, images, labels, k=config.detection_k,
-                                 score_type=config.detection_score, detector=config.detector,
-                                 covariance=covariance)
+        detector = make_detector(
+            network,
+            images,
+            labels,
+            k=config.detection_k,
+            score_type=config.detection_score,
+            detector=config.detector,
+            covariance=covariance,
+        )
         threshold = calibrate_detector(network, detector, clean)
         description = {
-            **detector.describe(), "checkpoint": checkpoint,
-            "reference": {"function": "export.reference_examples", "dataset": dataset,
-                          "split": info.train_split, "examples": int(len(labels)),
-                          "per_class": np.bincount(labels).tolist()},
-            "threshold": threshold, "flag_when": "detection_score > threshold",
+            **detector.describe(),
+            "checkpoint": checkpoint,
+            "reference": {
+                "function": "export.reference_examples",
+                "dataset": dataset,
+                "split": info.train_split,
+                "examples": int(len(labels)),
+                "per_class": np.bincount(labels).tolist(),
+            },
+            "threshold": threshold,
+            "flag_when": "detection_score > threshold",
             "threshold_false_positive_rate": detection.FALSE_POSITIVE_RATE,
-            "threshold_images": {"split": info.test_split, "examples": int(len(clean))}}
-        detector.description = tf.Variable(json.dumps(description, sort_keys=True),
-                                           trainable=False, name="description")
-        path = export_saved_model(network, config.resolved_export_dir, detector=detector,
-                                  version=config.version, warmup=config.warmup)
+            "threshold_images": {"split": info.test_split, "examples": int(len(clean))},
+        }
+        detector.description = tf.Variable(
+            json.dumps(description, sort_keys=True), trainable=False, name="description"
+        )
+        path = export_saved_model(
+            network,
+            config.resolved_export_dir,
+            detector=detector,
+            version=config.version,
+            warmup=config.warmup,
+        )
     except ValueError as error:  # e.g. detection_k larger than the reference allows
         raise UserError(str(error)) from None
     # The same record beside the model for servers that do not load it in Python; the saved

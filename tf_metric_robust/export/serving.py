@@ -32,12 +32,15 @@ class ServingModule(tf.Module):
         # Unknown rank on purpose: every shape mistake reaches the checks below and gets their
         # message, instead of a binding error or a shape error deep inside a convolution.
         self.serve = tf.function(
-            self._serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
+            self._serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
+        )
         self.serve_uint8 = tf.function(
-            self._serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")])
+            self._serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")]
+        )
         self.logits_and_embedding = tf.function(
             self._logits_and_embedding,
-            input_signature=[tf.TensorSpec(None, tf.float32, name="images")])
+            input_signature=[tf.TensorSpec(None, tf.float32, name="images")],
+        )
         # Keras 3 variables wrap tf.Variables, and the traced graphs capture the inner ones. The
         # graph-mode loader of TF Serving and saved_model_cli restores only variables that are
         # saved objects themselves ("Could not find variable conv2/kernel" otherwise: keras-team/
@@ -50,18 +53,32 @@ class ServingModule(tf.Module):
         self.serving_variables = list(captured.values())
 
     def signatures(self):
-        return {"serving_default": self.serve, "serving_uint8": self.serve_uint8,
-                GRADIENT_SIGNATURE: self.logits_and_embedding}
+        return {
+            "serving_default": self.serve,
+            "serving_uint8": self.serve_uint8,
+            GRADIENT_SIGNATURE: self.logits_and_embedding,
+        }
 
     def _checked_float(self, images):
         """images float32 [N,H,W,C] in [0,1], else an InvalidArgumentError naming the problem."""
         images = _check_shape(images, self.image_shape, "float32 in [0, 1]")
-        images = _require(tf.reduce_all(tf.math.is_finite(images)), images, [
-            "images contain NaN or Inf; expected finite float32 values in [0, 1]"])
+        images = _require(
+            tf.reduce_all(tf.math.is_finite(images)),
+            images,
+            ["images contain NaN or Inf; expected finite float32 values in [0, 1]"],
+        )
         low, high = tf.reduce_min(images), tf.reduce_max(images)
-        return _require(tf.logical_and(low >= 0.0, high <= 1.0), images, [
-            "images must be float32 in [0, 1] (raw 0-255 pixels go to signature serving_uint8);"
-            " got min", low, "max", high])
+        return _require(
+            tf.logical_and(low >= 0.0, high <= 1.0),
+            images,
+            [
+                "images must be float32 in [0, 1] (raw 0-255 pixels go to signature serving_uint8);"
+                " got min",
+                low,
+                "max",
+                high,
+            ],
+        )
 
     def _serve_float(self, images):
         return self._outputs(self._checked_float(images))
@@ -85,8 +102,10 @@ class ServingModule(tf.Module):
             return {name: tf.cast(outputs[name], tf.float32) for name in ("logits", "embedding")}
 
         def empty():
-            return {"logits": tf.zeros([0, self.num_classes]),
-                    "embedding": tf.zeros([0, self.embedding_dim])}
+            return {
+                "logits": tf.zeros([0, self.num_classes]),
+                "embedding": tf.zeros([0, self.embedding_dim]),
+            }
 
         return tf.cond(tf.shape(images)[0] > 0, run, empty)
 
@@ -94,8 +113,12 @@ class ServingModule(tf.Module):
         outputs = self._network_outputs(images)
         logits, embedding = outputs["logits"], outputs["embedding"]
         classes = tf.argmax(logits, axis=-1)
-        result = {"logits": logits, "probabilities": tf.nn.softmax(logits), "classes": classes,
-                  "embedding": embedding}
+        result = {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "classes": classes,
+            "embedding": embedding,
+        }
         if self.detector is not None:
             result["detection_score"] = self.detector.score(embedding, classes)
         return result
@@ -122,6 +145,9 @@ def _check_shape(images, image_shape, kind):
     # Padding makes the slice 3 long at any rank (even 0), so the comparison cannot fail.
     sizes = tf.concat([shape, [-1, -1, -1, -1]], axis=0)[1:4]
     valid = tf.logical_and(tf.equal(tf.size(shape), 4), tf.reduce_all(tf.equal(sizes, image_shape)))
-    images = _require(valid, images, [
-        f"images must be a batch of shape {expected} (NHWC) of {kind}; got shape", shape])
+    images = _require(
+        valid,
+        images,
+        [f"images must be a batch of shape {expected} (NHWC) of {kind}; got shape", shape],
+    )
     return tf.ensure_shape(images, [None, *image_shape])

@@ -38,9 +38,11 @@ def predict_log_record(signature_name, inputs):
     """
     model_spec = _field(3, signature_name.encode())
     request = _field(1, model_spec) + b"".join(
-        _field(2, _field(1, name.encode()) + _field(2, tf.make_tensor_proto(value)
-                                                   .SerializeToString()))
-        for name, value in sorted(inputs.items()))
+        _field(
+            2, _field(1, name.encode()) + _field(2, tf.make_tensor_proto(value).SerializeToString())
+        )
+        for name, value in sorted(inputs.items())
+    )
     return _field(6, _field(1, request))
 
 
@@ -49,9 +51,11 @@ def write_warmup_requests(path, image_shape, batch_size=1):
     SIGNATURES (a batch of black images), so the first client request does not pay for graph warm-up."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     shape = (batch_size, *image_shape)
-    requests = {"serving_default": np.zeros(shape, np.float32),
-                "serving_uint8": np.zeros(shape, np.uint8),
-                GRADIENT_SIGNATURE: np.zeros(shape, np.float32)}
+    requests = {
+        "serving_default": np.zeros(shape, np.float32),
+        "serving_uint8": np.zeros(shape, np.uint8),
+        GRADIENT_SIGNATURE: np.zeros(shape, np.float32),
+    }
     with tf.io.TFRecordWriter(path) as writer:
         for signature_name, images in requests.items():
             writer.write(predict_log_record(signature_name, {"images": images}))

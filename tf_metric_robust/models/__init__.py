@@ -55,7 +55,16 @@ def embedding_dim(model):
     return int(model.get_layer("embedding").output.shape[-1])
 
 
-__all__ = ["MODELS", "build", "embedding_dim", "small_cnn", "madry_mnist", "mnist_large",
-           "wide_resnet",
-           "preact_resnet_tiny",
-           "preact_resnet18", "PerImageStandardization", "ChannelZeroPad"]
+__all__ = [
+    "MODELS",
+    "build",
+    "embedding_dim",
+    "small_cnn",
+    "madry_mnist",
+    "mnist_large",
+    "wide_resnet",
+    "preact_resnet_tiny",
+    "preact_resnet18",
+    "PerImageStandardization",
+    "ChannelZeroPad",
+]

@@ -76,8 +76,14 @@ def kernel_regularizer(weight_decay):
     return keras.regularizers.L2(weight_decay / 2.0)
 
 
-def classifier_outputs(embedding, num_classes, *, regularizer=None, kernel_initializer="glorot_uniform",
-                       bias_initializer="zeros"):
+def classifier_outputs(
+    embedding,
+    num_classes,
+    *,
+    regularizer=None,
+    kernel_initializer="glorot_uniform",
+    bias_initializer="zeros",
+):
     """Final float32 dense layer 'logits' on the embedding; returns the model's output dict.
 
     The dense layer runs in float32 so mixed precision (mixed_float16 / mixed_bfloat16) still gives

@@ -23,13 +23,22 @@ def madry_mnist(num_classes, input_shape, *, weight_decay=0.0):
       A functional `keras.Model` mapping images to {'logits': [N, C], 'embedding': [N, 1024]}.
     """
     reg = layers.kernel_regularizer(weight_decay)
-    init = dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
-                bias_initializer=keras.initializers.Constant(0.1))
+    init = dict(
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+        bias_initializer=keras.initializers.Constant(0.1),
+    )
     images = keras.Input(shape=input_shape, name="images")
     x = images
     for i, filters in enumerate((32, 64), start=1):
-        x = keras.layers.Conv2D(filters, 5, padding="same", activation="relu", kernel_regularizer=reg,
-                                name=f"conv{i}", **init)(x)
+        x = keras.layers.Conv2D(
+            filters,
+            5,
+            padding="same",
+            activation="relu",
+            kernel_regularizer=reg,
+            name=f"conv{i}",
+            **init,
+        )(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(1024, kernel_regularizer=reg, name="fc1", **init)(x)

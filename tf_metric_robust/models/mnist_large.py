@@ -25,8 +25,10 @@ def mnist_large(num_classes, input_shape, *, weight_decay=0.0):
       A functional `keras.Model` mapping images to {'logits': [N, C], 'embedding': [N, 1024]}.
     """
     reg = layers.kernel_regularizer(weight_decay)
-    init = dict(kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
-                bias_initializer=keras.initializers.Constant(0.1))
+    init = dict(
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+        bias_initializer=keras.initializers.Constant(0.1),
+    )
 
     def batch_norm(name):
         return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=name)
@@ -35,8 +37,9 @@ def mnist_large(num_classes, input_shape, *, weight_decay=0.0):
     x = images
     for block, widths in enumerate(((32, 64), (128, 256)), start=1):
         for i, filters in enumerate(widths, start=1):
-            x = keras.layers.Conv2D(filters, 3, padding="same", kernel_regularizer=reg,
-                                    name=f"conv{block}_{i}", **init)(x)
+            x = keras.layers.Conv2D(
+                filters, 3, padding="same", kernel_regularizer=reg, name=f"conv{block}_{i}", **init
+            )(x)
             x = batch_norm(f"bn{block}_{i}")(x)
             x = keras.layers.ReLU(name=f"relu{block}_{i}")(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)

@@ -21,7 +21,11 @@ BLOCKS = (2, 3, 5, 2)
 
 def _conv(filters, kernel_size, strides, reg, name):
     return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=False,
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
         kernel_regularizer=reg,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
         name=name,
@@ -46,8 +50,15 @@ def _bottleneck(x, hidden, stride, project, reg, name):
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def preact_resnet_tiny(num_classes, input_shape, *, width=64, blocks=BLOCKS, weight_decay=0.0,
-                       standardization="per_image"):
+def preact_resnet_tiny(
+    num_classes,
+    input_shape,
+    *,
+    width=64,
+    blocks=BLOCKS,
+    weight_decay=0.0,
+    standardization="per_image",
+):
     """Builds the authors' Tiny ImageNet ResNet (defaults) or a narrower/shallower variant.
 
     Args:
@@ -76,11 +87,15 @@ def preact_resnet_tiny(num_classes, input_shape, *, width=64, blocks=BLOCKS, wei
     for stage, (units, stride) in enumerate(zip(blocks, (1, 2, 2, 2)), start=1):
         hidden = width * 2 ** (stage - 1)
         for unit in range(units):
-            x = _bottleneck(x, hidden, stride if unit == 0 else 1, unit == 0, reg,
-                            f"unit_{stage}_{unit}")
+            x = _bottleneck(
+                x, hidden, stride if unit == 0 else 1, unit == 0, reg, f"unit_{stage}_{unit}"
+            )
     x = _bn_relu(x, "final")
     embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x)
     outputs = layers.classifier_outputs(
-        embedding, num_classes, regularizer=reg,
-        kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"))
+        embedding,
+        num_classes,
+        regularizer=reg,
+        kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"),
+    )
     return keras.Model(images, outputs, name="preact_resnet_tiny")

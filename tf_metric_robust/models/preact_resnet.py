@@ -15,8 +15,16 @@ _BN = dict(momentum=0.9, epsilon=1e-5)
 
 
 def _conv(filters, kernel_size, strides, reg, name):
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                               kernel_initializer="he_normal", kernel_regularizer=reg, name=name)
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer=reg,
+        name=name,
+    )
 
 
 def _preact_block(x, filters, stride, reg, name):

@@ -24,8 +24,9 @@ def small_cnn(num_classes, input_shape, *, embedding_dim=128, weight_decay=0.0):
     images = keras.Input(shape=input_shape, name="images")
     x = images
     for i, filters in enumerate((32, 64), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_regularizer=reg,
-                                name=f"conv{i}")(x)
+        x = keras.layers.Conv2D(
+            filters, 3, padding="same", activation="relu", kernel_regularizer=reg, name=f"conv{i}"
+        )(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(embedding_dim, kernel_regularizer=reg, name="fc")(x)

@@ -23,7 +23,12 @@ _BN = dict(momentum=0.9, epsilon=1e-3)
 
 def _conv(filters, strides, reg, name):
     return keras.layers.Conv2D(
-        filters, 3, strides=strides, padding="same", use_bias=False, kernel_regularizer=reg,
+        filters,
+        3,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_regularizer=reg,
         kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
         name=name,
     )
@@ -40,15 +45,19 @@ def _residual_unit(x, in_filters, out_filters, stride, activate_before_residual,
     y = _conv(out_filters, 1, reg, f"{name}_conv2")(y)
     if in_filters != out_filters:
         if stride > 1:
-            shortcut = keras.layers.AveragePooling2D(stride, stride, padding="valid",
-                                                     name=f"{name}_pool")(shortcut)
+            shortcut = keras.layers.AveragePooling2D(
+                stride, stride, padding="valid", name=f"{name}_pool"
+            )(shortcut)
         extra = out_filters - in_filters
-        shortcut = layers.ChannelZeroPad(extra // 2, extra - extra // 2, name=f"{name}_pad")(shortcut)
+        shortcut = layers.ChannelZeroPad(extra // 2, extra - extra // 2, name=f"{name}_pad")(
+            shortcut
+        )
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
 
-def wide_resnet(num_classes, input_shape, *, depth=34, width=10, weight_decay=0.0,
-                standardization="per_image"):
+def wide_resnet(
+    num_classes, input_shape, *, depth=34, width=10, weight_decay=0.0, standardization="per_image"
+):
     """Builds Madry's WRN-`depth`-`width` (default WRN-34-10, TLA's CIFAR-10 model).
 
     Args:
@@ -75,14 +84,20 @@ def wide_resnet(num_classes, input_shape, *, depth=34, width=10, weight_decay=0.
     x = layers.input_standardization(images, standardization)
     x = _conv(filters[0], 1, reg, "init_conv")(x)
     for stage, stride in enumerate((1, 2, 2), start=1):
-        x = _residual_unit(x, filters[stage - 1], filters[stage], stride, stage == 1, reg,
-                           f"unit_{stage}_0")
+        x = _residual_unit(
+            x, filters[stage - 1], filters[stage], stride, stage == 1, reg, f"unit_{stage}_0"
+        )
         for i in range(1, units):
-            x = _residual_unit(x, filters[stage], filters[stage], 1, False, reg, f"unit_{stage}_{i}")
+            x = _residual_unit(
+                x, filters[stage], filters[stage], 1, False, reg, f"unit_{stage}_{i}"
+            )
     x = keras.layers.BatchNormalization(**_BN, name="final_bn")(x)
     x = keras.layers.LeakyReLU(_LEAK, name="final_act")(x)
     embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x)
     outputs = layers.classifier_outputs(
-        embedding, num_classes, regularizer=reg,
-        kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"))
+        embedding,
+        num_classes,
+        regularizer=reg,
+        kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"),
+    )
     return keras.Model(images, outputs, name=f"wide_resnet_{depth}_{width}")

@@ -41,15 +41,21 @@ def _graph_of(model):
         inputs = outputs = None
     if not inputs or not outputs:
         if isinstance(model, keras.Sequential):
-            raise ValueError(f"Sequential model {model.name!r} has no input shape yet: start it "
-                             "with keras.Input(shape=(H, W, C)) (or call it on a batch once)")
-        raise ValueError(f"model {model.name!r} ({type(model).__name__}) is a subclassed "
-                         "keras.Model: its layer graph is unknown, so no layer can be tapped. "
-                         "Return {'logits': ..., 'embedding': ...} from its call(), or build it "
-                         "with the functional API or keras.Sequential")
+            raise ValueError(
+                f"Sequential model {model.name!r} has no input shape yet: start it "
+                "with keras.Input(shape=(H, W, C)) (or call it on a batch once)"
+            )
+        raise ValueError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed "
+            "keras.Model: its layer graph is unknown, so no layer can be tapped. "
+            "Return {'logits': ..., 'embedding': ...} from its call(), or build it "
+            "with the functional API or keras.Sequential"
+        )
     if len(outputs) != 1:
-        raise ValueError(f"model {model.name!r} has {len(outputs)} outputs; with_embedding "
-                         "needs a classifier with one output, its logits [N, C]")
+        raise ValueError(
+            f"model {model.name!r} has {len(outputs)} outputs; with_embedding "
+            "needs a classifier with one output, its logits [N, C]"
+        )
     return inputs, outputs[0]
 
 
@@ -61,13 +67,17 @@ def _producer(tensor):
 def _refuse_probabilities(layer):
     """ValueError when the classifier ends in a softmax: our losses and attacks need logits."""
     activation = getattr(layer, "activation", None)
-    softmax = (isinstance(layer, keras.layers.Softmax) or
-               activation in (keras.activations.softmax, "softmax") or
-               getattr(activation, "__name__", "") == "softmax")
+    softmax = (
+        isinstance(layer, keras.layers.Softmax)
+        or activation in (keras.activations.softmax, "softmax")
+        or getattr(activation, "__name__", "") == "softmax"
+    )
     if softmax:
-        raise ValueError(f"the output layer {layer.name!r} applies a softmax; cross-entropy, "
-                         "TRADES' KL and the attacks need logits: build it with "
-                         "activation=None (Keras' from_logits=True convention)")
+        raise ValueError(
+            f"the output layer {layer.name!r} applies a softmax; cross-entropy, "
+            "TRADES' KL and the attacks need logits: build it with "
+            "activation=None (Keras' from_logits=True convention)"
+        )
 
 
 def _embedding_tensor(model, embedding_layer):
@@ -75,13 +85,17 @@ def _embedding_tensor(model, embedding_layer):
     if embedding_layer is not None:
         names = [layer.name for layer in model.layers]
         if embedding_layer not in names:
-            raise ValueError(f"model {model.name!r} has no layer {embedding_layer!r}; its layers: "
-                             f"{', '.join(names)}")
+            raise ValueError(
+                f"model {model.name!r} has no layer {embedding_layer!r}; its layers: "
+                f"{', '.join(names)}"
+            )
         return model.get_layer(embedding_layer).output
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     if not dense:
-        raise ValueError(f"model {model.name!r} has no Dense layer, so no default embedding (the "
-                         "input of the last Dense layer): pass embedding_layer='<layer name>'")
+        raise ValueError(
+            f"model {model.name!r} has no Dense layer, so no default embedding (the "
+            "input of the last Dense layer): pass embedding_layer='<layer name>'"
+        )
     return dense[-1].input
 
 
@@ -110,16 +124,22 @@ def with_embedding(model, embedding_layer=None):
     embedding = _embedding_tensor(model, embedding_layer)
     for name, tensor in (("logits", logits), ("embedding", embedding)):
         if len(tensor.shape) != 2:
-            raise ValueError(f"the {name} must be [N, {'C' if name == 'logits' else 'D'}], got "
-                             f"shape {tuple(tensor.shape)}: flatten or pool first, or name "
-                             "another layer")
+            raise ValueError(
+                f"the {name} must be [N, {'C' if name == 'logits' else 'D'}], got "
+                f"shape {tuple(tensor.shape)}: flatten or pool first, or name "
+                "another layer"
+            )
     taken = {layer.name for layer in model.layers}
     for name in ("logits", "embedding"):
         if name in taken:
-            raise ValueError(f"model {model.name!r} already has a layer named {name!r}; our tools "
-                             "read the wrapper's layers by that name: rename yours")
-    outputs = {"logits": NamedOutput(logits.shape[-1], name="logits")(logits),
-               "embedding": NamedOutput(embedding.shape[-1], name="embedding")(embedding)}
+            raise ValueError(
+                f"model {model.name!r} already has a layer named {name!r}; our tools "
+                "read the wrapper's layers by that name: rename yours"
+            )
+    outputs = {
+        "logits": NamedOutput(logits.shape[-1], name="logits")(logits),
+        "embedding": NamedOutput(embedding.shape[-1], name="embedding")(embedding),
+    }
     # One input is passed as a tensor, not a list (else Keras warns on every call).
     inputs = inputs[0] if len(inputs) == 1 else inputs
     return keras.Model(inputs, outputs, name=f"{model.name}_with_embedding")
