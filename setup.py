@@ -1,4 +1,5 @@
 """tf_metric_robust: adversarial training with metric learning (TLA) for TensorFlow 2 / Keras 3."""
+
 import setuptools
 
 # Pinned: the versions this toolkit is tested with (DESIGN.md, "The stack").
