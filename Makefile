@@ -27,7 +27,7 @@ train: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 evaluate: $(STAMP)
 	$(PY) bin/evaluate $(if $(ARGS),$(ARGS),--model_dir=$(MODEL_DIR))
