@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust.attacks.apgd import (
-    apgd,
-    apgd_targeted,
-    checkpoints,
-    dlr_loss,
-    dlr_targeted_loss,
-)
+from tf_metric_robust.attacks.apgd import apgd, apgd_targeted
+from tf_metric_robust.attacks.apgd_loop import checkpoints, dlr_loss, dlr_targeted_loss
 from tf_metric_robust.attacks.autoattack import autoattack
 from tf_metric_robust.attacks.square import p_schedule, square
 

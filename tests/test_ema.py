@@ -77,7 +77,12 @@ def test_trainer_keeps_the_ema_in_checkpoints_and_on_two_replicas(mnist5k_arrays
     averages = [v.numpy() for v in trainer.ema.averages]
     weights = [w.numpy() for w in trainer.network.weights]
     assert any(not np.allclose(a, w) for a, w in zip(averages, weights))
-    with tf.distribute.MirroredStrategy(cpus[:2]).scope():
+    # Reduction through one device, not collective ops: a collective aborted by an earlier test
+    # in the same pytest worker poisons the process's collective executor (seen under xdist).
+    strategy = tf.distribute.MirroredStrategy(
+        cpus[:2], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
+    with strategy.scope():
         mirrored = _trainer(0.8)
     mirrored.fit(data, epochs=1, verbose=0)
     for value, variable in zip(averages, mirrored.ema.averages):

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import data, models, overfit_guard
-from tf_metric_robust.attacks import gradient
+from tf_metric_robust.attacks import fast as fast_attacks
 from tf_metric_robust.config import AttackConfig, UserError
 from tf_metric_robust.config import training as training_config
 from tf_metric_robust.training import AdversarialTrainer
@@ -61,26 +61,26 @@ def _start_of(attack, x, y, seed, **kwargs):
 def test_fgsm_rs_equals_numpy_on_a_linear_model():
     x, y = _batch()
     model, seed = Linear(x.shape[1:]), tf.constant([3, 4], tf.int64)
-    start = _start_of(gradient.fgsm_rs, x, y, seed, eps=EPS)
+    start = _start_of(fast_attacks.fgsm_rs, x, y, seed, eps=EPS)
     # The start: uniform in the eps-ball, clipped to [0, 1] (train_fgsm.py:107-110).
     assert np.all(np.abs(start - x) <= EPS + 1e-7) and start.min() >= 0 and start.max() <= 1
     assert np.abs(start - x).max() > 0.9 * EPS  # it fills the ball
     step = 1.25 * EPS * np.sign(model.input_gradient(start, y))
     expected = np.clip(np.clip(start + step, x - EPS, x + EPS), 0, 1)  # lines 117-118
-    got = gradient.fgsm_rs(model, x, y, eps=EPS, seed=seed).numpy()
+    got = fast_attacks.fgsm_rs(model, x, y, eps=EPS, seed=seed).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
 def test_n_fgsm_equals_numpy_on_a_linear_model():
     x, y = _batch(seed=2)
     model, seed = Linear(x.shape[1:], seed=1), tf.constant([5, 6], tf.int64)
-    start = _start_of(gradient.n_fgsm, x, y, seed, eps=EPS)
+    start = _start_of(fast_attacks.n_fgsm, x, y, seed, eps=EPS)
     # Noise U(-2 eps, 2 eps), clipped to [0, 1] only (train.py:218-221).
     delta = np.abs(start - x)
     assert delta.max() <= 2 * EPS + 1e-7 and delta.max() > 1.8 * EPS
     assert np.mean(delta > EPS) > 0.3  # about half the pixels lie outside the eps-ball
     expected = np.clip(start + EPS * np.sign(model.input_gradient(start, y)), 0, 1)  # 229-231
-    got = gradient.n_fgsm(model, x, y, eps=EPS, seed=seed).numpy()
+    got = fast_attacks.n_fgsm(model, x, y, eps=EPS, seed=seed).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
@@ -96,8 +96,8 @@ def test_bounds(norm):
         if norm == "linf"
         else (lambda d: np.sqrt((d.reshape(len(d), -1) ** 2).sum(1)))
     )
-    rs = gradient.fgsm_rs(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 1])).numpy()
-    noisy = gradient.n_fgsm(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 2])).numpy()
+    rs = fast_attacks.fgsm_rs(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 1])).numpy()
+    noisy = fast_attacks.n_fgsm(model, x, y, eps=eps, norm=norm, seed=tf.constant([1, 2])).numpy()
     for adv in (rs, noisy):
         assert adv.min() >= 0 and adv.max() <= 1 and adv.dtype == np.float32
     assert size(rs - x).max() <= eps * (1 + 1e-5)
@@ -109,7 +109,7 @@ def test_attack_config_selects_the_fast_attacks():
     fast = AttackConfig(eps=EPS, step_size=10 / 255, steps=1, method="fgsm_rs")
     assert fast.kwargs() == AttackConfig(eps=EPS, step_size=10 / 255, steps=1).kwargs()
     noisy = AttackConfig(eps=EPS, step_size=EPS, steps=1, method="n_fgsm").kwargs()
-    assert noisy["start_scale"] == gradient.N_FGSM_NOISE == training_config.N_FGSM_NOISE
+    assert noisy["start_scale"] == fast_attacks.N_FGSM_NOISE == training_config.N_FGSM_NOISE
     assert noisy["project_to_ball"] is False
     with pytest.raises(UserError, match="--steps=1"):
         AttackConfig(eps=EPS, step_size=EPS, steps=7, method="n_fgsm")
@@ -261,7 +261,11 @@ def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, 
 
 def test_guard_restores_under_a_two_replica_strategy(monkeypatch):
     """MirroredStrategy (2 logical CPUs, conftest): the restore reaches every replica's copy."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Reduction through one device, not collective ops: a collective aborted by an earlier test
+    # in the same pytest worker poisons the process's collective executor (seen under xdist).
+    strategy = tf.distribute.MirroredStrategy(
+        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
+    )
     script = iter([(0.3, 0.4), (0.5, 0.5), (0.05, 0.9), (0.4, 0.5)])
     monkeypatch.setattr(overfit_guard, "probe_accuracies", lambda *a, **k: next(script))
     with strategy.scope():

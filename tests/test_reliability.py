@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import run_files, stopping
+from tf_metric_robust import checkpoint_files, run_files, stopping
 from tf_metric_robust.config import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +62,7 @@ def _train(model_dir, data_dir, *extra, fault=None):
 
 def _steps(model_dir):
     """Steps of the checkpoints on disk, oldest first."""
-    paths = run_files.checkpoint_paths(run_files.checkpoint_dir(str(model_dir)))
+    paths = checkpoint_files.checkpoint_paths(checkpoint_files.checkpoint_dir(str(model_dir)))
     return sorted(int(p.rsplit("-", 1)[1]) for p in paths)
 
 
@@ -86,7 +86,7 @@ def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(
 ):
     """One run killed six ways in a row ends bit-identical to a run never interrupted."""
     reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
-    checkpoints = run_files.checkpoint_dir(str(model_dir))
+    checkpoints = checkpoint_files.checkpoint_dir(str(model_dir))
     reference = subprocess.Popen(
         _command(reference_dir, mnist5k_data_dir),
         cwd=ROOT,
@@ -192,7 +192,7 @@ def test_nan_loss_stops_with_one_line_and_saves_nothing_after_it(tmp_path, mnist
     run = _train(tmp_path, mnist5k_data_dir, "--mode=natural", fault="nan_loss_at_step:5")
     assert run.returncode == 2, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
-    checkpoints = run_files.checkpoint_dir(str(tmp_path))
+    checkpoints = checkpoint_files.checkpoint_dir(str(tmp_path))
     assert _last_line(run.stderr) == (
         "error: non-finite loss (nan) at step 5: training stopped, nothing saved after it; last "
         f"good checkpoint: {checkpoints}/ckpt-4, where a re-run resumes (lower --learning_rate "
@@ -268,7 +268,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     else:
         os.remove(data_file)
     value.assign(-1.0)
-    restored = run_files.restore_newest_readable(
+    restored = checkpoint_files.restore_newest_readable(
         tf.train.Checkpoint(value=value), str(tmp_path), repair=True
     )
     assert restored == str(tmp_path / "ckpt-4") and float(value.numpy()) == 4.0
@@ -277,11 +277,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     assert os.path.exists(tmp_path / "corrupt" / "ckpt-6.index")
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(value=value), str(tmp_path), 2)
     assert manager.latest_checkpoint == str(tmp_path / "ckpt-4")
-    assert run_files.checkpoint_paths(str(tmp_path)) == [
+    assert checkpoint_files.checkpoint_paths(str(tmp_path)) == [
         str(tmp_path / f"ckpt-{s}") for s in (4, 2)
     ]
     manager.save(checkpoint_number=6)  # rotation still works: keeps 2, deletes ckpt-2
-    assert run_files.checkpoint_paths(str(tmp_path)) == [
+    assert checkpoint_files.checkpoint_paths(str(tmp_path)) == [
         str(tmp_path / f"ckpt-{s}") for s in (6, 4)
     ]
 
@@ -290,7 +290,7 @@ def test_unreadable_state_file_does_not_restart_the_run(tmp_path):
     value = _saved_run(tmp_path)
     (tmp_path / "checkpoint").write_text("garbage {{{")
     assert tf.train.latest_checkpoint(str(tmp_path)) is None  # what TF alone would conclude
-    restored = run_files.restore_newest_readable(
+    restored = checkpoint_files.restore_newest_readable(
         tf.train.Checkpoint(value=value), str(tmp_path), repair=True
     )
     assert restored.endswith("ckpt-6") and float(value.numpy()) == 6.0
@@ -302,12 +302,12 @@ def test_no_readable_or_a_foreign_checkpoint_is_a_user_error(tmp_path):
     with open(tmp_path / "ckpt-2.index", "wb") as f:
         f.write(b"\0" * 64)
     with pytest.raises(UserError, match="no readable checkpoint"):
-        run_files.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path))
+        checkpoint_files.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path))
     other = tmp_path / "other"
     _saved_run(other, steps=(1,))
     foreign = tf.train.Checkpoint(weights=tf.Variable(tf.zeros([3])))
     with pytest.raises(UserError, match="does not fit this model"):
-        run_files.restore_newest_readable(foreign, str(other))
+        checkpoint_files.restore_newest_readable(foreign, str(other))
 
 
 def test_text_is_replaced_atomically(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_metric_robust import (
+    checkpoint_files,
     data,
     distribute,
     export,
@@ -166,13 +167,13 @@ def _train(config, output_dir, chief, start, report):
     if start is not None:
         start(step)  # every check passed: recipe.json, flags.txt / history.jsonl
     manager = tf.train.CheckpointManager(
-        checkpoint, run_files.checkpoint_dir(output_dir), max_to_keep=config.keep_checkpoints
+        checkpoint, checkpoint_files.checkpoint_dir(output_dir), max_to_keep=config.keep_checkpoints
     )
     saver = stopping.Saver(
         manager,
         _state_variables(trainer),
         step if restored else None,
-        run_files.checkpoint_dir(config.model_dir),
+        checkpoint_files.checkpoint_dir(config.model_dir),
     )
     writer = summaries.Writer(os.path.join(output_dir, "tensorboard"))
     best = _best_checkpoint(config, output_dir, trainer)
@@ -259,8 +260,8 @@ def _evaluate(trainer, dataset, guard, config, num_examples):
 def _restore(checkpoint, config, repair, report=logging.info):
     """Restores the newest readable checkpoint of the run (True), else --init_checkpoint's
     network weights if given (False)."""
-    latest = run_files.restore_newest_readable(
-        checkpoint, run_files.checkpoint_dir(config.model_dir), repair=repair
+    latest = checkpoint_files.restore_newest_readable(
+        checkpoint, checkpoint_files.checkpoint_dir(config.model_dir), repair=repair
     )
     if latest:
         report(f"Resumed from {latest}")
@@ -272,9 +273,9 @@ def _restore(checkpoint, config, repair, report=logging.info):
         )
         if os.path.isdir(source):
             found = None
-            for folder in (run_files.checkpoint_dir(source), source):
-                if run_files.checkpoint_paths(folder):
-                    found = run_files.restore_newest_readable(network_only, folder)
+            for folder in (checkpoint_files.checkpoint_dir(source), source):
+                if checkpoint_files.checkpoint_paths(folder):
+                    found = checkpoint_files.restore_newest_readable(network_only, folder)
                     break
             if not found:
                 raise UserError(f"--init_checkpoint {source}: no checkpoint found")

@@ -42,10 +42,6 @@ def validate_args(*, eps, step_size, steps, restarts, norm, loss, clip_min, clip
     return checks
 
 
-FGSM_RS_STEP = 1.25  # FGSM-RS step / eps: 10/255 at eps 8/255 (train_fgsm.py:30-31)
-N_FGSM_NOISE = 2.0  # N-FGSM start noise / eps: U(-2 eps, 2 eps) (N-FGSM train.py:51-56)
-
-
 def _clip_to_box(x_adv, clip_min, clip_max):
     """x_adv clipped to [clip_min, clip_max] only (N-FGSM: no eps-ball), dtype kept."""
     dtype = x_adv.dtype
@@ -224,7 +220,7 @@ def pgd(
     `restarts` random starts keep per example the successful / highest-loss result; seed None
     (stateful random) or an int tensor [2] (stateless, reproducible). Fast training attacks:
     start_scale (> 0) sets the uniform start's radius to start_scale * eps (N-FGSM: 2);
-    project_to_ball False keeps only the [clip_min, clip_max] clip (N-FGSM; see `n_fgsm`).
+    project_to_ball False keeps only the [clip_min, clip_max] clip (N-FGSM; see attacks/fast.py).
     Returns adversarial images, same shape and dtype as x, inside the ball (unless
     project_to_ball is False) and [clip_min, clip_max].
     """
@@ -314,80 +310,4 @@ def mifgsm(
         clip_max=clip_max,
         seed=seed,
         decay=decay,
-    )
-
-
-def fgsm_rs(
-    model_fn,
-    x,
-    y,
-    *,
-    eps,
-    step_size=None,
-    loss="ce",
-    norm="linf",
-    clip_min=0.0,
-    clip_max=1.0,
-    seed=None,
-):
-    """FGSM with a random start (Wong et al. 2020): the training attack of fast AT.
-
-    A uniform start in the eps-ball clipped to the box, one step of step_size (None: 1.25 eps)
-    and the projection back to the ball and the box, as locuslab/fast_adversarial
-    CIFAR10/train_fgsm.py:107-118. Arguments and result as `pgd` (inside the eps-ball).
-    """
-    step_size = FGSM_RS_STEP * eps if step_size is None else step_size
-    return pgd(
-        model_fn,
-        x,
-        y,
-        eps=eps,
-        step_size=step_size,
-        steps=1,
-        random_start=True,
-        loss=loss,
-        norm=norm,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        seed=seed,
-    )
-
-
-def n_fgsm(
-    model_fn,
-    x,
-    y,
-    *,
-    eps,
-    step_size=None,
-    noise_scale=N_FGSM_NOISE,
-    loss="ce",
-    norm="linf",
-    clip_min=0.0,
-    clip_max=1.0,
-    seed=None,
-):
-    """N-FGSM (de Jorge et al. 2022): noise U(-noise_scale eps, noise_scale eps), one step.
-
-    x + noise clipped to the box, one step of step_size (None: eps) from there, clipped to the
-    box only: no projection to the eps-ball (pdejorge/N-FGSM train.py:218-233, --clip -1). The
-    result lies within (noise_scale * eps + step_size) of x (linf; 3 eps by default) and in
-    [clip_min, clip_max]. Arguments as `pgd`.
-    """
-    step_size = eps if step_size is None else step_size
-    return pgd(
-        model_fn,
-        x,
-        y,
-        eps=eps,
-        step_size=step_size,
-        steps=1,
-        random_start=True,
-        loss=loss,
-        norm=norm,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        seed=seed,
-        start_scale=noise_scale,
-        project_to_ball=False,
     )

@@ -7,7 +7,7 @@ naming the flag. Library modules never read flags. `run(main)` wraps an entry po
 errors print one line and exit with status 2.
 """
 
-from tf_metric_robust.cli import common, compare, evaluate, export, record, train
+from tf_metric_robust.cli import common, compare, evaluate, export, record, train, train_flags
 from tf_metric_robust.cli.common import (
     DATASETS,
     FLAGS,
@@ -25,11 +25,12 @@ from tf_metric_robust.cli.compare import compare_config, define_compare_flags
 from tf_metric_robust.cli.evaluate import define_evaluate_flags, evaluate_config
 from tf_metric_robust.cli.export import define_export_flags, export_config
 from tf_metric_robust.cli.record import NOT_IN_RECIPE, recipe_settings
-from tf_metric_robust.cli.train import define_train_flags, model_kwargs, train_config, train_parts
+from tf_metric_robust.cli.train import model_kwargs, train_config, train_parts
+from tf_metric_robust.cli.train_flags import define_train_flags
 
 # The modules whose flags an entry point adopts as key flags (--help, --helpshort):
 # `for module in cli.MODULES: flags.adopt_module_key_flags(module)`.
-MODULES = (common, train, record, evaluate, export, compare)
+MODULES = (common, train_flags, train, record, evaluate, export, compare)
 
 __all__ = [
     "DATASETS",

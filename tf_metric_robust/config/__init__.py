@@ -29,16 +29,15 @@ from tf_metric_robust.config.training import (
     MININGS,
     MODES,
     NEGATIVE_POOLS,
-    OPERATIONAL_FIELDS,
     OTHER_POSITIVES,
     POSITIVES,
     RECIPE_KEYS,
     AttackConfig,
     OptimizerConfig,
-    TrainConfig,
     TripletConfig,
     check_mode,
 )
+from tf_metric_robust.config.run import OPERATIONAL_FIELDS, TrainConfig
 
 __all__ = [
     "DEFAULT_ATTACKS",

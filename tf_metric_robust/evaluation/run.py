@@ -19,7 +19,7 @@ import time
 
 import keras
 
-from tf_metric_robust import data, export, run_files
+from tf_metric_robust import checkpoint_files, data, export, run_files
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation import cluster
 from tf_metric_robust.evaluation.evaluate import evaluate
@@ -49,7 +49,7 @@ def load_model(run):
             raise UserError(f"--model_dir {model_dir} does not exist")
         # Checkpoint files on disk, not the 'checkpoint' state file (which may be damaged);
         # load_network skips unreadable ones for the previous checkpoint.
-        if run_files.checkpoint_paths(run_files.checkpoint_dir(model_dir)):
+        if checkpoint_files.checkpoint_paths(checkpoint_files.checkpoint_dir(model_dir)):
             network, recipe, checkpoint = run_files.load_network(model_dir)
             step = re.search(r"-(\d+)$", checkpoint)
             info = {
@@ -64,7 +64,7 @@ def load_model(run):
         saved_model = export.latest_version(base)
         if saved_model is None:
             raise UserError(
-                f"{model_dir}: no checkpoint in {run_files.checkpoint_dir(model_dir)}"
+                f"{model_dir}: no checkpoint in {checkpoint_files.checkpoint_dir(model_dir)}"
                 f" and no SavedModel in {base}"
             )
     else:
