@@ -76,6 +76,38 @@ def kernel_regularizer(weight_decay):
     return keras.regularizers.L2(weight_decay / 2.0)
 
 
+def conv(filters, kernel_size, strides, regularizer, name, initializer=None):
+    """The ResNets' bias-free 'same' Conv2D; `initializer` None is Madry's N(0, 2 / (k*k*out))
+    (cifar10_challenge model.py `_conv`), a fresh instance per layer."""
+    if initializer is None:
+        initializer = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    return keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides,
+        "same",
+        use_bias=False,
+        kernel_initializer=initializer,
+        kernel_regularizer=regularizer,
+        name=name,
+    )
+
+
+def batch_norm(name, epsilon=1e-3):
+    """BatchNormalization with decay 0.9 and eps 1e-3 (tf.contrib batch_norm as Madry and the TLA
+    authors configure it); the PyTorch-style ResNet passes its eps 1e-5."""
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=epsilon, name=name)
+
+
+def truncated_normal_init():
+    """Keras keywords for weights truncated-normal(stddev 0.1) and biases 0.1, as Madry's MNIST
+    CNN and the TLA authors' MNIST network (model_mnist_large.py:213-222) initialise them."""
+    return dict(
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
+        bias_initializer=keras.initializers.Constant(0.1),
+    )
+
+
 def classifier_outputs(
     embedding,
     num_classes,
@@ -107,6 +139,17 @@ def classifier_outputs(
         name="logits",
     )(embedding)
     return {"logits": logits, "embedding": embedding}
+
+
+def pooled_outputs(features, num_classes, regularizer, kernel_initializer=None):
+    """Global average pool of the last feature map as the float32 'embedding', then the logits;
+    `kernel_initializer` None is Madry's uniform(+-sqrt(3 / fan_in)) (model.py `_fully_connected`)."""
+    embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(features)
+    if kernel_initializer is None:
+        kernel_initializer = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
+    return classifier_outputs(
+        embedding, num_classes, regularizer=regularizer, kernel_initializer=kernel_initializer
+    )
 
 
 def input_standardization(x, standardization):

@@ -23,10 +23,7 @@ def madry_mnist(num_classes, input_shape, *, weight_decay=0.0):
       A functional `keras.Model` mapping images to {'logits': [N, C], 'embedding': [N, 1024]}.
     """
     reg = layers.kernel_regularizer(weight_decay)
-    init = dict(
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
-        bias_initializer=keras.initializers.Constant(0.1),
-    )
+    init = layers.truncated_normal_init()
     images = keras.Input(shape=input_shape, name="images")
     x = images
     for i, filters in enumerate((32, 64), start=1):

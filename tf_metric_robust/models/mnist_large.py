@@ -15,24 +15,11 @@ from tf_metric_robust.models import layers
 def mnist_large(num_classes, input_shape, *, weight_decay=0.0):
     """Builds the authors' MNIST BN network (1024-d embedding; 13.3M parameters on 28x28x1).
 
-    Args:
-      num_classes: number of logits.
-      input_shape: (H, W, C) of [0, 1] float images, (28, 28, 1) for MNIST.
-      weight_decay: adds `weight_decay * tf.nn.l2_loss(kernel)` per conv/dense kernel to
-        `model.losses` (the authors' config_mnist.json:27: 2e-4).
-
-    Returns:
-      A functional `keras.Model` mapping images to {'logits': [N, C], 'embedding': [N, 1024]}.
+    Arguments and outputs as `madry_mnist`'s; the authors' config_mnist.json:27 sets the
+    weight_decay to 2e-4.
     """
     reg = layers.kernel_regularizer(weight_decay)
-    init = dict(
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.1),
-        bias_initializer=keras.initializers.Constant(0.1),
-    )
-
-    def batch_norm(name):
-        return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=name)
-
+    init = layers.truncated_normal_init()
     images = keras.Input(shape=input_shape, name="images")
     x = images
     for block, widths in enumerate(((32, 64), (128, 256)), start=1):
@@ -40,12 +27,12 @@ def mnist_large(num_classes, input_shape, *, weight_decay=0.0):
             x = keras.layers.Conv2D(
                 filters, 3, padding="same", kernel_regularizer=reg, name=f"conv{block}_{i}", **init
             )(x)
-            x = batch_norm(f"bn{block}_{i}")(x)
+            x = layers.batch_norm(f"bn{block}_{i}")(x)
             x = keras.layers.ReLU(name=f"relu{block}_{i}")(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{block}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(1024, kernel_regularizer=reg, name="fc1", **init)(x)
-    x = batch_norm("bn_fc1")(x)
+    x = layers.batch_norm("bn_fc1")(x)
     # The ReLU is the embedding layer so the fc1 matmul keeps the mixed-precision policy.
     embedding = keras.layers.ReLU(dtype="float32", name="embedding")(x)
     outputs = layers.classifier_outputs(embedding, num_classes, regularizer=reg, **init)

@@ -15,38 +15,24 @@ import keras
 
 from tf_metric_robust.models import layers
 
-_BN = dict(momentum=0.9, epsilon=1e-3)
 BLOCKS = (2, 3, 5, 2)
 
 
-def _conv(filters, kernel_size, strides, reg, name):
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_regularizer=reg,
-        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
-        name=name,
-    )
-
-
 def _bn_relu(x, name):
-    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn")(x)
+    x = layers.batch_norm(f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 def _bottleneck(x, hidden, stride, project, reg, name):
     """Pre-activation bottleneck unit; `project` uses a strided 1x1 conv shortcut."""
     out = 4 * hidden
-    shortcut = _conv(out, 1, stride, reg, f"{name}_shortcut")(x) if project else x
+    shortcut = layers.conv(out, 1, stride, reg, f"{name}_shortcut")(x) if project else x
     y = _bn_relu(x, f"{name}_pre")
-    y = _conv(hidden, 1, stride, reg, f"{name}_conv1")(y)
+    y = layers.conv(hidden, 1, stride, reg, f"{name}_conv1")(y)
     y = _bn_relu(y, f"{name}_mid1")
-    y = _conv(hidden, 3, 1, reg, f"{name}_conv2")(y)
+    y = layers.conv(hidden, 3, 1, reg, f"{name}_conv2")(y)
     y = _bn_relu(y, f"{name}_mid2")
-    y = _conv(out, 1, 1, reg, f"{name}_conv3")(y)
+    y = layers.conv(out, 1, 1, reg, f"{name}_conv3")(y)
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
 
@@ -82,7 +68,7 @@ def preact_resnet_tiny(
     reg = layers.kernel_regularizer(weight_decay)
     images = keras.Input(shape=input_shape, name="images")
     x = layers.input_standardization(images, standardization)
-    x = _conv(width, 7, 1, reg, "stem_conv")(x)
+    x = layers.conv(width, 7, 1, reg, "stem_conv")(x)
     x = _bn_relu(x, "stem")
     for stage, (units, stride) in enumerate(zip(blocks, (1, 2, 2, 2)), start=1):
         hidden = width * 2 ** (stage - 1)
@@ -91,11 +77,6 @@ def preact_resnet_tiny(
                 x, hidden, stride if unit == 0 else 1, unit == 0, reg, f"unit_{stage}_{unit}"
             )
     x = _bn_relu(x, "final")
-    embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x)
-    outputs = layers.classifier_outputs(
-        embedding,
-        num_classes,
-        regularizer=reg,
-        kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"),
+    return keras.Model(
+        images, layers.pooled_outputs(x, num_classes, reg), name="preact_resnet_tiny"
     )
-    return keras.Model(images, outputs, name="preact_resnet_tiny")

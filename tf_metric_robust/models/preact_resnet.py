@@ -11,32 +11,23 @@ import keras
 
 from tf_metric_robust.models import layers
 
-_BN = dict(momentum=0.9, epsilon=1e-5)
+_EPSILON = 1e-5  # PyTorch's BN eps
 
 
 def _conv(filters, kernel_size, strides, reg, name):
-    return keras.layers.Conv2D(
-        filters,
-        kernel_size,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer="he_normal",
-        kernel_regularizer=reg,
-        name=name,
-    )
+    return layers.conv(filters, kernel_size, strides, reg, name, initializer="he_normal")
 
 
 def _preact_block(x, filters, stride, reg, name):
     """Basic pre-activation block; the projection shortcut sees the activated input (He et al.)."""
-    pre = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn1")(x)
+    pre = layers.batch_norm(f"{name}_bn1", _EPSILON)(x)
     pre = keras.layers.ReLU(name=f"{name}_relu1")(pre)
     if stride != 1 or x.shape[-1] != filters:
         shortcut = _conv(filters, 1, stride, reg, f"{name}_shortcut")(pre)
     else:
         shortcut = x
     y = _conv(filters, 3, stride, reg, f"{name}_conv1")(pre)
-    y = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn2")(y)
+    y = layers.batch_norm(f"{name}_bn2", _EPSILON)(y)
     y = keras.layers.ReLU(name=f"{name}_relu2")(y)
     y = _conv(filters, 3, 1, reg, f"{name}_conv2")(y)
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -62,8 +53,7 @@ def preact_resnet18(num_classes, input_shape, *, weight_decay=0.0, standardizati
     for stage, (filters, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), start=1):
         x = _preact_block(x, filters, stride, reg, f"stage{stage}_block1")
         x = _preact_block(x, filters, 1, reg, f"stage{stage}_block2")
-    x = keras.layers.BatchNormalization(**_BN, name="final_bn")(x)
+    x = layers.batch_norm("final_bn", _EPSILON)(x)
     x = keras.layers.ReLU(name="final_relu")(x)
-    embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x)
-    outputs = layers.classifier_outputs(embedding, num_classes, regularizer=reg)
+    outputs = layers.pooled_outputs(x, num_classes, reg, kernel_initializer="glorot_uniform")
     return keras.Model(images, outputs, name="preact_resnet18")

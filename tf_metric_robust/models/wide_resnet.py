@@ -18,31 +18,17 @@ import keras
 from tf_metric_robust.models import layers
 
 _LEAK = 0.1
-_BN = dict(momentum=0.9, epsilon=1e-3)
-
-
-def _conv(filters, strides, reg, name):
-    return keras.layers.Conv2D(
-        filters,
-        3,
-        strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_regularizer=reg,
-        kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal"),
-        name=name,
-    )
 
 
 def _residual_unit(x, in_filters, out_filters, stride, activate_before_residual, reg, name):
     """Madry's `_residual`: pre-activation unit with an avg-pool + zero-pad shortcut."""
-    pre = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn1")(x)
+    pre = layers.batch_norm(f"{name}_bn1")(x)
     pre = keras.layers.LeakyReLU(_LEAK, name=f"{name}_act1")(pre)
     shortcut = pre if activate_before_residual else x
-    y = _conv(out_filters, stride, reg, f"{name}_conv1")(pre)
-    y = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn2")(y)
+    y = layers.conv(out_filters, 3, stride, reg, f"{name}_conv1")(pre)
+    y = layers.batch_norm(f"{name}_bn2")(y)
     y = keras.layers.LeakyReLU(_LEAK, name=f"{name}_act2")(y)
-    y = _conv(out_filters, 1, reg, f"{name}_conv2")(y)
+    y = layers.conv(out_filters, 3, 1, reg, f"{name}_conv2")(y)
     if in_filters != out_filters:
         if stride > 1:
             shortcut = keras.layers.AveragePooling2D(
@@ -82,7 +68,7 @@ def wide_resnet(
 
     images = keras.Input(shape=input_shape, name="images")
     x = layers.input_standardization(images, standardization)
-    x = _conv(filters[0], 1, reg, "init_conv")(x)
+    x = layers.conv(filters[0], 3, 1, reg, "init_conv")(x)
     for stage, stride in enumerate((1, 2, 2), start=1):
         x = _residual_unit(
             x, filters[stage - 1], filters[stage], stride, stage == 1, reg, f"unit_{stage}_0"
@@ -91,13 +77,8 @@ def wide_resnet(
             x = _residual_unit(
                 x, filters[stage], filters[stage], 1, False, reg, f"unit_{stage}_{i}"
             )
-    x = keras.layers.BatchNormalization(**_BN, name="final_bn")(x)
+    x = layers.batch_norm("final_bn")(x)
     x = keras.layers.LeakyReLU(_LEAK, name="final_act")(x)
-    embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(x)
-    outputs = layers.classifier_outputs(
-        embedding,
-        num_classes,
-        regularizer=reg,
-        kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "uniform"),
+    return keras.Model(
+        images, layers.pooled_outputs(x, num_classes, reg), name=f"wide_resnet_{depth}_{width}"
     )
-    return keras.Model(images, outputs, name=f"wide_resnet_{depth}_{width}")
