@@ -236,24 +236,12 @@ def probe_batch(config):
     """The fixed probe batch: the first PROBE_EXAMPLES of the validation split held out of
     training (--validation_examples), else the run's first training batch, unaugmented (Wong et
     al.'s choice, train_fgsm.py:103-104); never the test split."""
+    source = dict(batch_size=PROBE_EXAMPLES, data_dir=config.data_dir, download=config.download)
     if config.validation_examples > 0:
         split = data.validation_split(config.dataset, config.validation_examples)
-        batches = data.eval_dataset(
-            config.dataset,
-            batch_size=PROBE_EXAMPLES,
-            split=split,
-            data_dir=config.data_dir,
-            download=config.download,
-        )
+        batches = data.eval_dataset(config.dataset, split=split, **source)
     else:
-        batches = data.train_dataset(
-            config.dataset,
-            batch_size=PROBE_EXAMPLES,
-            seed=config.seed,
-            data_dir=config.data_dir,
-            download=config.download,
-            augment=False,
-        )
+        batches = data.train_dataset(config.dataset, seed=config.seed, augment=False, **source)
     images, labels = next(iter(batches))
     return images, labels
 
@@ -264,15 +252,8 @@ def callbacks(config, trainer, output_dir):
     if guard.check_every == 0:
         return []
     images, labels = probe_batch(config)
+    # OverfitConfig's fields (check_every, action, drop) are OverfitGuard's keywords.
+    options = dataclasses.asdict(guard)
     return [
-        OverfitGuard(
-            trainer,
-            images,
-            labels,
-            check_every=guard.check_every,
-            action=guard.action,
-            drop=guard.drop,
-            record_dir=output_dir,
-            seed=config.seed,
-        )
+        OverfitGuard(trainer, images, labels, record_dir=output_dir, seed=config.seed, **options)
     ]
