@@ -34,6 +34,8 @@ from tf_metric_robust import attacks, models  # noqa: E402
 from timing import interleaved  # noqa: E402
 
 EPS, STEP_SIZE, STEPS = 0.3, 0.01, 10
+# The same settings in ART's words (ProjectedGradientDescent's keywords), random start included.
+ART_PGD = dict(norm=np.inf, eps=EPS, eps_step=STEP_SIZE, max_iter=STEPS, num_random_init=1)
 GOALS = {"cleverhans": 3.0, "art": 10.0}
 
 
@@ -82,16 +84,7 @@ def _art(logits_model, x, y, batch_size, num_classes):
         loss_object=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         clip_values=(0.0, 1.0),
     )
-    attack = ProjectedGradientDescent(
-        classifier,
-        norm=np.inf,
-        eps=EPS,
-        eps_step=STEP_SIZE,
-        max_iter=STEPS,
-        num_random_init=1,
-        batch_size=batch_size,
-        verbose=False,
-    )
+    attack = ProjectedGradientDescent(classifier, batch_size=batch_size, verbose=False, **ART_PGD)
     x_np = x.numpy()
     one_hot = np.eye(num_classes, dtype=np.float32)[y.numpy()]
     return lambda: attack.generate(x_np, y=one_hot)
