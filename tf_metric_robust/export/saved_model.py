@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust import data, detection, run_files
-from tf_metric_robust.config import DEFAULT_DETECTION_K, UserError
+from tf_metric_robust.config import UserError
 from tf_metric_robust.export.detector import calibrate_detector, make_detector, reference_examples
 from tf_metric_robust.export.folders import (
     TEMPORARY_PREFIX,
@@ -44,19 +44,19 @@ def export_saved_model(
     *,
     reference_images=None,
     reference_labels=None,
-    detection_k=DEFAULT_DETECTION_K,
-    detection_score="agreement",
     version=None,
     warmup=True,
     detector=None,
+    **detector_options,
 ):
     """Writes `network` as export_dir/<version>/ atomically; returns that version folder's path.
 
     `reference_images` [M,H,W,C] in [0,1] with `reference_labels` [M] (clean training examples,
-    e.g. from `reference_examples`) add the `detection_score` output; without them the
-    signatures carry the contract outputs only. `version` defaults to the largest existing one
-    plus 1; an existing version is never overwritten. `warmup` writes TF Serving's warm-up file.
-    `detector`: an already fitted detector (make_detector) instead of the reference.
+    e.g. from `reference_examples`) add the `detection_score` output, from
+    `make_detector(network, reference_images, reference_labels, **detector_options)`; without
+    them the signatures carry the contract outputs only. `version` defaults to the largest
+    existing one plus 1; an existing version is never overwritten. `warmup` writes TF Serving's
+    warm-up file. `detector`: an already fitted detector (make_detector) instead of the reference.
     """
     if "://" in str(export_dir):
         raise UserError(
@@ -68,9 +68,7 @@ def export_saved_model(
     if version is not None and (int(version) != version or version < 1):
         raise UserError(f"version must be an integer >= 1, got {version}")
     if detector is None and reference_images is not None:
-        detector = make_detector(
-            network, reference_images, reference_labels, k=detection_k, score_type=detection_score
-        )
+        detector = make_detector(network, reference_images, reference_labels, **detector_options)
     module = ServingModule(network, detector)
     os.makedirs(export_dir, exist_ok=True)
     if version is not None:
