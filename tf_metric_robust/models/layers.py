@@ -143,7 +143,7 @@ def classifier_outputs(
 
 def pooled_outputs(features, num_classes, regularizer, kernel_initializer=None):
     """Global average pool of the last feature map as the float32 'embedding', then the logits;
-    `kernel_initializer` None is Madry's uniform(+-sqrt(3 / fan_in)) (model.py `_fully_connected`)."""
+    `kernel_initializer` None is Madry's uniform(+-sqrt(3 / fan_in)) (`_fully_connected`)."""
     embedding = keras.layers.GlobalAveragePooling2D(dtype="float32", name="embedding")(features)
     if kernel_initializer is None:
         kernel_initializer = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
