@@ -14,7 +14,7 @@ from tf_metric_robust.cli.common import (
     MODELS,
     NumberParser,
     UsageError,
-    attack_config,
+    config_from_flags,
     define_number,
     flag_values_text,
     our_flags,
@@ -25,7 +25,7 @@ from tf_metric_robust.cli.compare import compare_config, define_compare_flags
 from tf_metric_robust.cli.evaluate import define_evaluate_flags, evaluate_config
 from tf_metric_robust.cli.export import define_export_flags, export_config
 from tf_metric_robust.cli.record import NOT_IN_RECIPE, recipe_settings
-from tf_metric_robust.cli.train import model_kwargs, train_config, train_parts
+from tf_metric_robust.cli.train import attack_config, model_kwargs, train_config, train_parts
 from tf_metric_robust.cli.train_flags import define_train_flags
 
 # The modules whose flags an entry point adopts as key flags (--help, --helpshort):
@@ -42,6 +42,7 @@ __all__ = [
     "UsageError",
     "attack_config",
     "compare_config",
+    "config_from_flags",
     "define_compare_flags",
     "define_evaluate_flags",
     "define_export_flags",

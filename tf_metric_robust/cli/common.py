@@ -3,6 +3,7 @@
 `run(main)` wraps an entry point so that user errors print one line and exit with status 2.
 """
 
+import dataclasses
 import os
 import re
 import sys
@@ -145,18 +146,17 @@ def number_list(values, name, kind=float, valid=None):
     return tuple(parsed)
 
 
-def attack_config(prefix=""):
-    from tf_metric_robust.config import AttackConfig
-
-    return AttackConfig(
-        eps=FLAGS[f"{prefix}eps"].value,
-        step_size=FLAGS[f"{prefix}step_size"].value,
-        steps=FLAGS[f"{prefix}steps"].value,
-        norm=FLAGS[f"{prefix}norm"].value,
-        loss=FLAGS[f"{prefix}attack_loss"].value,
-        random_start=FLAGS[f"{prefix}random_start"].value,
-        method=FLAGS.train_attack if prefix == "" and "train_attack" in FLAGS else "pgd",
-    )
+def config_from_flags(config_class, prefix="", error_prefix="", **overrides):
+    """`config_class` built from our flags named `prefix` + a field's name, `overrides` for the
+    fields whose flag has another name or value (parsed lists, sub-configs); a config's
+    ValueError becomes a one-line UsageError, `error_prefix` ('--') where it names the field."""
+    values = {flag.name: flag.value for flag in our_flags()}
+    fields = (field.name for field in dataclasses.fields(config_class))
+    named = {name: values[prefix + name] for name in fields if prefix + name in values}
+    try:
+        return config_class(**{**named, **overrides})
+    except ValueError as error:
+        raise UsageError(f"{error_prefix}{error}") from None
 
 
 # Names accepted by --dataset and --model, checked before TensorFlow is imported (that import

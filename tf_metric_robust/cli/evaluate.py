@@ -11,6 +11,7 @@ from tf_metric_robust.cli.common import (
     UsageError,
     check_dataset,
     check_multi_worker_env,
+    config_from_flags,
     define_data_location_flags,
     define_detector_flags,
     define_number,
@@ -205,45 +206,5 @@ def evaluate_config():
     attack_names = tuple(a.strip() for a in FLAGS.attacks if a.strip())
     for name in attack_names:
         evaluation_plan.resolve_attack(name, attacks.ATTACKS)
-    try:
-        config = cfg.EvalConfig(
-            eps=FLAGS.eps,
-            step_size=FLAGS.step_size,
-            steps=FLAGS.steps,
-            norm=FLAGS.norm,
-            restarts=FLAGS.restarts,
-            random_start=FLAGS.random_start,
-            attacks=attack_names,
-            large_eps=FLAGS.large_eps,
-            seed=FLAGS.seed,
-            detection=FLAGS.detection,
-            **sweeps,
-            detection_reference=FLAGS.detection_reference,
-            detection_k=FLAGS.detection_k,
-            detection_score=FLAGS.detection_score,
-            detector=FLAGS.detector,
-            detection_steps=FLAGS.detection_steps,
-            detection_covariance=FLAGS.detection_covariance,
-            suite=FLAGS.suite,
-            suite_version=FLAGS.suite_version,
-            suite_steps=FLAGS.suite_steps,
-            suite_queries=FLAGS.suite_queries,
-        )
-        return cfg.EvaluateRun(
-            model_dir=FLAGS.model_dir,
-            saved_model=FLAGS.saved_model,
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            download=FLAGS.download,
-            split=FLAGS.split,
-            num_examples=FLAGS.num_examples,
-            batch_size=FLAGS.batch_size,
-            output=FLAGS.output,
-            progress=FLAGS.progress,
-            tensorboard=FLAGS.tensorboard,
-            config=config,
-            strategy=FLAGS.strategy,
-            worker_timeout=FLAGS.worker_timeout,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    config = config_from_flags(cfg.EvalConfig, attacks=attack_names, **sweeps)
+    return config_from_flags(cfg.EvaluateRun, config=config)

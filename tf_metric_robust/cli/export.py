@@ -7,6 +7,7 @@ from absl import flags
 from tf_metric_robust.cli.common import (
     FLAGS,
     UsageError,
+    config_from_flags,
     define_data_location_flags,
     define_detector_flags,
 )
@@ -44,25 +45,8 @@ def define_export_flags():
 
 def export_config():
     """Parsed flags -> config.ExportConfig (raises UsageError with one line on bad values)."""
-    if FLAGS.model_dir and not os.path.isdir(
-        FLAGS.model_dir
-    ):  # checked before importing TensorFlow: fails fast
+    if FLAGS.model_dir and not os.path.isdir(FLAGS.model_dir):  # before TensorFlow: fails fast
         raise UsageError(f"--model_dir {FLAGS.model_dir} does not exist")
     from tf_metric_robust.config import ExportConfig
 
-    try:
-        return ExportConfig(
-            model_dir=FLAGS.model_dir,
-            export_dir=FLAGS.export_dir,
-            version=FLAGS.version,
-            data_dir=FLAGS.data_dir,
-            download=FLAGS.download,
-            detection_reference=FLAGS.detection_reference,
-            detection_k=FLAGS.detection_k,
-            detection_score=FLAGS.detection_score,
-            detector=FLAGS.detector,
-            detection_covariance=FLAGS.detection_covariance,
-            warmup=FLAGS.warmup,
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    return config_from_flags(ExportConfig)

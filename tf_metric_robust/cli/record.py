@@ -1,29 +1,14 @@
 """What a training run records of its flags: the result-changing settings (recipe.json, checked
 on resume) and --allow_changes, which names the settings a resume may change."""
 
+from tf_metric_robust import config as cfg
 from tf_metric_robust.cli.common import FLAGS, UsageError, our_flags
 
-# Flags of bin/train that do not change results: where the run reads and writes, how often it
-# checkpoints or evaluates on the side (the final evaluation follows --final_eval_examples), on
-# which hardware it runs, what is printed. Every other flag of this module is part of the recipe
-# (recipe.json): a resume must match it unless --allow_changes names it (README, "Resuming").
-NOT_IN_RECIPE = (
-    "model_dir",
-    "data_dir",
-    "download",
-    "eval_every",
-    "eval_examples",
-    "eval_batch_size",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "export",
-    "strategy",
-    "tpu",
-    "jit_compile",
-    "deterministic",
-    "init_checkpoint",
-    "allow_changes",
-)
+# Flags of bin/train that do not change results: the TrainConfig fields of the same names (where
+# the run reads and writes, how often it checkpoints or evaluates on the side, on which hardware it
+# runs) and --allow_changes. Every other flag of bin/train is part of the recipe (recipe.json):
+# a resume must match it unless --allow_changes names it (README, "Resuming").
+NOT_IN_RECIPE = tuple(name for name in cfg.OPERATIONAL_FIELDS if name != "settings")
 
 
 def _plain_value(value):

@@ -7,9 +7,9 @@ from tf_metric_robust.cli.common import (
     FLAGS,
     MODELS,
     UsageError,
-    attack_config,
     check_dataset,
     check_multi_worker_env,
+    config_from_flags,
     number_list,
 )
 from tf_metric_robust.cli.record import allowed_changes, recipe_settings
@@ -40,47 +40,34 @@ def _check_train_flags():
             )
 
 
-def _flag_attack(prefix):
-    """attack_config(prefix) with a bad value reported under its flag name (--eval_steps ...)."""
-    try:
-        return attack_config(prefix)
-    except ValueError as error:
-        raise UsageError(f"--{prefix}{error}") from None
+def attack_config(prefix=""):
+    """The AttackConfig of bin/train's flags <prefix>eps, <prefix>step_size, ... (prefix '' for
+    the training attack, 'eval_' for the evaluation attack); UsageError naming the flag."""
+    method = FLAGS.train_attack if prefix == "" else "pgd"
+    loss = FLAGS[f"{prefix}attack_loss"].value
+    return config_from_flags(cfg.AttackConfig, prefix, f"--{prefix}", loss=loss, method=method)
 
 
 def train_parts():
     """(OptimizerConfig, TripletConfig, training AttackConfig, evaluation AttackConfig) of the
     parsed bin/train flags, without TensorFlow; UsageError naming the flag on a bad value."""
     _check_train_flags()
-    lr_boundaries = number_list(FLAGS.lr_boundaries, "lr_boundaries", int)
-    lr_values = number_list(FLAGS.lr_values, "lr_values")
-    try:
-        optimizer = cfg.OptimizerConfig(
-            name=FLAGS.optimizer,
-            learning_rate=FLAGS.learning_rate,
-            lr_boundaries=lr_boundaries,
-            lr_values=lr_values,
-            momentum=FLAGS.momentum,
-            weight_decay=FLAGS.weight_decay,
-        )
-        triplet = cfg.TripletConfig(
-            mining=FLAGS.triplet_mining,
-            negative_pool=FLAGS.negative_pool,
-            positive=FLAGS.triplet_positive,
-            margin=FLAGS.margin,
-            margin_other=FLAGS.margin_other,
-            distance=FLAGS.triplet_distance,
-            lambda_triplet=FLAGS.lambda_triplet,
-            lambda_norm=FLAGS.lambda_norm,
-            bank_size=FLAGS.bank_size,
-            pool_multiplier=FLAGS.pool_multiplier,
-            separate_passes=FLAGS.separate_bn_passes,
-            positive_noise=FLAGS.positive_noise,
-            other_positive=FLAGS.other_positive,
-        )
-    except ValueError as error:  # the configs name the field, which is the flag's name
-        raise UsageError(f"--{error}") from None
-    return optimizer, triplet, _flag_attack(""), _flag_attack("eval_")
+    optimizer = config_from_flags(
+        cfg.OptimizerConfig,
+        error_prefix="--",  # the configs name the field, which is the flag's name
+        name=FLAGS.optimizer,
+        lr_boundaries=number_list(FLAGS.lr_boundaries, "lr_boundaries", int),
+        lr_values=number_list(FLAGS.lr_values, "lr_values"),
+    )
+    triplet = config_from_flags(
+        cfg.TripletConfig,
+        error_prefix="--",
+        mining=FLAGS.triplet_mining,
+        positive=FLAGS.triplet_positive,
+        distance=FLAGS.triplet_distance,
+        separate_passes=FLAGS.separate_bn_passes,
+    )
+    return optimizer, triplet, attack_config(""), attack_config("eval_")
 
 
 def _check_batch_fits(triplet):
@@ -115,57 +102,19 @@ def train_config():
     a bad flag is rejected in about a second; none writes anything.
     """
     optimizer, triplet, attack, eval_attack = train_parts()
-    from tf_metric_robust.config import TrainConfig
-    from tf_metric_robust.config.training import OverfitConfig
-
     _check_batch_fits(triplet)
-    try:
-        return TrainConfig(
-            model_dir=FLAGS.model_dir,
-            dataset=FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            download=FLAGS.download,
-            model=FLAGS.model,
-            model_kwargs=model_kwargs(FLAGS.model),
-            mode=FLAGS.mode,
-            batch_size=FLAGS.batch_size,
-            train_steps=FLAGS.train_steps,
-            optimizer=optimizer,
-            label_smoothing=FLAGS.label_smoothing,
-            augment=FLAGS.augment,
-            attack=attack,
-            eps_warmup_steps=FLAGS.eps_warmup_steps,
-            eval_attack=eval_attack,
-            triplet=triplet,
-            eval_every=FLAGS.eval_every,
-            eval_examples=FLAGS.eval_examples,
-            final_eval_examples=FLAGS.final_eval_examples,
-            eval_batch_size=FLAGS.eval_batch_size,
-            strategy=FLAGS.strategy,
-            tpu=FLAGS.tpu,
-            mixed_precision=FLAGS.mixed_precision,
-            jit_compile=FLAGS.jit_compile,
-            seed=FLAGS.seed,
-            deterministic=FLAGS.deterministic,
-            checkpoint_every=FLAGS.checkpoint_every or FLAGS.eval_every,
-            keep_checkpoints=FLAGS.keep_checkpoints,
-            init_checkpoint=FLAGS.init_checkpoint,
-            attack_bn_mode=FLAGS.attack_bn_mode,
-            validation_examples=FLAGS.validation_examples,
-            select_best=FLAGS.select_best,
-            eval_round_to_grid=FLAGS.eval_round_to_grid,
-            export=FLAGS.export,
-            beta=FLAGS.beta,
-            settings=recipe_settings(),
-            base=FLAGS.base,
-            awp_gamma=FLAGS.awp_gamma,
-            awp_warmup_steps=FLAGS.awp_warmup_steps,
-            ema_decay=FLAGS.ema_decay,
-            overfit=OverfitConfig(FLAGS.overfit_check_every, FLAGS.on_overfit, FLAGS.overfit_drop),
-            allow_changes=allowed_changes(),
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    return config_from_flags(
+        cfg.TrainConfig,
+        model_kwargs=model_kwargs(FLAGS.model),
+        optimizer=optimizer,
+        attack=attack,
+        eval_attack=eval_attack,
+        triplet=triplet,
+        checkpoint_every=FLAGS.checkpoint_every or FLAGS.eval_every,
+        overfit=config_from_flags(cfg.training.OverfitConfig, "overfit_", action=FLAGS.on_overfit),
+        settings=recipe_settings(),
+        allow_changes=allowed_changes(),
+    )
 
 
 def model_kwargs(model):

@@ -166,13 +166,7 @@ class EvalConfig:
             raise UserError(f"large_eps must be > 0, got {self.large_eps}")
         if self.step_size is not None and self.step_size <= 0:
             raise UserError(f"step_size must be > 0, got {self.step_size}")
-        check_detector(
-            self.detector,
-            self.detection_covariance,
-            self.detection_score,
-            self.detection_k,
-            self.detection_reference,
-        )
+        check_detector(self)
         counts = [
             ("steps", self.steps),
             ("restarts", self.restarts),
@@ -252,18 +246,3 @@ class EvaluateRun:
             )
         if not self.worker_timeout > 0:
             raise UserError(f"worker_timeout must be > 0 seconds, got {self.worker_timeout}")
-
-
-__all__ = [
-    "DEFAULT_ATTACKS",
-    "EVAL_STRATEGIES",
-    "SUITES",
-    "SUITE_VERSIONS",
-    "EvalConfig",
-    "EvaluateRun",
-    "Thresholds",
-    "check_suite",
-    "dataset_defaults",
-    "default_detection_covariance",
-    "derived_defaults",
-]

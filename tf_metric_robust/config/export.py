@@ -17,18 +17,20 @@ DEFAULT_REFERENCE_SIZE = 5000  # clean training examples the exported detector i
 DEFAULT_DETECTION_K = 50  # neighbours of the kNN detector
 
 
-def check_detector(detector, covariance, score, k, reference):
-    """UserError unless the detector settings (shared by bin/evaluate and bin/export) are valid;
-    the names are the flags'."""
-    for name, value, allowed in (
-        ("detector", detector, DETECTORS),
-        ("detection_covariance", covariance, (None,) + COVARIANCES),
-        ("detection_score", score, SCORE_TYPES),
+def check_detector(settings):
+    """UserError unless the detector fields of `settings` (an EvalConfig or ExportConfig: the
+    settings bin/evaluate and bin/export share) are valid; the field names are the flags'."""
+    for name, allowed in (
+        ("detector", DETECTORS),
+        ("detection_covariance", (None,) + COVARIANCES),
+        ("detection_score", SCORE_TYPES),
     ):
+        value = getattr(settings, name)
         if value not in allowed:
             shown = ", ".join(str(a) for a in allowed if a is not None)
             raise UserError(f"{name} must be one of {shown}, got {value!r}")
-    for name, value in (("detection_k", k), ("detection_reference", reference)):
+    for name in ("detection_k", "detection_reference"):
+        value = getattr(settings, name)
         if int(value) != value or value < 1:
             raise UserError(f"{name} must be an integer >= 1, got {value}")
 
@@ -55,13 +57,7 @@ class ExportConfig:
     def __post_init__(self):
         if not self.model_dir:
             raise UserError("--model_dir is required (a bin/train run)")
-        check_detector(
-            self.detector,
-            self.detection_covariance,
-            self.detection_score,
-            self.detection_k,
-            self.detection_reference,
-        )
+        check_detector(self)
         if self.version is not None and self.version < 1:
             raise UserError(f"version must be >= 1, got {self.version}")
         if self.threshold_examples < 1:

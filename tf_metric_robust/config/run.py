@@ -104,6 +104,7 @@ class TrainConfig:
 
 # TrainConfig fields that do not change results (where a run reads and writes, how often it
 # checkpoints or evaluates on the side, which hardware runs it): never part of the recipe.
+# cli.record.NOT_IN_RECIPE, bin/train's flags outside recipe.json, are these but `settings`.
 OPERATIONAL_FIELDS = (
     "model_dir",
     "data_dir",

@@ -65,15 +65,8 @@ class AttackConfig:
     def kwargs(self):
         """Keyword arguments of `attacks.pgd` (FGSM-RS is its one-step case; N-FGSM adds a 2 eps
         start and no projection to the eps-ball, attacks.fast.n_fgsm)."""
-        kwargs = dict(
-            eps=self.eps,
-            step_size=self.step_size,
-            steps=self.steps,
-            norm=self.norm,
-            loss=self.loss,
-            random_start=self.random_start,
-            restarts=self.restarts,
-        )
+        kwargs = dataclasses.asdict(self)
+        del kwargs["method"]  # which attack, not one of its arguments
         if self.method == "n_fgsm":
             kwargs.update(start_scale=N_FGSM_NOISE, project_to_ball=False)
         return kwargs
