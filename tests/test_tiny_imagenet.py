@@ -220,7 +220,8 @@ def test_network_arguments_are_checked():
 
 
 def test_tla_trains_on_the_miniature(tiny_data_dir):
-    """A few TLA steps of the authors' recipe (both positives, extra pool) at a tiny width."""
+    """A few TLA steps with the authors' structure (both positives, extra pool) at a tiny width;
+    test_flagfile_parses_to_the_authors_values checks the recipe's margins and weights."""
     batch, pool = 8, 1
     network = models.build(
         "preact_resnet_tiny", 200, (64, 64, 3), width=4, blocks=(1, 1, 1, 1), weight_decay=2e-4
@@ -229,14 +230,7 @@ def test_tla_trains_on_the_miniature(tiny_data_dir):
         network,
         mode="tla",
         attack=AttackConfig(eps=8 / 255, step_size=2 / 255, steps=1),
-        triplet=TripletConfig(
-            negative_pool="extra",
-            pool_multiplier=pool,
-            positive="both",
-            margin=0.6,
-            margin_other=0.02,
-            lambda_triplet=0.5,
-        ),
+        triplet=TripletConfig(negative_pool="extra", pool_multiplier=pool, positive="both"),
         label_smoothing=0.1,
     )
     trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=False)
