@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_metric_robust import data, experiment, models
+from tf_metric_robust import checkpoint_files, data, experiment, models
 from tf_metric_robust.data import image_folder, tiny_imagenet_builder
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig, UserError
 from tf_metric_robust.training import AdversarialTrainer
@@ -344,7 +344,7 @@ def test_init_checkpoint_loads_pgd_weights_into_tla(tmp_path, by_path):
     config = _config(tmp_path / "tla", "tla", init=path if by_path else str(tmp_path / "pgd"))
     tla = experiment.build_trainer(config)
     assert not np.array_equal(tla.network.weights[0].numpy(), pgd.network.weights[0].numpy())
-    assert not experiment._restore(experiment.make_checkpoint(tla), config, repair=False)
+    assert not checkpoint_files.restore_run(experiment.make_checkpoint(tla), config, repair=False)
     for mine, source in zip(tla.network.weights, pgd.network.weights):
         np.testing.assert_array_equal(mine.numpy(), source.numpy())
     assert int(tla.optimizer.iterations.numpy()) == 0  # weights only: a fresh schedule
@@ -354,7 +354,7 @@ def test_init_checkpoint_without_checkpoint_is_a_user_error(tmp_path):
     config = _config(tmp_path / "tla", "tla", init=str(tmp_path))
     checkpoint = experiment.make_checkpoint(experiment.build_trainer(config))
     with pytest.raises(UserError, match="no checkpoint"):
-        experiment._restore(checkpoint, config, repair=False)
+        checkpoint_files.restore_run(checkpoint, config, repair=False)
 
 
 def test_flagfile_parses_to_the_authors_values():

@@ -137,9 +137,9 @@ def test_cpu_strategies_keep_keras_off_the_multi_device_iterator():
 
 
 def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
-    """With --negative_pool=extra the input is [batch; pool]; experiment.replica_major reorders it
+    """With --negative_pool=extra the input is [batch; pool]; train_inputs.replica_major reorders it
     so that the contiguous slice a strategy gives each replica is [its batch rows; its pool]."""
-    from tf_metric_robust.experiment import replica_major
+    from tf_metric_robust.train_inputs import replica_major
 
     batch, multiplier, replicas = 4, 2, 2
     ids = tf.range(batch * (1 + multiplier), dtype=tf.int64)

@@ -93,15 +93,15 @@ def dump_weights_at_finish(path):
     """Saves the network weights (a list of arrays, in layer order) when training ends."""
     import numpy as np
 
-    from tf_metric_robust import experiment
+    from tf_metric_robust import final_evaluation
 
-    original_finish = experiment._finish
+    original_finish = final_evaluation.finish
 
-    def finish(config, trainer, *args, **kwargs):
-        np.savez(path, *[w.numpy() for w in trainer.network.weights])
-        return original_finish(config, trainer, *args, **kwargs)
+    def finish(run, *args, **kwargs):
+        np.savez(path, *[w.numpy() for w in run.trainer.network.weights])
+        return original_finish(run, *args, **kwargs)
 
-    experiment._finish = finish
+    final_evaluation.finish = finish
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A run's checkpoints: where they live, which are readable, and falling back past damaged ones.
+"""A run's checkpoints: where they live, which are readable, falling back past damaged ones, and
+a run's resume (its newest readable checkpoint, else --init_checkpoint's network weights).
 
 A checkpoint that cannot be read (truncated by a crash, a half-copied file) is moved aside to
 checkpoints/corrupt/ and the previous readable one becomes the latest, so a resume continues
@@ -69,6 +70,37 @@ def restore_newest_readable(checkpoint, directory, *, repair=False):
             "away to start over, or restore a backup"
         )
     return None
+
+
+def restore_run(checkpoint, config, repair, report=logging.info):
+    """Restores the newest readable checkpoint of the run (True), else --init_checkpoint's
+    network weights if given (False); `report` gets the line saying which."""
+    latest = restore_newest_readable(checkpoint, checkpoint_dir(config.model_dir), repair=repair)
+    if latest:
+        report(f"Resumed from {latest}")
+        return True
+    if config.init_checkpoint:
+        source = config.init_checkpoint
+        network_only = tf.train.Checkpoint(network=checkpoint.network)
+        if os.path.isdir(source):
+            found = None
+            for folder in (checkpoint_dir(source), source):
+                if checkpoint_paths(folder):
+                    found = restore_newest_readable(network_only, folder)
+                    break
+            if not found:
+                raise UserError(f"--init_checkpoint {source}: no checkpoint found")
+            source = found
+        else:
+            try:
+                network_only.restore(source).assert_existing_objects_matched().expect_partial()
+            except (tf.errors.OpError, AssertionError, ValueError) as error:
+                raise UserError(
+                    f"--init_checkpoint {source}: cannot restore the network "
+                    f"({type(error).__name__}: {error})"
+                ) from None
+        report(f"Initialised network weights from {source}")
+    return False
 
 
 def _set_latest(directory, path, damaged):

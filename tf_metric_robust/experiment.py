@@ -1,4 +1,4 @@
-"""A training run in a model_dir: build, resume, fit with evaluation, write results, export.
+"""A training run in a model_dir: resume, fit with evaluations, then the end (final_evaluation).
 
 The contract (DESIGN.md): model_dir holds checkpoints/, tensorboard/, saved_model/, flags.txt and
 metrics.json; running the same command again resumes from the last checkpoint.
@@ -12,9 +12,7 @@ hardware; --deterministic also pins TF's op choice). How it stops early: see sto
 Progress goes to absl logging and to the caller's `progress` callable (bin/train prints it).
 """
 
-import dataclasses
 import functools
-import json
 import os
 import shutil
 import sys
@@ -29,7 +27,7 @@ from tf_metric_robust import (
     checkpoint_files,
     data,
     distribute,
-    export,
+    final_evaluation,
     overfit_guard,
     run_files,
     selection,
@@ -39,44 +37,9 @@ from tf_metric_robust import (
     weight_averaging,
 )
 from tf_metric_robust.config import UserError
+from tf_metric_robust.final_evaluation import RunParts
 from tf_metric_robust.stopping import Interrupted, TrainingDiverged  # noqa: F401 (re-exported)
-from tf_metric_robust.train_inputs import replica_major  # noqa: F401 (re-exported)
-from tf_metric_robust.training import AdversarialTrainer, make_optimizer
-
-
-def build_trainer(config):
-    """Network + AdversarialTrainer + optimizer, compiled; call inside strategy.scope()."""
-    network = run_files.build_network(config.recipe(), config.optimizer.weight_decay)
-    trainer = AdversarialTrainer(
-        network,
-        mode=config.mode,
-        attack=config.attack,
-        eval_attack=config.eval_attack,
-        triplet=config.triplet,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
-        eps_warmup_steps=config.eps_warmup_steps,
-        attack_bn_mode=config.attack_bn_mode,
-        eval_round_to_grid=config.eval_round_to_grid,
-        beta=config.beta,
-        base=config.base,
-        awp_gamma=config.awp_gamma,
-        awp_warmup_steps=config.awp_warmup_steps,
-        ema_decay=config.ema_decay,
-    )
-    optimizer = make_optimizer(config.optimizer)
-    trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-    optimizer.build(network.trainable_variables)
-    return trainer
-
-
-def make_checkpoint(trainer):
-    parts = dict(network=trainer.network, optimizer=trainer.optimizer)
-    if trainer.bank is not None:
-        parts["bank"] = trainer.bank
-    if trainer.ema is not None:
-        parts[weight_averaging.CHECKPOINT_KEY] = trainer.ema
-    return tf.train.Checkpoint(**parts)
+from tf_metric_robust.trainer_setup import build_trainer, make_checkpoint, state_variables
 
 
 def _best_checkpoint(config, output_dir, trainer):
@@ -90,14 +53,6 @@ def _best_checkpoint(config, output_dir, trainer):
         trainer.network,
         train_inputs.validation_input(config),
     )
-
-
-def _state_variables(trainer):
-    parts = [trainer.network.variables, trainer.optimizer.variables]
-    for extra in (trainer.bank, trainer.ema):
-        if extra is not None:
-            parts.append(extra.variables)
-    return [v for part in parts for v in part]
 
 
 def _report(progress, message):
@@ -162,7 +117,7 @@ def _train(config, output_dir, chief, start, report):
     with strategy.scope():
         trainer = build_trainer(config)
         checkpoint = make_checkpoint(trainer)
-    restored = _restore(checkpoint, config, repair=chief, report=report)
+    restored = checkpoint_files.restore_run(checkpoint, config, repair=chief, report=report)
     step = first_step = int(trainer.optimizer.iterations.numpy())
     if start is not None:
         start(step)  # every check passed: recipe.json, flags.txt / history.jsonl
@@ -171,7 +126,7 @@ def _train(config, output_dir, chief, start, report):
     )
     saver = stopping.Saver(
         manager,
-        _state_variables(trainer),
+        state_variables(trainer),
         step if restored else None,
         checkpoint_files.checkpoint_dir(config.model_dir),
     )
@@ -180,6 +135,7 @@ def _train(config, output_dir, chief, start, report):
     started = time.time()
     with stopping.StopSignals(enabled=config.strategy != "multi_worker") as signals:
         guard = stopping.StepGuard(saver, config.checkpoint_every, signals)
+        run = RunParts(config, trainer, writer, guard, output_dir, report)
         callbacks = [
             guard,
             summaries.TrainScalars(writer, every=min(50, config.eval_every), attack=config.attack),
@@ -205,7 +161,7 @@ def _train(config, output_dir, chief, start, report):
             saver.save(step)  # no-op when the guard just saved this step
             guard.check()
             with weight_averaging.maybe_swapped_in(trainer.ema):
-                results, count = _evaluate(trainer, eval_data, guard, config, config.eval_examples)
+                results, count = final_evaluation.evaluate_on(run, eval_data, config.eval_examples)
                 results = summaries.name_accuracies(results, config.eval_attack)
                 writer.scalars("eval", results, step)
                 if best is not None:
@@ -223,176 +179,5 @@ def _train(config, output_dir, chief, start, report):
                 + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items()))
                 + f" ({count} examples)"
             )
-        return _finish(
-            config,
-            trainer,
-            writer,
-            guard,
-            output_dir,
-            step,
-            report,
-            trained=step > first_step,
-            seconds=time.time() - started,
-        )
-
-
-def _evaluate(trainer, dataset, guard, config, num_examples):
-    """(Keras evaluate results, number of examples they average), warning on a short count.
-
-    The count is the clean-accuracy tracker's: every accuracy in a report says what it is over.
-    """
-    results = trainer.evaluate(dataset, return_dict=True, verbose=0, callbacks=[guard])
-    count = int(trainer.trackers["clean_accuracy"].count.numpy())
-    expected = data.eval_size(
-        config.dataset,
-        num_examples=num_examples,
-        data_dir=config.data_dir,
-        download=config.download,
-    )
-    if count != expected:
-        logging.warning(
-            f"the evaluation scored {count} of {expected} test examples; its "
-            "accuracies average those only"
-        )
-    return results, count
-
-
-def _restore(checkpoint, config, repair, report=logging.info):
-    """Restores the newest readable checkpoint of the run (True), else --init_checkpoint's
-    network weights if given (False)."""
-    latest = checkpoint_files.restore_newest_readable(
-        checkpoint, checkpoint_files.checkpoint_dir(config.model_dir), repair=repair
-    )
-    if latest:
-        report(f"Resumed from {latest}")
-        return True
-    if config.init_checkpoint:
-        source, network_only = (
-            config.init_checkpoint,
-            tf.train.Checkpoint(network=checkpoint.network),
-        )
-        if os.path.isdir(source):
-            found = None
-            for folder in (checkpoint_files.checkpoint_dir(source), source):
-                if checkpoint_files.checkpoint_paths(folder):
-                    found = checkpoint_files.restore_newest_readable(network_only, folder)
-                    break
-            if not found:
-                raise UserError(f"--init_checkpoint {source}: no checkpoint found")
-            source = found
-        else:
-            try:
-                network_only.restore(source).assert_existing_objects_matched().expect_partial()
-            except (tf.errors.OpError, AssertionError, ValueError) as error:
-                raise UserError(
-                    f"--init_checkpoint {source}: cannot restore the network "
-                    f"({type(error).__name__}: {error})"
-                ) from None
-        report(f"Initialised network weights from {source}")
-    return False
-
-
-def _export_is_stale(model_dir):
-    """True without a SavedModel version newer than metrics.json (e.g. killed during export)."""
-    latest = export.latest_version(os.path.join(model_dir, "saved_model"))
-    metrics_path = os.path.join(model_dir, "metrics.json")
-    return latest is None or (
-        os.path.exists(metrics_path) and os.path.getmtime(latest) < os.path.getmtime(metrics_path)
-    )
-
-
-def _finish(config, trainer, writer, guard, output_dir, step, report, *, trained, seconds):
-    """Final evaluation on the test split -> projector data, metrics.json, SavedModel.
-
-    metrics.json is written after the projector data and before the export: its presence marks
-    a finished evaluation. A run that trained exports a new version (export.py never overwrites
-    one); a run killed during export exports when re-run.
-    """
-    metrics_path = os.path.join(config.model_dir, "metrics.json")
-    # Decided before any collective, from the (shared) model_dir: every worker takes the same path.
-    reuse_metrics = os.path.exists(metrics_path) and not trained
-    needs_export = config.export and (trained or _export_is_stale(config.model_dir))
-    # --select_best: the final evaluation and the export use the selected weights (the EMA's,
-    # if on: the selection evaluated those); else the EMA's, if on.
-    selected = (
-        selection.restore_best(output_dir, trainer.network)
-        if config.select_best != "none"
-        else None
-    )
-    if selected:
-        report(
-            f"Selected the checkpoint of step {selected['step']} (validation PGD accuracy "
-            f"{selected['validation_pgd_accuracy']:.4f})"
-        )
-    with weight_averaging.maybe_swapped_in(None if selected else trainer.ema):
-        return _final_results(
-            config,
-            trainer,
-            writer,
-            guard,
-            output_dir,
-            step,
-            selected,
-            reuse_metrics,
-            needs_export,
-            seconds,
-        )
-
-
-def _final_results(
-    config, trainer, writer, guard, output_dir, step, selected, reuse_metrics, needs_export, seconds
-):
-    """metrics.json (evaluated, or read when a finished run is re-run) and the export."""
-    metrics_path = os.path.join(config.model_dir, "metrics.json")
-    final_data = train_inputs.eval_input(config, config.final_eval_examples)
-    if reuse_metrics:
-        with open(metrics_path) as f:
-            metrics = json.load(f)
-    else:
-        results, count = _evaluate(trainer, final_data, guard, config, config.final_eval_examples)
-        robust = f"eval/{summaries.attack_label(config.eval_attack)}_accuracy"
-        attack = dataclasses.asdict(config.eval_attack)
-        metrics = {
-            "step": step,
-            "dataset": config.dataset,
-            "model": config.model,
-            "mode": config.mode,
-            "eval/clean_accuracy": float(results["clean_accuracy"]),
-            robust: float(results["pgd_accuracy"]),
-            "eval_attack": attack,
-            "num_examples": count,
-            # What each number is: the attack behind it and how many test examples it averages.
-            "accuracies": {
-                "eval/clean_accuracy": {
-                    "attack": None,
-                    "num_examples": count,
-                    "split": data.dataset_info(config.dataset).test_split,
-                },
-                robust: {
-                    "attack": {"name": "pgd", **attack},
-                    "num_examples": count,
-                    "split": data.dataset_info(config.dataset).test_split,
-                },
-            },
-            "train_seconds_this_run": round(seconds, 1),
-            "weights": "ema" if config.ema_decay else "trained",  # which weights scored
-        }
-        if selected:
-            metrics["selected_checkpoint"] = selected
-        summaries.log_projector(writer.logdir, trainer.network, final_data, step=step)
-        guard.check()
-        run_files.write_json_atomic(os.path.join(output_dir, "metrics.json"), metrics)
-    if needs_export:
-        guard.check()
-        # The kNN detection reference (clean training examples) goes inside the SavedModel.
-        reference_images, reference_labels = export.reference_examples(
-            config.dataset, data_dir=config.data_dir, download=config.download
-        )
-        # Written to a hidden folder and renamed into place (export.py): never half a version.
-        export.export_saved_model(
-            trainer.network,
-            os.path.join(output_dir, "saved_model"),
-            reference_images=reference_images,
-            reference_labels=reference_labels,
-        )
-    return metrics
+        seconds = time.time() - started
+        return final_evaluation.finish(run, step, trained=step > first_step, seconds=seconds)

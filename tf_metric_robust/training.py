@@ -7,46 +7,26 @@ term is added to the TRADES objective instead. TRADES and MART: losses.trades_lo
 a clean and an adversarial pass, the attack run from x + 0.001 N(0, 1) (trades.py:28-31,
 mart.py:17-20). AWP (Wu et al. 2020, awp.py) perturbs the weights before the descent step; the
 EMA (weight_averaging.py) follows the weights after it. The modes share one step; only the
-attack objective and the loss differ.
+attack objective and the loss (mode_losses.py) differ.
 """
 
-from typing import NamedTuple, Optional
+import inspect
 
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import attacks, awp, losses, positives, seeds, weight_averaging
+from tf_metric_robust import attacks, awp, positives, seeds, weight_averaging
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig
+from tf_metric_robust.config.training import BASES, KL_MODES, MODES
 from tf_metric_robust.memory_bank import EmbeddingBank
-from tf_metric_robust.tla_loss import TripletTerm, forward_passes
+from tf_metric_robust.mode_losses import ModeLosses
+from tf_metric_robust.tla_loss import TripletTerm
 
 ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
-MODES = ("natural", "pgd", "tla", "trades", "mart")
-KL_MODES = ("trades", "mart")  # CE plus beta x a KL(clean || adversarial) term
-BASES = ("pgd", "trades")  # what TLA's triplet term is added to: CE on x' (authors) or TRADES
 
 
-class Batch(NamedTuple):
-    """An input batch split into its parts (pool and other positives: TLA only, else None)."""
-
-    images: tf.Tensor
-    labels: tf.Tensor
-    pool_images: Optional[tf.Tensor] = None
-    pool_labels: Optional[tf.Tensor] = None
-    other_images: Optional[tf.Tensor] = None
-
-
-class Losses(NamedTuple):
-    """compute_losses' result: per-example total [N], per-example logs, and the logits."""
-
-    total: tf.Tensor
-    logs: dict
-    clean_logits: Optional[tf.Tensor]
-    adversarial_logits: Optional[tf.Tensor]
-
-
-class AdversarialTrainer(keras.Model):
+class AdversarialTrainer(ModeLosses, keras.Model):
     """Wraps a network returning {'logits', 'embedding'} with a natural / pgd / tla / trades /
     mart train_step.
 
@@ -137,6 +117,16 @@ class AdversarialTrainer(keras.Model):
             names += ["robust_loss"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
+    @classmethod
+    def from_config(cls, network, config):
+        """The trainer of a config.TrainConfig: each keyword argument is the field of its name."""
+        names = [
+            name
+            for name, parameter in inspect.signature(cls.__init__).parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY
+        ]
+        return cls(network, **{name: getattr(config, name) for name in names})
+
     @property
     def metrics(self):
         return list(self.trackers.values())
@@ -156,16 +146,7 @@ class AdversarialTrainer(keras.Model):
         on Model(mode='train'), model.py:110) and of the TLA authors' train_at_madry.py:364."""
         return self.network(images, training=True)["logits"]
 
-    # ----------------------------------------------------------------------------- losses
-    def _cross_entropy(self, labels, logits):
-        one_hot = tf.one_hot(labels, self.num_classes)
-        return keras.losses.categorical_crossentropy(
-            one_hot,
-            tf.cast(logits, tf.float32),
-            from_logits=True,
-            label_smoothing=self.label_smoothing,
-        )
-
+    # ------------------------------------------------------------------------------ steps
     def _seed(self, root):
         """Stateless key of this step and replica under `root` (seeds.py): a resumed run draws
         the same random starts and positives."""
@@ -173,98 +154,6 @@ class AdversarialTrainer(keras.Model):
         replica_id = replica.replica_id_in_sync_group if replica else 0
         step = self.optimizer.iterations if self.optimizer else 0
         return seeds.key(self.seed, root, step, replica_id)
-
-    def compute_losses(
-        self,
-        images,
-        labels,
-        adversarial,
-        training,
-        pool_images=None,
-        pool_labels=None,
-        other_images=None,
-    ):
-        """Losses (per-example total and logs, logits), shared by train_step and test_step."""
-        logs = {}
-        clean_logits = adversarial_logits = None
-        if self.mode == "natural":
-            clean_logits = self.network(images, training=training)["logits"]
-            ce = total = self._cross_entropy(labels, clean_logits)
-        elif self.mode == "pgd":
-            adversarial_logits = self.network(adversarial, training=training)["logits"]
-            ce = total = self._cross_entropy(labels, adversarial_logits)
-        elif self.mode in KL_MODES:
-            # Clean and adversarial passes, each with its own BN statistics, in training mode
-            # (trades.py:73-82, mart.py:32-40).
-            clean_out, adversarial_out = forward_passes(
-                self.network, [images, adversarial], training, self.triplet.separate_passes
-            )
-            clean_logits, adversarial_logits = clean_out["logits"], adversarial_out["logits"]
-        else:
-            parts = self.triplet_term(
-                images,
-                adversarial,
-                labels,
-                training=training,
-                seed=self._seed,
-                pool_images=pool_images,
-                pool_labels=pool_labels,
-                other_images=other_images,
-                need_clean=self.trades_objective,
-            )
-            clean_logits, adversarial_logits = parts.clean_logits, parts.adversarial_logits
-            logs.update(
-                triplet_loss=parts.triplet,
-                positive_distance=parts.positive_distance,
-                negative_distance=parts.negative_distance,
-                embedding_norm=tf.norm(tf.cast(parts.positive_embedding, tf.float32), axis=-1),
-            )
-            if not self.trades_objective:
-                # CE on the adversarial images only (config train_flag_adv_only, lines 382-389).
-                ce = total = self._cross_entropy(labels, adversarial_logits)
-        if self.mode in KL_MODES or self.trades_objective:
-            loss_fn = losses.mart_loss if self.mode == "mart" else losses.trades_loss
-            total = loss_fn(labels, clean_logits, adversarial_logits, beta=self.beta)
-            # TRADES' CE is on the clean images, MART's on the adversarial ones.
-            ce = self._cross_entropy(
-                labels, adversarial_logits if self.mode == "mart" else clean_logits
-            )
-            logs["robust_loss"] = total - ce  # what the mode adds to its CE
-        if self.mode == "tla":
-            # lambda_triplet weighs each whole term, norm part included (lines 372, 376).
-            total = total + self.triplet.lambda_triplet * logs["triplet_loss"]
-        logs["ce_loss"] = ce
-        return Losses(total, logs, clean_logits, adversarial_logits)
-
-    # ------------------------------------------------------------------------------ steps
-    def _unpack(self, data, training):
-        """The Batch of an input: (images, labels), or ((images, other_images), labels) from
-        data.train_dataset(other_positives=True); the extra TLA pool split off when training."""
-        images, labels = data[0], data[1]
-        other_images = None
-        if isinstance(images, (tuple, list)):
-            images, other_images = images
-        elif training and self._needs_other_images():
-            raise ValueError(
-                "triplet other_positive='data' needs ((images, other_images), labels) "
-                "batches: data.train_dataset(..., other_positives=True)"
-            )
-        labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
-        if not (training and self.mode == "tla" and self.triplet.negative_pool == "extra"):
-            return Batch(images, labels, other_images=other_images)
-        # The input pipeline delivers batch * (1 + pool_multiplier) images: batch, then pool.
-        batch = tf.shape(images)[0] // (1 + self.triplet.pool_multiplier)
-        if other_images is not None:
-            other_images = other_images[:batch]
-        return Batch(images[:batch], labels[:batch], images[batch:], labels[batch:], other_images)
-
-    def _needs_other_images(self):
-        return (
-            self.mode == "tla"
-            and self.triplet.mining == "paper"
-            and self.triplet.positive in ("other", "both")
-            and self.triplet.other_positive == "data"
-        )
 
     def _update_metrics(self, loss, result, labels):
         self.trackers["loss"].update_state(loss)
@@ -359,15 +248,3 @@ class AdversarialTrainer(keras.Model):
         if result.adversarial_logits is None:
             result = result._replace(adversarial_logits=self.logits_fn(adversarial))
         return self._update_metrics(tf.reduce_mean(result.total), result, labels)
-
-
-def make_optimizer(config):
-    """SGD/Adam with the piecewise-constant schedule of the recipe (Madry / TLA authors)."""
-    learning_rate = config.learning_rate
-    if config.lr_boundaries:
-        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            list(config.lr_boundaries), list(config.lr_values)
-        )
-    if config.name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=config.momentum)
-    return keras.optimizers.Adam(learning_rate)

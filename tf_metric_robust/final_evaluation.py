@@ -1,0 +1,149 @@
+"""The evaluations of a training run and its end: the final evaluation on the test split, the
+projector data, metrics.json and the SavedModel export.
+
+metrics.json is written after the projector data and before the export: its presence marks a
+finished evaluation. A run that trained exports a new version (export.py never overwrites one); a
+run killed during export exports when re-run.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+from absl import logging
+
+from tf_metric_robust import (
+    data,
+    export,
+    run_files,
+    selection,
+    summaries,
+    train_inputs,
+    weight_averaging,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParts:
+    """What a run's evaluations work with: its TrainConfig, the compiled trainer, the TensorBoard
+    writer, the step guard (stop signals), the folder it writes (model_dir, or a non-chief
+    worker's scratch folder) and `report`, which takes each progress line."""
+
+    config: Any
+    trainer: Any
+    writer: Any
+    guard: Any
+    output_dir: str
+    report: Callable
+
+
+def evaluate_on(run, dataset, num_examples):
+    """(Keras evaluate results, number of examples they average), warning on a short count.
+
+    The count is the clean-accuracy tracker's: every accuracy in a report says what it is over.
+    """
+    config = run.config
+    results = run.trainer.evaluate(dataset, return_dict=True, verbose=0, callbacks=[run.guard])
+    count = int(run.trainer.trackers["clean_accuracy"].count.numpy())
+    expected = data.eval_size(
+        config.dataset,
+        num_examples=num_examples,
+        data_dir=config.data_dir,
+        download=config.download,
+    )
+    if count != expected:
+        logging.warning(
+            f"the evaluation scored {count} of {expected} test examples; its "
+            "accuracies average those only"
+        )
+    return results, count
+
+
+def _export_is_stale(model_dir):
+    """True without a SavedModel version newer than metrics.json (e.g. killed during export)."""
+    latest = export.latest_version(os.path.join(model_dir, "saved_model"))
+    metrics_path = os.path.join(model_dir, "metrics.json")
+    return latest is None or (
+        os.path.exists(metrics_path) and os.path.getmtime(latest) < os.path.getmtime(metrics_path)
+    )
+
+
+def finish(run, step, *, trained, seconds):
+    """Final evaluation on the test split -> projector data, metrics.json, SavedModel; returns
+    the metrics dict. `trained`: this run took steps; `seconds`: its training time."""
+    config = run.config
+    metrics_path = os.path.join(config.model_dir, "metrics.json")
+    # Decided before any collective, from the (shared) model_dir: every worker takes the same path.
+    reuse_metrics = os.path.exists(metrics_path) and not trained
+    needs_export = config.export and (trained or _export_is_stale(config.model_dir))
+    # --select_best: the final evaluation and the export use the selected weights (the EMA's,
+    # if on: the selection evaluated those); else the EMA's, if on.
+    selected = (
+        selection.restore_best(run.output_dir, run.trainer.network)
+        if config.select_best != "none"
+        else None
+    )
+    if selected:
+        run.report(
+            f"Selected the checkpoint of step {selected['step']} (validation PGD accuracy "
+            f"{selected['validation_pgd_accuracy']:.4f})"
+        )
+    with weight_averaging.maybe_swapped_in(None if selected else run.trainer.ema):
+        if reuse_metrics:
+            with open(metrics_path) as f:
+                metrics = json.load(f)
+        else:
+            metrics = _final_metrics(run, step, selected, seconds)
+        if needs_export:
+            run.guard.check()
+            _export(run)
+    return metrics
+
+
+def _final_metrics(run, step, selected, seconds):
+    """Evaluates on the test split; writes the projector data and metrics.json."""
+    config = run.config
+    final_data = train_inputs.eval_input(config, config.final_eval_examples)
+    results, count = evaluate_on(run, final_data, config.final_eval_examples)
+    robust = f"eval/{summaries.attack_label(config.eval_attack)}_accuracy"
+    attack = dataclasses.asdict(config.eval_attack)
+    split = data.dataset_info(config.dataset).test_split
+    metrics = {
+        "step": step,
+        "dataset": config.dataset,
+        "model": config.model,
+        "mode": config.mode,
+        "eval/clean_accuracy": float(results["clean_accuracy"]),
+        robust: float(results["pgd_accuracy"]),
+        "eval_attack": attack,
+        "num_examples": count,
+        # What each number is: the attack behind it and how many test examples it averages.
+        "accuracies": {
+            "eval/clean_accuracy": {"attack": None, "num_examples": count, "split": split},
+            robust: {"attack": {"name": "pgd", **attack}, "num_examples": count, "split": split},
+        },
+        "train_seconds_this_run": round(seconds, 1),
+        "weights": "ema" if config.ema_decay else "trained",  # which weights scored
+    }
+    if selected:
+        metrics["selected_checkpoint"] = selected
+    summaries.log_projector(run.writer.logdir, run.trainer.network, final_data, step=step)
+    run.guard.check()
+    run_files.write_json_atomic(os.path.join(run.output_dir, "metrics.json"), metrics)
+    return metrics
+
+
+def _export(run):
+    """The SavedModel, with the kNN detection reference (clean training examples) inside."""
+    config = run.config
+    reference_images, reference_labels = export.reference_examples(
+        config.dataset, data_dir=config.data_dir, download=config.download
+    )
+    # Written to a hidden folder and renamed into place (export.py): never half a version.
+    export.export_saved_model(
+        run.trainer.network,
+        os.path.join(run.output_dir, "saved_model"),
+        reference_images=reference_images,
+        reference_labels=reference_labels,
+    )
