@@ -1,8 +1,9 @@
 """Does the Tiny ImageNet input pipeline stay ahead of the TLA train step?
 
 Command: `.venv/bin/python bench/tiny_imagenet_pipeline.py [--train_step] [--width 64] [--steps 1]`.
-Builds a synthetic miniature Tiny ImageNet (the real zip layout, `--classes` x 50 smooth 64x64
-JPEGs), prepares it with the tfds builder offline, and times, in one run:
+Builds a synthetic miniature Tiny ImageNet (data.fake.tiny_imagenet_files: the real zip layout,
+`--classes` x 50 smooth 64x64 JPEGs), prepares it with the tfds builder offline, and times, in one
+run:
   * the pipeline: `data.train_dataset` batches of 40 (TLA batch 20 + extra pool 1 x 20, as
     configs/tiny_imagenet.flags), augmented, with the in-memory cache disabled because the real
     100,000-image split (1.2 GB of pixels) is too big to cache and is decoded every epoch;
@@ -21,44 +22,17 @@ import dataclasses
 import os
 import tempfile
 import time
-import zipfile
 
-import numpy as np
 import tensorflow as tf
 from absl import flags
 
 from tf_metric_robust import cli, data, experiment
-from tf_metric_robust.data import catalog
+from tf_metric_robust.data import catalog, fake
 
 RECIPE = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny_imagenet.flags"
 )
 PER_CLASS = 50
-
-
-def _smooth_jpeg(rng):
-    """A 64x64 JPEG of upsampled 8x8 noise: compresses and decodes like a natural image."""
-    coarse = rng.uniform(0, 255, size=(1, 8, 8, 3)).astype(np.float32)
-    image = tf.cast(tf.image.resize(coarse, (64, 64), method="bicubic")[0], tf.uint8)
-    return tf.io.encode_jpeg(tf.clip_by_value(image, 0, 255), quality=90).numpy()
-
-
-def write_miniature(path, num_classes, per_class, seed=0):
-    """Writes tiny-imagenet-200.zip in the real layout with `num_classes` x `per_class` images."""
-    rng = np.random.default_rng(seed)
-    wnids = [f"n{index:08d}" for index in range(num_classes)]
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("tiny-imagenet-200/wnids.txt", "\n".join(wnids) + "\n")
-        annotations = []
-        for wnid in wnids:
-            for i in range(per_class):
-                archive.writestr(
-                    f"tiny-imagenet-200/train/{wnid}/images/{wnid}_{i}.JPEG", _smooth_jpeg(rng)
-                )
-            name = f"val_{len(annotations)}.JPEG"
-            archive.writestr(f"tiny-imagenet-200/val/images/{name}", _smooth_jpeg(rng))
-            annotations.append(f"{name}\t{wnid}\t0\t0\t63\t63")
-        archive.writestr("tiny-imagenet-200/val/val_annotations.txt", "\n".join(annotations))
 
 
 def pipeline_rate(data_dir, batches, batch_size):
@@ -129,8 +103,8 @@ def main():
     batch_size = step_examples(config)
     with tempfile.TemporaryDirectory() as data_dir:
         manual = os.path.join(data_dir, "downloads", "manual")
-        os.makedirs(manual)
-        write_miniature(os.path.join(manual, "tiny-imagenet-200.zip"), args.classes, PER_CLASS)
+        wnids = [f"n{index:08d}" for index in range(args.classes)]
+        fake.write_tiny_imagenet(manual, fake.tiny_imagenet_files(wnids, PER_CLASS, 1))
         start = time.perf_counter()
         data.load_split("tiny_imagenet", "validation", data_dir=data_dir)  # prepares offline
         prepare = time.perf_counter() - start

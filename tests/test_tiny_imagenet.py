@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import time
-import zipfile
 from unittest import mock
 
 import keras
@@ -15,7 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from tf_metric_robust import checkpoint_files, data, experiment, models
-from tf_metric_robust.data import image_folder, tiny_imagenet_builder
+from tf_metric_robust.data import fake, image_folder, tiny_imagenet_builder
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig, UserError
 from tf_metric_robust.training import AdversarialTrainer
 
@@ -25,46 +24,9 @@ TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2
 GRAY_TRAIN_IMAGE = f"train/{WNIDS[0]}/images/{WNIDS[0]}_0.JPEG"
 
 
-def _jpeg(rng, channels=3, shape=(64, 64)):
-    return tf.io.encode_jpeg(rng.integers(0, 256, size=shape + (channels,), dtype=np.uint8)).numpy()
-
-
-def tiny_imagenet_files(seed=0):
-    """{path inside tiny-imagenet-200/: bytes} with the real layout; validation labels by
-    val_annotations.txt (listed out of class order), one grayscale train JPEG, unlabelled test/."""
-    rng = np.random.default_rng(seed)
-    files = {
-        "wnids.txt": ("\n".join(WNIDS) + "\n").encode(),
-        "words.txt": "".join(f"{w}\tname of {w}\n" for w in WNIDS).encode(),
-    }
-    for wnid in WNIDS:
-        for i in range(TRAIN_PER_CLASS):
-            path = f"train/{wnid}/images/{wnid}_{i}.JPEG"
-            files[path] = _jpeg(rng, channels=1 if path == GRAY_TRAIN_IMAGE else 3)
-        files[f"train/{wnid}/{wnid}_boxes.txt"] = f"{wnid}_0.JPEG\t0\t0\t63\t63\n".encode()
-    annotations = []
-    for i in range(VAL_PER_CLASS * len(WNIDS)):
-        wnid = WNIDS[(3 * i + 1) % len(WNIDS)]
-        files[f"val/images/val_{i}.JPEG"] = _jpeg(rng)
-        annotations.append(f"val_{i}.JPEG\t{wnid}\t1\t2\t60\t61")
-    files["val/val_annotations.txt"] = ("\n".join(annotations) + "\n").encode()
-    files["test/images/test_0.JPEG"] = _jpeg(rng)
-    return files
-
-
 def write_tiny_imagenet(manual_dir, as_zip=True):
-    os.makedirs(manual_dir, exist_ok=True)
-    files = tiny_imagenet_files()
-    if as_zip:
-        with zipfile.ZipFile(os.path.join(manual_dir, "tiny-imagenet-200.zip"), "w") as archive:
-            for name, content in files.items():
-                archive.writestr(f"tiny-imagenet-200/{name}", content)
-        return
-    for name, content in files.items():
-        path = os.path.join(manual_dir, "tiny-imagenet-200", name)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content)
+    files = fake.tiny_imagenet_files(WNIDS, TRAIN_PER_CLASS, VAL_PER_CLASS)
+    fake.write_tiny_imagenet(manual_dir, files, as_zip=as_zip)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +39,8 @@ def tiny_data_dir(tmp_path_factory):
 
 
 def _val_labels():
-    """{validation file name: label id} as tiny_imagenet_files() annotates them."""
-    return {f"val_{i}.JPEG": (3 * i + 1) % len(WNIDS) for i in range(VAL_PER_CLASS * len(WNIDS))}
+    """{validation file name: label id} as fake.tiny_imagenet_files annotates them."""
+    return {f"val_{i}.JPEG": (1 - i) % len(WNIDS) for i in range(VAL_PER_CLASS * len(WNIDS))}
 
 
 # --- the tfds builder ----------------------------------------------------------------------------
@@ -190,7 +152,9 @@ def test_parsers():
     with pytest.raises(ValueError, match="distinct"):
         tiny_imagenet_builder.parse_wnids("n01\nn01\n")
     with pytest.raises(ValueError, match="expected"):
-        tiny_imagenet_builder.rgb_image(_jpeg(np.random.default_rng(0), shape=(32, 64)), "x.JPEG")
+        tiny_imagenet_builder.rgb_image(
+            fake.smooth_jpeg(np.random.default_rng(0), shape=(32, 64)), "x.JPEG"
+        )
 
 
 # --- the authors' network and TLA on the miniature -----------------------------------------------
