@@ -42,18 +42,19 @@ def check_int(name, value, minimum):
         raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}")
 
 
-def prepare_inputs(x, y, eps, clip_min, clip_max, seed):
+def prepare_inputs(x, y, eps, clip_min, clip_max, seed, loss="ce"):
     """Validates and converts the arguments every attack here shares.
 
-    Returns (x, y int64 [N], (eps, clip_min, clip_max) float32 scalars, seed None or int64 [2],
-    eps_is_zero, run-time checks). Python ValueErrors for known values, tf.debugging otherwise.
+    Returns (x, y int64 [N] (loss 'kl': the clean logits, float32 [N, C]), (eps, clip_min,
+    clip_max) float32 scalars, seed None or int64 [2], eps_is_zero, run-time checks). Python
+    ValueErrors for known values, tf.debugging otherwise.
     """
     known = [tf.get_static_value(v) if tf.is_tensor(v) else v for v in (eps, clip_min, clip_max)]
     if known[0] is not None and not known[0] >= 0:
         raise ValueError(f"eps must be >= 0, got {known[0]}")
     if None not in known[1:] and not known[1] < known[2]:
         raise ValueError(f"clip_min must be < clip_max, got {known[1]} and {known[2]}")
-    x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
+    x, y = objectives.images_and_labels(x, y, clip_min, clip_max, loss)
     seed = stateless_seed(seed)
     scalars = tuple(tf.cast(v, tf.float32) for v in (eps, clip_min, clip_max))
     checks = (
@@ -74,6 +75,26 @@ def stateless_seed(seed):
     if seed.shape != [2]:
         raise ValueError(f"seed must be None, an int or an int tensor [2], got {seed.shape}")
     return seed
+
+
+def arguments_to(worker, **fixed):
+    """Decorator for an attack whose body is its docstring: the decorated function declares the
+    attack's keyword API (signature and defaults, which users and evaluation.plan read); a call
+    binds its arguments there, fills in the defaults and hands them by name, with `fixed`, to
+    `worker`. So a variant names each argument once, however many it forwards."""
+
+    def declare(declaration):
+        signature = inspect.signature(declaration)
+
+        @functools.wraps(declaration)  # inspect.signature shows the declaration's
+        def attack(*args, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return worker(**bound.arguments, **fixed)
+
+        return attack
+
+    return declare
 
 
 # model_fn (or the object owning a bound method) -> {(graph_fn, method, static): tf.function}.

@@ -5,7 +5,7 @@ examples are not easily detected", AISec 2017; Athalye et al., ICML 2018). This 
 
     min(margin(z, y), kappa) + weight * detector.confidence(embedding, argmax z)
 
-with the shared PGD loop of gradient.py: the CW margin (max_{j != y} z_j - z_y, > 0 iff
+as `attacks.pgd`'s loss (the shared loop of gradient_loop.py): the CW margin (max_{j != y} z_j - z_y, > 0 iff
 misclassified) capped at `kappa` stops pushing once the image is misclassified with margin kappa,
 so the steps then go to the detector's confidence (GaussianDetector: the best class log-density
 per dimension, i.e. -score / D; KnnDetector: mean cosine to the predicted class's nearest
@@ -28,6 +28,14 @@ class DetectorObjective:
     weight: float
     kappa: float
 
+    def __post_init__(self):
+        if not (self.weight >= 0 and self.kappa > 0):
+            raise ValueError(
+                f"weight must be >= 0 and kappa > 0, got {self.weight} and {self.kappa}"
+            )
+        object.__setattr__(self, "weight", float(self.weight))
+        object.__setattr__(self, "kappa", float(self.kappa))
+
     def __call__(self, outputs, labels):
         if not (isinstance(outputs, (tuple, list)) and len(outputs) == 2):
             raise TypeError("the adaptive attack's model_fn must return (logits, embedding)")
@@ -40,6 +48,12 @@ class DetectorObjective:
         return misclassify + self.weight * self.detector.confidence(embedding, predicted)
 
 
+def _detector_pgd(model_fn, x, y, *, detector, weight, kappa, **settings):
+    """`attacks.pgd` with the objective above as its loss (runs `adaptive_detector`)."""
+    return gradient.pgd(model_fn, x, y, loss=DetectorObjective(detector, weight, kappa), **settings)
+
+
+@_plumbing.arguments_to(_detector_pgd)
 def adaptive_detector(
     model_fn,
     x,
@@ -65,32 +79,3 @@ def adaptive_detector(
     kappa: the margin cap in logits; the rest as `attacks.pgd`. Returns adversarial images, same
     shape and dtype as x, inside the ball and [clip_min, clip_max].
     """
-    checks = gradient.validate_args(
-        eps=eps,
-        step_size=step_size,
-        steps=steps,
-        restarts=1,
-        norm=norm,
-        loss="cw",
-        clip_min=clip_min,
-        clip_max=clip_max,
-    )
-    if weight < 0 or kappa <= 0:
-        raise ValueError(f"weight must be >= 0 and kappa > 0, got {weight} and {kappa}")
-    x, y = objectives.images_and_labels(x, y)
-    scalars = [tf.cast(v, tf.float32) for v in (eps, step_size, 0.0, clip_min, clip_max)]
-    seed = _plumbing.stateless_seed(seed)
-    static = dict(
-        steps=steps,
-        norm=norm,
-        targeted=False,
-        random_start=bool(random_start),
-        momentum=False,
-        restarts=1,
-        loss=DetectorObjective(detector, float(weight), float(kappa)),
-    )
-    with tf.control_dependencies(checks):
-        x_adv = _plumbing.run_compiled(
-            gradient.attack_graph, model_fn, static, x, y, *scalars, seed
-        )
-    return tf.stop_gradient(x_adv)

@@ -8,6 +8,7 @@ changed since then; a halving restarts from the best point. Steps carry momentum
 The iterations are in apgd_loop.py; this module checks the arguments and runs them.
 """
 
+import functools
 import numbers
 
 import tensorflow as tf
@@ -16,24 +17,36 @@ from tf_metric_robust.attacks import _plumbing
 from tf_metric_robust.attacks.apgd_loop import LOSSES, apgd_graph
 
 
-def _run(
+def apgd(
     model_fn,
     x,
     y,
     *,
     eps,
-    steps,
-    norm,
-    loss,
-    targeted,
-    runs,
-    rho,
-    seed,
-    clip_min,
-    clip_max,
+    steps=100,
+    norm="linf",
+    loss="ce",
+    restarts=1,
+    seed=None,
+    clip_min=0.0,
+    clip_max=1.0,
+    rho=0.75,
     eot_iter=1,
+    num_target_classes=None,
 ):
-    """Validates arguments, converts them to tensors and runs the cached compiled attack."""
+    """APGD (Croce & Hein 2020) with the CE or DLR loss in the linf or l2 eps-ball.
+
+    Args: model_fn maps images to logits [N, C]; x images [N, ...] (float dtype, kept); y int
+    labels [N]; eps on the image scale; `restarts` random starts, each on the examples not yet
+    fooled; seed None (random), an int, or an int tensor [2] (stateless, reproducible);
+    eot_iter: gradients averaged over that many calls of a randomised model (AutoAttack 'rand':
+    20); num_target_classes None (untargeted) or k: APGD-T, see `apgd_targeted` (`restarts` is
+    then not used). Returns adversarial images of x's shape and dtype inside the ball and
+    [clip_min, clip_max].
+    """
+    targeted = num_target_classes is not None
+    runs = num_target_classes if targeted else restarts
+    _plumbing.check_int("num_target_classes" if targeted else "restarts", runs, 1)
     _plumbing.check_norm(norm)
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -58,117 +71,18 @@ def _run(
     return tf.stop_gradient(x_adv)
 
 
-def apgd(
-    model_fn,
-    x,
-    y,
-    *,
-    eps,
-    steps=100,
-    norm="linf",
-    loss="ce",
-    restarts=1,
-    seed=None,
-    clip_min=0.0,
-    clip_max=1.0,
-    rho=0.75,
-    eot_iter=1,
-):
-    """Untargeted APGD (Croce & Hein 2020) with the CE or DLR loss in the linf or l2 eps-ball.
+# The variants are apgd with other defaults (as AutoAttack's APGDAttack(loss='dlr') and
+# APGDAttack_targeted): their signatures, which evaluation.plan reads, are apgd's.
+apgd_dlr = functools.partial(apgd, loss="dlr")
+apgd_dlr.__doc__ = (
+    "APGD-DLR (Croce & Hein 2020): `apgd` with the DLR loss, robust to logit rescaling."
+)
 
-    Args: model_fn maps images to logits [N, C]; x images [N, ...] (float dtype, kept); y int
-    labels [N]; eps on the image scale; `restarts` random starts, each on the examples not yet
-    fooled; seed None (random), an int, or an int tensor [2] (stateless, reproducible);
-    eot_iter: gradients averaged over that many calls of a randomised model (AutoAttack 'rand':
-    20). Returns adversarial images of x's shape and dtype inside the ball and [clip_min, clip_max].
-    """
-    _plumbing.check_int("restarts", restarts, 1)
-    return _run(
-        model_fn,
-        x,
-        y,
-        eps=eps,
-        steps=steps,
-        norm=norm,
-        loss=loss,
-        targeted=False,
-        runs=restarts,
-        rho=rho,
-        seed=seed,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        eot_iter=eot_iter,
-    )
+apgd_targeted = functools.partial(apgd, loss="dlr", num_target_classes=9)
+apgd_targeted.__doc__ = """APGD-T (Croce & Hein 2020): one targeted APGD run per top-k wrong class.
 
-
-def apgd_dlr(
-    model_fn,
-    x,
-    y,
-    *,
-    eps,
-    steps=100,
-    norm="linf",
-    restarts=1,
-    seed=None,
-    clip_min=0.0,
-    clip_max=1.0,
-    rho=0.75,
-    eot_iter=1,
-):
-    """APGD-DLR (Croce & Hein 2020): `apgd` with the DLR loss, robust to logit rescaling."""
-    return apgd(
-        model_fn,
-        x,
-        y,
-        eps=eps,
-        steps=steps,
-        norm=norm,
-        loss="dlr",
-        restarts=restarts,
-        seed=seed,
-        clip_min=clip_min,
-        clip_max=clip_max,
-        rho=rho,
-        eot_iter=eot_iter,
-    )
-
-
-def apgd_targeted(
-    model_fn,
-    x,
-    y,
-    *,
-    eps,
-    steps=100,
-    norm="linf",
-    num_target_classes=9,
-    loss="dlr",
-    seed=None,
-    clip_min=0.0,
-    clip_max=1.0,
-    rho=0.75,
-):
-    """APGD-T (Croce & Hein 2020): one targeted APGD run per each of the top-k wrong classes.
-
-    k = min(`num_target_classes`, C - 1) (the paper's 9 for 10 classes); the targets are the
-    classes with the 2nd, 3rd, ... highest clean logit, and each run attacks only the examples
-    earlier runs left correctly classified. Loss 'dlr' (targeted DLR, the paper's; needs C >= 4)
-    or 'ce' (CE toward the target). Success means misclassified. Other arguments as in `apgd`.
-    """
-    _plumbing.check_int("num_target_classes", num_target_classes, 1)
-    return _run(
-        model_fn,
-        x,
-        y,
-        eps=eps,
-        steps=steps,
-        norm=norm,
-        loss=loss,
-        targeted=True,
-        runs=num_target_classes,
-        rho=rho,
-        seed=seed,
-        clip_min=clip_min,
-        clip_max=clip_max,
-    )
+k = min(`num_target_classes`, C - 1) (the paper's 9 for 10 classes); the targets are the classes
+with the 2nd, 3rd, ... highest clean logit, and each run attacks only the examples earlier runs
+left correctly classified. Loss 'dlr' (targeted DLR, the paper's; needs C >= 4) or 'ce' (CE toward
+the target). Success means misclassified. Other arguments as in `apgd`.
+"""

@@ -127,22 +127,14 @@ def _single_run(
         interval[w] = float(w - previous)
     interval = tf.constant(interval)
 
-    def body(
-        k,
-        x_adv,
-        x_prev,
-        grad,
-        value_prev,
-        best,
-        x_best,
-        grad_best,
-        x_found,
-        found,
-        step,
-        increases,
-        best_at_check,
-        halved_at_check,
-    ):
+    # The loop state, by role: the iterate (x_adv, x_prev, grad, value_prev), the best point so
+    # far (best, x_best, grad_best), the first fooling point (x_found, found), and the step-size
+    # schedule (step, increases since the last checkpoint, best and halved at that checkpoint).
+    def body(k, iterate, best_point, first_found, schedule):
+        x_adv, x_prev, grad, value_prev = iterate
+        best, x_best, grad_best = best_point
+        x_found, found = first_found
+        step, increases, best_at_check, halved_at_check = schedule
         alpha = tf.where(k == 0, 1.0, _ALPHA)  # the first step has no momentum
         z = project(x_adv + tf.cast(expand(step) * objectives.step_direction(grad, norm), x.dtype))
         x_new = project(
@@ -171,63 +163,30 @@ def _single_run(
         increases = tf.where(check, 0.0, increases)
         return (
             k + 1,
-            x_adv,
-            x_prev,
-            grad,
-            value_prev,
-            best,
-            x_best,
-            grad_best,
-            x_found,
-            found,
-            step,
-            increases,
-            best_at_check,
-            halved_at_check,
+            (x_adv, x_prev, grad, value_prev),
+            (best, x_best, grad_best),
+            (x_found, found),
+            (step, increases, best_at_check, halved_at_check),
         )
 
     x_adv = project(objectives.random_start(x, eps, norm, seed))
     value, grad, found = evaluate(x_adv)
     state = (
         tf.constant(0),
-        x_adv,
-        x_adv,
-        grad,
-        value,
-        value,
-        x_adv,
-        grad,
-        x_adv,
-        found,
-        2.0 * eps * tf.ones_like(value),
-        tf.zeros_like(value),
-        value,
-        tf.zeros_like(found),
+        (x_adv, x_adv, grad, value),
+        (value, x_adv, grad),
+        (x_adv, found),
+        (2.0 * eps * tf.ones_like(value), tf.zeros_like(value), value, tf.zeros_like(found)),
     )
-    out = tf.while_loop(lambda k, *_: k < steps, body, state)
-    best, x_best, x_found, found = out[5], out[6], out[8], out[9]
+    _, _, (best, x_best, _), (x_found, found), _ = tf.while_loop(
+        lambda k, *_: k < steps, body, state
+    )
     return pick(found, x_found, x_best), found, best
 
 
-def apgd_graph(
-    model_fn,
-    x,
-    y,
-    eps,
-    clip_min,
-    clip_max,
-    runs,
-    seed,
-    *,
-    steps,
-    norm,
-    loss,
-    targeted,
-    rho,
-    eot_iter,
-):
+def apgd_graph(model_fn, x, y, eps, clip_min, clip_max, runs, seed, *, targeted, **settings):
     """`runs` (int32 scalar) APGD runs, restarts or one per target class, on the examples still
-    classified right.
+    classified right; `settings` (steps, norm, loss, rho, eot_iter) go to each run.
 
     Examples misclassified on x are returned unchanged. Per example the result is the first
     successful run's point, else the highest-loss point over runs.
@@ -256,12 +215,8 @@ def apgd_graph(
             clip_min,
             clip_max,
             tf.random.experimental.stateless_fold_in(seed, r),
-            steps=steps,
-            norm=norm,
-            loss=loss,
             targeted=targeted,
-            rho=rho,
-            eot_iter=eot_iter,
+            **settings,
         )
         take = found_r | (best_r > tf.gather(best, idx))
         rows = idx[:, None]

@@ -89,9 +89,20 @@ def _predict(model_fn, x, batch_size):
 
 
 def member_attack(
-    name, *, eps, norm, steps, queries, num_target_classes, restarts, clip_min, clip_max, eot_iter=1
+    name,
+    *,
+    eps,
+    norm,
+    restarts,
+    clip_min,
+    clip_max,
+    eot_iter=1,
+    steps=100,
+    queries=5000,
+    num_target_classes=9,
 ):
-    """(x, y, seed) -> x_adv for one AutoAttack member."""
+    """(x, y, seed) -> x_adv for one AutoAttack member; AutoAttack's defaults: 100 APGD and FAB-T
+    steps, 5000 Square queries, 9 target classes."""
     common = dict(eps=eps, norm=norm, clip_min=clip_min, clip_max=clip_max)
     if name in ("apgd_ce", "apgd_dlr"):
         attack = apgd if name == "apgd_ce" else apgd_dlr
@@ -120,14 +131,12 @@ def autoattack(
     seed=0,
     batch_size=None,
     attacks=None,
-    steps=100,
-    queries=5000,
-    num_target_classes=9,
     clip_min=0.0,
     clip_max=1.0,
     pgd_accuracy=None,
     pgd_gap=0.05,
     square_gap=0.002,
+    **member_settings,
 ):
     """Runs the AutoAttack sequence on (x, y) and returns an `AutoAttackResult`.
 
@@ -141,8 +150,8 @@ def autoattack(
       seed: int; every attack and batch draws from it, so a run is reproducible.
       batch_size: points per attack call (None: all remaining points at once). The last batch is
         padded so that every call has the same shape and nothing retraces.
-      steps, queries, num_target_classes: APGD and FAB-T iterations, Square queries, APGD-T
-        and FAB-T target classes.
+      member_settings: steps, queries, num_target_classes (APGD and FAB-T iterations, Square
+        queries, APGD-T and FAB-T target classes; `member_attack` holds the defaults).
       pgd_accuracy: robust accuracy a PGD evaluation reported (fraction); warns when APGD's is
         lower by more than `pgd_gap`. square_gap: warns when Square lowers the accuracy the
         gradient attacks left by more than this (AutoAttack's own check uses 0.002).
@@ -171,13 +180,11 @@ def autoattack(
             n,
             eps=eps,
             norm=norm,
-            steps=steps,
-            queries=queries,
-            num_target_classes=num_target_classes,
             restarts=RESTARTS[version],
             clip_min=clip_min,
             clip_max=clip_max,
             eot_iter=EOT_ITER[version],
+            **member_settings,
         )
         for n in names
     }

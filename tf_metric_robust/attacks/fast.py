@@ -10,6 +10,11 @@ FGSM_RS_STEP = 1.25  # FGSM-RS step / eps: 10/255 at eps 8/255 (train_fgsm.py:30
 N_FGSM_NOISE = 2.0  # N-FGSM start noise / eps: U(-2 eps, 2 eps) (N-FGSM train.py:51-56)
 
 
+def _one_step(model_fn, x, y, **options):
+    """One PGD step from a uniform random start: what FGSM-RS and N-FGSM share."""
+    return pgd(model_fn, x, y, steps=1, random_start=True, **options)
+
+
 def fgsm_rs(model_fn, x, y, *, eps, step_size=None, **options):
     """FGSM with a random start: a uniform start in the eps-ball clipped to the box, one step of
     step_size (None: 1.25 eps), projected back to the ball and the box (train_fgsm.py:107-118).
@@ -17,7 +22,7 @@ def fgsm_rs(model_fn, x, y, *, eps, step_size=None, **options):
     `options`: loss, norm, clip_min, clip_max, seed as `pgd`; the result lies in the eps-ball.
     """
     step_size = FGSM_RS_STEP * eps if step_size is None else step_size
-    return pgd(model_fn, x, y, eps=eps, step_size=step_size, steps=1, random_start=True, **options)
+    return _one_step(model_fn, x, y, eps=eps, step_size=step_size, **options)
 
 
 def n_fgsm(model_fn, x, y, *, eps, step_size=None, noise_scale=N_FGSM_NOISE, **options):
@@ -29,14 +34,12 @@ def n_fgsm(model_fn, x, y, *, eps, step_size=None, noise_scale=N_FGSM_NOISE, **o
     [clip_min, clip_max]. `options`: loss, norm, clip_min, clip_max, seed as `pgd`.
     """
     step_size = eps if step_size is None else step_size
-    return pgd(
+    return _one_step(
         model_fn,
         x,
         y,
         eps=eps,
         step_size=step_size,
-        steps=1,
-        random_start=True,
         start_scale=noise_scale,
         project_to_ball=False,
         **options,

@@ -11,6 +11,8 @@ strongest of plain PGD and the sweep (detection.strongest_per_example), since it
 detector and its 5%-false-positive threshold.
 """
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -75,41 +77,13 @@ def build_detectors(fns, reference, config, num_classes=None):
 def bound_adaptive_attack(fns, detector):
     """attacks.adaptive_detector with the detector and the model's (logits, embedding) bound, in
     the registry's calling convention (model_fn, x, y, **settings); model_fn (logits only) is
-    ignored in favour of fns.outputs."""
+    ignored in favour of fns.outputs. It shows adaptive_detector's signature (functools.wraps):
+    evaluation.plan reads there which settings the attack takes and their defaults."""
 
-    def adaptive_detector(
-        model_fn,
-        x,
-        y,
-        *,
-        eps,
-        step_size,
-        steps,
-        weight=1.0,
-        kappa=2.0,
-        random_start=True,
-        norm="linf",
-        clip_min=0.0,
-        clip_max=1.0,
-        seed=None,
-    ):
+    @functools.wraps(adaptive.adaptive_detector)
+    def adaptive_detector(model_fn, x, y, **settings):
         del model_fn
-        return adaptive.adaptive_detector(
-            fns.outputs,
-            x,
-            y,
-            detector=detector,
-            eps=eps,
-            step_size=step_size,
-            steps=steps,
-            weight=weight,
-            kappa=kappa,
-            random_start=random_start,
-            norm=norm,
-            clip_min=clip_min,
-            clip_max=clip_max,
-            seed=seed,
-        )
+        return adaptive.adaptive_detector(fns.outputs, x, y, detector=detector, **settings)
 
     return adaptive_detector
 
