@@ -187,35 +187,43 @@ def _relative(cell, percent):
     return text
 
 
+def _table(titles, rows):
+    """Markdown table lines: the header of `titles`, the rule, one line per row of cells."""
+    return [
+        "| " + " | ".join(titles) + " |",
+        "|" + "---|" * len(titles),
+        *("| " + " | ".join(cells) + " |" for cells in rows),
+    ]
+
+
 def markdown(summary, runs, reference, pgd_label="PGD"):
     """results.md: one table of means ± 95% CI, one of the paired differences to the reference."""
     titles = [pgd_label if key == "pgd_accuracy" else title for key, title, _ in METRICS]
+    means = (
+        [entry, row["mode"], ",".join(str(s) for s in row["seeds"])]
+        + [_cell(row["metrics"][key], percent) for key, _, percent in METRICS]
+        for entry, row in summary.items()
+    )
     lines = [
         "Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
         "degrees of freedom); accuracies, AUC and TPR in %.",
         "",
-        "| entry | mode | seeds | " + " | ".join(titles) + " |",
-        "|---|---|---|" + "---|" * len(METRICS),
+        *_table(["entry", "mode", "seeds", *titles], means),
     ]
-    for entry, row in summary.items():
-        cells = [_cell(row["metrics"][key], percent) for key, _, percent in METRICS]
-        seeds = ",".join(str(s) for s in row["seeds"])
-        lines.append(f"| {entry} | {row['mode']} | {seeds} | " + " | ".join(cells) + " |")
     if reference in summary:
+        differences = (
+            [entry] + [_relative(row["metrics"][key], percent) for key, _, percent in METRICS]
+            for entry, row in summary.items()
+            if entry != reference
+        )
         lines += [
             "",
             f"Relative to `{reference}`: the difference in points, paired by seed, "
             "± its 95% interval (**bold**: the interval excludes 0); training time as the "
             "ratio of mean wall times.",
             "",
-            "| entry | " + " | ".join(titles) + " |",
-            "|---|" + "---|" * len(METRICS),
+            *_table(["entry", *titles], differences),
         ]
-        for entry, row in summary.items():
-            if entry == reference:
-                continue
-            cells = [_relative(row["metrics"][key], percent) for key, _, percent in METRICS]
-            lines.append(f"| {entry} | " + " | ".join(cells) + " |")
     missing = [f"{r['entry']}:{r['seed']}" for r in runs if not r["evaluated"]]
     if missing:
         lines += ["", f"Not evaluated (left out of the means): {', '.join(missing)}."]
