@@ -111,6 +111,25 @@ def test_plan_refuses_bad_values_in_one_line(kwargs, message):
         plan.build(_config(**kwargs), MODES)
 
 
+def test_recorded_arguments_match_up_to_how_paths_are_spelled(tmp_path, monkeypatch):
+    """A re-run with an absolute --output, from another directory or through a symlink resumes
+    instead of evaluating again; any other difference still counts."""
+    (tmp_path / "runs").mkdir()
+    os.symlink(tmp_path / "runs", tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    relative = plan.build(_config(output="runs"), MODES)[0]
+    for output in (str(tmp_path / "runs"), "link", str(tmp_path / "link")):
+        moved = plan.build(_config(output=output), MODES)[0]
+        assert moved.evaluate_args != relative.evaluate_args
+        assert plan.same_arguments(list(moved.evaluate_args), relative.evaluate_args)
+        assert plan.same_arguments(list(moved.train_args), relative.train_args)
+    other = plan.build(_config(output="elsewhere"), MODES)[0]
+    assert not plan.same_arguments(list(other.evaluate_args), relative.evaluate_args)
+    changed = [*relative.evaluate_args[:-1], "--num_examples=7", relative.evaluate_args[-1]]
+    assert not plan.same_arguments(changed, relative.evaluate_args)
+    assert not plan.same_arguments(None, relative.evaluate_args)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -52,6 +52,27 @@ RECORD = "compare_run.json"  # per model_dir: commands, wall times, status (run.
 REPORT = os.path.join("compare_evaluation", "report.json")  # the shared evaluation's report
 
 
+# Flags whose value is a path: a re-run through a symlink, from another working directory or with
+# an absolute --output names the same folders, so its recorded arguments still match.
+PATH_FLAGS = frozenset({"--model_dir", "--output", "--data_dir", "--init_checkpoint"})
+
+
+def _canonical(args):
+    """The arguments with every PATH_FLAGS value resolved by os.path.realpath."""
+    canonical = []
+    for arg in args:
+        name, equals, value = arg.partition("=")
+        canonical.append(
+            f"{name}={os.path.realpath(value)}" if equals and name in PATH_FLAGS else arg
+        )
+    return canonical
+
+
+def same_arguments(recorded, planned):
+    """True when a recorded bin/train or bin/evaluate call equals the planned one up to paths."""
+    return recorded is not None and _canonical(recorded) == _canonical(planned)
+
+
 class PlanError(UserError):
     """A bad --modes/--mode_flags/--only value (bin/compare prints it as one line, exit 2)."""
 

@@ -107,7 +107,7 @@ class Runner:
         if (
             os.path.exists(metrics_path)
             and record.get("train_done")
-            and record.get("train_args") == list(run.train_args)
+            and plan.same_arguments(record.get("train_args"), run.train_args)
         ):
             return "skipped"
         before = _mtime(metrics_path)
@@ -129,8 +129,8 @@ class Runner:
         return "trained" if _mtime(metrics_path) != before else "already trained"
 
     def _evaluate(self, run, record, log):
-        if os.path.exists(run.report_path) and record.get("evaluate_args") == list(
-            run.evaluate_args
+        if os.path.exists(run.report_path) and plan.same_arguments(
+            record.get("evaluate_args"), run.evaluate_args
         ):
             return "skipped"
         code, seconds = self._call("evaluate", run.evaluate_args, log)
