@@ -46,7 +46,7 @@ def child(replicas, threads, examples, shard, steps, repeats):
     import numpy as np
 
     from tf_metric_robust import attacks, models
-    from tf_metric_robust.evaluation.evaluate import attack_fn
+    from tf_metric_robust.evaluation.evidence import attack_fn
     from tf_metric_robust.evaluation.model_fns import ModelFns
     from tf_metric_robust.evaluation.shards import ShardRunner
 

@@ -103,9 +103,7 @@ def test_evaluate_reports_the_paper_protocol(setting, tmp_path):
         detection_weights=(1.0,),
         detection_k=20,
     )
-    result = evaluate(
-        fns, (x[:40], y[:40]), config, reference=reference, num_classes=10, batch_size=20
-    )
+    result = evaluate(fns, (x[:40], y[:40]), config, reference=reference, batch_size=20)
     section = result.report["detection"]
     assert section["detector"] == "gaussian" and list(section["detectors"]) == ["gaussian", "knn"]
     (entry,) = section["attacks"]

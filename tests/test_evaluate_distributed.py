@@ -76,7 +76,7 @@ def test_two_replicas_give_the_single_device_report(trained_small_cnn, mnist5k_a
     network, x, y = trained_small_cnn
     images, labels = mnist5k_arrays
     reference = images[1::16], labels[1::16]  # 313 training digits, every class
-    kwargs = dict(batch_size=8, reference=reference, num_classes=10)
+    kwargs = dict(batch_size=8, reference=reference)
     one = evaluate(network, (x[:30], y[:30]), CONFIG, **kwargs).report
     two = evaluate(
         network,

@@ -228,13 +228,7 @@ def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arra
         detection_k=10,
     )
     result = evaluate(
-        fns,
-        (x, y),
-        config,
-        reference=(images[rows], labels[rows]),
-        batch_size=30,
-        num_examples=40,
-        model_info={"source": "python"},
+        fns, (x, y), config, reference=(images[rows], labels[rows]), batch_size=30, num_examples=40
     )
     report = result.report
     assert report["data"]["num_examples"] == 40

@@ -3,6 +3,7 @@
 plan.py                EvalConfig (settings, literature defaults) and the plan of attack runs
 model_fns.py           ModelFns: logits / embedding of a Keras network, callable or SavedModel
 evaluate.py            evaluate(): runs the plan, worst case, suite, checks -> report dict
+evidence.py            the examples, the clean pass and every run of the plan, shard by shard
 sanity.py              Carlini et al. (2019) sanity checks on the per-example evidence
 suite.py               AutoAttack (Croce & Hein 2020) inside an evaluation
 detection_protocol.py  the TLA paper's detection protocol and the adaptive detector attack

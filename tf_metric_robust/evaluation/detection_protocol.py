@@ -52,9 +52,13 @@ def reference_embeddings(fns, reference, count, batch_size=200):
 
 def build_detectors(fns, reference, config, num_classes=None):
     """{'gaussian': GaussianDetector, 'knn': KnnDetector} fitted on the reference embeddings,
-    the configured `config.detector` first (it heads the summary and the ROC figure)."""
+    the configured `config.detector` first (it heads the summary and the ROC figure).
+
+    num_classes: at least the model's logit classes (default) and the reference's labels.
+    """
     ref_emb, ref_labels = reference_embeddings(fns, reference, config.detection_reference)
-    num_classes = max(int(num_classes or 0), int(ref_labels.max()) + 1)
+    num_classes = num_classes or _logit_classes(fns, reference)
+    num_classes = max(int(num_classes), int(ref_labels.max()) + 1)
     try:
         built = {
             kind: detection.build(
@@ -72,6 +76,14 @@ def build_detectors(fns, reference, config, num_classes=None):
         raise UserError(f"detection: {error}") from None
     order = [config.detector] + [name for name in built if name != config.detector]
     return {name: built[name] for name in order}
+
+
+def _logit_classes(fns, reference):
+    """How many classes the model scores: the width of its logits on one reference image."""
+    images = next(iter(reference))[0] if isinstance(reference, tf.data.Dataset) else reference[0]
+    if images.ndim == 3:  # an unbatched dataset's image
+        images = images[None]
+    return int(fns.outputs(tf.convert_to_tensor(images[:1], tf.float32))[0].shape[-1])
 
 
 def bound_adaptive_attack(fns, detector):

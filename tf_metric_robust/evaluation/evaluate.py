@@ -13,8 +13,6 @@ Adversarial Robustness" (see sanity.py).
 """
 
 import dataclasses
-import inspect
-import json
 import time
 
 import keras
@@ -24,11 +22,12 @@ import tensorflow as tf
 from tf_metric_robust import attacks as attacks_lib
 from tf_metric_robust.config import EvalConfig, UserError
 from tf_metric_robust.evaluation import detection_protocol, sanity, suite
+from tf_metric_robust.evaluation.evidence import load_examples, run_plan
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.plan import build_plan, call_settings
-from tf_metric_robust.evaluation.shards import DYNAMIC_SETTINGS, ShardRunner
+from tf_metric_robust.evaluation.shards import ShardRunner
 
-__all__ = ["EvaluationResult", "attack_fn", "evaluate", "load_examples", "run_plan", "versions"]
+__all__ = ["EvaluationResult", "evaluate", "versions"]
 
 
 @dataclasses.dataclass
@@ -56,106 +55,6 @@ def versions():
     }
 
 
-def load_examples(data, batch_size, num_examples=None):
-    """(x float32 [N, ...], y int64 [N]) NumPy arrays from arrays or a tf.data.Dataset (batched
-    or not), at most num_examples of them: the whole set is held so shards can be cut anywhere."""
-    if not isinstance(data, tf.data.Dataset):
-        x, y = (np.asarray(v) for v in data)
-        return x[:num_examples].astype(np.float32), y[:num_examples].astype(np.int64)
-    if data.element_spec[0].shape.rank == 3:
-        data = data.batch(batch_size)
-    images, labels, seen = [], [], 0
-    for x, y in data:
-        if num_examples is not None and seen >= num_examples:
-            break
-        images.append(np.asarray(x, np.float32))
-        labels.append(np.asarray(y, np.int64))
-        seen += len(labels[-1])
-    if not labels:
-        raise UserError("no examples to evaluate (empty dataset or num_examples 0)")
-    return np.concatenate(images)[:num_examples], np.concatenate(labels)[:num_examples]
-
-
-def _clean_fn(fns):
-    def clean(x, y, key, params):
-        del y, key, params
-        logits, embedding = fns.outputs(x)
-        out = {"predictions": tf.argmax(logits, -1)}
-        if embedding is not None:
-            out["embedding"] = embedding
-        return out
-
-    return clean
-
-
-def attack_fn(fns, attack, static, *, takes_seed, keep_embedding, norm):
-    """A shard function (shards.ShardRunner) running `attack` with its static settings and the
-    dynamic ones from params: per example the prediction on x_adv, its distance outside the
-    threat model and box (sanity.bound_violations), and the embedding when kept."""
-
-    def run(x, y, key, params):
-        x_adv = attack(
-            fns.logits, x, y, **static, **params, **({"seed": key} if takes_seed else {})
-        )
-        logits, embedding = fns.outputs(x_adv)
-        out = {
-            "predictions": tf.argmax(logits, -1),
-            "violation": sanity.bound_violations(x_adv, x, params["eps"], norm),
-        }
-        if keep_embedding:
-            out["embedding"] = embedding
-        return out
-
-    return run
-
-
-def run_plan(runner, fns, x, y, plan, *, registry):
-    """Runs the clean pass and every attack of `plan` on every shard of (x, y).
-
-    Returns per-example evidence as NumPy arrays: 'labels' [N], 'images' [N, H, W, C],
-    'clean_predictions' [N], 'clean_embedding' [N, D] or None, 'predictions' name -> [N],
-    'embeddings' name -> [N, D] (attacks with keep_embedding), 'violations' name -> max distance
-    outside the eps-ball/[0,1], 'seconds' name -> float, 'gradients' (sanity.gradient_stats on
-    the first shard).
-    """
-    if not len(y):
-        raise UserError("no examples to evaluate (empty dataset or num_examples 0)")
-    clean = runner.run("clean", _clean_fn(fns), x, y)
-    first = slice(0, runner.shard_size)
-    gradients = sanity.gradient_stats(fns.logits, tf.constant(x[first]), tf.constant(y[first]))
-    preds, embs, violations = {}, {}, {}
-    for name, spec in plan.specs.items():
-        attack = registry[spec.attack]
-        params = {k: v for k, v in spec.kwargs.items() if k in DYNAMIC_SETTINGS}
-        static = {k: v for k, v in spec.kwargs.items() if k not in DYNAMIC_SETTINGS}
-        takes_seed = "seed" in inspect.signature(attack).parameters
-        fn = attack_fn(
-            fns,
-            attack,
-            static,
-            takes_seed=takes_seed,
-            keep_embedding=spec.keep_embedding,
-            norm=spec.kwargs.get("norm", "linf"),
-        )
-        trace_key = json.dumps([spec.attack, static, spec.keep_embedding], sort_keys=True)
-        out = runner.run(name, fn, x, y, params=params, trace_key=trace_key)
-        preds[name] = out["predictions"]
-        violations[name] = float(out["violation"].max())
-        if spec.keep_embedding:
-            embs[name] = out["embedding"]
-    return {
-        "labels": y,
-        "images": x,
-        "clean_predictions": clean["predictions"],
-        "clean_embedding": clean.get("embedding"),
-        "gradients": gradients,
-        "predictions": preds,
-        "embeddings": embs,
-        "violations": violations,
-        "seconds": {name: runner.seconds[name] for name in plan.specs},
-    }
-
-
 def _attack_entry(spec, registry, accuracy, evidence, name):
     """The report entry of one run: its settings as called, accuracy, bounds, time."""
     return {
@@ -175,29 +74,23 @@ def evaluate(
     config=None,
     *,
     dataset=None,
-    num_classes=None,
-    batch_size=100,
     num_examples=None,
     reference=None,
     registry=None,
-    extra_attacks=(),
-    progress=False,
-    model_info=None,
-    data_info=None,
-    strategy=None,
-    store=None,
+    **runner_options,
 ):
     """Evaluates any model on (x, y) arrays or a tf.data.Dataset; returns an EvaluationResult.
 
     Args: model: a Keras network / callable (see ModelFns) or a ModelFns; config: EvalConfig
-    (None fields take `dataset`'s literature defaults); reference: clean training (x, y) or a
-    dataset, needed when config.detection; registry: attack name -> function (default
-    attacks.ATTACKS); extra_attacks: (name, attack, kwargs) runs that slot into the worst case;
-    model_info, data_info: identity dicts copied into the report. config.suite runs AutoAttack
-    after the plan (suite.py) on all N examples held in memory, into the worst case.
-    batch_size: examples per shard, the unit every replica attacks (shards.py); strategy: the
-    local replicas (default: one device); store: a shard_store.ShardStore (files: resume and
-    several workers). The per-example results do not depend on strategy or store.
+    (None fields take `dataset`'s literature defaults); num_examples: the first N of `data`;
+    reference: clean training (x, y) or a dataset, needed when config.detection (the detectors
+    cover the model's logit classes); registry: attack name -> function (default
+    attacks.ATTACKS). config.suite runs AutoAttack after the plan (suite.py) on all N examples
+    held in memory, into the worst case. runner_options: shards.ShardRunner's batch_size
+    (examples per shard, the unit every replica attacks; default 100), strategy (the local
+    replicas; default one device), store (a shard_store.ShardStore: files, resume, several
+    workers) and progress (a bar per run). The per-example results do not depend on strategy or
+    store. The report's 'model' section is left for the caller (evaluation/run.py) to fill.
     """
     started = time.perf_counter()
     config = (config or EvalConfig()).resolve(dataset)
@@ -208,13 +101,13 @@ def evaluate(
     fns = model if isinstance(model, ModelFns) else ModelFns(model)
     detectors = None
     if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
-        detectors = detection_protocol.build_detectors(fns, reference, config, num_classes)
+        detectors = detection_protocol.build_detectors(fns, reference, config)
         registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
             fns, detectors[config.detector]
         )
-    plan = build_plan(config, registry, extra_attacks)
-    runner = ShardRunner(batch_size, config.seed, strategy=strategy, store=store, progress=progress)
-    x, y = load_examples(data, batch_size, num_examples)
+    plan = build_plan(config, registry)
+    runner = ShardRunner(seed=config.seed, **runner_options)
+    x, y = load_examples(data, runner.shard_size, num_examples)
     evidence = run_plan(runner, fns, x, y, plan, registry=registry)
     labels = evidence["labels"]
     clean_correct = evidence["clean_predictions"] == labels
@@ -242,12 +135,11 @@ def evaluate(
     report = {
         "schema_version": 1,
         "versions": versions(),
-        "model": dict(model_info or {}),
+        "model": {},
         "data": {
-            **(data_info or {}),
             "dataset": dataset,
             "num_examples": int(labels.size),
-            "batch_size": batch_size,
+            "batch_size": runner.shard_size,
         },
         "threat_model": {
             "norm": config.norm,

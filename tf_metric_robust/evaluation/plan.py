@@ -89,7 +89,7 @@ def _kwargs(fn, fixed, **settings):
     return {key: value for key, value in settings.items() if key in params}
 
 
-def build_plan(config, registry, extra_attacks=()):
+def build_plan(config, registry):
     """The runs of a resolved EvalConfig: the attack list, sweeps, sanity and detection runs.
 
     Sweeps and checks use registry['pgd'] with CE loss: the eps sweep keeps `steps` and scales the
@@ -125,8 +125,6 @@ def build_plan(config, registry, extra_attacks=()):
         plan.main.append(
             plan.add(name, attack, _kwargs(registry[attack], fixed, **settings), "attacks")
         )
-    for name, attack, kwargs in extra_attacks:
-        plan.main.append(plan.add(name, attack, dict(kwargs), "attacks"))
 
     def step_for(eps):
         return c.step_size * eps / c.eps if eps > 0 and c.eps > 0 else c.step_size

@@ -194,11 +194,6 @@ def run(request):
             request,
             config=dataclasses.replace(request.config, detection_reference=len(reference[1])),
         )
-    data_info = {
-        "split": split,
-        "data_dir": request.data_dir,
-        "num_examples_requested": request.num_examples,
-    }
     # A terminal gets the progress bar; a log file (stdout redirected) one line here and the
     # summary at the end instead of a bar redrawn for every batch.
     progress = request.progress and sys.stdout.isatty() and chief
@@ -212,24 +207,27 @@ def run(request):
     name = evaluation_name(request, model_info, dataset)
     store = cluster.open_store(request, report_path, settings_hash=name[-8:])
     try:
+        # eval_data holds the first --num_examples; the config takes the dataset's defaults.
         result = evaluate(
             fns,
             eval_data,
-            request.config,
-            dataset=dataset,
-            num_classes=spec.num_classes,
-            batch_size=request.batch_size,
-            num_examples=request.num_examples,
+            request.config.resolve(dataset),
             reference=reference,
-            progress=progress,
-            model_info=model_info,
-            data_info=data_info,
+            batch_size=request.batch_size,
             strategy=strategy,
             store=store,
+            progress=progress,
         )
     finally:
         store.close()
     report = result.report
+    report["model"] = model_info
+    report["data"].update(
+        dataset=dataset,
+        split=split,
+        data_dir=request.data_dir,
+        num_examples_requested=request.num_examples,
+    )
     if report["detection"] is not None:
         report["detection"]["reference_split"] = spec.train_split
     if not chief:  # the chief writes the files; this worker's shards are in the work directory

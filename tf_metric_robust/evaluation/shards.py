@@ -33,15 +33,15 @@ class ShardRunner:
     """Runs per-shard functions over local replicas and stores the results in a ShardStore.
 
     Args:
-      shard_size: examples per shard (bin/evaluate's --batch_size: per replica, per call).
+      batch_size: examples per shard (bin/evaluate's --batch_size: per replica, per call).
       seed: the evaluation's seed.
       strategy: a tf.distribute.Strategy over the local devices (None: the default strategy).
       store: a ShardStore (None: in memory, one worker).
       progress: show a progress bar per run.
     """
 
-    def __init__(self, shard_size, seed, strategy=None, store=None, progress=False):
-        self.shard_size, self.seed = int(shard_size), int(seed)
+    def __init__(self, batch_size=100, seed=0, strategy=None, store=None, progress=False):
+        self.shard_size, self.seed = int(batch_size), int(seed)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.store = store or ShardStore()

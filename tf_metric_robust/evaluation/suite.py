@@ -84,26 +84,22 @@ def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None, 
     logging.info(
         "AutoAttack (%s: %s) on %d examples", config.suite_version, ", ".join(names), len(y)
     )
-    settings = dict(
+    # What every member runs with; the report section records it with the version and seed.
+    member_settings = dict(
         eps=config.eps,
         norm=config.norm,
-        version=config.suite_version,
         steps=config.suite_steps,
         queries=config.suite_queries,
         num_target_classes=NUM_TARGET_CLASSES,
-        seed=config.seed,
     )
+    settings = dict(member_settings, version=config.suite_version, seed=config.seed)
     fooled_by = np.where(clean_predictions != y, "clean", "").astype(object)
     clean_accuracy = float(np.mean(fooled_by == ""))
     attack_accuracy, seconds = {}, {}
     for name in names:
         attack = member_attack(
             name,
-            eps=config.eps,
-            norm=config.norm,
-            steps=config.suite_steps,
-            queries=config.suite_queries,
-            num_target_classes=NUM_TARGET_CLASSES,
+            **member_settings,
             restarts=RESTARTS[config.suite_version],
             clip_min=0.0,
             clip_max=1.0,
