@@ -454,6 +454,11 @@ def test_kl_modes_refuse_label_smoothing_and_trades_attack_loss():
 # TLA on TRADES (--base=trades; ours, not the paper's).
 
 
+def _tla_on_trades(network, **options):
+    """TLA whose triplet term is added to the TRADES objective (base 'trades'), attack ATTACK."""
+    return AdversarialTrainer(network, mode="tla", attack=ATTACK, base="trades", **options)
+
+
 def test_tla_on_trades_is_the_trades_loss_plus_the_triplet_term(mnist5k_arrays):
     from tf_metric_robust import attacks, losses
     from tf_metric_robust.attacks import objectives
@@ -462,13 +467,8 @@ def test_tla_on_trades_is_the_trades_loss_plus_the_triplet_term(mnist5k_arrays):
     labels = tf.cast(labels, tf.int64)
     keras.utils.set_random_seed(0)
     network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
-    trainer = AdversarialTrainer(
-        network,
-        mode="tla",
-        attack=ATTACK,
-        base="trades",
-        beta=2.5,
-        triplet=TripletConfig(lambda_triplet=0.7, margin=0.5),
+    trainer = _tla_on_trades(
+        network, beta=2.5, triplet=TripletConfig(lambda_triplet=0.7, margin=0.5)
     )
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     adversarial = _replica_independent_perturbation(None, images, labels)
@@ -497,13 +497,7 @@ def test_tla_on_trades_lowers_the_loss(mnist5k_arrays):
     def trainer():
         keras.utils.set_random_seed(0)
         network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
-        built = AdversarialTrainer(
-            network,
-            mode="tla",
-            attack=ATTACK,
-            base="trades",
-            triplet=TripletConfig(lambda_triplet=0.5),
-        )
+        built = _tla_on_trades(network, triplet=TripletConfig(lambda_triplet=0.5))
         built.compile(optimizer=keras.optimizers.Adam(1e-3))
         return built
 
