@@ -2,6 +2,7 @@
 report schema, and bin/evaluate end to end and on bad input (small CNN trained briefly on MNIST-5k).
 """
 
+import functools
 import json
 import logging
 import os
@@ -90,35 +91,7 @@ def test_wrong_sign_attack_is_flagged(trained):
     """PGD that descends the loss (targeted at the true label) fails the large-eps check."""
     _, fns, x, y = trained
 
-    def descending_pgd(
-        model_fn,
-        images,
-        labels,
-        *,
-        eps,
-        step_size,
-        steps,
-        random_start=True,
-        loss="ce",
-        norm="linf",
-        restarts=1,
-        seed=None,
-    ):
-        return attacks.pgd(
-            model_fn,
-            images,
-            labels,
-            eps=eps,
-            step_size=step_size,
-            steps=steps,
-            random_start=random_start,
-            loss=loss,
-            norm=norm,
-            restarts=restarts,
-            seed=seed,
-            targeted=True,
-        )
-
+    descending_pgd = functools.partial(attacks.pgd, targeted=True)  # toward the true label
     registry = {**attacks.ATTACKS, "pgd": descending_pgd}
     config = EvalConfig(
         eps=0.3, step_size=0.1, steps=3, attacks=("pgd",), eps_sweep=(), steps_sweep=()
