@@ -5,6 +5,7 @@ The subprocess tests drive bin/train (or tests/train_with_fault.py, bin/train wi
 SIGTERM or NaN injected at an exact point) on the real mnist5k digits with tiny settings.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -76,6 +77,35 @@ def _variables(path):
     }
 
 
+@contextlib.contextmanager
+def _reference_run(reference_dir, data_dir, *extra):
+    """The same command run uninterrupted beside the block; waited for (exit 0) at its end."""
+    reference = subprocess.Popen(
+        _command(reference_dir, data_dir, *extra),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield
+        _, reference_stderr = reference.communicate(timeout=900)
+        assert reference.returncode == 0, reference_stderr[-3000:]
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+
+
+def _assert_same_values(reference_dir, resumed_checkpoint):
+    """The resumed run's last checkpoint holds exactly the reference run's values; returns them."""
+    expected = _variables(str(reference_dir / "checkpoints" / "ckpt-8"))
+    resumed = _variables(str(resumed_checkpoint))
+    assert sorted(expected) == sorted(resumed)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    return expected
+
+
 def _last_line(text):
     return [line for line in text.splitlines() if line.strip()][-1]
 
@@ -87,14 +117,7 @@ def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(
     """One run killed six ways in a row ends bit-identical to a run never interrupted."""
     reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
     checkpoints = checkpoint_files.checkpoint_dir(str(model_dir))
-    reference = subprocess.Popen(
-        _command(reference_dir, mnist5k_data_dir),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _reference_run(reference_dir, mnist5k_data_dir):
         # 1. kill -9 right after the first checkpoint.
         run = _train(model_dir, mnist5k_data_dir, fault="kill_after_checkpoint:2")
         assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
@@ -141,17 +164,7 @@ def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(
         assert run.returncode == 0, run.stderr[-3000:]
         assert "already finished at step 8" in run.stdout
         assert os.path.exists(saved_model / "1" / "saved_model.pb")
-
-        _, reference_stderr = reference.communicate(timeout=900)
-        assert reference.returncode == 0, reference_stderr[-3000:]
-    finally:
-        if reference.poll() is None:
-            reference.kill()
-    expected = _variables(str(reference_dir / "checkpoints" / "ckpt-8"))
-    resumed = _variables(os.path.join(checkpoints, "ckpt-8"))
-    assert sorted(expected) == sorted(resumed)
-    for name, value in expected.items():
-        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
+    _assert_same_values(reference_dir, os.path.join(checkpoints, "ckpt-8"))
 
 
 def test_resume_is_exact_with_awp_and_ema(tmp_path, mnist5k_data_dir):
@@ -159,30 +172,14 @@ def test_resume_is_exact_with_awp_and_ema(tmp_path, mnist5k_data_dir):
     bit-identical to an uninterrupted run, the averages included."""
     extra = ("--awp_gamma=0.01", "--awp_warmup_steps=3", "--ema_decay=0.9", "--noexport")
     reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
-    reference = subprocess.Popen(
-        _command(reference_dir, mnist5k_data_dir, *extra),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _reference_run(reference_dir, mnist5k_data_dir, *extra):
         run = _train(model_dir, mnist5k_data_dir, *extra, fault="kill_at_step:5")
         assert run.returncode == -signal.SIGKILL, run.stderr[-3000:]
         assert _steps(model_dir) == [2, 4]
         run = _train(model_dir, mnist5k_data_dir, *extra)
         assert run.returncode == 0, run.stderr[-3000:]
-        _, reference_stderr = reference.communicate(timeout=900)
-        assert reference.returncode == 0, reference_stderr[-3000:]
-    finally:
-        if reference.poll() is None:
-            reference.kill()
-    expected = _variables(str(reference_dir / "checkpoints" / "ckpt-8"))
-    resumed = _variables(str(model_dir / "checkpoints" / "ckpt-8"))
-    assert sorted(expected) == sorted(resumed)
+    expected = _assert_same_values(reference_dir, model_dir / "checkpoints" / "ckpt-8")
     assert any(name.startswith("ema/") for name in expected)
-    for name, value in expected.items():
-        np.testing.assert_array_equal(resumed[name], value, err_msg=name)
     with open(model_dir / "metrics.json") as f:
         assert json.load(f)["weights"] == "ema"
 
