@@ -156,6 +156,7 @@ def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
     a Python-API caller builds its next model after the run (also when the run fails)."""
     from tf_metric_robust import data, experiment
 
+    one_batch = dict.fromkeys(("eval_examples", "final_eval_examples", "eval_batch_size"), BATCH)
     config = TrainConfig(
         model_dir=str(tmp_path / "run"),
         dataset="mnist5k",
@@ -164,11 +165,9 @@ def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
         batch_size=BATCH,
         train_steps=2,
         eval_every=2,
-        eval_examples=BATCH,
-        final_eval_examples=BATCH,
-        eval_batch_size=BATCH,
         mixed_precision="mixed_bfloat16",
         export=False,
+        **one_batch,
     )
     metrics = experiment.train(config)
     assert metrics["step"] == 2 and np.isfinite(metrics["eval/clean_accuracy"])
