@@ -39,8 +39,17 @@ def test_mean_ci_and_paired_difference():
     diff = stats.paired_difference({0: 0.80, 1: 0.81, 2: 0.79, 3: 0.9}, {0: 0.75, 1: 0.75, 2: 0.75})
     assert diff["seeds"] == [0, 1, 2] and diff["mean"] == pytest.approx(0.05)
     assert diff["separates"]
+    assert not diff["degenerate"]
     noisy = stats.paired_difference({0: 0.80, 1: 0.70}, {0: 0.75, 1: 0.76})
-    assert not noisy["separates"]
+    assert not noisy["separates"] and not noisy["degenerate"]
+    # Equal per-seed differences (up to float rounding): width 0, no evidence, flagged.
+    same = stats.paired_difference({0: 0.82, 1: 0.80}, {0: 0.78, 1: 0.76})
+    assert same["ci"] == pytest.approx(0.0, abs=1e-12)
+    assert not same["separates"] and same["degenerate"]
+    zero = stats.paired_difference({0: 0.80, 1: 0.80}, {0: 0.80, 1: 0.80})
+    assert not zero["separates"] and not zero["degenerate"]
+    single = stats.paired_difference({0: 0.9}, {0: 0.8})
+    assert single["ci"] is None and not single["separates"] and not single["degenerate"]
     assert stats.ratio_of_means({0: 300.0, 1: 500.0}, {0: 200.0, 1: 200.0}) == pytest.approx(2.0)
 
 
@@ -239,12 +248,13 @@ def test_results_json_md_and_figures_from_run_folders(tmp_path):
     assert tla["pgd_accuracy"]["mean"] == pytest.approx(0.82)
     assert tla["pgd_accuracy"]["ci"] == pytest.approx(12.7062 * 0.02 / 2, rel=1e-4)
     assert tla["detection_auc"]["difference_to_reference"]["mean"] == pytest.approx(0.04)
-    # Both per-seed differences are exactly 0.04: a zero-width interval that excludes 0.
-    assert tla["detection_auc"]["difference_to_reference"]["separates"]
+    # Both per-seed differences are 0.04: a zero-width interval, flagged and not bold.
+    auc_difference = tla["detection_auc"]["difference_to_reference"]
+    assert auc_difference["degenerate"] and not auc_difference["separates"]
     assert tla["train_seconds"]["ratio_to_reference"] == pytest.approx(540 / 420)
     text = open(os.path.join(output, "results.md")).read()
     assert "| tla | tla | 0,1 | 97.0 ± 0.0 | 82.0 ± 12.7 | 76.0 ± 12.7 |" in text
-    assert "PGD-100" in text and "1.29×" in text and "**+4.0 ± 0.0**" in text
+    assert "PGD-100" in text and "1.29×" in text and "| +4.0 ± 0.0 † |" in text
     assert "first 200 test examples" in text
 
 

@@ -184,6 +184,8 @@ def _relative(cell, percent):
         text += f" ± {diff['ci'] * scale:.1f}"
         if diff["separates"]:
             text = f"**{text}**"
+        elif diff.get("degenerate"):
+            text += " †"
     return text
 
 
@@ -219,8 +221,9 @@ def markdown(summary, runs, reference, pgd_label="PGD"):
         lines += [
             "",
             f"Relative to `{reference}`: the difference in points, paired by seed, "
-            "± its 95% interval (**bold**: the interval excludes 0); training time as the "
-            "ratio of mean wall times.",
+            "± its 95% interval (**bold**: the interval excludes 0; †: every seed gave the "
+            "same difference, an interval of width 0 that is no evidence); training time as "
+            "the ratio of mean wall times.",
             "",
             *_table(["entry", *titles], differences),
         ]

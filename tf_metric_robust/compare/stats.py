@@ -82,15 +82,25 @@ def mean_ci(values):
     return result
 
 
+# Per-seed differences closer than this are one value: on accuracies of a few hundred examples
+# equal differences come out as e.g. 0.04000000000000004 and 0.040000000000000036.
+_NO_SPREAD = 1e-9
+
+
 def paired_difference(values, reference):
     """mean_ci of values[seed] - reference[seed] over the seeds both have ({seed: value} dicts),
-    plus 'separates': True when the interval excludes 0."""
+    plus 'separates': True when the interval excludes 0 and has a width, and 'degenerate': True
+    when every seed gave the same non-zero difference. A t interval of width 0 is no evidence:
+    with two seeds and accuracies on 100 examples, equal differences are common by chance."""
     seeds = sorted(
         s for s in values if s in reference and values[s] is not None and reference[s] is not None
     )
     result = mean_ci([values[s] - reference[s] for s in seeds])
     result["seeds"] = seeds
-    result["separates"] = result["ci"] is not None and abs(result["mean"]) > result["ci"]
+    has_interval = result["ci"] is not None
+    spread = has_interval and result["sd"] > _NO_SPREAD
+    result["separates"] = spread and abs(result["mean"]) > result["ci"]
+    result["degenerate"] = has_interval and not spread and abs(result["mean"]) > _NO_SPREAD
     return result
 
 
