@@ -60,6 +60,31 @@ def mnist5k_data_dir(tmp_path_factory):
     return data_dir
 
 
+@pytest.fixture
+def mnist5k_run_config(tmp_path, mnist5k_data_dir):
+    """Factory of the TrainConfig of a few experiment.train steps on the real MNIST-5k digits into
+    tmp_path/'run': the probe and the final evaluation see the same `examples`, and `attack` also
+    attacks the evaluation unless `eval_attack` is given; other TrainConfig fields pass through."""
+    from tf_metric_robust.config import TrainConfig
+
+    def make(*, batch_size, train_steps, examples, attack, mode="pgd", **fields):
+        fields.setdefault("eval_attack", attack)
+        return TrainConfig(
+            model_dir=str(tmp_path / "run"),
+            dataset="mnist5k",
+            data_dir=mnist5k_data_dir,
+            mode=mode,
+            batch_size=batch_size,
+            train_steps=train_steps,
+            eval_examples=examples,
+            final_eval_examples=examples,
+            attack=attack,
+            **fields,
+        )
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def trained_small_cnn(mnist5k_arrays):
     """(network, x [200], y [200]): small_cnn after 150 natural Adam steps, trained once a session.

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import export, models, weight_averaging
-from tf_metric_robust.config import AttackConfig, TrainConfig
+from tf_metric_robust.config import AttackConfig
 from tf_metric_robust.training import AdversarialTrainer
 
 FIXED_START = AttackConfig(eps=0.3, step_size=0.1, steps=2, random_start=False)
@@ -102,26 +102,20 @@ def test_trainer_keeps_the_ema_in_checkpoints_and_on_two_replicas(mnist5k_arrays
     assert not weight_averaging.restore_averaged(bare, plain)
 
 
-def test_run_evaluates_and_exports_the_ema_weights(tmp_path, mnist5k_data_dir):
+def test_run_evaluates_and_exports_the_ema_weights(mnist5k_run_config):
     """experiment.train with --ema_decay: metrics.json says so, and the SavedModel computes the
     logits of the averaged weights in the checkpoint, not of the raw ones."""
     from tf_metric_robust import experiment, run_files
 
     attack = AttackConfig(eps=0.1, step_size=0.05, steps=1)
-    config = TrainConfig(
-        model_dir=str(tmp_path / "run"),
-        dataset="mnist5k",
-        data_dir=mnist5k_data_dir,
-        mode="pgd",
+    config = mnist5k_run_config(
         batch_size=16,
         train_steps=4,
+        examples=32,
+        attack=attack,
         eval_every=4,
         checkpoint_every=4,
-        eval_examples=32,
-        final_eval_examples=32,
         eval_batch_size=32,
-        attack=attack,
-        eval_attack=attack,
         ema_decay=0.5,
     )
     metrics = experiment.train(config)

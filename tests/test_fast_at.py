@@ -203,12 +203,11 @@ def test_guard_replays_its_record_on_resume(tmp_path):
     assert guard.detector.best_pgd == 0.5
 
 
-def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, mnist5k_data_dir):
+def test_guard_restores_the_last_good_weights_end_to_end(monkeypatch, mnist5k_run_config):
     """Through experiment.train on mnist5k: the probe's accuracies are scripted (a collapse at
     the third probe); restoring the weights of the second probe, shrinking the step, retracing
     the step and training on are real."""
     from tf_metric_robust import experiment
-    from tf_metric_robust.config import TrainConfig
     from tf_metric_robust.config.training import OverfitConfig
 
     script = iter([(0.30, 0.40), (0.45, 0.50), (0.05, 0.90), (0.40, 0.50)])
@@ -226,16 +225,11 @@ def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(overfit_guard, "probe_accuracies", scripted_probe)
     monkeypatch.setattr(overfit_guard.OverfitGuard, "check", recording_check)
-    config = TrainConfig(
-        model_dir=str(tmp_path / "run"),
-        dataset="mnist5k",
-        data_dir=mnist5k_data_dir,
-        mode="pgd",
+    config = mnist5k_run_config(
         batch_size=20,
         train_steps=16,
+        examples=20,
         eval_every=16,
-        eval_examples=20,
-        final_eval_examples=20,
         attack=AttackConfig(eps=0.3, step_size=0.375, steps=1, method="fgsm_rs"),
         eval_attack=AttackConfig(eps=0.3, step_size=0.1, steps=2),
         export=False,
@@ -248,14 +242,14 @@ def test_guard_restores_the_last_good_weights_end_to_end(tmp_path, monkeypatch, 
     for restored, good in zip(snapshots[12][1], snapshots[8][1]):
         np.testing.assert_array_equal(restored, good)
     assert any(not np.array_equal(a, b) for a, b in zip(snapshots[12][0], snapshots[8][1]))
-    with open(tmp_path / "run" / overfit_guard.RECORD) as f:
+    with open(os.path.join(config.model_dir, overfit_guard.RECORD)) as f:
         record = [json.loads(line) for line in f]
     assert [line["overfit"] for line in record] == [False, False, True, False]
     assert record[2]["restores"] == 1
     assert record[2]["step_size"] == pytest.approx(0.375 * overfit_guard.STEP_FACTOR)
     # Training went on after the restore with the smaller step (a retraced train step).
     assert record[3]["step"] == 16
-    assert os.path.exists(tmp_path / "run" / "metrics.json")
+    assert os.path.exists(os.path.join(config.model_dir, "metrics.json"))
     assert dataclasses.asdict(config.attack)["step_size"] == 0.375  # the config is untouched
 
 

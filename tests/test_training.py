@@ -285,7 +285,9 @@ def test_attack_bn_mode_train_attacks_with_batch_statistics(mnist5k_arrays):
         AdversarialTrainer(_bn_network(), mode="pgd", attack=ATTACK, attack_bn_mode="eval")
 
 
-def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path, mnist5k_data_dir):
+def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(
+    tmp_path, mnist5k_run_config, mnist5k_data_dir
+):
     """--select_best=pgd: validation split held out of TRAINING, best checkpoint kept, final
     metrics computed with its weights; never without a validation split."""
     import json
@@ -295,21 +297,15 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(tmp_path, 
     from tf_metric_robust.config import UserError
 
     attack = AttackConfig(eps=0.1, step_size=0.05, steps=2)
-    config = TrainConfig(
-        model_dir=str(tmp_path / "run"),
-        dataset="mnist5k",
-        data_dir=mnist5k_data_dir,
-        model="small_cnn",
-        mode="pgd",
+    config = mnist5k_run_config(
         batch_size=20,
         train_steps=4,
+        examples=40,
+        attack=attack,
+        model="small_cnn",
         eval_every=2,
         checkpoint_every=2,
-        eval_examples=40,
-        final_eval_examples=40,
         eval_batch_size=40,
-        attack=attack,
-        eval_attack=attack,
         optimizer=OptimizerConfig(name="adam", learning_rate=1e-3),
         validation_examples=100,
         select_best="pgd",
