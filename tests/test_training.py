@@ -43,6 +43,10 @@ def test_training_lowers_the_loss(mnist5k_arrays, mode, triplet):
     history = trainer.fit(_batches(mnist5k_arrays, 32, 60), epochs=1, verbose=0)
     steps = trainer.optimizer.iterations.numpy()
     assert steps == 60
+    # Training logs only the accuracies the mode computes (never a constant 0 in TensorBoard).
+    logged = {name for name in history.history if name.endswith("_accuracy")}
+    expected = {"natural": {"clean_accuracy"}, "pgd": {"pgd_accuracy"}}
+    assert logged == expected.get(mode, {"clean_accuracy", "pgd_accuracy"})
     # Per-step losses: fit's logs are running means; compare a fresh evaluation instead.
     del history
     evaluation = _batches(mnist5k_arrays, 64, 4, seed=1)

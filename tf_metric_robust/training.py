@@ -156,17 +156,24 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         return seeds.key(self.seed, root, step, replica_id)
 
     def _update_metrics(self, loss, result, labels):
+        """The step's logs. An accuracy the step has no logits for is left out, not logged as 0
+        (PGD-AT trains on adversarial logits only, natural training on clean ones)."""
         self.trackers["loss"].update_state(loss)
         for name, value in result.logs.items():
             self.trackers[name].update_state(value)
+        absent = set()
         for name, logits in (
             ("clean_accuracy", result.clean_logits),
             ("pgd_accuracy", result.adversarial_logits),
         ):
-            if logits is not None:
-                correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
-                self.trackers[name].update_state(correct)
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+            if logits is None:
+                absent.add(name)
+                continue
+            correct = tf.cast(tf.equal(tf.argmax(logits, -1), labels), tf.float32)
+            self.trackers[name].update_state(correct)
+        return {
+            name: tracker.result() for name, tracker in self.trackers.items() if name not in absent
+        }
 
     def _training_attack(self, images, labels):
         """The training attack's images; with eps warm-up, eps and step_size grow linearly to
