@@ -222,8 +222,8 @@ def markdown(summary, runs, reference, pgd_label="PGD"):
             "",
             f"Relative to `{reference}`: the difference in points, paired by seed, "
             "± its 95% interval (**bold**: the interval excludes 0; †: every seed gave the "
-            "same difference, an interval of width 0 that is no evidence); training time as "
-            "the ratio of mean wall times.",
+            "same difference, so the interval has width 0 and cannot say how far another seed "
+            "would move it); training time as the ratio of mean wall times.",
             "",
             *_table(["entry", *titles], differences),
         ]

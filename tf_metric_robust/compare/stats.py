@@ -90,8 +90,8 @@ _NO_SPREAD = 1e-9
 def paired_difference(values, reference):
     """mean_ci of values[seed] - reference[seed] over the seeds both have ({seed: value} dicts),
     plus 'separates': True when the interval excludes 0 and has a width, and 'degenerate': True
-    when every seed gave the same non-zero difference. A t interval of width 0 is no evidence:
-    with two seeds and accuracies on 100 examples, equal differences are common by chance."""
+    when every seed gave the same non-zero difference. A t interval of width 0 says nothing about
+    the spread: with few seeds and accuracies on 100 examples equal differences are common."""
     seeds = sorted(
         s for s in values if s in reference and values[s] is not None and reference[s] is not None
     )
