@@ -42,7 +42,7 @@ def test_mean_ci_and_paired_difference():
     assert not diff["degenerate"]
     noisy = stats.paired_difference({0: 0.80, 1: 0.70}, {0: 0.75, 1: 0.76})
     assert not noisy["separates"] and not noisy["degenerate"]
-    # Equal per-seed differences (up to float rounding): width 0, no evidence, flagged.
+    # Equal per-seed differences (up to float rounding): width 0, flagged with †, never bold.
     same = stats.paired_difference({0: 0.82, 1: 0.80}, {0: 0.78, 1: 0.76})
     assert same["ci"] == pytest.approx(0.0, abs=1e-12)
     assert not same["separates"] and same["degenerate"]
