@@ -45,7 +45,7 @@ def child(replicas, threads, examples, shard, steps, repeats):
     import keras
     import numpy as np
 
-    from tf_metric_robust import attacks, models
+    from tf_metric_robust import attacks, distribute, models
     from tf_metric_robust.evaluation.evidence import attack_fn
     from tf_metric_robust.evaluation.model_fns import ModelFns
     from tf_metric_robust.evaluation.shards import ShardRunner
@@ -54,7 +54,7 @@ def child(replicas, threads, examples, shard, steps, repeats):
     rng = np.random.default_rng(0)
     x = rng.uniform(size=(examples, 28, 28, 1)).astype(np.float32)
     y = rng.integers(0, 10, examples)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if replicas == 2 else None
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]) if replicas == 2 else None
     scope = strategy.scope() if strategy else tf.distribute.get_strategy().scope()
     with scope:
         fns = ModelFns(models.build("small_cnn", 10, (28, 28, 1)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import awp, models
+from tf_metric_robust import awp, distribute, models
 from tf_metric_robust.config import AttackConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
@@ -189,7 +189,7 @@ def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, warm
     batch = _batch(mnist5k_arrays)
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     single = _one_step_weights(tf.distribute.OneDeviceStrategy(cpus[0]), mode, batch, warmup)
-    double = _one_step_weights(tf.distribute.MirroredStrategy(cpus[:2]), mode, batch, warmup)
+    double = _one_step_weights(distribute.mirrored_strategy(cpus[:2]), mode, batch, warmup)
     plain = _trainer(mode, attack=FIXED_START, optimizer=keras.optimizers.SGD(0.5, momentum=0.9))
     plain.fit(tf.data.Dataset.from_tensors(batch).repeat(2), epochs=1, verbose=0)
     assert any(np.abs(a - w.numpy()).max() > 1e-4 for a, w in zip(single, plain.network.weights))

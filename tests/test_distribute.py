@@ -112,3 +112,22 @@ def test_two_workers_agree_with_each_other_and_with_one_process(tmp_path, mnist5
     for key in ("eval/clean_accuracy", pgd_key, "step"):
         assert abs(multi[key] - one[key]) < 1e-6, key
     assert all('"step": 4' in stdout for stdout, _ in outputs)
+
+
+def test_strategies_in_one_process_do_not_share_collective_keys():
+    """Two MirroredStrategy objects in one process, all-reducing tensors of different shapes: TF
+    gives both the same collective keys, and the second fails with 'Shape mismatch in the
+    collective instance' unless each strategy has a key range of its own."""
+    from tf_metric_robust import distribute
+
+    def all_reduced(size):
+        strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
+
+        @tf.function
+        def step():
+            return tf.distribute.get_replica_context().all_reduce("sum", tf.ones([size]))
+
+        return strategy.experimental_local_results(strategy.run(step))[0].numpy()
+
+    np.testing.assert_array_equal(all_reduced(3), np.full([3], 2.0))
+    np.testing.assert_array_equal(all_reduced(5), np.full([5], 2.0))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import export, models, weight_averaging
+from tf_metric_robust import distribute, export, models, weight_averaging
 from tf_metric_robust.config import AttackConfig
 from tf_metric_robust.training import AdversarialTrainer
 
@@ -77,11 +77,7 @@ def test_trainer_keeps_the_ema_in_checkpoints_and_on_two_replicas(mnist5k_arrays
     averages = [v.numpy() for v in trainer.ema.averages]
     weights = [w.numpy() for w in trainer.network.weights]
     assert any(not np.allclose(a, w) for a, w in zip(averages, weights))
-    # Reduction through one device, not collective ops: a collective aborted by an earlier test
-    # in the same pytest worker poisons the process's collective executor (seen under xdist).
-    strategy = tf.distribute.MirroredStrategy(
-        cpus[:2], cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = distribute.mirrored_strategy(cpus[:2])
     with strategy.scope():
         mirrored = _trainer(0.8)
     mirrored.fit(data, epochs=1, verbose=0)

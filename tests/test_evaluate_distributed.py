@@ -18,6 +18,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from tf_metric_robust import distribute
 from tf_metric_robust.config import EvalConfig
 from tf_metric_robust.evaluation.evaluate import evaluate
 
@@ -83,7 +84,7 @@ def test_two_replicas_give_the_single_device_report(trained_small_cnn, mnist5k_a
         (x[:30], y[:30]),
         CONFIG,
         **kwargs,
-        strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]),
+        strategy=distribute.mirrored_strategy(["/cpu:0", "/cpu:1"]),
     ).report
     assert one["distribution"]["replicas"] == 1 and two["distribution"]["replicas"] == 2
     _assert_same_results(one, two)

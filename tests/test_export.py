@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import detection, export, models
+from tf_metric_robust import detection, distribute, export, models
 from tf_metric_robust.attacks import pgd
 from tf_metric_robust.config import UserError
 from tf_metric_robust.data.mnist5k_builder import split_indices
@@ -280,7 +280,7 @@ def test_graph_mode_loader_of_tf_serving_finds_every_variable(exported):
 
 
 def test_network_built_under_a_two_replica_strategy_exports(tmp_path, mnist5k_arrays):
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         network = models.build("small_cnn", 10, (28, 28, 1))
     path = export.export_saved_model(network, str(tmp_path / "serving"), warmup=False)

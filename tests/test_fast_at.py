@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import data, models, overfit_guard
+from tf_metric_robust import data, distribute, models, overfit_guard
 from tf_metric_robust.attacks import fast as fast_attacks
 from tf_metric_robust.config import AttackConfig, UserError
 from tf_metric_robust.config import training as training_config
@@ -255,11 +255,7 @@ def test_guard_restores_the_last_good_weights_end_to_end(monkeypatch, mnist5k_ru
 
 def test_guard_restores_under_a_two_replica_strategy(monkeypatch):
     """MirroredStrategy (2 logical CPUs, conftest): the restore reaches every replica's copy."""
-    # Reduction through one device, not collective ops: a collective aborted by an earlier test
-    # in the same pytest worker poisons the process's collective executor (seen under xdist).
-    strategy = tf.distribute.MirroredStrategy(
-        ["/cpu:0", "/cpu:1"], cross_device_ops=tf.distribute.ReductionToOneDevice()
-    )
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     script = iter([(0.3, 0.4), (0.5, 0.5), (0.05, 0.9), (0.4, 0.5)])
     monkeypatch.setattr(overfit_guard, "probe_accuracies", lambda *a, **k: next(script))
     with strategy.scope():

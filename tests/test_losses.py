@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import losses
+from tf_metric_robust import distribute, losses
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,7 +151,7 @@ def test_keras_wrappers_match_functions_and_scale_per_replica():
     assert losses.TripletSemiHardLoss.from_config(config).margin == kwargs["margin"]
 
     # Keras 3 sums replica gradients, so a Loss object must divide by the replica count.
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         wrapped = losses.TripletSemiHardLoss(**kwargs)
     per_replica = strategy.run(tf.function(lambda: wrapped(labels, embeddings)))

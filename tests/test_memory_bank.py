@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import losses
+from tf_metric_robust import distribute, losses
 from tf_metric_robust.memory_bank import EmbeddingBank
 
 
@@ -93,7 +93,7 @@ def test_bank_as_negative_pool_skips_empty_slots():
 
 
 def test_two_replicas_keep_their_own_bank_without_collectives():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = distribute.mirrored_strategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         bank = EmbeddingBank(size=3, dim=2)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import models
+from tf_metric_robust import distribute, models
 from tf_metric_robust.config import AttackConfig, OptimizerConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
 
@@ -92,7 +92,7 @@ def test_two_replica_step_equals_one_replica_step(mnist5k_arrays, mode):
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(cpus) >= 2, "conftest.py should split the CPU into two logical devices"
     single, single_steps = _one_step_weights(tf.distribute.OneDeviceStrategy(cpus[0]), mode, batch)
-    double, double_steps = _one_step_weights(tf.distribute.MirroredStrategy(cpus[:2]), mode, batch)
+    double, double_steps = _one_step_weights(distribute.mirrored_strategy(cpus[:2]), mode, batch)
     assert single_steps == double_steps == 2
     for a, b in zip(single, double):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -100,7 +100,7 @@ def test_two_replica_step_equals_one_replica_step(mnist5k_arrays, mode):
 
 def test_tla_trains_under_two_replicas_with_bank(mnist5k_arrays):
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    with tf.distribute.MirroredStrategy(cpus).scope():
+    with distribute.mirrored_strategy(cpus).scope():
         trainer = _trainer("tla", triplet=TripletConfig(negative_pool="bank", bank_size=64))
     logs = trainer.fit(_batches(mnist5k_arrays, 16, 6), epochs=1, verbose=0).history
     assert np.isfinite(logs["loss"][-1]) and np.isfinite(logs["triplet_loss"][-1])
@@ -155,7 +155,7 @@ def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
         replica_major(images, batch, replicas)[:, 0, 0, 0], replica_major(ids, batch, replicas)
     )
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
-    strategy = tf.distribute.MirroredStrategy(cpus)
+    strategy = distribute.mirrored_strategy(cpus)
     dataset = tf.data.Dataset.from_tensors(replica_major(ids, batch, replicas))
     per_replica = next(iter(strategy.experimental_distribute_dataset(dataset)))
     share = batch // replicas

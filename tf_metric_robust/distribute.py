@@ -5,12 +5,17 @@ The TF_CONFIG helpers do not import TensorFlow, so the flag layer can reject a b
 specification before paying for that import.
 """
 
+import itertools
 import json
 import os
 
 from tf_metric_robust.config import UserError
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+# Collective group keys of each MirroredStrategy start here (see mirrored_strategy below); a wide
+# stride leaves room for the groups and instance keys one strategy allocates.
+_COLLECTIVE_KEY_STRIDE = 100_000
+_collective_key_bases = itertools.count(1)
 
 
 def cluster_from_env():
@@ -77,7 +82,7 @@ def make_strategy(name="auto", tpu_address=None):
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto" and gpus:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        return mirrored_strategy([d.name for d in gpus])
     if name == "one_device" and gpus:
         return tf.distribute.OneDeviceStrategy(gpus[0].name)
     if name in ("auto", "one_device"):
@@ -88,11 +93,30 @@ def make_strategy(name="auto", tpu_address=None):
         return tf.distribute.get_strategy()
     if name == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
+        return mirrored_strategy([d.name for d in devices])
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address or "")
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
+
+
+def mirrored_strategy(devices, **kwargs):
+    """tf.distribute.MirroredStrategy over `devices` whose collectives cannot collide with those
+    of an earlier strategy in the same process.
+
+    TF numbers every MirroredStrategy's collective groups from the same start (the class attribute
+    `_collective_key_base`, tensorflow/python/distribute/mirrored_strategy.py), while the collective
+    runtime remembers each (group, instance) key's shape for the life of the process: a second
+    strategy whose all-reduce has another shape then fails with "Shape mismatch in the collective
+    instance" (a notebook training twice, a test after another test). Each strategy built here
+    gets its own key range.
+    """
+    import tensorflow as tf
+
+    tf.distribute.MirroredStrategy._collective_key_base = (
+        next(_collective_key_bases) * _COLLECTIVE_KEY_STRIDE
+    )
+    return tf.distribute.MirroredStrategy(devices, **kwargs)
 
 
 def check_batch_size(batch_size, strategy):
