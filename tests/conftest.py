@@ -16,6 +16,20 @@ tf.config.set_logical_device_configuration(
 
 
 @pytest.fixture(scope="session")
+def env_without_tensorflow(tmp_path_factory):
+    """os.environ for a bin/ subprocess in which `import tensorflow` raises: an error it prints
+    as one line proves the check ran before TensorFlow was imported (no timing involved)."""
+    folder = tmp_path_factory.mktemp("no_tensorflow")
+    os.makedirs(folder / "tensorflow")
+    (folder / "tensorflow" / "__init__.py").write_text(
+        'raise ImportError("tensorflow was imported before the check")\n'
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+    return env
+
+
+@pytest.fixture(scope="session")
 def mnist5k_arrays():
     """(images float32 [5000,28,28,1] in [0,1], labels int64 [5000]) of real MNIST digits."""
     from tf_metric_robust import data

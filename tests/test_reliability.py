@@ -372,7 +372,16 @@ FAST_BAD_INPUT = {
         None,
         "error: Unable to open flagfile",
     ),
-    "unknown flag": (["--learning_rat=0.1"], None, "error: Unknown command line flag"),
+    "unknown flag": (
+        ["--learning_rat=0.1"],
+        None,
+        "error: unknown flag --learning_rat; did you mean --learning_rate?",
+    ),
+    "cifar10 not prepared": (
+        ["--dataset=cifar10", "--model=small_cnn", "--data_dir=/nonexistent/tfds"],
+        None,
+        "error: Dataset 'cifar10' is not prepared in /nonexistent/tfds",
+    ),
     "stray argument": (["train"], None, "error: unexpected arguments: train"),
     "data_dir is a file": (["--data_dir=" + os.path.abspath(__file__)], None, "error: --data_dir"),
 }
@@ -385,14 +394,14 @@ def _assert_one_line_error(result, expected):
 
 
 @pytest.mark.parametrize("case", sorted(FAST_BAD_INPUT))
-def test_bad_flags_are_rejected_in_one_line_before_tensorflow(tmp_path, case):
+def test_bad_flags_are_rejected_in_one_line_before_tensorflow(
+    tmp_path, case, env_without_tensorflow
+):
     extra, tf_config, expected = FAST_BAD_INPUT[case]
-    env = dict(os.environ)
-    env.pop("TF_CONFIG", None)
+    env = dict(env_without_tensorflow)  # importing TensorFlow would fail the command
     if tf_config:
         env["TF_CONFIG"] = tf_config
     model_dir = tmp_path / "run"
-    started = time.time()
     result = subprocess.run(
         [
             sys.executable,
@@ -407,10 +416,8 @@ def test_bad_flags_are_rejected_in_one_line_before_tensorflow(tmp_path, case):
         text=True,
         timeout=120,
     )
-    seconds = time.time() - started
     _assert_one_line_error(result, expected)
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert seconds < 5, f"{case}: rejected after {seconds:.1f} s"
     assert not model_dir.exists()  # nothing written for a rejected command
 
 

@@ -24,7 +24,7 @@ TINY = [
 ]
 
 
-def _train(model_dir, data_dir, *extra):
+def _train(model_dir, data_dir, *extra, env=None):
     command = [
         sys.executable,
         "bin/train",
@@ -33,8 +33,7 @@ def _train(model_dir, data_dir, *extra):
         *TINY,
         *extra,
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    return result
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _step(model_dir):
@@ -172,9 +171,11 @@ def _files(model_dir):
     }
 
 
-def test_resume_with_changed_settings_is_refused_in_one_line(finished_run, mnist5k_data_dir):
-    """Issue 16: a resume with another learning rate and eps trained 50 steps and rewrote
-    flags.txt. Now it is refused, naming every difference, and nothing in the run changes."""
+def test_resume_with_changed_settings_is_refused_in_one_line(
+    finished_run, mnist5k_data_dir, env_without_tensorflow
+):
+    """A resume with another learning rate and eps is refused before TensorFlow is imported (the
+    command cannot import it), naming every difference, and nothing in the run changes."""
     model_dir, _, _, _ = finished_run
     before = _files(model_dir)
     result = _train(
@@ -184,6 +185,7 @@ def test_resume_with_changed_settings_is_refused_in_one_line(finished_run, mnist
         "--eval_every=3",
         "--learning_rate=0.5",
         "--eps=0.1",
+        env=env_without_tensorflow,
     )
     assert result.returncode == 2, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
@@ -308,3 +310,46 @@ def test_help_lists_our_flags_without_the_venv(script, tmp_path):
     if script == "train":
         for name in ("cifar10", "tiny_imagenet", "fake:<name>", "wide_resnet", "mnist_large"):
             assert name in result.stdout  # --dataset / --model help from the registries
+
+
+def test_run_folder_mistakes_are_refused_before_tensorflow(tmp_path, env_without_tensorflow):
+    """A folder of other files as a new model_dir, a run folder given as --saved_model, and a
+    folder that is not a run given to bin/evaluate: one line each, before TensorFlow loads."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not a run")
+    run = tmp_path / "run"
+    (run / "saved_model").mkdir(parents=True)
+    (run / "recipe.json").write_text("{}")
+    cases = [
+        (
+            ["bin/train", "--flagfile=configs/mnist5k.flags", f"--model_dir={foreign}"],
+            f"error: --model_dir {foreign} holds other files (notes.txt) and no recipe.json",
+        ),
+        (
+            ["bin/evaluate", f"--saved_model={run}"],
+            f"error: --saved_model {run}: no saved_model.pb there nor in a version folder below "
+            f"it; it is a training run: pass --model_dir={run} or --saved_model={run}/saved_model",
+        ),
+        (
+            ["bin/evaluate", f"--model_dir={foreign}"],
+            f"error: {foreign} is not a training run (no recipe.json)",
+        ),
+        (
+            ["bin/export", f"--model_dir={foreign}"],
+            f"error: {foreign} is not a training run (no recipe.json)",
+        ),
+    ]
+    for command, expected in cases:
+        result = subprocess.run(
+            [sys.executable, *command],
+            cwd=ROOT,
+            env=env_without_tensorflow,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith(expected), lines[0]
+    assert os.listdir(foreign) == ["notes.txt"]

@@ -114,8 +114,10 @@ def _final_metrics(run, step, selected, seconds):
         "dataset": config.dataset,
         "model": config.model,
         "mode": config.mode,
-        "eval/clean_accuracy": float(results["clean_accuracy"]),
-        robust: float(results["pgd_accuracy"]),
+        # Keras' float32 means: a fraction of `count` examples, free of float32 noise
+        # (0.973, not 0.9729999899864197).
+        "eval/clean_accuracy": round(float(results["clean_accuracy"]), 6),
+        robust: round(float(results["pgd_accuracy"]), 6),
         "eval_attack": attack,
         "num_examples": count,
         # What each number is: the attack behind it and how many test examples it averages.

