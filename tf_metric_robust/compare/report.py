@@ -3,7 +3,9 @@
 A run's numbers come from three files of its model_dir: the shared evaluation's report.json
 (bin/evaluate: clean, PGD, AutoAttack, worst case, the paper's detection AUC and the adaptive
 detector attack), metrics.json and recipe.json (bin/train), and compare_run.json (wall times and
-commands, run.py). Stdlib only: `bin/compare --collect` needs no TensorFlow.
+commands, run.py). Every sanity check the report failed (evaluation/sanity.py, suite.py) is
+carried along: per run and per entry in results.json, as a footnoted marker on the numbers it puts
+in doubt in results.md. Stdlib only: `bin/compare --collect` needs no TensorFlow.
 """
 
 import glob
@@ -23,6 +25,20 @@ METRICS = (
     ("adaptive_tpr_at_5pct_fpr", "adaptive TPR@5%FPR", True),
     ("train_seconds", "training wall time (s)", False),
 )
+
+# The columns of METRICS that an attack produced: a failed sanity check of bin/evaluate means the
+# evaluation, not the model, is suspect (Carlini et al. 2019), so by default it puts all of them in
+# doubt (eps = 0 not clean, adversarial examples outside the eps-ball, zero input gradients, an
+# unbounded attack that does not break the model, Square beating the gradient attacks).
+ATTACKED = ("pgd_accuracy", "autoattack_accuracy", "detection_auc", "adaptive_tpr_at_5pct_fpr")
+# Checks about the PGD runs alone (the eps and steps sweeps and the random vs zero start are PGD;
+# APGD far below PGD means PGD overstates robustness, AutoAttack's own number stands).
+DOUBTS = {
+    "accuracy_non_increasing_in_eps": ("pgd_accuracy",),
+    "accuracy_non_increasing_in_steps": ("pgd_accuracy",),
+    "random_vs_zero_start_gap": ("pgd_accuracy",),
+    "suite_apgd_not_far_below_pgd": ("pgd_accuracy",),
+}
 
 
 def _read_json(path):
@@ -74,6 +90,23 @@ def evaluation_numbers(report):
     return numbers, (f"PGD-{steps}" if steps else "PGD"), detector
 
 
+def failed_checks(report):
+    """The sanity checks report.json records as failed ('passed' False; None is skipped), each
+    with 'metrics': the METRICS keys it puts in doubt (DOUBTS, else every ATTACKED one)."""
+    checks = _get(report, "sanity", "checks") or []
+    return [
+        {
+            "name": check.get("name"),
+            "detail": check.get("detail"),
+            "value": check.get("value"),
+            "threshold": check.get("threshold"),
+            "metrics": list(DOUBTS.get(check.get("name"), ATTACKED)),
+        }
+        for check in checks
+        if isinstance(check, dict) and check.get("passed") is False
+    ]
+
+
 def load_run(model_dir, entry=None):
     """One run's record for results.json (numbers None where a file is missing)."""
     record = _read_json(os.path.join(model_dir, plan.RECORD)) or {}
@@ -100,6 +133,7 @@ def load_run(model_dir, entry=None):
         "trained": metrics is not None,
         "evaluated": report is not None,
         "numbers": numbers,
+        "failed_sanity_checks": failed_checks(report or {}),
         "pgd_label": pgd_label,
         "detector": detector,
         "train_metrics": metrics,
@@ -146,6 +180,11 @@ def summarize(runs, entries, reference):
             "mode": entry_runs[0]["mode"] if entry_runs else None,
             "seeds": sorted(r["seed"] for r in entry_runs),
             "metrics": {},
+            "failed_sanity_checks": [
+                {"seed": r["seed"], **check}
+                for r in sorted(entry_runs, key=lambda r: r["seed"])
+                for check in r.get("failed_sanity_checks", [])
+            ],
         }
         for key, _, _ in METRICS:
             cell = stats.mean_ci([r["numbers"].get(key) for r in entry_runs])
@@ -198,34 +237,118 @@ def _table(titles, rows):
     ]
 
 
+def _doubts(summary):
+    """({(entry, seed, metric): [marker]}, footnote lines): one numbered marker per failed sanity
+    check of a summarised run, in table order."""
+    marks, notes = {}, []
+    for entry, row in summary.items():
+        for check in row.get("failed_sanity_checks", []):
+            marker = f"⚠{len(notes) + 1}"
+            threshold = check["threshold"]
+            limit = f"{threshold:g}" if isinstance(threshold, (int, float)) else threshold
+            notes.append(
+                f"- {marker} {entry} seed {check['seed']}: `{check['name']}` failed: "
+                f"{check['detail']} (threshold {limit})."
+            )
+            for key in check["metrics"]:
+                marks.setdefault((entry, check["seed"], key), []).append(marker)
+    return marks, notes
+
+
+def _marked(text, marks, cells):
+    """text followed by the markers of the (entry, seed, metric) cells its number rests on."""
+    found = sorted({m for cell in cells for m in marks.get(cell, ())}, key=lambda m: int(m[1:]))
+    return " ".join([text, *found])
+
+
+def _means_sentence(summary):
+    """What the first table shows: mean ± 95% CI, or single values when no entry has two seeds."""
+    cells = [
+        cell
+        for row in summary.values()
+        for cell in row["metrics"].values()
+        if cell["mean"] is not None
+    ]
+    if not any(cell["ci"] is not None for cell in cells):
+        return (
+            "One seed per entry: single values, no confidence interval (that needs two or more "
+            "seeds); accuracies, AUC and TPR in %."
+        )
+    text = (
+        "Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
+        "degrees of freedom); accuracies, AUC and TPR in %."
+    )
+    if any(cell["ci"] is None for cell in cells):
+        text += " A number without ± comes from one seed."
+    return text
+
+
+def _differences_sentence(summary, reference):
+    """What the second table shows: paired differences ± interval, or single differences."""
+    diffs = [
+        row["metrics"][key]["difference_to_reference"]
+        for entry, row in summary.items()
+        for key, _, _ in METRICS
+        if "difference_to_reference" in row["metrics"][key]
+        and row["metrics"][key]["difference_to_reference"]["mean"] is not None
+    ]
+    if not any(diff["ci"] is not None for diff in diffs):
+        return (
+            f"Relative to `{reference}`: the difference in points on the one seed both ran "
+            "(a single value, no interval); training time as the ratio of wall times."
+        )
+    text = (
+        f"Relative to `{reference}`: the difference in points, paired by seed, "
+        "± its 95% interval (**bold**: the interval excludes 0; †: every seed gave the "
+        "same difference, so the interval has width 0 and cannot say how far another seed "
+        "would move it); training time as the ratio of mean wall times."
+    )
+    if any(diff["ci"] is None for diff in diffs):
+        text += " A difference without ± rests on one seed."
+    return text
+
+
 def markdown(summary, runs, reference, pgd_label="PGD"):
-    """results.md: one table of means ± 95% CI, one of the paired differences to the reference."""
+    """results.md: one table of means ± 95% CI, one of the paired differences to the reference,
+    a marker on every number a failed sanity check puts in doubt and a footnote naming it."""
     titles = [pgd_label if key == "pgd_accuracy" else title for key, title, _ in METRICS]
+    marks, notes = _doubts(summary)
+
+    def mean_cell(entry, row, key, percent):
+        cells = [(entry, seed, key) for seed in row["seeds"]]
+        return _marked(_cell(row["metrics"][key], percent), marks, cells)
+
+    def relative_cell(entry, row, key, percent):
+        cell = row["metrics"][key]
+        seeds = cell.get("difference_to_reference", {}).get("seeds", row["seeds"])
+        cells = [(name, seed, key) for name in (entry, reference) for seed in seeds]
+        return _marked(_relative(cell, percent), marks, cells)
+
     means = (
         [entry, row["mode"], ",".join(str(s) for s in row["seeds"])]
-        + [_cell(row["metrics"][key], percent) for key, _, percent in METRICS]
+        + [mean_cell(entry, row, key, percent) for key, _, percent in METRICS]
         for entry, row in summary.items()
     )
-    lines = [
-        "Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
-        "degrees of freedom); accuracies, AUC and TPR in %.",
-        "",
-        *_table(["entry", "mode", "seeds", *titles], means),
-    ]
+    lines = [_means_sentence(summary), "", *_table(["entry", "mode", "seeds", *titles], means)]
     if reference in summary:
         differences = (
-            [entry] + [_relative(row["metrics"][key], percent) for key, _, percent in METRICS]
+            [entry] + [relative_cell(entry, row, key, percent) for key, _, percent in METRICS]
             for entry, row in summary.items()
             if entry != reference
         )
         lines += [
             "",
-            f"Relative to `{reference}`: the difference in points, paired by seed, "
-            "± its 95% interval (**bold**: the interval excludes 0; †: every seed gave the "
-            "same difference, so the interval has width 0 and cannot say how far another seed "
-            "would move it); training time as the ratio of mean wall times.",
+            _differences_sentence(summary, reference),
             "",
             *_table(["entry", *titles], differences),
+        ]
+    if notes:
+        lines += [
+            "",
+            "Failed sanity checks of bin/evaluate (⚠: the evaluation behind that number is "
+            "suspect, not the model; details in the run's report.json):",
+            "",
+            *notes,
         ]
     missing = [f"{r['entry']}:{r['seed']}" for r in runs if not r["evaluated"]]
     if missing:
@@ -264,8 +387,11 @@ def write(output, runs, entries, reference, command=None):
 
 
 __all__ = [
+    "ATTACKED",
+    "DOUBTS",
     "METRICS",
     "evaluation_numbers",
+    "failed_checks",
     "find_runs",
     "load_run",
     "markdown",

@@ -200,7 +200,7 @@ class Runner:
 
 def summary_line(result):
     """'clean 97.2, PGD-100 78.0, AutoAttack 72.5, detection AUC 79.6, adaptive TPR@5%FPR 8.5;
-    train 350 s, evaluate 400 s' (accuracies in %)."""
+    train 350 s, evaluate 400 s' (accuracies in %), then the names of failed sanity checks."""
     numbers, parts = result["numbers"], []
     for key, title in (
         ("clean_accuracy", "clean"),
@@ -216,7 +216,12 @@ def summary_line(result):
         for key, name in (("train_seconds", "train"), ("evaluate_seconds", "evaluate"))
         if numbers.get(key) is not None
     ]
-    return ", ".join(parts) + ("; " + ", ".join(times) if times else "")
+    failed = [check["name"] for check in result.get("failed_sanity_checks", [])]
+    return (
+        ", ".join(parts)
+        + ("; " + ", ".join(times) if times else "")
+        + ("; sanity check FAILED: " + ", ".join(failed) if failed else "")
+    )
 
 
 def write_hparams(result, record, record_path):
