@@ -197,8 +197,10 @@ def test_runtime_eps_is_checked_inside_tf_function(trained):
         lambda eps: attacks.pgd(model_fn, x[:4], y[:4], eps=eps, step_size=0.01, steps=1)
     )
     attack(tf.constant(0.1))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="eps"):
-        attack(tf.constant(-0.1))
+    attack(tf.constant(1.0))  # the whole box
+    for eps in (-0.1, 8.0):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"eps must be in \[0, clip_max"):
+            attack(tf.constant(eps))
 
 
 def test_stateless_seed_is_reproducible(trained):
@@ -355,6 +357,80 @@ def test_images_outside_the_box_fail_inside_tf_function():
     apgd(inside)
     with pytest.raises(tf.errors.InvalidArgumentError, match="clip_min, clip_max"):
         apgd(inside * 255.0)
+
+
+class _SilentDetector:
+    """A detector whose confidence is 0 everywhere: enough for adaptive_detector to run."""
+
+    def confidence(self, embedding, predictions):
+        return tf.zeros(tf.shape(embedding)[:1])
+
+
+def _eps_call(name):
+    """(model_fn, x, y, eps) -> x_adv for every attack of the registry and autoattack, with the
+    fewest steps, queries and target classes each allows."""
+    steps = dict(step_size=0.01, steps=1)
+    settings = {
+        "fgsm": {},
+        "pgd": steps,
+        "mifgsm": steps,
+        "apgd_ce": dict(steps=1),
+        "apgd_dlr": dict(steps=1),
+        "apgd_t": dict(steps=1, num_target_classes=2),
+        "square": dict(queries=2),
+        "fab_t": dict(steps=1, num_target_classes=2),
+        "adaptive_detector": dict(steps, detector=_SilentDetector()),
+        "autoattack": dict(steps=1, queries=2, num_target_classes=2),
+    }[name]
+    attack = attacks.autoattack if name == "autoattack" else attacks.ATTACKS[name]
+
+    def call(model_fn, x, y, eps):
+        if name == "adaptive_detector":  # it attacks (logits, embedding)
+            logits_fn = model_fn
+            model_fn = lambda z: (logits_fn(z), tf.reshape(z, [-1, 784]))
+        result = attack(model_fn, x, y, eps=eps, **settings)
+        return result.x_adv if name == "autoattack" else result
+
+    return call
+
+
+_EPS_ATTACKS = sorted(attacks.ATTACKS) + ["autoattack"]
+
+
+@pytest.mark.parametrize("name", _EPS_ATTACKS)
+def test_every_attack_refuses_eps_outside_the_box_width(name):
+    """eps 8 on [0, 1] images (8/255 meant on the 0-255 scale) and a negative eps are refused
+    with the argument and its range; eps = clip_max - clip_min, the whole box, still runs."""
+    x = tf.random.stateless_uniform([2, 28, 28, 1], seed=[5, 6])
+    y = tf.constant([0, 1])
+    call = _eps_call(name)
+    for eps in (8.0, -0.1):
+        with pytest.raises(
+            ValueError, match=r"eps must be in \[0, clip_max - clip_min\] = \[0, 1\]"
+        ):
+            call(_linear_model(), x, y, eps)
+    x_adv = np.asarray(call(_linear_model(), x, y, 1.0))
+    assert x_adv.shape == (2, 28, 28, 1) and x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+
+
+def test_every_attack_of_the_registry_is_checked_for_eps():
+    assert set(_EPS_ATTACKS) == set(attacks.ATTACKS) | {"autoattack"}
+
+
+def test_eps_bounds_follow_the_box_and_the_norm():
+    """The bound is the box's widest distance: clip_max - clip_min for linf (255 on 0-255
+    pixels), the diagonal (clip_max - clip_min) * sqrt(784) = 28 for l2 on 28x28 images."""
+    model_fn, y = _linear_model(), tf.constant([0, 1])
+    x = tf.random.stateless_uniform([2, 28, 28, 1], seed=[5, 6])
+    run = lambda images, **kwargs: attacks.pgd(
+        model_fn, images, y, step_size=0.1, steps=1, **kwargs
+    )
+    run(x * 255.0, eps=255.0, clip_max=255.0)
+    with pytest.raises(ValueError, match=r"= \[0, 255\] for norm 'linf', got 256"):
+        run(x * 255.0, eps=256.0, clip_max=255.0)
+    run(x, eps=2.0, norm="l2")  # a common l2 radius on MNIST
+    with pytest.raises(ValueError, match=r"sqrt\(values per example\)\] = \[0, 28\] for norm 'l2'"):
+        run(x, eps=30.0, norm="l2")
 
 
 def test_custom_box_is_respected():

@@ -170,8 +170,9 @@ def _write(path, value):
         json.dump(value, f)
 
 
-def _fake_report(clean, pgd, autoattack, auc, tpr):
-    """The parts of bin/evaluate's report.json that the comparison reads."""
+def _fake_report(clean, pgd, autoattack, auc, tpr, checks=()):
+    """The parts of bin/evaluate's report.json that the comparison reads; `checks` are its
+    sanity checks (evaluation/sanity.py format)."""
     result = {
         "plain": {"auc_misclassified_vs_correct_all": auc},
         "adaptive": {
@@ -187,6 +188,7 @@ def _fake_report(clean, pgd, autoattack, auc, tpr):
         "suite": {"robust_accuracy": autoattack},
         "data": {"num_examples": 200},
         "detection": {"detector": "gaussian", "attacks": [{"detectors": {"gaussian": result}}]},
+        "sanity": {"passed": all(c["passed"] is not False for c in checks), "checks": list(checks)},
     }
 
 
@@ -267,11 +269,99 @@ def test_missing_evaluation_is_listed_not_averaged(tmp_path):
     assert summary["tla"]["metrics"]["pgd_accuracy"]["n"] == 1
     assert summary["tla"]["seeds"] == [0]  # nor its wall time: a stopped run's is partial
     assert summary["tla"]["metrics"]["train_seconds"]["values"] == [260.0]
-    assert (
-        "Not evaluated (left out of the means): tla:1."
-        in open(os.path.join(output, "results.md")).read()
-    )
+    text = open(os.path.join(output, "results.md")).read()
+    assert "Not evaluated (left out of the means): tla:1." in text
+    # pgd has two seeds, tla one: the interval sentence stays and says what a bare number is.
+    assert "95% confidence interval over seeds" in text
+    assert "A number without ± comes from one seed." in text
+    assert "| tla | tla | 0 | 97.0 | 81.0 | 75.0 |" in text
     assert figures.detection_roc(summary, runs, str(tmp_path / "roc.png")) is None
+
+
+def _check(name, passed, detail="", threshold=0.05):
+    return {"name": name, "passed": passed, "value": 0.0, "threshold": threshold, "detail": detail}
+
+
+CLEAN_CHECKS = (
+    _check("eps_zero_is_clean", True),
+    _check("accuracy_non_increasing_in_eps", None, "skipped: fewer than two eps values"),
+    _check("suite_apgd_not_far_below_pgd", True),
+)
+
+
+def test_failed_sanity_checks_mark_the_numbers_they_put_in_doubt(tmp_path):
+    """pgd seed 1's report failed suite_apgd_not_far_below_pgd (PGD overstates robustness): its
+    PGD numbers carry a marker and a footnote naming the check and the run; tla seed 0 failed a
+    gradient-masking check, which puts every attack's number in doubt; the other runs are clean."""
+    output = str(tmp_path)
+    _fake_runs(output, with_png=False)
+    apgd = "robust accuracy 0.7000 after APGD vs 0.8000 under PGD-100"
+    failed = {
+        ("pgd", 1): _check("suite_apgd_not_far_below_pgd", False, apgd),
+        ("tla", 0): _check("input_gradients_nonzero_finite", False, "all-zero CE gradient 9", 0.1),
+    }
+    for entry, rows in NUMBERS.items():
+        for seed, numbers in enumerate(rows):
+            check = failed.get((entry, seed))
+            checks = [c for c in CLEAN_CHECKS if not check or c["name"] != check["name"]]
+            checks += [check] if check else []
+            _write(
+                os.path.join(output, entry, f"seed{seed}", plan.REPORT),
+                _fake_report(*numbers[:5], checks=checks),
+            )
+    runs = [report.load_run(d) for d in report.find_runs(output)]
+    report.write(output, runs, ["pgd", "tla"], "pgd")
+    results = json.load(open(os.path.join(output, "results.json")))
+    by_run = {(r["entry"], r["seed"]): r["failed_sanity_checks"] for r in results["runs"]}
+    assert by_run[("pgd", 0)] == [] and by_run[("tla", 1)] == []  # skipped is not failed
+    (pgd_check,) = by_run[("pgd", 1)]
+    assert pgd_check["name"] == "suite_apgd_not_far_below_pgd"
+    assert pgd_check["detail"] == apgd and pgd_check["metrics"] == ["pgd_accuracy"]
+    (tla_check,) = by_run[("tla", 0)]
+    assert tla_check["metrics"] == list(report.ATTACKED)
+    summary = results["summary"]
+    assert [(c["seed"], c["name"]) for c in summary["pgd"]["failed_sanity_checks"]] == [
+        (1, "suite_apgd_not_far_below_pgd")
+    ]
+    assert [(c["seed"], c["name"]) for c in summary["tla"]["failed_sanity_checks"]] == [
+        (0, "input_gradients_nonzero_finite")
+    ]
+    text = open(os.path.join(output, "results.md")).read()
+    # Means: pgd's PGD cell (seed 1 in it) is marked, its other numbers are not; tla's attacked
+    # numbers carry its own marker, its clean accuracy and wall time do not.
+    assert (
+        "| pgd | pgd | 0,1 | 96.5 ± 6.4 | 79.0 ± 12.7 ⚠1 | 73.0 ± 12.7 | 77.0 ± 12.7 | "
+        "11.0 ± 12.7 | 210 ± 127 |" in text
+    )
+    assert (
+        "| tla | tla | 0,1 | 97.0 ± 0.0 | 82.0 ± 12.7 ⚠2 | 76.0 ± 12.7 ⚠2 | 81.0 ± 12.7 ⚠2 | "
+        "15.0 ± 12.7 ⚠2 | 270 ± 127 |" in text
+    )
+    # Differences to pgd rest on both entries' runs: PGD carries both markers.
+    assert (
+        "| tla | +0.5 ± 6.4 | +3.0 ± 0.0 † ⚠1 ⚠2 | +3.0 ± 0.0 † ⚠2 | +4.0 ± 0.0 † ⚠2 | "
+        "+4.0 ± 0.0 † ⚠2 | 1.29× |" in text
+    )
+    assert (
+        f"- ⚠1 pgd seed 1: `suite_apgd_not_far_below_pgd` failed: {apgd} (threshold 0.05)." in text
+    )
+    assert "- ⚠2 tla seed 0: `input_gradients_nonzero_finite` failed:" in text
+    line = run.summary_line(next(r for r in runs if (r["entry"], r["seed"]) == ("pgd", 1)))
+    assert line.endswith("; sanity check FAILED: suite_apgd_not_far_below_pgd")
+
+
+def test_one_seed_results_md_shows_single_values_not_intervals(tmp_path):
+    output = str(tmp_path)
+    _fake_runs(output, with_png=False)
+    runs = [r for r in (report.load_run(d) for d in report.find_runs(output)) if r["seed"] == 0]
+    report.write(output, runs, ["pgd", "tla"], "pgd")
+    text = open(os.path.join(output, "results.md")).read()
+    assert "One seed per entry: single values, no confidence interval" in text
+    assert "confidence interval over seeds" not in text and "95% interval" not in text
+    assert "the difference in points on the one seed both ran (a single value, no interval)" in text
+    assert "±" not in text
+    assert "| tla | tla | 0 | 97.0 | 81.0 | 75.0 | 80.0 | 14.0 | 260 |" in text
+    assert "| tla | +1.0 | +3.0 | +3.0 |" in text
 
 
 def _hparams_summaries(logdir):

@@ -7,6 +7,7 @@ and compile once per (model, attack, static settings).
 
 import functools
 import inspect
+import math
 import numbers
 import types
 import weakref
@@ -42,27 +43,66 @@ def check_int(name, value, minimum):
         raise ValueError(f"{name} must be a Python int >= {minimum}, got {value!r}")
 
 
-def prepare_inputs(x, y, eps, clip_min, clip_max, seed, loss="ce"):
+def _static(value):
+    """A tensor's value if known at trace time (else None); other values as they are."""
+    return tf.get_static_value(value) if tf.is_tensor(value) else value
+
+
+def check_box(clip_min, clip_max):
+    """ValueError unless clip_min < clip_max (when both are known)."""
+    known = [_static(v) for v in (clip_min, clip_max)]
+    if None not in known and not known[0] < known[1]:
+        raise ValueError(f"clip_min must be < clip_max, got {known[0]} and {known[1]}")
+
+
+def check_eps(eps, clip_min, clip_max, norm, x):
+    """eps must lie in [0, the box's widest distance]: clip_max - clip_min for linf, times
+    sqrt(values per example) for l2 (the box's diagonal). A larger eps constrains nothing and is
+    most likely on another scale (eps 8 for 8/255 on [0, 1] images). Python ValueError for known
+    values; tf.debugging assertions (returned as a list) when eps, the box or x's size are tensors
+    known only at run time, e.g. inside a tf.function."""
+    if norm == "linf":
+        bound = "clip_max - clip_min"
+    else:
+        bound = "(clip_max - clip_min) * sqrt(values per example)"
+    check_box(clip_min, clip_max)
+    known = [_static(v) for v in (eps, clip_min, clip_max)]
+    size = tf.TensorShape(x.shape[1:]).num_elements()
+    if None not in known and (norm == "linf" or size is not None):
+        if np.ndim(known[0]) != 0:
+            raise ValueError(f"eps must be a scalar, got shape {np.shape(known[0])}")
+        widest = float(known[2]) - float(known[1])
+        if norm != "linf":
+            widest *= math.sqrt(size)
+        if not 0.0 <= known[0] <= widest:
+            raise ValueError(
+                f"eps must be in [0, {bound}] = [0, {widest:g}] for norm {norm!r}, got {known[0]:g}"
+            )
+        return []
+    eps = tf.cast(eps, tf.float32)
+    widest = tf.cast(clip_max, tf.float32) - tf.cast(clip_min, tf.float32)
+    if norm != "linf":
+        widest *= tf.sqrt(tf.cast(tf.reduce_prod(tf.shape(x)[1:]), tf.float32))
+    message = f"eps must be in [0, {bound}] for norm {norm!r}"
+    return [
+        tf.debugging.assert_greater_equal(eps, 0.0, message=message),
+        tf.debugging.assert_less_equal(eps, widest, message=message),
+    ]
+
+
+def prepare_inputs(x, y, eps, clip_min, clip_max, seed, loss="ce", norm="linf"):
     """Validates and converts the arguments every attack here shares.
 
     Returns (x, y int64 [N] (loss 'kl': the clean logits, float32 [N, C]), (eps, clip_min,
     clip_max) float32 scalars, seed None or int64 [2], eps_is_zero, run-time checks). Python
-    ValueErrors for known values, tf.debugging otherwise.
+    ValueErrors for known values, tf.debugging otherwise; eps as `check_eps` for `norm`.
     """
-    known = [tf.get_static_value(v) if tf.is_tensor(v) else v for v in (eps, clip_min, clip_max)]
-    if known[0] is not None and not known[0] >= 0:
-        raise ValueError(f"eps must be >= 0, got {known[0]}")
-    if None not in known[1:] and not known[1] < known[2]:
-        raise ValueError(f"clip_min must be < clip_max, got {known[1]} and {known[2]}")
+    check_box(clip_min, clip_max)
     x, y = objectives.images_and_labels(x, y, clip_min, clip_max, loss)
+    checks = check_eps(eps, clip_min, clip_max, norm, x)
     seed = stateless_seed(seed)
     scalars = tuple(tf.cast(v, tf.float32) for v in (eps, clip_min, clip_max))
-    checks = (
-        []
-        if known[0] is not None
-        else [tf.debugging.assert_greater_equal(scalars[0], 0.0, message="eps must be >= 0")]
-    )
-    return x, y, scalars, seed, known[0] == 0, checks
+    return x, y, scalars, seed, _static(eps) == 0, checks
 
 
 def stateless_seed(seed):

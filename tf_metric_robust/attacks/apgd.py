@@ -55,7 +55,7 @@ def apgd(
     if not isinstance(rho, numbers.Real) or not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho!r}")
     x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
-        x, y, eps, clip_min, clip_max, seed
+        x, y, eps, clip_min, clip_max, seed, norm=norm
     )
     if eps_is_zero:
         return tf.identity(x)

@@ -170,8 +170,13 @@ def autoattack(
         raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
     if not isinstance(seed, numbers.Integral):
         raise ValueError(f"seed must be a Python int, got {seed!r}")
+    _plumbing.check_norm(norm)
+    for name in ("steps", "queries", "num_target_classes"):
+        if name in member_settings:
+            _plumbing.check_int(name, member_settings[name], 1)
     objectives.images_and_labels(x, np.ravel(y), clip_min, clip_max)  # 0-255 pixels fail here
     x = np.asarray(x)
+    _plumbing.check_eps(eps, clip_min, clip_max, norm, x)  # before any member runs
     y = np.asarray(y).astype(np.int64)
     if x.ndim < 2 or y.shape != (len(x),):
         raise ValueError(f"x must be [N, ...] and y [N] labels, got {x.shape} and {y.shape}")

@@ -185,17 +185,17 @@ def fab_targeted(
     accepted for the registry's calling convention; one run without random start is
     deterministic (AutoAttack standard)."""
     del seed
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    x_adv, size = fab_minimum_norm(
-        model_fn,
-        x,
-        y,
-        norm=norm,
-        steps=steps,
-        num_target_classes=num_target_classes,
-        clip_min=clip_min,
-        clip_max=clip_max,
-    )
+    _check(norm, steps, num_target_classes)
     x = tf.convert_to_tensor(x)
+    with tf.control_dependencies(_plumbing.check_eps(eps, clip_min, clip_max, norm, x)):
+        x_adv, size = fab_minimum_norm(
+            model_fn,
+            x,
+            y,
+            norm=norm,
+            steps=steps,
+            num_target_classes=num_target_classes,
+            clip_min=clip_min,
+            clip_max=clip_max,
+        )
     return tf.stop_gradient(tf.where(_per_row(size <= eps, x), x_adv, x))

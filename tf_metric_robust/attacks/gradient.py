@@ -47,7 +47,7 @@ def _run(model_fn, x, y, *, eps, step_size, clip_min, clip_max, seed, decay=None
     if step_size is not None:
         checks += _plumbing.check_number("step_size", step_size, 0.0, strict=True)
     x, y, threat, seed, _, eps_checks = _plumbing.prepare_inputs(
-        x, y, eps, clip_min, clip_max, seed, "kl" if loss == "kl" else "ce"
+        x, y, eps, clip_min, clip_max, seed, "kl" if loss == "kl" else "ce", static["norm"]
     )
     step_size = eps if step_size is None else step_size
     scalars = [tf.cast(v, tf.float32) for v in (step_size, decay, start_scale)]

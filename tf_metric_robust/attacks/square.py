@@ -239,7 +239,7 @@ def square(
     if not isinstance(p_init, numbers.Real) or not 0.0 < p_init <= 1.0:
         raise ValueError(f"p_init must be in (0, 1], got {p_init!r}")
     x, y, scalars, seed, eps_is_zero, checks = _plumbing.prepare_inputs(
-        x, y, eps, clip_min, clip_max, seed
+        x, y, eps, clip_min, clip_max, seed, norm=norm
     )
     if x.shape.rank != 4 or None in x.shape[1:]:
         raise ValueError(f"x must be images [N, H, W, C] with known H, W, C, got {x.shape}")

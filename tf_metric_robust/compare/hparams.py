@@ -9,7 +9,7 @@ API: tensorboard.plugins.hparams.api (hp.hparams, hp.hparams_config).
 
 import os
 
-from tf_metric_robust.compare import report
+from tf_metric_robust.compare import report, table
 
 TAG_PREFIX = "compare/"
 
@@ -31,7 +31,7 @@ def run_hparams(run):
 
 def run_metrics(run):
     """{compare/<metric>: float} of the numbers the run has (accuracies as fractions)."""
-    keys = [key for key, _, _ in report.METRICS] + [
+    keys = [key for key, _, _ in table.METRICS] + [
         "robust_accuracy",
         "adaptive_detection_auc",
         "adaptive_undetected_at_5pct_fpr",
@@ -79,7 +79,7 @@ def write_experiment(output, runs):
             hparams.append(hp.HParam(name, hp.Discrete(seen)))
         else:
             hparams.append(hp.HParam(name))
-    metrics = [hp.Metric(TAG_PREFIX + key, display_name=title) for key, title, _ in report.METRICS]
+    metrics = [hp.Metric(TAG_PREFIX + key, display_name=title) for key, title, _ in table.METRICS]
     writer = tf.summary.create_file_writer(output)
     with writer.as_default():
         hp.hparams_config(hparams=hparams, metrics=metrics)

@@ -1,9 +1,11 @@
-"""Results of a comparison: each finished run's numbers -> results.json and results.md.
+"""Results of a comparison: each finished run's numbers -> results.json, and results.md (table.py).
 
 A run's numbers come from three files of its model_dir: the shared evaluation's report.json
 (bin/evaluate: clean, PGD, AutoAttack, worst case, the paper's detection AUC and the adaptive
 detector attack), metrics.json and recipe.json (bin/train), and compare_run.json (wall times and
-commands, run.py). Stdlib only: `bin/compare --collect` needs no TensorFlow.
+commands, run.py). Every sanity check the report failed (evaluation/sanity.py, suite.py) is
+carried along: per run and per entry in results.json, as a footnoted marker on the numbers it puts
+in doubt in results.md. Stdlib only: `bin/compare --collect` needs no TensorFlow.
 """
 
 import glob
@@ -11,18 +13,22 @@ import json
 import os
 import time
 
-from tf_metric_robust.compare import plan, stats
+from tf_metric_robust.compare import plan, stats, table
+from tf_metric_robust.compare.table import METRICS
 
-# (key, column title, percent?) of results.md, in order. Accuracies and rates are fractions in the
-# JSON and percent in the table.
-METRICS = (
-    ("clean_accuracy", "clean", True),
-    ("pgd_accuracy", "PGD", True),
-    ("autoattack_accuracy", "AutoAttack", True),
-    ("detection_auc", "detection AUC", True),
-    ("adaptive_tpr_at_5pct_fpr", "adaptive TPR@5%FPR", True),
-    ("train_seconds", "training wall time (s)", False),
-)
+# The columns of METRICS that an attack produced: a failed sanity check of bin/evaluate means the
+# evaluation, not the model, is suspect (Carlini et al. 2019), so by default it puts all of them in
+# doubt (eps = 0 not clean, adversarial examples outside the eps-ball, zero input gradients, an
+# unbounded attack that does not break the model, Square beating the gradient attacks).
+ATTACKED = ("pgd_accuracy", "autoattack_accuracy", "detection_auc", "adaptive_tpr_at_5pct_fpr")
+# Checks about the PGD runs alone (the eps and steps sweeps and the random vs zero start are PGD;
+# APGD far below PGD means PGD overstates robustness, AutoAttack's own number stands).
+DOUBTS = {
+    "accuracy_non_increasing_in_eps": ("pgd_accuracy",),
+    "accuracy_non_increasing_in_steps": ("pgd_accuracy",),
+    "random_vs_zero_start_gap": ("pgd_accuracy",),
+    "suite_apgd_not_far_below_pgd": ("pgd_accuracy",),
+}
 
 
 def _read_json(path):
@@ -74,6 +80,23 @@ def evaluation_numbers(report):
     return numbers, (f"PGD-{steps}" if steps else "PGD"), detector
 
 
+def failed_checks(report):
+    """The sanity checks report.json records as failed ('passed' False; None is skipped), each
+    with 'metrics': the METRICS keys it puts in doubt (DOUBTS, else every ATTACKED one)."""
+    checks = _get(report, "sanity", "checks") or []
+    return [
+        {
+            "name": check.get("name"),
+            "detail": check.get("detail"),
+            "value": check.get("value"),
+            "threshold": check.get("threshold"),
+            "metrics": list(DOUBTS.get(check.get("name"), ATTACKED)),
+        }
+        for check in checks
+        if isinstance(check, dict) and check.get("passed") is False
+    ]
+
+
 def load_run(model_dir, entry=None):
     """One run's record for results.json (numbers None where a file is missing)."""
     record = _read_json(os.path.join(model_dir, plan.RECORD)) or {}
@@ -100,6 +123,7 @@ def load_run(model_dir, entry=None):
         "trained": metrics is not None,
         "evaluated": report is not None,
         "numbers": numbers,
+        "failed_sanity_checks": failed_checks(report or {}),
         "pgd_label": pgd_label,
         "detector": detector,
         "train_metrics": metrics,
@@ -146,6 +170,11 @@ def summarize(runs, entries, reference):
             "mode": entry_runs[0]["mode"] if entry_runs else None,
             "seeds": sorted(r["seed"] for r in entry_runs),
             "metrics": {},
+            "failed_sanity_checks": [
+                {"seed": r["seed"], **check}
+                for r in sorted(entry_runs, key=lambda r: r["seed"])
+                for check in r.get("failed_sanity_checks", [])
+            ],
         }
         for key, _, _ in METRICS:
             cell = stats.mean_ci([r["numbers"].get(key) for r in entry_runs])
@@ -158,79 +187,6 @@ def summarize(runs, entries, reference):
             row["metrics"][key] = cell
         summary[entry] = row
     return summary
-
-
-def _cell(cell, percent):
-    scale = 100.0 if percent else 1.0
-    if cell["mean"] is None:
-        return "–"
-    digits = 1 if percent else 0
-    text = f"{cell['mean'] * scale:.{digits}f}"
-    if cell["ci"] is not None:
-        text += f" ± {cell['ci'] * scale:.{digits}f}"
-    return text
-
-
-def _relative(cell, percent):
-    if "ratio_to_reference" in cell:
-        ratio = cell["ratio_to_reference"]
-        return "–" if ratio is None else f"{ratio:.2f}×"
-    diff = cell.get("difference_to_reference")
-    if not diff or diff["mean"] is None:
-        return "–"
-    scale = 100.0 if percent else 1.0
-    text = f"{diff['mean'] * scale:+.1f}"
-    if diff["ci"] is not None:
-        text += f" ± {diff['ci'] * scale:.1f}"
-        if diff["separates"]:
-            text = f"**{text}**"
-        elif diff.get("degenerate"):
-            text += " †"
-    return text
-
-
-def _table(titles, rows):
-    """Markdown table lines: the header of `titles`, the rule, one line per row of cells."""
-    return [
-        "| " + " | ".join(titles) + " |",
-        "|" + "---|" * len(titles),
-        *("| " + " | ".join(cells) + " |" for cells in rows),
-    ]
-
-
-def markdown(summary, runs, reference, pgd_label="PGD"):
-    """results.md: one table of means ± 95% CI, one of the paired differences to the reference."""
-    titles = [pgd_label if key == "pgd_accuracy" else title for key, title, _ in METRICS]
-    means = (
-        [entry, row["mode"], ",".join(str(s) for s in row["seeds"])]
-        + [_cell(row["metrics"][key], percent) for key, _, percent in METRICS]
-        for entry, row in summary.items()
-    )
-    lines = [
-        "Mean ± half-width of the 95% confidence interval over seeds (Student t, n - 1 "
-        "degrees of freedom); accuracies, AUC and TPR in %.",
-        "",
-        *_table(["entry", "mode", "seeds", *titles], means),
-    ]
-    if reference in summary:
-        differences = (
-            [entry] + [_relative(row["metrics"][key], percent) for key, _, percent in METRICS]
-            for entry, row in summary.items()
-            if entry != reference
-        )
-        lines += [
-            "",
-            f"Relative to `{reference}`: the difference in points, paired by seed, "
-            "± its 95% interval (**bold**: the interval excludes 0; †: every seed gave the "
-            "same difference, so the interval has width 0 and cannot say how far another seed "
-            "would move it); training time as the ratio of mean wall times.",
-            "",
-            *_table(["entry", *titles], differences),
-        ]
-    missing = [f"{r['entry']}:{r['seed']}" for r in runs if not r["evaluated"]]
-    if missing:
-        lines += ["", f"Not evaluated (left out of the means): {', '.join(missing)}."]
-    return "\n".join(lines) + "\n"
 
 
 def write(output, runs, entries, reference, command=None):
@@ -252,7 +208,7 @@ def write(output, runs, entries, reference, command=None):
         "runs": runs,
     }
     write_json_atomic(os.path.join(output, "results.json"), results)
-    text = markdown(summary, runs, reference, pgd_label="/".join(labels))
+    text = table.markdown(summary, runs, reference, pgd_label="/".join(labels))
     if examples:
         text += (
             f"\nEvaluated on the first {'/'.join(str(e) for e in examples)} test "
@@ -264,11 +220,12 @@ def write(output, runs, entries, reference, command=None):
 
 
 __all__ = [
-    "METRICS",
+    "ATTACKED",
+    "DOUBTS",
     "evaluation_numbers",
+    "failed_checks",
     "find_runs",
     "load_run",
-    "markdown",
     "summarize",
     "write",
     "write_json_atomic",

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 
-from tf_metric_robust.compare import figures, hparams, plan, report
+from tf_metric_robust.compare import figures, hparams, plan, report, table
 
 INTERRUPT_GRACE_SECONDS = 120  # bin/train checkpoints the current step on SIGTERM, then exits
 
@@ -200,23 +200,21 @@ class Runner:
 
 def summary_line(result):
     """'clean 97.2, PGD-100 78.0, AutoAttack 72.5, detection AUC 79.6, adaptive TPR@5%FPR 8.5;
-    train 350 s, evaluate 400 s' (accuracies in %)."""
-    numbers, parts = result["numbers"], []
-    for key, title in (
-        ("clean_accuracy", "clean"),
-        ("pgd_accuracy", result["pgd_label"]),
-        ("autoattack_accuracy", "AutoAttack"),
-        ("detection_auc", "detection AUC"),
-        ("adaptive_tpr_at_5pct_fpr", "adaptive TPR@5%FPR"),
-    ):
-        if numbers.get(key) is not None:
-            parts.append(f"{title} {100 * numbers[key]:.1f}")
+    train 350 s, evaluate 400 s' (accuracies in %), then the names of failed sanity checks."""
+    numbers = result["numbers"]
+    parts = [  # the percent columns of results.md, PGD named by its steps
+        f"{result['pgd_label'] if key == 'pgd_accuracy' else title} {100 * numbers[key]:.1f}"
+        for key, title, percent in table.METRICS
+        if percent and numbers.get(key) is not None
+    ]
     times = [
         f"{name} {numbers[key]:.0f} s"
         for key, name in (("train_seconds", "train"), ("evaluate_seconds", "evaluate"))
         if numbers.get(key) is not None
     ]
-    return ", ".join(parts) + ("; " + ", ".join(times) if times else "")
+    failed = ", ".join(check["name"] for check in result.get("failed_sanity_checks", []))
+    text = ", ".join(parts) + ("; " + ", ".join(times) if times else "")
+    return text + (f"; sanity check FAILED: {failed}" if failed else "")
 
 
 def write_hparams(result, record, record_path):
