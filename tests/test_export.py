@@ -1,20 +1,34 @@
 """bin/export and export.py: signatures, fresh-process reload, saved_model_cli, input checks,
-atomic versioned export, TF Serving warm-up records, detection on PGD inputs (real MNIST-5k)."""
+atomic versioned export, TF Serving warm-up records, detection on PGD inputs (real MNIST-5k), the
+detector's covariance rule and the export at the end of training."""
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import detection, distribute, export, models
+from tf_metric_robust import detection, distribute, experiment, export, final_evaluation, models
 from tf_metric_robust.attacks import pgd
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import (
+    AttackConfig,
+    EvalConfig,
+    ExportConfig,
+    TrainConfig,
+    UserError,
+    covariance_problem,
+    detector_settings,
+)
+from tf_metric_robust.evaluation import detection_protocol
+from tf_metric_robust.evaluation.model_fns import ModelFns
+from tf_metric_robust.models import layers
 from tf_metric_robust.data.mnist5k_builder import split_indices
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -304,7 +318,13 @@ def test_uint8_and_float_signatures_agree(exported, loaded):
 
 BAD_FLOAT_INPUTS = [
     ("one image, no batch axis", np.zeros((28, 28, 1), np.float32), r"shape \[N, 28, 28, 1\]"),
-    ("rank 5", np.zeros((2, 28, 28, 1, 1), np.float32), r"got shape\] \[2 28 28 1 1\]"),
+    # The declared [None, 28, 28, 1] lets the graph optimiser drop the rank check: TF's own
+    # shape check answers instead.
+    (
+        "rank 5",
+        np.zeros((2, 28, 28, 1, 1), np.float32),
+        r"\[2,28,28,1,1\] is not compatible with expected shape \[\?,28,28,1\]",
+    ),
     ("scalar", np.float32(0.5), r"shape \[N, 28, 28, 1\].*got shape\] \[\]"),
     ("wrong size", np.zeros((2, 32, 32, 1), np.float32), r"got shape\] \[2 32 32 1\]"),
     ("wrong channels", np.zeros((2, 28, 28, 3), np.float32), r"got shape\] \[2 28 28 3\]"),
@@ -490,6 +510,204 @@ def test_bin_export_user_errors_are_one_line(tmp_path):
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_signatures_declare_the_image_batch_shape(exported, loaded):
+    """saved_model_cli and TF Serving read images as [-1, 28, 28, 1], not of unknown rank."""
+    for name, dtype in (
+        ("serving_default", tf.float32),
+        ("serving_uint8", tf.uint8),
+        (export.GRADIENT_SIGNATURE, tf.float32),
+    ):
+        args, kwargs = loaded.signatures[name].structured_input_signature
+        assert args == () and set(kwargs) == {"images"}, name
+        assert kwargs["images"].shape.as_list() == [None, 28, 28, 1], name
+        assert kwargs["images"].dtype == dtype, name
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported[2], "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    for name in export.SIGNATURES:  # what `saved_model_cli show` prints
+        shape = saved.meta_graphs[0].signature_def[name].inputs["images"].tensor_shape
+        assert not shape.unknown_rank and [d.size for d in shape.dim] == [-1, 28, 28, 1], name
+
+
+def _covariance(settings, dataset, num_classes, dim, counts=None):
+    options = detector_settings(
+        settings, dataset, num_classes=num_classes, embedding_dim=dim, counts=counts
+    )
+    return options["covariance"]
+
+
+def test_one_covariance_rule_for_export_training_and_evaluation(exported):
+    exporting = ExportConfig(model_dir="run")  # bin/export's and bin/train's export's settings
+    # The Tiny ImageNet recipe's 200 classes of 2048-d: per-class factors would take 6.7 GB.
+    assert "exceed 1024 MiB" in covariance_problem("per_class", 200, 2048)
+    assert _covariance(exporting, "fake:tiny_imagenet", 200, 2048) == "tied"
+    assert _covariance(exporting, "tiny_imagenet", 200, 64) == "tied"  # the dataset's default
+    assert _covariance(exporting, "cifar10", 10, 640, [500] * 10) == "per_class"  # the paper's
+    assert _covariance(exporting, "image_folder:/x", 3, 16, [1, 2, 2]) == "tied"
+    assert covariance_problem("tied", 200, 2048, [25] * 200) is None
+    assert "more references than classes" in covariance_problem("tied", 3, 16, [1, 1, 1])
+    assert "needs >= 1 references" in covariance_problem("tied", 3, 16, [0, 2, 2])
+    # A covariance that was asked for is kept (the detector then says why it cannot be fitted).
+    asked = ExportConfig(model_dir="run", detection_covariance="per_class")
+    assert _covariance(asked, "fake:tiny_imagenet", 200, 2048) == "per_class"
+    # bin/evaluate: resolve leaves the covariance to the same rule.
+    resolved = EvalConfig(detection=True, eps=8 / 255, step_size=2 / 255, steps=10).resolve(
+        "tiny_imagenet"
+    )
+    assert resolved.detection_covariance is None
+    assert _covariance(resolved, "tiny_imagenet", 200, 64) == "tied"
+    # ... and its detectors follow it: one reference of class 0 rules out per-class covariances.
+    network, _, _, images, labels, _ = exported
+    rows = np.concatenate([np.flatnonzero(labels == c)[: 30 if c else 1] for c in range(10)])
+    detectors = detection_protocol.build_detectors(
+        ModelFns(network),
+        (images[rows], labels[rows]),
+        EvalConfig(detection=True, detection_reference=len(rows)),
+        dataset="mnist5k",
+    )
+    assert detectors["gaussian"].covariance == "tied"
+
+
+def _tiny_2048(num_classes, input_shape, **kwargs):
+    """A network as small as a test wants with the Tiny ImageNet recipe's 2048-d embedding."""
+    del kwargs
+    images = keras.Input(shape=input_shape, name="images")
+    x = keras.layers.Conv2D(16, 3, strides=4, activation="relu", name="conv")(images)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    embedding = keras.layers.ReLU(name="embedding")(keras.layers.Dense(2048, name="fc")(x))
+    return keras.Model(images, layers.classifier_outputs(embedding, num_classes), name="tiny_2048")
+
+
+def _one_step_run(model_dir, dataset, model, batch_size, **fields):
+    """The TrainConfig of one natural training step whose evaluations see `batch_size` images."""
+    attack = AttackConfig(eps=8 / 255, step_size=4 / 255, steps=1)
+    return TrainConfig(
+        model_dir=str(model_dir),
+        dataset=dataset,
+        model=model,
+        mode="natural",
+        batch_size=batch_size,
+        train_steps=1,
+        eval_every=1,
+        eval_examples=batch_size,
+        final_eval_examples=batch_size,
+        eval_batch_size=batch_size,
+        attack=attack,
+        eval_attack=attack,
+        **fields,
+    )
+
+
+def test_tiny_imagenet_run_ends_with_a_tied_detector_at_2048_dims(tmp_path):
+    """The end of a configs/tiny_imagenet.flags run (200 classes, 2048-d embedding) on fake
+    data: a per-class detector cannot be fitted there; the export fits the tied one."""
+    config = _one_step_run(tmp_path / "run", "fake:tiny_imagenet", "tiny_2048", 8)
+    own_settings = final_evaluation.export_settings
+    lines = []
+    with (
+        mock.patch.dict(models.MODELS, {"tiny_2048": _tiny_2048}),
+        # 1000 references instead of 5000 (about 25 s less of Ledoit-Wolf on 2048-d rows); the
+        # 200 per-class 2048-d covariances exceed the memory limit at any reference size.
+        mock.patch.object(
+            final_evaluation,
+            "export_settings",
+            lambda run_config: dataclasses.replace(
+                own_settings(run_config), detection_reference=1000
+            ),
+        ),
+    ):
+        experiment.train(config, progress=lines.append)
+    path = export.latest_version(os.path.join(config.model_dir, "saved_model"))
+    with open(os.path.join(path, export.DETECTOR_FILE)) as f:
+        record = json.load(f)
+    assert (record["covariance"], record["dim"], record["num_classes"]) == ("tied", 2048, 200)
+    assert record["reference"]["examples"] > 900 and len(record["reference"]["per_class"]) == 200
+    loaded = tf.saved_model.load(path)
+    assert record["threshold"] == pytest.approx(float(loaded.detector.threshold.numpy()))
+    out = loaded.signatures["serving_default"](images=tf.zeros([2, 64, 64, 3]))
+    assert out["embedding"].shape == (2, 2048) and np.isfinite(out["detection_score"]).all()
+    assert not [line for line in lines if "detector" in line], lines
+
+
+def _write_image(path, rng):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(tf.io.encode_jpeg(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).numpy())
+
+
+def test_one_image_per_class_run_exports_without_the_detector_and_reruns(tmp_path):
+    """No Gaussian can be fitted on one reference per class: the finished run still writes its
+    SavedModel, without detection_score, says so in one line, and a re-run does not fail."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("ant", "bee", "cat"):
+            _write_image(str(tmp_path / "folder" / split / name / "0.jpg"), rng)
+    config = _one_step_run(
+        tmp_path / "run",
+        f"image_folder:{tmp_path / 'folder'}",
+        "small_cnn",
+        3,
+        model_kwargs={"embedding_dim": 16},
+    )
+    lines = []
+    experiment.train(config, progress=lines.append)
+    notes = [line for line in lines if "without a detector" in line]
+    assert len(notes) == 1 and "\n" not in notes[0], lines
+    assert "more references than classes" in notes[0]
+    base = os.path.join(config.model_dir, "saved_model")
+    assert export.versions(base) == [1]
+    assert not os.path.exists(os.path.join(base, "1", export.DETECTOR_FILE))
+    outputs = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
+    assert set(outputs.structured_outputs) == set(OUTPUTS) - {"detection_score"}
+    experiment.train(config, progress=lines.append)  # finished and exported: nothing to redo
+    assert export.versions(base) == [1]
+
+
+def test_training_exports_what_bin_export_records(mnist5k_run_config):
+    """The SavedModel of a training run holds bin/export's detector, threshold and record."""
+    config = mnist5k_run_config(
+        batch_size=50,
+        train_steps=2,
+        examples=100,
+        attack=AttackConfig(eps=0.3, step_size=0.1, steps=1),
+        mode="natural",
+        eval_every=2,
+    )
+    experiment.train(config)
+    path = export.latest_version(os.path.join(config.model_dir, "saved_model"))
+    with open(os.path.join(path, export.DETECTOR_FILE)) as f:
+        record = json.load(f)
+    loaded = tf.saved_model.load(path)
+    assert record["threshold"] == pytest.approx(float(loaded.detector.threshold.numpy()))
+    assert json.loads(loaded.detector.description.numpy().decode()) == record
+    assert (record["detector"], record["covariance"]) == ("gaussian", "per_class")
+    assert record["threshold_images"]["examples"] == 1000  # mnist5k's test split
+    # bin/export of the finished run: the same weights, reference, threshold, record.
+    again, _ = export.export_run(
+        ExportConfig(model_dir=config.model_dir, data_dir=config.data_dir, warmup=False)
+    )
+    with open(os.path.join(again, export.DETECTOR_FILE)) as f:
+        assert json.load(f) == record
+
+
+def test_check_export_says_before_training_when_no_detector_fits(tmp_path):
+    def network(dim, num_classes):
+        images = keras.Input(shape=(2, 2, 1), name="images")
+        flat = keras.layers.Flatten()(images)
+        embedding = keras.layers.ReLU(name="embedding")(keras.layers.Dense(dim)(flat))
+        return keras.Model(images, layers.classifier_outputs(embedding, num_classes))
+
+    config = TrainConfig(model_dir=str(tmp_path), dataset="fake:tiny_imagenet")
+    lines = []
+    final_evaluation.check_export(config, network(12_000, 200), lines.append)  # 1.07 GiB tied
+    assert len(lines) == 1 and "no detector" in lines[0] and "exceed 1024 MiB" in lines[0]
+    lines.clear()
+    final_evaluation.check_export(config, network(2048, 200), lines.append)  # tied fits
+    assert lines == []
 
 
 # Last: these wait for the background processes started by the first test.

@@ -117,6 +117,7 @@ def _train(config, output_dir, chief, start, report):
     with strategy.scope():
         trainer = build_trainer(config)
         checkpoint = make_checkpoint(trainer)
+    final_evaluation.check_export(config, trainer.network, report)  # before training, not after
     restored = checkpoint_files.restore_run(checkpoint, config, repair=chief, report=report)
     step = first_step = int(trainer.optimizer.iterations.numpy())
     if start is not None:

@@ -3,7 +3,9 @@ projector data, metrics.json and the SavedModel export.
 
 metrics.json is written after the projector data and before the export: its presence marks a
 finished evaluation. A run that trained exports a new version (export.py never overwrites one); a
-run killed during export exports when re-run.
+run killed during export exports when re-run. The export is bin/export's
+(export.export_with_detector with ExportConfig's defaults: the same detector, threshold and
+detector.json), except that a detector that cannot be fitted is left out, not an error.
 """
 
 import dataclasses
@@ -11,17 +13,21 @@ import json
 import os
 from typing import Any, Callable
 
+import tensorflow as tf
 from absl import logging
 
 from tf_metric_robust import (
+    checkpoint_files,
     data,
     export,
+    models,
     run_files,
     selection,
     summaries,
     train_inputs,
     weight_averaging,
 )
+from tf_metric_robust.config import ExportConfig, covariance_problem, detector_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +103,7 @@ def finish(run, step, *, trained, seconds):
             metrics = _final_metrics(run, step, selected, seconds)
         if needs_export:
             run.guard.check()
-            _export(run)
+            _export(run, best=bool(selected))
     return metrics
 
 
@@ -136,16 +142,51 @@ def _final_metrics(run, step, selected, seconds):
     return metrics
 
 
-def _export(run):
-    """The SavedModel, with the kNN detection reference (clean training examples) inside."""
+def export_settings(config):
+    """The ExportConfig of a training run's own export: bin/export's defaults for its model_dir
+    and data."""
+    return ExportConfig(
+        model_dir=config.model_dir, data_dir=config.data_dir, download=config.download
+    )
+
+
+def check_export(config, network, report):
+    """Before training: says in one line when the export at the end cannot hold the detector
+    for this network's class count and embedding size (config.covariance_problem's memory
+    limit), so that it is known before a long run, not after it."""
+    if not config.export:
+        return
+    num_classes = int(network.get_layer("logits").units)
+    dim = models.embedding_dim(network)
+    options = detector_settings(
+        export_settings(config), config.dataset, num_classes=num_classes, embedding_dim=dim
+    )
+    problem = options["detector"] == "gaussian" and covariance_problem(
+        options["covariance"], num_classes, dim
+    )
+    if problem:
+        report(f"The export at the end will have no detector: {problem}")
+    else:
+        logging.info(f"export: {options['detector']} detector, covariance {options['covariance']}")
+
+
+def _export(run, best):
+    """The SavedModel with its detector, threshold and detector.json, as bin/export writes them
+    (a detector that cannot be fitted is left out, said in one line); `best`: the weights are
+    --select_best's checkpoint."""
     config = run.config
-    reference_images, reference_labels = export.reference_examples(
-        config.dataset, data_dir=config.data_dir, download=config.download
+    folder = (
+        os.path.join(run.output_dir, selection.BEST_DIR)
+        if best
+        else checkpoint_files.checkpoint_dir(run.output_dir)
     )
     # Written to a hidden folder and renamed into place (export.py): never half a version.
-    export.export_saved_model(
+    export.export_with_detector(
         run.trainer.network,
-        os.path.join(run.output_dir, "saved_model"),
-        reference_images=reference_images,
-        reference_labels=reference_labels,
+        config.dataset,
+        export_settings(config),
+        checkpoint=tf.train.latest_checkpoint(folder),
+        export_dir=os.path.join(run.output_dir, "saved_model"),
+        detector_required=False,
+        report=run.report,
     )

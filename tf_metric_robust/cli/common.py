@@ -85,7 +85,8 @@ def define_detector_flags(detector_help, reference_help):
         "detection_covariance",
         None,
         list(cfg.COVARIANCES),
-        "Gaussian detector covariance (default: per_class; tied for Tiny ImageNet).",
+        "Gaussian detector covariance (default: per_class where it can be fitted, else tied; "
+        "tied for Tiny ImageNet).",
     )
     flags.DEFINE_integer(
         "detection_reference", cfg.DEFAULT_REFERENCE_SIZE, reference_help, lower_bound=1

@@ -20,8 +20,11 @@ from tf_metric_robust.config.export import (
     DEFAULT_DETECTION_K,
     DEFAULT_REFERENCE_SIZE,
     DETECTORS,
+    MAX_COVARIANCE_BYTES,
     SCORE_TYPES,
     ExportConfig,
+    covariance_problem,
+    detector_settings,
 )
 from tf_metric_robust.config.training import (
     DISTANCES,
@@ -53,6 +56,7 @@ __all__ = [
     "DETECTORS",
     "DISTANCES",
     "KL_MODES",
+    "MAX_COVARIANCE_BYTES",
     "MININGS",
     "MODES",
     "NEGATIVE_POOLS",
@@ -74,4 +78,6 @@ __all__ = [
     "TripletConfig",
     "UserError",
     "check_mode",
+    "covariance_problem",
+    "detector_settings",
 ]

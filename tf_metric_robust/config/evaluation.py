@@ -27,7 +27,6 @@ _MNIST = dict(
     steps_sweep=(1, 10, 20, 40, 100),
     detection_eps=(0.3,),
     detection_steps=100,
-    detection_covariance="per_class",
 )
 _CIFAR = dict(
     eps=8 / 255,
@@ -37,7 +36,6 @@ _CIFAR = dict(
     steps_sweep=(1, 5, 10, 20, 50),
     detection_eps=(25 / 255,),
     detection_steps=20,
-    detection_covariance="per_class",
 )
 _DEFAULTS = {
     "mnist": _MNIST,
@@ -48,18 +46,13 @@ _DEFAULTS = {
     "svhn_cropped": _CIFAR,
 }
 # Detection settings of datasets without a full table entry (their attack settings are derived).
-# Tiny ImageNet: the paper's eps and steps; 'tied' because 200 classes x 25 references cannot
-# each support a 2048-d covariance (nor fit in memory as 200 float64 factors).
-_DETECTION_ONLY = {
-    "tiny_imagenet": dict(
-        detection_eps=(25 / 255,), detection_steps=30, detection_covariance="tied"
-    )
-}
+# Tiny ImageNet: the paper's eps and steps (its covariance: config.export.detector_settings).
+_DETECTION_ONLY = {"tiny_imagenet": dict(detection_eps=(25 / 255,), detection_steps=30)}
 
 
 def dataset_defaults(dataset):
     """Literature defaults {eps, step_size, steps, eps_sweep, steps_sweep, detection_eps,
-    detection_steps, detection_covariance}."""
+    detection_steps}."""
     if dataset not in _DEFAULTS:
         raise UserError(
             f"no default attack settings for dataset {dataset!r} (known: "
@@ -68,15 +61,9 @@ def dataset_defaults(dataset):
     return dict(_DEFAULTS[dataset])
 
 
-def default_detection_covariance(dataset):
-    """'tied' for Tiny ImageNet (200 classes), else 'per_class' (the paper's)."""
-    return _DETECTION_ONLY.get(dataset, {}).get("detection_covariance", "per_class")
-
-
 def derived_defaults(eps, steps):
     """Sweeps around an explicit threat model: eps x (0, 1/4, 1/2, 1, 3/2, 2), steps / 4 ... 2 x
-    steps, detection at eps and `steps` with per-class covariances; for datasets without a table
-    entry."""
+    steps, detection at eps and `steps`; for datasets without a table entry."""
 
     def radii(factors):
         return tuple(sorted({round(min(1.0, eps * f), 10) for f in factors}))
@@ -86,7 +73,6 @@ def derived_defaults(eps, steps):
         "steps_sweep": tuple(sorted({1, max(1, steps // 4), max(1, steps // 2), steps, 2 * steps})),
         "detection_eps": radii((1,)),
         "detection_steps": steps,
-        "detection_covariance": "per_class",
     }
 
 
@@ -123,7 +109,8 @@ class EvalConfig:
     `eps_sweep`/`steps_sweep` () to skip; `large_eps` is the L-inf radius of the "unbounded attack"
     sanity check. Detection: `detector` ('gaussian', the paper's, or 'knn') heads the report (both
     are scored); `detection_eps` / `detection_steps` the PGD radii and steps (paper's per dataset);
-    `detection_covariance` 'per_class' or 'tied' (detection.GaussianDetector);
+    `detection_covariance` 'per_class' or 'tied' (detection.GaussianDetector; None, also after
+    `resolve`: config.export.detector_settings picks it when the detectors are fitted);
     `detection_weights` the adaptive attack's sweep of c (() skips it). `suite`
     'autoattack' also runs AutoAttack (suite.py; `suite_steps` APGD iterations and
     `suite_queries` Square queries, the paper's 100 and 5000) into the worst case.
@@ -185,8 +172,13 @@ class EvalConfig:
         check_suite(self.suite, self.suite_version, self.suite_steps, self.suite_queries)
 
     def resolve(self, dataset=None):
-        """A copy with every None field filled from `dataset`'s defaults."""
-        missing = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        """A copy with every None field but detection_covariance filled from `dataset`'s
+        defaults (the covariance depends on the model and reference: detector_settings)."""
+        missing = [
+            f.name
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is None and f.name != "detection_covariance"
+        ]
         if "detection_eps" in missing and not self.detection:
             return dataclasses.replace(self, detection_eps=()).resolve(dataset)
         extra = {k: v for k, v in _DETECTION_ONLY.get(dataset, {}).items() if k in missing}

@@ -1,7 +1,9 @@
 """Export settings (bin/export) and the detector choices they name: TF-free, validated here.
 
 The detector kinds, score types and covariance choices live here (not in detection.py, which
-needs TensorFlow) so that the flag layer can check them before TensorFlow is imported.
+needs TensorFlow) so that the flag layer can check them before TensorFlow is imported, and so
+does `detector_settings`, the one rule by which bin/export, the export at the end of bin/train
+and bin/evaluate --detection pick the detector's covariance.
 """
 
 import dataclasses
@@ -15,6 +17,62 @@ COVARIANCES = ("per_class", "tied")  # Gaussian detector covariance (detection.G
 DETECTORS = ("gaussian", "knn")
 DEFAULT_REFERENCE_SIZE = 5000  # clean training examples the exported detector is fitted on
 DEFAULT_DETECTION_K = 50  # neighbours of the kNN detector
+# The Gaussian detector refuses Cholesky factors (C x D x D float64, C = 1 when tied) above this.
+MAX_COVARIANCE_BYTES = 1 << 30
+# Datasets whose default covariance is not 'per_class'. Tiny ImageNet: 200 classes x 25
+# references cannot each support a 2048-d covariance (nor fit in memory as 200 float64 factors).
+_DATASET_COVARIANCE = {"tiny_imagenet": "tied"}
+
+
+def covariance_problem(covariance, num_classes, embedding_dim, counts=None):
+    """Why the Gaussian detector cannot fit `covariance` for `num_classes` classes of
+    `embedding_dim`-d embeddings with `counts` references per class (None: not known yet), as
+    one line; None if it can. Memory: C (per_class) or 1 (tied) D x D float64 factors; data:
+    'per_class' needs >= 2 references of every class, 'tied' >= 1 and more references than
+    classes (a pooled within-class covariance from singletons is zero)."""
+    factors = num_classes if covariance == "per_class" else 1
+    if factors * embedding_dim * embedding_dim * 8 > MAX_COVARIANCE_BYTES:
+        return (
+            f"{factors} covariances of {embedding_dim}x{embedding_dim} float64 exceed "
+            f"{MAX_COVARIANCE_BYTES >> 20} MiB"
+            + ("; use covariance='tied'" if covariance == "per_class" else "")
+        )
+    if counts is None:
+        return None
+    counts = [int(c) for c in counts]
+    needed = 2 if covariance == "per_class" else 1
+    short = [c for c, count in enumerate(counts) if count < needed]
+    if short:
+        return (
+            f"covariance {covariance!r} needs >= {needed} references of every class; "
+            f"{len(short)} classes have fewer (first: class {short[0]}, "
+            f"{counts[short[0]]} references)"
+        )
+    if covariance == "tied" and sum(counts) <= len(counts):
+        return "covariance 'tied' needs more references than classes; every class has 1"
+    return None
+
+
+def detector_settings(settings, dataset, *, num_classes, embedding_dim, counts=None):
+    """The options of export.make_detector / detection.build (detector, k, score_type,
+    covariance) for `settings` (an ExportConfig or EvalConfig) on `dataset`: the one rule of
+    bin/export, bin/train's export and bin/evaluate --detection.
+
+    An unset detection_covariance is the dataset's ('tied' for Tiny ImageNet), else 'per_class'
+    (the paper's) where covariance_problem allows it for these sizes and reference `counts`,
+    else 'tied'. A covariance that was set is kept (the detector says if it cannot be fitted).
+    """
+    covariance = settings.detection_covariance
+    if covariance is None:
+        covariance = _DATASET_COVARIANCE.get(dataset, "per_class")
+        if covariance_problem(covariance, num_classes, embedding_dim, counts):
+            covariance = "tied"
+    return {
+        "detector": settings.detector,
+        "k": settings.detection_k,
+        "score_type": settings.detection_score,
+        "covariance": covariance,
+    }
 
 
 def check_detector(settings):
@@ -50,7 +108,7 @@ class ExportConfig:
     detection_k: int = DEFAULT_DETECTION_K
     detection_score: str = "agreement"
     detector: str = "gaussian"
-    detection_covariance: Optional[str] = None  # default: evaluation.plan's per dataset
+    detection_covariance: Optional[str] = None  # default: detector_settings' rule
     threshold_examples: int = 10_000
     warmup: bool = True
 

@@ -4,11 +4,8 @@ import numpy as np
 import tensorflow as tf
 from sklearn.covariance import ledoit_wolf_shrinkage
 
-from tf_metric_robust.config import COVARIANCES
+from tf_metric_robust.config import COVARIANCES, covariance_problem
 from tf_metric_robust.detection.common import checked_query, checked_reference, map_chunks
-
-# Whitening factors above this many bytes (C x D x D float64) are refused: use 'tied'.
-_MAX_FACTOR_BYTES = 1 << 30
 
 
 def shrunk_covariance(centered, shrinkage="ledoit_wolf"):
@@ -64,21 +61,12 @@ class GaussianDetector(tf.Module):
             num_classes,
         )
         dim = embeddings.shape[1]
-        factors = num_classes if covariance == "per_class" else 1
-        if factors * dim * dim * 8 > _MAX_FACTOR_BYTES:
-            raise ValueError(
-                f"{factors} covariances of {dim}x{dim} float64 exceed "
-                f"{_MAX_FACTOR_BYTES >> 20} MiB; use covariance='tied'"
-            )
         counts = np.bincount(labels, minlength=num_classes)
-        needed = 2 if covariance == "per_class" else 1
-        short = np.flatnonzero(counts < needed)
-        if short.size:
-            raise ValueError(
-                f"covariance {covariance!r} needs >= {needed} references of every "
-                f"class; {short.size} classes have fewer (first: class {short[0]}, "
-                f"{counts[short[0]]} references)"
-            )
+        # Memory (config.MAX_COVARIANCE_BYTES) and references per class, as the config layer
+        # checks them: one rule for the detector and the choice of its covariance.
+        problem = covariance_problem(covariance, num_classes, dim, counts)
+        if problem:
+            raise ValueError(problem)
         means = np.stack([embeddings[labels == c].mean(axis=0) for c in range(num_classes)])
         centered = embeddings - means[labels]
         if covariance == "per_class":

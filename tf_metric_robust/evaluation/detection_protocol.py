@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tf_metric_robust import detection
 from tf_metric_robust.attacks import adaptive
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import UserError, detector_settings
 
 
 def reference_embeddings(fns, reference, count, batch_size=200):
@@ -50,26 +50,27 @@ def reference_embeddings(fns, reference, count, batch_size=200):
     return np.concatenate(embeddings), np.concatenate(kept)
 
 
-def build_detectors(fns, reference, config, num_classes=None):
+def build_detectors(fns, reference, config, num_classes=None, dataset=None):
     """{'gaussian': GaussianDetector, 'knn': KnnDetector} fitted on the reference embeddings,
-    the configured `config.detector` first (it heads the summary and the ROC figure).
+    the configured `config.detector` first (it heads the summary and the ROC figure), with the
+    options of config.detector_settings (bin/export's rule) for `dataset`.
 
     num_classes: at least the model's logit classes (default) and the reference's labels.
     """
     ref_emb, ref_labels = reference_embeddings(fns, reference, config.detection_reference)
     num_classes = num_classes or _logit_classes(fns, reference)
     num_classes = max(int(num_classes), int(ref_labels.max()) + 1)
+    options = detector_settings(
+        config,
+        dataset,
+        num_classes=num_classes,
+        embedding_dim=ref_emb.shape[1],
+        counts=np.bincount(ref_labels, minlength=num_classes),
+    )
+    del options["detector"]  # both are built
     try:
         built = {
-            kind: detection.build(
-                kind,
-                ref_emb,
-                ref_labels,
-                num_classes=num_classes,
-                k=config.detection_k,
-                score_type=config.detection_score,
-                covariance=config.detection_covariance or "per_class",
-            )
+            kind: detection.build(kind, ref_emb, ref_labels, num_classes=num_classes, **options)
             for kind in detection.DETECTORS
         }
     except ValueError as error:

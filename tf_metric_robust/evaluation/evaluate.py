@@ -101,7 +101,9 @@ def evaluate(
     fns = model if isinstance(model, ModelFns) else ModelFns(model)
     detectors = None
     if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
-        detectors = detection_protocol.build_detectors(fns, reference, config)
+        detectors = detection_protocol.build_detectors(fns, reference, config, dataset=dataset)
+        # The report's config names the covariance the rule chose (config.detector_settings).
+        config = dataclasses.replace(config, detection_covariance=detectors["gaussian"].covariance)
         registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
             fns, detectors[config.detector]
         )

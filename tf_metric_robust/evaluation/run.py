@@ -212,6 +212,7 @@ def run(request):
             fns,
             eval_data,
             request.config.resolve(dataset),
+            dataset=dataset,
             reference=reference,
             batch_size=request.batch_size,
             strategy=strategy,

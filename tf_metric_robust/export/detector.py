@@ -1,14 +1,23 @@
-"""The exported detector: its clean reference examples, fitting, and the 5%-FPR threshold.
+"""The exported detector: its clean reference examples, fitting, the 5%-FPR threshold and its
+record.
 
-bin/evaluate's detection defaults (5000 clean training references, k = 50) are the export's, so
-the served score is the one whose ROC AUC `bin/evaluate --detection` reports.
+bin/evaluate's detection defaults (5000 clean training references, k = 50) are the export's, and
+both take the covariance from config.detector_settings, so the served score is the one whose ROC
+AUC `bin/evaluate --detection` reports.
 """
+
+import json
 
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust import data, detection
-from tf_metric_robust.config import DEFAULT_DETECTION_K, DEFAULT_REFERENCE_SIZE, UserError
+from tf_metric_robust import data, detection, models
+from tf_metric_robust.config import (
+    DEFAULT_DETECTION_K,
+    DEFAULT_REFERENCE_SIZE,
+    UserError,
+    detector_settings,
+)
 
 
 def reference_examples(
@@ -80,3 +89,58 @@ def calibrate_detector(network, detector, images, *, batch_size=256):
     threshold = detection.threshold_at_fpr(np.concatenate(scores))
     detector.threshold = tf.Variable(threshold, dtype=tf.float32, trainable=False, name="threshold")
     return threshold
+
+
+def export_detector(network, dataset, config, *, checkpoint):
+    """(detector, record) of an export: the detector of ExportConfig `config` fitted on
+    `dataset`'s reference examples with config.detector_settings' options, and its 5%-FPR
+    threshold on up to config.threshold_examples clean test images. The record (what
+    assets.extra/detector.json holds) is also stored on the detector as tf.Variable
+    `description`; `checkpoint` names the exported weights in it. Raises ValueError when the
+    detector cannot be fitted (e.g. one reference per class)."""
+    info = data.dataset_info(dataset)
+    images, labels = reference_examples(
+        dataset, size=config.detection_reference, data_dir=config.data_dir, download=config.download
+    )
+    num_classes = int(network.get_layer("logits").units)
+    options = detector_settings(
+        config,
+        dataset,
+        num_classes=num_classes,
+        embedding_dim=models.embedding_dim(network),
+        counts=np.bincount(labels, minlength=num_classes),
+    )
+    detector = make_detector(network, images, labels, **options)
+    clean = np.concatenate(
+        [
+            x
+            for x, _ in data.eval_dataset(
+                dataset,
+                batch_size=500,
+                split=info.test_split,
+                num_examples=config.threshold_examples,
+                data_dir=config.data_dir,
+                download=config.download,
+            ).as_numpy_iterator()
+        ]
+    )
+    threshold = calibrate_detector(network, detector, clean)
+    record = {
+        **detector.describe(),
+        "checkpoint": checkpoint,
+        "reference": {
+            "function": "export.reference_examples",
+            "dataset": dataset,
+            "split": info.train_split,
+            "examples": int(len(labels)),
+            "per_class": np.bincount(labels).tolist(),
+        },
+        "threshold": threshold,
+        "flag_when": "detection_score > threshold",
+        "threshold_false_positive_rate": detection.FALSE_POSITIVE_RATE,
+        "threshold_images": {"split": info.test_split, "examples": int(len(clean))},
+    }
+    detector.description = tf.Variable(
+        json.dumps(record, sort_keys=True), trainable=False, name="description"
+    )
+    return detector, record

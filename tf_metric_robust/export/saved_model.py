@@ -4,9 +4,10 @@ The detector works in the embedding space of TLA (Mao et al., "Metric Learning f
 Robustness", NeurIPS 2019, arXiv 1909.00900; see detection.py): the paper's class-conditional
 Gaussians (default) or kNN, fitted on the same clean training examples as `bin/evaluate
 --detection` (reference_examples) and stored in the SavedModel, so `detection_score` needs nothing
-but the exported folder. bin/export also records the detector, its reference and the threshold
-flagging 5% of clean test images (assets.extra/detector.json and the saved detector variables
-`threshold`, `description`). The layout is the one TF Serving watches:
+but the exported folder. bin/export and the export at the end of bin/train (export_with_detector)
+also record the detector, its reference and the threshold flagging 5% of clean test images
+(assets.extra/detector.json and the saved detector variables `threshold`, `description`). The
+layout is the one TF Serving watches:
 
     export_dir/<version>/saved_model.pb, variables/, assets.extra/tf_serving_warmup_requests
 
@@ -14,17 +15,16 @@ A version is written to a hidden temporary folder next to it and renamed into pl
 never leaves a half-written version where TF Serving (or `latest_version`) would pick it up.
 """
 
-import json
 import os
 import shutil
 import uuid
 
-import numpy as np
 import tensorflow as tf
+from absl import logging
 
-from tf_metric_robust import data, detection, run_files
+from tf_metric_robust import run_files
 from tf_metric_robust.config import UserError
-from tf_metric_robust.export.detector import calibrate_detector, make_detector, reference_examples
+from tf_metric_robust.export.detector import export_detector, make_detector
 from tf_metric_robust.export.folders import (
     TEMPORARY_PREFIX,
     publish,
@@ -35,7 +35,7 @@ from tf_metric_robust.export.folders import (
 from tf_metric_robust.export.serving import ServingModule
 from tf_metric_robust.export.warmup import WARMUP_FILE, write_warmup_requests
 
-DETECTOR_FILE = os.path.join("assets.extra", "detector.json")  # bin/export's detector record
+DETECTOR_FILE = os.path.join("assets.extra", "detector.json")  # the detector's record
 
 
 def export_saved_model(
@@ -87,74 +87,57 @@ def export_saved_model(
     return final
 
 
+def export_with_detector(
+    network,
+    dataset,
+    config,
+    *,
+    checkpoint,
+    export_dir=None,
+    detector_required=True,
+    report=logging.warning,
+):
+    """Exports `network` with the detector of ExportConfig `config` (export_detector: reference,
+    threshold, record) and writes the record to assets.extra/detector.json; returns (version
+    folder, record or None). The one path of bin/export and of the export ending bin/train.
+
+    `export_dir` defaults to config.resolved_export_dir. A detector that cannot be fitted is a
+    UserError if `detector_required`, else the export goes without it (no detection_score) and
+    `report` says so in one line: a finished training run keeps its SavedModel.
+    """
+    detector, record = None, None
+    try:
+        detector, record = export_detector(network, dataset, config, checkpoint=checkpoint)
+    except (ValueError, MemoryError) as error:  # e.g. one reference per class, detection_k
+        if detector_required:
+            raise UserError(str(error)) from None
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        report(
+            "Exporting without a detector (no detection_score; bin/export can add one, e.g. "
+            f"--detector=knn): {reason}"
+        )
+    path = export_saved_model(
+        network,
+        export_dir or config.resolved_export_dir,
+        detector=detector,
+        version=config.version,
+        warmup=config.warmup,
+    )
+    if record is not None:
+        # The same record beside the model for servers that do not load it in Python; the saved
+        # `detector.description` and `detector.threshold` variables are the atomic copy.
+        os.makedirs(os.path.join(path, os.path.dirname(DETECTOR_FILE)), exist_ok=True)
+        run_files.write_json_atomic(os.path.join(path, DETECTOR_FILE), record)
+    return path, record
+
+
 def export_run(config):
-    """Exports a training run (ExportConfig); returns (version folder, checkpoint path)."""
+    """bin/export: exports the latest checkpoint of a training run (ExportConfig) with its
+    detector; returns (version folder, checkpoint path)."""
     if not os.path.isdir(config.model_dir):
         raise UserError(f"--model_dir {config.model_dir} does not exist")
     if config.version is not None:  # refuse before the slow part
         refuse_existing(config.resolved_export_dir, config.version)
-    from tf_metric_robust.config.evaluation import default_detection_covariance
-
     network, recipe, checkpoint = run_files.load_network(config.model_dir)
-    dataset = recipe["dataset"]
-    images, labels = reference_examples(
-        dataset, size=config.detection_reference, data_dir=config.data_dir, download=config.download
-    )
-    covariance = config.detection_covariance or default_detection_covariance(dataset)
-    info = data.dataset_info(dataset)
-    clean = np.concatenate(
-        [
-            x
-            for x, _ in data.eval_dataset(
-                dataset,
-                batch_size=500,
-                split=info.test_split,
-                num_examples=config.threshold_examples,
-                data_dir=config.data_dir,
-                download=config.download,
-            ).as_numpy_iterator()
-        ]
-    )
-    try:
-        detector = make_detector(
-            network,
-            images,
-            labels,
-            k=config.detection_k,
-            score_type=config.detection_score,
-            detector=config.detector,
-            covariance=covariance,
-        )
-        threshold = calibrate_detector(network, detector, clean)
-        description = {
-            **detector.describe(),
-            "checkpoint": checkpoint,
-            "reference": {
-                "function": "export.reference_examples",
-                "dataset": dataset,
-                "split": info.train_split,
-                "examples": int(len(labels)),
-                "per_class": np.bincount(labels).tolist(),
-            },
-            "threshold": threshold,
-            "flag_when": "detection_score > threshold",
-            "threshold_false_positive_rate": detection.FALSE_POSITIVE_RATE,
-            "threshold_images": {"split": info.test_split, "examples": int(len(clean))},
-        }
-        detector.description = tf.Variable(
-            json.dumps(description, sort_keys=True), trainable=False, name="description"
-        )
-        path = export_saved_model(
-            network,
-            config.resolved_export_dir,
-            detector=detector,
-            version=config.version,
-            warmup=config.warmup,
-        )
-    except ValueError as error:  # e.g. detection_k larger than the reference allows
-        raise UserError(str(error)) from None
-    # The same record beside the model for servers that do not load it in Python; the saved
-    # `detector.description` and `detector.threshold` variables are the atomic copy.
-    os.makedirs(os.path.join(path, os.path.dirname(DETECTOR_FILE)), exist_ok=True)
-    run_files.write_json_atomic(os.path.join(path, DETECTOR_FILE), description)
+    path, _ = export_with_detector(network, recipe["dataset"], config, checkpoint=checkpoint)
     return path, checkpoint

@@ -29,17 +29,15 @@ class ServingModule(tf.Module):
         self.image_shape = tuple(int(d) for d in network.input_shape[1:])
         self.num_classes = int(network.get_layer("logits").units)
         self.embedding_dim = int(network.get_layer("embedding").output.shape[-1])
-        # Unknown rank on purpose: every shape mistake reaches the checks below and gets their
-        # message, instead of a binding error or a shape error deep inside a convolution.
-        self.serve = tf.function(
-            self._serve_float, input_signature=[tf.TensorSpec(None, tf.float32, name="images")]
-        )
+        # images [None, H, W, C], so saved_model_cli and TF Serving's metadata show the shape. A
+        # restored signature still runs the checks below on any input; only a wrong rank, whose
+        # check the graph optimiser may drop given this shape, gets TF's own shape error instead.
+        self.serve = tf.function(self._serve_float, input_signature=[self.images_spec(tf.float32)])
         self.serve_uint8 = tf.function(
-            self._serve_uint8, input_signature=[tf.TensorSpec(None, tf.uint8, name="images")]
+            self._serve_uint8, input_signature=[self.images_spec(tf.uint8)]
         )
         self.logits_and_embedding = tf.function(
-            self._logits_and_embedding,
-            input_signature=[tf.TensorSpec(None, tf.float32, name="images")],
+            self._logits_and_embedding, input_signature=[self.images_spec(tf.float32)]
         )
         # Keras 3 variables wrap tf.Variables, and the traced graphs capture the inner ones. The
         # graph-mode loader of TF Serving and saved_model_cli restores only variables that are
@@ -51,6 +49,10 @@ class ServingModule(tf.Module):
             for variable in function.get_concrete_function().variables:
                 captured.setdefault(id(variable), variable)
         self.serving_variables = list(captured.values())
+
+    def images_spec(self, dtype):
+        """The signatures' input: a batch of images [None, H, W, C] of `dtype`."""
+        return tf.TensorSpec([None, *self.image_shape], dtype, name="images")
 
     def signatures(self):
         return {
