@@ -63,7 +63,12 @@ BAD_VALUES = [
         "strictly increasing",
     ),
     ("train", ["--lr_boundaries=1.5", "--lr_values=0.1,0.01"], "lr_boundaries", "whole numbers"),
-    ("train", ["--lr_boundaries=0", "--lr_values=0.1,0.01"], "lr_boundaries", "whole steps >= 1"),
+    (
+        "train",
+        ["--lr_boundaries=0", "--lr_values=0.1,0.01"],
+        "lr_boundaries",
+        "must be in [1, inf)",
+    ),
     ("train", ["--lr_boundaries=100", "--lr_values=0.1"], "lr_values", "one more entry"),
     ("train", ["--lr_boundaries=100,200", "--lr_values=0.1,0.01"], "lr_values", "one more entry"),
     ("train", ["--lr_boundaries=100"], "lr_boundaries", "needs lr_values"),
@@ -148,7 +153,7 @@ def test_fractions_work_for_every_float_flag():
     """bin/train accepts 8/255 like bin/evaluate (was: 'could not convert string to float')."""
     out = _python(
         "train",
-        "o, t, a, e = cli.train_parts()\n"
+        "c = cli.recipe_config(); o, t, a, e = c.optimizer, c.triplet, c.attack, c.eval_attack\n"
         "print(a.eps, a.step_size, e.eps, e.step_size, o.learning_rate, o.lr_values, "
         "t.margin, t.lambda_norm, o.momentum)",
         "--flagfile=configs/mnist5k.flags",
@@ -184,7 +189,7 @@ def test_fractions_work_for_every_float_flag():
 def test_every_flagfile_parses_into_valid_configs(flagfile):
     out = _python(
         "train",
-        "o, t, a, e = cli.train_parts(); print(o.learning_rate, a.eps)",
+        "c = cli.recipe_config(); print(c.optimizer.learning_rate, c.attack.eps)",
         f"--flagfile={flagfile}",
         "--model_dir=unused",
     )

@@ -202,9 +202,11 @@ built, out = {}, {}
 for path in sorted(glob.glob('configs/*.flags')):
     FLAGS.unparse_flags()
     FLAGS(['train', '--flagfile=' + path, '--model_dir=unused'])
-    optimizer, triplet, attack, eval_attack = cli.train_parts()
+    config = cli.recipe_config()
+    optimizer, triplet, attack, eval_attack = (
+        config.optimizer, config.triplet, config.attack, config.eval_attack)
     spec = data.dataset_info(FLAGS.dataset)
-    kwargs = cli.model_kwargs(FLAGS.model)
+    kwargs = config.model_kwargs
     key = (FLAGS.model, spec.image_shape, spec.num_classes, json.dumps(kwargs, sort_keys=True))
     if key not in built:
         model = models.build(FLAGS.model, spec.num_classes, spec.image_shape,

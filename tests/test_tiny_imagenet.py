@@ -329,18 +329,20 @@ def test_flagfile_parses_to_the_authors_values():
     script = (
         "import sys; from absl import flags; from tf_metric_robust import cli, config\n"
         "cli.define_train_flags(); F = flags.FLAGS; F(sys.argv)\n"
-        "a = cli.attack_config(); e = cli.attack_config('eval_')\n"
-        "t = config.TripletConfig(mining=F.triplet_mining, negative_pool=F.negative_pool, "
-        "positive=F.triplet_positive, margin=F.margin, margin_other=F.margin_other, "
-        "distance=F.triplet_distance, lambda_triplet=F.lambda_triplet, "
-        "lambda_norm=F.lambda_norm, pool_multiplier=F.pool_multiplier)\n"
+        "c = cli.recipe_config(); a, e, t = c.attack, c.eval_attack, c.triplet\n"
         "print(F.dataset, F.model, F.mode, F.batch_size, F.momentum, F.weight_decay, "
         "F.label_smoothing, F.augment, F.optimizer, ','.join(F.lr_values), a.steps, e.steps, "
         "t.positive, t.margin, t.margin_other if t.margin_other is not None else t.margin, t.negative_pool, t.pool_multiplier, t.distance, "
         "t.lambda_triplet, t.lambda_norm, a.eps, a.step_size, e.step_size)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, f"--flagfile={REPO}/configs/tiny_imagenet.flags"],
+        [
+            sys.executable,
+            "-c",
+            script,
+            f"--flagfile={REPO}/configs/tiny_imagenet.flags",
+            "--model_dir=x",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

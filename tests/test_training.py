@@ -436,18 +436,19 @@ def test_kl_modes_refuse_label_smoothing_and_trades_attack_loss():
     network = models.build("small_cnn", 10, (28, 28, 1))
     with pytest.raises(ValueError, match="label_smoothing"):
         AdversarialTrainer(network, mode="trades", attack=ATTACK, label_smoothing=0.1)
+    rules = dict(base="pgd", positive_noise=0.0)
     with pytest.raises(UserError, match="label_smoothing=0"):
-        check_mode("mart", beta=6.0, label_smoothing=0.1, attack=ATTACK)
+        check_mode("mart", label_smoothing=0.1, attack=ATTACK, **rules)
     with pytest.raises(UserError, match="attack_loss"):
         check_mode(
             "trades",
-            beta=6.0,
             label_smoothing=0.0,
             attack=AttackConfig(eps=0.1, step_size=0.05, steps=3, loss="cw"),
+            **rules,
         )
-    with pytest.raises(UserError, match="beta"):
-        check_mode("trades", beta=-1.0, label_smoothing=0.0, attack=ATTACK)
-    check_mode("tla", beta=6.0, label_smoothing=0.1, attack=ATTACK)
+    with pytest.raises(UserError, match="beta must be in"):
+        TrainConfig(model_dir="unused", mode="trades", beta=-1.0, attack=ATTACK)
+    check_mode("tla", label_smoothing=0.1, attack=ATTACK, **rules)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,13 +527,11 @@ def test_base_trades_is_refused_where_it_cannot_run():
             triplet=TripletConfig(positive_noise=8 / 255),
         )
     with pytest.raises(UserError, match="--mode=tla"):
-        check_mode("mart", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades")
+        check_mode("mart", label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0)
     with pytest.raises(UserError, match="label_smoothing=0"):
-        check_mode("tla", beta=6.0, label_smoothing=0.1, attack=ATTACK, base="trades")
+        check_mode("tla", label_smoothing=0.1, attack=ATTACK, base="trades", positive_noise=0)
     with pytest.raises(UserError, match="positive_noise"):
-        check_mode(
-            "tla", beta=6.0, label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0.1
-        )
+        check_mode("tla", label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0.1)
 
 
 def test_trainer_without_evaluation_attack_fails_at_construction():

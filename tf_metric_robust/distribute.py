@@ -9,9 +9,8 @@ import itertools
 import json
 import os
 
-from tf_metric_robust.config import UserError
+from tf_metric_robust.config import STRATEGIES, UserError
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 # Collective group keys of each MirroredStrategy start here (see mirrored_strategy below); a wide
 # stride leaves room for the groups and instance keys one strategy allocates.
 _COLLECTIVE_KEY_STRIDE = 100_000

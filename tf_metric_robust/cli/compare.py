@@ -6,7 +6,7 @@ from absl import flags
 
 from tf_metric_robust import config as cfg
 from tf_metric_robust.cli.common import FLAGS, SEED_RANGE, UsageError, number_list, our_flags
-from tf_metric_robust.cli.train_flags import define_train_flags
+from tf_metric_robust.cli.train import define_train_flags
 
 COMPARE_FLAGS = (
     "modes",

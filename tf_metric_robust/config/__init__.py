@@ -1,10 +1,21 @@
 """The TF-free config layer: every run setting as a frozen dataclass that validates itself.
 
-cli.py maps flags to these and turns a UserError into a one-line usage error; library modules take
-them (or plain arguments) and never read flags. Importing this package never imports TensorFlow.
+Each setting is declared once, on its field (common.setting: default, help, range or choices);
+cli/ generates the flags from those declarations and turns a UserError into a one-line usage
+error; library modules take the configs (or plain arguments) and never read flags. Importing this
+package never imports TensorFlow.
 """
 
-from tf_metric_robust.config.common import NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, Range, UserError
+from tf_metric_robust.config.common import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    UNIT_OPEN,
+    Range,
+    UserError,
+    flag_name,
+)
 from tf_metric_robust.config.compare import CompareConfig
 from tf_metric_robust.config.evaluation import (
     DEFAULT_ATTACKS,
@@ -40,7 +51,14 @@ from tf_metric_robust.config.training import (
     TripletConfig,
     check_mode,
 )
-from tf_metric_robust.config.run import OPERATIONAL_FIELDS, TrainConfig
+from tf_metric_robust.config.run import (
+    DATASETS,
+    MODELS,
+    OPERATIONAL_FIELDS,
+    STRATEGIES,
+    TrainConfig,
+    WideResNetShape,
+)
 
 __all__ = [
     "DEFAULT_ATTACKS",
@@ -60,6 +78,7 @@ __all__ = [
     "MININGS",
     "MODES",
     "NEGATIVE_POOLS",
+    "AT_LEAST_ONE",
     "NON_NEGATIVE",
     "OPERATIONAL_FIELDS",
     "OTHER_POSITIVES",
@@ -77,6 +96,11 @@ __all__ = [
     "TrainConfig",
     "TripletConfig",
     "UserError",
+    "flag_name",
+    "DATASETS",
+    "MODELS",
+    "STRATEGIES",
+    "WideResNetShape",
     "check_mode",
     "covariance_problem",
     "detector_settings",

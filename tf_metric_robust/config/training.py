@@ -1,13 +1,24 @@
 """Training settings: the attack, the overfitting guard, the TLA triplet term, the optimiser.
 
-Frozen dataclasses built by cli.train_config() (or directly from Python); each validates itself
-and names the flag in its message. No TensorFlow here.
+Frozen dataclasses built by cli.train_config() (or directly from Python); each setting is declared
+once on its field (default, help, range or choices: common.setting), bin/train's flags are made
+from those declarations, and each config validates itself, naming the flag. No TensorFlow here.
 """
 
 import dataclasses
 from typing import Optional, Tuple
 
-from tf_metric_robust.config.common import NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN, UserError
+from tf_metric_robust.config.common import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    UNIT_OPEN,
+    Range,
+    UserError,
+    check_settings,
+    setting,
+)
 
 MODES = ("natural", "pgd", "tla", "trades", "mart")
 KL_MODES = ("trades", "mart")  # TRADES (Zhang et al. 2019), MART (Wang et al. 2020): beta x KL
@@ -25,24 +36,37 @@ DISTANCES = ("abs_cosine", "cosine", "l2", "squared_l2")
 RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 
+NORMS = ("linf", "l2")
+ATTACK_LOSSES = ("ce", "cw")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-    """An L-inf/L2 PGD attack (Madry et al. 2018): eps and step_size on the [0,1] pixel scale."""
+    """An L-inf/L2 PGD attack (Madry et al. 2018): eps and step_size on the [0,1] pixel scale.
 
-    eps: float
-    step_size: float
-    steps: int
-    norm: str = "linf"
-    loss: str = "ce"
-    random_start: bool = True
-    restarts: int = 1
-    method: str = "pgd"  # TRAIN_ATTACKS; fgsm_rs / n_fgsm: one step from a random start
+    Its flags: --eps, --step_size, ... for the training attack, --eval_eps, ... for the evaluation
+    attack (TrainConfig.attack and eval_attack, whose defaults differ in steps)."""
+
+    eps: float = setting(0.3, "L-inf/L2 radius on the [0,1] scale.", valid=UNIT)
+    step_size: float = setting(0.01, "Step size of each PGD step.", valid=POSITIVE)
+    steps: int = setting(40, "Number of PGD steps.", valid=AT_LEAST_ONE)
+    norm: str = setting("linf", "Norm of the threat model.", choices=NORMS)
+    loss: str = setting(
+        "ce", "Loss: cross-entropy or CW margin.", choices=ATTACK_LOSSES, flag="attack_loss"
+    )
+    random_start: bool = setting(True, "Random start in the ball.")
+    restarts: int = setting(1, "Random restarts (the strongest kept).", valid=AT_LEAST_ONE)
+    method: str = setting(
+        "pgd",
+        "Training attack (pgd, trades, tla, mart): PGD; fgsm_rs: FGSM from a uniform start, step "
+        "1.25 eps, projected (Wong et al. 2020); n_fgsm: noise U(-2 eps, 2 eps), step eps, no "
+        "projection to the eps-ball (de Jorge et al. 2022). Fast ones need --steps=1.",
+        choices=TRAIN_ATTACKS,
+        flag="train_attack",
+    )
 
     def __post_init__(self):
-        if self.method not in TRAIN_ATTACKS:
-            raise UserError(
-                f"train_attack must be one of {', '.join(TRAIN_ATTACKS)}; got {self.method!r}"
-            )
+        check_settings(self)
         if self.method != "pgd" and (
             self.steps != 1 or self.restarts != 1 or not self.random_start
         ):
@@ -51,16 +75,6 @@ class AttackConfig:
                 f"--steps=1 and --random_start (got steps {self.steps}, random_start "
                 f"{self.random_start}); step size: FGSM-RS 1.25 eps, N-FGSM eps"
             )
-        UNIT.check("eps", self.eps)  # images are on [0,1]
-        POSITIVE.check("step_size", self.step_size)
-        if self.steps < 1:
-            raise UserError(f"steps must be >= 1, got {self.steps}")
-        if self.norm not in ("linf", "l2"):
-            raise UserError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
-        if self.loss not in ("ce", "cw"):
-            raise UserError(f"attack loss must be 'ce' or 'cw', got {self.loss!r}")
-        if self.restarts < 1:
-            raise UserError(f"restarts must be >= 1, got {self.restarts}")
 
     def kwargs(self):
         """Keyword arguments of `attacks.pgd` (FGSM-RS is its one-step case; N-FGSM adds a 2 eps
@@ -74,24 +88,32 @@ class AttackConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OverfitConfig:
-    """The catastrophic-overfitting guard of fast AT (overfit_guard.py; Wong et al. 2020).
+    """The catastrophic-overfitting guard of fast AT (overfit_guard.py; Wong et al. 2020)."""
 
-    check_every 0 turns it off; drop is the PGD-accuracy fall that counts as a collapse.
-    """
-
-    check_every: int = 0
-    action: str = "warn"
-    drop: float = 0.2  # train_fgsm.py:137
+    check_every: int = setting(
+        0,
+        "Catastrophic-overfitting guard: PGD-5 and FGSM probe on a fixed batch every this many "
+        "steps (0: off).",
+        valid=NON_NEGATIVE,
+        flag="overfit_check_every",
+    )
+    action: str = setting(
+        "warn",
+        "When PGD probe accuracy collapses while FGSM accuracy climbs: warn, or restore the "
+        "last good weights and continue with the training step size x 0.8.",
+        choices=OVERFIT_ACTIONS,
+        flag="on_overfit",
+    )
+    drop: float = setting(
+        0.2,
+        "PGD probe accuracy fall from its best that counts as a collapse (Wong et al. "
+        "train_fgsm.py:137: 0.2).",
+        valid=Range(0.0, 1.0, low_open=True),
+        flag="overfit_drop",
+    )
 
     def __post_init__(self):
-        if self.check_every < 0:
-            raise UserError(f"overfit_check_every must be >= 0, got {self.check_every}")
-        if self.action not in OVERFIT_ACTIONS:
-            raise UserError(
-                f"on_overfit must be one of {', '.join(OVERFIT_ACTIONS)}; got {self.action!r}"
-            )
-        if not 0 < self.drop <= 1:
-            raise UserError(f"overfit_drop must be in (0, 1], got {self.drop}")
+        check_settings(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,66 +126,76 @@ class TripletConfig:
     mining 'semihard': TFA's triplet_semihard_loss over the joint adversarial + clean batch.
     """
 
-    mining: str = "paper"
-    negative_pool: str = "batch"
-    positive: str = "own"
-    margin: float = 0.03
-    margin_other: Optional[float] = None  # the other-image positive term's margin (None: margin)
-    distance: str = "abs_cosine"
-    lambda_triplet: float = 2.0
-    lambda_norm: float = 1e-3
-    bank_size: int = 4096
-    pool_multiplier: int = 10
-    # Issue 14: the authors' passes and positives (train_update_fast_triplet.py).
-    separate_passes: bool = True  # one forward pass (own BN statistics) per image batch
-    positive_noise: float = 0.0  # own positive: +-noise uniform, on the 1/255 grid (CIFAR 8/255)
-    other_positive: str = "batch"  # 'data': an independent image of the class; 'batch': a partner
+    mining: str = setting(
+        "paper",
+        "paper: adversarial anchor vs hardest clean negative; semihard: TFA loss.",
+        choices=MININGS,
+        flag="triplet_mining",
+    )
+    negative_pool: str = setting(
+        "batch", "Where paper mining looks for negatives.", choices=NEGATIVE_POOLS
+    )
+    positive: str = setting(
+        "own",
+        "Positive: the anchor's clean source, another clean image of its class, or both terms.",
+        choices=POSITIVES,
+        flag="triplet_positive",
+    )
+    margin: float = setting(0.03, "Triplet margin alpha (own-source term).", valid=NON_NEGATIVE)
+    margin_other: Optional[float] = setting(
+        None, "Margin of the other-image term (default: margin).", valid=NON_NEGATIVE
+    )
+    distance: str = setting("abs_cosine", "Distance D.", choices=DISTANCES, flag="triplet_distance")
+    lambda_triplet: float = setting(2.0, "Weight of the triplet term.", valid=NON_NEGATIVE)
+    lambda_norm: float = setting(1e-3, "Weight of the embedding-norm term.", valid=NON_NEGATIVE)
+    bank_size: int = setting(4096, "Memory bank size in embeddings ('bank').", valid=AT_LEAST_ONE)
+    pool_multiplier: int = setting(
+        10,
+        "Extra clean pool size in batches ('extra'): a training step reads batch_size x (1 + "
+        "pool_multiplier) examples.",
+        valid=AT_LEAST_ONE,
+    )
+    # The authors' passes and positives (train_update_fast_triplet.py).
+    separate_passes: bool = setting(
+        True,
+        "TLA: one forward pass per image batch (clean, adversarial, negatives, other "
+        "positives), each with its own batch-norm statistics, as the authors "
+        "(train_update_fast_triplet.py:252-273); --noseparate_bn_passes: one joint pass "
+        "(faster; the same without BN).",
+        flag="separate_bn_passes",
+    )
+    positive_noise: float = setting(
+        0.0,
+        "TLA own positive: add uniform noise in [-x, x], rounded to the 1/255 grid, clipped "
+        "(authors' CIFAR nat_noise_level 8: 8/255).",
+        valid=UNIT,
+    )
+    other_positive: str = setting(
+        "batch",
+        "TLA's 'other' positive: data = an independent training image of the class (the "
+        "authors, train_update_fast_triplet.py:641-645); batch = another image of the class in "
+        "the batch, or the image itself if there is none (cheaper).",
+        choices=OTHER_POSITIVES,
+    )
 
     def __post_init__(self):
-        for name, value, allowed in (
-            ("triplet_mining", self.mining, MININGS),
-            ("negative_pool", self.negative_pool, NEGATIVE_POOLS),
-            ("triplet_positive", self.positive, POSITIVES),
-            ("triplet_distance", self.distance, DISTANCES),
-        ):
-            if value not in allowed:
-                raise UserError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        for name in ("margin", "lambda_triplet", "lambda_norm"):
-            NON_NEGATIVE.check(name, getattr(self, name))
-        if self.margin_other is not None:
-            NON_NEGATIVE.check("margin_other", self.margin_other)
-        for name in ("bank_size", "pool_multiplier"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.other_positive not in OTHER_POSITIVES:
-            raise UserError(
-                f"other_positive must be one of {', '.join(OTHER_POSITIVES)}; "
-                f"got {self.other_positive!r}"
-            )
-        if not 0.0 <= self.positive_noise <= 1.0:
-            raise UserError(f"positive_noise must be in [0, 1], got {self.positive_noise}")
+        check_settings(self)
 
 
-def check_mode(mode, *, beta, label_smoothing, attack, base="pgd", positive_noise=0.0):
-    """Raises UserError unless `mode` can run with these settings (the flag names are the fields).
+def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
+    """UserError unless `mode` (with `base`) can run with these settings: the one statement of
+    what each mode needs of the others, for TrainConfig and for trainers built without one.
 
-    trades/mart: beta >= 0, plain cross-entropy as their references (label_smoothing 0); trades'
-    attack maximises its KL term, so the attack loss must stay 'ce' and restarts 1. tla with
-    base 'trades' (ours) follows trades, and takes TRADES' terms from an un-noised clean pass.
+    trades/mart train with plain cross-entropy as their references (label_smoothing 0); trades'
+    attack maximises its KL term, so the attack loss stays 'ce' with one restart. tla with base
+    'trades' (ours) follows trades, and takes TRADES' terms from an un-noised clean pass.
     """
-    if mode not in MODES:
-        raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    NON_NEGATIVE.check("beta", beta)
-    if base not in BASES or (base != "pgd" and mode != "tla"):
-        raise UserError(
-            f"base must be one of {', '.join(BASES)}, and other than pgd only with "
-            f"--mode=tla; got --base={base} with --mode={mode}"
-        )
+    if base != "pgd" and mode != "tla":
+        raise UserError(f"--base={base} needs --mode=tla (got --mode={mode})")
     if base == "trades" and positive_noise:
         raise UserError(
-            "--base=trades takes TRADES' terms from the clean pass, which "
-            f"--positive_noise would change: pass --positive_noise=0 (got "
-            f"{positive_noise})"
+            "--base=trades takes TRADES' terms from the clean pass, which --positive_noise "
+            f"would change: pass --positive_noise=0 (got {positive_noise})"
         )
     if mode not in KL_MODES and base == "pgd":
         return
@@ -174,32 +206,38 @@ def check_mode(mode, *, beta, label_smoothing, attack, base="pgd", positive_nois
         )
     if (mode == "trades" or base == "trades") and (attack.loss != "ce" or attack.restarts != 1):
         raise UserError(
-            "mode trades attacks its own KL term: --attack_loss must be ce (the "
-            f"default) and restarts 1, got {attack.loss!r} and {attack.restarts}"
+            "mode trades attacks its own KL term: --attack_loss must be ce (the default) and "
+            f"restarts 1, got {attack.loss!r} and {attack.restarts}"
         )
+
+
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """SGD with momentum and a piecewise-constant schedule, as Madry and the TLA authors train."""
 
-    name: str = "sgd"
-    learning_rate: float = 0.1
-    lr_boundaries: Tuple[int, ...] = ()
-    lr_values: Tuple[float, ...] = ()
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
+    name: str = setting("sgd", "Optimizer.", choices=OPTIMIZERS, flag="optimizer")
+    learning_rate: float = setting(0.1, "Initial learning rate.", valid=POSITIVE)
+    lr_boundaries: Tuple[int, ...] = setting(
+        (),
+        "Steps where the learning rate changes: strictly increasing whole numbers >= 1 (needs "
+        "--lr_values).",
+        valid=AT_LEAST_ONE,
+    )
+    lr_values: Tuple[float, ...] = setting(
+        (),
+        "Learning rates, one more than --lr_boundaries (fractions like 1/10 work).",
+        valid=POSITIVE,
+    )
+    momentum: float = setting(0.9, "SGD momentum.", valid=UNIT_OPEN)
+    weight_decay: float = setting(
+        2e-4, "Coefficient of sum(l2_loss(kernel)) (Madry style).", valid=NON_NEGATIVE
+    )
 
     def __post_init__(self):
-        if self.name not in ("sgd", "adam"):
-            raise UserError(f"optimizer must be 'sgd' or 'adam', got {self.name!r}")
-        POSITIVE.check("learning_rate", self.learning_rate)
-        for value in self.lr_values:
-            POSITIVE.check("lr_values", value)
-        UNIT_OPEN.check("momentum", self.momentum)
-        NON_NEGATIVE.check("weight_decay", self.weight_decay)
-        if any(not float(b).is_integer() or b < 1 for b in self.lr_boundaries):
-            raise UserError(f"lr_boundaries must be whole steps >= 1, got {self.lr_boundaries}")
+        check_settings(self)
         if any(a >= b for a, b in zip(self.lr_boundaries, self.lr_boundaries[1:])):
             raise UserError(f"lr_boundaries must be strictly increasing, got {self.lr_boundaries}")
         if self.lr_boundaries and not self.lr_values:
