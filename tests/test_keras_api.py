@@ -1,4 +1,4 @@
-"""Your own Keras model (issue 18 item 8): models.with_embedding and the README's example.
+"""Your own Keras model: models.with_embedding and the README's example.
 
 The example is read from README.md's "Your own Keras model" section and executed as written,
 with only its MODE and STEPS constants replaced, so the README and this test cannot drift.
