@@ -186,7 +186,9 @@ def test_square_exposes_gradient_masking(masked_fn, trained):
         y,
         eps=0.15,
         steps=STEPS,
-        queries=QUERIES,
+        # Twice the module's budget: with 300 queries Square ends at 0.64, within a few examples
+        # of the 0.3 gap on either kernel path (oneDNN on or off); 600 clear it.
+        queries=2 * QUERIES,
         num_target_classes=TARGETS,
         seed=0,
         batch_size=32,
