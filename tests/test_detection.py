@@ -316,11 +316,58 @@ def test_protocol_on_a_hand_made_case():
 
 
 def test_strongest_per_example_prefers_undetected_misclassification():
-    plain = (np.array([0.9, 0.1, 0.2, 0.3]), np.array([False, True, False, True]))
-    other = (np.array([0.4, 0.05, 0.6, 0.1]), np.array([False, True, False, False]))
+    plain = (np.array([0.9, 0.1, 0.2, 0.3, 0.3]), np.array([False, True, False, True, True]))
+    other = (np.array([0.4, 0.05, 0.6, 0.1, 0.7]), np.array([False, True, False, False, False]))
     chosen = detection.strongest_per_example([plain, other], threshold=0.5)
-    # 0: other evades; 1: both correct, lower score; 2: plain evades; 3: other misclassifies.
-    np.testing.assert_array_equal(chosen, [1, 1, 0, 1])
+    # 0: both misclassified, other lower; 1: both correct: plain stays; 2: plain evades, other is
+    # flagged; 3: other misclassified and unflagged; 4: other misclassified but flagged: a
+    # failure against classifier + detector like plain's correct image, so plain stays.
+    np.testing.assert_array_equal(chosen, [1, 0, 0, 1, 0])
+    third = (np.array([0.9, 0.9, 0.9, 0.05, 0.9]), np.array([False] * 5))
+    chosen = detection.strongest_per_example([plain, other, third], threshold=0.5)
+    np.testing.assert_array_equal(chosen, [1, 0, 0, 2, 0])  # 3: the lowest score wins
+
+
+def _protocol(clean, candidate, threshold):
+    return detection.protocol_report(*clean, *candidate, threshold)[0]
+
+
+def test_strongest_per_example_is_never_better_for_the_defender():
+    """Against plain PGD alone: accuracy and TPR never rise, undetected misclassifications never
+    fall, on random candidates; a case where keeping the lowest score of correctly classified
+    images (the choice before) raised the paper-protocol AUC above plain PGD's now lowers it."""
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        n, k = 30, int(rng.integers(2, 5))
+        clean = (rng.random(n), rng.random(n) < 0.9)
+        threshold = detection.threshold_at_fpr(clean[0])
+        candidates = [(rng.random(n) * 1.5, rng.random(n) < rng.random()) for _ in range(k)]
+        chosen = detection.strongest_per_example(candidates, threshold)
+        rows = np.arange(n)
+        best = (
+            np.stack([s for s, _ in candidates])[chosen, rows],
+            np.stack([c for _, c in candidates])[chosen, rows],
+        )
+        plain, adaptive = (_protocol(clean, c, threshold) for c in (candidates[0], best))
+        assert adaptive["accuracy"] <= plain["accuracy"]
+        assert (
+            adaptive["undetected_misclassified_at_5pct_fpr"]
+            >= plain["undetected_misclassified_at_5pct_fpr"]
+        )
+        if plain["tpr_at_5pct_fpr"] is not None:
+            assert adaptive["tpr_at_5pct_fpr"] <= plain["tpr_at_5pct_fpr"]
+        wrong = ~candidates[0][1]  # plain's misclassified images: never a higher score
+        assert np.all(~best[1][wrong]) and np.all(best[0][wrong] <= candidates[0][0][wrong])
+    # Correct adversarial images scored high by plain PGD, low by the adaptive attack.
+    clean = (np.array([0.1, 0.2, 0.3, 0.4]), np.array([True, True, True, True]))
+    plain = (np.array([0.9, 0.8, 0.35, 0.05]), np.array([True, True, False, False]))
+    adaptive = (np.array([0.0, 0.0, 0.3, 0.05]), np.array([True, True, False, False]))
+    chosen = detection.strongest_per_example([plain, adaptive], threshold=0.5)
+    np.testing.assert_array_equal(chosen, [0, 0, 1, 0])
+    best = (np.where(chosen, adaptive[0], plain[0]), np.where(chosen, adaptive[1], plain[1]))
+    auc = "auc_misclassified_vs_correct_all"
+    before = _protocol(clean, adaptive, 0.5)[auc]  # every image from the adaptive attack
+    assert _protocol(clean, best, 0.5)[auc] <= _protocol(clean, plain, 0.5)[auc] < before
 
 
 def test_build_and_knn_classify():

@@ -14,7 +14,7 @@ from tf_metric_robust.config import EvalConfig, ExportConfig
 from tf_metric_robust.evaluation import detection_protocol
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
-from tf_metric_robust.evaluation.outputs import write_figures
+from tf_metric_robust.evaluation.outputs import summary_text, write_figures
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +122,65 @@ def test_evaluate_reports_the_paper_protocol(setting, tmp_path):
     assert 0.0 <= section["knn_accuracy"]["clean"] <= 1.0 and section["knn_accuracy"]["k"] == 20
     assert "adaptive_detector" in result.report["attacks"]
     assert result.report["attacks"]["adaptive_detector"]["counts_for_robust"]
+    # The adaptive runs at eps 0.3 lie inside the threat model: they count for the worst case.
+    report = result.report
+    runs = [r["run"] for d in entry["detectors"].values() for r in d["adaptive_sweep"]]
+    assert len(runs) == 2 and set(runs) <= set(report["robust_attacks"])
+    expected = result.correct["clean"].copy()
+    for name in report["robust_attacks"]:
+        expected &= result.correct[name]
+    np.testing.assert_array_equal(result.correct["robust"], expected)
+    assert report["robust_accuracy"] <= min(
+        r["accuracy"] for d in entry["detectors"].values() for r in d["adaptive_sweep"]
+    )
+    assert set(runs) <= set(report["per_example"]["predictions"])
+    text = " ".join(summary_text(report).split())
+    assert (
+        f"robust accuracy (worst) {report['robust_accuracy']:.4f} per example over clean and the "
+        f"{len(report['robust_attacks'])} runs inside linf eps 0.3: pgd, adaptive_detector; "
+    ) in text
+    assert "2 adaptive detection attack runs" in text
     figures = write_figures(result, str(tmp_path))
     assert (tmp_path / figures["roc"]).read_bytes()[:4] == b"\x89PNG"
     json.dumps(result.report)  # JSON-ready
+
+
+def test_adaptive_numbers_never_better_for_the_defender_than_plain(setting):
+    """At eps 0.1 the natural model keeps about 70% of the digits under PGD, so the adaptive
+    attack can turn correct images misclassified: per detector its paper-protocol AUC, accuracy and
+    TPR stay at or below plain PGD's and its undetected rate at or above."""
+    _, fns, x, y, reference, _ = setting
+    config = EvalConfig(
+        eps=0.1,
+        step_size=0.025,
+        steps=10,
+        attacks=("pgd",),
+        eps_sweep=(),
+        steps_sweep=(),
+        detection=True,
+        detection_eps=(0.1,),
+        detection_steps=10,
+        detection_weights=(0.1, 1.0, 10.0),
+        detection_k=50,
+    )
+    result = evaluate(fns, (x, y), config, reference=reference, batch_size=50)
+    (entry,) = result.report["detection"]["attacks"]
+    assert 0.3 < entry["accuracy"] < 0.95, entry["accuracy"]  # some correct, some fooled
+    for kind, numbers in entry["detectors"].items():
+        plain, adaptive = numbers["plain"], numbers["adaptive"]
+        auc = "auc_misclassified_vs_correct_all"
+        print(f"{kind}: AUC plain {plain[auc]:.4f} adaptive {adaptive[auc]:.4f}")
+        assert adaptive[auc] <= plain[auc]
+        assert adaptive["accuracy"] <= plain["accuracy"]
+        assert adaptive["tpr_at_5pct_fpr"] <= plain["tpr_at_5pct_fpr"]
+        assert (
+            adaptive["undetected_misclassified_at_5pct_fpr"]
+            >= plain["undetected_misclassified_at_5pct_fpr"]
+        )
+        # The classifier alone: the worst case counts every adaptive run (eps 0.1 = the threat).
+        for run in numbers["adaptive_sweep"]:
+            assert run["run"] in result.report["robust_attacks"]
+            assert result.report["robust_accuracy"] <= run["accuracy"]
 
 
 def test_export_and_evaluate_score_alike(setting, tmp_path, mnist5k_data_dir):

@@ -2,10 +2,12 @@
 report schema, and bin/evaluate end to end and on bad input (small CNN trained briefly on MNIST-5k).
 """
 
+import dataclasses
 import functools
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -275,6 +277,8 @@ def _assert_report_schema(report):
                     "tpr_at_5pct_fpr",
                     "undetected_misclassified_at_5pct_fpr",
                 } <= set(result["plain"])
+                for run in result["adaptive_sweep"]:
+                    assert {"weight", "run", "accuracy"} <= set(run)
 
 
 def test_saved_model_of_a_run_matches_network(trained, tmp_path):
@@ -389,8 +393,81 @@ def test_bin_evaluate_end_to_end(trained, tmp_path):
     assert report["sanity"]["passed"], report["sanity"]
     for figure in ("accuracy_vs_eps.png", "accuracy_vs_steps.png", "detection_roc.png"):
         assert os.path.getsize(os.path.join(model_dir, "evaluation", name, figure)) > 1000
+    # Named by what ran: threat model, attacks, detection, then the settings' hash.
+    assert "-linf-eps0.3-steps2-fgsm+pgd_cw-detection-" in name
     assert os.listdir(os.path.join(model_dir, "tensorboard", "evaluate", name))
+    assert f"tensorboard: {os.path.join(model_dir, 'tensorboard', 'evaluate', name)}" in stdout
     assert "robust accuracy (worst)" in stdout
+    _assert_progress_lines(stdout.splitlines(), report)
+
+
+def _assert_progress_lines(lines, report):
+    """With stdout a pipe: a header naming every part, then one line per finished attack run,
+    the sanity checks, each AutoAttack member and adaptive run, and detection, each timed."""
+    start = next(i for i, line in enumerate(lines) if line.startswith("Evaluation plan: "))
+    header = "\n".join(lines[start : start + 8])
+    config = report["config"]
+    assert f"  attacks: {', '.join(config['attacks'])}\n" in header
+    assert "  eps sweep (PGD): eps " + ", ".join(f"{e:.4g}" for e in config["eps_sweep"]) in header
+    assert "  steps sweep (PGD): steps " + ", ".join(map(str, config["steps_sweep"])) in header
+    assert "  sanity checks (Carlini et al. 2019)" in header
+    assert ("  AutoAttack (" in header) == (config["suite"] != "none")
+    assert ("  detection (gaussian, knn): " in header) == config["detection"]
+    timed = re.compile(r"\(\d+\.\d s\)$")
+    done = [line for line in lines[start:] if timed.search(line)]
+    count = len(report["attacks"])  # report.json sorts its keys: the index is the run order
+    runs = [re.match(rf"\[(\d+)/{count}\] (\S+) \(", line) for line in done]
+    runs = [match.groups() for match in runs if match]
+    assert sorted(name for _, name in runs) == sorted(report["attacks"])
+    assert sorted(int(index) for index, _ in runs) == list(range(1, count + 1))
+    assert sum(line.startswith("sanity checks: ") for line in done) == 1
+    if report["suite"]:
+        for member in report["suite"]["attacks"]:
+            assert sum(line.startswith(f"AutoAttack {member}: ") for line in done) == 1
+        assert sum(line.startswith("AutoAttack (") for line in done) == 1
+    if report["detection"]:
+        adaptive = [
+            r
+            for e in report["detection"]["attacks"]
+            for d in e["detectors"].values()
+            for r in d["adaptive_sweep"]
+        ]
+        assert sum(line.startswith("detection: adaptive attack on ") for line in done) == len(
+            adaptive
+        )
+        assert sum(line.startswith("detection: eps ") for line in done) == 1
+
+
+def test_progress_goes_to_the_callable_only(trained, mnist5k_arrays, capfd):
+    """The library prints nothing; the `progress` callable gets the header and a timed line per
+    finished part (attacks, sweeps, sanity checks, AutoAttack, detection)."""
+    _, fns, x, y = trained
+    images, labels = mnist5k_arrays
+    rows = np.random.default_rng(0).permutation(len(labels))[:300]
+    config = dataclasses.replace(
+        TINY,
+        detection=True,
+        detection_eps=(0.3,),
+        detection_steps=2,
+        detection_weights=(1.0,),
+        detection_reference=300,
+        detection_k=10,
+        suite="autoattack",
+        suite_steps=2,
+        suite_queries=10,
+    )
+    lines = []
+    result = evaluate(
+        fns,
+        (x[:20], y[:20]),
+        config,
+        reference=(images[rows], labels[rows]),
+        batch_size=20,
+        progress=lines.append,
+    )
+    assert capfd.readouterr().out == ""
+    assert lines[0].startswith("Evaluation plan: 20 examples, threat model linf eps 0.3")
+    _assert_progress_lines(lines, result.report)
 
 
 def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
@@ -436,9 +513,25 @@ def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
     with open(os.path.join(evaluations, "latest", "report.json")) as f:
         assert json.load(f)["outputs"]["name"] == names[1]
     assert sorted(os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))) == sorted(names)
-    # Twice into one --output folder: the first one's figure does not outlive its report.
+    # Twice into one --output folder: the first one's figure does not outlive its report; the
+    # TensorBoard runs go beside the report, named by time, plan and hash, not into the run.
     output = str(tmp_path / "out")
-    evaluate(with_sweep, output)
-    assert sorted(os.listdir(output)) == ["accuracy_vs_eps.png", "report.json"]
-    evaluate(without_sweep, output)
-    assert os.listdir(output) == ["report.json"]
+    first = evaluate(with_sweep, output)
+    assert sorted(os.listdir(output)) == [
+        "accuracy_vs_eps.png",
+        "report.json",
+        "report_tensorboard",
+    ]
+    second = evaluate(without_sweep, output)
+    assert sorted(os.listdir(output)) == ["report.json", "report_tensorboard"]
+    runs = [first["outputs"]["name"], second["outputs"]["name"]]
+    assert "-linf-eps0.3-steps2-fgsm-" in runs[0] and "-linf-eps0.2-steps2-pgd-" in runs[1]
+    assert sorted(os.listdir(os.path.join(output, "report_tensorboard"))) == sorted(runs)
+    assert second["outputs"]["tensorboard"] == os.path.join(output, "report_tensorboard", runs[1])
+    assert sorted(os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))) == sorted(names)
+    # A report file names the folder: <stem>_tensorboard beside it.
+    third = evaluate(without_sweep, str(tmp_path / "reports" / "pgd.json"))
+    assert third["outputs"]["tensorboard"] == os.path.join(
+        str(tmp_path / "reports"), "pgd_tensorboard", third["outputs"]["name"]
+    )
+    assert sorted(os.listdir(tmp_path / "reports")) == ["pgd.json", "pgd_tensorboard"]

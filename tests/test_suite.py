@@ -5,6 +5,7 @@ briefly on MNIST-5k; a few APGD steps and Square queries instead of the paper's 
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -198,3 +199,9 @@ def test_bin_evaluate_suite_end_to_end(bin_evaluate):
     assert "suite autoattack (standard, eps 0.1)" in stdout
     assert "robust accuracy (worst)" in stdout
     assert os.listdir(os.path.join(model_dir, "tensorboard", "evaluate"))
+    # --noprogress drops the bar only: the plan names the suite, each member prints a timed line.
+    assert "\n  AutoAttack (standard): apgd_ce, apgd_t, fab_t, square\n" in stdout
+    for member in section["attacks"]:
+        assert re.search(
+            rf"^AutoAttack {member}: robust accuracy [\d.]+ \(\d+\.\d s\)$", stdout, re.M
+        )

@@ -74,7 +74,8 @@ def define_evaluate_flags():
     flags.DEFINE_string(
         "output",
         None,
-        "report.json path (default: <model_dir>/evaluation/report.json); figures go next to it.",
+        "report.json path or its folder (default: <model_dir>/evaluation/<name>/report.json); "
+        "figures go next to it, TensorBoard into <report stem>_tensorboard/<name> beside it.",
     )
     flags.DEFINE_list(
         "attacks",
@@ -173,7 +174,12 @@ def define_evaluate_flags():
     flags.DEFINE_integer(
         "suite_queries", 5000, "Square queries of the suite (paper: 5000).", lower_bound=1
     )
-    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_bool(
+        "progress",
+        True,
+        "Show a progress bar per attack run on a terminal (the plan and one line per "
+        "finished run, with its time, are printed either way).",
+    )
     flags.DEFINE_bool("tensorboard", True, "Write TensorBoard summaries.")
 
 

@@ -130,13 +130,30 @@ def protocol_report(
 
 
 def strongest_per_example(candidates, threshold):
-    """Index [N] of the best candidate attack per image for an attacker who knows the detector:
-    misclassified and unflagged first, then misclassified with the lowest score, then the lowest
-    score. candidates: list of (scores [N], correct [N]) NumPy arrays."""
+    """Index [N] of the image an attacker who knows the detector keeps per example: plain PGD's
+    (candidates[0]) unless another candidate is stronger against classifier AND detector.
+
+    The adaptive attack (attacks/adaptive.py) follows Carlini & Wagner, "Adversarial examples are
+    not easily detected" (AISec 2017): one objective of the classifier's CW margin capped at kappa
+    and the detector's confidence; it succeeds on an image that is misclassified and not flagged
+    (score <= threshold). Candidate k replaces plain PGD's image exactly when k is misclassified
+    and its score is below plain's (plain misclassified) or at most `threshold` (plain correct);
+    among those the lowest score wins, ties going to the earlier candidate. A correct image and a
+    flagged misclassified one both fail against the pair, so neither replaces a correct plain one.
+
+    So per example a misclassified image's score never rises and no image turns correct: against
+    plain PGD, protocol_report's accuracy and tpr_at_5pct_fpr never rise and
+    undetected_misclassified_at_5pct_fpr never falls. The paper-protocol AUC falls with every
+    lowered score; an image plain PGD left correct that turns misclassified and unflagged moves
+    from the negatives to the positives, which can move that AUC either way.
+
+    candidates: list of (scores [N], correct [N]) NumPy arrays, plain PGD first.
+    """
     scores = np.stack([np.asarray(s, np.float64) for s, _ in candidates])
     wrong = ~np.stack([np.asarray(c, bool) for _, c in candidates])
-    evades = wrong & (scores <= threshold)
-    # Lexicographic: evades, then wrong, then -score (scores are finite).
-    key = np.stack([evades, wrong], axis=0).astype(np.float64)
-    order = np.lexsort((scores, -key[1], -key[0]), axis=0)
-    return order[0]
+    limit = np.where(wrong[0], scores[0], threshold)
+    # The lowest key wins (argmin: the first of equals); +inf marks a candidate that may not win,
+    # so where every key is +inf plain PGD (index 0) stays.
+    key = np.where(wrong & (scores <= limit), scores, np.inf)
+    key[0] = np.where(wrong[0], scores[0], np.inf)
+    return np.argmin(key, axis=0)

@@ -8,5 +8,6 @@ sanity.py              Carlini et al. (2019) sanity checks on the per-example ev
 suite.py               AutoAttack (Croce & Hein 2020) inside an evaluation
 detection_protocol.py  the TLA paper's detection protocol and the adaptive detector attack
 outputs.py, plots.py   figures, TensorBoard summaries, the printed summary
+progress.py            the plan and one line per finished run, for a `progress` callable
 run.py                 an evaluation of a model_dir or SavedModel: load, evaluate, write
 """

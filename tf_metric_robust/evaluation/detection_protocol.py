@@ -5,10 +5,14 @@ each detector, and report Table 4's k-NN accuracy.
 Protocol (Mao et al. 2019, arXiv 1909.00900, section 5.3, Figure 5): attack every test image with
 PGD (MNIST eps 0.3, 100 steps; CIFAR-10 eps 25/255, 20 steps; Tiny ImageNet 25/255, 30 steps),
 score all clean AND adversarial images, and compute the ROC AUC with every misclassified image a
-positive (detection.protocol_report). The adaptive attack (attacks/adaptive.py) runs at the same
-eps, step size and steps for each weight of `detection_weights`; per image the attacker keeps the
-strongest of plain PGD and the sweep (detection.strongest_per_example), since it knows the
-detector and its 5%-false-positive threshold.
+positive (detection.protocol_report). The adaptive attack (attacks/adaptive.py, after Carlini &
+Wagner 2017) runs at the same eps, step size and steps for each weight of `detection_weights`; per
+image the attacker, who knows the detector and its 5%-false-positive threshold, keeps plain PGD's
+image unless one of the sweep is stronger against classifier and detector together
+(detection.strongest_per_example: misclassified and unflagged, or misclassified with a lower
+score), so the 'adaptive' numbers are never better for the defender than the 'plain' ones in
+accuracy, TPR and undetected misclassifications. Each adaptive run inside the threat model also
+counts for the evaluation's worst-case robust accuracy (evaluate.py).
 """
 
 import functools
@@ -19,6 +23,7 @@ import tensorflow as tf
 from tf_metric_robust import detection
 from tf_metric_robust.attacks import adaptive
 from tf_metric_robust.config import UserError, detector_settings
+from tf_metric_robust.evaluation import progress as progress_lines
 
 
 def reference_embeddings(fns, reference, count, batch_size=200):
@@ -117,8 +122,8 @@ def _adaptive_fn(fns, detector, settings, weight):
 
 
 def _adaptive_outputs(runner, fns, det_name, detector, images, labels, settings, weight):
-    """(predictions [N], embeddings [N, D]) of the adaptive attack at one weight, shard by shard
-    (key root 'evaluation.adaptive', coordinate: the run's name)."""
+    """(run name, predictions [N], embeddings [N, D]) of the adaptive attack at one weight, shard
+    by shard (key root 'evaluation.adaptive', coordinate: the run's name)."""
     name = f"adaptive.{det_name}.eps{settings['eps']:.4g}.steps{settings['steps']}.weight{weight:g}"
     out = runner.run(
         name,
@@ -127,19 +132,36 @@ def _adaptive_outputs(runner, fns, det_name, detector, images, labels, settings,
         labels,
         root="evaluation.adaptive",
     )
-    return out["predictions"], out["embedding"]
+    return name, out["predictions"], out["embedding"]
 
 
 def _scores(detector, embeddings, predictions):
     return detector.score(embeddings, predictions).numpy().astype(np.float64)
 
 
-def run_detection(runner, fns, evidence, plan, config, detectors):
-    """Detection section of the report and ROC curves {label: (fpr, tpr, auc)}.
+def _strongest(candidates, weights, threshold, clean):
+    """Protocol numbers and ROC of the per-image strongest of plain PGD (candidates[0]) and the
+    adaptive sweep, with how many images each candidate gave."""
+    chosen = detection.strongest_per_example(candidates, threshold)
+    rows = np.arange(len(chosen))
+    scores = np.stack([s for s, _ in candidates])[chosen, rows]
+    correct = np.stack([c for _, c in candidates])[chosen, rows]
+    numbers, roc = detection.protocol_report(*clean, scores, correct, threshold)
+    counts = np.bincount(chosen, minlength=len(candidates))
+    numbers["chosen"] = {
+        "plain": int(counts[0]),
+        **{f"weight {w:g}": int(n) for w, n in zip(weights, counts[1:])},
+    }
+    return numbers, roc
+
+
+def run_detection(runner, fns, evidence, plan, config, detectors, progress=progress_lines.quiet):
+    """(detection section of the report, ROC curves {label: (fpr, tpr, auc)}, adaptive runs
+    {run name: {'eps', 'norm', 'predictions' [N]}}); `progress` gets a line per finished run.
 
     evidence: run_plan's output with images kept; plan.detection: (eps, run name) of the plain
-    PGD runs. For each run and detector: 'plain' and 'adaptive' (strongest of plain and the
-    sweep) protocol numbers, 'adaptive_sweep' per weight; Table 4's k-NN accuracy.
+    PGD runs. For each run and detector: 'plain' and 'adaptive' (strongest per image of plain and
+    the sweep) protocol numbers, 'adaptive_sweep' per weight; Table 4's k-NN accuracy.
     """
     if evidence["clean_embedding"] is None:
         raise UserError("detection needs a model that returns an embedding")
@@ -150,7 +172,7 @@ def run_detection(runner, fns, evidence, plan, config, detectors):
     thresholds = {name: detection.threshold_at_fpr(s) for name, s in clean_scores.items()}
     knn = detectors["knn"]
     knn_clean = float(np.mean(knn.classify(clean_emb).numpy() == labels))
-    entries, curves = [], {}
+    entries, curves, adaptive_runs = [], {}, {}
     for eps, name in plan.detection:
         spec = plan.specs[name]
         settings = {
@@ -169,39 +191,33 @@ def run_detection(runner, fns, evidence, plan, config, detectors):
         }
         for det_name, detector in detectors.items():
             threshold = thresholds[det_name]
+            clean = (clean_scores[det_name], clean_correct)
             plain_scores = _scores(detector, adv_emb, adv_pred)
             plain, plain_roc = detection.protocol_report(
-                clean_scores[det_name], clean_correct, plain_scores, adv_correct, threshold
+                *clean, plain_scores, adv_correct, threshold
             )
             candidates, sweep = [(plain_scores, adv_correct)], []
             for weight in config.detection_weights:
-                pred, emb = _adaptive_outputs(
+                run, pred, emb = _adaptive_outputs(
                     runner, fns, det_name, detector, images, labels, settings, weight
                 )
                 scores = _scores(detector, emb, pred)
-                numbers, _ = detection.protocol_report(
-                    clean_scores[det_name], clean_correct, scores, pred == labels, threshold
-                )
-                sweep.append({"weight": weight, **numbers})
+                numbers, _ = detection.protocol_report(*clean, scores, pred == labels, threshold)
+                sweep.append({"weight": weight, "run": run, **numbers})
                 candidates.append((scores, pred == labels))
+                adaptive_runs[run] = {"eps": eps, "norm": settings["norm"], "predictions": pred}
+                progress(
+                    progress_lines.timed(
+                        f"detection: adaptive attack on {det_name}, c {weight:g}, eps {eps:.4g}: "
+                        f"accuracy {numbers['accuracy']:.4f}",
+                        runner.seconds[run],
+                    )
+                )
             result = {"plain": plain, "adaptive": None, "adaptive_sweep": sweep}
             if sweep:
-                chosen = detection.strongest_per_example(candidates, threshold)
-                rows = np.arange(len(labels))
-                best_scores = np.stack([s for s, _ in candidates])[chosen, rows]
-                best_correct = np.stack([c for _, c in candidates])[chosen, rows]
-                adaptive_numbers, adaptive_roc = detection.protocol_report(
-                    clean_scores[det_name], clean_correct, best_scores, best_correct, threshold
+                result["adaptive"], adaptive_roc = _strongest(
+                    candidates, config.detection_weights, threshold, clean
                 )
-                counts = np.bincount(chosen, minlength=len(candidates))
-                adaptive_numbers["chosen"] = {
-                    "plain": int(counts[0]),
-                    **{
-                        f"weight {w:g}": int(n)
-                        for w, n in zip(config.detection_weights, counts[1:])
-                    },
-                }
-                result["adaptive"] = adaptive_numbers
             entry["detectors"][det_name] = result
             if det_name == config.detector or not curves:
                 _add_curve(
@@ -212,7 +228,7 @@ def run_detection(runner, fns, evidence, plan, config, detectors):
                         curves,
                         f"{det_name}, adaptive eps {eps:.4g}",
                         adaptive_roc,
-                        adaptive_numbers,
+                        result["adaptive"],
                     )
         entries.append(entry)
     summary = {
@@ -231,7 +247,7 @@ def run_detection(runner, fns, evidence, plan, config, detectors):
         },
         "attacks": entries,
     }
-    return summary, curves
+    return summary, curves, adaptive_runs
 
 
 def _add_curve(curves, label, roc, numbers):

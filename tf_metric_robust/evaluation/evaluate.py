@@ -5,8 +5,9 @@ adaptive attack on each detector), as one JSON-ready report.
 Defaults follow the literature: MNIST PGD-100, step 0.01, eps 0.3 (Madry et al., ICLR 2018);
 CIFAR-10 PGD-20, step 1/255, eps 8/255 (TLA evaluation, Mao et al., NeurIPS 2019). Robust accuracy
 per example is the logical AND of clean correctness and every attack run inside the threat model
-(AutoAttack's convention, Croce & Hein 2020). The checks are Carlini et al. 2019, "On Evaluating
-Adversarial Robustness" (see sanity.py).
+(AutoAttack's convention, Croce & Hein 2020): the plan's runs, the suite and the detection's
+adaptive attacks. The checks are Carlini et al. 2019, "On Evaluating Adversarial Robustness"
+(see sanity.py).
 
     result = evaluate(network, (x_test, y_test), EvalConfig(), dataset="mnist")
     result.report["robust_accuracy"]
@@ -22,6 +23,7 @@ import tensorflow as tf
 from tf_metric_robust import attacks as attacks_lib
 from tf_metric_robust.config import EvalConfig, UserError
 from tf_metric_robust.evaluation import detection_protocol, sanity, suite
+from tf_metric_robust.evaluation import progress as progress_lines
 from tf_metric_robust.evaluation.evidence import load_examples, run_plan
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.plan import build_plan, call_settings
@@ -77,6 +79,7 @@ def evaluate(
     num_examples=None,
     reference=None,
     registry=None,
+    progress=None,
     **runner_options,
 ):
     """Evaluates any model on (x, y) arrays or a tf.data.Dataset; returns an EvaluationResult.
@@ -85,14 +88,18 @@ def evaluate(
     (None fields take `dataset`'s literature defaults); num_examples: the first N of `data`;
     reference: clean training (x, y) or a dataset, needed when config.detection (the detectors
     cover the model's logit classes); registry: attack name -> function (default
-    attacks.ATTACKS). config.suite runs AutoAttack after the plan (suite.py) on all N examples
-    held in memory, into the worst case. runner_options: shards.ShardRunner's batch_size
-    (examples per shard, the unit every replica attacks; default 100), strategy (the local
-    replicas; default one device), store (a shard_store.ShardStore: files, resume, several
-    workers) and progress (a bar per run). The per-example results do not depend on strategy or
-    store. The report's 'model' section is left for the caller (evaluation/run.py) to fill.
+    attacks.ATTACKS); progress: a callable taking each progress line (progress.py: the plan
+    first, then one line per finished run or part with its time; bin/evaluate passes print).
+    config.suite runs AutoAttack after the plan (suite.py) on all N examples held in memory, into
+    the worst case, as are the detection's adaptive runs inside the threat model.
+    runner_options: shards.ShardRunner's batch_size (examples per shard, the unit every replica
+    attacks; default 100), strategy (the local replicas; default one device), store (a
+    shard_store.ShardStore: files, resume, several workers) and progress_bar (a bar per run). The
+    per-example results do not depend on strategy or store. The report's 'model' section is left
+    for the caller (evaluation/run.py) to fill.
     """
     started = time.perf_counter()
+    progress = progress or progress_lines.quiet
     config = (config or EvalConfig()).resolve(dataset)
     wants_detectors = config.detection or "adaptive_detector" in config.attacks
     if wants_detectors and reference is None:
@@ -110,15 +117,30 @@ def evaluate(
     plan = build_plan(config, registry)
     runner = ShardRunner(seed=config.seed, **runner_options)
     x, y = load_examples(data, runner.shard_size, num_examples)
-    evidence = run_plan(runner, fns, x, y, plan, registry=registry)
+    members = suite.VERSIONS[config.suite_version] if config.suite != "none" else ()
+    for line in progress_lines.header(config, plan, len(y), members):
+        progress(line)
+    evidence = run_plan(runner, fns, x, y, plan, registry=registry, progress=progress)
     labels = evidence["labels"]
     clean_correct = evidence["clean_predictions"] == labels
     correct = {name: pred == labels for name, pred in evidence["predictions"].items()}
-    robust = clean_correct.copy()
-    for name, spec in plan.specs.items():
-        if spec.counts_for_robust:
-            robust &= correct[name]
     accuracy = lambda name: float(correct[name].mean())  # noqa: E731
+    checks = sanity.run_checks(
+        clean_correct=clean_correct,
+        clean_predictions=evidence["clean_predictions"],
+        predictions=evidence["predictions"],
+        correct=correct,
+        plan=plan,
+        violations=evidence["violations"],
+        gradients=evidence["gradients"],
+        thresholds=config.thresholds,
+    )
+    sanity.warn_failures(checks)  # the suite's own warnings are already logged by autoattack
+    own_runs = [name for name, spec in plan.specs.items() if spec.groups[0] == "sanity"]
+    progress(progress_lines.sanity_line(checks, sum(runner.seconds[n] for n in own_runs)))
+    # Per example the worst case: clean AND every run inside the threat model (below: the suite
+    # and the adaptive detection runs too).
+    robust_attacks = [name for name, spec in plan.specs.items() if spec.counts_for_robust]
     suite_section, suite_correct, suite_checks = None, {}, []
     if config.suite != "none":
         pgd_attack, pgd_accuracy = suite.weakest_pgd(plan, accuracy)
@@ -131,9 +153,37 @@ def evaluate(
             config,
             pgd_attack=pgd_attack,
             pgd_accuracy=pgd_accuracy,
+            progress=progress,
         )
         suite_correct[config.suite] = suite_fooled_by == ""
-        robust &= suite_correct[config.suite]
+        robust_attacks.append(config.suite)
+        progress(
+            progress_lines.timed(
+                f"AutoAttack ({config.suite_version}): robust accuracy "
+                f"{suite_section['robust_accuracy']:.4f}",
+                sum(suite_section["seconds"].values()),
+            )
+        )
+    checks += suite_checks
+    detection_section, curves, adaptive_predictions = None, {}, {}
+    if config.detection:
+        detection_started = time.perf_counter()
+        detection_section, curves, adaptive_runs = detection_protocol.run_detection(
+            runner, fns, evidence, plan, config, detectors, progress=progress
+        )
+        progress(
+            progress_lines.detection_line(
+                detection_section, time.perf_counter() - detection_started
+            )
+        )
+        for name, run in adaptive_runs.items():
+            adaptive_predictions[name] = run["predictions"]
+            correct[name] = run["predictions"] == labels
+            if run["norm"] == config.norm and run["eps"] <= config.eps + 1e-9:  # as plan.Plan.add
+                robust_attacks.append(name)
+    robust, every = clean_correct.copy(), {**correct, **suite_correct}
+    for name in robust_attacks:
+        robust &= every[name]
     report = {
         "schema_version": 1,
         "versions": versions(),
@@ -155,8 +205,7 @@ def evaluate(
         "config": dataclasses.asdict(config),
         "clean_accuracy": float(clean_correct.mean()),
         "robust_accuracy": float(robust.mean()),
-        "robust_attacks": [name for name, spec in plan.specs.items() if spec.counts_for_robust]
-        + list(suite_correct),
+        "robust_attacks": robust_attacks,
         "attacks": {
             name: _attack_entry(spec, registry, accuracy(name), evidence, name)
             for name, spec in plan.specs.items()
@@ -179,35 +228,19 @@ def evaluate(
             else {}
         ),
     }
-    checks = sanity.run_checks(
-        clean_correct=clean_correct,
-        clean_predictions=evidence["clean_predictions"],
-        predictions=evidence["predictions"],
-        correct=correct,
-        plan=plan,
-        violations=evidence["violations"],
-        gradients=evidence["gradients"],
-        thresholds=config.thresholds,
-    )
-    sanity.warn_failures(checks)  # the suite's own warnings are already logged by autoattack
-    checks += suite_checks
     report["sanity"] = {"passed": all(c["passed"] is not False for c in checks), "checks": checks}
-    curves = {}
-    report["detection"] = None
-    if config.detection:
-        report["detection"], curves = detection_protocol.run_detection(
-            runner, fns, evidence, plan, config, detectors
-        )
+    report["detection"] = detection_section
     report["distribution"] = {
         "replicas": runner.replicas,
         "workers": runner.store.num_workers,
         "resumed_shards": runner.resumed,
     }
+    predictions = {**evidence["predictions"], **adaptive_predictions}
     report["per_example"] = {
         "labels": labels.tolist(),
         "clean_predictions": evidence["clean_predictions"].tolist(),
         "robust": robust.tolist(),
-        "predictions": {name: pred.tolist() for name, pred in evidence["predictions"].items()},
+        "predictions": {name: pred.tolist() for name, pred in predictions.items()},
         "suite_fooled_by": suite_fooled_by.tolist() if suite_section else None,
     }
     report["figures"] = {}  # file names, filled by outputs.write_figures

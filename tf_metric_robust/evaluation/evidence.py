@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_metric_robust.config import UserError
+from tf_metric_robust.evaluation import progress as progress_lines
 from tf_metric_robust.evaluation import sanity
 from tf_metric_robust.evaluation.shards import DYNAMIC_SETTINGS
 
@@ -72,8 +73,9 @@ def attack_fn(fns, attack, static, *, takes_seed, keep_embedding, norm):
     return run
 
 
-def run_plan(runner, fns, x, y, plan, *, registry):
-    """Runs the clean pass and every attack of `plan` on every shard of (x, y).
+def run_plan(runner, fns, x, y, plan, *, registry, progress=progress_lines.quiet):
+    """Runs the clean pass and every attack of `plan` on every shard of (x, y); `progress` gets
+    one line per finished run (progress.py).
 
     Returns per-example evidence as NumPy arrays: 'labels' [N], 'images' [N, H, W, C],
     'clean_predictions' [N], 'clean_embedding' [N, D] or None, 'predictions' name -> [N],
@@ -84,10 +86,15 @@ def run_plan(runner, fns, x, y, plan, *, registry):
     if not len(y):
         raise UserError("no examples to evaluate (empty dataset or num_examples 0)")
     clean = runner.run("clean", _clean_fn(fns), x, y)
+    progress(
+        progress_lines.timed(
+            f"clean: accuracy {np.mean(clean['predictions'] == y):.4f}", runner.seconds["clean"]
+        )
+    )
     first = slice(0, runner.shard_size)
     gradients = sanity.gradient_stats(fns.logits, tf.constant(x[first]), tf.constant(y[first]))
     preds, embs, violations = {}, {}, {}
-    for name, spec in plan.specs.items():
+    for index, (name, spec) in enumerate(plan.specs.items(), 1):
         attack = registry[spec.attack]
         params = {k: v for k, v in spec.kwargs.items() if k in DYNAMIC_SETTINGS}
         static = {k: v for k, v in spec.kwargs.items() if k not in DYNAMIC_SETTINGS}
@@ -106,6 +113,12 @@ def run_plan(runner, fns, x, y, plan, *, registry):
         violations[name] = float(out["violation"].max())
         if spec.keep_embedding:
             embs[name] = out["embedding"]
+        accuracy = float(np.mean(out["predictions"] == y))
+        progress(
+            progress_lines.run_line(
+                index, len(plan.specs), name, spec, accuracy, runner.seconds[name]
+            )
+        )
     return {
         "labels": y,
         "images": x,

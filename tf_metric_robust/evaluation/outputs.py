@@ -2,6 +2,7 @@
 text summary bin/evaluate prints."""
 
 import os
+import textwrap
 
 import tensorflow as tf
 
@@ -116,14 +117,52 @@ def summary_text(report):
             eps = entry["settings"]["eps"]
             lines.append(f"{name:<27} {entry['accuracy']:.4f}  (eps {eps:.4g})")
     lines += suite.summary_lines(report.get("suite"))
-    lines.append(
-        f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  over "
-        f"{len(report['robust_attacks'])} runs"
+    lines += textwrap.wrap(
+        f"robust accuracy (worst)     {report['robust_accuracy']:.4f}  {worst_case_coverage(report)}",
+        width=100,
+        subsequent_indent=" " * 28,
+        break_on_hyphens=False,
     )
     lines += detection_lines(report)
     checks = report["sanity"]["checks"]
     lines += [f"sanity {_status(c):<7} {c['name']}: {c['detail']}" for c in checks]
     return "\n".join(lines)
+
+
+def worst_case_coverage(report):
+    """What the worst case covers: 'per example over clean and the 9 runs inside linf eps 0.3:
+    fgsm, pgd, ...; 5 PGD runs of the sweeps, sanity checks and detection; 6 adaptive ...'."""
+    threat = report["threat_model"]
+    names = report["robust_attacks"]
+    suite_name = (report.get("suite") or {}).get("name")
+    attacks = report["attacks"]
+    listed = [
+        n for n in names if n == suite_name or "attacks" in attacks.get(n, {}).get("groups", ())
+    ]
+    others = [n for n in names if n in attacks and n not in listed]
+    adaptive = [n for n in names if n not in attacks and n != suite_name]
+    parts = [", ".join(listed)] if listed else []
+    if others:
+        parts.append(f"{len(others)} PGD runs of the sweeps, sanity checks and detection")
+    if adaptive:
+        parts.append(f"{len(adaptive)} adaptive detection attack runs")
+    text = (
+        f"per example over clean and the {len(names)} runs inside {threat['norm']} eps "
+        f"{threat['eps']:.4g}: {'; '.join(parts)}"
+    )
+    outside = [n for n, entry in attacks.items() if not entry["counts_for_robust"]]
+    outside_adaptive = [
+        run["run"]
+        for entry in (report.get("detection") or {}).get("attacks", ())
+        for result in entry["detectors"].values()
+        for run in result["adaptive_sweep"]
+        if run["run"] not in names
+    ]
+    if outside_adaptive:
+        outside.append(f"{len(outside_adaptive)} adaptive detection attack runs")
+    if outside:
+        text += f"; outside the threat model, not counted: {', '.join(outside)}"
+    return text
 
 
 def detection_lines(report, numbers=False):
@@ -169,6 +208,7 @@ __all__ = [
     "detection_lines",
     "remove_stale_figures",
     "summary_text",
+    "worst_case_coverage",
     "write_figures",
     "write_tensorboard",
 ]

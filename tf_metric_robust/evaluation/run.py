@@ -1,12 +1,13 @@
 """An evaluation run of a training run's model_dir or a SavedModel: load the model and the data,
 evaluate (evaluation.py), and write report.json, PNG figures and TensorBoard summaries.
 
-Outputs (DESIGN.md contract: `bin/evaluate --model_dir=DIR [--output=report.json]`): every
-evaluation keeps its own folder, DIR/evaluation/<UTC time>-<hash of its settings>/ with report.json
-and the figures beside it, and DIR/evaluation/latest links to the newest; --output names the
-report (or its folder) instead. TensorBoard gets one run per evaluation,
-DIR/tensorboard/evaluate/<same name> (or `tensorboard/` beside a report outside a run), so two
-evaluations never write into one another.
+Outputs (`bin/evaluate --model_dir=DIR [--output=report.json]`): every evaluation keeps its own
+folder, DIR/evaluation/<name>/ with report.json and the figures beside it, and
+DIR/evaluation/latest links to the newest; --output names the report (or its folder) instead. The
+name says when and what: '<UTC time>-<norm, eps, steps, attacks, suite, detection>-<hash of the
+settings>'. TensorBoard gets one run per evaluation under that name: DIR/tensorboard/evaluate/<name>
+in the run's own logdir, or with --output beside the report, <report stem>_tensorboard/<name>, so
+two evaluations never write into one another.
 """
 
 import dataclasses
@@ -93,9 +94,30 @@ EVALUATIONS = "evaluation"  # DIR/evaluation/<name>/ of a training run
 LATEST = "latest"  # DIR/evaluation/latest -> the newest <name>
 
 
+def _plan_label(config, dataset):
+    """'linf-eps0.3-steps100-fgsm+pgd+pgd_cw+mifgsm[-autoattack][-detection]': what a run ran."""
+    try:
+        config = config.resolve(dataset)
+    except UserError:  # no dataset defaults (output_paths before the model's dataset is known)
+        pass
+    attacks = "+".join(config.attacks)
+    if len(attacks) > 40:
+        attacks = "+".join(config.attacks[:3]) + f"+{len(config.attacks) - 3}more"
+    parts = [
+        config.norm,
+        *([f"eps{config.eps:.4g}"] if config.eps is not None else []),
+        *([f"steps{config.steps}"] if config.steps is not None else []),
+        attacks,
+        *([config.suite] if config.suite != "none" else []),
+        *(["detection"] if config.detection else []),
+    ]
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", "-".join(parts))
+
+
 def evaluation_name(run, model_info, dataset, now=None):
-    """'<UTC time>-<8 hex digits>': when, and a hash of what was evaluated how (model, data,
-    attack settings), so equal settings share the suffix and a folder name sorts by time."""
+    """'<UTC time>-<plan label>-<8 hex digits>': when, what was run (_plan_label), and a hash of
+    what was evaluated how (model, data, attack settings), so equal settings share the suffix and
+    a folder name sorts by time."""
     settings = {
         "config": dataclasses.asdict(run.config),
         "dataset": dataset,
@@ -106,30 +128,28 @@ def evaluation_name(run, model_info, dataset, now=None):
     }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
-    return f"{stamp}-{digest.hexdigest()[:8]}"
+    return f"{stamp}-{_plan_label(run.config, dataset)}-{digest.hexdigest()[:8]}"
 
 
 def output_paths(run, run_dir, name=None):
     """(report.json path, TensorBoard log directory) of an evaluation called `name`.
 
-    --output is the report's path (*.json) or its folder; otherwise DIR/evaluation/<name>/.
+    --output is the report's path (*.json) or its folder, and the TensorBoard run goes beside it
+    into <report stem>_tensorboard/<name>; otherwise DIR/evaluation/<name>/report.json and
+    DIR/tensorboard/evaluate/<name>.
     """
     name = name or evaluation_name(run, {}, run.dataset)
     if run.output:
         report = run.output
         if not report.endswith(".json"):
             report = os.path.join(report, "report.json")
-    elif run_dir:
-        report = os.path.join(run_dir, EVALUATIONS, name, "report.json")
-    else:
+        report = os.path.abspath(report)
+        stem = os.path.splitext(os.path.basename(report))[0]
+        return report, os.path.join(os.path.dirname(report), f"{stem}_tensorboard", name)
+    if not run_dir:
         raise UserError("--output is required with a SavedModel outside a training run")
-    report = os.path.abspath(report)
-    tensorboard = (
-        os.path.join(run_dir, "tensorboard", "evaluate", name)
-        if run_dir
-        else os.path.join(os.path.dirname(report), "tensorboard", name)
-    )
-    return report, tensorboard
+    report = os.path.abspath(os.path.join(run_dir, EVALUATIONS, name, "report.json"))
+    return report, os.path.join(run_dir, "tensorboard", "evaluate", name)
 
 
 def _unique(name, run, run_dir):
@@ -159,8 +179,13 @@ def _point_latest(evaluations, name):
     os.replace(temporary, link)
 
 
-def run(request):
-    """Evaluates, writes report.json + figures + TensorBoard; returns the report dict."""
+def run(request, progress=None):
+    """Evaluates, writes report.json + figures + TensorBoard; returns the report dict.
+
+    progress: a callable taking each progress line (bin/evaluate passes print): what is evaluated,
+    the plan, one line per finished run or part with its time (evaluation/progress.py). A
+    terminal also gets a progress bar per run unless request.progress is False.
+    """
     keras.utils.set_random_seed(request.config.seed)
     strategy = cluster.local_strategy(request.strategy)
     _, _, chief = cluster.worker_position(request.strategy)
@@ -194,15 +219,10 @@ def run(request):
             request,
             config=dataclasses.replace(request.config, detection_reference=len(reference[1])),
         )
-    # A terminal gets the progress bar; a log file (stdout redirected) one line here and the
-    # summary at the end instead of a bar redrawn for every batch.
-    progress = request.progress and sys.stdout.isatty() and chief
-    if request.progress and not progress and chief:
-        print(
-            f"Evaluating {dataset} [{split}] ({request.num_examples or 'all'} examples): "
-            f"{', '.join(request.config.attacks)}"
-            f"{', ' + request.config.suite if request.config.suite != 'none' else ''}",
-            flush=True,
+    if progress is not None:
+        model = model_info.get("checkpoint") or model_info["saved_model"]
+        progress(
+            f"Evaluating {model} on {dataset} [{split}] ({request.num_examples or 'all'} examples)"
         )
     name = evaluation_name(request, model_info, dataset)
     store = cluster.open_store(request, report_path, settings_hash=name[-8:])
@@ -218,6 +238,7 @@ def run(request):
             strategy=strategy,
             store=store,
             progress=progress,
+            progress_bar=request.progress and sys.stdout.isatty() and chief,
         )
     finally:
         store.close()

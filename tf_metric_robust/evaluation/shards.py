@@ -37,15 +37,15 @@ class ShardRunner:
       seed: the evaluation's seed.
       strategy: a tf.distribute.Strategy over the local devices (None: the default strategy).
       store: a ShardStore (None: in memory, one worker).
-      progress: show a progress bar per run.
+      progress_bar: show a progress bar per run (Keras' Progbar, for a terminal).
     """
 
-    def __init__(self, batch_size=100, seed=0, strategy=None, store=None, progress=False):
+    def __init__(self, batch_size=100, seed=0, strategy=None, store=None, progress_bar=False):
         self.shard_size, self.seed = int(batch_size), int(seed)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.store = store or ShardStore()
-        self.progress = progress
+        self.progress_bar = progress_bar
         self.seconds = {}
         self.resumed = 0  # own shards found already written (a re-run resuming)
         self._compiled = {}
@@ -82,7 +82,11 @@ class ShardRunner:
         mine = [j for j in range(len(shards)) if self.store.owns(j)]
         todo = [j for j in mine if self.store.load(name, j) is None]
         self.resumed += len(mine) - len(todo)
-        bar = keras.utils.Progbar(len(todo), unit_name="shard") if self.progress and todo else None
+        bar = (
+            keras.utils.Progbar(len(todo), unit_name="shard")
+            if self.progress_bar and todo
+            else None
+        )
         step = self._step(trace_key or name, fn)
         params = {k: tf.constant(v, tf.float32) for k, v in (params or {}).items()}
         for first in range(0, len(todo), self.replicas):

@@ -26,6 +26,7 @@ from tf_metric_robust.attacks.autoattack import (
     log_member,
     member_attack,
 )
+from tf_metric_robust.evaluation import progress as progress_lines
 from tf_metric_robust.evaluation import sanity
 
 NUM_TARGET_CLASSES = 9  # APGD-T and FAB-T targets: the 9 most likely wrong classes (Croce & Hein)
@@ -63,7 +64,18 @@ def _member_fn(fns, attack, eps, norm):
     return run
 
 
-def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None, pgd_accuracy=None):
+def run_suite(
+    runner,
+    fns,
+    x,
+    y,
+    clean_predictions,
+    config,
+    *,
+    pgd_attack=None,
+    pgd_accuracy=None,
+    progress=progress_lines.quiet,
+):
     """Runs config.suite on all of (x, y); returns (report section, fooled_by [N], checks).
 
     The AutoAttack sequence of attacks.autoattack (each member only on the points every earlier
@@ -79,6 +91,7 @@ def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None, 
       config: a resolved EvalConfig (eps, norm, seed, suite, suite_version, suite_steps,
         suite_queries).
       pgd_attack, pgd_accuracy: the evaluation's PGD run and its accuracy (fraction), or None.
+      progress: takes one line per finished member (progress.py).
     """
     names = VERSIONS[config.suite_version]
     logging.info(
@@ -126,6 +139,11 @@ def run_suite(runner, fns, x, y, clean_predictions, config, *, pgd_attack=None, 
         attack_accuracy[name] = float(np.mean(fooled_by == ""))
         seconds[name] = runner.seconds.get(run, 0.0)
         log_member(name, attack_accuracy[name], seconds[name])
+        progress(
+            progress_lines.timed(
+                f"AutoAttack {name}: robust accuracy {attack_accuracy[name]:.4f}", seconds[name]
+            )
+        )
     warnings = diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, PGD_GAP, SQUARE_GAP)
     fooled_by = fooled_by.astype(str)
     counts = {name: int(np.sum(fooled_by == name)) for name in ("clean", *names)}
