@@ -4,6 +4,7 @@ is imported and before anything is written. Numbers may be written as fractions 
 """
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -271,3 +272,59 @@ def test_image_folder_smaller_than_one_step_is_one_line(tmp_path):
     assert "--batch_size 4 x (1 + --pool_multiplier 10) = 44" in lines[0], lines[0]
     assert "lower --batch_size or --pool_multiplier" in lines[0], lines[0]
     assert not model_dir.exists()
+
+
+_DECLARED = """
+import dataclasses, json, sys
+from absl import flags
+from tf_metric_robust import cli, config as cfg
+
+def declared(config_class, defaults=None, prefix="", without=()):
+    for field in dataclasses.fields(config_class):
+        if field.name in without:
+            continue
+        default = getattr(defaults, field.name) if defaults is not None else field.default
+        if "prefix" in field.metadata:
+            yield from declared(type(default), default, prefix + field.metadata["prefix"],
+                                field.metadata["without"])
+        elif "help" in field.metadata:
+            choices = field.metadata["choices"]
+            yield prefix + cfg.flag_name(field), default, list(choices) if choices else None
+
+getattr(cli, "define_" + sys.argv[1] + "_flags")()
+classes = {"train": [cfg.TrainConfig, cfg.WideResNetShape], "evaluate": [cfg.EvaluateRun],
+           "export": [cfg.ExportConfig], "compare": [cfg.TrainConfig, cfg.WideResNetShape,
+           cfg.CompareConfig]}[sys.argv[1]]
+expected = {name: (d, c) for k in classes for name, d, c in declared(k)}
+out = {}
+for flag in cli.our_flags():
+    default = flag.default
+    if isinstance(default, list):  # list flags hold text; the config holds numbers or names
+        default = [str(v) for v in default]
+    out[flag.name] = [default, getattr(flag.parser, "enum_values", None)]
+print(json.dumps({"flags": out, "declared": {n: [list(d) if isinstance(d, tuple) else d, c]
+                  for n, (d, c) in expected.items()}}, default=str))
+"""
+
+
+@pytest.mark.parametrize("entry_point", ["train", "evaluate", "export", "compare"])
+def test_every_flag_is_a_declared_setting_with_its_default_and_choices(entry_point):
+    """Each flag of an entry point is a config field's declaration: the same default (a list
+    flag's items as text), the same choices for an enum flag, and no flag without a field."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DECLARED, entry_point],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    flags_, declared = report["flags"], report["declared"]
+    assert set(flags_) == set(declared)
+    for name, (default, choices) in flags_.items():
+        want, want_choices = declared[name]
+        if isinstance(want, list):
+            want = [f"{v:g}" if isinstance(v, float) else str(v) for v in want]
+        assert default == want, name
+        assert choices == want_choices, name

@@ -111,8 +111,8 @@ def test_tla_trains_under_two_replicas_with_bank(mnist5k_arrays):
 
 def test_bad_mode_and_missing_attack_raise():
     network = models.build("small_cnn", 10, (28, 28, 1))
-    with pytest.raises(ValueError, match="mode"):
-        AdversarialTrainer(network, mode="fancy", attack=ATTACK)
+    with pytest.raises(ValueError, match="mode must be one of natural, pgd, tla, trades, mart"):
+        TrainConfig(model_dir="unused", mode="fancy", attack=ATTACK)
     with pytest.raises(ValueError, match="attack"):
         AdversarialTrainer(network, mode="pgd")
 
@@ -285,8 +285,8 @@ def test_attack_bn_mode_train_attacks_with_batch_statistics(mnist5k_arrays):
     moved = np.abs(bn.moving_mean.numpy() - moving_mean).max()
     moved_once = np.abs(inference_bn.moving_mean.numpy() - moving_mean).max()
     assert moved > 2.5 * moved_once > 0
-    with pytest.raises(ValueError, match="attack_bn_mode"):
-        AdversarialTrainer(_bn_network(), mode="pgd", attack=ATTACK, attack_bn_mode="eval")
+    with pytest.raises(ValueError, match="attack_bn_mode must be one of inference, train"):
+        TrainConfig(model_dir="unused", mode="pgd", attack=ATTACK, attack_bn_mode="eval")
 
 
 def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(

@@ -20,9 +20,6 @@ from tf_metric_robust.config import UserError
 FLAGS = flags.FLAGS
 
 
-SEED_RANGE = dict(lower_bound=0, upper_bound=2**32 - 1)  # numpy's seed range (Keras seeds it)
-
-
 def parse_number(text):
     """'0.3', '1e-3' or a fraction like '8/255' -> float; ValueError otherwise."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -66,61 +63,6 @@ def define_number(name, default, help_text, valid=None):
     flags.DEFINE(
         NumberParser(valid), name, default, help_text, serializer=flags.ArgumentSerializer()
     )
-
-
-def define_data_location_flags(purpose=""):
-    """--data_dir and --download, shared by bin/train, bin/evaluate and bin/export."""
-    flags.DEFINE_string("data_dir", None, f"tensorflow-datasets data directory{purpose}.")
-    flags.DEFINE_bool("download", False, "Download the dataset if it is not in --data_dir.")
-
-
-def define_data_flags():
-    flags.DEFINE_string("dataset", "mnist5k", f"Dataset: {dataset_choices()}.")
-    define_data_location_flags()
-
-
-def define_detector_flags(detector_help, reference_help):
-    """--detector and its settings, shared by bin/evaluate and bin/export (the same defaults, so
-    the exported detector is the one whose AUC bin/evaluate reports)."""
-    flags.DEFINE_enum("detector", "gaussian", list(cfg.DETECTORS), detector_help)
-    flags.DEFINE_enum(
-        "detection_covariance",
-        None,
-        list(cfg.COVARIANCES),
-        "Gaussian detector covariance (default: per_class where it can be fitted, else tied; "
-        "tied for Tiny ImageNet).",
-    )
-    flags.DEFINE_integer(
-        "detection_reference", cfg.DEFAULT_REFERENCE_SIZE, reference_help, lower_bound=1
-    )
-    flags.DEFINE_integer(
-        "detection_k", cfg.DEFAULT_DETECTION_K, "Neighbours of the kNN detector.", lower_bound=1
-    )
-    flags.DEFINE_enum(
-        "detection_score",
-        "agreement",
-        list(cfg.SCORE_TYPES),
-        "kNN detection score (see detection.KnnDetector).",
-    )
-
-
-def define_attack_flags(prefix, help_prefix, eps, step_size, steps):
-    """Flags of one PGD attack: <prefix>eps, <prefix>step_size, <prefix>steps, ..."""
-    define_number(
-        f"{prefix}eps", eps, f"{help_prefix} L-inf/L2 radius on the [0,1] scale.", cfg.UNIT
-    )
-    define_number(f"{prefix}step_size", step_size, f"{help_prefix} step size.", cfg.POSITIVE)
-    flags.DEFINE_integer(
-        f"{prefix}steps", steps, f"{help_prefix} number of PGD steps.", lower_bound=1
-    )
-    flags.DEFINE_enum(f"{prefix}norm", "linf", ["linf", "l2"], f"{help_prefix} norm.")
-    flags.DEFINE_enum(
-        f"{prefix}attack_loss",
-        "ce",
-        ["ce", "cw"],
-        f"{help_prefix} loss: cross-entropy or CW margin.",
-    )
-    flags.DEFINE_bool(f"{prefix}random_start", True, f"{help_prefix} random start in the ball.")
 
 
 def number_list(values, name, kind=float, valid=None):
@@ -177,7 +119,7 @@ def _define_setting(name, field, default):
     meta = field.metadata
     help_text, valid, choices = meta["help"], meta["valid"], meta["choices"]
     if is_tuple:
-        shown = [f"{v:g}" if isinstance(v, float) else str(v) for v in default]
+        shown = None if default is None else [_shown(v) for v in default]
         flags.DEFINE_list(name, shown, help_text)
     elif kind is bool:
         flags.DEFINE_bool(name, default, help_text)
@@ -195,6 +137,11 @@ def _define_setting(name, field, default):
     else:
         flags.DEFINE_string(name, default, help_text)
     return name
+
+
+def _shown(value):
+    """A list flag's item as text: 0.1 and 10 for the floats 0.1 and 10.0."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _setting_type(field):

@@ -60,6 +60,19 @@ def setting(default, help, *, valid=None, choices=None, flag=None):
     return dataclasses.field(default=default, metadata=metadata)
 
 
+# Settings several entry points share, declared here once (shared_setting makes each its field).
+SHARED_SETTINGS = {
+    "data_dir": dict(default=None, help="tensorflow-datasets data directory."),
+    "download": dict(default=False, help="Download the dataset if it is not in --data_dir."),
+}
+
+
+def shared_setting(name, table=None):
+    """A fresh field for the shared declaration `name` of `table` (SHARED_SETTINGS by default):
+    one declaration, a field on every config that has the setting."""
+    return setting(**(table or SHARED_SETTINGS)[name])
+
+
 def sub_config(default, *, prefix="", without=()):
     """A field holding another config whose settings are flags too, named `prefix` + theirs
     (TrainConfig.eval_attack: --eval_eps, ...); `without` names settings that get no flag there

@@ -10,8 +10,20 @@ at MNIST eps 0.3, 100 steps; CIFAR-10 eps 25/255, 20 steps; Tiny ImageNet eps 25
 import dataclasses
 from typing import Optional, Tuple
 
-from tf_metric_robust.config.common import UserError
-from tf_metric_robust.config.export import check_detector
+from tf_metric_robust.config.common import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    UNIT,
+    Range,
+    UserError,
+    check_settings,
+    setting,
+    shared_setting,
+    sub_config,
+)
+from tf_metric_robust.config.export import detector_setting
+from tf_metric_robust.config.training import NORMS
 
 SUITES = ("none", "autoattack")
 EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker")  # bin/evaluate --strategy (training's)
@@ -19,6 +31,7 @@ EVAL_STRATEGIES = ("auto", "mirrored", "multi_worker")  # bin/evaluate --strateg
 SUITE_VERSIONS = ("standard", "plus", "rand")
 
 DEFAULT_ATTACKS = ("fgsm", "pgd", "pgd_cw", "mifgsm")
+SEEDS = Range(0, 2**32 - 1)  # numpy's seed range (Keras seeds it)
 _MNIST = dict(
     eps=0.3,
     step_size=0.01,
@@ -76,19 +89,6 @@ def derived_defaults(eps, steps):
     }
 
 
-def check_suite(suite, version, steps, queries):
-    """UserError on a bad suite setting."""
-    if suite not in SUITES:
-        raise UserError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
-    if version not in SUITE_VERSIONS:
-        raise UserError(
-            f"suite_version must be one of {', '.join(SUITE_VERSIONS)}, got {version!r}"
-        )
-    for name, value in (("suite_steps", steps), ("suite_queries", queries)):
-        if int(value) != value or value < 1:
-            raise UserError(f"{name} must be an integer >= 1, got {value}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Thresholds:
     """Tolerances of the checks. Accuracy tolerances are absolute and never below one example."""
@@ -116,60 +116,99 @@ class EvalConfig:
     `suite_queries` Square queries, the paper's 100 and 5000) into the worst case.
     """
 
-    eps: Optional[float] = None
-    step_size: Optional[float] = None
-    steps: Optional[int] = None
-    norm: str = "linf"
-    restarts: int = 1
-    random_start: bool = True
-    attacks: Tuple[str, ...] = DEFAULT_ATTACKS
-    eps_sweep: Optional[Tuple[float, ...]] = None
-    steps_sweep: Optional[Tuple[int, ...]] = None
-    large_eps: float = 0.5
-    seed: int = 0
-    detection: bool = False
-    detection_eps: Optional[Tuple[float, ...]] = None
-    detection_steps: Optional[int] = None
-    detector: str = "gaussian"
-    detection_covariance: Optional[str] = None
-    detection_weights: Tuple[float, ...] = (0.1, 1.0, 10.0)
-    detection_reference: int = 5000
-    detection_k: int = 50
-    detection_score: str = "agreement"
+    attacks: Tuple[str, ...] = setting(
+        DEFAULT_ATTACKS,
+        "Attacks at --eps: names of the attack registry (fgsm, pgd, mifgsm, ...) or "
+        "<name>_<loss> (pgd_cw).",
+    )
+    eps: Optional[float] = setting(
+        None,
+        "Threat-model radius on the [0,1] image scale (default: MNIST 0.3, CIFAR 8/255).",
+        valid=UNIT,
+    )
+    step_size: Optional[float] = setting(
+        None, "PGD step size (default: MNIST 0.01, CIFAR 1/255).", valid=POSITIVE
+    )
+    steps: Optional[int] = setting(
+        None, "PGD steps (default: MNIST 100, CIFAR 20).", valid=AT_LEAST_ONE
+    )
+    norm: str = setting("linf", "Threat-model norm.", choices=NORMS)
+    restarts: int = setting(1, "Random restarts of each PGD attack at --eps.", valid=AT_LEAST_ONE)
+    random_start: bool = setting(True, "PGD starts at a random point of the ball.")
+    eps_sweep: Optional[Tuple[float, ...]] = setting(
+        None,
+        "PGD radii of the eps sweep; empty to skip (default: MNIST 0,0.1,...,0.4; CIFAR "
+        "0,2/255,...,16/255).",
+        valid=UNIT,
+    )
+    steps_sweep: Optional[Tuple[int, ...]] = setting(
+        None,
+        "PGD step counts of the steps sweep; empty to skip (default: MNIST 1,10,20,40,100; "
+        "CIFAR 1,5,10,20,50).",
+        valid=AT_LEAST_ONE,
+    )
+    large_eps: float = setting(
+        0.5,
+        "L-inf radius of the 'unbounded attack' sanity check (accuracy must fall near 0).",
+        valid=Range(0.0, 1.0, low_open=True),
+    )
+    seed: int = setting(0, "Seed of the attacks' random starts.", valid=SEEDS)
+    detection: bool = setting(
+        False,
+        "Also run detection in the embedding space as the TLA paper (Gaussian and kNN "
+        "detectors, adaptive attack, ROC PNG).",
+    )
+    detection_eps: Optional[Tuple[float, ...]] = setting(
+        None,
+        "PGD radii scored by the detectors (default, the paper's: MNIST 0.3; CIFAR and Tiny "
+        "ImageNet 25/255).",
+        valid=UNIT,
+    )
+    detection_steps: Optional[int] = setting(
+        None,
+        "PGD steps of the detection attacks (default, the paper's: MNIST 100, CIFAR 20, Tiny "
+        "ImageNet 30).",
+        valid=AT_LEAST_ONE,
+    )
+    detector: str = detector_setting("detector")
+    detection_covariance: Optional[str] = detector_setting("detection_covariance")
+    detection_weights: Tuple[float, ...] = setting(
+        (0.1, 1.0, 10.0),
+        "Weights c of the adaptive attack on each detector (margin + c x detector "
+        "confidence); empty to skip it.",
+        valid=NON_NEGATIVE,
+    )
+    detection_reference: int = detector_setting("detection_reference")
+    detection_k: int = detector_setting("detection_k")
+    detection_score: str = detector_setting("detection_score")
     thresholds: Thresholds = Thresholds()
-    suite: str = "none"
-    suite_version: str = "standard"
-    suite_steps: int = 100
-    suite_queries: int = 5000
+    suite: str = setting(
+        "none",
+        "Also run a standard attack suite into the worst case: autoattack = APGD-CE, APGD-T "
+        "(DLR), FAB-T, Square (Croce & Hein 2020) at --eps/--norm/--seed; report.json 'suite' "
+        "section.",
+        choices=SUITES,
+    )
+    suite_version: str = setting(
+        "standard",
+        "AutoAttack version (plus: + APGD-DLR, 5 restarts; rand: APGD-CE and APGD-DLR "
+        "averaging 20 samples of a randomised model per gradient; untargeted FAB is not "
+        "implemented).",
+        choices=SUITE_VERSIONS,
+    )
+    suite_steps: int = setting(
+        100,
+        "APGD and FAB-T iterations of the suite (paper: 100; fewer for a quick, weaker check).",
+        valid=AT_LEAST_ONE,
+    )
+    suite_queries: int = setting(
+        5000, "Square queries of the suite (paper: 5000).", valid=AT_LEAST_ONE
+    )
 
     def __post_init__(self):
-        radii = [("eps", self.eps), ("large_eps", self.large_eps)]
-        radii += [("eps_sweep", e) for e in self.eps_sweep or ()]
-        radii += [("detection_eps", e) for e in self.detection_eps or ()]
-        for name, value in radii:
-            if value is not None and not 0.0 <= value <= 1.0:
-                raise UserError(f"{name} must be in [0, 1] (images are on [0,1]), got {value}")
-        if self.large_eps <= 0:
-            raise UserError(f"large_eps must be > 0, got {self.large_eps}")
-        if self.step_size is not None and self.step_size <= 0:
-            raise UserError(f"step_size must be > 0, got {self.step_size}")
-        check_detector(self)
-        counts = [
-            ("steps", self.steps),
-            ("restarts", self.restarts),
-            ("detection_steps", self.detection_steps),
-        ]
-        counts += [("steps_sweep", s) for s in self.steps_sweep or ()]
-        for name, value in counts:
-            if value is not None and (int(value) != value or value < 1):
-                raise UserError(f"{name} must be an integer >= 1, got {value}")
-        if self.norm not in ("linf", "l2"):
-            raise UserError(f"norm must be 'linf' or 'l2', got {self.norm!r}")
-        if any(not w >= 0 for w in self.detection_weights):
-            raise UserError(f"detection_weights must be >= 0, got {self.detection_weights}")
+        check_settings(self)
         if not self.attacks:
             raise UserError("attacks must name at least one attack")
-        check_suite(self.suite, self.suite_version, self.suite_steps, self.suite_queries)
 
     def resolve(self, dataset=None):
         """A copy with every None field but detection_covariance filled from `dataset`'s
@@ -210,31 +249,63 @@ class EvaluateRun:
     devices as 'auto').
     """
 
-    model_dir: Optional[str] = None
-    saved_model: Optional[str] = None
-    dataset: Optional[str] = None
-    data_dir: Optional[str] = None
-    download: bool = False
-    split: Optional[str] = None
-    num_examples: Optional[int] = None
-    batch_size: int = 200
-    output: Optional[str] = None
-    progress: bool = True
-    tensorboard: bool = True
-    config: EvalConfig = EvalConfig()
-    strategy: str = "auto"
-    worker_timeout: float = 120.0  # seconds without a heartbeat before a worker counts as lost
+    model_dir: Optional[str] = setting(
+        None,
+        "A bin/train run: its latest checkpoint (or its saved_model/) is evaluated; "
+        "recipe.json gives the dataset.",
+    )
+    saved_model: Optional[str] = setting(
+        None,
+        "Evaluate this SavedModel instead (signature serving_default: images [N,H,W,C] in "
+        "[0,1] -> logits, embedding). SECURITY: a SavedModel is a program (its ops can read "
+        "and write files); evaluate one you did not make only in a sandbox without secrets or "
+        "network (docs/serving.md, Security).",
+    )
+    dataset: Optional[str] = setting(
+        None,
+        "Dataset, a name of bin/train's --dataset (default: the run's recipe.json; required "
+        "for a SavedModel outside a run).",
+    )
+    data_dir: Optional[str] = shared_setting("data_dir")
+    download: bool = shared_setting("download")
+    split: Optional[str] = setting(None, "Split to evaluate (default: the test split).")
+    num_examples: Optional[int] = setting(
+        None, "Evaluate only the first N examples.", valid=AT_LEAST_ONE
+    )
+    batch_size: int = setting(
+        200,
+        "Examples per attack call on each replica (a shard: results do not depend on the "
+        "number of replicas or workers).",
+        valid=AT_LEAST_ONE,
+    )
+    output: Optional[str] = setting(
+        None,
+        "report.json path or its folder (default: <model_dir>/evaluation/<name>/report.json); "
+        "figures go next to it, TensorBoard into <report stem>_tensorboard/<name> beside it.",
+    )
+    progress: bool = setting(
+        True,
+        "Show a progress bar per attack run on a terminal (the plan and one line per finished "
+        "run, with its time, are printed either way).",
+    )
+    tensorboard: bool = setting(True, "Write TensorBoard summaries.")
+    config: EvalConfig = sub_config(EvalConfig())
+    strategy: str = setting(
+        "auto",
+        "Devices: auto = all local GPUs (else the CPU); mirrored = all GPUs or all logical "
+        "CPUs; multi_worker = the TF_CONFIG workers share the examples, each on its local "
+        "devices, through the output folder (a file system all see); the chief writes the "
+        "report. A re-run resumes from the finished shards.",
+        choices=EVAL_STRATEGIES,
+    )
+    worker_timeout: float = setting(
+        120.0,
+        "Seconds without a heartbeat from a worker whose shards are missing before the others "
+        "give up on it.",
+        valid=Range(1.0),
+    )
 
     def __post_init__(self):
         if bool(self.model_dir) == bool(self.saved_model):
             raise UserError("pass exactly one of --model_dir and --saved_model")
-        if self.batch_size < 1:
-            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_examples is not None and self.num_examples < 1:
-            raise UserError(f"num_examples must be >= 1, got {self.num_examples}")
-        if self.strategy not in EVAL_STRATEGIES:
-            raise UserError(
-                f"strategy must be one of {', '.join(EVAL_STRATEGIES)}, got {self.strategy!r}"
-            )
-        if not self.worker_timeout > 0:
-            raise UserError(f"worker_timeout must be > 0 seconds, got {self.worker_timeout}")
+        check_settings(self)

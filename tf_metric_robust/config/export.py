@@ -10,13 +10,55 @@ import dataclasses
 import os
 from typing import Optional
 
-from tf_metric_robust.config.common import UserError
+from tf_metric_robust.config.common import (
+    AT_LEAST_ONE,
+    UserError,
+    check_settings,
+    setting,
+    shared_setting,
+)
 
 SCORE_TYPES = ("agreement", "similarity")  # kNN detector scores (detection.KnnDetector)
 COVARIANCES = ("per_class", "tied")  # Gaussian detector covariance (detection.GaussianDetector)
 DETECTORS = ("gaussian", "knn")
-DEFAULT_REFERENCE_SIZE = 5000  # clean training examples the exported detector is fitted on
-DEFAULT_DETECTION_K = 50  # neighbours of the kNN detector
+# The detector settings bin/evaluate and bin/export share (so the exported detector is the one
+# whose AUC bin/evaluate reports), declared once: detector_setting(name) is each one's field.
+DETECTOR_SETTINGS = {
+    "detector": dict(
+        default="gaussian",
+        help="Detector in the embedding space: gaussian = class-conditional Gaussians (the TLA "
+        "paper's); knn = k nearest neighbours. bin/evaluate scores both and reports this one "
+        "first; bin/export serves its detection_score.",
+        choices=DETECTORS,
+    ),
+    "detection_covariance": dict(
+        default=None,
+        help="Gaussian detector covariance (default: per_class where it can be fitted, else "
+        "tied; tied for Tiny ImageNet).",
+        choices=COVARIANCES,
+    ),
+    "detection_reference": dict(
+        default=5000,
+        help="Clean training examples the detectors are fitted on (split evenly over the "
+        "classes; the same for bin/evaluate and bin/export).",
+        valid=AT_LEAST_ONE,
+    ),
+    "detection_k": dict(default=50, help="Neighbours of the kNN detector.", valid=AT_LEAST_ONE),
+    "detection_score": dict(
+        default="agreement",
+        help="kNN detection score (see detection.KnnDetector).",
+        choices=SCORE_TYPES,
+    ),
+}
+DEFAULT_REFERENCE_SIZE = DETECTOR_SETTINGS["detection_reference"]["default"]
+DEFAULT_DETECTION_K = DETECTOR_SETTINGS["detection_k"]["default"]
+
+
+def detector_setting(name):
+    """The field of the shared detector setting `name` (DETECTOR_SETTINGS)."""
+    return shared_setting(name, DETECTOR_SETTINGS)
+
+
 # The Gaussian detector refuses Cholesky factors (C x D x D float64, C = 1 when tied) above this.
 MAX_COVARIANCE_BYTES = 1 << 30
 # Datasets whose default covariance is not 'per_class'. Tiny ImageNet: 200 classes x 25
@@ -75,49 +117,42 @@ def detector_settings(settings, dataset, *, num_classes, embedding_dim, counts=N
     }
 
 
-def check_detector(settings):
-    """UserError unless the detector fields of `settings` (an EvalConfig or ExportConfig: the
-    settings bin/evaluate and bin/export share) are valid; the field names are the flags'."""
-    for name, allowed in (
-        ("detector", DETECTORS),
-        ("detection_covariance", (None,) + COVARIANCES),
-        ("detection_score", SCORE_TYPES),
-    ):
-        value = getattr(settings, name)
-        if value not in allowed:
-            shown = ", ".join(str(a) for a in allowed if a is not None)
-            raise UserError(f"{name} must be one of {shown}, got {value!r}")
-    for name in ("detection_k", "detection_reference"):
-        value = getattr(settings, name)
-        if int(value) != value or value < 1:
-            raise UserError(f"{name} must be an integer >= 1, got {value}")
-
-
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """What bin/export does: export the latest checkpoint of `model_dir` with `detector` fitted
     on about `detection_reference` clean training examples (split evenly over the classes) and
     its 5%-false-positive threshold on up to `threshold_examples` clean test-split images."""
 
-    model_dir: str
-    export_dir: Optional[str] = None  # default: model_dir/saved_model
-    version: Optional[int] = None
-    data_dir: Optional[str] = None
-    download: bool = False
-    detection_reference: int = DEFAULT_REFERENCE_SIZE
-    detection_k: int = DEFAULT_DETECTION_K
-    detection_score: str = "agreement"
-    detector: str = "gaussian"
-    detection_covariance: Optional[str] = None  # default: detector_settings' rule
-    threshold_examples: int = 10_000
-    warmup: bool = True
+    model_dir: str = setting(
+        None,
+        "A bin/train run: its latest checkpoint is exported; recipe.json gives the model and "
+        "the dataset of the detection reference.",
+    )
+    export_dir: Optional[str] = setting(
+        None,
+        "TF Serving model base path; the export goes to <export_dir>/<version>/ (default: "
+        "<model_dir>/saved_model).",
+    )
+    version: Optional[int] = setting(
+        None,
+        "Version folder to write (default: the largest existing version + 1); an existing "
+        "version is never overwritten.",
+        valid=AT_LEAST_ONE,
+    )
+    data_dir: Optional[str] = shared_setting("data_dir")
+    download: bool = shared_setting("download")
+    detection_reference: int = detector_setting("detection_reference")
+    detection_k: int = detector_setting("detection_k")
+    detection_score: str = detector_setting("detection_score")
+    detector: str = detector_setting("detector")
+    detection_covariance: Optional[str] = detector_setting("detection_covariance")
+    threshold_examples: int = 10_000  # clean test images the 5%-FPR threshold is set on
+    warmup: bool = setting(True, "Write assets.extra/tf_serving_warmup_requests.")
 
     def __post_init__(self):
         if not self.model_dir:
-            raise UserError("--model_dir is required (a bin/train run)")
-        check_detector(self)
-        if self.version is not None and self.version < 1:
-            raise UserError(f"version must be >= 1, got {self.version}")
+            raise UserError("model_dir is required (a bin/train run)")
+        check_settings(self)
         if self.threshold_examples < 1:
             raise UserError(f"threshold_examples must be >= 1, got {self.threshold_examples}")
 
