@@ -15,6 +15,7 @@ from tf_metric_robust.evaluation import detection_protocol
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import summary_text, write_figures
+from tf_metric_robust.evaluation.report_schema import check_report
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_evaluate_reports_the_paper_protocol(setting, tmp_path):
     assert "2 adaptive detection attack runs" in text
     figures = write_figures(result, str(tmp_path))
     assert (tmp_path / figures["roc"]).read_bytes()[:4] == b"\x89PNG"
-    json.dumps(result.report)  # JSON-ready
+    check_report(json.loads(json.dumps(result.report)))  # JSON-ready, as declared
 
 
 def test_adaptive_numbers_never_better_for_the_defender_than_plain(setting):

@@ -1,4 +1,4 @@
-"""bin/evaluate on 2 replicas and on 2 workers gives the single-device report (issue 20).
+"""bin/evaluate on 2 replicas and on 2 workers gives the single-device report.
 
 Every attack runs shard by shard (shards.py): a shard's random draws are keyed on its index, not
 on a replica or worker, so the per-example results, accuracies, AutoAttack sequence, sanity

@@ -22,6 +22,7 @@ from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import write_figures
 from tf_metric_robust.evaluation.plan import build_plan, resolve_attack
+from tf_metric_robust.evaluation.report_schema import SchemaError, check_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A tiny threat model: every attack runs 3 steps on 60 examples.
@@ -143,6 +144,7 @@ class _FixedDetector:
 
     def __init__(self, *args, separating, **kwargs):
         self.calls, self.separating, self.k, self.score_type = 0, separating, 1, "fixed"
+        self.covariance = "per_class"  # the report's config names the Gaussian's covariance
         self.rng = np.random.default_rng(0)
         self.reference_labels = np.zeros(7)
 
@@ -219,66 +221,51 @@ def test_real_detector_and_report_schema(trained, normal, tmp_path, mnist5k_arra
 
 
 def _assert_report_schema(report):
-    """Keys and types every report.json has (bin/evaluate adds 'outputs')."""
-    types = {
-        "schema_version": int,
-        "versions": dict,
-        "model": dict,
-        "data": dict,
-        "threat_model": dict,
-        "config": dict,
-        "clean_accuracy": float,
-        "robust_accuracy": float,
-        "robust_attacks": list,
-        "attacks": dict,
-        "sweeps": dict,
-        "metrics": dict,
-        "sanity": dict,
-        "figures": dict,
-        "seconds": float,
-        "distribution": dict,
-        "per_example": dict,
-    }
-    for key, kind in types.items():
-        assert isinstance(report[key], kind), key
-    assert {"tensorflow", "keras", "tf_metric_robust"} <= set(report["versions"])
-    assert {"norm", "eps", "step_size", "steps", "restarts", "seed"} <= set(report["threat_model"])
+    """The declared layout (report_schema.py) and the values it cannot express."""
+    check_report(report)
+    n = report["data"]["num_examples"]
+    per_example = report["per_example"]
+    assert len(per_example["labels"]) == len(per_example["robust"]) == n
+    assert all(len(p) == n for p in per_example["predictions"].values())
+    assert set(report["attacks"]) <= set(per_example["predictions"])
+    accuracies = [report["clean_accuracy"], report["robust_accuracy"]]
+    accuracies += [entry["accuracy"] for entry in report["attacks"].values()]
+    assert all(0.0 <= a <= 1.0 for a in accuracies)
+    assert report["robust_accuracy"] == np.mean(per_example["robust"])
     for entry in report["attacks"].values():
-        assert set(entry) == {
-            "attack",
-            "groups",
-            "settings",
-            "accuracy",
-            "counts_for_robust",
-            "max_bound_violation",
-            "seconds",
-        }
-        assert isinstance(entry["accuracy"], float) and "eps" in entry["settings"]
-    assert set(report["sweeps"]) == {"eps", "steps"}
-    assert isinstance(report["sanity"]["passed"], bool)
-    for check in report["sanity"]["checks"]:
-        assert set(check) == {"name", "passed", "value", "threshold", "detail"}
+        assert "eps" in entry["settings"]
     assert report["metrics"]["eval/clean_accuracy"] == report["clean_accuracy"]
-    if report["detection"] is not None:
-        for entry in report["detection"]["attacks"]:
-            assert {
-                "eps",
-                "steps",
-                "attack",
-                "accuracy",
-                "knn_accuracy_adversarial",
-                "detectors",
-            } <= set(entry)
-            for result in entry["detectors"].values():
-                assert {
-                    "auc_misclassified_vs_correct_all",
-                    "auc_clean_vs_adversarial",
-                    "auc_misclassified_adversarial_vs_correct_clean",
-                    "tpr_at_5pct_fpr",
-                    "undetected_misclassified_at_5pct_fpr",
-                } <= set(result["plain"])
-                for run in result["adaptive_sweep"]:
-                    assert {"weight", "run", "accuracy"} <= set(run)
+
+
+def test_report_check_names_the_first_wrong_key(normal):
+    """check_report names the first key, in the declaration's order, that is missing, undeclared
+    or of the wrong type."""
+    report = json.loads(json.dumps(normal.report))
+    check_report(report)
+    missing = object()
+    cases = {
+        "report.sanity: missing": {("sanity",): missing, ("per_example", "robust", 0): 1},
+        "report.attacks.pgd.accuracy: expected float, got str": {
+            ("attacks", "pgd", "accuracy"): "0.5"
+        },
+        "report.sweeps.eps[1].extra: not a key of EpsPoint": {("sweeps", "eps", 1, "extra"): 1},
+        "report.suite: expected Suite (a dict), got str": {("suite",): "autoattack"},
+        "report.per_example.robust[3]: expected bool, got int": {("per_example", "robust", 3): 1},
+        "report.distribution.replicas: expected int, got float": {
+            ("distribution", "replicas"): 1.0
+        },
+    }
+    for message, edits in cases.items():
+        broken = json.loads(json.dumps(report))
+        for (*parents, key), value in edits.items():
+            node = functools.reduce(lambda tree, k: tree[k], parents, broken)
+            if value is missing:
+                del node[key]
+            else:
+                node[key] = value
+        with pytest.raises(SchemaError) as error:
+            check_report(broken)
+        assert str(error.value) == message
 
 
 def test_saved_model_of_a_run_matches_network(trained, tmp_path):
@@ -471,9 +458,9 @@ def test_progress_goes_to_the_callable_only(trained, mnist5k_arrays, capfd):
 
 
 def test_two_evaluations_leave_two_reports(trained, tmp_path, mnist5k_data_dir):
-    """Issue 16: a second bin/evaluate replaced the first report, left its PNGs beside a report
-    whose figures were {}, and logged to the same TensorBoard run. Each evaluation now keeps its
-    folder, figures and TensorBoard run; evaluation/latest points at the newest."""
+    """Each evaluation keeps its folder, figures and TensorBoard run (a second one neither
+    replaces the first report nor leaves its PNGs beside it); evaluation/latest points at the
+    newest."""
     network, _, _, _ = trained
     model_dir = str(tmp_path / "run")
     _write_run(model_dir, network)

@@ -2,8 +2,10 @@
 
 plan.py                EvalConfig (settings, literature defaults) and the plan of attack runs
 model_fns.py           ModelFns: logits / embedding of a Keras network, callable or SavedModel
-evaluate.py            evaluate(): runs the plan, worst case, suite, checks -> report dict
+evaluate.py            evaluate(): gathers the evidence, runs the evaluators, assembles the report
 evidence.py            the examples, the clean pass and every run of the plan, shard by shard
+evaluators.py          one class per report section: attacks, sweeps, sanity, suite, detection
+report_schema.py       report.json's keys and types, declared once; check_report
 sanity.py              Carlini et al. (2019) sanity checks on the per-example evidence
 suite.py               AutoAttack (Croce & Hein 2020) inside an evaluation
 detection_protocol.py  the TLA paper's detection protocol and the adaptive detector attack

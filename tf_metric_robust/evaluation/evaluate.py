@@ -9,6 +9,10 @@ per example is the logical AND of clean correctness and every attack run inside 
 adaptive attacks. The checks are Carlini et al. 2019, "On Evaluating Adversarial Robustness"
 (see sanity.py).
 
+evaluate() gathers the shared evidence (evidence.py: the clean pass and the plan's runs), runs the
+evaluators the config asks for (evaluators.py: one section each) and assembles the report
+(report_schema.py declares it).
+
     result = evaluate(network, (x_test, y_test), EvalConfig(), dataset="mnist")
     result.report["robust_accuracy"]
 """
@@ -20,14 +24,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust import attacks as attacks_lib
-from tf_metric_robust.config import EvalConfig, UserError
-from tf_metric_robust.evaluation import detection_protocol, sanity, suite
+from tf_metric_robust.evaluation import evaluators as evaluators_lib
 from tf_metric_robust.evaluation import progress as progress_lines
-from tf_metric_robust.evaluation.evidence import load_examples, run_plan
-from tf_metric_robust.evaluation.model_fns import ModelFns
-from tf_metric_robust.evaluation.plan import build_plan, call_settings
-from tf_metric_robust.evaluation.shards import ShardRunner
+from tf_metric_robust.evaluation.evidence import gather
+from tf_metric_robust.evaluation.report_schema import SCHEMA_VERSION, check_report
 
 __all__ = ["EvaluationResult", "evaluate", "versions"]
 
@@ -54,19 +54,6 @@ def versions():
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "tf_metric_robust": tf_metric_robust.__version__,
-    }
-
-
-def _attack_entry(spec, registry, accuracy, evidence, name):
-    """The report entry of one run: its settings as called, accuracy, bounds, time."""
-    return {
-        "attack": spec.attack,
-        "groups": list(spec.groups),
-        "settings": call_settings(registry[spec.attack], spec.kwargs),
-        "accuracy": accuracy,
-        "counts_for_robust": spec.counts_for_robust,
-        "max_bound_violation": evidence["violations"][name],
-        "seconds": round(evidence["seconds"][name], 3),
     }
 
 
@@ -100,92 +87,51 @@ def evaluate(
     """
     started = time.perf_counter()
     progress = progress or progress_lines.quiet
-    config = (config or EvalConfig()).resolve(dataset)
-    wants_detectors = config.detection or "adaptive_detector" in config.attacks
-    if wants_detectors and reference is None:
-        raise UserError("detection and adaptive_detector need reference (clean training) examples")
-    registry = dict(attacks_lib.ATTACKS if registry is None else registry)
-    fns = model if isinstance(model, ModelFns) else ModelFns(model)
-    detectors = None
-    if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
-        detectors = detection_protocol.build_detectors(fns, reference, config, dataset=dataset)
-        # The report's config names the covariance the rule chose (config.detector_settings).
-        config = dataclasses.replace(config, detection_covariance=detectors["gaussian"].covariance)
-        registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
-            fns, detectors[config.detector]
-        )
-    plan = build_plan(config, registry)
-    runner = ShardRunner(seed=config.seed, **runner_options)
-    x, y = load_examples(data, runner.shard_size, num_examples)
-    members = suite.VERSIONS[config.suite_version] if config.suite != "none" else ()
-    for line in progress_lines.header(config, plan, len(y), members):
-        progress(line)
-    evidence = run_plan(runner, fns, x, y, plan, registry=registry, progress=progress)
-    labels = evidence["labels"]
-    clean_correct = evidence["clean_predictions"] == labels
-    correct = {name: pred == labels for name, pred in evidence["predictions"].items()}
-    accuracy = lambda name: float(correct[name].mean())  # noqa: E731
-    checks = sanity.run_checks(
-        clean_correct=clean_correct,
-        clean_predictions=evidence["clean_predictions"],
-        predictions=evidence["predictions"],
-        correct=correct,
-        plan=plan,
-        violations=evidence["violations"],
-        gradients=evidence["gradients"],
-        thresholds=config.thresholds,
+    evidence = gather(
+        model,
+        data,
+        config,
+        dataset=dataset,
+        num_examples=num_examples,
+        reference=reference,
+        registry=registry,
+        progress=progress,
+        **runner_options,
     )
-    sanity.warn_failures(checks)  # the suite's own warnings are already logged by autoattack
-    own_runs = [name for name, spec in plan.specs.items() if spec.groups[0] == "sanity"]
-    progress(progress_lines.sanity_line(checks, sum(runner.seconds[n] for n in own_runs)))
-    # Per example the worst case: clean AND every run inside the threat model (below: the suite
-    # and the adaptive detection runs too).
+    parts = {e.key: e.run(evidence, progress) for e in evaluators_lib.chosen(evidence.config)}
+    result = _assemble(evidence, parts, dataset)
+    result.report["seconds"] = round(time.perf_counter() - started, 2)
+    check_report(result.report)
+    return result
+
+
+def _assemble(evidence, parts, dataset):
+    """The report from the evidence and the evaluators' Parts: each Part's section, and what the
+    Parts add to the worst case, per_example, the metrics, the sanity checks and the ROC curves."""
+    config, plan, runner, labels = evidence.config, evidence.plan, evidence.runner, evidence.labels
+    # Per example the worst case: clean AND every run inside the threat model (the plan's, then
+    # those the evaluators add: the suite, the adaptive detection runs).
+    correct = dict(evidence.correct)
     robust_attacks = [name for name, spec in plan.specs.items() if spec.counts_for_robust]
-    suite_section, suite_correct, suite_checks = None, {}, []
-    if config.suite != "none":
-        pgd_attack, pgd_accuracy = suite.weakest_pgd(plan, accuracy)
-        suite_section, suite_fooled_by, suite_checks = suite.run_suite(
-            runner,
-            fns,
-            x,
-            y,
-            evidence["clean_predictions"],
-            config,
-            pgd_attack=pgd_attack,
-            pgd_accuracy=pgd_accuracy,
-            progress=progress,
-        )
-        suite_correct[config.suite] = suite_fooled_by == ""
-        robust_attacks.append(config.suite)
-        progress(
-            progress_lines.timed(
-                f"AutoAttack ({config.suite_version}): robust accuracy "
-                f"{suite_section['robust_accuracy']:.4f}",
-                sum(suite_section["seconds"].values()),
-            )
-        )
-    checks += suite_checks
-    detection_section, curves, adaptive_predictions = None, {}, {}
-    if config.detection:
-        detection_started = time.perf_counter()
-        detection_section, curves, adaptive_runs = detection_protocol.run_detection(
-            runner, fns, evidence, plan, config, detectors, progress=progress
-        )
-        progress(
-            progress_lines.detection_line(
-                detection_section, time.perf_counter() - detection_started
-            )
-        )
-        for name, run in adaptive_runs.items():
-            adaptive_predictions[name] = run["predictions"]
-            correct[name] = run["predictions"] == labels
-            if run["norm"] == config.norm and run["eps"] <= config.eps + 1e-9:  # as plan.Plan.add
+    predictions = dict(evidence.runs["predictions"])
+    for part in parts.values():
+        for name, run in part.runs.items():
+            correct[name] = run.correct
+            if run.counts_for_robust:
                 robust_attacks.append(name)
-    robust, every = clean_correct.copy(), {**correct, **suite_correct}
+            if run.predictions is not None:
+                predictions[name] = run.predictions
+    clean_correct = evidence.clean_correct
+    robust = clean_correct.copy()
     for name in robust_attacks:
-        robust &= every[name]
+        robust &= correct[name]
+    sections = {e.key: None for e in evaluators_lib.EVALUATORS}
+    sections.update({key: part.section for key, part in parts.items()})
+    added_checks = [check for part in parts.values() for check in part.checks]
+    sections["sanity"] = evaluators_lib.sanity_section(sections["sanity"]["checks"] + added_checks)
+    clean_accuracy, robust_accuracy = float(clean_correct.mean()), float(robust.mean())
     report = {
-        "schema_version": 1,
+        "schema_version": SCHEMA_VERSION,
         "versions": versions(),
         "model": {},
         "data": {
@@ -203,50 +149,33 @@ def evaluate(
             "seed": config.seed,
         },
         "config": dataclasses.asdict(config),
-        "clean_accuracy": float(clean_correct.mean()),
-        "robust_accuracy": float(robust.mean()),
+        "clean_accuracy": clean_accuracy,
+        "robust_accuracy": robust_accuracy,
         "robust_attacks": robust_attacks,
-        "attacks": {
-            name: _attack_entry(spec, registry, accuracy(name), evidence, name)
-            for name, spec in plan.specs.items()
+        **sections,
+        "metrics": {
+            "eval/clean_accuracy": clean_accuracy,
+            "eval/robust_accuracy": robust_accuracy,
+            **{name: value for part in parts.values() for name, value in part.metrics.items()},
         },
-        "sweeps": {
-            "eps": [{"eps": e, "attack": n, "accuracy": accuracy(n)} for e, n in plan.eps_sweep],
-            "steps": [
-                {"steps": s, "attack": n, "accuracy": accuracy(n)} for s, n in plan.steps_sweep
-            ],
+        "distribution": {
+            "replicas": runner.replicas,
+            "workers": runner.store.num_workers,
+            "resumed_shards": runner.resumed,
         },
-        "suite": suite_section,
+        "per_example": {
+            "labels": labels.tolist(),
+            "clean_predictions": evidence.runs["clean_predictions"].tolist(),
+            "robust": robust.tolist(),
+            "predictions": {name: pred.tolist() for name, pred in predictions.items()},
+            "suite_fooled_by": None,
+            **{key: value for part in parts.values() for key, value in part.per_example.items()},
+        },
+        "figures": {},  # file names, filled by outputs.write_figures
     }
-    report["metrics"] = {
-        "eval/clean_accuracy": report["clean_accuracy"],
-        "eval/robust_accuracy": report["robust_accuracy"],
-        **{f"eval/{n}_accuracy": accuracy(n) for n in plan.main},
-        **(
-            {f"eval/{config.suite}_accuracy": suite_section["robust_accuracy"]}
-            if suite_section
-            else {}
-        ),
-    }
-    report["sanity"] = {"passed": all(c["passed"] is not False for c in checks), "checks": checks}
-    report["detection"] = detection_section
-    report["distribution"] = {
-        "replicas": runner.replicas,
-        "workers": runner.store.num_workers,
-        "resumed_shards": runner.resumed,
-    }
-    predictions = {**evidence["predictions"], **adaptive_predictions}
-    report["per_example"] = {
-        "labels": labels.tolist(),
-        "clean_predictions": evidence["clean_predictions"].tolist(),
-        "robust": robust.tolist(),
-        "predictions": {name: pred.tolist() for name, pred in predictions.items()},
-        "suite_fooled_by": suite_fooled_by.tolist() if suite_section else None,
-    }
-    report["figures"] = {}  # file names, filled by outputs.write_figures
-    report["seconds"] = round(time.perf_counter() - started, 2)
+    curves = {label: curve for part in parts.values() for label, curve in part.curves.items()}
     return EvaluationResult(
         report=report,
-        correct={"clean": clean_correct, "robust": robust, **correct, **suite_correct},
+        correct={"clean": clean_correct, "robust": robust, **correct},
         roc_curves=curves,
     )

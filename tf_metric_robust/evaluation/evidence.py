@@ -1,23 +1,101 @@
-"""The per-example evidence of an evaluation: the examples held in memory, the clean pass and
-every attack run of a plan, shard by shard on every replica and worker (shards.ShardRunner).
+"""The per-example evidence every evaluator of an evaluation reads (evaluators.py): the examples
+held in memory, the detectors when asked for, the plan, and its clean pass and every attack run,
+shard by shard on every replica and worker (shards.ShardRunner).
 
 Each run gives per example the prediction on its result, the result's distance outside the threat
 model and box (sanity.bound_violations, checked by sanity.py) and, for detection runs, the
 embedding (detection_protocol.py).
 """
 
+import dataclasses
+import functools
 import inspect
 import json
 
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust.config import UserError
+from tf_metric_robust import attacks as attacks_lib
+from tf_metric_robust.attacks.autoattack import VERSIONS
+from tf_metric_robust.config import EvalConfig, UserError
+from tf_metric_robust.evaluation import detection_protocol, sanity
 from tf_metric_robust.evaluation import progress as progress_lines
-from tf_metric_robust.evaluation import sanity
-from tf_metric_robust.evaluation.shards import DYNAMIC_SETTINGS
+from tf_metric_robust.evaluation.model_fns import ModelFns
+from tf_metric_robust.evaluation.plan import Plan, build_plan
+from tf_metric_robust.evaluation.shards import DYNAMIC_SETTINGS, ShardRunner
 
-__all__ = ["attack_fn", "load_examples", "run_plan"]
+__all__ = ["Evidence", "attack_fn", "gather", "load_examples", "run_plan"]
+
+
+@dataclasses.dataclass
+class Evidence:
+    """What the evaluators share: the resolved config, the model, its detectors (None without
+    detection), the attack registry, the plan, the runner that ran it and run_plan's output."""
+
+    config: EvalConfig
+    fns: ModelFns
+    detectors: dict | None
+    registry: dict
+    plan: Plan
+    runner: ShardRunner
+    runs: dict  # run_plan's per-example arrays
+
+    @property
+    def labels(self):
+        """The evaluated examples' labels [N]."""
+        return self.runs["labels"]
+
+    @functools.cached_property
+    def clean_correct(self):
+        """Bool [N]: the clean prediction is right."""
+        return self.runs["clean_predictions"] == self.labels
+
+    @functools.cached_property
+    def correct(self):
+        """Run name -> bool [N] for every run of the plan."""
+        return {name: pred == self.labels for name, pred in self.runs["predictions"].items()}
+
+    def accuracy(self, name):
+        """The accuracy of a run of the plan, as a Python float."""
+        return float(self.correct[name].mean())
+
+
+def gather(
+    model,
+    data,
+    config,
+    *,
+    dataset=None,
+    num_examples=None,
+    reference=None,
+    registry=None,
+    progress=progress_lines.quiet,
+    **runner_options,
+):
+    """Fits the detectors when asked for, builds the plan, prints its header to `progress` and
+    runs it: the Evidence of evaluate() (see its arguments)."""
+    config = (config or EvalConfig()).resolve(dataset)
+    wants_detectors = config.detection or "adaptive_detector" in config.attacks
+    if wants_detectors and reference is None:
+        raise UserError("detection and adaptive_detector need reference (clean training) examples")
+    registry = dict(attacks_lib.ATTACKS if registry is None else registry)
+    fns = model if isinstance(model, ModelFns) else ModelFns(model)
+    detectors = None
+    if wants_detectors:  # fitted first: the adaptive attack in the plan needs them
+        detectors = detection_protocol.build_detectors(fns, reference, config, dataset=dataset)
+        # The report's config names the covariance the rule chose (config.detector_settings).
+        config = dataclasses.replace(config, detection_covariance=detectors["gaussian"].covariance)
+        registry["adaptive_detector"] = detection_protocol.bound_adaptive_attack(
+            fns, detectors[config.detector]
+        )
+    plan = build_plan(config, registry)
+    runner = ShardRunner(seed=config.seed, **runner_options)
+    x, y = load_examples(data, runner.shard_size, num_examples)
+    members = VERSIONS[config.suite_version] if config.suite != "none" else ()
+    for line in progress_lines.header(config, plan, len(y), members):
+        progress(line)
+    runs = run_plan(runner, fns, x, y, plan, registry=registry, progress=progress)
+    return Evidence(config, fns, detectors, registry, plan, runner, runs)
 
 
 def load_examples(data, batch_size, num_examples=None):

@@ -30,6 +30,7 @@ from tf_metric_robust.evaluation.outputs import (
     write_figures,
     write_tensorboard,
 )
+from tf_metric_robust.evaluation.report_schema import check_report
 
 
 def _run_dir_of(saved_model):
@@ -267,6 +268,7 @@ def run(request, progress=None):
         "report": report_path,
         "tensorboard": tensorboard_dir if request.tensorboard else None,
     }
+    check_report(report)  # what report_schema.py declares, before anyone reads it
     run_files.write_json_atomic(report_path, report)
     if not request.output:
         _point_latest(os.path.dirname(directory), name)
