@@ -144,7 +144,7 @@ def test_recorded_arguments_match_up_to_how_paths_are_spelled(tmp_path, monkeypa
     [
         (dict(seeds=(0, 0)), "--seeds repeats 0"),
         (dict(entries=()), "--modes is empty"),
-        (dict(parallel=0), "--parallel must be >= 1"),
+        (dict(parallel=0), "parallel must be in \\[1, inf\\), got 0"),
         (dict(train_args=("--mode=tla",)), "bin/compare sets --mode"),
         (dict(collect=True, only=(("pgd", 0),)), "--collect"),
     ],

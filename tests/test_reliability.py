@@ -334,7 +334,7 @@ TWO_WORKERS = json.dumps(
 # (flags, TF_CONFIG, start of the message); all rejected before TensorFlow is imported.
 FAST_BAD_INPUT = {
     "unknown dataset": (["--dataset=imagenet21k"], None, "error: unknown --dataset"),
-    "unknown model": (["--model=resnet1001"], None, "error: flag --model=resnet1001"),
+    "unknown model": (["--model=resnet1001"], None, "error: unknown --model 'resnet1001'"),
     "unknown strategy": (["--strategy=horovod"], None, "error: flag --strategy=horovod"),
     "unknown attack loss": (["--attack_loss=dlr"], None, "error: flag --attack_loss=dlr"),
     "eps < 0": (["--eps=-0.1"], None, "error: --eps must be in [0, 1]"),

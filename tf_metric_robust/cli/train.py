@@ -27,6 +27,8 @@ def recipe_config():
     """The TrainConfig of the parsed flags, checked as a recipe: every value valid, nothing read
     from disk (a flagfile parses the same on any machine); UsageError naming the flag."""
     check_dataset(FLAGS.dataset)
+    if FLAGS.model not in cfg.MODELS:
+        raise UsageError(f"unknown --model {FLAGS.model!r}; known: {', '.join(cfg.MODELS)}")
     model_kwargs = {}
     if FLAGS.model == "wide_resnet":
         shape = config_from_flags(cfg.WideResNetShape)

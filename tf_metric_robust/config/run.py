@@ -93,7 +93,9 @@ class TrainConfig:
     )
     data_dir: Optional[str] = setting(None, "tensorflow-datasets data directory.")
     download: bool = setting(False, "Download the dataset if it is not in --data_dir.")
-    model: str = setting("small_cnn", "Network.", choices=MODELS)
+    # Not a closed choice: models.MODELS is a registry a Python user may add a network to;
+    # bin/train checks --model against the built-in names (cli.train.recipe_config).
+    model: str = setting("small_cnn", f"Network: {', '.join(MODELS)}.")
     model_kwargs: dict = dataclasses.field(default_factory=dict)  # e.g. WideResNetShape's
     mode: str = setting(
         "tla",
