@@ -115,10 +115,6 @@ def test_mixed_bfloat16_gives_float32_outputs(bfloat16_policy, name, shape, kwar
     assert all(v.dtype == "float32" for v in model.trainable_weights)
 
 
-def test_policy_restored_after_bfloat16_test():
-    assert keras.mixed_precision.global_policy().name == "float32"
-
-
 # PreAct ResNet-18 is left out: only stock layers beyond the WideResNet's, and 45 MB to write.
 @pytest.mark.parametrize("name,shape,kwargs,dim", CASES[:3], ids=IDS[:3])
 def test_keras_save_load_round_trip(built, tmp_path, name, shape, kwargs, dim):
@@ -193,7 +189,7 @@ def test_small_cnn_learns_mnist5k(mnist5k_arrays):
 
 
 _RECIPE_SCRIPT = """
-import glob, json, os, sys
+import dataclasses, glob, json, os, sys
 from absl import flags
 from tf_metric_robust import cli, data, models
 cli.define_train_flags()
@@ -203,29 +199,25 @@ for path in sorted(glob.glob('configs/*.flags')):
     FLAGS.unparse_flags()
     FLAGS(['train', '--flagfile=' + path, '--model_dir=unused'])
     config = cli.recipe_config()
-    optimizer, triplet, attack, eval_attack = (
-        config.optimizer, config.triplet, config.attack, config.eval_attack)
-    spec = data.dataset_info(FLAGS.dataset)
-    kwargs = config.model_kwargs
-    key = (FLAGS.model, spec.image_shape, spec.num_classes, json.dumps(kwargs, sort_keys=True))
+    spec = data.dataset_info(config.dataset)
+    key = (config.model, spec.image_shape, spec.num_classes,
+           json.dumps(config.model_kwargs, sort_keys=True))
     if key not in built:
-        model = models.build(FLAGS.model, spec.num_classes, spec.image_shape,
-                             weight_decay=optimizer.weight_decay, **kwargs)
+        model = models.build(config.model, spec.num_classes, spec.image_shape,
+                             weight_decay=config.optimizer.weight_decay, **config.model_kwargs)
         built[key] = (model.count_params(), models.embedding_dim(model))
+    fields = dataclasses.asdict(config)
+    del fields['settings']
     out[os.path.basename(path)] = dict(
-        model=FLAGS.model, params=built[key][0], embedding=built[key][1], mode=FLAGS.mode,
-        triplet=triplet.__dict__, optimizer=optimizer.__dict__, steps=FLAGS.train_steps,
-        label_smoothing=FLAGS.label_smoothing, attack=attack.__dict__,
-        eval_attack=eval_attack.__dict__, attack_bn_mode=FLAGS.attack_bn_mode,
-        select_best=FLAGS.select_best, validation_examples=FLAGS.validation_examples,
-        eval_round_to_grid=FLAGS.eval_round_to_grid)
+        fields, params=built[key][0], embedding=built[key][1], steps=config.train_steps)
 print(json.dumps(out))
 """
 
 
 @pytest.fixture(scope="module")
 def recipes():
-    """Every configs/*.flags parsed with bin/train's flags, and its model built (real size)."""
+    """Every configs/*.flags parsed with bin/train's flags into its TrainConfig (the fields, as a
+    dict) and its model built (real size): the one place the tests parse the flagfiles."""
     import json
     import os
     import subprocess
@@ -299,3 +291,36 @@ def test_cifar_recipes_paper_and_code(recipes):
         )
         assert recipe["select_best"] == "pgd" and recipe["eval_round_to_grid"]
         assert recipe["params"] == recipes["cifar_pgd_at.flags"]["params"]
+
+
+def test_tiny_imagenet_recipe_is_the_authors(recipes):
+    """configs/tiny_imagenet.flags: the authors' Tiny ImageNet TLA settings (their README's
+    command and config_imagenet.json), on our bottleneck PreAct ResNet."""
+    tiny = recipes["tiny_imagenet.flags"]
+    assert (tiny["dataset"], tiny["model"], tiny["mode"]) == (
+        "tiny_imagenet",
+        "preact_resnet_tiny",
+        "tla",
+    )
+    assert (tiny["batch_size"], tiny["label_smoothing"], tiny["augment"]) == (20, 0.1, True)
+    optimizer = tiny["optimizer"]
+    assert (optimizer["name"], optimizer["momentum"], optimizer["weight_decay"]) == (
+        "sgd",
+        0.9,
+        2e-4,
+    )
+    assert optimizer["lr_values"] == [0.1, 0.01, 0.001]
+    assert (tiny["attack"]["steps"], tiny["eval_attack"]["steps"]) == (7, 10)
+    np.testing.assert_allclose(
+        [tiny["attack"]["eps"], tiny["attack"]["step_size"], tiny["eval_attack"]["step_size"]],
+        [8 / 255, 2 / 255, 2 / 255],
+        atol=1e-8,
+    )
+    triplet = tiny["triplet"]
+    assert (triplet["positive"], triplet["margin"], triplet["margin_other"]) == ("both", 0.6, 0.02)
+    assert (triplet["negative_pool"], triplet["pool_multiplier"], triplet["distance"]) == (
+        "extra",
+        1,
+        "abs_cosine",
+    )
+    assert (triplet["lambda_triplet"], triplet["lambda_norm"]) == (0.5, 1e-3)
