@@ -378,6 +378,10 @@ def test_build_and_knn_classify():
     small = detection.build("knn", points, labels, k=5)
     queries, query_labels, _ = _clusters(rng, per_class=10)
     np.testing.assert_array_equal(small.classify(queries).numpy(), query_labels)
-    assert isinstance(detection.build("gaussian", points, labels), detection.GaussianDetector)
+    built = detection.build("gaussian", points, labels, covariance="tied")
+    direct = detection.GaussianDetector(points, labels, covariance="tied")
+    np.testing.assert_array_equal(
+        built.score(queries, query_labels).numpy(), direct.score(queries, query_labels).numpy()
+    )
     with pytest.raises(ValueError, match="detector must be"):
         detection.build("lid", points, labels)

@@ -42,9 +42,6 @@ def test_readme_example_runs(mode, capsys):
     exec(compile(code, "README.md:Your own Keras model", "exec"), scope)
     trainer, network = scope["trainer"], scope["network"]
     assert trainer.mode == mode and int(trainer.optimizer.iterations.numpy()) == 3
-    results = scope["results"]
-    assert 0 <= results["clean_accuracy"] <= 1 and 0 <= results["pgd_accuracy"] <= 1
-    assert np.isfinite(results["loss"])
     # The wrapper shares the Sequential's weights: training the network trained the classifier.
     images = scope["test_images"][:4]
     np.testing.assert_allclose(

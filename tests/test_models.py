@@ -242,8 +242,18 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert set(recipes) == {os.path.basename(p) for p in glob.glob(f"{root}/configs/*.flags")}
+    # The penultimate width of each network: fc1024 (Madry's MNIST net; the authors' large MNIST
+    # net, paper Table 5), 64 x width for WRN-34-10, 512 (PreAct ResNet-18), 4 x 512 (bottleneck).
+    embedding = {
+        "small_cnn": 128,
+        "madry_mnist": 1024,
+        "mnist_large": 1024,
+        "wide_resnet": 640,
+        "preact_resnet18": 512,
+        "preact_resnet_tiny": 2048,
+    }
     for name, recipe in recipes.items():
-        assert recipe["params"] > 0 and recipe["embedding"] > 0, name
+        assert recipe["embedding"] == embedding[recipe["model"]], name
         # TLA attacks in BN inference mode (the authors' TLA code); PGD-AT in train mode (Madry).
         expected_bn_mode = "train" if recipe["mode"] == "pgd" else "inference"
         assert recipe["attack_bn_mode"] == expected_bn_mode, name

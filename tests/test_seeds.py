@@ -41,6 +41,8 @@ def test_data_roots_keep_the_keys_the_data_streams_used_before():
 
 
 def test_numpy_seed_is_a_stable_python_int():
+    """The value is pinned: the detection reference and every numpy draw keyed by it would move
+    with a change of the seed rule."""
     first = seeds.numpy_seed(2, "detection.reference")
-    assert isinstance(first, int) and first == seeds.numpy_seed(2, "detection.reference")
-    assert first != seeds.numpy_seed(3, "detection.reference")
+    assert type(first) is int and first == 8589934601
+    assert seeds.numpy_seed(3, "detection.reference") == 12884901897
