@@ -9,7 +9,7 @@ comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 MODEL_DIR ?= runs/mnist5k
 
-.PHONY: train test evaluate tensorboard bench install clean
+.PHONY: train test test-fast evaluate tensorboard bench install clean
 
 install: $(STAMP)
 
@@ -30,6 +30,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
+
+# The unit tier, for every few minutes of work: no end-to-end runs (tests marked slow).
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	TF_ENABLE_ONEDNN_OPTS=1 $(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" --durations=10 tests
 
 evaluate: $(STAMP)
 	$(PY) bin/evaluate $(if $(ARGS),$(ARGS),--model_dir=$(MODEL_DIR))

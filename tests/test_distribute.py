@@ -14,7 +14,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
+
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = [

@@ -16,11 +16,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tf_metric_robust import distribute
 from tf_metric_robust.config import EvalConfig
 from tf_metric_robust.evaluation.evaluate import evaluate
+
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
 PORTS = (12345, 12346)  # TF_CONFIG's addresses; never bound (workers exchange files, not gRPC)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -31,6 +31,8 @@ from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.models import layers
 from tf_metric_robust.data.mnist5k_builder import split_indices
 
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
 OUTPUTS = ("logits", "probabilities", "classes", "embedding", "detection_score")

@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from tf_metric_robust import models
 
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
+
 README = os.path.join(os.path.dirname(__file__), "..", "README.md")
 
 

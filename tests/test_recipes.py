@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = sorted(
     os.path.basename(p)[: -len(".flags")]

@@ -21,6 +21,8 @@ import tensorflow as tf
 from tf_metric_robust import checkpoint_files, run_files, stopping
 from tf_metric_robust.config import UserError
 
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--flagfile=configs/mnist5k.flags",

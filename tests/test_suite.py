@@ -20,6 +20,8 @@ from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.report_schema import check_report
 
+pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PGD-3 plus AutoAttack with 5 APGD steps and 100 Square queries; no sweeps.
 QUICK = dict(
