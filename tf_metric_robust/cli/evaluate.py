@@ -224,9 +224,9 @@ def evaluate_config():
     if FLAGS.saved_model:
         _check_saved_model(FLAGS.saved_model)
     else:
-        from tf_metric_robust import run_files  # reads the record without TensorFlow
+        from tf_metric_robust import run_folder  # reads the record without TensorFlow
 
-        run_files.read_recipe(FLAGS.model_dir)  # UserError for a folder that is not a run
+        run_folder.read_recipe(FLAGS.model_dir)  # UserError for a folder that is not a run
     # The attack registry imports TensorFlow: the names are checked last.
     from tf_metric_robust import attacks
     from tf_metric_robust.evaluation import plan as evaluation_plan

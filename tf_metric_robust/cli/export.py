@@ -47,9 +47,9 @@ def export_config():
     """Parsed flags -> config.ExportConfig (raises UsageError with one line on bad values)."""
     if FLAGS.model_dir and not os.path.isdir(FLAGS.model_dir):  # before TensorFlow: fails fast
         raise UsageError(f"--model_dir {FLAGS.model_dir} does not exist")
-    from tf_metric_robust import run_files  # reads the record without TensorFlow
+    from tf_metric_robust import run_folder  # reads the record without TensorFlow
     from tf_metric_robust.config import ExportConfig
 
     config = config_from_flags(ExportConfig)
-    run_files.read_recipe(config.model_dir)  # UserError for a folder that is not a run
+    run_folder.read_recipe(config.model_dir)  # UserError for a folder that is not a run
     return config

@@ -32,7 +32,7 @@ NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
 OTHER_POSITIVES = ("batch", "data")
 DISTANCES = ("abs_cosine", "cosine", "l2", "squared_l2")
-# recipe.json keys that define the network (run_files.load_network rebuilds it from them).
+# recipe.json keys that define the network (run_folder.load_network rebuilds it from them).
 RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 
@@ -88,7 +88,7 @@ class AttackConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OverfitConfig:
-    """The catastrophic-overfitting guard of fast AT (overfit_guard.py; Wong et al. 2020)."""
+    """The catastrophic-overfitting guard of fast AT (training/overfit_guard.py; Wong et al. 2020)."""
 
     check_every: int = setting(
         0,
