@@ -13,6 +13,7 @@ import tensorflow as tf
 from tf_metric_robust import attacks, seeds
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig, check_mode
+from tf_metric_robust.config.run import ATTACK_BN_MODES
 from tf_metric_robust.config.training import KL_MODES
 from tf_metric_robust.training import awp, ema, mode_losses
 from tf_metric_robust.training.memory_bank import EmbeddingBank
@@ -71,6 +72,9 @@ class AdversarialTrainer(keras.Model):
             attack=attack,
             positive_noise=self.triplet.positive_noise,
         )
+        if attack_bn_mode not in ATTACK_BN_MODES:
+            choices = ", ".join(ATTACK_BN_MODES)
+            raise ValueError(f"attack_bn_mode must be one of {choices}; got {attack_bn_mode!r}")
         self.attack_bn_mode = attack_bn_mode
         self.eval_round_to_grid = bool(eval_round_to_grid)
         self.beta = float(beta)
