@@ -1,19 +1,11 @@
-"""A training run's folder (model_dir): its record (recipe.json, flags.txt, history.jsonl), its
-checkpoints, and the network read back from them.
+"""A training run's folder (model_dir) as bin/train, bin/evaluate and bin/export read it: the
+record (recipe.json, flags.txt, history.jsonl), checkpoints/, and the network back from them.
 
-The record: recipe.json (network-defining keys plus every result-changing setting) and flags.txt,
-both written once when the run starts; history.jsonl, one line per accepted change of settings on
-resume (time, step, from -> to). A resume with other settings is refused unless the user names
-them (--allow_changes), so the record always says what produced the checkpoints. Every file is
-replaced atomically (atomic_io).
-
-Checkpoints are TF's own (tf.train.CheckpointManager writes the ckpt-N files first and the
-'checkpoint' state file last, through a rename) in checkpoints/. One that cannot be read (a disk
-fault, a copy cut short) is moved aside to checkpoints/corrupt/ and the previous readable one
-becomes the latest, so a resume continues; one that does not fit the model is a user error.
-
-TensorFlow is imported only in the functions that read checkpoints and networks, so the flag
-layer checks a run's record (check_recipe) before paying for that import.
+The record says what produced the checkpoints: recipe.json and flags.txt are written once; a
+resume with other settings is refused unless named (--allow_changes) and then logged in
+history.jsonl. A checkpoint that cannot be read is moved to checkpoints/corrupt/ and the previous
+one restored. TensorFlow is imported only inside the functions that need it, so the flag layer
+checks a run's record before paying for that import.
 """
 
 import dataclasses

@@ -147,9 +147,11 @@ def tla_loss(batch, adversarial, training, settings, *, term, seed):
         total, ce = _kl_objective(batch.labels, out.clean_logits, out.adversarial_logits, settings)
         logs["robust_loss"] = total - ce
     else:
-        # CE on the adversarial images only (config train_flag_adv_only, lines 382-389).
+        # CE on the adversarial images only (train_flag_adv_only; train_update_fast_triplet.py
+        # lines 382-389).
         ce = total = cross_entropy(batch.labels, out.adversarial_logits, settings)
-    # lambda_triplet weighs each whole term, norm part included (lines 372, 376).
+    # lambda_triplet weighs each whole term, norm part included (train_update_fast_triplet.py
+    # lines 372, 376).
     total = total + settings.triplet.lambda_triplet * logs["triplet_loss"]
     logs["ce_loss"] = ce
     return Losses(total, logs, out.clean_logits, out.adversarial_logits)
