@@ -61,7 +61,7 @@ def build(pool, steps, mode="tla"):
         attack=AttackConfig(eps=0.3, step_size=0.05, steps=steps),
     )
     trainer.compile(optimizer=keras.optimizers.Adam(1e-3))
-    # As experiment.build_trainer: slots built up front, else the first trace creates variables
+    # As training.run.build_trainer: slots built up front, else the first trace creates variables
     # and tf.function traces the step twice.
     trainer.optimizer.build(network.trainable_variables)
     rows = BATCH * (1 + triplet.pool_multiplier) if mode == "tla" and pool == "extra" else BATCH

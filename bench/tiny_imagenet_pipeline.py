@@ -26,8 +26,9 @@ import time
 import tensorflow as tf
 from absl import flags
 
-from tf_metric_robust import cli, data, trainer_setup
+from tf_metric_robust import cli, data
 from tf_metric_robust.data import catalog, fake
+from tf_metric_robust.training import run
 
 RECIPE = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny_imagenet.flags"
@@ -69,7 +70,7 @@ def step_examples(config):
 def train_step_rate(config, steps):
     """Images/s the recipe's TLA train step consumes (batch + pool per step), after one traced
     step; random images stand in for the images and their other positives from the data."""
-    trainer = trainer_setup.build_trainer(config)
+    trainer = run.build_trainer(config)
     shape = [step_examples(config), 64, 64, 3]
     images, others = tf.random.uniform(shape), tf.random.uniform(shape)
     labels = tf.random.uniform(shape[:1], maxval=200, dtype=tf.int64)

@@ -76,7 +76,7 @@ def mnist5k_data_dir(tmp_path_factory):
 
 @pytest.fixture
 def mnist5k_run_config(tmp_path, mnist5k_data_dir):
-    """Factory of the TrainConfig of a few experiment.train steps on the real MNIST-5k digits into
+    """Factory of the TrainConfig of a few training.train steps on the real MNIST-5k digits into
     tmp_path/'run': the probe and the final evaluation see the same `examples`, and `attack` also
     attacks the evaluation unless `eval_attack` is given; other TrainConfig fields pass through."""
     from tf_metric_robust.config import TrainConfig

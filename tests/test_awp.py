@@ -1,4 +1,4 @@
-"""AWP (awp.py): the reference's proxy step in NumPy, the perturbation's size per layer, exact
+"""AWP (training/awp.py): the reference's proxy step in NumPy, the perturbation's size per layer, exact
 restore, warm-up, replicas agree, and every mode still learns with it on the demo digits."""
 
 import keras
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import awp, distribute, models
+from tf_metric_robust import distribute, models
 from tf_metric_robust.config import AttackConfig, TripletConfig
-from tf_metric_robust.training import AdversarialTrainer
+from tf_metric_robust.training import AdversarialTrainer, awp
 
 ATTACK = AttackConfig(eps=0.1, step_size=0.05, steps=3)
 FIXED_START = AttackConfig(eps=0.3, step_size=0.1, steps=3, random_start=False)
@@ -142,7 +142,7 @@ def test_step_descends_from_the_perturbed_weights_and_restores_exactly(mnist5k_a
     for kernel, v in zip(kernels, perturbation):
         kernel.assign_add(v)
     with tf.GradientTape() as tape:
-        total = trainer.compute_losses(batch.images, batch.labels, adversarial, True).total
+        total = trainer.compute_losses(batch, adversarial, True).total
         loss = tf.reduce_mean(total) + sum(trainer.network.losses)
     grads = tape.gradient(loss, trainer.network.trainable_variables)
     for variable, value in zip(trainer.network.trainable_variables, start):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import detection, distribute, experiment, export, final_evaluation, models
+from tf_metric_robust import detection, distribute, export, models, training
 from tf_metric_robust.attacks import pgd
 from tf_metric_robust.config import (
     AttackConfig,
@@ -30,6 +30,7 @@ from tf_metric_robust.evaluation import detection_protocol
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.models import layers
 from tf_metric_robust.data.mnist5k_builder import split_indices
+from tf_metric_robust.training import finish
 
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
@@ -169,7 +170,7 @@ def outside_runs(exported):
             cli_output,
             ENV,
         ),
-        # Issue 13: the default attack list, the sanity checks (persistent tapes) and detection
+        # The default attack list, the sanity checks (persistent tapes) and detection
         # through a SavedModel's signatures, in a fresh process.
         "evaluate": (
             [
@@ -197,7 +198,7 @@ def outside_runs(exported):
             ENV,
         ),
     }
-    # Issue 13: oneDNN's convolution rejects a zero-size batch; the signatures must not depend on
+    # oneDNN's convolution rejects a zero-size batch; the signatures must not depend on
     # the kernel library, so the serving checks run under both settings in fresh processes.
     for onednn in ("0", "1"):
         output = os.path.join(model_dir, f"serving_checks_onednn{onednn}.json")
@@ -608,21 +609,21 @@ def test_tiny_imagenet_run_ends_with_a_tied_detector_at_2048_dims(tmp_path):
     """The end of a configs/tiny_imagenet.flags run (200 classes, 2048-d embedding) on fake
     data: a per-class detector cannot be fitted there; the export fits the tied one."""
     config = _one_step_run(tmp_path / "run", "fake:tiny_imagenet", "tiny_2048", 8)
-    own_settings = final_evaluation.export_settings
+    own_settings = finish.export_settings
     lines = []
     with (
         mock.patch.dict(models.MODELS, {"tiny_2048": _tiny_2048}),
         # 1000 references instead of 5000 (about 25 s less of Ledoit-Wolf on 2048-d rows); the
         # 200 per-class 2048-d covariances exceed the memory limit at any reference size.
         mock.patch.object(
-            final_evaluation,
+            finish,
             "export_settings",
             lambda run_config: dataclasses.replace(
                 own_settings(run_config), detection_reference=1000
             ),
         ),
     ):
-        experiment.train(config, progress=lines.append)
+        training.train(config, progress=lines.append)
     path = export.latest_version(os.path.join(config.model_dir, "saved_model"))
     with open(os.path.join(path, export.DETECTOR_FILE)) as f:
         record = json.load(f)
@@ -656,7 +657,7 @@ def test_one_image_per_class_run_exports_without_the_detector_and_reruns(tmp_pat
         model_kwargs={"embedding_dim": 16},
     )
     lines = []
-    experiment.train(config, progress=lines.append)
+    training.train(config, progress=lines.append)
     notes = [line for line in lines if "without a detector" in line]
     assert len(notes) == 1 and "\n" not in notes[0], lines
     assert "more references than classes" in notes[0]
@@ -665,7 +666,7 @@ def test_one_image_per_class_run_exports_without_the_detector_and_reruns(tmp_pat
     assert not os.path.exists(os.path.join(base, "1", export.DETECTOR_FILE))
     outputs = tf.saved_model.load(os.path.join(base, "1")).signatures["serving_default"]
     assert set(outputs.structured_outputs) == set(OUTPUTS) - {"detection_score"}
-    experiment.train(config, progress=lines.append)  # finished and exported: nothing to redo
+    training.train(config, progress=lines.append)  # finished and exported: nothing to redo
     assert export.versions(base) == [1]
 
 
@@ -679,7 +680,7 @@ def test_training_exports_what_bin_export_records(mnist5k_run_config):
         mode="natural",
         eval_every=2,
     )
-    experiment.train(config)
+    training.train(config)
     path = export.latest_version(os.path.join(config.model_dir, "saved_model"))
     with open(os.path.join(path, export.DETECTOR_FILE)) as f:
         record = json.load(f)
@@ -705,10 +706,10 @@ def test_check_export_says_before_training_when_no_detector_fits(tmp_path):
 
     config = TrainConfig(model_dir=str(tmp_path), dataset="fake:tiny_imagenet")
     lines = []
-    final_evaluation.check_export(config, network(12_000, 200), lines.append)  # 1.07 GiB tied
+    finish.check_export(config, network(12_000, 200), lines.append)  # 1.07 GiB tied
     assert len(lines) == 1 and "no detector" in lines[0] and "exceed 1024 MiB" in lines[0]
     lines.clear()
-    final_evaluation.check_export(config, network(2048, 200), lines.append)  # tied fits
+    finish.check_export(config, network(2048, 200), lines.append)  # tied fits
     assert lines == []
 
 
@@ -739,8 +740,8 @@ def test_saved_model_cli_run(exported, outside_runs):
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_empty_batches_and_bad_inputs_on_either_kernel_library(exported, outside_runs, onednn):
-    """Issue 13: with oneDNN on, an empty batch crashed the convolution; every signature now
-    answers it with empty outputs of the right shapes and dtypes, and still refuses bad input."""
+    """oneDNN's convolution rejects a zero-size batch: every signature answers an empty batch
+    with empty outputs of the right shapes and dtypes, and still refuses bad input."""
     returncode, stderr, output = _finished(outside_runs, f"onednn{onednn}")
     assert returncode == 0, stderr[-3000:]
     with open(output) as f:
@@ -774,7 +775,7 @@ def _data_ancestors(op):
 
 @pytest.mark.parametrize("signature", ["serving_default", export.GRADIENT_SIGNATURE])
 def test_the_network_consumes_the_output_of_the_input_checks(exported, signature):
-    """Issue 13: the checks must be data ancestors of the network, not control edges an
+    """The checks must be data ancestors of the network, not control edges an
     optimiser could reorder: the branch that runs the network takes the checked tensor."""
     network = exported[0]
     module = export.ServingModule(network)
@@ -800,9 +801,9 @@ def test_the_network_consumes_the_output_of_the_input_checks(exported, signature
 
 
 def test_bin_evaluate_on_a_saved_model_of_bin_export(exported, outside_runs):
-    """Issue 13: `bin/evaluate --saved_model` on our own export ended in 'variable without handle
-    data' (a persistent tape through serving_default); now every default attack, the sanity
-    checks and detection run through the export's signatures."""
+    """`bin/evaluate --saved_model` on our own export: every default attack, the sanity checks
+    and detection run through the export's signatures (a persistent tape through
+    serving_default must not end in 'variable without handle data')."""
     returncode, stderr, output_dir = _finished(outside_runs, "evaluate")
     assert returncode == 0, stderr[-3000:]
     reports = [

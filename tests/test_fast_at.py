@@ -1,4 +1,4 @@
-"""Fast adversarial training (issue 18 item 4): FGSM-RS, N-FGSM and the overfitting guard.
+"""Fast adversarial training: FGSM-RS, N-FGSM and the overfitting guard.
 
 FGSM-RS: Wong et al. 2020, locuslab/fast_adversarial CIFAR10/train_fgsm.py:107-118.
 N-FGSM: de Jorge et al. 2022, pdejorge/N-FGSM train.py:218-233.
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import data, distribute, models, overfit_guard
+from tf_metric_robust import data, distribute, models
 from tf_metric_robust.attacks import fast as fast_attacks
 from tf_metric_robust.config import AttackConfig, UserError
 from tf_metric_robust.config import training as training_config
-from tf_metric_robust.training import AdversarialTrainer
+from tf_metric_robust.training import AdversarialTrainer, overfit_guard
 
 EPS = 8 / 255
 
@@ -204,10 +204,10 @@ def test_guard_replays_its_record_on_resume(tmp_path):
 
 
 def test_guard_restores_the_last_good_weights_end_to_end(monkeypatch, mnist5k_run_config):
-    """Through experiment.train on mnist5k: the probe's accuracies are scripted (a collapse at
+    """Through training.train on mnist5k: the probe's accuracies are scripted (a collapse at
     the third probe); restoring the weights of the second probe, shrinking the step, retracing
     the step and training on are real."""
-    from tf_metric_robust import experiment
+    from tf_metric_robust import training
     from tf_metric_robust.config.training import OverfitConfig
 
     script = iter([(0.30, 0.40), (0.45, 0.50), (0.05, 0.90), (0.40, 0.50)])
@@ -236,7 +236,7 @@ def test_guard_restores_the_last_good_weights_end_to_end(monkeypatch, mnist5k_ru
         model_kwargs={"embedding_dim": 16},
         overfit=OverfitConfig(check_every=4, action="restore"),
     )
-    experiment.train(config)
+    training.train(config)
     assert sorted(snapshots) == [4, 8, 12, 16]
     # At step 12 the weights went back to those of step 8 (the last good probe).
     for restored, good in zip(snapshots[12][1], snapshots[8][1]):

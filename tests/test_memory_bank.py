@@ -1,4 +1,4 @@
-"""Tests for tf_metric_robust.memory_bank: FIFO ring buffer, no gradient, 2 replicas, checkpoints."""
+"""Tests for tf_metric_robust.training.memory_bank: FIFO ring buffer, no gradient, 2 replicas, checkpoints."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import distribute, losses
-from tf_metric_robust.memory_bank import EmbeddingBank
+from tf_metric_robust.training.memory_bank import EmbeddingBank
 
 
 def _rows(labels, dim=2):

@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import data, positives
+from tf_metric_robust import data
+from tf_metric_robust.data.class_index import ClassIndex, other_index
+from tf_metric_robust.training.triplet import noisy_positive
 
 
 def test_noisy_positive_stays_on_the_pixel_grid_inside_the_unit_box():
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (64, 8, 8, 3)) / 255.0, tf.float32)
-    noisy = positives.noisy_positive(images, 8 / 255, tf.constant([1, 2])).numpy()
+    noisy = noisy_positive(images, 8 / 255, tf.constant([1, 2])).numpy()
     levels = noisy * 255.0
     np.testing.assert_allclose(levels, np.round(levels), atol=1e-3)  # on the 1/255 grid
     assert noisy.min() >= 0.0 and noisy.max() <= 1.0
@@ -18,18 +20,16 @@ def test_noisy_positive_stays_on_the_pixel_grid_inside_the_unit_box():
     assert np.abs(shift).max() == 8 and len(np.unique(shift)) == 17  # every level in [-8, 8]
     # Saturated pixels clip instead of leaving [0, 1]; the draw is a function of the seed.
     assert np.any((images.numpy() == 1.0) & (noisy == 1.0))
-    np.testing.assert_array_equal(noisy, positives.noisy_positive(images, 8 / 255, [1, 2]))
-    assert not np.array_equal(noisy, positives.noisy_positive(images, 8 / 255, [1, 3]))
-    assert positives.noisy_positive(images, 0.0, [1, 2]) is images
+    np.testing.assert_array_equal(noisy, noisy_positive(images, 8 / 255, [1, 2]))
+    assert not np.array_equal(noisy, noisy_positive(images, 8 / 255, [1, 3]))
+    assert noisy_positive(images, 0.0, [1, 2]) is images
 
 
 def test_other_index_is_always_another_example_of_the_class():
     labels = np.array([3, 0, 3, 1, 0, 3, 2, 0, 3, 1])  # class 2 has a single example
-    table = positives.ClassIndex(labels)
+    table = ClassIndex(labels)
     index = tf.range(len(labels), dtype=tf.int64)
-    draws = np.stack(
-        [positives.other_index(index, table, tf.constant([s, 7])).numpy() for s in range(200)]
-    )
+    draws = np.stack([other_index(index, table, tf.constant([s, 7])).numpy() for s in range(200)])
     for i, label in enumerate(labels):
         chosen = draws[:, i]
         assert np.all(labels[chosen] == label)

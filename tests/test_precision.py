@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import attacks, awp, models
+from tf_metric_robust import attacks, models
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig
-from tf_metric_robust.training import AdversarialTrainer
+from tf_metric_robust.training import AdversarialTrainer, awp
 
 BATCH = 16
 STEPS = 3
@@ -154,7 +154,7 @@ def test_pgd_under_mixed_precision_keeps_dtype_and_ball(mnist5k_arrays, policy, 
 def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
     """A --mixed_precision run leaves the process float32: the policy is process-wide state and
     a Python-API caller builds its next model after the run (also when the run fails)."""
-    from tf_metric_robust import data, experiment
+    from tf_metric_robust import data, training
 
     one_batch = dict.fromkeys(("eval_examples", "final_eval_examples", "eval_batch_size"), BATCH)
     config = TrainConfig(
@@ -169,12 +169,12 @@ def test_train_run_restores_the_global_policy(tmp_path, mnist5k_data_dir):
         export=False,
         **one_batch,
     )
-    metrics = experiment.train(config)
+    metrics = training.train(config)
     assert metrics["step"] == 2 and np.isfinite(metrics["eval/clean_accuracy"])
     assert keras.mixed_precision.global_policy().name == "float32"
     missing_data = dataclasses.replace(
         config, model_dir=str(tmp_path / "other"), dataset="mnist", data_dir=str(tmp_path / "empty")
     )
     with pytest.raises(data.DatasetNotFoundError):  # raised after the policy was set
-        experiment.train(missing_data)
+        training.train(missing_data)
     assert keras.mixed_precision.global_policy().name == "float32"

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import checkpoint_files, run_files, stopping
+from tf_metric_robust import atomic_io, run_folder
 from tf_metric_robust.config import UserError
+from tf_metric_robust.training import stopping
 
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
@@ -65,7 +66,7 @@ def _train(model_dir, data_dir, *extra, fault=None):
 
 def _steps(model_dir):
     """Steps of the checkpoints on disk, oldest first."""
-    paths = checkpoint_files.checkpoint_paths(checkpoint_files.checkpoint_dir(str(model_dir)))
+    paths = run_folder.checkpoint_paths(run_folder.checkpoint_dir(str(model_dir)))
     return sorted(int(p.rsplit("-", 1)[1]) for p in paths)
 
 
@@ -118,7 +119,7 @@ def test_killed_anywhere_then_resumed_ends_with_the_uninterrupted_weights(
 ):
     """One run killed six ways in a row ends bit-identical to a run never interrupted."""
     reference_dir, model_dir = tmp_path / "reference", tmp_path / "run"
-    checkpoints = checkpoint_files.checkpoint_dir(str(model_dir))
+    checkpoints = run_folder.checkpoint_dir(str(model_dir))
     with _reference_run(reference_dir, mnist5k_data_dir):
         # 1. kill -9 right after the first checkpoint.
         run = _train(model_dir, mnist5k_data_dir, fault="kill_after_checkpoint:2")
@@ -191,7 +192,7 @@ def test_nan_loss_stops_with_one_line_and_saves_nothing_after_it(tmp_path, mnist
     run = _train(tmp_path, mnist5k_data_dir, "--mode=natural", fault="nan_loss_at_step:5")
     assert run.returncode == 2, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
-    checkpoints = checkpoint_files.checkpoint_dir(str(tmp_path))
+    checkpoints = run_folder.checkpoint_dir(str(tmp_path))
     assert _last_line(run.stderr) == (
         "error: non-finite loss (nan) at step 5: training stopped, nothing saved after it; last "
         f"good checkpoint: {checkpoints}/ckpt-4, where a re-run resumes (lower --learning_rate "
@@ -228,7 +229,7 @@ def test_stop_signals_set_a_flag_and_restore_the_handlers():
 def test_a_second_signal_quits_at_once():
     script = (
         "import os, signal, time\n"
-        "from tf_metric_robust import stopping\n"
+        "from tf_metric_robust.training import stopping\n"
         "with stopping.StopSignals():\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(0.1)\n"
@@ -267,7 +268,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     else:
         os.remove(data_file)
     value.assign(-1.0)
-    restored = checkpoint_files.restore_newest_readable(
+    restored = run_folder.restore_newest_readable(
         tf.train.Checkpoint(value=value), str(tmp_path), repair=True
     )
     assert restored == str(tmp_path / "ckpt-4") and float(value.numpy()) == 4.0
@@ -276,11 +277,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, dama
     assert os.path.exists(tmp_path / "corrupt" / "ckpt-6.index")
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(value=value), str(tmp_path), 2)
     assert manager.latest_checkpoint == str(tmp_path / "ckpt-4")
-    assert checkpoint_files.checkpoint_paths(str(tmp_path)) == [
+    assert run_folder.checkpoint_paths(str(tmp_path)) == [
         str(tmp_path / f"ckpt-{s}") for s in (4, 2)
     ]
     manager.save(checkpoint_number=6)  # rotation still works: keeps 2, deletes ckpt-2
-    assert checkpoint_files.checkpoint_paths(str(tmp_path)) == [
+    assert run_folder.checkpoint_paths(str(tmp_path)) == [
         str(tmp_path / f"ckpt-{s}") for s in (6, 4)
     ]
 
@@ -289,7 +290,7 @@ def test_unreadable_state_file_does_not_restart_the_run(tmp_path):
     value = _saved_run(tmp_path)
     (tmp_path / "checkpoint").write_text("garbage {{{")
     assert tf.train.latest_checkpoint(str(tmp_path)) is None  # what TF alone would conclude
-    restored = checkpoint_files.restore_newest_readable(
+    restored = run_folder.restore_newest_readable(
         tf.train.Checkpoint(value=value), str(tmp_path), repair=True
     )
     assert restored.endswith("ckpt-6") and float(value.numpy()) == 6.0
@@ -301,24 +302,24 @@ def test_no_readable_or_a_foreign_checkpoint_is_a_user_error(tmp_path):
     with open(tmp_path / "ckpt-2.index", "wb") as f:
         f.write(b"\0" * 64)
     with pytest.raises(UserError, match="no readable checkpoint"):
-        checkpoint_files.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path))
+        run_folder.restore_newest_readable(tf.train.Checkpoint(value=value), str(tmp_path))
     other = tmp_path / "other"
     _saved_run(other, steps=(1,))
     foreign = tf.train.Checkpoint(weights=tf.Variable(tf.zeros([3])))
     with pytest.raises(UserError, match="does not fit this model"):
-        checkpoint_files.restore_newest_readable(foreign, str(other))
+        run_folder.restore_newest_readable(foreign, str(other))
 
 
 def test_text_is_replaced_atomically(tmp_path, monkeypatch):
     path = str(tmp_path / "flags.txt")
-    run_files.write_text_atomic(path, "--seed=1\n")
+    atomic_io.write_text_atomic(path, "--seed=1\n")
 
     def crash(*args):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
-        run_files.write_text_atomic(path, "--seed=2\n")
+        atomic_io.write_text_atomic(path, "--seed=2\n")
     assert open(path).read() == "--seed=1\n"
 
 
@@ -514,8 +515,8 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
             if process.poll() is None:
                 process.kill()
     print(f"{len(cases)} TensorFlow-side rejections in {time.time() - started:.0f} s together")
-    # A failed start leaves every folder as it was (issue 16: it left recipe.json and flags.txt,
-    # and the corrected command was then refused as "a different recipe").
+    # A failed start leaves every folder as it was (a recipe.json and flags.txt left behind would
+    # have the corrected command refused as "a different recipe").
     for name in ("a", "b", "c"):
         assert not os.path.exists(tmp_path / name), name
     assert sorted(os.listdir(other)) == ["recipe.json"]

@@ -11,10 +11,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_metric_robust import checkpoint_files, data, experiment, models
+from tf_metric_robust import data, models, run_folder
 from tf_metric_robust.data import fake, image_folder, tiny_imagenet_builder
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig, UserError
-from tf_metric_robust.training import AdversarialTrainer
+from tf_metric_robust.training import AdversarialTrainer, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WNIDS = ["n03444034", "n01443537", "n09193705", "n02124075"]  # deliberately not sorted
@@ -292,10 +292,10 @@ def _config(model_dir, mode, init=None):
 
 
 def _saved_pgd_run(model_dir):
-    """A PGD-AT trainer whose network was saved the way experiment.train saves it."""
-    trainer = experiment.build_trainer(_config(model_dir, "pgd"))
+    """A PGD-AT trainer whose network was saved the way training.train saves it."""
+    trainer = run.build_trainer(_config(model_dir, "pgd"))
     manager = tf.train.CheckpointManager(
-        experiment.make_checkpoint(trainer), os.path.join(model_dir, "checkpoints"), max_to_keep=1
+        run.make_checkpoint(trainer), os.path.join(model_dir, "checkpoints"), max_to_keep=1
     )
     return trainer, manager.save(checkpoint_number=2)
 
@@ -304,9 +304,9 @@ def _saved_pgd_run(model_dir):
 def test_init_checkpoint_loads_pgd_weights_into_tla(tmp_path, by_path):
     pgd, path = _saved_pgd_run(str(tmp_path / "pgd"))
     config = _config(tmp_path / "tla", "tla", init=path if by_path else str(tmp_path / "pgd"))
-    tla = experiment.build_trainer(config)
+    tla = run.build_trainer(config)
     assert not np.array_equal(tla.network.weights[0].numpy(), pgd.network.weights[0].numpy())
-    assert not checkpoint_files.restore_run(experiment.make_checkpoint(tla), config, repair=False)
+    assert not run_folder.restore_run(run.make_checkpoint(tla), config, repair=False)
     for mine, source in zip(tla.network.weights, pgd.network.weights):
         np.testing.assert_array_equal(mine.numpy(), source.numpy())
     assert int(tla.optimizer.iterations.numpy()) == 0  # weights only: a fresh schedule
@@ -314,6 +314,6 @@ def test_init_checkpoint_loads_pgd_weights_into_tla(tmp_path, by_path):
 
 def test_init_checkpoint_without_checkpoint_is_a_user_error(tmp_path):
     config = _config(tmp_path / "tla", "tla", init=str(tmp_path))
-    checkpoint = experiment.make_checkpoint(experiment.build_trainer(config))
+    checkpoint = run.make_checkpoint(run.build_trainer(config))
     with pytest.raises(UserError, match="no checkpoint"):
-        checkpoint_files.restore_run(checkpoint, config, repair=False)
+        run_folder.restore_run(checkpoint, config, repair=False)

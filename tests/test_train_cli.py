@@ -122,9 +122,9 @@ def test_finished_run_says_so_and_exits_zero(finished_run, mnist5k_data_dir):
 
 def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_run, mnist5k_arrays):
     model_dir, _, _, _ = finished_run
-    from tf_metric_robust import run_files
+    from tf_metric_robust import run_folder
 
-    network, _, _ = run_files.load_network(model_dir)
+    network, _, _ = run_folder.load_network(model_dir)
     images = mnist5k_arrays[0][:16]
     expected = network(images, training=False)["logits"].numpy()
     inputs = os.path.join(model_dir, "probe.npy")
@@ -220,7 +220,7 @@ def test_allowed_change_is_recorded_in_history(finished_run, mnist5k_data_dir):
 def test_old_run_dir_records_its_settings_then_guards_them(tmp_path, caplog):
     """A run dir from before the full recipe (recipe.json: dataset/model/mode only) resumes
     with a warning; its settings go to history.jsonl and guard the next resume."""
-    from tf_metric_robust import run_files
+    from tf_metric_robust import run_folder
     from tf_metric_robust.config import UserError
 
     model_dir = str(tmp_path)
@@ -228,22 +228,22 @@ def test_old_run_dir_records_its_settings_then_guards_them(tmp_path, caplog):
     with open(os.path.join(model_dir, "recipe.json"), "w") as f:
         json.dump(old, f)
     recipe = dict(old, settings={"seed": 3, "learning_rate": 0.001})
-    check = run_files.check_recipe(model_dir, recipe)
+    check = run_folder.check_recipe(model_dir, recipe)
     assert check.record_settings and "predates the full recipe" in caplog.text
-    run_files.record_start(model_dir, recipe, check, 800, flags_text="--seed=3\n")
+    run_folder.record_start(model_dir, recipe, check, 800, flags_text="--seed=3\n")
     with open(os.path.join(model_dir, "history.jsonl")) as f:
         (entry,) = [json.loads(line) for line in f]
     assert entry["settings"] == recipe["settings"] and entry["step"] == 800
     assert json.load(open(os.path.join(model_dir, "recipe.json"))) == old  # never rewritten
-    assert run_files.check_recipe(model_dir, recipe) == run_files.RecipeCheck(new=False)
+    assert run_folder.check_recipe(model_dir, recipe) == run_folder.RecipeCheck(new=False)
     with pytest.raises(UserError, match=r"--seed 3 -> 4; .*--allow_changes=seed"):
-        run_files.check_recipe(model_dir, dict(old, settings={"seed": 4, "learning_rate": 0.001}))
+        run_folder.check_recipe(model_dir, dict(old, settings={"seed": 4, "learning_rate": 0.001}))
     # An accepted change is the new reference for the next resume.
     changed = dict(old, settings={"seed": 4, "learning_rate": 0.001})
-    check = run_files.check_recipe(model_dir, changed, allow_changes=("seed",))
-    run_files.record_start(model_dir, changed, check, 900)
-    assert run_files.recorded_settings(model_dir)["seed"] == 4
-    assert run_files.check_recipe(model_dir, changed) == run_files.RecipeCheck(new=False)
+    check = run_folder.check_recipe(model_dir, changed, allow_changes=("seed",))
+    run_folder.record_start(model_dir, changed, check, 900)
+    assert run_folder.recorded_settings(model_dir)["seed"] == 4
+    assert run_folder.check_recipe(model_dir, changed) == run_folder.RecipeCheck(new=False)
 
 
 def test_tensorboard_finds_scalars_images_and_projector_from_the_top_logdir(finished_run):

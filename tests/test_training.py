@@ -9,6 +9,7 @@ import tensorflow as tf
 from tf_metric_robust import distribute, models
 from tf_metric_robust.config import AttackConfig, OptimizerConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer
+from tf_metric_robust.training.mode_losses import Batch
 
 ATTACK = AttackConfig(eps=0.1, step_size=0.05, steps=3)
 FIXED_START = AttackConfig(eps=0.3, step_size=0.1, steps=3, random_start=False)
@@ -67,7 +68,7 @@ def test_tla_triplet_term_is_positive_and_reaches_the_embedding(mnist5k_arrays):
     adversarial = tf.clip_by_value(adversarial, 0.0, 1.0)
     embedding_layer = trainer.network.get_layer("fc")  # the dense layer feeding 'embedding'
     with tf.GradientTape() as tape:
-        _, logs, _, _ = trainer.compute_losses(images, labels, adversarial, True)
+        _, logs, _, _ = trainer.compute_losses(Batch(images, labels), adversarial, True)
         triplet = tf.reduce_mean(logs["triplet_loss"])
     gradient = tape.gradient(triplet, embedding_layer.kernel)
     assert float(triplet) > 0.0
@@ -141,9 +142,9 @@ def test_cpu_strategies_keep_keras_off_the_multi_device_iterator():
 
 
 def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
-    """With --negative_pool=extra the input is [batch; pool]; train_inputs.replica_major reorders it
+    """With --negative_pool=extra the input is [batch; pool]; inputs.replica_major reorders it
     so that the contiguous slice a strategy gives each replica is [its batch rows; its pool]."""
-    from tf_metric_robust.train_inputs import replica_major
+    from tf_metric_robust.training.inputs import replica_major
 
     batch, multiplier, replicas = 4, 2, 2
     ids = tf.range(batch * (1 + multiplier), dtype=tf.int64)
@@ -161,7 +162,7 @@ def test_extra_pool_reaches_each_replica_as_its_batch_then_its_pool():
     share = batch // replicas
     for replica, rows in enumerate(strategy.experimental_local_results(per_replica)):
         rows = rows.numpy()
-        # AdversarialTrainer._unpack takes the first 1/(1 + multiplier) rows as the batch.
+        # mode_losses.split_batch takes the first 1/(1 + multiplier) rows as the batch.
         assert sorted(rows[:share]) == list(range(replica * share, (replica + 1) * share))
         assert all(row >= batch for row in rows[share:])
 
@@ -176,7 +177,7 @@ def test_tla_loss_adds_lambda_triplet_times_each_authors_term(mnist5k_arrays):
     images, labels = next(iter(_batches(mnist5k_arrays, 32, 1)))
     labels = tf.cast(labels, tf.int64)
     adversarial = tf.clip_by_value(images + 0.1, 0.0, 1.0)
-    total, logs, _, _ = trainer.compute_losses(images, labels, adversarial, False)
+    total, logs, _, _ = trainer.compute_losses(Batch(images, labels), adversarial, False)
     out = trainer.network(tf.concat([adversarial, images], 0), training=False)
     adv_emb, clean_emb = tf.split(out["embedding"], 2)
     from tf_metric_robust import losses
@@ -228,7 +229,7 @@ def test_separate_and_joint_passes_differ_only_through_batch_norm(mnist5k_arrays
             network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=16)
         trainer = AdversarialTrainer(network, mode="tla", attack=ATTACK, triplet=triplet)
         total, logs, _, _ = trainer.compute_losses(
-            images, labels, adversarial, True, other_images=others
+            Batch(images, labels, other_images=others), adversarial, True
         )
         results[separate] = (total.numpy(), logs["ce_loss"].numpy())
     total_gap = np.abs(results[True][0] - results[False][0]).max()
@@ -297,7 +298,8 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(
     import json
     import os
 
-    from tf_metric_robust import data, experiment, selection
+    from tf_metric_robust import data, training
+    from tf_metric_robust.training import run
     from tf_metric_robust.config import UserError
 
     attack = AttackConfig(eps=0.1, step_size=0.05, steps=2)
@@ -315,8 +317,8 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(
         select_best="pgd",
         export=False,
     )
-    metrics = experiment.train(config)
-    record = selection.read_record(os.path.join(config.model_dir, selection.BEST_DIR))
+    metrics = training.train(config)
+    record = run.read_record(os.path.join(config.model_dir, run.BEST_DIR))
     assert record["validation_examples"] == 100 and record["step"] in (2, 4)
     assert metrics["selected_checkpoint"] == record
     with open(os.path.join(config.model_dir, "metrics.json")) as f:
@@ -342,7 +344,7 @@ def test_select_best_keeps_the_best_validation_checkpoint_and_uses_it(
         **{**config.__dict__, "model_dir": str(tmp_path / "bad"), "validation_examples": 0}
     )
     with pytest.raises(UserError, match="validation_examples"):
-        experiment.train(bad)
+        training.train(bad)
 
 
 @pytest.mark.parametrize("round_to_grid", [False, True])
@@ -351,11 +353,11 @@ def test_eval_round_to_grid_puts_evaluation_adversarials_on_the_pixel_grid(
 ):
     """--eval_round_to_grid rounds the evaluation attack's output to k/255, as the authors' CIFAR
     evaluation (pgd_attack.py:285-286); training attacks are never rounded."""
-    from tf_metric_robust import training
+    from tf_metric_robust.training import trainer as trainer_module
 
     images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
     off_grid = 0.3 / 255  # what the fake attack adds: rounding must undo it
-    monkeypatch.setattr(training.attacks, "pgd", lambda fn, x, y, **kwargs: x + off_grid)
+    monkeypatch.setattr(trainer_module.attacks, "pgd", lambda fn, x, y, **kwargs: x + off_grid)
     keras.utils.set_random_seed(0)
     trainer = AdversarialTrainer(
         models.build("small_cnn", 10, (28, 28, 1)),
@@ -369,7 +371,7 @@ def test_eval_round_to_grid_puts_evaluation_adversarials_on_the_pixel_grid(
     monkeypatch.setattr(
         trainer,
         "compute_losses",
-        lambda *args, **kwargs: seen.append(args[2]) or compute_losses(*args, **kwargs),
+        lambda *args, **kwargs: seen.append(args[1]) or compute_losses(*args, **kwargs),
     )
     trainer.evaluate(tf.data.Dataset.from_tensors((images, labels)), verbose=0)
     gap = np.abs(seen[0].numpy() - images.numpy()).max()
@@ -377,7 +379,7 @@ def test_eval_round_to_grid_puts_evaluation_adversarials_on_the_pixel_grid(
 
 
 # ---------------------------------------------------------------------------------------------
-# TRADES and MART (issue 18).
+# TRADES and MART.
 
 
 @pytest.mark.parametrize("mode", ["trades", "mart"])
@@ -422,7 +424,7 @@ def test_kl_modes_train_step_uses_the_loss_functions(mnist5k_arrays):
         keras.utils.set_random_seed(0)
         network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
         trainer = AdversarialTrainer(network, mode=mode, attack=ATTACK, beta=2.5)
-        total, logs, clean, adv = trainer.compute_losses(images, labels, adversarial, False)
+        total, logs, clean, adv = trainer.compute_losses(Batch(images, labels), adversarial, False)
         expected = loss_fn(
             labels, network(images)["logits"], network(adversarial)["logits"], beta=2.5
         )
@@ -473,7 +475,7 @@ def test_tla_on_trades_is_the_trades_loss_plus_the_triplet_term(mnist5k_arrays):
     )
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     adversarial = _replica_independent_perturbation(None, images, labels)
-    total, logs, clean, adv = trainer.compute_losses(images, labels, adversarial, False)
+    total, logs, clean, adv = trainer.compute_losses(Batch(images, labels), adversarial, False)
     expected = losses.trades_loss(
         labels, network(images)["logits"], network(adversarial)["logits"], beta=2.5
     )

@@ -35,7 +35,7 @@ def install(kind, at):
     """Patches the point of the fault `kind` at step `at` (see the module docstring)."""
     import tensorflow as tf
 
-    from tf_metric_robust import stopping
+    from tf_metric_robust.training import stopping
 
     if kind in ("sigterm_at_step", "kill_at_step"):
         original = stopping.StepGuard.on_train_batch_end
@@ -77,8 +77,8 @@ def install(kind, at):
 
         original_losses = AdversarialTrainer.compute_losses
 
-        def compute_losses(self, images, labels, adversarial, training, *args, **kwargs):
-            result = original_losses(self, images, labels, adversarial, training, *args, **kwargs)
+        def compute_losses(self, batch, adversarial, training):
+            result = original_losses(self, batch, adversarial, training)
             if training:  # optimizer.iterations counts finished steps: step N sees N - 1
                 poison = tf.where(tf.equal(self.optimizer.iterations, at - 1), float("nan"), 0.0)
                 result = result._replace(total=result.total + tf.cast(poison, result.total.dtype))
@@ -93,15 +93,15 @@ def dump_weights_at_finish(path):
     """Saves the network weights (a list of arrays, in layer order) when training ends."""
     import numpy as np
 
-    from tf_metric_robust import final_evaluation
+    from tf_metric_robust.training import finish as run_end
 
-    original_finish = final_evaluation.finish
+    original_finish = run_end.finish
 
     def finish(run, *args, **kwargs):
         np.savez(path, *[w.numpy() for w in run.trainer.network.weights])
         return original_finish(run, *args, **kwargs)
 
-    final_evaluation.finish = finish
+    run_end.finish = finish
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import tensorflow as tf
 ROOTS = {
     "data.shuffle": 0,  # epoch permutations (data.train_dataset)
     "data.augment": 1,  # crops and flips per batch
-    "data.other_positive": 2,  # TLA's other-image positive drawn from the data (issue 14)
+    "data.other_positive": 2,  # TLA's other-image positive drawn from the data
     "training.attack": 3,  # random starts of the training attack, per step and replica
     "training.partner": 4,  # same-class partner (TLA positive 'other'/'both' from the batch)
     "training.positive_noise": 5,  # noise of TLA's own positive (--positive_noise)

@@ -51,9 +51,9 @@ def evaluate_config():
     if request.saved_model:
         _check_saved_model(request.saved_model)
     else:
-        from tf_metric_robust import run_files  # reads the record without TensorFlow
+        from tf_metric_robust import run_folder  # reads the record without TensorFlow
 
-        run_files.read_recipe(request.model_dir)  # UserError for a folder that is not a run
+        run_folder.read_recipe(request.model_dir)  # UserError for a folder that is not a run
     # The attack registry imports TensorFlow: the names are checked last.
     from tf_metric_robust import attacks
     from tf_metric_robust.evaluation import plan as evaluation_plan

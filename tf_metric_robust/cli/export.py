@@ -14,10 +14,10 @@ def define_export_flags():
 
 def export_config():
     """Parsed flags -> config.ExportConfig (raises UsageError with one line on bad values)."""
-    from tf_metric_robust import run_files  # reads the record without TensorFlow
+    from tf_metric_robust import run_folder  # reads the record without TensorFlow
 
     config = config_from_flags(cfg.ExportConfig)
     if not os.path.isdir(config.model_dir):  # before TensorFlow: fails fast
         raise UsageError(f"--model_dir {config.model_dir} does not exist")
-    run_files.read_recipe(config.model_dir)  # UserError for a folder that is not a run
+    run_folder.read_recipe(config.model_dir)  # UserError for a folder that is not a run
     return config

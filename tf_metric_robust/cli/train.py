@@ -67,14 +67,14 @@ def train_config():
 
 
 def _check_run_record(config):
-    """The model_dir's record against this run (run_files.check_recipe: another recipe, changed
-    settings, a folder that is not a run) before TensorFlow is imported; experiment.train repeats
+    """The model_dir's record against this run (run_folder.check_recipe: another recipe, changed
+    settings, a folder that is not a run) before TensorFlow is imported; training.train repeats
     it for callers of the Python API, and writes the record only once everything has passed."""
-    from tf_metric_robust import distribute, run_files
+    from tf_metric_robust import distribute, run_folder
 
     if distribute.is_chief():  # only the chief writes (and so checks) the record
-        run_files.check_writable(config.model_dir)
-        run_files.check_recipe(config.model_dir, config.recipe(), config.allow_changes)
+        run_folder.check_writable(config.model_dir)
+        run_folder.check_recipe(config.model_dir, config.recipe(), config.allow_changes)
 
 
 def _check_batch_fits(config):

@@ -13,6 +13,7 @@ import json
 import os
 import time
 
+from tf_metric_robust import atomic_io
 from tf_metric_robust.compare import plan, stats, table
 from tf_metric_robust.compare.table import METRICS
 
@@ -37,15 +38,6 @@ def _read_json(path):
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def write_json_atomic(path, value):
-    """JSON written to a temporary file and renamed: a reader never sees half a file."""
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(temporary, path)
 
 
 def _get(tree, *keys):
@@ -207,7 +199,7 @@ def write(output, runs, entries, reference, command=None):
         "summary": summary,
         "runs": runs,
     }
-    write_json_atomic(os.path.join(output, "results.json"), results)
+    atomic_io.write_json_atomic(os.path.join(output, "results.json"), results)
     text = table.markdown(summary, runs, reference, pgd_label="/".join(labels))
     if examples:
         text += (
@@ -228,5 +220,4 @@ __all__ = [
     "load_run",
     "summarize",
     "write",
-    "write_json_atomic",
 ]

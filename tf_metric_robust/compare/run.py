@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 
+from tf_metric_robust import atomic_io
 from tf_metric_robust.compare import figures, hparams, plan, report, table
 
 INTERRUPT_GRACE_SECONDS = 120  # bin/train checkpoints the current step on SIGTERM, then exits
@@ -123,7 +124,7 @@ class Runner:
                     "metrics.json train_seconds_this_run (trained outside bin/compare)"
                 )
             record.update(train_args=list(run.train_args), train_done=code == 0)
-            report.write_json_atomic(run.record_path, record)
+            atomic_io.write_json_atomic(run.record_path, record)
         if code != 0:
             raise RunFailed(f"bin/train exit {code} ({_last_line(log)}); log {log}")
         return "trained" if _mtime(metrics_path) != before else "already trained"
@@ -137,7 +138,7 @@ class Runner:
         if code != 0:
             raise RunFailed(f"bin/evaluate exit {code} ({_last_line(log)}); log {log}")
         record.update(evaluate_args=list(run.evaluate_args), evaluate_seconds=round(seconds, 1))
-        report.write_json_atomic(run.record_path, record)
+        atomic_io.write_json_atomic(run.record_path, record)
         return "evaluated"
 
     def one(self, run):
@@ -226,7 +227,7 @@ def write_hparams(result, record, record_path):
         return
     hparams.write_run(result)
     record["hparams_for"] = key
-    report.write_json_atomic(record_path, record)
+    atomic_io.write_json_atomic(record_path, record)
 
 
 def entry_order(entries, runs):

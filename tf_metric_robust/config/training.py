@@ -32,7 +32,7 @@ NEGATIVE_POOLS = ("batch", "bank", "extra")
 POSITIVES = ("own", "other", "both")
 OTHER_POSITIVES = ("batch", "data")
 DISTANCES = ("abs_cosine", "cosine", "l2", "squared_l2")
-# recipe.json keys that define the network (run_files.load_network rebuilds it from them).
+# recipe.json keys that define the network (run_folder.load_network rebuilds it from them).
 RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 
@@ -88,7 +88,7 @@ class AttackConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OverfitConfig:
-    """The catastrophic-overfitting guard of fast AT (overfit_guard.py; Wong et al. 2020)."""
+    """Catastrophic-overfitting guard of fast AT (Wong et al. 2020; training/overfit_guard.py)."""
 
     check_every: int = setting(
         0,
@@ -190,6 +190,8 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
     attack maximises its KL term, so the attack loss stays 'ce' with one restart. tla with base
     'trades' (ours) follows trades, and takes TRADES' terms from an un-noised clean pass.
     """
+    if mode not in MODES:
+        raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if base != "pgd" and mode != "tla":
         raise UserError(f"--base={base} needs --mode=tla (got --mode={mode})")
     if base == "trades" and positive_noise:

@@ -15,9 +15,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tf_metric_robust import positives
 from tf_metric_robust.data import fake as fake_data
 from tf_metric_robust.data import image_folder, preparation
+from tf_metric_robust.data.class_index import ClassIndex
 from tf_metric_robust.data import mnist5k_builder  # noqa: F401  (registers the 'mnist5k' builder)
 from tf_metric_robust.data import tiny_imagenet_builder  # noqa: F401  (registers 'tiny_imagenet')
 
@@ -202,7 +202,7 @@ def raw_split(spec, split, data_dir, download):
     return ds, num_examples
 
 
-_IN_MEMORY = {}  # (dataset, split, data_dir) -> (uint8 pixels [M,H,W,C], positives.ClassIndex)
+_IN_MEMORY = {}  # (dataset, split, data_dir) -> (uint8 pixels [M,H,W,C], ClassIndex)
 
 
 def validation_split(name, validation_examples):
@@ -237,7 +237,7 @@ def split_in_memory(spec, split, data_dir, download):
             images.append(image_batch)
             labels.append(label_batch)
         labels = np.concatenate(labels)
-        _IN_MEMORY[key] = (np.concatenate(images), positives.ClassIndex(labels))
+        _IN_MEMORY[key] = (np.concatenate(images), ClassIndex(labels))
     return _IN_MEMORY[key]
 
 

@@ -7,8 +7,9 @@ exactly the batches it would have seen, and reaching step s costs at most one ep
 
 import tensorflow as tf
 
-from tf_metric_robust import positives, seeds
+from tf_metric_robust import seeds
 from tf_metric_robust.config import UserError
+from tf_metric_robust.data.class_index import other_index
 from tf_metric_robust.data.catalog import (
     AUTOTUNE,
     DEFAULT_SHUFFLE_WINDOW,
@@ -80,7 +81,7 @@ def train_dataset(
         permuted); None shuffles the whole split when it is small enough to cache, else 10,000.
       other_positives: also yield, per example, an independent (augmented) image of its class,
         never the example itself when its class has another (TLA's "other" positive; see
-        positives.py). Holds the split's uint8 pixels in host memory.
+        class_index.py). Holds the split's uint8 pixels in host memory.
       validation_examples: leave out the first N examples of the train split (in file order):
         the validation split `validation_split(name, N)` for checkpoint selection.
 
@@ -134,7 +135,7 @@ def train_dataset(
         # Keyed on (seed, epoch, batch) like the augmentation, from a root of its own.
         key = tf.random.experimental.stateless_fold_in(other_key, indices[0] // batch_size)
         draw_key, augment_other_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        other = positives.other_index(file_index, class_index, draw_key)
+        other = other_index(file_index, class_index, draw_key)
         others = tf.numpy_function(lambda rows: pixels[rows], [other], tf.uint8, stateful=False)
         others, _ = to_float(tf.ensure_shape(others, [None, *spec.image_shape]), labels)
         if augment:

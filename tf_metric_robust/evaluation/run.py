@@ -20,7 +20,7 @@ import time
 
 import keras
 
-from tf_metric_robust import checkpoint_files, data, export, run_files
+from tf_metric_robust import atomic_io, data, export, run_folder
 from tf_metric_robust.config import UserError
 from tf_metric_robust.evaluation import cluster
 from tf_metric_robust.evaluation.evaluate import evaluate
@@ -38,7 +38,7 @@ def _run_dir_of(saved_model):
     path = os.path.abspath(saved_model.rstrip("/"))
     for _ in range(2):
         path = os.path.dirname(path)
-        if os.path.exists(os.path.join(path, run_files.RECIPE_FILE)):
+        if os.path.exists(os.path.join(path, run_folder.RECIPE_FILE)):
             return path
     return None
 
@@ -51,8 +51,8 @@ def load_model(run):
             raise UserError(f"--model_dir {model_dir} does not exist")
         # Checkpoint files on disk, not the 'checkpoint' state file (which may be damaged);
         # load_network skips unreadable ones for the previous checkpoint.
-        if checkpoint_files.checkpoint_paths(checkpoint_files.checkpoint_dir(model_dir)):
-            network, recipe, checkpoint = run_files.load_network(model_dir)
+        if run_folder.checkpoint_paths(run_folder.checkpoint_dir(model_dir)):
+            network, recipe, checkpoint = run_folder.load_network(model_dir)
             step = re.search(r"-(\d+)$", checkpoint)
             info = {
                 "source": "checkpoint",
@@ -66,7 +66,7 @@ def load_model(run):
         saved_model = export.latest_version(base)
         if saved_model is None:
             raise UserError(
-                f"{model_dir}: no checkpoint in {checkpoint_files.checkpoint_dir(model_dir)}"
+                f"{model_dir}: no checkpoint in {run_folder.checkpoint_dir(model_dir)}"
                 f" and no SavedModel in {base}"
             )
     else:
@@ -76,8 +76,8 @@ def load_model(run):
                 f"--saved_model {given}: no saved_model.pb there nor in a version folder below it"
             )
     run_dir = model_dir or _run_dir_of(saved_model)
-    has_recipe = run_dir and os.path.exists(os.path.join(run_dir, run_files.RECIPE_FILE))
-    recipe = run_files.read_recipe(run_dir) if has_recipe else None
+    has_recipe = run_dir and os.path.exists(os.path.join(run_dir, run_folder.RECIPE_FILE))
+    recipe = run_folder.read_recipe(run_dir) if has_recipe else None
     dataset = run.dataset or (recipe or {}).get("dataset")
     if dataset is None:
         raise UserError("--dataset is required with a SavedModel outside a training run")
@@ -175,7 +175,7 @@ def _point_latest(evaluations, name):
     try:
         os.symlink(name, temporary)
     except OSError:
-        run_files.write_text_atomic(link, name + "\n")
+        atomic_io.write_text_atomic(link, name + "\n")
         return
     os.replace(temporary, link)
 
@@ -269,7 +269,7 @@ def run(request, progress=None):
         "tensorboard": tensorboard_dir if request.tensorboard else None,
     }
     check_report(report)  # what report_schema.py declares, before anyone reads it
-    run_files.write_json_atomic(report_path, report)
+    atomic_io.write_json_atomic(report_path, report)
     if not request.output:
         _point_latest(os.path.dirname(directory), name)
     if request.tensorboard:

@@ -22,7 +22,7 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust import run_files
+from tf_metric_robust import atomic_io, run_folder
 from tf_metric_robust.config import UserError
 from tf_metric_robust.export.detector import export_detector, make_detector
 from tf_metric_robust.export.folders import (
@@ -127,7 +127,7 @@ def export_with_detector(
         # The same record beside the model for servers that do not load it in Python; the saved
         # `detector.description` and `detector.threshold` variables are the atomic copy.
         os.makedirs(os.path.join(path, os.path.dirname(DETECTOR_FILE)), exist_ok=True)
-        run_files.write_json_atomic(os.path.join(path, DETECTOR_FILE), record)
+        atomic_io.write_json_atomic(os.path.join(path, DETECTOR_FILE), record)
     return path, record
 
 
@@ -138,6 +138,6 @@ def export_run(config):
         raise UserError(f"--model_dir {config.model_dir} does not exist")
     if config.version is not None:  # refuse before the slow part
         refuse_existing(config.resolved_export_dir, config.version)
-    network, recipe, checkpoint = run_files.load_network(config.model_dir)
+    network, recipe, checkpoint = run_folder.load_network(config.model_dir)
     path, _ = export_with_detector(network, recipe["dataset"], config, checkpoint=checkpoint)
     return path, checkpoint

@@ -247,7 +247,7 @@ def probe_batch(config):
 
 
 def callbacks(config, trainer, output_dir):
-    """[OverfitGuard] for a run with --overfit_check_every > 0, else []; experiment.py's hook."""
+    """[OverfitGuard] for a run with --overfit_check_every > 0, else []; run.py's hook."""
     guard = config.overfit
     if guard.check_every == 0:
         return []

@@ -7,8 +7,9 @@ every optimizer step, average <- d * average + (1 - d) * weight with d = min(dec
 (10 + n)), n the step count: tf.train.ExponentialMovingAverage's `num_updates` rule, so the first
 steps do not leave the average near the initial weights. Like timm's ModelEmaV2 (which averages
 the whole state_dict) the batch-norm moving statistics are averaged too: every floating-point
-weight of the network. The averages are variables of a Keras layer, so they are checkpointed with
-the run and a resumed run continues them exactly.
+weight of the network (run_folder.ema_weights). The averages are variables of a Keras layer, so
+they are checkpointed with the run (under run_folder.EMA_CHECKPOINT_KEY, read back by
+run_folder.restore_averaged) and a resumed run continues them exactly.
 """
 
 import contextlib
@@ -17,11 +18,7 @@ import types
 import keras
 import tensorflow as tf
 
-CHECKPOINT_KEY = "ema"  # where a run's checkpoint holds the averages (experiment.make_checkpoint)
-
-
-def _averaged_weights(network):
-    return [w for w in network.weights if tf.as_dtype(w.dtype).is_floating]
+from tf_metric_robust.run_folder import EMA_AVERAGE, ema_weights
 
 
 @keras.saving.register_keras_serializable(package="tf_metric_robust")
@@ -42,8 +39,8 @@ class WeightAverage(keras.layers.Layer):
         self.decay = float(decay)
         # Lists live in a namespace: Keras would track a list of the network's variables as
         # this layer's own, and tf.train.Checkpoint saves no list of a Keras layer. Each average
-        # is an attribute of its own instead (checkpoint key ema/average_<i>).
-        self._network = types.SimpleNamespace(weights=_averaged_weights(network), averages=[])
+        # is an attribute of its own instead (checkpoint key ema/average_<i>, run_folder's layout).
+        self._network = types.SimpleNamespace(weights=ema_weights(network), averages=[])
         for i, weight in enumerate(self._network.weights):
             # Each replica keeps its own copy, updated from its own (identical) weights after
             # the step; batch-norm statistics differ per replica as the network's own do.
@@ -52,9 +49,9 @@ class WeightAverage(keras.layers.Layer):
                 dtype=weight.dtype,
                 trainable=False,
                 autocast=False,
-                name=f"average_{i}",
+                name=EMA_AVERAGE.format(i),
             )
-            setattr(self, f"average_{i}", average)
+            setattr(self, EMA_AVERAGE.format(i), average)
             self._network.averages.append(average)
         self.built = True
 
@@ -75,7 +72,7 @@ class WeightAverage(keras.layers.Layer):
     def copy_to(self, network=None):
         """Assigns the averages to `network`'s floating-point weights (default: the averaged
         network; another network must have the same architecture)."""
-        weights = self._network.weights if network is None else _averaged_weights(network)
+        weights = self._network.weights if network is None else ema_weights(network)
         for weight, average in zip(weights, self.averages):
             weight.assign(tf.convert_to_tensor(average))
 
@@ -98,18 +95,3 @@ class WeightAverage(keras.layers.Layer):
 def maybe_swapped_in(average):
     """`average.swapped_in()`, or a no-op context when `average` is None (EMA off)."""
     return average.swapped_in() if average is not None else contextlib.nullcontext()
-
-
-def restore_averaged(network, checkpoint_path):
-    """Loads the EMA weights of a run's checkpoint into `network`; False if it holds none.
-
-    For tools that read a run's checkpoint for evaluation or export (the network's own weights
-    there are the raw training weights).
-    """
-    names = [name for name, _ in tf.train.list_variables(checkpoint_path)]
-    if not any(name.startswith(CHECKPOINT_KEY + "/") for name in names):
-        return False
-    average = WeightAverage(network, decay=0.5)
-    tf.train.Checkpoint(**{CHECKPOINT_KEY: average}).restore(checkpoint_path).expect_partial()
-    average.copy_to(network)
-    return True

@@ -1,5 +1,5 @@
 """Losses of adversarial training: the TLA adversarial triplet term, TRADES and MART; with the
-embedding distances and TFA's batch triplet losses re-exported (distances.py, tfa_losses.py).
+embedding distances and TFA's batch triplet losses re-exported (distances.py, tfa.py).
 
 TLA: Mao, Zhong, Yang, Vondrick, Ray, "Metric Learning for Adversarial Robustness", NeurIPS 2019
 (arXiv 1909.00900). Everything is computed in float32, whatever the input dtype.
@@ -7,13 +7,13 @@ TLA: Mao, Zhong, Yang, Vondrick, Ray, "Metric Learning for Adversarial Robustnes
 
 import tensorflow as tf
 
-from tf_metric_robust.distances import (  # noqa: F401 (re-exported: the losses API)
+from tf_metric_robust.losses.distances import (  # noqa: F401 (re-exported: the losses API)
     DISTANCES,
     to_float32,
     pairwise_distance,
     rowwise_distance,
 )
-from tf_metric_robust.tfa_losses import (  # noqa: F401 (re-exported: the losses API)
+from tf_metric_robust.losses.tfa import (  # noqa: F401 (re-exported: the losses API)
     TFA_DISTANCE_METRICS,
     TripletHardLoss,
     TripletSemiHardLoss,

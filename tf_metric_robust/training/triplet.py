@@ -1,18 +1,23 @@
 """TLA's triplet term in a training step: forward passes, positives, negatives (Mao et al.,
-NeurIPS 2019, arXiv 1909.00900).
+NeurIPS 2019, arXiv 1909.00900; columbia/Metric_Learning_Adversarial_Robustness).
 
 For each positive term t the authors add lambda_triplet * ([D(h(x'_a), h(x_p,t)) - D(h(x'_a),
 h(x_n)) + margin]_+ + lambda_norm * L_norm) (train_update_fast_triplet.py:366-376, the term
 `losses.tla_triplet_loss`); h is the penultimate embedding, x'_a the adversarial anchor, x_p a
 clean positive and x_n the most similar clean image of another class. `TripletTerm` builds that
-term from a network; the trainer adds the cross-entropy (or the TRADES objective) and the weight.
+term from a network; the mode's loss (mode_losses.tla_loss) adds the cross-entropy (or the TRADES
+objective) and the weight. The positives are the authors': the anchor's own clean image (on
+CIFAR-10 with uniform noise, `noisy_positive`) and another clean image of its class, from the
+batch or drawn from the data (data/class_index.py).
 """
 
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from tf_metric_robust import losses, positives
+from tf_metric_robust import losses
+
+PIXEL_LEVELS = 255.0  # 8-bit images: the [0, 1] grid has steps of 1/255
 
 
 class TripletOutputs(NamedTuple):
@@ -32,6 +37,39 @@ class NegativePool(NamedTuple):
     embedding: tf.Tensor
     labels: tf.Tensor
     valid: Optional[tf.Tensor] = None
+
+
+def noisy_positive(images, noise, seed):
+    """Clean images + uniform noise in [-noise, noise], rounded to the 1/255 grid, clipped to [0,1].
+
+    The authors' `np.clip(np.rint(x + U(-8, 8)), 0, 255)` on the 0..255 scale, added after the
+    attack (train_update_fast_triplet.py:649-651; nat_noise_level 8, config_cifar.json:39), here
+    on [0, 1] images with `noise` = 8/255. A pure function of the stateless seed: a resumed run
+    draws the same noise.
+
+    Args:
+      images: float [N, H, W, C] in [0, 1].
+      noise: half-width of the uniform noise on the [0, 1] scale (0 returns `images`).
+      seed: int [2] key of the stateless draw.
+    """
+    if noise == 0:
+        return images
+    dtype = images.dtype
+    images = tf.cast(images, tf.float32)
+    draw = tf.random.stateless_uniform(tf.shape(images), seed=seed, minval=-noise, maxval=noise)
+    levels = tf.round((images + draw) * PIXEL_LEVELS)
+    return tf.cast(tf.clip_by_value(levels, 0.0, PIXEL_LEVELS) / PIXEL_LEVELS, dtype)
+
+
+def other_positives_from_data(mode, triplet):
+    """Whether a run's TLA term takes its other positive from the data (an independent image of
+    the class in each batch, data.train_dataset(other_positives=True)) instead of the batch."""
+    return (
+        mode == "tla"
+        and triplet.mining == "paper"
+        and triplet.positive in ("other", "both")
+        and triplet.other_positive == "data"
+    )
 
 
 def forward_passes(network, batches, training, separate=True):
@@ -106,9 +144,7 @@ class TripletTerm:
         """
         cfg = self.config
         if training and cfg.positive_noise > 0:
-            images = positives.noisy_positive(
-                images, cfg.positive_noise, seed("training.positive_noise")
-            )
+            images = noisy_positive(images, cfg.positive_noise, seed("training.positive_noise"))
         if cfg.mining == "semihard":
             return self._semihard(images, adversarial, labels, training)
         extra = cfg.negative_pool == "extra" and pool_images is not None

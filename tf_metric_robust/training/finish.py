@@ -2,7 +2,7 @@
 projector data, metrics.json and the SavedModel export.
 
 metrics.json is written after the projector data and before the export: its presence marks a
-finished evaluation. A run that trained exports a new version (export.py never overwrites one); a
+finished evaluation. A run that trained exports a new version (export/ never overwrites one); a
 run killed during export exports when re-run. The export is bin/export's
 (export.export_with_detector with ExportConfig's defaults: the same detector, threshold and
 detector.json), except that a detector that cannot be fitted is left out, not an error.
@@ -16,18 +16,9 @@ from typing import Any, Callable
 import tensorflow as tf
 from absl import logging
 
-from tf_metric_robust import (
-    checkpoint_files,
-    data,
-    export,
-    models,
-    run_files,
-    selection,
-    summaries,
-    train_inputs,
-    weight_averaging,
-)
+from tf_metric_robust import atomic_io, data, export, models, run_folder
 from tf_metric_robust.config import ExportConfig, covariance_problem, detector_settings
+from tf_metric_robust.training import ema, inputs, summaries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +66,10 @@ def _export_is_stale(model_dir):
     )
 
 
-def finish(run, step, *, trained, seconds):
+def finish(run, step, *, trained, seconds, best=None):
     """Final evaluation on the test split -> projector data, metrics.json, SavedModel; returns
-    the metrics dict. `trained`: this run took steps; `seconds`: its training time."""
+    the metrics dict. `trained`: this run took steps; `seconds`: its training time; `best`: the
+    run's run.BestCheckpoint with --select_best, else None."""
     config = run.config
     metrics_path = os.path.join(config.model_dir, "metrics.json")
     # Decided before any collective, from the (shared) model_dir: every worker takes the same path.
@@ -85,17 +77,13 @@ def finish(run, step, *, trained, seconds):
     needs_export = config.export and (trained or _export_is_stale(config.model_dir))
     # --select_best: the final evaluation and the export use the selected weights (the EMA's,
     # if on: the selection evaluated those); else the EMA's, if on.
-    selected = (
-        selection.restore_best(run.output_dir, run.trainer.network)
-        if config.select_best != "none"
-        else None
-    )
+    selected = best.restore(run.trainer.network) if best is not None else None
     if selected:
         run.report(
             f"Selected the checkpoint of step {selected['step']} (validation PGD accuracy "
             f"{selected['validation_pgd_accuracy']:.4f})"
         )
-    with weight_averaging.maybe_swapped_in(None if selected else run.trainer.ema):
+    with ema.maybe_swapped_in(None if selected else run.trainer.ema):
         if reuse_metrics:
             with open(metrics_path) as f:
                 metrics = json.load(f)
@@ -103,14 +91,14 @@ def finish(run, step, *, trained, seconds):
             metrics = _final_metrics(run, step, selected, seconds)
         if needs_export:
             run.guard.check()
-            _export(run, best=bool(selected))
+            _export(run, best.directory if selected else None)
     return metrics
 
 
 def _final_metrics(run, step, selected, seconds):
     """Evaluates on the test split; writes the projector data and metrics.json."""
     config = run.config
-    final_data = train_inputs.eval_input(config, config.final_eval_examples)
+    final_data = inputs.eval_input(config, config.final_eval_examples)
     results, count = evaluate_on(run, final_data, config.final_eval_examples)
     robust = f"eval/{summaries.attack_label(config.eval_attack)}_accuracy"
     attack = dataclasses.asdict(config.eval_attack)
@@ -138,7 +126,7 @@ def _final_metrics(run, step, selected, seconds):
         metrics["selected_checkpoint"] = selected
     summaries.log_projector(run.writer.logdir, run.trainer.network, final_data, step=step)
     run.guard.check()
-    run_files.write_json_atomic(os.path.join(run.output_dir, "metrics.json"), metrics)
+    atomic_io.write_json_atomic(os.path.join(run.output_dir, "metrics.json"), metrics)
     return metrics
 
 
@@ -170,17 +158,13 @@ def check_export(config, network, report):
         logging.info(f"export: {options['detector']} detector, covariance {options['covariance']}")
 
 
-def _export(run, best):
+def _export(run, best_dir):
     """The SavedModel with its detector, threshold and detector.json, as bin/export writes them
-    (a detector that cannot be fitted is left out, said in one line); `best`: the weights are
-    --select_best's checkpoint."""
+    (a detector that cannot be fitted is left out, said in one line); `best_dir`: the folder of
+    --select_best's checkpoint when its weights are exported, else None."""
     config = run.config
-    folder = (
-        os.path.join(run.output_dir, selection.BEST_DIR)
-        if best
-        else checkpoint_files.checkpoint_dir(run.output_dir)
-    )
-    # Written to a hidden folder and renamed into place (export.py): never half a version.
+    folder = best_dir or run_folder.checkpoint_dir(run.output_dir)
+    # Written to a hidden folder and renamed into place (export/folders.py): never half a version.
     export.export_with_detector(
         run.trainer.network,
         config.dataset,

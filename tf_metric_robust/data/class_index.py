@@ -1,37 +1,13 @@
-"""TLA's clean positives as the authors build them (Mao et al., NeurIPS 2019, arXiv 1909.00900).
+"""TLA's "other" clean positive drawn from the data: an independent image of the anchor's class
+(Mao et al., NeurIPS 2019; the authors' train_update_fast_triplet.py:641-645,
+`cifar_aux.train_data.get_next_data_basedon_class(y_batch)`).
 
-Two kinds (columbia/Metric_Learning_Adversarial_Robustness, train_update_fast_triplet.py):
-- the anchor's own clean image, on CIFAR-10 with uniform noise of +-nat_noise_level (8 of 255)
-  added after the attack and rounded back to the pixel grid (lines 649-651; config_cifar.json:39);
-- "another" clean image of the same class, an independent draw from the training set
-  (lines 641-645: `cifar_aux.train_data.get_next_data_basedon_class(y_batch)`).
-Both are pure functions of a stateless seed, so a resumed run draws the same positives.
+Where each class's examples sit in a split, and a stateless draw among the others of a class, so a
+resumed run draws the same positives.
 """
 
 import numpy as np
 import tensorflow as tf
-
-PIXEL_LEVELS = 255.0  # 8-bit images: the [0, 1] grid has steps of 1/255
-
-
-def noisy_positive(images, noise, seed):
-    """Clean images + uniform noise in [-noise, noise], rounded to the 1/255 grid, clipped to [0,1].
-
-    The authors' `np.clip(np.rint(x + U(-8, 8)), 0, 255)` on the 0..255 scale
-    (train_update_fast_triplet.py:649-651), here on [0, 1] images with `noise` = 8/255.
-
-    Args:
-      images: float [N, H, W, C] in [0, 1].
-      noise: half-width of the uniform noise on the [0, 1] scale (0 returns `images`).
-      seed: int [2] key of the stateless draw.
-    """
-    if noise == 0:
-        return images
-    dtype = images.dtype
-    images = tf.cast(images, tf.float32)
-    draw = tf.random.stateless_uniform(tf.shape(images), seed=seed, minval=-noise, maxval=noise)
-    levels = tf.round((images + draw) * PIXEL_LEVELS)
-    return tf.cast(tf.clip_by_value(levels, 0.0, PIXEL_LEVELS) / PIXEL_LEVELS, dtype)
 
 
 class ClassIndex:

@@ -1,34 +1,32 @@
 """One Keras model whose train_step does natural training, PGD-AT (Madry et al. 2018), TLA,
 TRADES (Zhang et al. 2019) or MART (Wang et al. 2020), optionally with AWP and a weight EMA.
 
-TLA (Mao et al., NeurIPS 2019, arXiv 1909.00900): CE on PGD examples plus lambda_triplet times
-the authors' triplet term (tla_loss.TripletTerm); with base 'trades' (ours, not the paper's) the
-term is added to the TRADES objective instead. TRADES and MART: losses.trades_loss / mart_loss on
-a clean and an adversarial pass, the attack run from x + 0.001 N(0, 1) (trades.py:28-31,
-mart.py:17-20). AWP (Wu et al. 2020, awp.py) perturbs the weights before the descent step; the
-EMA (weight_averaging.py) follows the weights after it. The modes share one step; only the
-attack objective and the loss (mode_losses.py) differ.
+The modes share one step: the training attack (TRADES and MART start it from x + 0.001 N(0, 1),
+trades.py:28-31, mart.py:17-20), the mode's loss (mode_losses.py; TLA's triplet term, Mao et al.,
+NeurIPS 2019, in triplet.py), the descent step, whose gradient AWP (Wu et al. 2020, awp.py) takes
+at perturbed weights, and the weight EMA (ema.py) that follows it.
 """
 
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import attacks, awp, positives, seeds, weight_averaging
+from tf_metric_robust import attacks, seeds
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig, check_mode
+from tf_metric_robust.config.run import ATTACK_BN_MODES
 from tf_metric_robust.config.training import KL_MODES
-from tf_metric_robust.memory_bank import EmbeddingBank
-from tf_metric_robust.mode_losses import ModeLosses
-from tf_metric_robust.tla_loss import TripletTerm
+from tf_metric_robust.training import awp, ema, mode_losses
+from tf_metric_robust.training.memory_bank import EmbeddingBank
+from tf_metric_robust.training.triplet import PIXEL_LEVELS, TripletTerm
 
 
-class AdversarialTrainer(ModeLosses, keras.Model):
+class AdversarialTrainer(keras.Model):
     """Wraps a network returning {'logits', 'embedding'} with a natural / pgd / tla / trades /
     mart train_step.
 
     Use `fit()` as usual: callbacks, distribution and progress bars come from Keras. Losses are
     reduced per example with `tf.nn.compute_average_loss` because Keras 3 *sums* gradients over
-    replicas (DESIGN.md); the regulariser goes through `tf.nn.scale_regularization_loss`.
+    replicas; the regulariser goes through `tf.nn.scale_regularization_loss`.
     `attack_bn_mode` ('inference' or 'train') is the BN mode of the training attack;
     `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
     `beta` weighs the KL term of trades, mart and tla with base 'trades' (references: 6 on
@@ -74,7 +72,9 @@ class AdversarialTrainer(ModeLosses, keras.Model):
             attack=attack,
             positive_noise=self.triplet.positive_noise,
         )
-        self.trades_objective = mode == "trades" or base == "trades"
+        if attack_bn_mode not in ATTACK_BN_MODES:
+            choices = ", ".join(ATTACK_BN_MODES)
+            raise ValueError(f"attack_bn_mode must be one of {choices}; got {attack_bn_mode!r}")
         self.attack_bn_mode = attack_bn_mode
         self.eval_round_to_grid = bool(eval_round_to_grid)
         self.beta = float(beta)
@@ -86,6 +86,14 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         self.seed = int(seed)
         self.eps_warmup_steps = int(eps_warmup_steps)
         self.num_classes = int(network.output["logits"].shape[-1])
+        self.loss_settings = mode_losses.LossSettings(
+            mode=mode,
+            num_classes=self.num_classes,
+            label_smoothing=self.label_smoothing,
+            beta=self.beta,
+            base=base,
+            triplet=self.triplet,
+        )
         self.bank = None
         cfg = self.triplet
         if mode == "tla" and cfg.mining == "paper" and cfg.negative_pool == "bank":
@@ -93,11 +101,11 @@ class AdversarialTrainer(ModeLosses, keras.Model):
             self.bank = EmbeddingBank(self.triplet.bank_size, dim, name="negative_bank")
         self.triplet_term = TripletTerm(network, self.triplet, self.bank) if mode == "tla" else None
         self.awp = awp.WeightPerturbation(awp_gamma, awp_warmup_steps) if awp_gamma > 0 else None
-        self.ema = weight_averaging.WeightAverage(network, ema_decay) if ema_decay > 0 else None
+        self.ema = ema.WeightAverage(network, ema_decay) if ema_decay > 0 else None
         names = ["loss", "ce_loss", "clean_accuracy", "pgd_accuracy"]
         if mode == "tla":
             names += ["triplet_loss", "positive_distance", "negative_distance", "embedding_norm"]
-        if mode in KL_MODES or self.trades_objective:
+        if mode in KL_MODES or self.loss_settings.trades_objective:
             names += ["robust_loss"]
         self.trackers = {name: keras.metrics.Mean(name=name) for name in names}
 
@@ -142,6 +150,26 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         return self.network(images, training=True)["logits"]
 
     # ------------------------------------------------------------------------------ steps
+    def compute_losses(self, batch, adversarial, training):
+        """The mode's Losses on a mode_losses.Batch, shared by train_step and test_step."""
+        if self.triplet_term is not None:
+            return mode_losses.tla_loss(
+                batch,
+                adversarial,
+                training,
+                self.loss_settings,
+                term=self.triplet_term,
+                seed=self._seed,
+            )
+        loss_fn = mode_losses.LOSSES[self.mode]
+        return loss_fn(self.network, batch, adversarial, training, self.loss_settings)
+
+    def _unpack(self, data, training):
+        """The mode_losses.Batch of an input, split as this trainer's mode needs."""
+        return mode_losses.split_batch(
+            data, training=training, mode=self.mode, triplet=self.triplet
+        )
+
     def _seed(self, root):
         """Stateless key of this step and replica under `root` (seeds.py): a resumed run draws
         the same random starts and positives."""
@@ -185,10 +213,11 @@ class AdversarialTrainer(ModeLosses, keras.Model):
             kwargs["eps"] = fraction * self.attack.eps
             kwargs["step_size"] = fraction * self.attack.step_size
         targets = labels
-        gaussian_start = self.mode in KL_MODES or self.trades_objective
+        trades_objective = self.loss_settings.trades_objective
+        gaussian_start = self.mode in KL_MODES or trades_objective
         if gaussian_start and self.attack.method == "pgd" and kwargs["random_start"]:
             kwargs["random_start"] = objectives.TRADES_START_STD
-        if self.trades_objective:
+        if trades_objective:
             kwargs["loss"] = "kl"
             targets = tf.stop_gradient(model_fn(images))
         return tf.stop_gradient(
@@ -202,9 +231,7 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         if self.bank is not None:
             keep += list(self.bank.variables)
         return self.awp.compute(
-            lambda: tf.nn.compute_average_loss(
-                self.compute_losses(batch.images, batch.labels, adversarial, True, *batch[2:]).total
-            ),
+            lambda: tf.nn.compute_average_loss(self.compute_losses(batch, adversarial, True).total),
             variables,
             self.optimizer.iterations,
             keep=keep,
@@ -221,9 +248,7 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         # AWP: gradient at w + v, applied to w after an exact restore (awp.py).
         with awp.perturbed(perturbed, perturbation):
             with tf.GradientTape() as tape:
-                result = self.compute_losses(
-                    batch.images, batch.labels, adversarial, True, *batch[2:]
-                )
+                result = self.compute_losses(batch, adversarial, True)
                 loss = tf.nn.compute_average_loss(result.total)
                 if self.network.losses:
                     loss += tf.nn.scale_regularization_loss(tf.add_n(self.network.losses))
@@ -243,8 +268,8 @@ class AdversarialTrainer(ModeLosses, keras.Model):
         if self.eval_round_to_grid:
             # The authors' CIFAR evaluation rounds adversarial images to integer pixels
             # (pgd_attack.py:285-286); clean images on the grid keep them in the eps-ball.
-            adversarial = tf.round(adversarial * positives.PIXEL_LEVELS) / positives.PIXEL_LEVELS
-        result = self.compute_losses(images, labels, adversarial, False)
+            adversarial = tf.round(adversarial * PIXEL_LEVELS) / PIXEL_LEVELS
+        result = self.compute_losses(mode_losses.Batch(images, labels), adversarial, False)
         if result.clean_logits is None:
             result = result._replace(clean_logits=self.logits_fn(images))
         if result.adversarial_logits is None:

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tf_metric_robust import data
 from tf_metric_robust.config import UserError
+from tf_metric_robust.training.triplet import other_positives_from_data
 
 
 def shard_by_data(dataset):
@@ -27,17 +28,6 @@ def _step_examples(config):
     return config.batch_size * (1 + config.triplet.pool_multiplier if extra_pool else 1), extra_pool
 
 
-def other_positives_from_data(config):
-    """Whether TLA's other positives come from the data (an independent image of the class)."""
-    triplet = config.triplet
-    return (
-        config.mode == "tla"
-        and triplet.mining == "paper"
-        and triplet.other_positive == "data"
-        and triplet.positive in ("other", "both")
-    )
-
-
 def train_input(config, start_step, replicas=1):
     """Training batches from step `start_step` on, split over `replicas` replicas."""
     batch, extra_pool = _step_examples(config)
@@ -49,7 +39,7 @@ def train_input(config, start_step, replicas=1):
         data_dir=config.data_dir,
         download=config.download,
         augment=config.augment,
-        other_positives=other_positives_from_data(config),
+        other_positives=other_positives_from_data(config.mode, config.triplet),
         validation_examples=config.validation_examples,
     )
     if extra_pool and replicas > 1:

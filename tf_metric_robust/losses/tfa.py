@@ -8,7 +8,12 @@ Computed in float32, whatever the input dtype.
 import keras
 import tensorflow as tf
 
-from tf_metric_robust.distances import cosine_similarity, safe_sqrt, squared_l2_matrix, to_float32
+from tf_metric_robust.losses.distances import (
+    cosine_similarity,
+    safe_sqrt,
+    squared_l2_matrix,
+    to_float32,
+)
 
 TFA_DISTANCE_METRICS = ("L2", "squared-L2", "angular")
 
