@@ -2,7 +2,7 @@
 
 import setuptools
 
-# Pinned: the versions this toolkit is tested with (DESIGN.md, "The stack").
+# Pinned: the versions this toolkit is tested with.
 RUNTIME = [
     "keras==3.15.1",
     "tensorflow-datasets==4.9.10",

@@ -14,7 +14,7 @@ eps 0.3, step 0.01, 10 steps, random start, CE loss on the given labels, clip to
 
 Variants run round by round (interleaved) after a warm-up; prints images/s from median wall time
 and each peer's time / ours in wall and in process-CPU time (the CPU ratio is the fairer one on a
-shared machine). Goals (issue 6): >= 3x CleverHans, >= 10x ART. A peer that is not installed is
+shared machine). Goals: >= 3x CleverHans, >= 10x ART. A peer that is not installed is
 skipped with a message.
 """
 

@@ -4,7 +4,7 @@ Command: `.venv/bin/python bench/pgd_overhead.py` (or `make bench`). Model: smal
 (28, 28, 1), batch 128, random weights and images (cost does not depend on them). Per k, prints
 (PGD-k wall time) / (k x one input-gradient time): the median over 5 repeats of the ratio of
 adjacent runs (robust to load from other processes), after a warm-up that includes tracing; the
-same ratio in process CPU time is printed alongside. Goal <= 1.03 (DESIGN.md: an unrolled PGD
+same ratio in process CPU time is printed alongside. Goal <= 1.03 (an unrolled PGD
 costs k gradients). The baseline is a tf.function returning d CE / d x, i.e. one PGD step's work.
 """
 

@@ -12,11 +12,11 @@ Expected: a TLA step is the PGD-AT step plus one more weight-gradient pass over 
 (plus the negatives with the extra pool); the two natural steps (batch B and 2B) measure that
 pass, so the script also prints the predicted ratio (PGD-AT - natural(B) + natural(2B)) / PGD-AT.
 
-TRADES and MART (issue 18): a clean and an adversarial pass in the weight gradient, so about
+TRADES and MART: a clean and an adversarial pass in the weight gradient, so about
 the TLA/batch cost; TRADES' attack also runs one clean forward pass for its KL target. Both run
 the same PGD-7 here (their references use 10 steps: scale the attack part by 10/7).
 
-Fast AT (issue 18): FGSM-RS (Wong et al. 2020) and N-FGSM (de Jorge et al. 2022) replace PGD-7 by
+Fast AT: FGSM-RS (Wong et al. 2020) and N-FGSM (de Jorge et al. 2022) replace PGD-7 by
 one input gradient, so a step costs about 2 gradient passes instead of 8 (expected ~0.25-0.3 of
 PGD-AT). AWP (Wu et al. 2020) adds a weight-ascent forward/backward pass on the adversarial batch;
 the EMA of the weights one assign per variable.
@@ -57,7 +57,7 @@ VARIANTS = {
     "tla/extra x10 separate": _tla(True, negative_pool="extra", pool_multiplier=10),
     "tla/extra x10 joint": _tla(False, negative_pool="extra", pool_multiplier=10),
     "tla/semihard (TFA)": _tla(True, mining="semihard", distance="l2", margin=0.5),
-    # Issue 18: a clean and an adversarial pass (TRADES adds the clean logits of its KL attack).
+    # A clean and an adversarial pass (TRADES adds the clean logits of its KL attack).
     "trades": ("trades", None),
     "mart": ("mart", None),
     # Fast AT: one-step training attacks (--train_attack), eps 8/255.

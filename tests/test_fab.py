@@ -136,7 +136,7 @@ def test_bad_arguments_raise():
 
 
 def test_autoattack_standard_runs_fab_t_and_it_only_adds_strength(trained_small_cnn):
-    """Issue 20: the standard suite lists FAB-T (the reference's order) and, on a trained CNN,
+    """The standard suite lists FAB-T (the reference's order) and, on a trained CNN,
     adding it after APGD-CE and APGD-T never raises robust accuracy (same seeds per member)."""
     from tf_metric_robust.attacks import autoattack
     from tf_metric_robust.attacks.autoattack import VERSIONS

@@ -75,7 +75,7 @@ def make_strategy(name="auto", tpu_address=None):
         if "TF_CONFIG" not in os.environ:
             raise UserError(
                 "strategy 'multi_worker' needs the TF_CONFIG environment variable "
-                "(cluster spec and this worker's task); see README 'Multi-worker'"
+                "(cluster spec and this worker's task); see docs/distributed.md, 'Several machines'"
             )
         cluster_from_env()  # a clear message for malformed JSON
         return tf.distribute.MultiWorkerMirroredStrategy()

@@ -4,7 +4,7 @@ One loop serves FGSM, PGD, MI-FGSM and the fast training attacks (gradient.py, f
 adaptive detector attack (adaptive.py). PGD: Madry et al., ICLR 2018; MI-FGSM's momentum on
 L1-normalised gradients: Dong et al., CVPR 2018; N-FGSM's box-only steps: de Jorge et al., NeurIPS
 2022. The step loop is a Python loop unrolled inside one tf.function: on CPU this costs the same as
-k separate input gradients, while a tf.while_loop is slower (DESIGN.md, "The stack").
+k separate input gradients, while a tf.while_loop is slower (bench/pgd_overhead.py).
 """
 
 import tensorflow as tf

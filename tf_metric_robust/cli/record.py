@@ -7,7 +7,7 @@ from tf_metric_robust.cli.common import FLAGS, UsageError, our_flags
 # Flags of bin/train that do not change results: the TrainConfig fields of the same names (where
 # the run reads and writes, how often it checkpoints or evaluates on the side, on which hardware it
 # runs) and --allow_changes. Every other flag of bin/train is part of the recipe (recipe.json):
-# a resume must match it unless --allow_changes names it (README, "Resuming").
+# a resume must match it unless --allow_changes names it (docs/training.md, "Resuming and extending a run").
 NOT_IN_RECIPE = tuple(name for name in cfg.OPERATIONAL_FIELDS if name != "settings")
 
 

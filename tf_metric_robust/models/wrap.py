@@ -1,4 +1,4 @@
-"""Your own Keras classifier as our {'logits', 'embedding'} network (issue 18 item 8).
+"""Your own Keras classifier as our {'logits', 'embedding'} network.
 
 TLA (Mao et al. 2019) needs the penultimate representation h(x) beside the logits; every tool here
 (trainer, attacks, export, detection) reads the layers named 'logits' and 'embedding'.
@@ -106,7 +106,7 @@ def with_embedding(model, embedding_layer=None):
       model: a functional or Sequential Keras classifier with one output, its logits (no final
         softmax), and an input shape.
       embedding_layer: name of the layer whose output is the embedding h(x); default the input of
-        the last Dense layer (the penultimate representation TLA regularises, DESIGN.md).
+        the last Dense layer (the penultimate representation TLA regularises: Mao et al. 2019, section 3).
 
     Returns:
       A functional model sharing `model`'s layers and weights (training one trains the other).
