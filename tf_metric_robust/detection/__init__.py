@@ -15,7 +15,7 @@ Table 4's kNN classifier). Both are tf.Modules with `score(embeddings, predictio
 `confidence` that attacks/adaptive.py maximises.
 """
 
-from tf_metric_robust.config import COVARIANCES, DETECTORS, SCORE_TYPES
+from tf_metric_robust.config import COVARIANCES, DEFAULT_DETECTION_K, DETECTORS, SCORE_TYPES
 from tf_metric_robust.detection.common import subsample_per_class
 from tf_metric_robust.detection.gaussian import GaussianDetector, shrunk_covariance
 from tf_metric_robust.detection.knn import KnnDetector
@@ -52,7 +52,7 @@ def build(
     labels,
     *,
     num_classes=None,
-    k=50,
+    k=DEFAULT_DETECTION_K,
     score_type="agreement",
     covariance="per_class",
 ):

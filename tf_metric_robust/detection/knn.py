@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from tf_metric_robust.config import SCORE_TYPES
+from tf_metric_robust.config import DEFAULT_DETECTION_K, SCORE_TYPES
 from tf_metric_robust.detection.common import (
     checked_query,
     checked_reference,
@@ -31,7 +31,7 @@ class KnnDetector(tf.Module):
         reference_embeddings,
         reference_labels,
         *,
-        k=50,
+        k=DEFAULT_DETECTION_K,
         score_type="agreement",
         num_classes=None,
         max_reference=None,
