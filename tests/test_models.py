@@ -301,6 +301,13 @@ def test_cifar_recipes_paper_and_code(recipes):
         )
         assert recipe["select_best"] == "pgd" and recipe["eval_round_to_grid"]
         assert recipe["params"] == recipes["cifar_pgd_at.flags"]["params"]
+    # Crop shifts as each reference: +-2 px (32 -> 36) for the TLA authors' and Madry's loaders,
+    # +-4 px for TRADES, MART and AWP (RandomCrop(32, padding=4)).
+    padding = {name: recipe["crop_padding"] for name, recipe in recipes.items()}
+    for name in ("cifar.flags", "cifar_80k.flags", "cifar_pgd_at.flags"):
+        assert padding[name] == 2, name
+    for name in ("trades", "trades_awp", "mart", "mart_awp", "pgd_awp"):
+        assert padding[f"cifar_{name}.flags"] == 4, name
 
 
 def test_tiny_imagenet_recipe_is_the_authors(recipes):
