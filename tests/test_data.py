@@ -176,6 +176,47 @@ def test_augment_batch_crops_shifted_windows_and_flips():
     assert any(not np.array_equal(flipped[n], out[n]) for n in range(16))
 
 
+def _crop_shifts(out, plain, pad):
+    """Per image, the (row, col) shift of the window of `plain` padded by `pad` that `out` shows
+    (mirrored or not); None where no such window matches."""
+    size = plain.shape[1]
+    padded = np.pad(plain, [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    shifts = []
+    for n in range(len(out)):
+        found = None
+        for i in range(2 * pad + 1):
+            for j in range(2 * pad + 1):
+                window = padded[n, i : i + size, j : j + size]
+                if np.array_equal(out[n], window) or np.array_equal(out[n], window[:, ::-1]):
+                    found = (i - pad, j - pad)
+        shifts.append(found)
+    return shifts
+
+
+def test_crop_padding_reaches_the_augmentation(mock_tfds, tmp_path):
+    """--crop_padding=2 (the TLA authors' 32 -> 36 pad) through train_inputs: every training crop
+    is shifted by at most 2 pixels, while the dataset's own pad 4 shifts some by more."""
+    from tf_metric_robust import config as cfg
+    from tf_metric_robust import train_inputs
+
+    def first_batches(**settings):
+        config = cfg.TrainConfig(
+            model_dir=str(tmp_path), dataset="cifar10", batch_size=8, mode="pgd", **settings
+        )
+        stream = train_inputs.train_input(config, start_step=0)
+        return np.concatenate([x for x, _ in _batches(stream, 5)])
+
+    with mock_tfds(num_examples=NUM_MOCK):
+        plain = first_batches(augment=False)
+        pad2 = first_batches(crop_padding=2)
+        default = first_batches()
+    shifts = _crop_shifts(pad2, plain, 2)
+    assert None not in shifts
+    assert max(max(abs(i), abs(j)) for i, j in shifts) == 2
+    wide = _crop_shifts(default, plain, data.PAD)
+    assert None not in wide and max(max(abs(i), abs(j)) for i, j in wide) > 2
+
+
 # --- the real mnist5k tfds builder --------------------------------------------------------------
 
 

@@ -301,6 +301,13 @@ def test_cifar_recipes_paper_and_code(recipes):
         )
         assert recipe["select_best"] == "pgd" and recipe["eval_round_to_grid"]
         assert recipe["params"] == recipes["cifar_pgd_at.flags"]["params"]
+    # Crop shifts as each reference: +-2 px (32 -> 36) for the TLA authors' and Madry's loaders,
+    # +-4 px for TRADES, MART and AWP (RandomCrop(32, padding=4)).
+    padding = {name: recipe["crop_padding"] for name, recipe in recipes.items()}
+    for name in ("cifar.flags", "cifar_80k.flags", "cifar_pgd_at.flags"):
+        assert padding[name] == 2, name
+    for name in ("trades", "trades_awp", "mart", "mart_awp", "pgd_awp"):
+        assert padding[f"cifar_{name}.flags"] == 4, name
 
 
 def test_tiny_imagenet_recipe_is_the_authors(recipes):
@@ -312,7 +319,9 @@ def test_tiny_imagenet_recipe_is_the_authors(recipes):
         "preact_resnet_tiny",
         "tla",
     )
-    assert (tiny["batch_size"], tiny["label_smoothing"], tiny["augment"]) == (20, 0.1, True)
+    # model_imagenet_res50.py has no label smoothing; pgd_attack.py:285-286 rounds imagenet too
+    assert (tiny["batch_size"], tiny["label_smoothing"], tiny["augment"]) == (20, 0.0, True)
+    assert tiny["eval_round_to_grid"]
     optimizer = tiny["optimizer"]
     assert (optimizer["name"], optimizer["momentum"], optimizer["weight_decay"]) == (
         "sgd",
@@ -334,3 +343,106 @@ def test_tiny_imagenet_recipe_is_the_authors(recipes):
         "abs_cosine",
     )
     assert (triplet["lambda_triplet"], triplet["lambda_norm"]) == (0.5, 1e-3)
+
+
+def _madry_tf1_checkpoint(prefix, units=1, width=1, num_classes=10, scope=""):
+    """Writes a TF1 (tf.compat.v1.train.Saver) checkpoint with the variable names and shapes of
+    Madry's cifar10_challenge model.py, random weights, and returns a function giving the logits of
+    Madry's graph (model.py's forward pass in eval mode) on [0, 255] images."""
+    v1 = tf.compat.v1
+    rng = np.random.default_rng(0)
+    graph = tf.Graph()
+    with graph.as_default():
+
+        def variable(name, shape, kind="normal"):
+            if kind == "variance":
+                value = rng.uniform(0.5, 1.5, shape)
+            elif kind == "gamma":
+                value = 1 + 0.2 * rng.normal(size=shape)
+            else:
+                value = rng.normal(size=shape) * (
+                    np.sqrt(2.0 / (shape[0] * shape[1] * shape[3])) if len(shape) == 4 else 0.1
+                )
+            return v1.get_variable(scope + name, initializer=value.astype(np.float32))
+
+        def batch_norm(name, x):  # tf.contrib.layers.batch_norm, is_training=False, eps 1e-3
+            channels = [int(x.shape[-1])]
+            gamma = variable(f"{name}/BatchNorm/gamma", channels, "gamma")
+            beta = variable(f"{name}/BatchNorm/beta", channels)
+            mean = variable(f"{name}/BatchNorm/moving_mean", channels)
+            var = variable(f"{name}/BatchNorm/moving_variance", channels, "variance")
+            return tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-3)
+
+        def relu(x):
+            return tf.where(x < 0.0, 0.1 * x, x)
+
+        def conv(name, x, out, stride):
+            kernel = variable(f"{name}/DW", [3, 3, int(x.shape[-1]), out])
+            return tf.nn.conv2d(x, kernel, [1, stride, stride, 1], "SAME")
+
+        def residual(name, x, out, stride, activate_before_residual):
+            inner = int(x.shape[-1])
+            if activate_before_residual:
+                x = relu(batch_norm(f"{name}/shared_activation", x))
+                orig = x
+            else:
+                orig = x
+                x = relu(batch_norm(f"{name}/residual_only_activation", x))
+            x = conv(f"{name}/sub1/conv1", x, out, stride)
+            x = relu(batch_norm(f"{name}/sub2", x))
+            x = conv(f"{name}/sub2/conv2", x, out, 1)
+            if inner != out:
+                orig = tf.nn.avg_pool2d(orig, stride, stride, "VALID")
+                orig = tf.pad(orig, [[0, 0], [0, 0], [0, 0], [(out - inner) // 2] * 2])
+            return x + orig
+
+        images = v1.placeholder(tf.float32, [None, 32, 32, 3])
+        x = tf.map_fn(tf.image.per_image_standardization, images)
+        x = conv("input/init_conv", x, 16, 1)
+        filters = [16, 16 * width, 32 * width, 64 * width]
+        for stage, stride in ((1, 1), (2, 2), (3, 2)):
+            x = residual(f"unit_{stage}_0", x, filters[stage], stride, stage == 1)
+            for i in range(1, units):
+                x = residual(f"unit_{stage}_{i}", x, filters[stage], 1, False)
+        x = tf.reduce_mean(relu(batch_norm("unit_last", x)), [1, 2])
+        dense = variable("logit/DW", [filters[3], num_classes])
+        logits = tf.compat.v1.nn.xw_plus_b(x, dense, variable("logit/biases", [num_classes]))
+        v1.get_variable("global_step", initializer=np.int64(1000))
+        variable("logit/DW/Momentum", [filters[3], num_classes])  # an optimizer slot: ignored
+        session = v1.Session(graph=graph)
+        session.run(v1.global_variables_initializer())
+        v1.train.Saver().save(session, prefix)
+    return lambda pixels: session.run(logits, {images: pixels})
+
+
+@pytest.mark.parametrize("scope", ["", "main_encoder/"])
+def test_madry_checkpoint_converts_to_identical_logits(tmp_path, scope):
+    """A checkpoint with Madry's model.py names and shapes (WRN-16-2 here, two units per stage)
+    becomes our wide_resnet with the same logits: Madry's graph on [0, 255] pixels, ours on the
+    same pixels / 255; restored from the converted run folder as --init_checkpoint does."""
+    from tf_metric_robust import checkpoint_files
+    from tf_metric_robust.models import madry_checkpoint
+
+    madry_logits = _madry_tf1_checkpoint(str(tmp_path / "madry" / "model"), 2, 2, 10, scope)
+    pixels = np.random.default_rng(1).integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
+    want = madry_logits(pixels)
+    path, model = madry_checkpoint.convert(str(tmp_path / "madry"), str(tmp_path / "run"))
+    assert model.name == "wide_resnet_16_2"
+    got = model(pixels / 255.0, training=False)["logits"].numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(want).max() > 0.1  # logits that a wrong weight would change
+    fresh = models.wide_resnet(10, (32, 32, 3), depth=16, width=2)
+    restored = checkpoint_files.restore_newest_readable(
+        tf.train.Checkpoint(network=fresh), checkpoint_files.checkpoint_dir(str(tmp_path / "run"))
+    )
+    assert restored == path
+    np.testing.assert_allclose(fresh(pixels / 255.0, training=False)["logits"], got, atol=1e-6)
+
+
+def test_madry_checkpoint_names_what_is_missing(tmp_path):
+    from tf_metric_robust.models import madry_checkpoint
+
+    prefix = str(tmp_path / "other")
+    tf.train.Checkpoint(w=tf.Variable(1.0)).write(prefix)
+    with pytest.raises(ValueError, match="not a Madry WideResNet checkpoint"):
+        madry_checkpoint.load(prefix)

@@ -17,6 +17,7 @@ from tf_metric_robust.config.common import (
     flag_name,
 )
 from tf_metric_robust.config.compare import CompareConfig
+from tf_metric_robust.config.convert import ConvertConfig
 from tf_metric_robust.config.evaluation import (
     DEFAULT_ATTACKS,
     EVAL_STRATEGIES,
@@ -90,6 +91,7 @@ __all__ = [
     "UNIT_OPEN",
     "AttackConfig",
     "CompareConfig",
+    "ConvertConfig",
     "ExportConfig",
     "OptimizerConfig",
     "Range",

@@ -142,6 +142,12 @@ class TrainConfig:
     augment: Optional[bool] = setting(
         None, "Force data augmentation on/off (default: per dataset)."
     )
+    crop_padding: Optional[int] = setting(
+        None,
+        "Zero padding (pixels per side) before the random crop of the augmentation: crops shift "
+        "by up to this many pixels (default: the dataset's, 4 for CIFAR and Tiny ImageNet).",
+        valid=NON_NEGATIVE,
+    )
     attack: AttackConfig = sub_config(
         AttackConfig(eps=0.3, step_size=0.01, steps=40), without=("restarts",)
     )

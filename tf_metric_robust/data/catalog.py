@@ -22,7 +22,9 @@ from tf_metric_robust.data import mnist5k_builder  # noqa: F401  (registers the 
 from tf_metric_robust.data import tiny_imagenet_builder  # noqa: F401  (registers 'tiny_imagenet')
 
 AUTOTUNE = tf.data.AUTOTUNE
-PAD = 4  # pixels of zero padding before the random crop (He et al. 2016; Madry et al. 2018)
+# Default zero padding (pixels per side) before the random crop: the crop shifts by up to PAD
+# pixels (He et al. 2016; TRADES, MART and AWP pad 4; Madry and the TLA authors pad 2).
+PAD = 4
 _CACHE_MAX_BYTES = 1 << 29  # splits up to 512 MiB of uint8 pixels are cached in memory
 DEFAULT_SHUFFLE_WINDOW = 10_000  # shuffle window for splits too large to cache
 
@@ -42,7 +44,9 @@ class DatasetSpec:
       image_shape: (height, width, channels).
       train_split, test_split: tfds split names.
       num_train_examples: size of the train split.
-      augment: whether training augments by default (pad-4 random crop, plus flip if `flip`).
+      augment: whether training augments by default (padded random crop, plus flip if `flip`).
+      pad: zero padding per side before the random crop (the crop shifts by up to `pad` pixels);
+        --crop_padding overrides it.
       flip: whether a horizontal flip preserves the label (not for digits).
       auto_prepare: prepared from local files without network, so no `download=True` needed.
       root_dir: for `image_folder:/path` datasets, the folder read by tfds.ImageFolder.
@@ -60,9 +64,12 @@ class DatasetSpec:
     auto_prepare: bool = False
     root_dir: Optional[str] = None
     fake: bool = False  # fake:<name>: mock examples with the shapes and classes of <name>
+    pad: int = PAD
 
 
-# CIFAR: pad-4 random crop + horizontal flip (He et al. 2016, as in Madry et al. 2018 and TLA).
+# CIFAR: pad-4 random crop + horizontal flip (He et al. 2016; TRADES, MART, AWP). Madry's
+# cifar10_input.py:96-102 and the TLA authors' dataloader/cifar10_input.py:287-293 pad 32 -> 36,
+# 2 per side: their recipes set --crop_padding=2.
 # SVHN: no augmentation, as in the WRN paper (Zagoruyko & Komodakis 2016) and the SVHN runs of
 # Rice et al. 2020; never flip digits. MNIST-like sets: none (Madry et al. 2018).
 # Tiny ImageNet: pad-4 crop + flip, as TLA's authors (their loader pads 64x64 to 72x72, crops and

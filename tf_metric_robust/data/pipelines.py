@@ -23,8 +23,8 @@ from tf_metric_robust.data.catalog import (
 )
 
 
-def augment_batch(images, seed, *, flip):
-    """Pad-4 zero padding + random crop back to [H,W] (+ horizontal flip) per image, stateless.
+def augment_batch(images, seed, *, flip, pad=PAD):
+    """Zero padding by `pad` + random crop back to [H,W] (+ horizontal flip) per image, stateless.
 
     Vectorised over the batch (one gather, no per-example ops), as in He et al. 2016.
 
@@ -32,13 +32,14 @@ def augment_batch(images, seed, *, flip):
       images: float32 [B, H, W, C].
       seed: int [2] key of the stateless random ops (the same key gives the same crops/flips).
       flip: also flip each image left-right with probability 1/2.
+      pad: zero pixels added on each side before cropping; each crop shifts by up to `pad`.
     """
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.shape(images)
     offsets = tf.random.stateless_uniform(
-        [2, shape[0]], seed=crop_seed, minval=0, maxval=2 * PAD + 1, dtype=tf.int32
+        [2, shape[0]], seed=crop_seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32
     )
-    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     rows = offsets[0][:, None] + tf.range(shape[1])  # [B, H] rows of each crop
     cols = offsets[1][:, None] + tf.range(shape[2])  # [B, W] columns of each crop
     images = tf.gather(padded, rows, axis=1, batch_dims=1)
@@ -58,6 +59,7 @@ def train_dataset(
     data_dir=None,
     download=False,
     augment=None,
+    crop_padding=None,
     shuffle_buffer=None,
     other_positives=False,
     validation_examples=0,
@@ -76,7 +78,9 @@ def train_dataset(
       start_step: index of the first batch to yield (resume point).
       data_dir: tfds data directory (None: tfds' default).
       download: let tfds download and prepare the dataset if it is missing.
-      augment: None for the dataset's default, True/False to force pad-4 crop (+ flip).
+      augment: None for the dataset's default, True/False to force the padded crop (+ flip).
+      crop_padding: zero padding per side before the random crop; None: the dataset's own
+        (DatasetSpec.pad, 4 for CIFAR and Tiny ImageNet).
       shuffle_buffer: examples per shuffle window (contiguous blocks of the split, each
         permuted); None shuffles the whole split when it is small enough to cache, else 10,000.
       other_positives: also yield, per example, an independent (augmented) image of its class,
@@ -112,6 +116,9 @@ def train_dataset(
         window = shuffle_buffer or DEFAULT_SHUFFLE_WINDOW
     window = min(window, num_examples)
     augment = spec.augment if augment is None else augment
+    pad = spec.pad if crop_padding is None else crop_padding
+    if pad < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
     batches_per_epoch = num_examples // batch_size
     first_epoch, first_batch = divmod(start_step, batches_per_epoch)
     # Distinct key streams for shuffling and augmentation, both rooted at `seed`.
@@ -129,7 +136,7 @@ def train_dataset(
         if augment:
             # Keyed on the batch's index within the epoch: independent of where the run started.
             key = tf.random.experimental.stateless_fold_in(augment_key, indices[0] // batch_size)
-            images = augment_batch(images, key, flip=spec.flip)
+            images = augment_batch(images, key, flip=spec.flip, pad=pad)
         if file_index is None:
             return images, labels
         # Keyed on (seed, epoch, batch) like the augmentation, from a root of its own.
@@ -139,7 +146,7 @@ def train_dataset(
         others = tf.numpy_function(lambda rows: pixels[rows], [other], tf.uint8, stateful=False)
         others, _ = to_float(tf.ensure_shape(others, [None, *spec.image_shape]), labels)
         if augment:
-            others = augment_batch(others, augment_other_key, flip=spec.flip)
+            others = augment_batch(others, augment_other_key, flip=spec.flip, pad=pad)
         return (images, others), labels
 
     def one_epoch(epoch):

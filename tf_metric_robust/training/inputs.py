@@ -39,6 +39,7 @@ def train_input(config, start_step, replicas=1):
         data_dir=config.data_dir,
         download=config.download,
         augment=config.augment,
+        crop_padding=config.crop_padding,
         other_positives=other_positives_from_data(config.mode, config.triplet),
         validation_examples=config.validation_examples,
     )
