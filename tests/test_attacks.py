@@ -121,6 +121,7 @@ def test_cw_margin_matches_numpy():
     np.testing.assert_allclose(objectives.margin(logits, labels), [2.0 - 3.0, 0.5 - 0.0])
 
 
+@pytest.mark.slow
 def test_pgd_raises_loss_and_beats_fgsm(trained):
     model_fn, x, y = trained
     x_fgsm = attacks.fgsm(model_fn, x, y, eps=0.1)
@@ -132,6 +133,7 @@ def test_pgd_raises_loss_and_beats_fgsm(trained):
 
 
 @pytest.mark.parametrize("loss", ["ce", "cw"])
+@pytest.mark.slow
 def test_restarts_never_worse_than_one(trained, loss):
     model_fn, x, y = trained
     kwargs = dict(eps=0.1, step_size=0.02, steps=2, loss=loss, seed=tf.constant([3, 4]))
@@ -191,6 +193,7 @@ def test_bad_arguments_raise_in_fgsm_and_mifgsm(trained):
         attacks.mifgsm(model_fn, x[:4], y[:4], eps=0.1, step_size=0.01, steps=1, decay=-1.0)
 
 
+@pytest.mark.slow
 def test_runtime_eps_is_checked_inside_tf_function(trained):
     model_fn, x, y = trained
     attack = tf.function(
@@ -339,6 +342,7 @@ def test_slightly_negative_images_are_refused_without_blaming_pixels():
         attacks.fgsm(_linear_model(), tf.fill([2, 28, 28, 1], float("nan")), [0, 1], eps=0.1)
 
 
+@pytest.mark.slow
 def test_images_outside_the_box_fail_inside_tf_function():
     model_fn = _linear_model()
     attack = tf.function(
@@ -398,6 +402,7 @@ _EPS_ATTACKS = sorted(attacks.ATTACKS) + ["autoattack"]
 
 
 @pytest.mark.parametrize("name", _EPS_ATTACKS)
+@pytest.mark.slow
 def test_every_attack_refuses_eps_outside_the_box_width(name):
     """eps 8 on [0, 1] images (8/255 meant on the 0-255 scale) and a negative eps are refused
     with the argument and its range; eps = clip_max - clip_min, the whole box, still runs."""

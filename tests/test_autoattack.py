@@ -10,6 +10,10 @@ from tf_metric_robust.attacks.apgd_loop import checkpoints, dlr_loss, dlr_target
 from tf_metric_robust.attacks.autoattack import autoattack
 from tf_metric_robust.attacks.square import p_schedule, square
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 # Small budgets shared by all tests, so each compiled attack is traced once per model.
 STEPS, TARGETS, QUERIES = 10, 3, 300
 EPS = {"linf": 0.2, "l2": 2.5}

@@ -10,6 +10,10 @@ from tf_metric_robust import distribute, models
 from tf_metric_robust.config import AttackConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer, awp
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 ATTACK = AttackConfig(eps=0.1, step_size=0.05, steps=3)
 FIXED_START = AttackConfig(eps=0.3, step_size=0.1, steps=3, random_start=False)
 
@@ -209,16 +213,17 @@ def test_two_replica_awp_step_equals_one_replica_step(mnist5k_arrays, mode, warm
     ],
 )
 def test_every_mode_learns_with_awp(mnist5k_arrays, mode, kwargs):
-    """30 steps of the demo digits with AWP (gamma 1e-2 from step 5): the loss and the PGD
-    error fall, on held-out digits."""
+    """60 steps of the demo digits with AWP (gamma 1e-2 from step 5): the loss and the PGD
+    error fall, on held-out digits (after 30 steps PGD-AT's gain was 0.023 with oneDNN on: too
+    close to the 0.05 asked)."""
     images, labels = mnist5k_arrays
     order = np.random.default_rng(0).permutation(len(labels))
     train = tf.data.Dataset.from_tensor_slices((images[order[:960]], labels[order[:960]]))
     held_out = tf.data.Dataset.from_tensor_slices((images[order[-128:]], labels[order[-128:]]))
     trainer = _trainer(mode, awp_gamma=1e-2, awp_warmup_steps=5, **kwargs)
     before = _trainer(mode, **kwargs).evaluate(held_out.batch(128), return_dict=True, verbose=0)
-    trainer.fit(train.batch(32), epochs=1, verbose=0)
-    assert trainer.optimizer.iterations.numpy() == 30
+    trainer.fit(train.batch(32), epochs=2, verbose=0)
+    assert trainer.optimizer.iterations.numpy() == 60
     after = trainer.evaluate(held_out.batch(128), return_dict=True, verbose=0)
     assert np.isfinite(after["loss"]) and after["loss"] < before["loss"]
     assert after["pgd_accuracy"] > before["pgd_accuracy"] + 0.05

@@ -11,6 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (entry point, extra flags, the flag the message must name, text the message must contain)

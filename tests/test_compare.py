@@ -501,6 +501,7 @@ def compared(tmp_path_factory, mnist5k_data_dir):
     return output, first
 
 
+@pytest.mark.slow
 def test_compare_trains_evaluates_and_reports_every_run(compared):
     output, first = compared
     lines = first.stdout.splitlines()
@@ -525,6 +526,7 @@ def test_compare_trains_evaluates_and_reports_every_run(compared):
         assert kinds.get("_hparams_/session_start_info") == 1
 
 
+@pytest.mark.slow
 def test_rerun_trains_nothing_and_collect_aggregates_a_moved_folder(
     compared, tmp_path, mnist5k_data_dir
 ):

@@ -194,10 +194,10 @@ def _crop_shifts(out, plain, pad):
 
 
 def test_crop_padding_reaches_the_augmentation(mock_tfds, tmp_path):
-    """--crop_padding=2 (the TLA authors' 32 -> 36 pad) through train_inputs: every training crop
+    """--crop_padding=2 (the TLA authors' 32 -> 36 pad) through training.inputs: every training crop
     is shifted by at most 2 pixels, while the dataset's own pad 4 shifts some by more."""
     from tf_metric_robust import config as cfg
-    from tf_metric_robust import train_inputs
+    from tf_metric_robust.training import inputs as train_inputs
 
     def first_batches(**settings):
         config = cfg.TrainConfig(

@@ -15,6 +15,10 @@ import urllib3
 from tf_metric_robust import data
 from tf_metric_robust.data import preparation as dataset_preparation
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _PREPARE = """

@@ -201,6 +201,7 @@ def _scipy_log_densities(reference, labels, queries, covariance):
 
 @pytest.mark.parametrize("covariance", ["per_class", "tied"])
 @pytest.mark.parametrize("dim, per_class", [(12, 100), (640, 60)])  # 640-d from 60: singular S
+@pytest.mark.slow
 def test_gaussian_densities_match_scipy(covariance, dim, per_class):
     rng = np.random.default_rng(8)
     labels = np.repeat(np.arange(3), per_class)
@@ -332,6 +333,7 @@ def _protocol(clean, candidate, threshold):
     return detection.protocol_report(*clean, *candidate, threshold)[0]
 
 
+@pytest.mark.slow
 def test_strongest_per_example_is_never_better_for_the_defender():
     """Against plain PGD alone: accuracy and TPR never rise, undetected misclassifications never
     fall, on random candidates; a case where keeping the lowest score of correctly classified

@@ -17,6 +17,10 @@ from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import summary_text, write_figures
 from tf_metric_robust.evaluation.report_schema import check_report
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 
 @pytest.fixture(scope="module")
 def setting(trained_small_cnn, mnist5k_arrays):

@@ -13,6 +13,10 @@ from tf_metric_robust import distribute, export, models, run_folder
 from tf_metric_robust.config import AttackConfig
 from tf_metric_robust.training import AdversarialTrainer, ema
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 FIXED_START = AttackConfig(eps=0.3, step_size=0.1, steps=2, random_start=False)
 
 

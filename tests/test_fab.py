@@ -7,6 +7,10 @@ import tensorflow as tf
 
 from tf_metric_robust.attacks import fab
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_box_projection_is_the_exact_minimum(norm):

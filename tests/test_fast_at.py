@@ -19,6 +19,10 @@ from tf_metric_robust.config import AttackConfig, UserError
 from tf_metric_robust.config import training as training_config
 from tf_metric_robust.training import AdversarialTrainer, overfit_guard
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 EPS = 8 / 255
 
 

@@ -172,6 +172,7 @@ def test_bad_arguments_raise():
         models.build("preact_resnet18", 10, (32, 32, 3), standardization="cifar")
 
 
+@pytest.mark.slow
 def test_small_cnn_learns_mnist5k(mnist5k_arrays):
     images, labels = mnist5k_arrays
     order = np.random.default_rng(0).permutation(len(labels))
@@ -236,6 +237,7 @@ def recipes():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_every_recipe_parses_and_builds_its_model(recipes):
     import glob
     import os
@@ -261,6 +263,7 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
             assert recipe["validation_examples"] > 0, name
 
 
+@pytest.mark.slow
 def test_mnist_recipe_is_the_papers(recipes):
     mnist = recipes["mnist.flags"]
     assert mnist["model"] == "mnist_large" and mnist["embedding"] == 1024
@@ -284,6 +287,7 @@ def test_mnist_recipe_is_the_papers(recipes):
     assert recipes["mnist_pgd_at.flags"]["model"] == "madry_mnist"
 
 
+@pytest.mark.slow
 def test_cifar_recipes_paper_and_code(recipes):
     paper, code = recipes["cifar.flags"], recipes["cifar_80k.flags"]
     assert paper["steps"] == 55_000 and paper["optimizer"]["lr_boundaries"] == [50_000]
@@ -310,6 +314,7 @@ def test_cifar_recipes_paper_and_code(recipes):
         assert padding[f"cifar_{name}.flags"] == 4, name
 
 
+@pytest.mark.slow
 def test_tiny_imagenet_recipe_is_the_authors(recipes):
     """configs/tiny_imagenet.flags: the authors' Tiny ImageNet TLA settings (their README's
     command and config_imagenet.json), on our bottleneck PreAct ResNet."""
@@ -420,7 +425,7 @@ def test_madry_checkpoint_converts_to_identical_logits(tmp_path, scope):
     """A checkpoint with Madry's model.py names and shapes (WRN-16-2 here, two units per stage)
     becomes our wide_resnet with the same logits: Madry's graph on [0, 255] pixels, ours on the
     same pixels / 255; restored from the converted run folder as --init_checkpoint does."""
-    from tf_metric_robust import checkpoint_files
+    from tf_metric_robust import run_folder
     from tf_metric_robust.models import madry_checkpoint
 
     madry_logits = _madry_tf1_checkpoint(str(tmp_path / "madry" / "model"), 2, 2, 10, scope)
@@ -432,8 +437,8 @@ def test_madry_checkpoint_converts_to_identical_logits(tmp_path, scope):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert np.abs(want).max() > 0.1  # logits that a wrong weight would change
     fresh = models.wide_resnet(10, (32, 32, 3), depth=16, width=2)
-    restored = checkpoint_files.restore_newest_readable(
-        tf.train.Checkpoint(network=fresh), checkpoint_files.checkpoint_dir(str(tmp_path / "run"))
+    restored = run_folder.restore_newest_readable(
+        tf.train.Checkpoint(network=fresh), run_folder.checkpoint_dir(str(tmp_path / "run"))
     )
     assert restored == path
     np.testing.assert_allclose(fresh(pixels / 255.0, training=False)["logits"], got, atol=1e-6)

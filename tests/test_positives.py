@@ -41,6 +41,7 @@ def test_other_index_is_always_another_example_of_the_class():
             assert np.all(chosen == i)
 
 
+@pytest.mark.slow
 def test_train_stream_other_images_are_other_images_of_the_class(mnist5k_data_dir):
     """data.train_dataset(other_positives=True): the same batches, plus per example another
     training image of its class, a pure function of (seed, step) like the rest of the stream."""

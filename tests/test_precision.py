@@ -16,6 +16,10 @@ from tf_metric_robust import attacks, models
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig
 from tf_metric_robust.training import AdversarialTrainer, awp
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 BATCH = 16
 STEPS = 3
 ATTACK = AttackConfig(eps=0.3, step_size=0.1, steps=2)

@@ -18,6 +18,8 @@ import os
 import re
 import shlex
 import subprocess
+
+import pytest
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -279,6 +281,7 @@ def _runnable_commands():
     return found
 
 
+@pytest.mark.slow
 def test_documented_commands_parse_with_their_entry_points_flags():
     found = _runnable_commands()
     assert all(found[name] for name in ENTRY_POINTS), "every entry point has a documented command"

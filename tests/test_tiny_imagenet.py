@@ -16,6 +16,10 @@ from tf_metric_robust.data import fake, image_folder, tiny_imagenet_builder
 from tf_metric_robust.config import AttackConfig, TrainConfig, TripletConfig, UserError
 from tf_metric_robust.training import AdversarialTrainer, run
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WNIDS = ["n03444034", "n01443537", "n09193705", "n02124075"]  # deliberately not sorted
 TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2

@@ -11,6 +11,10 @@ from tf_metric_robust.config import AttackConfig, OptimizerConfig, TrainConfig, 
 from tf_metric_robust.training import AdversarialTrainer
 from tf_metric_robust.training.mode_losses import Batch
 
+pytestmark = (
+    pytest.mark.slow
+)  # trains beyond a few steps or runs full attacks (make test-fast skips)
+
 ATTACK = AttackConfig(eps=0.1, step_size=0.05, steps=3)
 FIXED_START = AttackConfig(eps=0.3, step_size=0.1, steps=3, random_start=False)
 
