@@ -4,7 +4,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= cpu,test
+# onnx: tf2onnx, onnx, ONNX Runtime (three wheels, ~100 MB): tests/test_onnx.py's second engine.
+EXTRAS ?= cpu,test,onnx
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 MODEL_DIR ?= runs/mnist5k
@@ -43,7 +44,7 @@ tensorboard: $(STAMP)
 	$(VENV)/bin/tensorboard --logdir $(MODEL_DIR)/tensorboard --host localhost
 
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -e ".[cpu,bench]"
+	$(PY) -m pip install --quiet -e ".[cpu,bench,onnx]"
 	$(PY) -m pip install --quiet --no-deps cleverhans==4.0.0
 	for script in $(filter-out bench/timing.py,$(wildcard bench/*.py)); do $(PY) $$script || exit 1; done
 

@@ -15,6 +15,8 @@ RUNTIME = [
     "scikit-learn==1.9.1",  # ROC curves/AUC and Ledoit-Wolf shrinkage (detection/)
 ]
 
+ONNX = ["tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.31.1"]
+
 setuptools.setup(
     name="tf_metric_robust",
     version="0.1.0",
@@ -31,5 +33,13 @@ setuptools.setup(
         # Peers for bench/peers.py only, never a runtime dependency. CleverHans 4.0.0 pins stale
         # deps; `make bench` installs it with --no-deps (its TF2 PGD imports without them).
         "bench": ["adversarial-robustness-toolbox==1.20.1"],
+        # bin/export --format=onnx (tf2onnx: the converter of Keras 3's ONNX export on the
+        # TensorFlow backend) and ONNX Runtime, the second engine of tests/test_onnx.py.
+        "onnx": ONNX,
+        # tools/autoattack_conformance.py: the ONNX export in PyTorch (onnx2torch) under the
+        # reference AutoAttack, which is not on the package index (docs/serving.md). torch 2.13.0
+        # as a CPU build: from a local CPU wheel or PyTorch's CPU index (the package index's
+        # Linux wheel is a multi-GB CUDA build).
+        "conformance": ONNX + ["torch==2.13.0", "onnx2torch==1.5.15"],
     },
 )

@@ -21,6 +21,7 @@ from tf_metric_robust.config.common import (
 SCORE_TYPES = ("agreement", "similarity")  # kNN detector scores (detection.KnnDetector)
 COVARIANCES = ("per_class", "tied")  # Gaussian detector covariance (detection.GaussianDetector)
 DETECTORS = ("gaussian", "knn")
+EXPORT_FORMATS = ("saved_model", "onnx")  # bin/export --format
 # The detector settings bin/evaluate and bin/export share (so the exported detector is the one
 # whose AUC bin/evaluate reports), declared once: detector_setting(name) is each one's field.
 DETECTOR_SETTINGS = {
@@ -128,10 +129,16 @@ class ExportConfig:
         "A bin/train run: its latest checkpoint is exported; recipe.json gives the model and "
         "the dataset of the detection reference.",
     )
+    format: str = setting(
+        "saved_model",
+        "saved_model: a SavedModel for TF Serving; onnx: model.onnx for ONNX Runtime (needs the "
+        "onnx extra: pip install -e '.[onnx]'). Both serve the same outputs and detector.",
+        choices=EXPORT_FORMATS,
+    )
     export_dir: Optional[str] = setting(
         None,
-        "TF Serving model base path; the export goes to <export_dir>/<version>/ (default: "
-        "<model_dir>/saved_model).",
+        "Model base path; the export goes to <export_dir>/<version>/ (default: "
+        "<model_dir>/saved_model, or <model_dir>/onnx for --format=onnx).",
     )
     version: Optional[int] = setting(
         None,
@@ -147,7 +154,7 @@ class ExportConfig:
     detector: str = detector_setting("detector")
     detection_covariance: Optional[str] = detector_setting("detection_covariance")
     threshold_examples: int = 10_000  # clean test images the 5%-FPR threshold is set on
-    warmup: bool = setting(True, "Write assets.extra/tf_serving_warmup_requests.")
+    warmup: bool = setting(True, "Write assets.extra/tf_serving_warmup_requests (SavedModel only).")
 
     def __post_init__(self):
         if not self.model_dir:
@@ -158,4 +165,5 @@ class ExportConfig:
 
     @property
     def resolved_export_dir(self):
-        return self.export_dir or os.path.join(self.model_dir, "saved_model")
+        default = "onnx" if self.format == "onnx" else "saved_model"
+        return self.export_dir or os.path.join(self.model_dir, default)

@@ -3,7 +3,8 @@
 serving: ServingModule and its three signatures; detector: references, fitting, threshold,
 record; folders: versions and atomic publishing; warmup: TF Serving warm-up records;
 saved_model: export_saved_model, export_with_detector (bin/export and the end of bin/train) and
-bin/export's export_run.
+bin/export's export_run; onnx: the same outputs and detector as one ONNX graph (bin/export
+--format=onnx).
 """
 
 from tf_metric_robust.export.detector import (
@@ -13,6 +14,7 @@ from tf_metric_robust.export.detector import (
     reference_examples,
 )
 from tf_metric_robust.export.folders import latest_version, versions
+from tf_metric_robust.export.onnx import ONNX_DETECTOR_FILE, ONNX_FILE, export_onnx, export_onnx_run
 from tf_metric_robust.export.saved_model import (
     DETECTOR_FILE,
     export_run,
@@ -25,11 +27,15 @@ from tf_metric_robust.export.warmup import WARMUP_FILE, predict_log_record, writ
 __all__ = [
     "DETECTOR_FILE",
     "GRADIENT_SIGNATURE",
+    "ONNX_DETECTOR_FILE",
+    "ONNX_FILE",
     "SIGNATURES",
     "WARMUP_FILE",
     "ServingModule",
     "calibrate_detector",
     "export_detector",
+    "export_onnx",
+    "export_onnx_run",
     "export_run",
     "export_saved_model",
     "export_with_detector",
