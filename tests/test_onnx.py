@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_metric_robust import export, models, weight_averaging
+from tf_metric_robust import export, models, run_folder
+from tf_metric_robust.training import ema
 from tf_metric_robust.config import UserError
 from tf_metric_robust.export import onnx as onnx_export
 
@@ -221,11 +222,11 @@ def ema_run(tmp_path_factory):
     keras.utils.set_random_seed(0)
     raw = models.build("small_cnn", 10, (28, 28, 1))
     averaged = models.build("small_cnn", 10, (28, 28, 1))  # other random weights: the "EMA"
-    average = weight_averaging.WeightAverage(raw, decay=0.5)
+    average = ema.WeightAverage(raw, decay=0.5)
     average.copy_to(raw)  # averages := raw weights, then set them to the other network's
     for value, weight in zip(average.averages, averaged.weights):
         value.assign(weight)
-    checkpoint = tf.train.Checkpoint(network=raw, **{weight_averaging.CHECKPOINT_KEY: average})
+    checkpoint = tf.train.Checkpoint(network=raw, **{run_folder.EMA_CHECKPOINT_KEY: average})
     tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"), 1).save(7)
     return model_dir, raw, averaged
 
