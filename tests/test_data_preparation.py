@@ -9,6 +9,8 @@ import sys
 import time
 
 import pytest
+
+import support
 import requests
 import urllib3
 
@@ -19,7 +21,7 @@ pytestmark = (
     pytest.mark.slow
 )  # trains beyond a few steps or runs full attacks (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = support.ROOT
 
 _PREPARE = """
 import os, sys, time
@@ -38,7 +40,7 @@ def test_two_processes_preparing_mnist5k_at_once_both_succeed(tmp_path):
     processes = [
         subprocess.Popen(
             [sys.executable, "-c", _PREPARE, str(data_dir), str(go)],
-            cwd=ROOT,
+            cwd=support.ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
 from tf_metric_robust import attacks, detection, export
 from tf_metric_robust.config import EvalConfig, ExportConfig
 from tf_metric_robust.evaluation import detection_protocol
@@ -191,15 +192,7 @@ def test_adaptive_numbers_never_better_for_the_defender_than_plain(setting):
 def test_export_and_evaluate_score_alike(setting, tmp_path, mnist5k_data_dir):
     """bin/export's SavedModel detection_score equals the evaluation detector's score."""
     network, fns, x, y, _, _ = setting
-    model_dir = str(tmp_path / "run")
-    os.makedirs(model_dir)
-    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump(
-            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
-        )
-    tf.train.CheckpointManager(
-        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
-    ).save(checkpoint_number=7)
+    model_dir = support.write_run_folder(str(tmp_path / "run"), network, step=7)
     config = ExportConfig(
         model_dir=model_dir,
         data_dir=mnist5k_data_dir,

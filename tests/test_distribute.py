@@ -10,16 +10,16 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
+
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = support.ROOT
 FLAGS = [
     "--flagfile=configs/mnist5k.flags",
     "--mode=pgd",
@@ -51,16 +51,13 @@ def _launch(model_dir, data_dir, weights_file, tf_config=None, strategy="auto"):
     env.pop("TF_CONFIG", None)
     if tf_config:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    command = [
-        sys.executable,
+    return support.start(
         "tests/train_with_fault.py",
         f"--model_dir={model_dir}",
         f"--data_dir={data_dir}",
         f"--strategy={strategy}",
         *FLAGS,
-    ]
-    return subprocess.Popen(
-        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        env=env,
     )
 
 

@@ -3,7 +3,7 @@
 Every attack runs shard by shard (shards.py): a shard's random draws are keyed on its index, not
 on a replica or worker, so the per-example results, accuracies, AutoAttack sequence, sanity
 checks and detection numbers must be exactly equal however the shards are spread. The workers
-are two bin/evaluate processes with TF_CONFIG on 127.0.0.1 (as tests/test_multi_worker.py trains);
+are two bin/evaluate processes with TF_CONFIG on 127.0.0.1 (as tests/test_distribute.py trains);
 one is killed mid-run, the other must fail with a message, and running both again must resume
 from the shards written and finish with the single-process report.
 """
@@ -11,14 +11,12 @@ from the shards written and finish with the single-process report.
 import glob
 import json
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
+import support
 from tf_metric_robust import distribute
 from tf_metric_robust.config import EvalConfig
 from tf_metric_robust.evaluation.evaluate import evaluate
@@ -26,7 +24,6 @@ from tf_metric_robust.evaluation.evaluate import evaluate
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
 PORTS = (12345, 12346)  # TF_CONFIG's addresses; never bound (workers exchange files, not gRPC)
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small but not trivial: every attack family of the suite, the sweeps, sanity checks, detection.
 CONFIG = EvalConfig(
     eps=0.1,
@@ -96,18 +93,6 @@ def test_two_replicas_give_the_single_device_report(trained_small_cnn, mnist5k_a
     assert one["detection"]["attacks"][0]["detectors"]["gaussian"]["adaptive"] is not None
 
 
-def _write_run(model_dir, network):
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump(
-            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
-        )
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
-    )
-    manager.save(checkpoint_number=150)
-
-
 def _evaluate(model_dir, data_dir, output, worker=None, timeout="120"):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
     env.pop("TF_CONFIG", None)
@@ -120,13 +105,7 @@ def _evaluate(model_dir, data_dir, output, worker=None, timeout="120"):
             }
         )
         args += ["--strategy=multi_worker", f"--worker_timeout={timeout}"]
-    return subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, "bin", "evaluate"), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    return support.start("bin/evaluate", *args, env=env)
 
 
 def _finish(process, timeout=900):
@@ -139,7 +118,7 @@ def test_two_workers_resume_after_a_lost_worker_and_match_one_process(
 ):
     network, _, _ = trained_small_cnn
     model_dir = str(tmp_path / "run")
-    _write_run(model_dir, network)
+    support.write_run_folder(model_dir, network, step=150)
     single_report = str(tmp_path / "single" / "report.json")
     multi_report = str(tmp_path / "multi" / "report.json")
     single = _evaluate(model_dir, mnist5k_data_dir, single_report)

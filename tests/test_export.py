@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
 from tf_metric_robust import detection, distribute, export, models, training
 from tf_metric_robust.attacks import pgd
 from tf_metric_robust.config import (
@@ -34,7 +35,6 @@ from tf_metric_robust.training import finish
 
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
 OUTPUTS = ("logits", "probabilities", "classes", "embedding", "detection_score")
 
@@ -68,30 +68,16 @@ def exported(tmp_path_factory, mnist5k_arrays, mnist5k_data_dir):
     order = np.random.default_rng(0).permutation(train)
     classifier.fit(images[order], labels[order], batch_size=64, epochs=1, verbose=0)
     model_dir = str(tmp_path_factory.mktemp("run"))
-    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump(
-            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
-        )
-    manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), max_to_keep=1
-    )
-    manager.save(checkpoint_number=63)
+    support.write_run_folder(model_dir, network, step=63)
     # kNN with k = 10 (the default detector is the Gaussian, tested in test_detection.py): the
     # demo model is naturally trained, and fewer neighbours separate it better.
-    result = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "export"),
-            f"--model_dir={model_dir}",
-            f"--data_dir={mnist5k_data_dir}",
-            "--detector=knn",
-            "--detection_k=10",
-        ],
-        cwd=ROOT,
+    result = support.run(
+        "bin/export",
+        f"--model_dir={model_dir}",
+        f"--data_dir={mnist5k_data_dir}",
+        "--detector=knn",
+        "--detection_k=10",
         env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     path = os.path.join(model_dir, "saved_model", "1")
@@ -173,9 +159,8 @@ def outside_runs(exported):
         # The default attack list, the sanity checks (persistent tapes) and detection
         # through a SavedModel's signatures, in a fresh process.
         "evaluate": (
-            [
-                sys.executable,
-                os.path.join(ROOT, "bin", "evaluate"),
+            support.command(
+                "bin/evaluate",
                 f"--saved_model={path}",
                 "--dataset=mnist5k",
                 "--num_examples=20",
@@ -193,7 +178,7 @@ def outside_runs(exported):
                 f"--output={evaluate_output}",
                 "--noprogress",
                 f"--data_dir={os.path.join(model_dir, 'tfds')}",
-            ],
+            ),
             os.path.dirname(evaluate_output),
             ENV,
         ),
@@ -211,7 +196,7 @@ def outside_runs(exported):
         name: {
             "process": subprocess.Popen(
                 command,
-                cwd=ROOT,
+                cwd=support.ROOT,
                 env=env,
                 text=True,
                 stdout=subprocess.PIPE,
@@ -502,14 +487,7 @@ def test_detection_score_separates_clean_from_pgd_inputs(exported, loaded):
 
 
 def test_bin_export_user_errors_are_one_line(tmp_path):
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bin", "export"), f"--model_dir={tmp_path}/none"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = support.run("bin/export", f"--model_dir={tmp_path}/none", env=ENV, timeout=300)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

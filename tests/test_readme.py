@@ -17,12 +17,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 
 import pytest
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import support
+
+ROOT = support.ROOT
 PACKAGE = os.path.join(ROOT, "tf_metric_robust")
 LAYOUT = os.path.join(ROOT, "docs", "layout.md")
 ENTRY_POINTS = ("train", "evaluate", "export", "compare")
@@ -228,14 +228,7 @@ print(json.dumps({"flags": names, "booleans": booleans, "errors": errors}))
 def parse_with_entry_point(entry_point, commands):
     """Parse each argv list with `entry_point`'s flags in one subprocess: (errors in order, flag
     names the entry point accepts, its 'no' forms included)."""
-    result = subprocess.run(
-        [sys.executable, "-c", _PARSE, entry_point],
-        input=json.dumps(commands),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = support.run_python(_PARSE, entry_point, stdin=json.dumps(commands), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     accepted = set(out["flags"]) | {"no" + name for name in out["booleans"]} | SPECIAL_FLAGS

@@ -11,20 +11,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
 from tf_metric_robust import atomic_io, run_folder
 from tf_metric_robust.config import UserError
 from tf_metric_robust.training import stopping
 
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--flagfile=configs/mnist5k.flags",
     "--train_steps=8",
@@ -39,27 +38,17 @@ TINY = [
 ]
 
 
-def _command(model_dir, data_dir, *extra, script="bin/train"):
-    return [
-        sys.executable,
+def _train(model_dir, data_dir, *extra, fault=None):
+    script, env = "bin/train", None
+    if fault:
+        script, env = "tests/train_with_fault.py", dict(os.environ, TFMR_FAULT=fault)
+    return support.run(
         script,
         f"--model_dir={model_dir}",
         f"--data_dir={data_dir}",
         *TINY,
         *extra,
-    ]
-
-
-def _train(model_dir, data_dir, *extra, fault=None):
-    script, env = "bin/train", None
-    if fault:
-        script, env = "tests/train_with_fault.py", dict(os.environ, TFMR_FAULT=fault)
-    return subprocess.run(
-        _command(model_dir, data_dir, *extra, script=script),
-        cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=900,
     )
 
@@ -83,12 +72,8 @@ def _variables(path):
 @contextlib.contextmanager
 def _reference_run(reference_dir, data_dir, *extra):
     """The same command run uninterrupted beside the block; waited for (exit 0) at its end."""
-    reference = subprocess.Popen(
-        _command(reference_dir, data_dir, *extra),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    reference = support.start(
+        "bin/train", f"--model_dir={reference_dir}", f"--data_dir={data_dir}", *TINY, *extra
     )
     try:
         yield
@@ -236,9 +221,7 @@ def test_a_second_signal_quits_at_once():
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(60)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+    result = support.run_python(script)
     assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
     assert "send it again to quit without saving" in result.stderr
 
@@ -331,97 +314,10 @@ def test_flag_layer_names_match_the_registries():
     assert sorted(cli.MODELS) == sorted(models.MODELS)
 
 
-TWO_WORKERS = json.dumps(
-    {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}
-)
-# (flags, TF_CONFIG, start of the message); all rejected before TensorFlow is imported.
-FAST_BAD_INPUT = {
-    "unknown dataset": (["--dataset=imagenet21k"], None, "error: unknown --dataset"),
-    "unknown model": (["--model=resnet1001"], None, "error: unknown --model 'resnet1001'"),
-    "unknown strategy": (["--strategy=horovod"], None, "error: flag --strategy=horovod"),
-    "unknown attack loss": (["--attack_loss=dlr"], None, "error: flag --attack_loss=dlr"),
-    "eps < 0": (["--eps=-0.1"], None, "error: --eps must be in [0, 1]"),
-    "eps > 1": (["--eval_eps=1.5"], None, "error: --eval_eps must be in [0, 1]"),
-    "step_size <= 0": (["--step_size=0"], None, "error: --step_size must be in (0, inf)"),
-    "steps < 1": (["--steps=0"], None, "error: --steps must be a positive integer"),
-    "batch_size < 1": (["--batch_size=0"], None, "error: --batch_size must be a positive integer"),
-    "learning_rate <= 0": (
-        ["--learning_rate=-1"],
-        None,
-        "error: --learning_rate must be in (0, inf)",
-    ),
-    "negative lambda_triplet": (
-        ["--lambda_triplet=-1"],
-        None,
-        "error: --lambda_triplet must be in [0, inf)",
-    ),
-    "decreasing lr_boundaries": (
-        ["--lr_boundaries=60,50", "--lr_values=0.1,0.01,0.001"],
-        None,
-        "error: --lr_boundaries must be strictly increasing",
-    ),
-    "batch not divisible by replicas": (
-        ["--strategy=multi_worker", "--batch_size=15"],
-        TWO_WORKERS,
-        "error: --batch_size 15 is not divisible",
-    ),
-    "malformed TF_CONFIG": (
-        ["--strategy=multi_worker"],
-        "{not json",
-        "error: TF_CONFIG is not a valid cluster specification",
-    ),
-    "missing flagfile": (
-        ["--flagfile=/nonexistent/recipe.flags"],
-        None,
-        "error: Unable to open flagfile",
-    ),
-    "unknown flag": (
-        ["--learning_rat=0.1"],
-        None,
-        "error: unknown flag --learning_rat; did you mean --learning_rate?",
-    ),
-    "cifar10 not prepared": (
-        ["--dataset=cifar10", "--model=small_cnn", "--data_dir=/nonexistent/tfds"],
-        None,
-        "error: Dataset 'cifar10' is not prepared in /nonexistent/tfds",
-    ),
-    "stray argument": (["train"], None, "error: unexpected arguments: train"),
-    "data_dir is a file": (["--data_dir=" + os.path.abspath(__file__)], None, "error: --data_dir"),
-}
-
-
 def _assert_one_line_error(result, expected):
     assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
     assert "Traceback" not in result.stderr
     assert _last_line(result.stderr).startswith(expected), result.stderr[-3000:]
-
-
-@pytest.mark.parametrize("case", sorted(FAST_BAD_INPUT))
-def test_bad_flags_are_rejected_in_one_line_before_tensorflow(
-    tmp_path, case, env_without_tensorflow
-):
-    extra, tf_config, expected = FAST_BAD_INPUT[case]
-    env = dict(env_without_tensorflow)  # importing TensorFlow would fail the command
-    if tf_config:
-        env["TF_CONFIG"] = tf_config
-    model_dir = tmp_path / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "bin/train",
-            "--flagfile=configs/mnist5k.flags",
-            f"--model_dir={model_dir}",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    _assert_one_line_error(result, expected)
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert not model_dir.exists()  # nothing written for a rejected command
 
 
 def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir):
@@ -445,7 +341,7 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
     else:
         read_only = str(tmp_path / "read_only")
         os.makedirs(read_only, mode=0o555)
-    train = [sys.executable, "bin/train", "--flagfile=configs/mnist5k.flags"]
+    train = ["bin/train", "--flagfile=configs/mnist5k.flags"]
     cases = {
         "unreadable checkpoint": (
             train + [f"--model_dir={corrupt}", f"--data_dir={mnist5k_data_dir}"],
@@ -480,31 +376,24 @@ def test_bad_files_and_data_are_rejected_in_one_line(tmp_path, mnist5k_data_dir)
             "error: cannot prepare dataset 'mnist5k' in --data_dir",
         ),
     }
-    if os.path.exists(os.path.join(ROOT, "bin", "export")):
-        cases["export: unreadable checkpoint"] = (
-            [sys.executable, "bin/export", f"--model_dir={corrupt}"],
-            "error: no readable checkpoint in",
-        )
-        cases["export: missing model_dir"] = (
-            [sys.executable, "bin/export", f"--model_dir={tmp_path / 'none'}"],
-            "error: --model_dir",
-        )
-    if os.path.exists(os.path.join(ROOT, "bin", "evaluate")):
-        cases["evaluate: eps > 1"] = (
-            [sys.executable, "bin/evaluate", f"--model_dir={corrupt}", "--eps=2"],
-            "error: --eps must be in [0, 1]",
-        )
-        cases["evaluate: unknown attack"] = (
-            [sys.executable, "bin/evaluate", f"--model_dir={corrupt}", "--attacks=foo"],
-            "error: unknown attack 'foo'",
-        )
+    cases["export: unreadable checkpoint"] = (
+        ["bin/export", f"--model_dir={corrupt}"],
+        "error: no readable checkpoint in",
+    )
+    cases["export: missing model_dir"] = (
+        ["bin/export", f"--model_dir={tmp_path / 'none'}"],
+        "error: --model_dir",
+    )
+    cases["evaluate: eps > 1"] = (
+        ["bin/evaluate", f"--model_dir={corrupt}", "--eps=2"],
+        "error: --eps must be in [0, 1]",
+    )
+    cases["evaluate: unknown attack"] = (
+        ["bin/evaluate", f"--model_dir={corrupt}", "--attacks=foo"],
+        "error: unknown attack 'foo'",
+    )
     started = time.time()
-    processes = {
-        name: subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for name, (command, _) in cases.items()
-    }
+    processes = {name: support.start(*command) for name, (command, _) in cases.items()}
     try:
         for name, process in processes.items():
             stdout, stderr = process.communicate(timeout=900)

@@ -6,13 +6,12 @@ briefly on MNIST-5k; a few APGD steps and Square queries instead of the paper's 
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
 from tf_metric_robust.attacks.autoattack import VERSIONS
 from tf_metric_robust.config import SUITE_VERSIONS, EvalConfig, UserError
 from tf_metric_robust.evaluation import outputs, suite
@@ -22,7 +21,6 @@ from tf_metric_robust.evaluation.report_schema import check_report
 
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # PGD-3 plus AutoAttack with 5 APGD steps and 100 Square queries; no sweeps.
 QUICK = dict(
     step_size=0.04,
@@ -51,36 +49,24 @@ def bin_evaluate(trained, tmp_path_factory, mnist5k_data_dir):
     """
     network = trained[0]
     model_dir = str(tmp_path_factory.mktemp("suite_run"))
-    with open(os.path.join(model_dir, "recipe.json"), "w") as f:
-        json.dump(
-            {"dataset": "mnist5k", "model": "small_cnn", "model_kwargs": {}, "mode": "natural"}, f
-        )
-    tf.train.CheckpointManager(
-        tf.train.Checkpoint(network=network), os.path.join(model_dir, "checkpoints"), 1
-    ).save(checkpoint_number=150)
+    support.write_run_folder(model_dir, network, step=150)
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(ROOT, "bin", "evaluate"),
-            f"--model_dir={model_dir}",
-            f"--data_dir={mnist5k_data_dir}",
-            "--num_examples=20",
-            "--batch_size=20",
-            "--attacks=pgd",
-            "--eps=0.1",
-            "--step_size=0.04",
-            "--steps=2",
-            "--eps_sweep=",
-            "--steps_sweep=",
-            "--suite=autoattack",
-            "--suite_steps=3",
-            "--suite_queries=50",
-            "--noprogress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = support.start(
+        "bin/evaluate",
+        f"--model_dir={model_dir}",
+        f"--data_dir={mnist5k_data_dir}",
+        "--num_examples=20",
+        "--batch_size=20",
+        "--attacks=pgd",
+        "--eps=0.1",
+        "--step_size=0.04",
+        "--steps=2",
+        "--eps_sweep=",
+        "--steps_sweep=",
+        "--suite=autoattack",
+        "--suite_steps=3",
+        "--suite_queries=50",
+        "--noprogress",
         env=env,
     )
     yield process, model_dir

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
+
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
     "--flagfile=configs/mnist5k.flags",
     "--eval_examples=50",
@@ -27,15 +28,9 @@ TINY = [
 
 
 def _train(model_dir, data_dir, *extra, env=None):
-    command = [
-        sys.executable,
-        "bin/train",
-        f"--model_dir={model_dir}",
-        f"--data_dir={data_dir}",
-        *TINY,
-        *extra,
-    ]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return support.run(
+        "bin/train", f"--model_dir={model_dir}", f"--data_dir={data_dir}", *TINY, *extra, env=env
+    )
 
 
 def _step(model_dir):
@@ -138,13 +133,7 @@ def test_saved_model_reloads_in_a_fresh_process_with_identical_logits(finished_r
         "np.save(sys.argv[3], out['logits'].numpy())\n"
     )
     output = os.path.join(model_dir, "logits.npy")
-    result = subprocess.run(
-        [sys.executable, "-c", script, os.path.join(model_dir, "saved_model"), inputs, output],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = support.run_python(script, os.path.join(model_dir, "saved_model"), inputs, output)
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(output), expected, rtol=1e-5, atol=1e-5)
 
@@ -294,9 +283,9 @@ def test_help_lists_our_flags_without_the_venv(script, tmp_path):
     started by a Python without our dependencies (bin/* re-run under the clone's .venv), from
     the folder holding the clone, by a name that is also the package's."""
     base_python = os.path.join(sys.base_prefix, "bin", "python3")
-    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+    if not os.path.exists(os.path.join(support.ROOT, ".venv", "bin", "python")):
         pytest.skip("no .venv in the clone (make install creates it)")
-    (tmp_path / "tf_metric_robust").symlink_to(ROOT)
+    (tmp_path / "tf_metric_robust").symlink_to(support.ROOT)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no venv activated
     result = subprocess.run(
         [base_python, f"tf_metric_robust/bin/{script}", "--helpshort"],
@@ -343,14 +332,7 @@ def test_run_folder_mistakes_are_refused_before_tensorflow(tmp_path, env_without
         ),
     ]
     for command, expected in cases:
-        result = subprocess.run(
-            [sys.executable, *command],
-            cwd=ROOT,
-            env=env_without_tensorflow,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = support.run(*command, env=env_without_tensorflow, timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
         assert lines[0].startswith(expected), lines[0]

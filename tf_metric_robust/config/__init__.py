@@ -6,16 +6,7 @@ error; library modules take the configs (or plain arguments) and never read flag
 package never imports TensorFlow.
 """
 
-from tf_metric_robust.config.common import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    POSITIVE,
-    UNIT,
-    UNIT_OPEN,
-    Range,
-    UserError,
-    flag_name,
-)
+from tf_metric_robust.config.common import Range, UserError, flag_name
 from tf_metric_robust.config.compare import CompareConfig
 from tf_metric_robust.config.convert import ConvertConfig
 from tf_metric_robust.config.evaluation import (
@@ -81,16 +72,11 @@ __all__ = [
     "MININGS",
     "MODES",
     "NEGATIVE_POOLS",
-    "AT_LEAST_ONE",
-    "NON_NEGATIVE",
     "OPERATIONAL_FIELDS",
     "OTHER_POSITIVES",
-    "POSITIVE",
     "POSITIVES",
     "RECIPE_KEYS",
     "SCORE_TYPES",
-    "UNIT",
-    "UNIT_OPEN",
     "AttackConfig",
     "CompareConfig",
     "ConvertConfig",

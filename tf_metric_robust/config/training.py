@@ -8,17 +8,8 @@ from those declarations, and each config validates itself, naming the flag. No T
 import dataclasses
 from typing import Optional, Tuple
 
-from tf_metric_robust.config.common import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    POSITIVE,
-    UNIT,
-    UNIT_OPEN,
-    Range,
-    UserError,
-    check_settings,
-    setting,
-)
+from tf_metric_robust.config.common import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, UNIT, UNIT_OPEN
+from tf_metric_robust.config.common import Range, UserError, check_settings, setting
 
 MODES = ("natural", "pgd", "tla", "trades", "mart")
 KL_MODES = ("trades", "mart")  # TRADES (Zhang et al. 2019), MART (Wang et al. 2020): beta x KL

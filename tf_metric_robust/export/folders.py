@@ -5,6 +5,8 @@ a crash never leaves a half-written version where TF Serving (or `latest_version
 """
 
 import os
+import shutil
+import uuid
 
 from tf_metric_robust.config import UserError
 
@@ -32,6 +34,38 @@ def latest_version(export_dir):
         if os.path.exists(os.path.join(path, "saved_model.pb")):
             return path
     return None
+
+
+def check_destination(export_dir, version):
+    """Refuses a remote export_dir (a version is renamed into place, which needs a local
+    folder) and a version that is not an integer >= 1."""
+    if "://" in str(export_dir):
+        raise UserError(
+            f"export_dir {export_dir} must be a local folder (the version is renamed into place "
+            "atomically); export locally and copy the version folder"
+        )
+    if version is not None and (int(version) != version or version < 1):
+        raise UserError(f"version must be an integer >= 1, got {version}")
+
+
+def write_version(export_dir, version, write):
+    """Calls write(folder) on a hidden temporary folder in export_dir, fsyncs it and renames it
+    to export_dir/<version> (the next free version when None); returns that path. An existing
+    version is refused before writing; a failed write leaves nothing behind."""
+    os.makedirs(export_dir, exist_ok=True)
+    if version is not None:
+        refuse_existing(export_dir, int(version))
+    temporary = os.path.join(export_dir, f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+        sync_tree(temporary)
+        final = publish(temporary, export_dir, version)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    sync_directory(export_dir)
+    return final
 
 
 def refuse_existing(export_dir, version):

@@ -13,21 +13,14 @@ input's dtype, rank and sizes, not its values (see docs/serving.md).
 import json
 import logging
 import os
-import shutil
-import uuid
 
 import tensorflow as tf
 
 from tf_metric_robust import atomic_io, run_folder
 from tf_metric_robust.config import UserError
 from tf_metric_robust.export.detector import export_detector
-from tf_metric_robust.export.folders import (
-    TEMPORARY_PREFIX,
-    publish,
-    refuse_existing,
-    sync_directory,
-    sync_tree,
-)
+from tf_metric_robust.export.serving import serving_outputs
+from tf_metric_robust.export.folders import check_destination, refuse_existing, write_version
 
 ONNX_FILE = "model.onnx"
 ONNX_DETECTOR_FILE = "detector.json"  # the detector's record, beside model.onnx
@@ -52,16 +45,7 @@ def onnx_function(network, detector=None):
         outputs = network(images, training=False)
         logits = tf.cast(outputs["logits"], tf.float32)
         embedding = tf.cast(outputs["embedding"], tf.float32)
-        classes = tf.argmax(logits, axis=-1)
-        result = {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits),
-            "classes": classes,
-            "embedding": embedding,
-        }
-        if detector is not None:
-            result[DETECTION_OUTPUT] = detector.score(embedding, classes)
-        return result
+        return serving_outputs(logits, embedding, detector)
 
     return tf.function(serve, input_signature=[spec]), spec
 
@@ -117,31 +101,16 @@ def export_onnx(network, export_dir, *, detector=None, record=None, version=None
     one plus 1, an existing version is never overwritten, and a version is renamed into place
     complete (the layout of a Triton model repository's ONNX model).
     """
-    if "://" in str(export_dir):
-        raise UserError(
-            f"export_dir {export_dir} must be a local folder (the version is renamed into place "
-            "atomically); export locally and copy the version folder"
-        )
-    if version is not None and (int(version) != version or version < 1):
-        raise UserError(f"version must be an integer >= 1, got {version}")
+    check_destination(export_dir, version)
     model = to_onnx(network, detector, record=record, opset=opset)
-    os.makedirs(export_dir, exist_ok=True)
-    if version is not None:
-        refuse_existing(export_dir, int(version))
-    temporary = os.path.join(export_dir, f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
-    try:
-        os.makedirs(temporary)
-        with open(os.path.join(temporary, ONNX_FILE), "wb") as f:
+
+    def write(folder):
+        with open(os.path.join(folder, ONNX_FILE), "wb") as f:
             f.write(model.SerializeToString())
         if record is not None:
-            atomic_io.write_json_atomic(os.path.join(temporary, ONNX_DETECTOR_FILE), record)
-        sync_tree(temporary)
-        final = publish(temporary, export_dir, version)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    sync_directory(export_dir)
-    return final
+            atomic_io.write_json_atomic(os.path.join(folder, ONNX_DETECTOR_FILE), record)
+
+    return write_version(export_dir, version, write)
 
 
 def export_onnx_run(config):

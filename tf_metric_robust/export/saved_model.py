@@ -16,8 +16,6 @@ never leaves a half-written version where TF Serving (or `latest_version`) would
 """
 
 import os
-import shutil
-import uuid
 
 import tensorflow as tf
 from absl import logging
@@ -25,13 +23,7 @@ from absl import logging
 from tf_metric_robust import atomic_io, run_folder
 from tf_metric_robust.config import UserError
 from tf_metric_robust.export.detector import export_detector, make_detector
-from tf_metric_robust.export.folders import (
-    TEMPORARY_PREFIX,
-    publish,
-    refuse_existing,
-    sync_directory,
-    sync_tree,
-)
+from tf_metric_robust.export.folders import check_destination, refuse_existing, write_version
 from tf_metric_robust.export.serving import ServingModule
 from tf_metric_robust.export.warmup import WARMUP_FILE, write_warmup_requests
 
@@ -58,33 +50,19 @@ def export_saved_model(
     existing one plus 1; an existing version is never overwritten. `warmup` writes TF Serving's
     warm-up file. `detector`: an already fitted detector (make_detector) instead of the reference.
     """
-    if "://" in str(export_dir):
-        raise UserError(
-            f"export_dir {export_dir} must be a local folder (the version is renamed "
-            "into place atomically); export locally and copy the version folder"
-        )
+    check_destination(export_dir, version)
     if (reference_images is None) != (reference_labels is None):
         raise ValueError("pass both reference_images and reference_labels, or neither")
-    if version is not None and (int(version) != version or version < 1):
-        raise UserError(f"version must be an integer >= 1, got {version}")
     if detector is None and reference_images is not None:
         detector = make_detector(network, reference_images, reference_labels, **detector_options)
     module = ServingModule(network, detector)
-    os.makedirs(export_dir, exist_ok=True)
-    if version is not None:
-        refuse_existing(export_dir, int(version))
-    temporary = os.path.join(export_dir, f"{TEMPORARY_PREFIX}{os.getpid()}-{uuid.uuid4().hex}")
-    try:
-        tf.saved_model.save(module, temporary, signatures=module.signatures())
+
+    def write(folder):
+        tf.saved_model.save(module, folder, signatures=module.signatures())
         if warmup:
-            write_warmup_requests(os.path.join(temporary, WARMUP_FILE), module.image_shape)
-        sync_tree(temporary)
-        final = publish(temporary, export_dir, version)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    sync_directory(export_dir)
-    return final
+            write_warmup_requests(os.path.join(folder, WARMUP_FILE), module.image_shape)
+
+    return write_version(export_dir, version, write)
 
 
 def export_with_detector(

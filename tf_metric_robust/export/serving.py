@@ -113,17 +113,22 @@ class ServingModule(tf.Module):
 
     def _outputs(self, images):
         outputs = self._network_outputs(images)
-        logits, embedding = outputs["logits"], outputs["embedding"]
-        classes = tf.argmax(logits, axis=-1)
-        result = {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits),
-            "classes": classes,
-            "embedding": embedding,
-        }
-        if self.detector is not None:
-            result["detection_score"] = self.detector.score(embedding, classes)
-        return result
+        return serving_outputs(outputs["logits"], outputs["embedding"], self.detector)
+
+
+def serving_outputs(logits, embedding, detector=None):
+    """The serving outputs of float32 logits and embedding: logits, probabilities, classes,
+    embedding and, with a detector, detection_score (the SavedModel's and the ONNX graph's)."""
+    classes = tf.argmax(logits, axis=-1)
+    result = {
+        "logits": logits,
+        "probabilities": tf.nn.softmax(logits),
+        "classes": classes,
+        "embedding": embedding,
+    }
+    if detector is not None:
+        result["detection_score"] = detector.score(embedding, classes)
+    return result
 
 
 def _require(condition, tensor, message):
