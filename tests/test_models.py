@@ -14,6 +14,7 @@ CASES = [
     ("wide_resnet", (32, 32, 3), {"depth": 10, "width": 1}, 64),
     ("preact_resnet18", (32, 32, 3), {}, 512),
     ("mnist_large", (28, 28, 1), {}, 1024),
+    ("mnist_mlp", (28, 28, 1), {}, 1024),
 ]
 IDS = [c[0] for c in CASES]
 WEIGHT_DECAY = 2e-4
@@ -105,6 +106,19 @@ def test_mnist_large_is_the_authors_network(built):
     assert all(c.kernel_size == (3, 3) for c in convs)
 
 
+def test_mnist_mlp_is_the_authors_network(built):
+    """model_mnist_mlp.py: three fc1024 with BN (decay 0.9, eps 1e-3), the last one's ReLU the
+    embedding: 784x1024 + 2 x 1024x1024 + 1024x10 weights, their biases, 3 BN's gamma and beta."""
+    model = built("mnist_mlp")
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert trainable == 784 * 1024 + 2 * 1024 * 1024 + 1024 * 10 + 3 * 1024 + 10 + 3 * 2 * 1024
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 3 and all(n.momentum == 0.9 and n.epsilon == 1e-3 for n in norms)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [d.units for d in dense] == [1024, 1024, 1024, 10]
+    assert model.get_layer("embedding").input is norms[-1].output  # BN, then the embedding ReLU
+
+
 @pytest.mark.parametrize("name,shape,kwargs,dim", CASES[:3], ids=IDS[:3])
 def test_mixed_bfloat16_gives_float32_outputs(bfloat16_policy, name, shape, kwargs, dim):
     model = models.build(name, 10, shape, **kwargs)
@@ -158,7 +172,7 @@ def test_wide_resnet_madry_shortcuts_are_parameter_free():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="known models: madry_mnist, mnist_large, preact_resnet18"):
+    with pytest.raises(ValueError, match="known models: madry_mnist, mnist_large, mnist_mlp, preact_resnet18"):
         models.build("resnet50", 10, (32, 32, 3))
     with pytest.raises(ValueError, match="depth"):
         models.build("wide_resnet", 10, (32, 32, 3), depth=12)
@@ -221,18 +235,11 @@ def recipes():
     dict) and its model built (real size): the one place the tests parse the flagfiles."""
     import json
     import os
-    import subprocess
-    import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", _RECIPE_SCRIPT],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONPATH": root, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    import support
+
+    env = {**os.environ, "PYTHONPATH": support.ROOT, "CUDA_VISIBLE_DEVICES": ""}
+    result = support.run_python(_RECIPE_SCRIPT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -250,6 +257,7 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
         "small_cnn": 128,
         "madry_mnist": 1024,
         "mnist_large": 1024,
+        "mnist_mlp": 1024,
         "wide_resnet": 640,
         "preact_resnet18": 512,
         "preact_resnet_tiny": 2048,
@@ -285,6 +293,12 @@ def test_mnist_recipe_is_the_papers(recipes):
     )
     assert mnist["eval_attack"]["steps"] == 100
     assert recipes["mnist_pgd_at.flags"]["model"] == "madry_mnist"
+    # The shipped config's branch: the MLP, no label smoothing, 600k steps, the rest as mnist.flags.
+    mlp = recipes["mnist_mlp.flags"]
+    assert mlp["model"] == "mnist_mlp" and mlp["label_smoothing"] == 0
+    assert mlp["train_steps"] == 600_000
+    different = {key for key in mnist if mnist[key] != mlp[key]}
+    assert different == {"model", "params", "label_smoothing", "train_steps", "steps"}
 
 
 @pytest.mark.slow

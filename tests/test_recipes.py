@@ -7,7 +7,8 @@ on a CPU runs them on the demo's small CNN with a 2-step training attack (mnist_
 took 28 min here, Tiny ImageNet's bottleneck ResNet with PGD-7 905 s, CIFAR's PreAct ResNet-18
 438 s). Every recipe's own network is parsed and built at full size by
 tests/test_models.py::test_every_recipe_parses_and_builds_its_model, and the WideResNet trains
-one step here too, through cifar.flags at depth 10, width 1.
+one step here too, through cifar.flags at depth 10, width 1, and the authors' MNIST MLP
+(3M parameters) with its PGD-40 through mnist_mlp.flags.
 """
 
 import glob
@@ -27,7 +28,7 @@ RECIPES = sorted(
     for p in glob.glob(os.path.join(ROOT, "configs", "*.flags"))
 )
 # Recipes that train their own network (shrunk); every other one trains SMALL_NETWORK.
-OWN_NETWORK = {"mnist5k": [], "cifar": ["--wrn_depth=10", "--wrn_width=1"]}
+OWN_NETWORK = {"mnist5k": [], "mnist_mlp": [], "cifar": ["--wrn_depth=10", "--wrn_width=1"]}
 SMALL_NETWORK = ["--model=small_cnn"]  # and a training attack of at most 2 steps
 # One step, evaluations on 8 test examples with PGD-1, --select_best's validation split of 50
 # examples (the recipes hold out 1000 or 5000: the fake split has them, the test no time).

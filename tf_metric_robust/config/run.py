@@ -6,17 +6,8 @@ Built by cli.train_config() or directly from Python; validates itself, no Tensor
 import dataclasses
 from typing import Optional, Tuple
 
-from tf_metric_robust.config.common import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    UNIT,
-    UNIT_OPEN,
-    Range,
-    UserError,
-    check_settings,
-    setting,
-    sub_config,
-)
+from tf_metric_robust.config.common import AT_LEAST_ONE, NON_NEGATIVE, UNIT, UNIT_OPEN, Range
+from tf_metric_robust.config.common import UserError, check_settings, setting, sub_config
 from tf_metric_robust.config.training import (
     BASES,
     MODES,
@@ -47,6 +38,7 @@ DATASET_FOLDER_PREFIX = "image_folder:"  # image_folder:/path: any labelled imag
 MODELS = (
     "madry_mnist",
     "mnist_large",
+    "mnist_mlp",
     "preact_resnet18",
     "preact_resnet_tiny",
     "small_cnn",

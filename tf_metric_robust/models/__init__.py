@@ -10,6 +10,7 @@ of the layer named 'embedding', which is the input of the final dense layer name
 from tf_metric_robust.models.layers import ChannelZeroPad, PerImageStandardization
 from tf_metric_robust.models.madry_mnist import madry_mnist
 from tf_metric_robust.models.mnist_large import mnist_large
+from tf_metric_robust.models.mnist_mlp import mnist_mlp
 from tf_metric_robust.models.preact_bottleneck import preact_resnet_tiny
 from tf_metric_robust.models.preact_resnet import preact_resnet18
 from tf_metric_robust.models.small_cnn import small_cnn
@@ -21,6 +22,7 @@ MODELS = {
     "small_cnn": small_cnn,
     "madry_mnist": madry_mnist,
     "mnist_large": mnist_large,
+    "mnist_mlp": mnist_mlp,
     "wide_resnet": wide_resnet,
     "preact_resnet18": preact_resnet18,
     "preact_resnet_tiny": preact_resnet_tiny,
@@ -62,6 +64,7 @@ __all__ = [
     "small_cnn",
     "madry_mnist",
     "mnist_large",
+    "mnist_mlp",
     "wide_resnet",
     "preact_resnet_tiny",
     "preact_resnet18",
