@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-# onnx: tf2onnx, onnx, ONNX Runtime (three wheels, ~100 MB): tests/test_onnx.py's second engine.
+# onnx: tf2onnx, onnx, ONNX Runtime (three wheels, ~100 MB): tests/export/test_onnx.py's second engine.
 EXTRAS ?= cpu,test,onnx
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))

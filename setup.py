@@ -34,7 +34,7 @@ setuptools.setup(
         # deps; `make bench` installs it with --no-deps (its TF2 PGD imports without them).
         "bench": ["adversarial-robustness-toolbox==1.20.1"],
         # bin/export --format=onnx (tf2onnx: the converter of Keras 3's ONNX export on the
-        # TensorFlow backend) and ONNX Runtime, the second engine of tests/test_onnx.py.
+        # TensorFlow backend) and ONNX Runtime, the second engine of tests/export/test_onnx.py.
         "onnx": ONNX,
         # tools/autoattack_conformance.py: the ONNX export in PyTorch (onnx2torch) under the
         # reference AutoAttack, which is not on the package index (docs/serving.md). torch 2.13.0

@@ -6,7 +6,7 @@ mining, pool, positives, optimizer, selection), so a recipe whose network takes 
 on a CPU runs them on the demo's small CNN with a 2-step training attack (mnist_large with PGD-40
 took 28 min here, Tiny ImageNet's bottleneck ResNet with PGD-7 905 s, CIFAR's PreAct ResNet-18
 438 s). Every recipe's own network is parsed and built at full size by
-tests/test_models.py::test_every_recipe_parses_and_builds_its_model, and the WideResNet trains
+tests/models/test_models.py::test_every_recipe_parses_and_builds_its_model, and the WideResNet trains
 one step here too, through cifar.flags at depth 10, width 1, and the authors' MNIST MLP
 (3M parameters) with its PGD-40 through mnist_mlp.flags.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bin/train with one fault injected at an exact point, for tests/test_reliability.py.
+"""bin/train with one fault injected at an exact point, for tests/training/test_reliability.py.
 
 TFMR_FAULT=<kind>:<step> in the environment picks it; the process really receives the signal
 (SIGKILL cannot be caught: nothing after it runs, as with `kill -9` from outside):

@@ -14,7 +14,7 @@ import pytest
 from tf_metric_robust.compare import figures, plan, report, run, stats
 from tf_metric_robust.config import MODES, CompareConfig, UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # Statistics ----------------------------------------------------------------------------------

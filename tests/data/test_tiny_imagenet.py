@@ -20,7 +20,7 @@ pytestmark = (
     pytest.mark.slow
 )  # trains beyond a few steps or runs full attacks (make test-fast skips)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WNIDS = ["n03444034", "n01443537", "n09193705", "n02124075"]  # deliberately not sorted
 TRAIN_PER_CLASS, VAL_PER_CLASS = 6, 2
 GRAY_TRAIN_IMAGE = f"train/{WNIDS[0]}/images/{WNIDS[0]}_0.JPEG"

@@ -26,7 +26,7 @@ from tf_metric_robust.evaluation.report_schema import SchemaError, check_report
 
 pytestmark = pytest.mark.slow  # end to end: bin/ subprocesses or full runs (make test-fast skips)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A tiny threat model: every attack runs 3 steps on 60 examples.
 TINY = EvalConfig(eps=0.3, step_size=0.1, steps=3, eps_sweep=(0.0, 0.1, 0.3), steps_sweep=(1, 3))
 

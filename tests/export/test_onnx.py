@@ -22,7 +22,7 @@ from tf_metric_robust.export import onnx as onnx_export
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
 TOLERANCE = 1e-4  # max abs difference of logits and embeddings, ONNX Runtime vs the SavedModel
 # Every model family, on tiny inputs (and the ResNets narrow) so that each converts in seconds.

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tf_metric_robust import distribute, losses
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference")
 # Values dumped from real TFA 0.23 (tfa.losses.triplet_semihard_loss / triplet_hard_loss).
 REFERENCE = os.path.join(DATA, "tfa_triplet_losses.npz")
 # Values dumped by running the TLA authors' own utils.triplet_loss on TF2 eager: both distances

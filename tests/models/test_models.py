@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import support
 from tf_metric_robust import models
 
 # (name, input_shape, kwargs, embedding dim); the WideResNet is shrunk to WRN-10-1 for speed.
@@ -172,7 +173,9 @@ def test_wide_resnet_madry_shortcuts_are_parameter_free():
 
 
 def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="known models: madry_mnist, mnist_large, mnist_mlp, preact_resnet18"):
+    with pytest.raises(
+        ValueError, match="known models: madry_mnist, mnist_large, mnist_mlp, preact_resnet18"
+    ):
         models.build("resnet50", 10, (32, 32, 3))
     with pytest.raises(ValueError, match="depth"):
         models.build("wide_resnet", 10, (32, 32, 3), depth=12)
@@ -236,8 +239,6 @@ def recipes():
     import json
     import os
 
-    import support
-
     env = {**os.environ, "PYTHONPATH": support.ROOT, "CUDA_VISIBLE_DEVICES": ""}
     result = support.run_python(_RECIPE_SCRIPT, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -249,7 +250,7 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
     import glob
     import os
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = support.ROOT
     assert set(recipes) == {os.path.basename(p) for p in glob.glob(f"{root}/configs/*.flags")}
     # The penultimate width of each network: fc1024 (Madry's MNIST net; the authors' large MNIST
     # net, paper Table 5), 64 x width for WRN-34-10, 512 (PreAct ResNet-18), 4 x 512 (bottleneck).
