@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tf_metric_robust import data
-from tf_metric_robust.config import TrainConfig, UserError
+from tf_metric_robust.config import TrainConfig, TripletConfig, UserError
 from tf_metric_robust.data import extra_data
 from tf_metric_robust.data.catalog import dataset_info, split_in_memory
 from tf_metric_robust.data.extra_data import ExtraSet
@@ -276,3 +276,26 @@ def test_bin_train_streams_extra_data_and_refuses_a_bad_file_in_one_line(
     assert (
         f"--extra_data={tmp_path / 'digits.npz'}" in (tmp_path / "good" / "flags.txt").read_text()
     )
+
+
+def test_train_input_gives_each_replica_its_batch_share_then_its_pool(
+    tmp_path, two_files, mnist5k_data_dir
+):
+    """TLA's extra pool with extra data on 2 replicas: replica r's rows are its 10 batch rows (7
+    from the dataset, 3 extra) then its 10 pool rows (dataset only)."""
+    from tf_metric_robust.training import inputs
+
+    paths, extra_images, _ = two_files
+    config = TrainConfig(
+        model_dir=str(tmp_path / "run"),
+        dataset="mnist5k",
+        data_dir=mnist5k_data_dir,
+        batch_size=20,
+        extra_data=paths,
+        extra_fraction=0.3,
+        triplet=TripletConfig(negative_pool="extra", pool_multiplier=1),
+    )
+    ((images, _),) = inputs.train_input(config, 0, replicas=2).take(1)
+    is_extra = _which_extra(images.numpy(), extra_images) >= 0
+    replica = [False] * 7 + [True] * 3 + [False] * 10
+    np.testing.assert_array_equal(is_extra, replica * 2)
