@@ -299,3 +299,8 @@ def test_train_input_gives_each_replica_its_batch_share_then_its_pool(
     is_extra = _which_extra(images.numpy(), extra_images) >= 0
     replica = [False] * 7 + [True] * 3 + [False] * 10
     np.testing.assert_array_equal(is_extra, replica * 2)
+    # A run resumed at step 5 reads what the uninterrupted run reads at steps 5 and 6.
+    straight = inputs.train_input(config, 0, replicas=2).skip(5).take(2)
+    for (a, la), (b, lb) in zip(straight, inputs.train_input(config, 5, replicas=2).take(2)):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(la.numpy(), lb.numpy())
