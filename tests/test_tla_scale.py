@@ -4,7 +4,8 @@ search, the authors' extra pool and the memory bank work per replica.
 On 2 logical CPUs (conftest.py) one SGD step at global batch 512 gives the mean of the steps each
 replica's half takes alone on one device: each replica searches negatives among its own 256 rows
 (its own pool share, its own bank) and its loss is scaled by the global batch exactly once. A
-global batch the replicas cannot split evenly is refused in one line.
+global batch the replicas cannot split evenly is refused in one line, by training.train (bin/train)
+and by AdversarialTrainer.fit.
 """
 
 import keras
@@ -110,3 +111,22 @@ def test_a_global_batch_the_replicas_cannot_split_is_refused_in_one_line(
         "batch_size 511 is not divisible by the 2 replicas of the strategy; use a multiple of 2"
     )
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_the_trainer_refuses_a_dataset_batch_the_replicas_cannot_split():
+    """AdversarialTrainer.fit (the Python API) refuses it in one line before any step; without
+    the check the 2-replica step failed with 'Inputs to operation AddN ... [8,28,28,1] !=
+    [7,28,28,1]'."""
+    images = tf.zeros([15, 28, 28, 1])
+    labels = tf.range(15, dtype=tf.int64) % 10
+    strategy = _two_cpus()
+    with strategy.scope():
+        network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=16)
+        trainer = AdversarialTrainer(network, mode="tla", attack=ATTACK, triplet=POOLS["batch"])
+        trainer.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE))
+    with pytest.raises(UserError, match="batch_size 15 is not divisible by the 2 replicas"):
+        trainer.fit(tf.data.Dataset.from_tensors((images, labels)), epochs=1, verbose=0)
+    assert int(trainer.optimizer.iterations.numpy()) == 0
+    # An even batch of the same data trains.
+    trainer.fit(tf.data.Dataset.from_tensors((images[:14], labels[:14])), epochs=1, verbose=0)
+    assert int(trainer.optimizer.iterations.numpy()) == 1
