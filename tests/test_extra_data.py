@@ -304,3 +304,34 @@ def test_train_input_gives_each_replica_its_batch_share_then_its_pool(
     for (a, la), (b, lb) in zip(straight, inputs.train_input(config, 5, replicas=2).take(2)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_array_equal(la.numpy(), lb.numpy())
+
+
+@pytest.mark.slow  # a training run with evaluations
+def test_tla_with_its_pool_and_other_positives_trains_on_extra_data_over_two_replicas(
+    tmp_path, two_files, mnist5k_run_config
+):
+    """The authors' TLA inputs (extra pool, other positives from the data) with extra data, on 2
+    replicas: each replica's [batch; pool] rows and other images reach the step."""
+    from tf_metric_robust import training
+    from tf_metric_robust.config import AttackConfig
+
+    paths, _, _ = two_files
+    config = mnist5k_run_config(
+        mode="tla",
+        batch_size=16,
+        train_steps=2,
+        examples=16,
+        attack=AttackConfig(eps=0.1, step_size=0.05, steps=1),
+        eval_every=2,
+        eval_batch_size=16,
+        export=False,
+        strategy="mirrored",
+        extra_data=paths,
+        extra_fraction=0.25,
+        triplet=TripletConfig(
+            negative_pool="extra", pool_multiplier=1, positive="both", other_positive="data"
+        ),
+    )
+    metrics = training.train(config)
+    assert metrics["step"] == 2
+    assert 0.0 <= metrics["eval/clean_accuracy"] <= 1.0

@@ -130,3 +130,14 @@ def test_the_trainer_refuses_a_dataset_batch_the_replicas_cannot_split():
     # An even batch of the same data trains.
     trainer.fit(tf.data.Dataset.from_tensors((images[:14], labels[:14])), epochs=1, verbose=0)
     assert int(trainer.optimizer.iterations.numpy()) == 1
+
+
+def test_other_positives_from_the_data_train_on_two_replicas(mnist5k_arrays):
+    """The input ((images, other images), labels) of --other_positive=data: under a real strategy
+    Keras first calls the model on (images, other images) to build it (this failed with 'Layer
+    "small_cnn" expects 1 named input(s) ... but it received 2 input tensors')."""
+    images, labels = _rows(mnist5k_arrays, 64)
+    triplet = TripletConfig(positive="both", other_positive="data")
+    rows = ((images[:32], images[32:]), labels[:32])
+    weights, _ = _one_step(_two_cpus(), triplet, rows)
+    assert all(np.isfinite(w).all() for w in weights)

@@ -135,6 +135,12 @@ class AdversarialTrainer(keras.Model):
         return list(self.trackers.values())
 
     def call(self, images, training=False):
+        """The network's outputs. A training input with TLA's other positives from the data is
+        (images, other images): under a tf.distribute strategy Keras' fit first calls the model
+        on that structure to build it (keras/src/backend/tensorflow/trainer.py,
+        _maybe_symbolic_build), so the images are taken from it."""
+        if isinstance(images, (tuple, list)):
+            images = images[0]
         return self.network(images, training=training)
 
     def logits_fn(self, images):
