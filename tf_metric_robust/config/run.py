@@ -274,8 +274,8 @@ class TrainConfig:
         return int(self.batch_size * self.extra_fraction)
 
     def _check_extra_data(self):
-        """--extra_data and --extra_fraction go together; the files themselves are checked at
-        the start of a run (data.extra_data.check_files), so a recipe parses on any machine."""
+        """--extra_data and --extra_fraction go together. The files themselves are checked when
+        a run starts (training.inputs.check_train_input), so a recipe parses on any machine."""
         if self.extra_fraction and not self.extra_data:
             raise UserError(
                 f"extra_fraction {self.extra_fraction:g} needs --extra_data (the .npz files "

@@ -11,10 +11,14 @@ member whole), so a 61 GB set would need 61 GB of memory. An uncompressed .npz i
 members are plain .npy files stored byte for byte; `open_member` finds a member's data by its offset
 in the zip (local file header, then the .npy header) and maps it with np.memmap. A batch then reads
 only its own rows from disk, in constant memory, from the published files as they are: no
-conversion and no second copy of the set. (A one-time conversion to sharded records would cost a
-second 61 GB on disk and hours of writing for no gain in reading: rows are read by index either
-way.) A compressed .npz (np.savez_compressed) cannot be mapped and is refused with the one-line
-command that rewrites it uncompressed.
+conversion and no second copy of the set. (A one-time conversion to sharded records would write a
+second copy of the set, 61 GB, before the first step, for no gain in reading: rows are read by
+index either way.) A compressed .npz (np.savez_compressed) cannot be mapped and is refused with
+the one-line command that rewrites it uncompressed.
+
+Under several workers (AutoShardPolicy.DATA, training/inputs.py) every worker draws and reads the
+whole global batch's extra rows and keeps its replicas' slices, as it does the dataset's rows, so
+step s trains on the same batch on any cluster shape.
 
 Which examples a batch draws: as DM-Improves-AT's sampler (semisup.py:222-259), floor(batch x
 fraction) extra examples per batch drawn uniformly with replacement from the whole extra set

@@ -3,6 +3,7 @@
 The training stream is a pure function of (seed, step): every random choice comes from stateless
 keys (seeds.key, roots 'data.*') folded with (epoch, index), so a run killed at step s resumes with
 exactly the batches it would have seen, and reaching step s costs at most one epoch of skipping.
+Extra (generated) examples join each batch from data/extra_data.py, drawn per step the same way.
 """
 
 import tensorflow as tf
@@ -230,8 +231,8 @@ def mix_extra(own, extra, *, batch_rows, replicas=1):
         first = batch_rows + r * per_replica - start  # extra rows used by slices before r
         order += list(range(first, first + per_replica - taken))
 
-    def rows(dataset_rows, extra_rows):
-        batch = tf.concat([dataset_rows[:batch_rows], extra_rows], 0)
+    def rows(dataset_rows, drawn_rows):
+        batch = tf.concat([dataset_rows[:batch_rows], drawn_rows], 0)
         return tf.concat([tf.gather(batch, order), dataset_rows[batch_rows:]], 0)
 
     return tf.nest.map_structure(rows, own, extra)
