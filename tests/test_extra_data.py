@@ -1,6 +1,7 @@
 """Extra (generated) training data: .npz members memory-mapped by offset, each batch's share
 drawn per step (resumable), the settings and their checks. Every file is written by the test."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -335,3 +336,27 @@ def test_tla_with_its_pool_and_other_positives_trains_on_extra_data_over_two_rep
     metrics = training.train(config)
     assert metrics["step"] == 2
     assert 0.0 <= metrics["eval/clean_accuracy"] <= 1.0
+
+
+def test_fake_datasets_stand_in_for_the_extra_files(tmp_path):
+    """--dataset=fake:<name> runs a recipe with --extra_data without its files (a smoke test):
+    random examples of the dataset's shape and classes, nothing read."""
+    from tf_metric_robust.training import inputs
+
+    config = TrainConfig(
+        model_dir=str(tmp_path / "run"),
+        dataset="fake:mnist",
+        batch_size=16,
+        mode="pgd",
+        extra_data=(str(tmp_path / "not_here.npz"),),
+        extra_fraction=0.5,
+    )
+    inputs.check_train_input(config)  # no file to check
+    fake = extra_data.fake_extra_set((28, 28, 1), 10)
+    assert len(fake) == extra_data.FAKE_EXAMPLES and fake.image_shape == (28, 28, 1)
+    ((images, labels),) = inputs.train_input(config, 0).take(1)
+    found = _which_extra(images.numpy(), fake.images[0])
+    assert (found >= 0).sum() == 8
+    np.testing.assert_array_equal(labels.numpy()[found >= 0], fake.labels[0][found[found >= 0]])
+    with pytest.raises(UserError, match="no such file"):  # a real dataset needs the files
+        inputs.check_train_input(dataclasses.replace(config, dataset="mnist5k"))

@@ -132,6 +132,19 @@ class ExtraSet:
                 )
             self.images.append(images)
             self.labels.append(labels)
+        self._index()
+
+    @classmethod
+    def from_arrays(cls, images, labels, name="arrays"):
+        """An ExtraSet over arrays in memory (images uint8 [N,H,W,C], labels int [N])."""
+        extra_set = cls.__new__(cls)
+        extra_set.paths = (name,)
+        extra_set.images = [np.asarray(images, np.uint8)]
+        extra_set.labels = [np.asarray(labels, np.int64)]
+        extra_set._index()
+        return extra_set
+
+    def _index(self):
         self.sizes = np.array([len(labels) for labels in self.labels], np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
         self.image_shape = tuple(self.images[0].shape[1:])
@@ -172,6 +185,19 @@ class ExtraSet:
                         f"--extra_data {path}: label {bad} is not a class of the dataset "
                         f"(0 to {num_classes - 1})"
                     )
+
+
+FAKE_EXAMPLES = 1024
+
+
+def fake_extra_set(image_shape, num_classes):
+    """What --extra_data reads under --dataset=fake:<name>: FAKE_EXAMPLES random examples of the
+    dataset's shape and classes, the same in every process, so a recipe with extra data runs
+    end to end without its files, as fake:<name> runs it without its dataset (data/fake.py)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (FAKE_EXAMPLES, *image_shape), dtype=np.uint8)
+    labels = np.arange(FAKE_EXAMPLES) % num_classes
+    return ExtraSet.from_arrays(images, labels, name="fake extra data")
 
 
 def extra_batches(extra_set, *, examples, seed, start_step=0, augment=None, other_positives=None):

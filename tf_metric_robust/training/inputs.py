@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tf_metric_robust import data
 from tf_metric_robust.config import UserError
-from tf_metric_robust.data.extra_data import ExtraSet
+from tf_metric_robust.data.extra_data import ExtraSet, fake_extra_set
 from tf_metric_robust.training.triplet import other_positives_from_data
 
 
@@ -45,7 +45,7 @@ def train_input(config, start_step, replicas=1):
         crop_padding=config.crop_padding,
         other_positives=other_positives_from_data(config.mode, config.triplet),
         validation_examples=config.validation_examples,
-        extra_set=ExtraSet(config.extra_data) if extra_examples else None,
+        extra_set=extra_set(config) if extra_examples else None,
         extra_examples=extra_examples,
         pool_examples=batch - config.batch_size,
         replicas=replicas,
@@ -74,12 +74,21 @@ def replica_major(rows, batch_size, replicas):
     return tf.reshape(tf.concat([batch, pool], axis=1), tf.shape(rows))
 
 
+def extra_set(config):
+    """The ExtraSet of --extra_data; under --dataset=fake:<name> random examples instead of the
+    files (data.extra_data.fake_extra_set), which a smoke test of a recipe does not have."""
+    spec = data.dataset_info(config.dataset)
+    if spec.fake:
+        return fake_extra_set(spec.image_shape, spec.num_classes)
+    return ExtraSet(config.extra_data)
+
+
 def check_train_input(config):
     """UserError unless a training step's examples (batch, plus the extra pool) fit the split,
     and --extra_data's files can be streamed, hold the dataset's image shape and its classes."""
     if config.extra_data:
         spec = data.dataset_info(config.dataset)
-        ExtraSet(config.extra_data).check(spec.image_shape, spec.num_classes)
+        extra_set(config).check(spec.image_shape, spec.num_classes)
     batch, extra_pool = _step_examples(config)
     try:
         data.train_dataset(
