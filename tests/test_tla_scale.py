@@ -56,6 +56,7 @@ POOLS = {
 }
 
 
+@pytest.mark.slow  # four to five compiled steps at batch 512 per pool, ~30 s each here
 @pytest.mark.parametrize("pool", sorted(POOLS))
 def test_two_replica_step_at_batch_512_is_the_mean_of_the_replicas_steps(mnist5k_arrays, pool):
     triplet = POOLS[pool]
