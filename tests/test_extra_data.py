@@ -277,6 +277,19 @@ def test_bin_train_streams_extra_data_and_refuses_a_bad_file_in_one_line(
     assert (
         f"--extra_data={tmp_path / 'digits.npz'}" in (tmp_path / "good" / "flags.txt").read_text()
     )
+    # The same command, one step more: the run resumes (the recorded paths match).
+    more = _train(
+        tmp_path / "good",
+        mnist5k_data_dir,
+        f"--extra_data={tmp_path / 'digits.npz'}",
+        "--extra_fraction=0.7",
+        "--train_steps=3",
+        "--allow_changes=train_steps",
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "Resumed from" in more.stdout + more.stderr
+    with open(tmp_path / "good" / "metrics.json") as f:
+        assert json.load(f)["step"] == 3
 
 
 def test_train_input_gives_each_replica_its_batch_share_then_its_pool(
