@@ -22,6 +22,7 @@ ROOTS = {
     "autoattack": 8,  # AutoAttack members, per (member, batch)
     "detection.reference": 9,  # the detector's per-class reference subsample
     "training.probe": 11,  # the catastrophic-overfitting probe's attack starts (10: unused)
+    "data.extra": 12,  # the extra (generated) examples of each batch, their crops and positives
 }
 
 

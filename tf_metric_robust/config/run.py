@@ -128,6 +128,19 @@ class TrainConfig:
         valid=UNIT_OPEN,
     )
     batch_size: int = setting(50, "Global batch size (split over replicas).", valid=AT_LEAST_ONE)
+    extra_data: Tuple[str, ...] = setting(
+        (),
+        "Extra (e.g. generated) training data: uncompressed .npz files with 'image' uint8 "
+        "[N,H,W,C] and 'label' int [N] (the keys of the published 1M DDPM and EDM CIFAR-10 "
+        "sets), streamed from disk; with --extra_fraction.",
+    )
+    extra_fraction: float = setting(
+        0.0,
+        "Share of each training batch drawn from --extra_data: floor(batch_size x fraction) "
+        "extra examples, the rest from the dataset (0: off; the references: 0.7, "
+        "DM-Improves-AT core/utils/parser.py:55, semisup.py:235).",
+        valid=UNIT_OPEN,
+    )
     train_steps: int = setting(1000, "Total optimizer steps.", valid=AT_LEAST_ONE)
     optimizer: OptimizerConfig = sub_config(OptimizerConfig())
     label_smoothing: float = setting(0.0, "Label smoothing of the CE loss.", valid=UNIT_OPEN)
@@ -237,6 +250,7 @@ class TrainConfig:
             raise UserError("model_dir is required (where checkpoints and results go)")
         if self.checkpoint_every is None:
             object.__setattr__(self, "checkpoint_every", self.eval_every)
+        self._check_extra_data()
         check_mode(
             self.mode,
             base=self.base,
@@ -244,6 +258,30 @@ class TrainConfig:
             attack=self.attack,
             positive_noise=self.triplet.positive_noise,
         )
+
+    def extra_examples(self):
+        """Examples of each training batch drawn from --extra_data: floor(batch_size x
+        extra_fraction), the rest from the dataset, as DM-Improves-AT's sampler
+        (core/data/semisup.py:235-236: `int(batch_size * unsup_fraction)`)."""
+        return int(self.batch_size * self.extra_fraction)
+
+    def _check_extra_data(self):
+        """--extra_data and --extra_fraction go together. The files themselves are checked when
+        a run starts (training.inputs.check_train_input), so a recipe parses on any machine."""
+        if self.extra_fraction and not self.extra_data:
+            raise UserError(
+                f"extra_fraction {self.extra_fraction:g} needs --extra_data (the .npz files "
+                "its examples come from)"
+            )
+        if self.extra_data and not self.extra_fraction:
+            raise UserError(
+                "extra_data needs --extra_fraction > 0 (the share of each batch drawn from it)"
+            )
+        if self.extra_data and self.extra_examples() < 1:
+            raise UserError(
+                f"extra_fraction {self.extra_fraction:g} x --batch_size {self.batch_size} "
+                "draws no extra example per batch (it rounds down); raise either"
+            )
 
     def recipe(self):
         """What recipe.json records: the network-defining keys and every result setting."""

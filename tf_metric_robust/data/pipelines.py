@@ -3,6 +3,7 @@
 The training stream is a pure function of (seed, step): every random choice comes from stateless
 keys (seeds.key, roots 'data.*') folded with (epoch, index), so a run killed at step s resumes with
 exactly the batches it would have seen, and reaching step s costs at most one epoch of skipping.
+Extra (generated) examples join each batch from data/extra_data.py, drawn per step the same way.
 """
 
 import tensorflow as tf
@@ -10,6 +11,7 @@ import tensorflow as tf
 from tf_metric_robust import seeds
 from tf_metric_robust.config import UserError
 from tf_metric_robust.data.class_index import other_index
+from tf_metric_robust.data.extra_data import extra_batches
 from tf_metric_robust.data.catalog import (
     AUTOTUNE,
     DEFAULT_SHUFFLE_WINDOW,
@@ -63,6 +65,10 @@ def train_dataset(
     shuffle_buffer=None,
     other_positives=False,
     validation_examples=0,
+    extra_set=None,
+    extra_examples=0,
+    pool_examples=0,
+    replicas=1,
 ):
     """Infinite stream of shuffled (augmented) batches; batch i depends only on (seed, i).
 
@@ -88,6 +94,14 @@ def train_dataset(
         class_index.py). Holds the split's uint8 pixels in host memory.
       validation_examples: leave out the first N examples of the train split (in file order):
         the validation split `validation_split(name, N)` for checkpoint selection.
+      extra_set: an extra_data.ExtraSet (e.g. generated images) that `extra_examples` rows of
+        each batch come from, drawn per step as extra_data.extra_batches (a function of (seed,
+        step) too); the other batch_size - extra_examples rows come from the dataset.
+      extra_examples: rows of each batch drawn from `extra_set` (0: none).
+      pool_examples: the last rows of each batch are TLA's extra clean pool, from the dataset
+        only; the extra rows join the batch before it.
+      replicas: the batch's rows (before the pool) are ordered so that each of `replicas`
+        contiguous slices holds its share of dataset and extra rows (see `mix_extra`).
 
     Returns:
       tf.data.Dataset of (images float32 [B,H,W,C] in [0,1], labels int64 [B]); with
@@ -96,6 +110,12 @@ def train_dataset(
     spec = dataset_info(name)
     if batch_size < 1 or start_step < 0:
         raise ValueError(f"need batch_size >= 1, start_step >= 0; got {batch_size}, {start_step}")
+    if not 0 <= extra_examples < batch_size - pool_examples or (extra_examples and not extra_set):
+        raise ValueError(
+            f"need 0 <= extra_examples < batch_size - pool_examples and an extra_set; got "
+            f"{extra_examples}, {batch_size}, {pool_examples}, {extra_set}"
+        )
+    total_batch, batch_size = batch_size, batch_size - extra_examples  # the dataset's rows
     if shuffle_buffer is not None and shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be positive, got {shuffle_buffer}")
     train_split = training_part(spec, validation_examples)
@@ -164,7 +184,58 @@ def train_dataset(
         )
 
     ds = tf.data.Dataset.counter(start=first_epoch).flat_map(one_epoch)
+    if extra_examples:
+        extra = extra_batches(
+            extra_set,
+            examples=extra_examples,
+            seed=seed,
+            start_step=start_step,
+            augment=(lambda x, key: augment_batch(x, key, flip=spec.flip, pad=pad))
+            if augment
+            else None,
+            other_positives=(pixels, class_index) if other_positives else None,
+        )
+        batch_rows = total_batch - pool_examples - extra_examples
+        ds = tf.data.Dataset.zip(ds, extra).map(
+            lambda own, drawn: mix_extra(own, drawn, batch_rows=batch_rows, replicas=replicas)
+        )
     return ds.prefetch(AUTOTUNE)
+
+
+def mix_extra(own, extra, *, batch_rows, replicas=1):
+    """One step's dataset rows and extra rows -> the step's input, rows in replica order.
+
+    DM-Improves-AT puts a batch's dataset and extra examples in one random order
+    (core/data/semisup.py:257), so under DataParallel each GPU gets a random mix; here each of
+    `replicas` contiguous slices (what a tf.distribute strategy hands each replica) gets the
+    same mix, up to one example: slice r holds the dataset rows [floor(r D / R), floor((r+1) D /
+    R)) and fills up with extra rows. The batch's examples are the reference's; only their order
+    differs, and no loss depends on it.
+
+    Args:
+      own: the dataset's part of the step, (images, labels) or ((images, others), labels), its
+        first `batch_rows` rows in the batch and any further rows TLA's extra pool.
+      extra: the extra part, the same structure.
+      batch_rows: D, the dataset rows of the batch (before the pool).
+      replicas: R; (batch_rows + extra rows) must be divisible by it.
+    """
+    extra_rows = tf.nest.flatten(extra)[-1].shape[0]
+    per_replica, left = divmod(batch_rows + extra_rows, replicas)
+    if left:
+        raise ValueError(f"a batch of {batch_rows + extra_rows} does not split over {replicas}")
+    order = []
+    for r in range(replicas):
+        start, stop = r * batch_rows // replicas, (r + 1) * batch_rows // replicas
+        taken = stop - start
+        order += list(range(start, stop))
+        first = batch_rows + r * per_replica - start  # extra rows used by slices before r
+        order += list(range(first, first + per_replica - taken))
+
+    def rows(dataset_rows, drawn_rows):
+        batch = tf.concat([dataset_rows[:batch_rows], drawn_rows], 0)
+        return tf.concat([tf.gather(batch, order), dataset_rows[batch_rows:]], 0)
+
+    return tf.nest.map_structure(rows, own, extra)
 
 
 def eval_dataset(name, *, batch_size, split=None, num_examples=None, data_dir=None, download=False):

@@ -1,5 +1,6 @@
 """The input streams of a training run: training batches (with TLA's extra pool and other
-positives), evaluation and validation batches, and the checks that they fit the dataset.
+positives, and the extra data's share), evaluation and validation batches, and the checks that
+they fit the dataset.
 
 The training stream is data.train_dataset, a pure function of (seed, step): a resumed run reads
 the batches an uninterrupted one would. Library code: takes a config.TrainConfig, reads no flags.
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from tf_metric_robust import data
 from tf_metric_robust.config import UserError
+from tf_metric_robust.data.extra_data import ExtraSet, fake_extra_set
 from tf_metric_robust.training.triplet import other_positives_from_data
 
 
@@ -31,6 +33,7 @@ def _step_examples(config):
 def train_input(config, start_step, replicas=1):
     """Training batches from step `start_step` on, split over `replicas` replicas."""
     batch, extra_pool = _step_examples(config)
+    extra_examples = config.extra_examples() if config.extra_data else 0
     dataset = data.train_dataset(
         config.dataset,
         batch_size=batch,
@@ -42,6 +45,10 @@ def train_input(config, start_step, replicas=1):
         crop_padding=config.crop_padding,
         other_positives=other_positives_from_data(config.mode, config.triplet),
         validation_examples=config.validation_examples,
+        extra_set=extra_set(config) if extra_examples else None,
+        extra_examples=extra_examples,
+        pool_examples=batch - config.batch_size,
+        replicas=replicas,
     )
     if extra_pool and replicas > 1:
         dataset = dataset.map(
@@ -67,8 +74,21 @@ def replica_major(rows, batch_size, replicas):
     return tf.reshape(tf.concat([batch, pool], axis=1), tf.shape(rows))
 
 
+def extra_set(config):
+    """The ExtraSet of --extra_data; under --dataset=fake:<name> random examples instead of the
+    files (data.extra_data.fake_extra_set), which a smoke test of a recipe does not have."""
+    spec = data.dataset_info(config.dataset)
+    if spec.fake:
+        return fake_extra_set(spec.image_shape, spec.num_classes)
+    return ExtraSet(config.extra_data)
+
+
 def check_train_input(config):
-    """UserError unless a training step's examples (batch, plus the extra pool) fit the split."""
+    """UserError unless a training step's examples (batch, plus the extra pool) fit the split,
+    and --extra_data's files can be streamed, hold the dataset's image shape and its classes."""
+    if config.extra_data:
+        spec = data.dataset_info(config.dataset)
+        extra_set(config).check(spec.image_shape, spec.num_classes)
     batch, extra_pool = _step_examples(config)
     try:
         data.train_dataset(

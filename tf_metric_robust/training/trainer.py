@@ -10,7 +10,7 @@ at perturbed weights, and the weight EMA (ema.py) that follows it.
 import keras
 import tensorflow as tf
 
-from tf_metric_robust import attacks, seeds
+from tf_metric_robust import attacks, distribute, seeds
 from tf_metric_robust.attacks import objectives
 from tf_metric_robust.config import TripletConfig, check_mode
 from tf_metric_robust.config.run import ATTACK_BN_MODES
@@ -135,6 +135,12 @@ class AdversarialTrainer(keras.Model):
         return list(self.trackers.values())
 
     def call(self, images, training=False):
+        """The network's outputs. A training input with TLA's other positives from the data is
+        (images, other images): under a tf.distribute strategy Keras' fit first calls the model
+        on that structure to build it (keras/src/backend/tensorflow/trainer.py,
+        _maybe_symbolic_build), so the images are taken from it."""
+        if isinstance(images, (tuple, list)):
+            images = images[0]
         return self.network(images, training=training)
 
     def logits_fn(self, images):
@@ -236,6 +242,17 @@ class AdversarialTrainer(keras.Model):
             self.optimizer.iterations,
             keep=keep,
         )
+
+    def fit(self, x=None, *args, **kwargs):
+        """Keras' fit, first refusing a dataset whose global batch the replicas cannot split
+        evenly (distribute.check_batch_size: a one-line UserError). tf.distribute would give the
+        replicas batches of different sizes, which fail deep in the step with an op's shape
+        error. Batches of unknown size are left to that check at run time."""
+        if isinstance(x, tf.data.Dataset):
+            rows = tf.nest.flatten(x.element_spec)[0].shape
+            if rows.rank and rows[0] is not None:
+                distribute.check_batch_size(rows[0], self.distribute_strategy)
+        return super().fit(x, *args, **kwargs)
 
     def train_step(self, data):
         batch = self._unpack(data, training=True)
