@@ -4,12 +4,11 @@ drawn per step (resumable), the settings and their checks. Every file is written
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import support
 from tf_metric_robust import data
 from tf_metric_robust.config import TrainConfig, TripletConfig, UserError
 from tf_metric_robust.data import extra_data
@@ -221,12 +220,9 @@ def test_pool_rows_stay_last_and_from_the_dataset(two_files, mnist5k_data_dir):
     np.testing.assert_array_equal(is_extra, [False] * 14 + [True] * 6 + [False] * 10)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _train(model_dir, data_dir, *flags):
-    command = [
-        sys.executable,
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    return support.run(
         "bin/train",
         "--flagfile=configs/mnist5k.flags",
         f"--model_dir={model_dir}",
@@ -241,9 +237,8 @@ def _train(model_dir, data_dir, *flags):
         "--batch_size=16",
         "--noexport",
         *flags,
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        env=env,
+    )
 
 
 @pytest.mark.slow  # bin/train subprocesses

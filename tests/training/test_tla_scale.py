@@ -95,7 +95,7 @@ def test_a_global_batch_the_replicas_cannot_split_is_refused_in_one_line(
 ):
     """training.train (bin/train's path) refuses it before writing anything; bin/train under
     --strategy=multi_worker refuses a batch the workers cannot split before TensorFlow is imported
-    (tests/test_reliability.py, 'batch not divisible by replicas')."""
+    (tests/cli/test_cli_validation.py, BAD_VALUES: 'is not divisible')."""
     config = TrainConfig(
         model_dir=str(tmp_path / "run"),
         dataset="mnist5k",
