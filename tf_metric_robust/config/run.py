@@ -51,6 +51,7 @@ MODELS = (
     "preact_resnet_tiny",
     "small_cnn",
     "wide_resnet",
+    "wide_resnet_swish",
 )
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
@@ -61,8 +62,8 @@ SEEDS = Range(0, 2**32 - 1)  # numpy's seed range (Keras seeds it)
 
 @dataclasses.dataclass(frozen=True)
 class WideResNetShape:
-    """Depth and width of --model=wide_resnet (Zagoruyko & Komodakis 2016), the model_kwargs
-    of a TrainConfig with that model."""
+    """Depth and width of --model=wide_resnet and wide_resnet_swish (Zagoruyko & Komodakis 2016),
+    the model_kwargs of a TrainConfig with either model."""
 
     depth: int = setting(
         34, "WideResNet depth, 6n+4 (10, 16, 22, 28, 34, ...).", valid=Range(10), flag="wrn_depth"
