@@ -436,15 +436,50 @@ def test_kl_modes_train_step_uses_the_loss_functions(mnist5k_arrays):
         assert float(tf.reduce_mean(logs["robust_loss"])) > 0.0
 
 
-def test_kl_modes_refuse_label_smoothing_and_trades_attack_loss():
+@pytest.mark.parametrize("base", ["none", "trades"])
+def test_trades_label_smoothing_reaches_the_natural_term_only(mnist5k_arrays, base):
+    """--label_smoothing with TRADES (and TLA on TRADES): the total is losses.trades_loss with
+    the smoothing, ce_loss the smoothed CE of the clean logits, robust_loss the unsmoothed KL."""
+    from tf_metric_robust import losses
+
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    labels = tf.cast(labels, tf.int64)
+    adversarial = _replica_independent_perturbation(None, images, labels)
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
+    options = dict(mode="trades") if base == "none" else dict(mode="tla", base="trades")
+    trainer = AdversarialTrainer(network, attack=ATTACK, beta=5.0, label_smoothing=0.1, **options)
+    result = trainer.compute_losses(Batch(images, labels), adversarial, False)
+    clean, adv = network(images)["logits"], network(adversarial)["logits"]
+    smoothed = losses.trades_loss(labels, clean, adv, beta=5.0, label_smoothing=0.1)
+    plain = losses.trades_loss(labels, clean, adv, beta=5.0)
+    assert float(tf.reduce_max(tf.abs(smoothed - plain))) > 1e-3
+    ce = keras.losses.categorical_crossentropy(
+        tf.one_hot(labels, 10), clean, from_logits=True, label_smoothing=0.1
+    )
+    np.testing.assert_allclose(result.logs["ce_loss"], ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.logs["robust_loss"], smoothed - ce, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        result.logs["robust_loss"],
+        plain - losses.trades_loss(labels, clean, clean, beta=0.0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    if base == "none":
+        np.testing.assert_allclose(result.total, smoothed, rtol=1e-5)
+
+
+def test_mart_refuses_label_smoothing_and_trades_its_attack_loss():
     from tf_metric_robust.config import UserError, check_mode
 
     network = models.build("small_cnn", 10, (28, 28, 1))
     with pytest.raises(ValueError, match="label_smoothing"):
-        AdversarialTrainer(network, mode="trades", attack=ATTACK, label_smoothing=0.1)
+        AdversarialTrainer(network, mode="mart", attack=ATTACK, label_smoothing=0.1)
     rules = dict(base="pgd", positive_noise=0.0)
     with pytest.raises(UserError, match="label_smoothing=0"):
         check_mode("mart", label_smoothing=0.1, attack=ATTACK, **rules)
+    # TRADES smooths its natural term as DM-Improves-AT (losses.trades_loss).
+    check_mode("trades", label_smoothing=0.1, attack=ATTACK, **rules)
     with pytest.raises(UserError, match="attack_loss"):
         check_mode(
             "trades",
@@ -534,8 +569,7 @@ def test_base_trades_is_refused_where_it_cannot_run():
         )
     with pytest.raises(UserError, match="--mode=tla"):
         check_mode("mart", label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0)
-    with pytest.raises(UserError, match="label_smoothing=0"):
-        check_mode("tla", label_smoothing=0.1, attack=ATTACK, base="trades", positive_noise=0)
+    check_mode("tla", label_smoothing=0.1, attack=ATTACK, base="trades", positive_noise=0)
     with pytest.raises(UserError, match="positive_noise"):
         check_mode("tla", label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0.1)
 

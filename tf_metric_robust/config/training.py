@@ -186,9 +186,11 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
     """UserError unless `mode` (with `base`) can run with these settings: the one statement of
     what each mode needs of the others, for TrainConfig and for trainers built without one.
 
-    trades/mart train with plain cross-entropy as their references (label_smoothing 0); trades'
-    attack maximises its KL term, so the attack loss stays 'ce' with one restart. tla with base
-    'trades' (ours) follows trades, and takes TRADES' terms from an un-noised clean pass.
+    mart trains with plain cross-entropy as its references (label_smoothing 0); trades smooths
+    its natural CE term when asked, as DM-Improves-AT (gowal21uncovering/utils/trades.py:42, 110;
+    losses.trades_loss), and its attack maximises its KL term, so the attack loss stays 'ce' with
+    one restart. tla with base 'trades' (ours) follows trades, and takes TRADES' terms from an
+    un-noised clean pass.
     """
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -201,10 +203,11 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
         )
     if mode not in KL_MODES and base == "pgd":
         return
-    if label_smoothing:
+    if mode == "mart" and label_smoothing:
         raise UserError(
-            f"mode {mode} trains with plain cross-entropy as its reference: pass "
-            f"--label_smoothing=0 (got {label_smoothing})"
+            "mode mart trains with plain cross-entropy as its references (MART mart.py, "
+            "DM-Improves-AT core/utils/mart.py:44): pass --label_smoothing=0 (got "
+            f"{label_smoothing})"
         )
     if (mode == "trades" or base == "trades") and (attack.loss != "ce" or attack.restarts != 1):
         raise UserError(
