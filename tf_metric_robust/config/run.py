@@ -57,6 +57,7 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
 SELECTIONS = ("none", "pgd")
+EMA_BATCH_NORM = ("average", "copy")  # what the weight EMA does with BN moving statistics
 SEEDS = Range(0, 2**32 - 1)  # numpy's seed range (Keras seeds it)
 
 
@@ -135,6 +136,18 @@ class TrainConfig:
         "Exponential moving average of the weights, evaluated and exported instead of them "
         "(0: off; e.g. 0.999).",
         valid=UNIT_OPEN,
+    )
+    ema_warmup_steps: int = setting(
+        0,
+        "Steps during which the EMA is the weights themselves, after which its decay ramps up "
+        "again (DM-Improves-AT: 2.5% of the steps, watrain.py:51; 0: from the first step).",
+        valid=NON_NEGATIVE,
+    )
+    ema_batch_norm: str = setting(
+        "average",
+        "The EMA's batch-norm moving statistics: average them like the weights (timm), or copy "
+        "the network's (DM-Improves-AT's update_bn, watrain.py:261-272).",
+        choices=EMA_BATCH_NORM,
     )
     batch_size: int = setting(50, "Global batch size (split over replicas).", valid=AT_LEAST_ONE)
     train_steps: int = setting(1000, "Total optimizer steps.", valid=AT_LEAST_ONE)

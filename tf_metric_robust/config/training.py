@@ -217,11 +217,16 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
 
 
 OPTIMIZERS = ("sgd", "adam")
+# piecewise: --learning_rate, or --lr_values between --lr_boundaries (Madry, the TLA authors);
+# one_cycle: PyTorch's OneCycleLR, DM-Improves-AT's 'cosinew' (training/optimizer.py).
+LR_SCHEDULES = ("piecewise", "one_cycle")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """SGD with momentum and a piecewise-constant schedule, as Madry and the TLA authors train."""
+    """SGD with momentum and a piecewise-constant schedule, as Madry and the TLA authors train;
+    or the one-cycle schedule, Nesterov and cycled momentum of the generated-data recipes
+    (DM-Improves-AT). training/optimizer.py builds it."""
 
     name: str = setting("sgd", "Optimizer.", choices=OPTIMIZERS, flag="optimizer")
     learning_rate: float = setting(0.1, "Initial learning rate.", valid=POSITIVE)
@@ -236,7 +241,35 @@ class OptimizerConfig:
         "Learning rates, one more than --lr_boundaries (fractions like 1/10 work).",
         valid=POSITIVE,
     )
+    lr_schedule: str = setting(
+        "piecewise",
+        "piecewise: --learning_rate, or --lr_values between --lr_boundaries; one_cycle: PyTorch's "
+        "OneCycleLR (DM-Improves-AT's cosinew): cosine from learning_rate/25 up to "
+        "--learning_rate over --lr_warmup_fraction of --train_steps, then cosine down to "
+        "learning_rate/25/1e4.",
+        choices=LR_SCHEDULES,
+    )
+    lr_warmup_fraction: float = setting(
+        0.025,
+        "one_cycle: share of the schedule spent warming up (OneCycleLR's pct_start; "
+        "DM-Improves-AT core/utils/train.py:93: 0.025).",
+        valid=UNIT,
+    )
+    lr_update_every: int = setting(
+        1,
+        "one_cycle: steps between learning-rate (and cycled-momentum) updates: 1 per step; the "
+        "steps of an epoch as DM-Improves-AT, which steps its schedule once per epoch.",
+        valid=AT_LEAST_ONE,
+    )
     momentum: float = setting(0.9, "SGD momentum.", valid=UNIT_OPEN)
+    nesterov: bool = setting(
+        False, "SGD with Nesterov momentum (DM-Improves-AT: on, core/utils/parser.py:42)."
+    )
+    cycle_momentum: bool = setting(
+        False,
+        "one_cycle with SGD: momentum cycled inversely to the learning rate, 0.95 -> 0.85 -> "
+        "0.95, as OneCycleLR by default (so DM-Improves-AT trains; --momentum is then unused).",
+    )
     weight_decay: float = setting(
         2e-4, "Coefficient of sum(l2_loss(kernel)) (Madry style).", valid=NON_NEGATIVE
     )
@@ -252,3 +285,15 @@ class OptimizerConfig:
                 "lr_values needs exactly one more entry than lr_boundaries "
                 f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)"
             )
+        if self.lr_schedule == "one_cycle" and self.lr_boundaries:
+            raise UserError(
+                "lr_schedule one_cycle computes its rates from --learning_rate: drop "
+                f"--lr_boundaries/--lr_values (got {self.lr_boundaries})"
+            )
+        if self.lr_schedule != "one_cycle" and (self.lr_update_every != 1 or self.cycle_momentum):
+            raise UserError(
+                "lr_update_every and cycle_momentum set the one-cycle schedule: pass "
+                "--lr_schedule=one_cycle"
+            )
+        if self.name != "sgd" and (self.nesterov or self.cycle_momentum):
+            raise UserError(f"nesterov and cycle_momentum are SGD's (got --optimizer={self.name})")

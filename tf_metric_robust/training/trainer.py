@@ -31,7 +31,8 @@ class AdversarialTrainer(keras.Model):
     `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
     `beta` weighs the KL term of trades, mart and tla with base 'trades' (references: 6 on
     CIFAR-10). `awp_gamma` > 0 turns AWP on after `awp_warmup_steps`; `ema_decay` > 0 keeps an
-    EMA of the weights (`self.ema`, evaluated and exported instead of the raw weights).
+    EMA of the weights (`self.ema`, evaluated and exported instead of the raw weights; its
+    warm-up and batch-norm statistics: `ema_warmup_steps`, `ema_batch_norm`, ema.py).
     """
 
     def __init__(
@@ -52,6 +53,8 @@ class AdversarialTrainer(keras.Model):
         awp_gamma=0.0,
         awp_warmup_steps=0,
         ema_decay=0.0,
+        ema_warmup_steps=0,
+        ema_batch_norm="average",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,7 +104,9 @@ class AdversarialTrainer(keras.Model):
             self.bank = EmbeddingBank(self.triplet.bank_size, dim, name="negative_bank")
         self.triplet_term = TripletTerm(network, self.triplet, self.bank) if mode == "tla" else None
         self.awp = awp.WeightPerturbation(awp_gamma, awp_warmup_steps) if awp_gamma > 0 else None
-        self.ema = ema.WeightAverage(network, ema_decay) if ema_decay > 0 else None
+        self.ema = None
+        if ema_decay > 0:
+            self.ema = ema.WeightAverage(network, ema_decay, ema_warmup_steps, ema_batch_norm)
         names = ["loss", "ce_loss", "clean_accuracy", "pgd_accuracy"]
         if mode == "tla":
             names += ["triplet_loss", "positive_distance", "negative_distance", "embedding_norm"]
@@ -128,6 +133,8 @@ class AdversarialTrainer(keras.Model):
             awp_gamma=config.awp_gamma,
             awp_warmup_steps=config.awp_warmup_steps,
             ema_decay=config.ema_decay,
+            ema_warmup_steps=config.ema_warmup_steps,
+            ema_batch_norm=config.ema_batch_norm,
         )
 
     @property
