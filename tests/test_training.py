@@ -579,3 +579,20 @@ def test_trainer_without_evaluation_attack_fails_at_construction():
     with pytest.raises(ValueError, match="eval_attack"):
         AdversarialTrainer(network, mode="natural")
     AdversarialTrainer(network, mode="natural", eval_attack=ATTACK)
+
+
+def test_kl_attack_start_gaussian_or_uniform(mnist5k_arrays):
+    """TRADES' attack starts at x + 0.001 N(0, 1) (trades.py:31) by default, uniformly in the
+    eps-ball with kl_start 'uniform' (DM-Improves-AT gowal21uncovering/utils/trades.py:48-49);
+    one step of 1e-6 leaves the start visible."""
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    images = tf.clip_by_value(images, 0.3, 0.7)  # the whole ball inside [0, 1]
+    network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=8)
+    spread = {}
+    for start in ("gaussian", "uniform"):
+        attack = AttackConfig(eps=0.3, step_size=1e-6, steps=1, kl_start=start)
+        trainer = AdversarialTrainer(network, mode="trades", attack=attack)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        delta = trainer._training_attack(images, tf.cast(labels, tf.int64)) - images
+        spread[start] = float(tf.reduce_max(tf.abs(delta)))
+    assert spread["gaussian"] < 0.01 and 0.25 < spread["uniform"] <= 0.3 + 1e-6

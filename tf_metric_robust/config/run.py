@@ -104,7 +104,7 @@ class TrainConfig:
         "natural: CE on clean; pgd: Madry PGD-AT; tla: PGD-AT + triplet loss; trades: CE(x) + "
         "beta KL(p(x)||p(x')), x' maximising the KL (Zhang et al. 2019); mart: boosted CE(x') + "
         "beta KL(p(x)||p(x')) (1 - p(x)_y) (Wang et al. 2020). trades/mart attack from x + "
-        "0.001 N(0,1) as their references.",
+        "0.001 N(0,1) as their references (--kl_attack_start).",
         choices=MODES,
     )
     beta: float = setting(
@@ -174,7 +174,7 @@ class TrainConfig:
     eval_attack: AttackConfig = sub_config(
         AttackConfig(eps=0.3, step_size=0.01, steps=100),
         prefix="eval_",
-        without=("method", "restarts"),
+        without=("method", "restarts", "kl_start"),
     )
     triplet: TripletConfig = sub_config(TripletConfig())
     eval_every: int = setting(500, "Steps between evaluations and checkpoints.", valid=AT_LEAST_ONE)

@@ -38,6 +38,8 @@ RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 NORMS = ("linf", "l2")
 ATTACK_LOSSES = ("ce", "cw")
+# Random start of the training attack of trades, mart and tla --base=trades.
+KL_STARTS = ("gaussian", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +66,14 @@ class AttackConfig:
         choices=TRAIN_ATTACKS,
         flag="train_attack",
     )
+    kl_start: str = setting(
+        "gaussian",
+        "Random start of the PGD training attack of --mode=trades, mart and tla --base=trades: "
+        "gaussian = x + 0.001 N(0, 1) (TRADES trades.py:31, MART mart.py:20); uniform = "
+        "uniform in the eps-ball (DM-Improves-AT gowal21uncovering/utils/trades.py:48-49).",
+        choices=KL_STARTS,
+        flag="kl_attack_start",
+    )
 
     def __post_init__(self):
         check_settings(self)
@@ -80,7 +90,7 @@ class AttackConfig:
         """Keyword arguments of `attacks.pgd` (FGSM-RS is its one-step case; N-FGSM adds a 2 eps
         start and no projection to the eps-ball, attacks.fast.n_fgsm)."""
         kwargs = dataclasses.asdict(self)
-        del kwargs["method"]  # which attack, not one of its arguments
+        del kwargs["method"], kwargs["kl_start"]  # which attack and start, not its arguments
         if self.method == "n_fgsm":
             kwargs.update(start_scale=N_FGSM_NOISE, project_to_ball=False)
         return kwargs

@@ -210,7 +210,8 @@ class AdversarialTrainer(keras.Model):
         full size (as in Gowal et al. 2018 and Wong et al. 2020: past the plateau near chance
         that full-size PGD-AT starts on). The TRADES objective maximises KL(p(x) || p(x'))
         against the clean logits of the same BN mode (trades.py:36-37); TRADES and MART start
-        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20), the others uniformly in the ball; the
+        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20) unless the attack's kl_start is
+        'uniform' (DM-Improves-AT), the others uniformly in the ball; the
         fast attacks (FGSM-RS, N-FGSM) keep their own start in every mode."""
         model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
         kwargs = self.attack.kwargs()
@@ -221,7 +222,8 @@ class AdversarialTrainer(keras.Model):
             kwargs["step_size"] = fraction * self.attack.step_size
         targets = labels
         trades_objective = self.loss_settings.trades_objective
-        gaussian_start = self.mode in KL_MODES or trades_objective
+        kl_start = self.mode in KL_MODES or trades_objective
+        gaussian_start = kl_start and self.attack.kl_start == "gaussian"
         if gaussian_start and self.attack.method == "pgd" and kwargs["random_start"]:
             kwargs["random_start"] = objectives.TRADES_START_STD
         if trades_objective:
