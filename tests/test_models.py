@@ -251,6 +251,7 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
         "madry_mnist": 1024,
         "mnist_large": 1024,
         "wide_resnet": 640,
+        "wide_resnet_swish": 640,
         "preact_resnet18": 512,
         "preact_resnet_tiny": 2048,
     }
