@@ -257,8 +257,11 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
     }
     for name, recipe in recipes.items():
         assert recipe["embedding"] == embedding[recipe["model"]], name
-        # TLA attacks in BN inference mode (the authors' TLA code); PGD-AT in train mode (Madry).
+        # TLA attacks in BN inference mode (the authors' TLA code); PGD-AT in train mode (Madry);
+        # the generated-data recipes with batch statistics kept (DM-Improves-AT).
         expected_bn_mode = "train" if recipe["mode"] == "pgd" else "inference"
+        if name.endswith("_generated.flags"):
+            expected_bn_mode = "batch"
         assert recipe["attack_bn_mode"] == expected_bn_mode, name
         if recipe["select_best"] != "none":
             assert recipe["validation_examples"] > 0, name

@@ -596,3 +596,25 @@ def test_kl_attack_start_gaussian_or_uniform(mnist5k_arrays):
         delta = trainer._training_attack(images, tf.cast(labels, tf.int64)) - images
         spread[start] = float(tf.reduce_max(tf.abs(delta)))
     assert spread["gaussian"] < 0.01 and 0.25 < spread["uniform"] <= 0.3 + 1e-6
+
+
+def test_attack_bn_mode_batch_keeps_the_moving_statistics():
+    """'batch': the attack sees batch statistics, as 'train' (the same adversarial images), but
+    leaves the BN moving statistics as they were (DM-Improves-AT's track_bn_stats(False))."""
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0.2, 0.8, size=(8, 16, 16, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 10, 8), tf.int64)
+    attack = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=2)
+    results = {}
+    for mode in ("train", "batch"):
+        keras.utils.set_random_seed(0)
+        network = models.build("wide_resnet_swish", 10, (16, 16, 3), depth=10, width=1)
+        trainer = AdversarialTrainer(network, mode="trades", attack=attack, attack_bn_mode=mode)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        before = [v.numpy() for v in network.non_trainable_variables]
+        adversarial = tf.function(trainer._training_attack)(images, labels)
+        after = [v.numpy() for v in network.non_trainable_variables]
+        moved = any(not np.array_equal(b, a) for b, a in zip(before, after))
+        results[mode] = (adversarial.numpy(), moved)
+    np.testing.assert_allclose(results["batch"][0], results["train"][0], atol=1e-6)
+    assert results["train"][1] and not results["batch"][1]

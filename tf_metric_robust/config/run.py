@@ -55,7 +55,8 @@ MODELS = (
 )
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
-ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
+# BN statistics the training attack runs with: moving, batch (moving ones updated), batch (kept)
+ATTACK_BN_MODES = ("inference", "train", "batch")
 SELECTIONS = ("none", "pgd")
 EMA_BATCH_NORM = ("average", "copy")  # what the weight EMA does with BN moving statistics
 SEEDS = Range(0, 2**32 - 1)  # numpy's seed range (Keras seeds it)
@@ -221,7 +222,8 @@ class TrainConfig:
         "inference",
         "Batch-norm mode of the TRAINING attack: train = batch statistics (Madry's PGD-AT, "
         "cifar10_challenge train.py:41,57); inference = moving statistics (the TLA authors' "
-        "TLA attack, train_update_fast_triplet.py:546,611).",
+        "TLA attack, train_update_fast_triplet.py:546,611); batch = batch statistics, the "
+        "moving ones left unchanged (DM-Improves-AT, gowal21uncovering/utils/trades.py:44-45).",
         choices=ATTACK_BN_MODES,
     )
     validation_examples: int = setting(

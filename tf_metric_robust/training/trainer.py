@@ -27,7 +27,7 @@ class AdversarialTrainer(keras.Model):
     Use `fit()` as usual: callbacks, distribution and progress bars come from Keras. Losses are
     reduced per example with `tf.nn.compute_average_loss` because Keras 3 *sums* gradients over
     replicas; the regulariser goes through `tf.nn.scale_regularization_loss`.
-    `attack_bn_mode` ('inference' or 'train') is the BN mode of the training attack;
+    `attack_bn_mode` ('inference', 'train' or 'batch') is the BN mode of the training attack;
     `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
     `beta` weighs the KL term of trades, mart and tla with base 'trades' (references: 6 on
     CIFAR-10). `awp_gamma` > 0 turns AWP on after `awp_warmup_steps`; `ema_decay` > 0 keeps an
@@ -213,7 +213,11 @@ class AdversarialTrainer(keras.Model):
         from x + 0.001 N(0, 1) (trades.py:31, mart.py:20) unless the attack's kl_start is
         'uniform' (DM-Improves-AT), the others uniformly in the ball; the
         fast attacks (FGSM-RS, N-FGSM) keep their own start in every mode."""
-        model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
+        batch_statistics = self.attack_bn_mode in ("train", "batch")
+        model_fn = self.training_logits_fn if batch_statistics else self.logits_fn
+        # 'batch': the attack's passes leave the BN moving statistics as they were, as
+        # DM-Improves-AT's track_bn_stats(False) (gowal21uncovering/utils/trades.py:44-45).
+        keep = self.network.non_trainable_variables if self.attack_bn_mode == "batch" else []
         kwargs = self.attack.kwargs()
         if self.eps_warmup_steps > 0:
             step = tf.cast(self.optimizer.iterations, tf.float32) + 1.0
@@ -226,12 +230,14 @@ class AdversarialTrainer(keras.Model):
         gaussian_start = kl_start and self.attack.kl_start == "gaussian"
         if gaussian_start and self.attack.method == "pgd" and kwargs["random_start"]:
             kwargs["random_start"] = objectives.TRADES_START_STD
-        if trades_objective:
-            kwargs["loss"] = "kl"
-            targets = tf.stop_gradient(model_fn(images))
-        return tf.stop_gradient(
-            attacks.pgd(model_fn, images, targets, seed=self._seed("training.attack"), **kwargs)
-        )
+        with awp.state_kept(list(keep)):
+            if trades_objective:
+                kwargs["loss"] = "kl"
+                targets = tf.stop_gradient(model_fn(images))
+            adversarial = attacks.pgd(
+                model_fn, images, targets, seed=self._seed("training.attack"), **kwargs
+            )
+        return tf.stop_gradient(adversarial)
 
     def _awp_perturbation(self, batch, adversarial, variables):
         """AWP's perturbation from the mode's own loss on this batch, BN statistics and bank
