@@ -14,6 +14,7 @@ CASES = [
     ("wide_resnet", (32, 32, 3), {"depth": 10, "width": 1}, 64),
     ("preact_resnet18", (32, 32, 3), {}, 512),
     ("mnist_large", (28, 28, 1), {}, 1024),
+    ("wide_resnet_swish", (32, 32, 3), {"depth": 10, "width": 1}, 64),
 ]
 IDS = [c[0] for c in CASES]
 WEIGHT_DECAY = 2e-4

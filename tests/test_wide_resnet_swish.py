@@ -203,6 +203,26 @@ def test_bad_arguments_raise():
     assert grey(np.zeros((1, 28, 28, 1), np.float32))["embedding"].shape == (1, 64)
 
 
+def test_keras_save_load_and_bfloat16(tmp_path):
+    model = models.build("wide_resnet_swish", 10, (32, 32, 3), depth=10, width=1)
+    x = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    path = str(tmp_path / "wrn.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_layer("standardize").std == model.get_layer("standardize").std
+    for key in ("logits", "embedding"):
+        np.testing.assert_array_equal(model(x)[key], loaded(x)[key])
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = models.build("wide_resnet_swish", 10, (32, 32, 3), depth=10, width=1)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    out = mixed(x, training=True)
+    assert out["logits"].dtype == "float32" and out["embedding"].dtype == "float32"
+    assert mixed.get_layer("group0_block0_conv0").compute_dtype == "bfloat16"
+
+
 @pytest.mark.slow
 def test_wrn_70_16_builds_with_the_reference_count():
     # 266,796,506 float32 parameters = 1,067,186,024 bytes (+ 78,880 BN statistics); the build
