@@ -211,3 +211,45 @@ def test_trainer_takes_the_ema_settings_from_the_config():
         980,
         "copy",
     )
+
+
+def test_cycled_momentum_sgd_on_two_replicas_equals_one_device():
+    """The cycled momentum read inside Keras' distributed update: 2 replicas (logical CPUs) each
+    with half the batch give the one-device update of the whole batch."""
+    from tf_metric_robust import distribute
+
+    config = OptimizerConfig(
+        learning_rate=0.1, lr_schedule="one_cycle", lr_warmup_fraction=0.5, cycle_momentum=True
+    )
+    x = np.arange(8, dtype=np.float32).reshape(4, 2) / 8.0
+
+    def train(strategy):
+        with strategy.scope():
+            w = keras.Variable(np.array([[1.0], [-1.0]], np.float32))
+            optimizer = make_optimizer(config, 4)
+            optimizer.build([w])
+
+        @tf.function
+        def step(inputs):
+            def replica_step(batch):
+                with tf.GradientTape() as tape:
+                    loss = tf.nn.compute_average_loss(
+                        tf.square(batch @ w)[:, 0], global_batch_size=4
+                    )
+                optimizer.apply([tape.gradient(loss, w)], [w])
+
+            strategy.run(replica_step, args=(inputs,))
+
+        data = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.from_tensors(x).unbatch().batch(4)
+        )
+        batch = next(iter(data))
+        for _ in range(3):
+            step(batch)
+        return np.asarray(w.numpy())
+
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    single = train(tf.distribute.get_strategy())
+    mirrored = train(distribute.mirrored_strategy(cpus[:2]))
+    np.testing.assert_allclose(mirrored, single, rtol=1e-5)
+    assert not np.allclose(single, [[1.0], [-1.0]])
