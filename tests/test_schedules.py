@@ -193,6 +193,13 @@ def test_ema_copies_or_averages_batch_norm_statistics():
         ema.WeightAverage(_bn_network(), decay=0.9, batch_norm="freeze")
 
 
+def test_ema_settings_need_the_ema():
+    with pytest.raises(UserError, match="--ema_decay"):
+        TrainConfig(model_dir="unused", mode="natural", ema_warmup_steps=10)
+    with pytest.raises(UserError, match="--ema_decay"):
+        TrainConfig(model_dir="unused", mode="natural", ema_batch_norm="copy")
+
+
 def test_trainer_takes_the_ema_settings_from_the_config():
     from tf_metric_robust import models
     from tf_metric_robust.training import AdversarialTrainer

@@ -261,6 +261,10 @@ class TrainConfig:
             raise UserError("model_dir is required (where checkpoints and results go)")
         if self.checkpoint_every is None:
             object.__setattr__(self, "checkpoint_every", self.eval_every)
+        if not self.ema_decay and (self.ema_warmup_steps or self.ema_batch_norm != "average"):
+            raise UserError(
+                "ema_warmup_steps and ema_batch_norm set the weight EMA: pass --ema_decay"
+            )
         check_mode(
             self.mode,
             base=self.base,
