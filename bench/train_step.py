@@ -23,6 +23,11 @@ the EMA of the weights one assign per variable.
 
     .venv/bin/python bench/train_step.py [--model small_cnn] [--batch_size 50] [--rounds 10]
         [--variants trades,mart]
+
+Recipes (--recipes cifar_trades_generated,cifar_tla_trades_generated): each recipe's step as
+bin/train builds it from its flagfile (mode, attack, loss terms, optimizer and schedule, EMA), on
+one small network for all (--recipe_network, default the Swish WRN-10-1) and batch B, against
+configs/cifar_pgd_at.flags' step (PGD-7, BN in train mode) on the same network and batch.
 """
 
 import argparse
@@ -109,6 +114,63 @@ def make_step(name, model, shape, batch_size):
     return run
 
 
+BASELINE_RECIPE = "cifar_pgd_at"
+
+
+def make_recipe_step(recipe, network, batch_size):
+    """The train step of configs/<recipe>.flags parsed as bin/train parses it, with `network`
+    ('<model>:<depth>:<width>') and `batch_size` in place of the recipe's."""
+    from absl import flags
+
+    from tf_metric_robust import cli
+    from tf_metric_robust.training import run
+
+    if "model" not in flags.FLAGS:
+        cli.define_train_flags()
+    flags.FLAGS.unparse_flags()
+    model, depth, width = network.split(":")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    flags.FLAGS(
+        [
+            "train_step",
+            f"--flagfile={os.path.join(root, 'configs', recipe + '.flags')}",
+            "--model_dir=unused",
+            f"--model={model}",
+            f"--wrn_depth={depth}",
+            f"--wrn_width={width}",
+            f"--batch_size={batch_size}",
+        ]
+    )
+    config = cli.recipe_config()
+    keras.utils.set_random_seed(0)
+    trainer = run.build_trainer(config)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(size=(batch_size, 32, 32, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 10, batch_size), tf.int64)
+    step = tf.function(trainer.train_step)
+
+    def run_step():
+        float(step((images, labels))["loss"])  # wait for the step to finish
+
+    return run_step
+
+
+def recipes_main(args):
+    names = [BASELINE_RECIPE, *args.recipes.split(",")]
+    steps = {name: make_recipe_step(name, args.recipe_network, args.batch_size) for name in names}
+    times = interleaved(steps, args.rounds, warmups=2)
+    times = {name: np.array(values) for name, values in times.items()}
+    base = times[BASELINE_RECIPE]
+    print(
+        f"recipes' steps on {args.recipe_network}, batch {args.batch_size}, median of "
+        f"{args.rounds} interleaved rounds; / {BASELINE_RECIPE}"
+    )
+    print(f"{'recipe':30s} {'step ms':>9s} {'/ PGD-AT':>9s} {'CPU / PGD-AT':>13s}")
+    for name, values in times.items():
+        ratio = np.median(values / base, axis=0)
+        print(f"{name:30s} {1000 * np.median(values[:, 0]):9.1f} {ratio[0]:9.3f} {ratio[1]:13.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="small_cnn")
@@ -119,7 +181,21 @@ def main():
         default="",
         help="comma-separated subset of the variants (pgd and the natural steps are always run)",
     )
+    parser.add_argument(
+        "--recipes",
+        default="",
+        help=f"comma-separated flagfiles of configs/ (without .flags) timed against "
+        f"{BASELINE_RECIPE}'s step instead of the variants",
+    )
+    parser.add_argument(
+        "--recipe_network",
+        default="wide_resnet_swish:10:1",
+        help="model:depth:width every recipe's step runs on",
+    )
     args = parser.parse_args()
+    if args.recipes:
+        recipes_main(args)
+        return
     if args.variants:
         keep = {"pgd", "natural (batch B)", "natural (batch 2B)", *args.variants.split(",")}
         for name in set(VARIANTS) - keep:

@@ -504,3 +504,22 @@ def test_trades_and_mart_special_cases(name):
     for dtype in (tf.float16, tf.bfloat16):
         value = ours(labels, tf.constant(clean, dtype), tf.constant(adversarial, dtype), beta=6.0)
         assert value.dtype == tf.float32 and np.all(np.isfinite(value.numpy()))
+
+
+def test_trades_label_smoothing_equals_a_hand_computed_value():
+    """Two classes, clean logits (ln 3, 0): p(x) = (3/4, 1/4); adversarial logits (0, 0):
+    p(x') = (1/2, 1/2); label 0, s = 0.1, beta 5. DM-Improves-AT's SmoothCrossEntropyLoss
+    (core/utils/utils.py:20-25): 0.9 ln(4/3) + 0.1 (ln(4/3) + ln 4) / 2; the KL term unsmoothed
+    (gowal21uncovering/utils/trades.py:112): 3/4 ln(3/2) + 1/4 ln(1/2)."""
+    clean = tf.constant([[np.log(3.0), 0.0]])
+    adversarial = tf.constant([[0.0, 0.0]])
+    labels = tf.constant([0])
+    natural = 0.9 * np.log(4 / 3) + 0.1 * (np.log(4 / 3) + np.log(4)) / 2
+    kl = 0.75 * np.log(1.5) + 0.25 * np.log(0.5)
+    value = losses.trades_loss(labels, clean, adversarial, beta=5.0, label_smoothing=0.1)
+    np.testing.assert_allclose(value.numpy(), [natural + 5.0 * kl], rtol=1e-6)
+    assert abs(float(value[0]) - 0.996675) < 1e-5
+    # Smoothing moves only the natural term: by s (mean_j -log p_j - CE) = 0.05 ln 3 here.
+    plain = losses.trades_loss(labels, clean, adversarial, beta=5.0)
+    np.testing.assert_allclose((value - plain).numpy(), [0.05 * np.log(3.0)], rtol=1e-5)
+    np.testing.assert_allclose(plain.numpy(), [np.log(4 / 3) + 5.0 * kl], rtol=1e-6)

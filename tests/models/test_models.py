@@ -16,6 +16,7 @@ CASES = [
     ("preact_resnet18", (32, 32, 3), {}, 512),
     ("mnist_large", (28, 28, 1), {}, 1024),
     ("mnist_mlp", (28, 28, 1), {}, 1024),
+    ("wide_resnet_swish", (32, 32, 3), {"depth": 10, "width": 1}, 64),
 ]
 IDS = [c[0] for c in CASES]
 WEIGHT_DECAY = 2e-4
@@ -260,13 +261,17 @@ def test_every_recipe_parses_and_builds_its_model(recipes):
         "mnist_large": 1024,
         "mnist_mlp": 1024,
         "wide_resnet": 640,
+        "wide_resnet_swish": 640,
         "preact_resnet18": 512,
         "preact_resnet_tiny": 2048,
     }
     for name, recipe in recipes.items():
         assert recipe["embedding"] == embedding[recipe["model"]], name
-        # TLA attacks in BN inference mode (the authors' TLA code); PGD-AT in train mode (Madry).
+        # TLA attacks in BN inference mode (the authors' TLA code); PGD-AT in train mode (Madry);
+        # the generated-data recipes with batch statistics kept (DM-Improves-AT).
         expected_bn_mode = "train" if recipe["mode"] == "pgd" else "inference"
+        if name.endswith("_generated.flags"):
+            expected_bn_mode = "batch"
         assert recipe["attack_bn_mode"] == expected_bn_mode, name
         if recipe["select_best"] != "none":
             assert recipe["validation_examples"] > 0, name

@@ -436,15 +436,50 @@ def test_kl_modes_train_step_uses_the_loss_functions(mnist5k_arrays):
         assert float(tf.reduce_mean(logs["robust_loss"])) > 0.0
 
 
-def test_kl_modes_refuse_label_smoothing_and_trades_attack_loss():
+@pytest.mark.parametrize("base", ["none", "trades"])
+def test_trades_label_smoothing_reaches_the_natural_term_only(mnist5k_arrays, base):
+    """--label_smoothing with TRADES (and TLA on TRADES): the total is losses.trades_loss with
+    the smoothing, ce_loss the smoothed CE of the clean logits, robust_loss the unsmoothed KL."""
+    from tf_metric_robust import losses
+
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    labels = tf.cast(labels, tf.int64)
+    adversarial = _replica_independent_perturbation(None, images, labels)
+    keras.utils.set_random_seed(0)
+    network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=32)
+    options = dict(mode="trades") if base == "none" else dict(mode="tla", base="trades")
+    trainer = AdversarialTrainer(network, attack=ATTACK, beta=5.0, label_smoothing=0.1, **options)
+    result = trainer.compute_losses(Batch(images, labels), adversarial, False)
+    clean, adv = network(images)["logits"], network(adversarial)["logits"]
+    smoothed = losses.trades_loss(labels, clean, adv, beta=5.0, label_smoothing=0.1)
+    plain = losses.trades_loss(labels, clean, adv, beta=5.0)
+    assert float(tf.reduce_max(tf.abs(smoothed - plain))) > 1e-3
+    ce = keras.losses.categorical_crossentropy(
+        tf.one_hot(labels, 10), clean, from_logits=True, label_smoothing=0.1
+    )
+    np.testing.assert_allclose(result.logs["ce_loss"], ce, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.logs["robust_loss"], smoothed - ce, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        result.logs["robust_loss"],
+        plain - losses.trades_loss(labels, clean, clean, beta=0.0),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    if base == "none":
+        np.testing.assert_allclose(result.total, smoothed, rtol=1e-5)
+
+
+def test_mart_refuses_label_smoothing_and_trades_its_attack_loss():
     from tf_metric_robust.config import UserError, check_mode
 
     network = models.build("small_cnn", 10, (28, 28, 1))
     with pytest.raises(ValueError, match="label_smoothing"):
-        AdversarialTrainer(network, mode="trades", attack=ATTACK, label_smoothing=0.1)
+        AdversarialTrainer(network, mode="mart", attack=ATTACK, label_smoothing=0.1)
     rules = dict(base="pgd", positive_noise=0.0)
     with pytest.raises(UserError, match="label_smoothing=0"):
         check_mode("mart", label_smoothing=0.1, attack=ATTACK, **rules)
+    # TRADES smooths its natural term as DM-Improves-AT (losses.trades_loss).
+    check_mode("trades", label_smoothing=0.1, attack=ATTACK, **rules)
     with pytest.raises(UserError, match="attack_loss"):
         check_mode(
             "trades",
@@ -534,8 +569,7 @@ def test_base_trades_is_refused_where_it_cannot_run():
         )
     with pytest.raises(UserError, match="--mode=tla"):
         check_mode("mart", label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0)
-    with pytest.raises(UserError, match="label_smoothing=0"):
-        check_mode("tla", label_smoothing=0.1, attack=ATTACK, base="trades", positive_noise=0)
+    check_mode("tla", label_smoothing=0.1, attack=ATTACK, base="trades", positive_noise=0)
     with pytest.raises(UserError, match="positive_noise"):
         check_mode("tla", label_smoothing=0.0, attack=ATTACK, base="trades", positive_noise=0.1)
 
@@ -545,3 +579,42 @@ def test_trainer_without_evaluation_attack_fails_at_construction():
     with pytest.raises(ValueError, match="eval_attack"):
         AdversarialTrainer(network, mode="natural")
     AdversarialTrainer(network, mode="natural", eval_attack=ATTACK)
+
+
+def test_kl_attack_start_gaussian_or_uniform(mnist5k_arrays):
+    """TRADES' attack starts at x + 0.001 N(0, 1) (trades.py:31) by default, uniformly in the
+    eps-ball with kl_start 'uniform' (DM-Improves-AT gowal21uncovering/utils/trades.py:48-49);
+    one step of 1e-6 leaves the start visible."""
+    images, labels = next(iter(_batches(mnist5k_arrays, 16, 1)))
+    images = tf.clip_by_value(images, 0.3, 0.7)  # the whole ball inside [0, 1]
+    network = models.build("small_cnn", 10, (28, 28, 1), embedding_dim=8)
+    spread = {}
+    for start in ("gaussian", "uniform"):
+        attack = AttackConfig(eps=0.3, step_size=1e-6, steps=1, kl_start=start)
+        trainer = AdversarialTrainer(network, mode="trades", attack=attack)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        delta = trainer._training_attack(images, tf.cast(labels, tf.int64)) - images
+        spread[start] = float(tf.reduce_max(tf.abs(delta)))
+    assert spread["gaussian"] < 0.01 and 0.25 < spread["uniform"] <= 0.3 + 1e-6
+
+
+def test_attack_bn_mode_batch_keeps_the_moving_statistics():
+    """'batch': the attack sees batch statistics, as 'train' (the same adversarial images), but
+    leaves the BN moving statistics as they were (DM-Improves-AT's track_bn_stats(False))."""
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.uniform(0.2, 0.8, size=(8, 16, 16, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 10, 8), tf.int64)
+    attack = AttackConfig(eps=8 / 255, step_size=2 / 255, steps=2)
+    results = {}
+    for mode in ("train", "batch"):
+        keras.utils.set_random_seed(0)
+        network = models.build("wide_resnet_swish", 10, (16, 16, 3), depth=10, width=1)
+        trainer = AdversarialTrainer(network, mode="trades", attack=attack, attack_bn_mode=mode)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1))
+        before = [v.numpy() for v in network.non_trainable_variables]
+        adversarial = tf.function(trainer._training_attack)(images, labels)
+        after = [v.numpy() for v in network.non_trainable_variables]
+        moved = any(not np.array_equal(b, a) for b, a in zip(before, after))
+        results[mode] = (adversarial.numpy(), moved)
+    np.testing.assert_allclose(results["batch"][0], results["train"][0], atol=1e-6)
+    assert results["train"][1] and not results["batch"][1]

@@ -14,11 +14,12 @@ from tf_metric_robust.cli.common import (
     define_flags,
 )
 from tf_metric_robust.cli.record import allowed_changes, recipe_settings
+from tf_metric_robust.config.run import FAKE_PREFIX
 
 
 def define_train_flags():
     """Every setting of TrainConfig (and its sub-configs) as a flag, and --wrn_depth/--wrn_width
-    (WideResNetShape, the model_kwargs of --model=wide_resnet)."""
+    (WideResNetShape, the model_kwargs of --model=wide_resnet and wide_resnet_swish)."""
     define_flags(cfg.TrainConfig)
     define_flags(cfg.WideResNetShape)
 
@@ -30,9 +31,16 @@ def recipe_config():
     if FLAGS.model not in cfg.MODELS:
         raise UsageError(f"unknown --model {FLAGS.model!r}; known: {', '.join(cfg.MODELS)}")
     model_kwargs = {}
-    if FLAGS.model == "wide_resnet":
+    if FLAGS.model in ("wide_resnet", "wide_resnet_swish"):
         shape = config_from_flags(cfg.WideResNetShape)
         model_kwargs = {"depth": shape.depth, "width": shape.width}
+    if FLAGS.model == "wide_resnet_swish":
+        # The reference's input mean/std per dataset (wideresnetwithswish.py:191-197); none
+        # for a dataset it has no constants for.
+        name = FLAGS.dataset.removeprefix(FAKE_PREFIX)
+        model_kwargs["normalization"] = next(
+            (n for n in ("cifar100", "cifar10", "svhn") if name.startswith(n)), "none"
+        )
     return config_from_flags(
         cfg.TrainConfig,
         model_kwargs=model_kwargs,

@@ -43,18 +43,21 @@ MODELS = (
     "preact_resnet_tiny",
     "small_cnn",
     "wide_resnet",
+    "wide_resnet_swish",
 )
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
-ATTACK_BN_MODES = ("inference", "train")  # BN statistics the training attack runs with
+# BN statistics the training attack runs with: moving, batch (moving ones updated), batch (kept)
+ATTACK_BN_MODES = ("inference", "train", "batch")
 SELECTIONS = ("none", "pgd")
+EMA_BATCH_NORM = ("average", "copy")  # what the weight EMA does with BN moving statistics
 SEEDS = Range(0, 2**32 - 1)  # numpy's seed range (Keras seeds it)
 
 
 @dataclasses.dataclass(frozen=True)
 class WideResNetShape:
-    """Depth and width of --model=wide_resnet (Zagoruyko & Komodakis 2016), the model_kwargs
-    of a TrainConfig with that model."""
+    """Depth and width of --model=wide_resnet and wide_resnet_swish (Zagoruyko & Komodakis 2016),
+    the model_kwargs of a TrainConfig with either model."""
 
     depth: int = setting(
         34, "WideResNet depth, 6n+4 (10, 16, 22, 28, 34, ...).", valid=Range(10), flag="wrn_depth"
@@ -94,7 +97,7 @@ class TrainConfig:
         "natural: CE on clean; pgd: Madry PGD-AT; tla: PGD-AT + triplet loss; trades: CE(x) + "
         "beta KL(p(x)||p(x')), x' maximising the KL (Zhang et al. 2019); mart: boosted CE(x') + "
         "beta KL(p(x)||p(x')) (1 - p(x)_y) (Wang et al. 2020). trades/mart attack from x + "
-        "0.001 N(0,1) as their references.",
+        "0.001 N(0,1) as their references (--kl_attack_start).",
         choices=MODES,
     )
     beta: float = setting(
@@ -126,6 +129,18 @@ class TrainConfig:
         "Exponential moving average of the weights, evaluated and exported instead of them "
         "(0: off; e.g. 0.999).",
         valid=UNIT_OPEN,
+    )
+    ema_warmup_steps: int = setting(
+        0,
+        "Steps during which the EMA is the weights themselves, after which its decay ramps up "
+        "again (DM-Improves-AT: 2.5% of the steps, watrain.py:51; 0: from the first step).",
+        valid=NON_NEGATIVE,
+    )
+    ema_batch_norm: str = setting(
+        "average",
+        "The EMA's batch-norm moving statistics: average them like the weights (timm), or copy "
+        "the network's (DM-Improves-AT's update_bn, watrain.py:261-272).",
+        choices=EMA_BATCH_NORM,
     )
     batch_size: int = setting(50, "Global batch size (split over replicas).", valid=AT_LEAST_ONE)
     extra_data: Tuple[str, ...] = setting(
@@ -165,7 +180,7 @@ class TrainConfig:
     eval_attack: AttackConfig = sub_config(
         AttackConfig(eps=0.3, step_size=0.01, steps=100),
         prefix="eval_",
-        without=("method", "restarts"),
+        without=("method", "restarts", "kl_start"),
     )
     triplet: TripletConfig = sub_config(TripletConfig())
     eval_every: int = setting(500, "Steps between evaluations and checkpoints.", valid=AT_LEAST_ONE)
@@ -212,7 +227,8 @@ class TrainConfig:
         "inference",
         "Batch-norm mode of the TRAINING attack: train = batch statistics (Madry's PGD-AT, "
         "cifar10_challenge train.py:41,57); inference = moving statistics (the TLA authors' "
-        "TLA attack, train_update_fast_triplet.py:546,611).",
+        "TLA attack, train_update_fast_triplet.py:546,611); batch = batch statistics, the "
+        "moving ones left unchanged (DM-Improves-AT, gowal21uncovering/utils/trades.py:44-45).",
         choices=ATTACK_BN_MODES,
     )
     validation_examples: int = setting(
@@ -251,6 +267,10 @@ class TrainConfig:
         if self.checkpoint_every is None:
             object.__setattr__(self, "checkpoint_every", self.eval_every)
         self._check_extra_data()
+        if not self.ema_decay and (self.ema_warmup_steps or self.ema_batch_norm != "average"):
+            raise UserError(
+                "ema_warmup_steps and ema_batch_norm set the weight EMA: pass --ema_decay"
+            )
         check_mode(
             self.mode,
             base=self.base,

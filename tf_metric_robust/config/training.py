@@ -29,6 +29,8 @@ RECIPE_KEYS = ("dataset", "model", "model_kwargs", "mode")
 
 NORMS = ("linf", "l2")
 ATTACK_LOSSES = ("ce", "cw")
+# Random start of the training attack of trades, mart and tla --base=trades.
+KL_STARTS = ("gaussian", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +57,14 @@ class AttackConfig:
         choices=TRAIN_ATTACKS,
         flag="train_attack",
     )
+    kl_start: str = setting(
+        "gaussian",
+        "Random start of the PGD training attack of --mode=trades, mart and tla --base=trades: "
+        "gaussian = x + 0.001 N(0, 1) (TRADES trades.py:31, MART mart.py:20); uniform = "
+        "uniform in the eps-ball (DM-Improves-AT gowal21uncovering/utils/trades.py:48-49).",
+        choices=KL_STARTS,
+        flag="kl_attack_start",
+    )
 
     def __post_init__(self):
         check_settings(self)
@@ -71,7 +81,7 @@ class AttackConfig:
         """Keyword arguments of `attacks.pgd` (FGSM-RS is its one-step case; N-FGSM adds a 2 eps
         start and no projection to the eps-ball, attacks.fast.n_fgsm)."""
         kwargs = dataclasses.asdict(self)
-        del kwargs["method"]  # which attack, not one of its arguments
+        del kwargs["method"], kwargs["kl_start"]  # which attack and start, not its arguments
         if self.method == "n_fgsm":
             kwargs.update(start_scale=N_FGSM_NOISE, project_to_ball=False)
         return kwargs
@@ -177,9 +187,11 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
     """UserError unless `mode` (with `base`) can run with these settings: the one statement of
     what each mode needs of the others, for TrainConfig and for trainers built without one.
 
-    trades/mart train with plain cross-entropy as their references (label_smoothing 0); trades'
-    attack maximises its KL term, so the attack loss stays 'ce' with one restart. tla with base
-    'trades' (ours) follows trades, and takes TRADES' terms from an un-noised clean pass.
+    mart trains with plain cross-entropy as its references (label_smoothing 0); trades smooths
+    its natural CE term when asked, as DM-Improves-AT (gowal21uncovering/utils/trades.py:42, 110;
+    losses.trades_loss), and its attack maximises its KL term, so the attack loss stays 'ce' with
+    one restart. tla with base 'trades' (ours) follows trades, and takes TRADES' terms from an
+    un-noised clean pass.
     """
     if mode not in MODES:
         raise UserError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -192,10 +204,11 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
         )
     if mode not in KL_MODES and base == "pgd":
         return
-    if label_smoothing:
+    if mode == "mart" and label_smoothing:
         raise UserError(
-            f"mode {mode} trains with plain cross-entropy as its reference: pass "
-            f"--label_smoothing=0 (got {label_smoothing})"
+            "mode mart trains with plain cross-entropy as its references (MART mart.py, "
+            "DM-Improves-AT core/utils/mart.py:44): pass --label_smoothing=0 (got "
+            f"{label_smoothing})"
         )
     if (mode == "trades" or base == "trades") and (attack.loss != "ce" or attack.restarts != 1):
         raise UserError(
@@ -205,11 +218,16 @@ def check_mode(mode, *, base, label_smoothing, attack, positive_noise):
 
 
 OPTIMIZERS = ("sgd", "adam")
+# piecewise: --learning_rate, or --lr_values between --lr_boundaries (Madry, the TLA authors);
+# one_cycle: PyTorch's OneCycleLR, DM-Improves-AT's 'cosinew' (training/optimizer.py).
+LR_SCHEDULES = ("piecewise", "one_cycle")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """SGD with momentum and a piecewise-constant schedule, as Madry and the TLA authors train."""
+    """SGD with momentum and a piecewise-constant schedule, as Madry and the TLA authors train;
+    or the one-cycle schedule, Nesterov and cycled momentum of the generated-data recipes
+    (DM-Improves-AT). training/optimizer.py builds it."""
 
     name: str = setting("sgd", "Optimizer.", choices=OPTIMIZERS, flag="optimizer")
     learning_rate: float = setting(0.1, "Initial learning rate.", valid=POSITIVE)
@@ -224,7 +242,35 @@ class OptimizerConfig:
         "Learning rates, one more than --lr_boundaries (fractions like 1/10 work).",
         valid=POSITIVE,
     )
+    lr_schedule: str = setting(
+        "piecewise",
+        "piecewise: --learning_rate, or --lr_values between --lr_boundaries; one_cycle: PyTorch's "
+        "OneCycleLR (DM-Improves-AT's cosinew): cosine from learning_rate/25 up to "
+        "--learning_rate over --lr_warmup_fraction of --train_steps, then cosine down to "
+        "learning_rate/25/1e4.",
+        choices=LR_SCHEDULES,
+    )
+    lr_warmup_fraction: float = setting(
+        0.025,
+        "one_cycle: share of the schedule spent warming up (OneCycleLR's pct_start; "
+        "DM-Improves-AT core/utils/train.py:93: 0.025).",
+        valid=UNIT,
+    )
+    lr_update_every: int = setting(
+        1,
+        "one_cycle: steps between learning-rate (and cycled-momentum) updates: 1 per step; the "
+        "steps of an epoch as DM-Improves-AT, which steps its schedule once per epoch.",
+        valid=AT_LEAST_ONE,
+    )
     momentum: float = setting(0.9, "SGD momentum.", valid=UNIT_OPEN)
+    nesterov: bool = setting(
+        False, "SGD with Nesterov momentum (DM-Improves-AT: on, core/utils/parser.py:42)."
+    )
+    cycle_momentum: bool = setting(
+        False,
+        "one_cycle with SGD: momentum cycled inversely to the learning rate, 0.95 -> 0.85 -> "
+        "0.95, as OneCycleLR by default (so DM-Improves-AT trains; --momentum is then unused).",
+    )
     weight_decay: float = setting(
         2e-4, "Coefficient of sum(l2_loss(kernel)) (Madry style).", valid=NON_NEGATIVE
     )
@@ -240,3 +286,15 @@ class OptimizerConfig:
                 "lr_values needs exactly one more entry than lr_boundaries "
                 f"({len(self.lr_values)} values, {len(self.lr_boundaries)} boundaries)"
             )
+        if self.lr_schedule == "one_cycle" and self.lr_boundaries:
+            raise UserError(
+                "lr_schedule one_cycle computes its rates from --learning_rate: drop "
+                f"--lr_boundaries/--lr_values (got {self.lr_boundaries})"
+            )
+        if self.lr_schedule != "one_cycle" and (self.lr_update_every != 1 or self.cycle_momentum):
+            raise UserError(
+                "lr_update_every and cycle_momentum set the one-cycle schedule: pass "
+                "--lr_schedule=one_cycle"
+            )
+        if self.name != "sgd" and (self.nesterov or self.cycle_momentum):
+            raise UserError(f"nesterov and cycle_momentum are SGD's (got --optimizer={self.name})")

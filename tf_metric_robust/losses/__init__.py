@@ -158,20 +158,31 @@ def _kl_clean_to_adversarial(clean_logits, adversarial_log_probs):
     )
 
 
-def trades_loss(labels, clean_logits, adversarial_logits, *, beta):
-    """TRADES per example: CE(f(x), y) + beta * KL(p(x) || p(x')) -> float32 [N].
+def trades_loss(labels, clean_logits, adversarial_logits, *, beta, label_smoothing=0.0):
+    """TRADES per example: CE_s(f(x), y) + beta * KL(p(x) || p(x')) -> float32 [N].
 
     yaodongyu/TRADES trades.py:79-83 (CE of the clean logits averaged over the batch, KLDivLoss
     summed and divided by the batch size, so the batch mean of this is their loss); beta 6 for
     CIFAR-10 (train_trades_cifar10.py:36), 1 for MNIST (train_trades_mnist.py:34).
 
+    With `label_smoothing` s > 0 the natural term is DM-Improves-AT's SmoothCrossEntropyLoss
+    (core/utils/utils.py:10-30, used for the natural term only at
+    gowal21uncovering/utils/trades.py:42, 110): (1 - s) * CE(f(x), y) + s * mean_j(-log p(x)_j),
+    i.e. CE against (1 - s) one_hot(y) + s / C. The KL term is never smoothed (trades.py:112);
+    s = 0 is plain TRADES.
+
     Args:
       labels: int [N]. clean_logits, adversarial_logits: float [N, C], any float dtype.
       beta: weight of the KL term (1/lambda in the paper).
+      label_smoothing: s in [0, 1) of the natural term (DM-Improves-AT: 0.1, parser.py:71).
     """
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int64)
     clean, adversarial = to_float32(clean_logits), to_float32(adversarial_logits)
     natural = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=clean)
+    if label_smoothing:
+        uniform = -tf.reduce_mean(tf.nn.log_softmax(clean), axis=-1)
+        smoothing = to_float32(label_smoothing)
+        natural = (1.0 - smoothing) * natural + smoothing * uniform
     robust = _kl_clean_to_adversarial(clean, tf.nn.log_softmax(adversarial))
     return natural + to_float32(beta) * robust
 

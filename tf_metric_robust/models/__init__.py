@@ -7,7 +7,11 @@ of the layer named 'embedding', which is the input of the final dense layer name
     out = model(images, training=False)   # {'logits': [N, 10] float32, 'embedding': [N, 640]}
 """
 
-from tf_metric_robust.models.layers import ChannelZeroPad, PerImageStandardization
+from tf_metric_robust.models.layers import (
+    ChannelStandardization,
+    ChannelZeroPad,
+    PerImageStandardization,
+)
 from tf_metric_robust.models.madry_mnist import madry_mnist
 from tf_metric_robust.models.mnist_large import mnist_large
 from tf_metric_robust.models.mnist_mlp import mnist_mlp
@@ -15,6 +19,7 @@ from tf_metric_robust.models.preact_bottleneck import preact_resnet_tiny
 from tf_metric_robust.models.preact_resnet import preact_resnet18
 from tf_metric_robust.models.small_cnn import small_cnn
 from tf_metric_robust.models.wide_resnet import wide_resnet
+from tf_metric_robust.models.wide_resnet_swish import wide_resnet_swish
 from tf_metric_robust.models.wrap import with_embedding  # noqa: F401 (your own Keras model)
 
 # Name -> builder(num_classes, input_shape, **kwargs); backs the --model flag.
@@ -24,6 +29,7 @@ MODELS = {
     "mnist_large": mnist_large,
     "mnist_mlp": mnist_mlp,
     "wide_resnet": wide_resnet,
+    "wide_resnet_swish": wide_resnet_swish,
     "preact_resnet18": preact_resnet18,
     "preact_resnet_tiny": preact_resnet_tiny,
 }
@@ -36,7 +42,8 @@ def build(name, num_classes, input_shape, **kwargs):
       name: a key of `MODELS`.
       num_classes: number of logits C (>= 2).
       input_shape: (H, W, C) of one image.
-      **kwargs: model options, e.g. `weight_decay` (all models), `depth`/`width` (wide_resnet).
+      **kwargs: model options, e.g. `weight_decay` (all models), `depth`/`width` (wide_resnet,
+        wide_resnet_swish).
 
     Returns:
       A functional `keras.Model`; `model(x, training=...)` returns {'logits': [N, C] float32,
@@ -66,8 +73,10 @@ __all__ = [
     "mnist_large",
     "mnist_mlp",
     "wide_resnet",
+    "wide_resnet_swish",
     "preact_resnet_tiny",
     "preact_resnet18",
     "PerImageStandardization",
+    "ChannelStandardization",
     "ChannelZeroPad",
 ]

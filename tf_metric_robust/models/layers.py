@@ -62,6 +62,39 @@ class ChannelZeroPad(keras.layers.Layer):
         return {**super().get_config(), "before": self.before, "after": self.after}
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChannelStandardization(keras.layers.Layer):
+    """(x - mean) / std per channel with fixed dataset constants (NHWC), computed in float32.
+
+    The input normalisation of the PyTorch robust-training models (e.g. DM-Improves-AT
+    core/models/wideresnetwithswish.py:120-121, 159-161): `mean` and `std` are per-channel
+    statistics of the training set on the [0, 1] scale. No weights: nothing to train or save.
+
+    Args:
+      mean: one float per channel.
+      std: one positive float per channel.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if len(mean) != len(std) or min(std) <= 0:
+            raise ValueError(f"mean and std need one value per channel, std > 0: {mean}, {std}")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def call(self, x):
+        mean = ops.convert_to_tensor(self.mean, dtype=x.dtype)
+        std = ops.convert_to_tensor(self.std, dtype=x.dtype)
+        return (x - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": list(self.mean), "std": list(self.std)}
+
+
 def kernel_regularizer(weight_decay):
     """L2 regulariser equal to Madry/TLA's `weight_decay * tf.nn.l2_loss(w)`, or None if 0.
 
@@ -93,10 +126,11 @@ def conv(filters, kernel_size, strides, regularizer, name, initializer=None):
     )
 
 
-def batch_norm(name, epsilon=1e-3):
+def batch_norm(name, epsilon=1e-3, momentum=0.9):
     """BatchNormalization with decay 0.9 and eps 1e-3 (tf.contrib batch_norm as Madry and the TLA
-    authors configure it); the PyTorch-style ResNet passes its eps 1e-5."""
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=epsilon, name=name)
+    authors configure it); the PyTorch-style ResNets pass their eps 1e-5, and a PyTorch BN
+    momentum m is Keras momentum 1 - m (moving = momentum * moving + (1 - momentum) * batch)."""
+    return keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)
 
 
 def truncated_normal_init():

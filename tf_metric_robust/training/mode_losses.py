@@ -163,9 +163,16 @@ LOSSES = {"natural": natural_loss, "pgd": pgd_loss, **{mode: kl_loss for mode in
 
 def _kl_objective(labels, clean_logits, adversarial_logits, settings):
     """(total [N], ce [N]) of TRADES (tla with base 'trades' too) or MART: TRADES' CE is on the
-    clean images, MART's on the adversarial ones."""
-    mart = settings.mode == "mart"
-    loss_fn = losses.mart_loss if mart else losses.trades_loss
-    total = loss_fn(labels, clean_logits, adversarial_logits, beta=settings.beta)
-    ce = cross_entropy(labels, adversarial_logits if mart else clean_logits, settings)
-    return total, ce
+    clean images (label-smoothed as settings say, losses.trades_loss), MART's on the adversarial
+    ones."""
+    if settings.mode == "mart":  # plain CE: check_mode refuses label smoothing with MART
+        total = losses.mart_loss(labels, clean_logits, adversarial_logits, beta=settings.beta)
+        return total, cross_entropy(labels, adversarial_logits, settings)
+    total = losses.trades_loss(
+        labels,
+        clean_logits,
+        adversarial_logits,
+        beta=settings.beta,
+        label_smoothing=settings.label_smoothing,
+    )
+    return total, cross_entropy(labels, clean_logits, settings)

@@ -33,29 +33,18 @@ from absl import logging
 from tf_metric_robust import atomic_io, data, distribute, run_folder
 from tf_metric_robust.config import UserError
 from tf_metric_robust.training import ema, finish, inputs, overfit_guard, stopping, summaries
+from tf_metric_robust.training.optimizer import make_optimizer
 from tf_metric_robust.training.trainer import AdversarialTrainer
 
 BEST_DIR = "best_checkpoint"  # --select_best's checkpoint and its record, in the run's folder
 BEST_RECORD = "best.json"
 
 
-def make_optimizer(config):
-    """SGD/Adam with the piecewise-constant schedule of the recipe (Madry / TLA authors)."""
-    learning_rate = config.learning_rate
-    if config.lr_boundaries:
-        learning_rate = keras.optimizers.schedules.PiecewiseConstantDecay(
-            list(config.lr_boundaries), list(config.lr_values)
-        )
-    if config.name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=config.momentum)
-    return keras.optimizers.Adam(learning_rate)
-
-
 def build_trainer(config):
     """Network + AdversarialTrainer + optimizer, compiled; call inside strategy.scope()."""
     network = run_folder.build_network(config.recipe(), config.optimizer.weight_decay)
     trainer = AdversarialTrainer.from_config(network, config)
-    optimizer = make_optimizer(config.optimizer)
+    optimizer = make_optimizer(config.optimizer, config.train_steps)
     trainer.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     # Slots built up front: else the first traced step would create variables.
     optimizer.build(network.trainable_variables)

@@ -27,11 +27,12 @@ class AdversarialTrainer(keras.Model):
     Use `fit()` as usual: callbacks, distribution and progress bars come from Keras. Losses are
     reduced per example with `tf.nn.compute_average_loss` because Keras 3 *sums* gradients over
     replicas; the regulariser goes through `tf.nn.scale_regularization_loss`.
-    `attack_bn_mode` ('inference' or 'train') is the BN mode of the training attack;
+    `attack_bn_mode` ('inference', 'train' or 'batch') is the BN mode of the training attack;
     `eval_round_to_grid` rounds evaluation adversarial images to the 1/255 pixel grid.
     `beta` weighs the KL term of trades, mart and tla with base 'trades' (references: 6 on
     CIFAR-10). `awp_gamma` > 0 turns AWP on after `awp_warmup_steps`; `ema_decay` > 0 keeps an
-    EMA of the weights (`self.ema`, evaluated and exported instead of the raw weights).
+    EMA of the weights (`self.ema`, evaluated and exported instead of the raw weights; its
+    warm-up and batch-norm statistics: `ema_warmup_steps`, `ema_batch_norm`, ema.py).
     """
 
     def __init__(
@@ -52,6 +53,8 @@ class AdversarialTrainer(keras.Model):
         awp_gamma=0.0,
         awp_warmup_steps=0,
         ema_decay=0.0,
+        ema_warmup_steps=0,
+        ema_batch_norm="average",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -101,7 +104,9 @@ class AdversarialTrainer(keras.Model):
             self.bank = EmbeddingBank(self.triplet.bank_size, dim, name="negative_bank")
         self.triplet_term = TripletTerm(network, self.triplet, self.bank) if mode == "tla" else None
         self.awp = awp.WeightPerturbation(awp_gamma, awp_warmup_steps) if awp_gamma > 0 else None
-        self.ema = ema.WeightAverage(network, ema_decay) if ema_decay > 0 else None
+        self.ema = None
+        if ema_decay > 0:
+            self.ema = ema.WeightAverage(network, ema_decay, ema_warmup_steps, ema_batch_norm)
         names = ["loss", "ce_loss", "clean_accuracy", "pgd_accuracy"]
         if mode == "tla":
             names += ["triplet_loss", "positive_distance", "negative_distance", "embedding_norm"]
@@ -128,6 +133,8 @@ class AdversarialTrainer(keras.Model):
             awp_gamma=config.awp_gamma,
             awp_warmup_steps=config.awp_warmup_steps,
             ema_decay=config.ema_decay,
+            ema_warmup_steps=config.ema_warmup_steps,
+            ema_batch_norm=config.ema_batch_norm,
         )
 
     @property
@@ -209,9 +216,14 @@ class AdversarialTrainer(keras.Model):
         full size (as in Gowal et al. 2018 and Wong et al. 2020: past the plateau near chance
         that full-size PGD-AT starts on). The TRADES objective maximises KL(p(x) || p(x'))
         against the clean logits of the same BN mode (trades.py:36-37); TRADES and MART start
-        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20), the others uniformly in the ball; the
+        from x + 0.001 N(0, 1) (trades.py:31, mart.py:20) unless the attack's kl_start is
+        'uniform' (DM-Improves-AT), the others uniformly in the ball; the
         fast attacks (FGSM-RS, N-FGSM) keep their own start in every mode."""
-        model_fn = self.training_logits_fn if self.attack_bn_mode == "train" else self.logits_fn
+        batch_statistics = self.attack_bn_mode in ("train", "batch")
+        model_fn = self.training_logits_fn if batch_statistics else self.logits_fn
+        # 'batch': the attack's passes leave the BN moving statistics as they were, as
+        # DM-Improves-AT's track_bn_stats(False) (gowal21uncovering/utils/trades.py:44-45).
+        keep = self.network.non_trainable_variables if self.attack_bn_mode == "batch" else []
         kwargs = self.attack.kwargs()
         if self.eps_warmup_steps > 0:
             step = tf.cast(self.optimizer.iterations, tf.float32) + 1.0
@@ -220,15 +232,18 @@ class AdversarialTrainer(keras.Model):
             kwargs["step_size"] = fraction * self.attack.step_size
         targets = labels
         trades_objective = self.loss_settings.trades_objective
-        gaussian_start = self.mode in KL_MODES or trades_objective
+        kl_start = self.mode in KL_MODES or trades_objective
+        gaussian_start = kl_start and self.attack.kl_start == "gaussian"
         if gaussian_start and self.attack.method == "pgd" and kwargs["random_start"]:
             kwargs["random_start"] = objectives.TRADES_START_STD
-        if trades_objective:
-            kwargs["loss"] = "kl"
-            targets = tf.stop_gradient(model_fn(images))
-        return tf.stop_gradient(
-            attacks.pgd(model_fn, images, targets, seed=self._seed("training.attack"), **kwargs)
-        )
+        with awp.state_kept(list(keep)):
+            if trades_objective:
+                kwargs["loss"] = "kl"
+                targets = tf.stop_gradient(model_fn(images))
+            adversarial = attacks.pgd(
+                model_fn, images, targets, seed=self._seed("training.attack"), **kwargs
+            )
+        return tf.stop_gradient(adversarial)
 
     def _awp_perturbation(self, batch, adversarial, variables):
         """AWP's perturbation from the mode's own loss on this batch, BN statistics and bank
