@@ -126,6 +126,16 @@ def conv(filters, kernel_size, strides, regularizer, name, initializer=None):
     )
 
 
+def wide_resnet_stages(depth, width):
+    """(units per stage, filters [stem, stage 1, 2, 3]) of a WRN-depth-width (Zagoruyko &
+    Komodakis 2016): depth 6n + 4 gives n units a stage, widths 16, 16k, 32k, 64k."""
+    if depth < 10 or (depth - 4) % 6:
+        raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    return (depth - 4) // 6, [16, 16 * width, 32 * width, 64 * width]
+
+
 def batch_norm(name, epsilon=1e-3, momentum=0.9):
     """BatchNormalization with decay 0.9 and eps 1e-3 (tf.contrib batch_norm as Madry and the TLA
     authors configure it); the PyTorch-style ResNets pass their eps 1e-5, and a PyTorch BN

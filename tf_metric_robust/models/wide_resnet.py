@@ -58,12 +58,7 @@ def wide_resnet(
     Returns:
       A functional `keras.Model` mapping images to {'logits': [N, C], 'embedding': [N, 64k]}.
     """
-    if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
-    units = (depth - 4) // 6
-    filters = [16, 16 * width, 32 * width, 64 * width]
+    units, filters = layers.wide_resnet_stages(depth, width)
     reg = layers.kernel_regularizer(weight_decay)
 
     images = keras.Input(shape=input_shape, name="images")

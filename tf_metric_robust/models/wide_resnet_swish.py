@@ -68,8 +68,7 @@ def parameter_count(depth, width, num_classes=10, channels=3):
     group 1); final BN 2*64k; linear 64k*num_classes + num_classes. BN moving statistics are not
     parameters (PyTorch buffers, Keras non-trainable weights).
     """
-    units = (depth - 4) // 6
-    filters = [16, 16 * width, 32 * width, 64 * width]
+    units, filters = layers.wide_resnet_stages(depth, width)
     total = 9 * channels * filters[0]
     for group in range(3):
         for i in range(units):
@@ -99,17 +98,12 @@ def wide_resnet_swish(
     Returns:
       A functional `keras.Model` mapping images to {'logits': [N, C], 'embedding': [N, 64k]}.
     """
-    if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"depth must be 6n + 4 with n >= 1, got {depth}")
-    if width < 1:
-        raise ValueError(f"width must be >= 1, got {width}")
+    units, filters = layers.wide_resnet_stages(depth, width)
     if normalization not in (*NORMALIZATIONS, "none"):
         raise ValueError(
             f"normalization must be one of {', '.join(NORMALIZATIONS)} or none, got "
             f"{normalization!r}"
         )
-    units = (depth - 4) // 6
-    filters = [16, 16 * width, 32 * width, 64 * width]
     reg = layers.kernel_regularizer(weight_decay)
 
     images = keras.Input(shape=input_shape, name="images")
