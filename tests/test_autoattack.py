@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tf_metric_robust.attacks.apgd import apgd, apgd_targeted
 from tf_metric_robust.attacks.apgd_loop import checkpoints, dlr_loss, dlr_targeted_loss
-from tf_metric_robust.attacks.autoattack import autoattack
+from tf_metric_robust.attacks.autoattack import VERSIONS, autoattack, diagnose, gradient_members
 from tf_metric_robust.attacks.square import p_schedule, square
 
 pytestmark = (
@@ -218,6 +218,21 @@ def test_plus_runs_the_reference_list_with_its_restarts(model_fn, trained, monke
     predicted = np.argmax(model_fn(tf.constant(result.x_adv)), -1)
     np.testing.assert_array_equal(predicted == y[:32], result.fooled_by == "")
     assert_in_threat_model(result.x_adv, x[:32], 0.1, "linf")
+
+
+def test_in_plus_the_apgd_check_ignores_what_square_found():
+    """'plus' runs APGD-T and FAB-T after Square: their cumulative accuracy includes Square's
+    finds, so the APGD-vs-PGD gap is read before Square (gradient_members); Square's own gain
+    still gets its warning."""
+    names = VERSIONS["plus"]
+    assert gradient_members(names) == ["apgd_ce", "apgd_dlr", "fab"]
+    assert gradient_members(VERSIONS["standard"]) == ["apgd_ce", "apgd_t", "fab_t"]
+    after = dict(zip(names, (0.78, 0.78, 0.78, 0.70, 0.70, 0.70)))
+    warnings = diagnose(names, 0.97, after, 0.80, 0.05, 0.002)
+    assert [w.split(":")[0] for w in warnings] == ["square beat the gradient attacks"]
+    after["fab"] = 0.74  # now the gradient attacks alone are 6 points below PGD
+    warnings = diagnose(names, 0.97, after, 0.80, 0.05, 0.002)
+    assert any(w.startswith("apgd found much more than pgd") for w in warnings)
 
 
 def test_square_exposes_gradient_masking(masked_fn, trained):

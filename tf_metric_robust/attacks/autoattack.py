@@ -257,6 +257,13 @@ def log_member(name, robust_accuracy, seconds):
     )
 
 
+def gradient_members(names):
+    """The gradient attacks of a sequence whose (cumulative) accuracy owes nothing to Square:
+    those before it ('plus' runs APGD-T and FAB-T after Square), for the APGD-vs-PGD check."""
+    end = names.index("square") if "square" in names else len(names)
+    return [n for n in names[:end] if n in GRADIENT_ATTACKS]
+
+
 def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
     """The two reliability warnings, as messages starting with a fixed phrase (also logged)."""
     warnings = []
@@ -273,7 +280,7 @@ def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, squa
                 f"attacks left robust; gradients are likely masked or obfuscated, so trust "
                 f"neither PGD nor APGD numbers for this model"
             )
-    gradient = [n for n in names if n in GRADIENT_ATTACKS]
+    gradient = gradient_members(names)
     if pgd_accuracy is not None and gradient:
         apgd_accuracy = min(attack_accuracy[n] for n in gradient)
         if pgd_accuracy - apgd_accuracy > pgd_gap:

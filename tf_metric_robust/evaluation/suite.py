@@ -20,11 +20,11 @@ from absl import logging
 
 from tf_metric_robust.attacks.autoattack import (
     EOT_ITER,
-    GRADIENT_ATTACKS,
     MEMBER_ID,
     RESTARTS,
     VERSIONS,
     diagnose,
+    gradient_members,
     log_member,
     member_attack,
 )
@@ -195,7 +195,7 @@ def suite_checks(section):
                 f"points the attacks before it left robust (more: gradient masking)",
             )
         )
-    gradient = [accuracy[n] for n in order if n in GRADIENT_ATTACKS]
+    gradient = [accuracy[n] for n in gradient_members(order)]
     pgd = section["pgd_accuracy"]
     if pgd is None or not gradient:
         checks.append(
