@@ -7,7 +7,8 @@ DIR/evaluation/latest links to the newest; --output names the report (or its fol
 name says when and what: '<UTC time>-<norm, eps, steps, attacks, suite, detection>-<hash of the
 settings>'. TensorBoard gets one run per evaluation under that name: DIR/tensorboard/evaluate/<name>
 in the run's own logdir, or with --output beside the report, <report stem>_tensorboard/<name>, so
-two evaluations never write into one another.
+two evaluations never write into one another. --robustbench_json also writes the AutoAttack
+result as a RobustBench model_info file (robustbench.py), after report.json.
 """
 
 import dataclasses
