@@ -1,5 +1,7 @@
 """APGD, Square and AutoAttack on a tiny CNN trained for one epoch on the real MNIST-5k digits."""
 
+import importlib
+
 import keras
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import tensorflow as tf
 
 from tf_metric_robust.attacks.apgd import apgd, apgd_targeted
 from tf_metric_robust.attacks.apgd_loop import checkpoints, dlr_loss, dlr_targeted_loss
-from tf_metric_robust.attacks.autoattack import autoattack
+from tf_metric_robust.attacks.autoattack import VERSIONS, autoattack, diagnose, gradient_members
 from tf_metric_robust.attacks.square import p_schedule, square
 
 pytestmark = (
@@ -182,6 +184,57 @@ def test_autoattack_reports_worst_case(model_fn, trained):
     assert set(result.as_dict()) >= {"clean_accuracy", "robust_accuracy", "attack_accuracy"}
 
 
+def test_plus_runs_the_reference_list_with_its_restarts(model_fn, trained, monkeypatch):
+    """'plus' (fra31/auto-attack autoattack.py:322-329): APGD-CE, APGD-DLR, FAB, Square, APGD-T,
+    FAB-T in that order; 5 runs of APGD-CE, APGD-DLR and FAB, one of each target of APGD-T and
+    FAB-T; each member only on what the earlier ones left robust."""
+    autoattack_module = importlib.import_module("tf_metric_robust.attacks.autoattack")
+    calls = []
+    member_attack = autoattack_module.member_attack
+
+    def recording(name, **settings):
+        calls.append((name, settings["restarts"]))
+        return member_attack(name, **settings)
+
+    monkeypatch.setattr(autoattack_module, "member_attack", recording)
+    _, x, y = trained
+    result = autoattack(
+        model_fn,
+        x[:32],
+        y[:32],
+        eps=0.1,
+        version="plus",
+        steps=STEPS,
+        queries=QUERIES,
+        num_target_classes=TARGETS,
+        seed=0,
+        batch_size=32,
+    )
+    order = ["apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t"]
+    assert list(result.attack_accuracy) == order
+    assert calls == [(name, 5) for name in order]  # restarts: used by apgd_ce, apgd_dlr, fab
+    accs = [result.clean_accuracy] + list(result.attack_accuracy.values())
+    assert all(a >= b for a, b in zip(accs, accs[1:]))
+    predicted = np.argmax(model_fn(tf.constant(result.x_adv)), -1)
+    np.testing.assert_array_equal(predicted == y[:32], result.fooled_by == "")
+    assert_in_threat_model(result.x_adv, x[:32], 0.1, "linf")
+
+
+def test_in_plus_the_apgd_check_ignores_what_square_found():
+    """'plus' runs APGD-T and FAB-T after Square: their cumulative accuracy includes Square's
+    finds, so the APGD-vs-PGD gap is read before Square (gradient_members); Square's own gain
+    still gets its warning."""
+    names = VERSIONS["plus"]
+    assert gradient_members(names) == ["apgd_ce", "apgd_dlr", "fab"]
+    assert gradient_members(VERSIONS["standard"]) == ["apgd_ce", "apgd_t", "fab_t"]
+    after = dict(zip(names, (0.78, 0.78, 0.78, 0.70, 0.70, 0.70)))
+    warnings = diagnose(names, 0.97, after, 0.80, 0.05, 0.002)
+    assert [w.split(":")[0] for w in warnings] == ["square beat the gradient attacks"]
+    after["fab"] = 0.74  # now the gradient attacks alone are 6 points below PGD
+    warnings = diagnose(names, 0.97, after, 0.80, 0.05, 0.002)
+    assert any(w.startswith("apgd found much more than pgd") for w in warnings)
+
+
 def test_square_exposes_gradient_masking(masked_fn, trained):
     _, x, y = trained
     result = autoattack(
@@ -220,7 +273,8 @@ def test_square_exposes_gradient_masking(masked_fn, trained):
         (lambda f, x, y: square(f, x.reshape(len(x), -1), y, eps=0.1), "images"),
         (lambda f, x, y: autoattack(f, x, y, eps=0.1, version="custom"), "version"),
         (lambda f, x, y: apgd(f, x, y, eps=0.1, eot_iter=0), "eot_iter"),
-        (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab",)), "attacks"),
+        (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab", "fab")), "attacks"),
+        (lambda f, x, y: autoattack(f, x, y, eps=0.1, attacks=("fab_u",)), "attacks"),
         (lambda f, x, y: autoattack(f, x, y[:3], eps=0.1), "labels"),
     ],
 )

@@ -156,3 +156,60 @@ def test_autoattack_standard_runs_fab_t_and_it_only_adds_strength(trained_small_
     fooled_by_fab = with_fab.fooled_by == "fab_t"
     np.testing.assert_array_equal(fooled_by_fab, (with_fab.fooled_by != without.fooled_by))
     assert VERSIONS["standard"] == ("apgd_ce", "apgd_t", "fab_t", "square")
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_untargeted_fab_reaches_the_closest_class_of_a_linear_classifier(norm):
+    """Untargeted FAB picks the closest linearised boundary among all classes (fab_base.py:
+    169-189): on logits W^T x + b it fools every point whose closed-form minimum (over all
+    classes, dual norm) lies 1% inside eps, and none whose minimum lies 1% outside; the random
+    restarts are seeded."""
+    model, weights, bias = _linear_model(0)
+    x = np.random.default_rng(1).uniform(0.45, 0.55, (32, 8, 8, 1)).astype(np.float32)
+    logits = x.reshape(32, -1) @ weights + bias
+    y = logits.argmax(1)
+    dual = 1 if norm == "linf" else 2
+    closed_form = np.array(
+        [
+            min(
+                (logits[i, y[i]] - logits[i, j])
+                / np.linalg.norm(weights[:, y[i]] - weights[:, j], ord=dual)
+                for j in range(10)
+                if j != y[i]
+            )
+            for i in range(32)
+        ]
+    )
+    eps = float(np.median(closed_form))
+    x_adv = fab.fab_untargeted(model, x, y, eps=eps, norm=norm, steps=50, restarts=2, seed=3)
+    x_adv = x_adv.numpy()
+    delta = (x_adv - x).reshape(32, -1)
+    size = np.abs(delta).max(1) if norm == "linf" else np.linalg.norm(delta, axis=1)
+    assert size.max() <= eps + 1e-5 and x_adv.min() >= 0 and x_adv.max() <= 1
+    fooled = (x_adv.reshape(32, -1) @ weights + bias).argmax(1) != y
+    np.testing.assert_array_equal(fooled[closed_form < eps * 0.99], True)
+    np.testing.assert_array_equal(fooled[closed_form > eps * 1.01], False)
+    assert 8 <= fooled.sum() <= 24
+    again = fab.fab_untargeted(model, x, y, eps=eps, norm=norm, steps=50, restarts=2, seed=3)
+    np.testing.assert_array_equal(again.numpy(), x_adv)
+    with pytest.raises(ValueError, match="restarts"):
+        fab.fab_untargeted(model, x, y, eps=eps, restarts=0)
+
+
+def test_untargeted_fab_follows_the_closest_boundary_not_the_closest_logit():
+    """Class 1 trails the true class by the smaller logit gap (1 vs 2) but its boundary lies at
+    L-inf distance 0.3, class 2's at 0.1 (disjoint supports): at eps 0.2 only the distance
+    rule |f_c - f_y| / ||grad||_1 of fab_base.py:171-184 fools the point."""
+    v1 = np.r_[np.ones(32), np.zeros(32)] / (0.3 * 32)  # ||w1||_1 = 1 / 0.3
+    v2 = np.r_[np.zeros(32), np.ones(32)] * 2 / (0.1 * 32)  # ||w2||_1 = 2 / 0.1
+    weights = tf.constant(np.stack([np.zeros(64), v1, v2], 1), tf.float32)
+
+    def model(images):
+        flat = tf.reshape(images, [tf.shape(images)[0], -1]) - 0.5
+        return flat @ weights + tf.constant([0.0, -1.0, -2.0])
+
+    x = np.full((3, 8, 8, 1), 0.5, np.float32)
+    y = np.zeros(3, np.int64)
+    x_adv = fab.fab_untargeted(model, x, y, eps=0.2, steps=20, restarts=1, seed=0)
+    assert np.all(np.argmax(model(x_adv), 1) == 2)
+    assert np.abs(x_adv.numpy() - x).max() <= 0.2 + 1e-6

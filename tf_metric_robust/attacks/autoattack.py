@@ -7,9 +7,12 @@ classes, 100 iterations; fab.py) and Square (5000 queries), the order of the ref
 (fra31/auto-attack `autoattack/autoattack.py:307`); each attack only sees the points every
 earlier attack left correctly classified. Version 'rand', for randomised defences: APGD-CE and
 APGD-DLR, 1 run each, every gradient averaged over 20 calls of the model (expectation over
-transformation), as the reference sets it (`autoattack/autoattack.py:334-337`). Not
-implemented: untargeted FAB (the reference's 'plus' runs it; ours runs FAB-T there). Two
-diagnostics flag an unreliable evaluation: Square
+transformation), as the reference sets it (`autoattack/autoattack.py:334-337`). Version 'plus',
+the reference's list and settings (`autoattack/autoattack.py:322-329`): APGD-CE and APGD-DLR
+with 5 restarts, untargeted FAB with 5 restarts, Square (5000 queries, 1 run: its constructor's
+n_restarts, :42-43), APGD-T (9 target classes, 1 run each) and FAB-T (9 target classes, 1 run:
+:211-216), in that order, all with 100 iterations. Two diagnostics flag an unreliable evaluation:
+Square
 (gradient-free) fooling points the gradient attacks left robust is the signature of gradient
 masking, and APGD beating a PGD evaluation by a wide margin means that PGD number overstated
 robustness.
@@ -29,21 +32,21 @@ from absl import logging
 from tf_metric_robust import seeds
 from tf_metric_robust.attacks import _plumbing, objectives
 from tf_metric_robust.attacks.apgd import apgd, apgd_dlr, apgd_targeted
-from tf_metric_robust.attacks.fab import fab_targeted
+from tf_metric_robust.attacks.fab import fab_targeted, fab_untargeted
 from tf_metric_robust.attacks.square import square
 
-GRADIENT_ATTACKS = ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t")
-# Attack sequences per version. 'plus' puts Square last so that what Square adds is measured
-# against every gradient attack (the reference's plus also runs untargeted FAB: not here).
+GRADIENT_ATTACKS = ("apgd_ce", "apgd_dlr", "fab", "apgd_t", "fab_t")
+# Attack sequences per version, the reference's (autoattack.py:307, 323, 335).
 VERSIONS = {
     "standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
-    "plus": ("apgd_ce", "apgd_dlr", "apgd_t", "fab_t", "square"),
+    "plus": ("apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t"),
     "rand": ("apgd_ce", "apgd_dlr"),
 }
 # Each member's index under the seed root "autoattack" (seeds.key), fixed per name (not per
 # position), so adding or dropping a member leaves the others' random draws unchanged.
-MEMBER_ID = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4}
-RESTARTS = {"standard": 1, "plus": 5, "rand": 1}  # random restarts of the untargeted APGD runs
+MEMBER_ID = {"apgd_ce": 0, "apgd_t": 1, "square": 2, "apgd_dlr": 3, "fab_t": 4, "fab": 5}
+# Runs of the untargeted APGD and FAB members (autoattack.py:309, 324-325, 336).
+RESTARTS = {"standard": 1, "plus": 5, "rand": 1}
 EOT_ITER = {"standard": 1, "plus": 1, "rand": 20}  # model calls averaged per APGD gradient
 
 
@@ -117,6 +120,10 @@ def member_attack(
         return lambda m, x, y, seed: fab_targeted(
             m, x, y, steps=steps, num_target_classes=num_target_classes, **common
         )
+    if name == "fab":
+        return lambda m, x, y, seed: fab_untargeted(
+            m, x, y, steps=steps, restarts=restarts, seed=seed, **common
+        )
     return lambda m, x, y, seed: square(m, x, y, queries=queries, seed=seed, **common)
 
 
@@ -144,9 +151,10 @@ def autoattack(
       model_fn: callable mapping images to logits [N, C].
       x, y: images [N, H, W, C] in [clip_min, clip_max] and int labels [N] (NumPy or tensors).
       eps, norm: the threat model ('linf' or 'l2'; eps on the image scale).
-      version: 'standard', 'plus' (5 restarts of APGD-CE and APGD-DLR) or 'rand' (APGD-CE and
-        APGD-DLR with 20 EOT samples per gradient, for randomised models); `attacks` (names from
-        'apgd_ce', 'apgd_dlr', 'apgd_t', 'fab_t', 'square') overrides the sequence.
+      version: 'standard', 'plus' (+ APGD-DLR and untargeted FAB, 5 restarts each; VERSIONS) or
+        'rand' (APGD-CE and APGD-DLR with 20 EOT samples per gradient, for randomised models);
+        `attacks` (names from 'apgd_ce', 'apgd_dlr', 'fab', 'apgd_t', 'fab_t', 'square')
+        overrides the sequence.
       seed: int; every attack and batch draws from it, so a run is reproducible.
       batch_size: points per attack call (None: all remaining points at once). The last batch is
         padded so that every call has the same shape and nothing retraces.
@@ -249,6 +257,13 @@ def log_member(name, robust_accuracy, seconds):
     )
 
 
+def gradient_members(names):
+    """The gradient attacks of a sequence whose (cumulative) accuracy owes nothing to Square:
+    those before it ('plus' runs APGD-T and FAB-T after Square), for the APGD-vs-PGD check."""
+    end = names.index("square") if "square" in names else len(names)
+    return [n for n in names[:end] if n in GRADIENT_ATTACKS]
+
+
 def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, square_gap):
     """The two reliability warnings, as messages starting with a fixed phrase (also logged)."""
     warnings = []
@@ -265,7 +280,7 @@ def diagnose(names, clean_accuracy, attack_accuracy, pgd_accuracy, pgd_gap, squa
                 f"attacks left robust; gradients are likely masked or obfuscated, so trust "
                 f"neither PGD nor APGD numbers for this model"
             )
-    gradient = [n for n in names if n in GRADIENT_ATTACKS]
+    gradient = gradient_members(names)
     if pgd_accuracy is not None and gradient:
         apgd_accuracy = min(attack_accuracy[n] for n in gradient)
         if pgd_accuracy - apgd_accuracy > pgd_gap:

@@ -1,4 +1,5 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack, AutoAttack's minimum-norm member.
+"""FAB: the Fast Adaptive Boundary attack, AutoAttack's minimum-norm member (FAB-T, targeted;
+untargeted FAB for the 'plus' version).
 
 Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack",
 ICML 2020 (arXiv 1907.02044), Sec. 3: each iteration linearises the boundary between the true
@@ -9,7 +10,8 @@ alpha <= alpha_max). When the point is adversarial it is recorded if it is the c
 far and pulled back toward the input by beta. AutoAttack's standard version runs it targeted at
 the classes with the 2nd..10th highest clean logits, 100 iterations, one run without random
 start (fra31/auto-attack `autoattack/autoattack.py:307-318`; alpha_max 0.1, eta 1.05, beta 0.9
-from `autoattack/fab_base.py:40-46`).
+from `autoattack/fab_base.py:40-46`). Untargeted FAB (`fab_untargeted`) steps toward the
+closest linearised boundary of any other class instead, restarting from random points.
 
 The box-constrained projection is solved exactly for L-inf and L2 (see `box_projection`): both
 reduce to finding where a nondecreasing piecewise-linear function reaches a level, one sort per
@@ -75,6 +77,30 @@ def _size(delta, norm):
     return tf.sqrt(tf.reduce_sum(tf.square(delta), axis=1))
 
 
+def _boundary_step(logits_at, current, x0, y, difference, gradient, best, best_size, box, norm):
+    """One FAB iteration toward the linearised boundary difference + gradient.(z - current) = 0
+    inside box = (lower, upper) (fab_base.py:186-249): (next point, closest adversarial so far,
+    its size), points flat [N, D]."""
+    lower, upper = box
+    offset = tf.reduce_sum(gradient * current, axis=1) - difference
+    to_current = box_projection(current, gradient, offset, lower, upper, norm)
+    to_input = box_projection(x0, gradient, offset, lower, upper, norm)
+    size_current = tf.maximum(_size(to_current, norm), 1e-8)
+    size_input = tf.maximum(_size(to_input, norm), 1e-8)
+    alpha = tf.clip_by_value(size_current / (size_current + size_input), 0.0, ALPHA_MAX)
+    alpha = alpha[:, None]
+    moved = tf.clip_by_value(
+        (current + ETA * to_current) * (1 - alpha) + (x0 + ETA * to_input) * alpha, lower, upper
+    )
+    adversarial = tf.not_equal(tf.argmax(logits_at(moved), -1, output_type=y.dtype), y)
+    size = _size(moved - x0, norm)
+    closer = adversarial & (size < best_size)
+    best = tf.where(closer[:, None], moved, best)
+    best_size = tf.where(closer, size, best_size)
+    moved = tf.where(adversarial[:, None], x0 + (moved - x0) * BETA, moved)
+    return moved, best, best_size
+
+
 def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_classes):
     """Smallest adversarial points found over the target classes: (x_adv [N,...], size [N]);
     size is inf (and x_adv = x) where no target succeeded."""
@@ -101,26 +127,18 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_cl
             gradient = tape.gradient(
                 difference, current, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
-            # The linearised boundary: difference + gradient.(z - current) = 0.
-            offset = tf.reduce_sum(gradient * current, axis=1) - difference
-            to_current = box_projection(current, gradient, offset, lower, upper, norm)
-            to_input = box_projection(x0, gradient, offset, lower, upper, norm)
-            size_current = tf.maximum(_size(to_current, norm), 1e-8)
-            size_input = tf.maximum(_size(to_input, norm), 1e-8)
-            alpha = tf.clip_by_value(size_current / (size_current + size_input), 0.0, ALPHA_MAX)
-            alpha = alpha[:, None]
-            moved = tf.clip_by_value(
-                (current + ETA * to_current) * (1 - alpha) + (x0 + ETA * to_input) * alpha,
-                lower,
-                upper,
+            return i + 1, *_boundary_step(
+                logits_at,
+                current,
+                x0,
+                y,
+                difference,
+                gradient,
+                best,
+                best_size,
+                (lower, upper),
+                norm,
             )
-            adversarial = tf.not_equal(tf.argmax(logits_at(moved), -1, output_type=y.dtype), y)
-            size = _size(moved - x0, norm)
-            closer = adversarial & (size < best_size)
-            best = tf.where(closer[:, None], moved, best)
-            best_size = tf.where(closer, size, best_size)
-            moved = tf.where(adversarial[:, None], x0 + (moved - x0) * BETA, moved)
-            return i + 1, moved, best, best_size
 
         _, _, best, best_size = tf.while_loop(
             lambda i, *_: i < steps, iteration, (tf.constant(0), x0, best, best_size)
@@ -199,3 +217,105 @@ def fab_targeted(
             clip_max=clip_max,
         )
     return tf.stop_gradient(tf.where(_per_row(size <= eps, x), x_adv, x))
+
+
+def _closest_boundary(logits_at, current, y, norm):
+    """(logit difference [N], its gradient [N, D]) of the class whose linearised boundary with y
+    is closest to `current`: |f_c - f_y| / ||grad(f_c - f_y)||_q over c != y, q the dual norm (L1
+    for L-inf, L2 for L2), as untargeted FAB chooses it (fab_base.py:169-189; fab_pt.py:77-98)."""
+    with tf.GradientTape() as tape:
+        tape.watch(current)
+        logits = logits_at(current)
+        differences = logits - tf.gather(logits, y, batch_dims=1)[:, None]  # [N, C]
+    gradients = tape.batch_jacobian(differences, current)  # [N, C, D]
+    if norm == "linf":
+        dual = tf.reduce_sum(tf.abs(gradients), axis=2)
+    else:
+        dual = tf.sqrt(tf.reduce_sum(tf.square(gradients), axis=2))
+    distance = tf.abs(differences) / (1e-12 + dual)
+    own = tf.one_hot(y, tf.shape(logits)[1], on_value=True, off_value=False)
+    closest = tf.argmin(tf.where(own, float("inf"), distance), axis=1, output_type=y.dtype)
+    return (
+        tf.gather(differences, closest, batch_dims=1),
+        tf.gather(gradients, closest, batch_dims=1),
+    )
+
+
+def _fab_untargeted_graph(model_fn, x, y, clip_min, clip_max, eps, seed, *, norm, steps, restarts):
+    """Smallest adversarial points of `restarts` untargeted FAB runs: (x_adv [N,...], size [N]),
+    size inf (and x_adv = x) where none succeeded. Run 0 starts at x, the others at a random
+    point at distance eps / 2 (fab_base.py:130-161, perturb at :277-283)."""
+    shape = tf.shape(x)
+    x0 = tf.reshape(tf.cast(x, tf.float32), [shape[0], -1])
+    lower = tf.fill(tf.shape(x0), tf.cast(clip_min, tf.float32))
+    upper = tf.fill(tf.shape(x0), tf.cast(clip_max, tf.float32))
+
+    def logits_at(flat):
+        return objectives.logits_of(model_fn, tf.cast(tf.reshape(flat, shape), x.dtype))
+
+    def iteration(i, current, best, best_size):
+        difference, gradient = _closest_boundary(logits_at, current, y, norm)
+        return i + 1, *_boundary_step(
+            logits_at, current, x0, y, difference, gradient, best, best_size, (lower, upper), norm
+        )
+
+    best, best_size = x0, tf.fill([shape[0]], float("inf"))
+    for restart in range(restarts):
+        start = x0
+        if restart:
+            key = tf.random.experimental.stateless_fold_in(seed, restart)
+            if norm == "linf":
+                t = tf.random.stateless_uniform(tf.shape(x0), key, -1.0, 1.0)
+                t /= tf.reduce_max(tf.abs(t), axis=1, keepdims=True)
+            else:
+                t = tf.random.stateless_normal(tf.shape(x0), key)
+                t /= tf.norm(t, axis=1, keepdims=True)
+            start = tf.clip_by_value(x0 + 0.5 * tf.cast(eps, tf.float32) * t, lower, upper)
+        _, _, best, best_size = tf.while_loop(
+            lambda i, *_: i < steps, iteration, (tf.constant(0), start, best, best_size)
+        )
+    return tf.cast(tf.reshape(best, shape), x.dtype), best_size
+
+
+def fab_untargeted(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    norm="linf",
+    steps=100,
+    restarts=5,
+    clip_min=0.0,
+    clip_max=1.0,
+    seed=None,
+):
+    """Untargeted FAB as a threat-model attack: the closest adversarial point of `restarts` runs
+    where it lies within eps of x, else x. Each iteration steps toward the boundary of the class
+    closest in the linearised model (`_closest_boundary`: one gradient per class); run 0 starts
+    at x, the others at random points eps / 2 away. AutoAttack 'plus' runs it with 5 restarts
+    and 100 iterations (autoattack.py:323-325). seed: None, an int or an int tensor [2]
+    (stateless: the random starts are reproducible)."""
+    _plumbing.check_norm(norm, NORMS)
+    _plumbing.check_int("steps", steps, 1)
+    _plumbing.check_int("restarts", restarts, 1)
+    x, y, (eps_t, low, high), seed, _, checks = _plumbing.prepare_inputs(
+        x, y, eps, clip_min, clip_max, seed, norm=norm
+    )
+    if seed is None:
+        seed = tf.random.uniform([2], maxval=tf.int64.max, dtype=tf.int64)
+    with tf.control_dependencies(checks):
+        x_adv, size = _plumbing.run_compiled(
+            _fab_untargeted_graph,
+            model_fn,
+            dict(norm=norm, steps=steps, restarts=restarts),
+            x,
+            y,
+            low,
+            high,
+            eps_t,
+            seed,
+        )
+    wrong = tf.not_equal(tf.argmax(objectives.logits_of(model_fn, x), -1, output_type=y.dtype), y)
+    keep = tf.logical_or(wrong, size > eps_t)
+    return tf.stop_gradient(tf.where(_per_row(keep, x), x, x_adv))

@@ -191,9 +191,9 @@ class EvalConfig:
     )
     suite_version: str = setting(
         "standard",
-        "AutoAttack version (plus: + APGD-DLR, 5 restarts; rand: APGD-CE and APGD-DLR "
-        "averaging 20 samples of a randomised model per gradient; untargeted FAB is not "
-        "implemented).",
+        "AutoAttack version (plus: APGD-CE, APGD-DLR, FAB with 5 restarts each, Square, APGD-T, "
+        "FAB-T, as the reference; rand: APGD-CE and APGD-DLR averaging 20 samples of a "
+        "randomised model per gradient).",
         choices=SUITE_VERSIONS,
     )
     suite_steps: int = setting(
@@ -283,6 +283,13 @@ class EvaluateRun:
         "report.json path or its folder (default: <model_dir>/evaluation/<name>/report.json); "
         "figures go next to it, TensorBoard into <report stem>_tensorboard/<name> beside it.",
     )
+    robustbench_json: Optional[str] = setting(
+        None,
+        "Also write the AutoAttack result (needs --suite=autoattack) to this path as a "
+        "RobustBench model_info JSON: clean and AutoAttack accuracy, eps, threat model, "
+        "examples, architecture, additional data, our version and per-example robust flags "
+        "(docs/evaluation.md).",
+    )
     progress: bool = setting(
         True,
         "Show a progress bar per attack run on a terminal (the plan and one line per finished "
@@ -309,3 +316,5 @@ class EvaluateRun:
         if bool(self.model_dir) == bool(self.saved_model):
             raise UserError("pass exactly one of --model_dir and --saved_model")
         check_settings(self)
+        if self.robustbench_json and self.config.suite != "autoattack":
+            raise UserError("--robustbench_json needs --suite=autoattack (its accuracy)")

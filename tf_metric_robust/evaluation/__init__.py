@@ -8,6 +8,7 @@ evaluators.py          one class per report section: attacks, sweeps, sanity, su
 report_schema.py       report.json's keys and types, declared once; check_report
 sanity.py              Carlini et al. (2019) sanity checks on the per-example evidence
 suite.py               AutoAttack (Croce & Hein 2020) inside an evaluation
+robustbench.py         the AutoAttack result as a RobustBench model_info file
 detection_protocol.py  the TLA paper's detection protocol and the adaptive detector attack
 outputs.py, plots.py   figures, TensorBoard summaries, the printed summary
 progress.py            the plan and one line per finished run, for a `progress` callable

@@ -218,6 +218,7 @@ class Outputs(TypedDict):
     name: str
     report: str
     tensorboard: str | None
+    robustbench_json: NotRequired[str]  # --robustbench_json's file (robustbench.py)
 
 
 class Report(TypedDict):

@@ -7,7 +7,8 @@ DIR/evaluation/latest links to the newest; --output names the report (or its fol
 name says when and what: '<UTC time>-<norm, eps, steps, attacks, suite, detection>-<hash of the
 settings>'. TensorBoard gets one run per evaluation under that name: DIR/tensorboard/evaluate/<name>
 in the run's own logdir, or with --output beside the report, <report stem>_tensorboard/<name>, so
-two evaluations never write into one another.
+two evaluations never write into one another. --robustbench_json also writes the AutoAttack
+result as a RobustBench model_info file (robustbench.py), after report.json.
 """
 
 import dataclasses
@@ -22,7 +23,7 @@ import keras
 
 from tf_metric_robust import atomic_io, data, export, run_folder
 from tf_metric_robust.config import UserError
-from tf_metric_robust.evaluation import cluster
+from tf_metric_robust.evaluation import cluster, robustbench
 from tf_metric_robust.evaluation.evaluate import evaluate
 from tf_metric_robust.evaluation.model_fns import ModelFns
 from tf_metric_robust.evaluation.outputs import (
@@ -268,8 +269,12 @@ def run(request, progress=None):
         "report": report_path,
         "tensorboard": tensorboard_dir if request.tensorboard else None,
     }
+    if request.robustbench_json:
+        report["outputs"]["robustbench_json"] = os.path.abspath(request.robustbench_json)
     check_report(report)  # what report_schema.py declares, before anyone reads it
     atomic_io.write_json_atomic(report_path, report)
+    if request.robustbench_json:
+        robustbench.write_model_info(report, report["outputs"]["robustbench_json"])
     if not request.output:
         _point_latest(os.path.dirname(directory), name)
     if request.tensorboard:

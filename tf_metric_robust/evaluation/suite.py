@@ -4,12 +4,14 @@ Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
 parameter-free attacks", ICML 2020 (arXiv 2003.01690). The suite runs the sequence of
 `attacks.autoattack` with the paper's fixed hyper-parameters (APGD-CE, APGD-T on the DLR loss
 with 9 target classes, 100 iterations each, FAB-T with 9 target classes and 100 iterations,
-Square with 5000 queries; 'plus' adds APGD-DLR and 5 restarts), each attack only on the points every earlier one left correct, at the evaluation's threat model and seed. Its
+Square with 5000 queries; 'plus' is the reference's longer list: APGD-CE, APGD-DLR and untargeted
+FAB with 5 restarts, Square, APGD-T, FAB-T), each attack only on the points every earlier one left
+correct, at the evaluation's threat model and seed. Its
 per-example result joins the evaluation's worst case, its numbers go to the report's `suite`
 section, and its two reliability diagnostics (Square beating the gradient attacks: masked
 gradients; APGD far below the evaluation's PGD: PGD overstated robustness) become warnings and
 sanity checks. The 'rand' version (for randomised defences) runs APGD-CE and APGD-DLR with 20
-samples of the model per gradient; untargeted FAB is not implemented.
+samples of the model per gradient.
 """
 
 import numpy as np
@@ -18,11 +20,11 @@ from absl import logging
 
 from tf_metric_robust.attacks.autoattack import (
     EOT_ITER,
-    GRADIENT_ATTACKS,
     MEMBER_ID,
     RESTARTS,
     VERSIONS,
     diagnose,
+    gradient_members,
     log_member,
     member_attack,
 )
@@ -193,7 +195,7 @@ def suite_checks(section):
                 f"points the attacks before it left robust (more: gradient masking)",
             )
         )
-    gradient = [accuracy[n] for n in order if n in GRADIENT_ATTACKS]
+    gradient = [accuracy[n] for n in gradient_members(order)]
     pgd = section["pgd_accuracy"]
     if pgd is None or not gradient:
         checks.append(
