@@ -64,6 +64,10 @@ def test_normal_model_passes_every_check(normal):
     )
     assert report["attacks"]["pgd"]["accuracy"] < 0.2  # a natural model falls at eps 0.3
     assert not report["attacks"]["pgd_large_eps"]["counts_for_robust"]
+    for entry in report["attacks"].values():  # 60 examples in shards of 30: two step calls
+        assert entry["calls"] == 2
+        assert 0 < entry["steady_call_seconds"] and 0 < entry["first_call_seconds"]
+        assert entry["first_call_seconds"] + entry["steady_call_seconds"] <= entry["seconds"]
 
 
 def test_gradient_masking_is_flagged(trained, caplog):

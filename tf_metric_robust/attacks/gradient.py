@@ -18,28 +18,47 @@ from tf_metric_robust.attacks import _plumbing, objectives
 from tf_metric_robust.attacks.gradient_loop import attack_graph
 
 
-def _run(model_fn, x, y, *, eps, step_size, clip_min, clip_max, seed, decay=None, **static):
+def _run(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size,
+    steps,
+    random_start,
+    clip_min,
+    clip_max,
+    seed,
+    decay=None,
+    start_scale=1.0,
+    restarts=1,
+    **static,
+):
     """Validates, converts arguments to tensors and runs the (cached) compiled loop.
 
     step_size None steps by eps (FGSM); decay None turns momentum off (PGD). `static`: the
-    loop's compile-time settings (gradient_loop.attack_graph): steps, norm, loss, targeted,
-    random_start, restarts (1), project_to_ball (True), and start_scale (1.0, a tensor there).
-    `steps` and `restarts` must be Python ints: they are unrolled into the graph. A callable loss
-    (a custom objective, adaptive.py) runs one start, like 'kl': no labels tell which one won.
+    loop's graph settings (gradient_loop.attack_graph): norm, loss, targeted, project_to_ball
+    (True). steps and restarts (Python ints), eps, step_size, decay, start_scale and whether a
+    random start is on go to the loop as tensors, so changing them does not retrace; a Gaussian
+    start (random_start a float) and restarts > 1 change the graph. A callable loss (a custom
+    objective, adaptive.py) runs one start, like 'kl': no labels tell which one won.
     """
-    start_scale = static.pop("start_scale", 1.0)
+    start = _start(random_start)
+    loss = static["loss"]
     static.update(
         targeted=bool(static["targeted"]),
-        random_start=_start(static["random_start"]),
+        start="gaussian" if isinstance(start, float) else "uniform",
         momentum=decay is not None,
+        keep_best=restarts != 1,
+        project_to_ball=static.get("project_to_ball", True),
     )
-    loss, restarts = static["loss"], static.get("restarts", 1)
     _plumbing.check_norm(static["norm"])
     if not callable(loss) and loss not in objectives.LOSSES:
         raise ValueError(f"loss must be one of {objectives.LOSSES}, got {loss!r}")
     if (callable(loss) or loss == "kl") and restarts != 1:
         raise ValueError(f"loss {loss!r} runs one start (restarts=1), got restarts={restarts!r}")
-    _plumbing.check_int("steps", static["steps"], 1)
+    _plumbing.check_int("steps", steps, 1)
     _plumbing.check_int("restarts", restarts, 1)
     decay = 0.0 if decay is None else decay
     checks = _plumbing.check_number("decay", decay, 0.0, strict=False)
@@ -50,9 +69,14 @@ def _run(model_fn, x, y, *, eps, step_size, clip_min, clip_max, seed, decay=None
         x, y, eps, clip_min, clip_max, seed, "kl" if loss == "kl" else "ce", static["norm"]
     )
     step_size = eps if step_size is None else step_size
-    scalars = [tf.cast(v, tf.float32) for v in (step_size, decay, start_scale)]
+    start_size = start if static["start"] == "gaussian" else start_scale
+    scalars = [tf.cast(v, tf.float32) for v in (step_size, decay, start_size)]
+    counts = [tf.constant(bool(start)), tf.constant(steps, tf.int32)]
+    counts.append(tf.constant(restarts, tf.int32))
     with tf.control_dependencies(checks + eps_checks):
-        x_adv = _plumbing.run_compiled(attack_graph, model_fn, static, x, y, threat, seed, *scalars)
+        x_adv = _plumbing.run_compiled(
+            attack_graph, model_fn, static, x, y, threat, seed, *scalars, *counts
+        )
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
 

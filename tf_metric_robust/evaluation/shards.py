@@ -47,6 +47,7 @@ class ShardRunner:
         self.store = store or ShardStore()
         self.progress_bar = progress_bar
         self.seconds = {}
+        self.call_seconds = {}  # name -> wall seconds of each step call (the first one traces)
         self.resumed = 0  # own shards found already written (a re-run resuming)
         self._compiled = {}
 
@@ -95,7 +96,10 @@ class ShardRunner:
             for j in group:
                 padded = np.resize(shards[j], size)  # cyclic repeat: the same shape every call
                 inputs.append((x[padded], y[padded], seeds.key(self.seed, root, seed_id, j)))
-            for j, out in zip(group, self._call(step, inputs, params)):
+            called = time.perf_counter()
+            outputs = self._call(step, inputs, params)
+            self.call_seconds.setdefault(name, []).append(time.perf_counter() - called)
+            for j, out in zip(group, outputs):
                 self.store.save(name, j, {k: v[: len(shards[j])] for k, v in out.items()})
             if bar is not None:
                 bar.add(len(group))
