@@ -46,6 +46,7 @@ def _run(
     """
     start = _start(random_start)
     loss = static["loss"]
+    steps, checks = _steps(steps)
     static.update(
         targeted=bool(static["targeted"]),
         start="gaussian" if isinstance(start, float) else "uniform",
@@ -58,10 +59,9 @@ def _run(
         raise ValueError(f"loss must be one of {objectives.LOSSES}, got {loss!r}")
     if (callable(loss) or loss == "kl") and restarts != 1:
         raise ValueError(f"loss {loss!r} runs one start (restarts=1), got restarts={restarts!r}")
-    _plumbing.check_int("steps", steps, 1)
     _plumbing.check_int("restarts", restarts, 1)
     decay = 0.0 if decay is None else decay
-    checks = _plumbing.check_number("decay", decay, 0.0, strict=False)
+    checks += _plumbing.check_number("decay", decay, 0.0, strict=False)
     checks += _plumbing.check_number("start_scale", start_scale, 0.0, strict=True)
     if step_size is not None:
         checks += _plumbing.check_number("step_size", step_size, 0.0, strict=True)
@@ -71,8 +71,8 @@ def _run(
     step_size = eps if step_size is None else step_size
     start_size = start if static["start"] == "gaussian" else start_scale
     scalars = [tf.cast(v, tf.float32) for v in (step_size, decay, start_size)]
-    counts = [tf.constant(bool(start)), tf.constant(steps, tf.int32)]
-    counts.append(tf.constant(restarts, tf.int32))
+    start_on = tf.not_equal(start, 0) if tf.is_tensor(start) else tf.constant(bool(start))
+    counts = [start_on, steps, tf.constant(restarts, tf.int32)]
     with tf.control_dependencies(checks + eps_checks):
         x_adv = _plumbing.run_compiled(
             attack_graph, model_fn, static, x, y, threat, seed, *scalars, *counts
@@ -81,8 +81,31 @@ def _run(
     return tf.stop_gradient(x_adv)
 
 
+def _steps(steps):
+    """(steps as an int32 scalar, run-time checks): a Python int >= 1, or a scalar tensor (an
+    evaluation passes its settings as float32 tensors, shards.DYNAMIC_SETTINGS) whose value
+    must be a whole number >= 1."""
+    if not tf.is_tensor(steps):
+        _plumbing.check_int("steps", steps, 1)
+        return tf.constant(steps, tf.int32), []
+    known = tf.get_static_value(steps)
+    if known is not None:
+        if np.ndim(known) != 0 or known != int(known) or known < 1:
+            raise ValueError(f"steps must be a whole number >= 1, got {known!r}")
+        return tf.constant(int(known), tf.int32), []
+    count = tf.cast(tf.round(tf.cast(steps, tf.float64)), tf.int32)
+    whole = tf.equal(tf.cast(count, tf.float64), tf.cast(steps, tf.float64))
+    return count, [
+        tf.debugging.assert_greater_equal(count, 1, message="steps must be >= 1"),
+        tf.debugging.Assert(whole, ["steps must be a whole number, got", steps]),
+    ]
+
+
 def _start(random_start):
-    """True/False, or a Gaussian start's std as a float > 0 (a bool is never read as a number)."""
+    """True/False, a Gaussian start's std as a float > 0 (a bool is never read as a number), or
+    a scalar tensor switching a uniform start on (!= 0) or off (0), which never retraces."""
+    if tf.is_tensor(random_start):
+        return random_start
     if isinstance(random_start, (bool, np.bool_)) or random_start is None:
         return bool(random_start)
     if not isinstance(random_start, numbers.Real) or not random_start > 0:

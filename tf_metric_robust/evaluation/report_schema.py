@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, NotRequired, TypedDict
 
-SCHEMA_VERSION = 2  # 2: attacks' calls, first_call_seconds, steady_call_seconds
+SCHEMA_VERSION = 2  # 2: compile_seconds; attacks' calls, first_call_seconds, steady_call_seconds
 
 Number = float | int
 
@@ -245,6 +245,7 @@ class Report(TypedDict):
     per_example: PerExample
     figures: dict[str, str]  # kind -> PNG file name beside the report
     seconds: float
+    compile_seconds: float  # tracing in `seconds`: per run, first call - median later call
     outputs: NotRequired[Outputs | None]  # bin/evaluate's files; None on a worker
 
 

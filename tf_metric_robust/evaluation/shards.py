@@ -20,8 +20,9 @@ import tensorflow as tf
 from tf_metric_robust import seeds
 from tf_metric_robust.evaluation.shard_store import ShardStore
 
-# Settings passed to an attack as tensors: runs that differ only in these share one trace.
-DYNAMIC_SETTINGS = ("eps", "step_size")
+# Settings passed to an attack as (float32) tensors: runs that differ only in these share one
+# trace (the gradient attacks take steps and the random start's switch as tensors too).
+DYNAMIC_SETTINGS = ("eps", "step_size", "steps", "random_start")
 
 
 def run_id(name):
