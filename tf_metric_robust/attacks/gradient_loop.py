@@ -31,8 +31,10 @@ def _clip_to_box(x_adv, clip_min, clip_max):
 def _repeat(body, count, state, unroll):
     """state after `count` (int32 scalar, or a Python int) applications of `body`.
 
-    A known count of at most `unroll` is unrolled; otherwise a tf.while_loop over blocks of
-    `unroll` unrolled applications, then one over the remaining single applications.
+    A count known while tracing runs its whole blocks of `unroll` applications in a
+    tf.while_loop (unrolled in place when there is one block) and the rest unrolled: at most
+    2 unroll - 1 applications traced. An unknown count adds a tf.while_loop of single
+    applications for the rest: unroll + 1 traced.
     """
 
     def times(k):
@@ -43,20 +45,25 @@ def _repeat(body, count, state, unroll):
 
         return run
 
-    known = tf.get_static_value(count)
-    if known is not None and known <= unroll:
-        return times(int(known))(state)
-    count = tf.cast(count, tf.int32)
-    for block, iterations in ((unroll, count // unroll), (1, count % unroll)):
-        if block == 1 and known is not None and known % unroll == 0:
-            break
+    def loop(state, block, iterations):
         _, state = tf.while_loop(
             lambda i, _: i < iterations,
-            lambda i, s, run=times(block): (i + 1, run(s)),
+            lambda i, s: (i + 1, times(block)(s)),
             (tf.constant(0), state),
             parallel_iterations=1,
         )
-    return state
+        return state
+
+    known = tf.get_static_value(count)
+    if known is None:
+        count = tf.cast(count, tf.int32)
+        return loop(loop(state, unroll, count // unroll), 1, count % unroll)
+    blocks, rest = divmod(int(known), unroll)
+    if blocks == 1:
+        state = times(unroll)(state)
+    elif blocks > 1:
+        state = loop(state, unroll, blocks)
+    return times(rest)(state)
 
 
 def attack_graph(
