@@ -272,6 +272,41 @@ def test_repeated_eager_calls_do_not_retrace(trained):
     assert owner() is None
 
 
+def test_tensor_steps_and_start_switch_equal_the_python_settings(trained):
+    """An evaluation passes steps and random_start as float32 tensors (shards.DYNAMIC_SETTINGS):
+    same result as the Python settings, eagerly and as symbolic tensors inside a tf.function."""
+    model_fn, x, y = trained
+    x, y = x[:16], y[:16]
+    seed = tf.constant([1, 2], tf.int64)
+
+    def run(steps, random_start):
+        return attacks.pgd(
+            model_fn,
+            x,
+            y,
+            eps=0.2,
+            step_size=0.05,
+            steps=steps,
+            random_start=random_start,
+            seed=seed,
+        )
+
+    traced = tf.function(run, autograph=False)
+    for steps, start in ((3, True), (6, False)):
+        expected = run(steps, start)
+        np.testing.assert_array_equal(
+            run(tf.constant(float(steps)), tf.constant(float(start))), expected
+        )
+        np.testing.assert_array_equal(
+            traced(tf.constant(float(steps)), tf.constant(float(start))), expected
+        )
+    assert np.any(run(3, True).numpy() != run(3, False).numpy())
+    with pytest.raises(ValueError, match="whole number"):
+        run(tf.constant(2.5), True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole number"):
+        traced(tf.constant(2.5), tf.constant(1.0))
+
+
 def test_graph_loop_equals_the_unrolled_steps(trained):
     """The while_loop over unrolled blocks runs the same steps as a fully unrolled loop, bit for
     bit, for step counts below, at and above the block size, with restarts and momentum."""

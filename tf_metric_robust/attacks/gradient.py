@@ -139,7 +139,9 @@ def pgd(
     y int labels [N] (the targets if `targeted`; with loss 'kl' the clean logits [N, C], TRADES'
     inner maximisation); eps, step_size on the image scale ([0, 1]); random_start True (uniform
     in the ball), False, or a float std: x + std N(0, 1) (TRADES, MART: TRADES_START_STD);
-    `restarts` random starts keep per example the successful / highest-loss result; seed None
+    `restarts` random starts keep per example the successful / highest-loss result; steps a
+    Python int or a scalar tensor holding a whole number, random_start also a scalar tensor
+    (!= 0: a uniform start): as tensors they never retrace (an evaluation passes them so); seed None
     (stateful random) or an int tensor [2] (stateless, reproducible). Fast training attacks:
     start_scale (> 0) sets the uniform start's radius to start_scale * eps (N-FGSM: 2);
     project_to_ball False keeps only the [clip_min, clip_max] clip (N-FGSM; see attacks/fast.py).
