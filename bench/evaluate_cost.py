@@ -11,10 +11,11 @@ The model is wrapped so that, in every compiled graph, it counts the rows of eac
 and of each backward pass through its input (an identity with a custom gradient). The limit of
 an evaluation is forward_rows x t_forward + backward_rows x (t_forward_backward - t_forward),
 with t_* the steady-state seconds per row of one compiled forward pass and one forward + input
-gradient at --batch_size, measured before and after each plan (their mean; the spread shows the
-load). Printed per plan (the default bin/evaluate plan; the same with
---suite=autoattack): wall seconds, the report's compile_seconds, the limit, wall / limit with
-compile and without it ((wall - compile) / limit). Goal: <= 1.3 without compile for the whole plan
+gradient at --batch_size through the same wrapper, measured before and after each plan (their
+mean; the spread shows the load). Printed per plan (the default bin/evaluate plan; the same with
+--suite=autoattack) and per part of it (one per progress line: each attack run, each AutoAttack
+member): wall / limit with compile and without it ((wall - the report's compile_seconds) /
+limit), and process CPU time / the same limit in CPU time (steadier on a shared machine). Goal: <= 1.3 without compile for the whole plan
 on 1000 digits.
 """
 
@@ -29,6 +30,7 @@ import tensorflow as tf
 from tf_metric_robust import data, models
 from tf_metric_robust.config import EvalConfig
 from tf_metric_robust.evaluation.evaluate import evaluate
+from timing import seconds
 
 GOAL = 1.3
 
@@ -55,9 +57,13 @@ class CountingModel:
 
         return self.network(counted(images), training=False)
 
-    def counts(self):
-        """(forward rows, backward rows) so far."""
-        return int(self.forward.numpy()), int(self.backward.numpy())
+    def counts(self, reset=False):
+        """(forward rows, backward rows) so far; reset: then back to 0."""
+        rows = int(self.forward.numpy()), int(self.backward.numpy())
+        if reset:
+            self.forward.assign(0)
+            self.backward.assign(0)
+        return rows
 
 
 def _network(model_dir):
@@ -83,31 +89,38 @@ def _network(model_dir):
     return network
 
 
-def _per_row_seconds(network, x, y, repeats=7):
-    """(forward, forward + input gradient) steady-state seconds per row at x's batch size."""
+def _per_row_seconds(model, x, y, repeats=7):
+    """Steady-state seconds per row of one compiled forward pass and one forward + input
+    gradient of `model` (the counting wrapper itself, so the instrument is on both sides of the
+    ratio) at x's batch size: {'forward', 'forward_backward'} -> (wall, process CPU)."""
 
     @tf.function
     def forward(images):
-        return network(images, training=False)["logits"]
+        return model(images)["logits"]
 
     @tf.function
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
             tape.watch(images)
-            logits = network(images, training=False)["logits"]
+            logits = model(images)["logits"]
             loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         return tape.gradient(loss, images)
 
     def timed(fn, *args):
         fn(*args).numpy()  # trace
-        times = []
+        runs = []
         for _ in range(repeats):
-            started = time.perf_counter()
-            fn(*args).numpy()
-            times.append(time.perf_counter() - started)
-        return statistics.median(times) / len(x)
+            runs.append(seconds(lambda: fn(*args).numpy()))
+        return tuple(statistics.median(r[i] for r in runs) / len(x) for i in (0, 1))
 
-    return timed(forward, x), timed(forward_backward, x, y)
+    return {"forward": timed(forward, x), "forward_backward": timed(forward_backward, x, y)}
+
+
+def _limit(rows, unit, clock):
+    """The pass-count limit of (forward rows, backward rows) on `clock` (0 wall, 1 CPU)."""
+    forward, backward = rows
+    t_forward, t_both = unit["forward"][clock], unit["forward_backward"][clock]
+    return forward * t_forward + backward * (t_both - t_forward)
 
 
 def main():
@@ -122,22 +135,24 @@ def main():
     held_out = np.arange(len(labels)) % 5 == 0
     x = images[held_out][: args.examples].astype(np.float32) / 255.0
     y = labels[held_out][: args.examples].astype(np.int64)
-    batch = tf.constant(x[: args.batch_size])
-    unit = lambda: _per_row_seconds(network, batch, tf.constant(y[: args.batch_size]))  # noqa: E731
     print(f"Evaluation cost: {len(y)} MNIST-5k digits, shards of {args.batch_size}")
-    print("plan        wall s  compile s  limit s  fwd rows  bwd rows  wall/limit  (no compile)")
     plans = {"default": EvalConfig(), "autoattack": EvalConfig(suite="autoattack")}
     for name in args.plans.split(","):
         counting = CountingModel(network)
+        unit = (
+            lambda: _per_row_seconds(  # noqa: E731
+                counting, tf.constant(x[: args.batch_size]), tf.constant(y[: args.batch_size])
+            )
+        )
         before = unit()
-        marks = []  # (progress line, time, forward rows, backward rows) at the end of each part
+        counting.counts(reset=True)
+        marks = []  # (progress line, wall, CPU, forward rows, backward rows) after each part
 
         def progress(line, counting=counting, marks=marks):
             if not line.startswith(" ") and not line.startswith("Evaluation plan"):
-                marks.append((line, time.perf_counter(), *counting.counts()))
+                marks.append((line, time.perf_counter(), time.process_time(), counting.counts()))
 
-        started = time.perf_counter()
-        marks.append(("start", started, 0, 0))
+        marks.append(("start", time.perf_counter(), time.process_time(), (0, 0)))
         report = evaluate(
             counting,
             (x, y),
@@ -146,44 +161,51 @@ def main():
             batch_size=args.batch_size,
             progress=progress,
         ).report
-        wall = time.perf_counter() - started
+        wall = time.perf_counter() - marks[0][1]
+        cpu = time.process_time() - marks[0][2]
+        rows = counting.counts()
         after = unit()
-        t_forward, t_both = ((a + b) / 2 for a, b in zip(before, after))
-        forward, backward = counting.counts()
-        limit = forward * t_forward + backward * (t_both - t_forward)
-        steady = (wall - report["compile_seconds"]) / limit
-        verdict = "OK" if steady <= GOAL else "MISSED"
+        unit_mean = {k: tuple((a + b) / 2 for a, b in zip(before[k], after[k])) for k in before}
+        limit = [_limit(rows, unit_mean, clock) for clock in (0, 1)]
+        compile_s = report["compile_seconds"]
+        steady = (wall - compile_s) / limit[0]
         print(
-            f"{name:10s}  {wall:6.1f}  {report['compile_seconds']:9.1f}  {limit:7.1f}  "
-            f"{forward:8d}  {backward:8d}  {wall / limit:10.2f}  {steady:.2f} (goal <= {GOAL}) "
-            f"{verdict}"
+            f"{name}: {rows[0]} forward rows, {rows[1]} backward rows; per row forward "
+            f"{_ms(before['forward'])} -> {_ms(after['forward'])}, forward + input gradient "
+            f"{_ms(before['forward_backward'])} -> {_ms(after['forward_backward'])} ms "
+            "(wall, CPU; before -> after the plan)"
         )
         print(
-            "    per row, before / after the plan: forward "
-            f"{1e3 * before[0]:.3f} / {1e3 * after[0]:.3f} ms, forward + input gradient "
-            f"{1e3 * before[1]:.3f} / {1e3 * after[1]:.3f} ms; clean accuracy "
+            f"  wall {wall:.1f} s (compile {compile_s:.1f} s), limit {limit[0]:.1f} s: "
+            f"wall / limit {wall / limit[0]:.2f}, without compile {steady:.2f} "
+            f"({'OK' if steady <= GOAL else 'MISSED'}, goal <= {GOAL}); CPU {cpu:.1f} s, "
+            f"limit {limit[1]:.1f} s: CPU / limit {cpu / limit[1]:.2f}; clean accuracy "
             f"{report['clean_accuracy']:.3f}, robust {report['robust_accuracy']:.3f}"
         )
         print(
-            "    part (its progress line)                    wall s  wall/limit  first call s"
-            "  steady call s  calls"
+            "  part (its progress line)                     wall s  wall/lim  CPU/lim  "
+            "first call s  steady call s"
         )
-        for (_, then, f0, b0), (line, now, f1, b1) in zip(marks, marks[1:]):
-            part_limit = (f1 - f0) * t_forward + (b1 - b0) * (t_both - t_forward)
-            if part_limit <= 0:
+        for (_, wall0, cpu0, rows0), (line, wall1, cpu1, rows1) in zip(marks, marks[1:]):
+            part = (rows1[0] - rows0[0], rows1[1] - rows0[1])
+            part_limit = [_limit(part, unit_mean, clock) for clock in (0, 1)]
+            if part_limit[0] <= 0:
                 continue
             run = line.split()[1] if line.startswith("[") else None
             entry = report["attacks"].get(run, {})
             print(
-                f"    {line[:44]:44s} {now - then:6.1f}  {(now - then) / part_limit:10.2f}  "
-                f"{entry.get('first_call_seconds', ''):>12}  {entry.get('steady_call_seconds', ''):>13}"
-                f"  {entry.get('calls', ''):>5}"
+                f"  {line[:44]:44s} {wall1 - wall0:6.1f}  {(wall1 - wall0) / part_limit[0]:8.2f}  "
+                f"{(cpu1 - cpu0) / part_limit[1]:7.2f}  {_text(entry.get('first_call_seconds')):>12}"
+                f"  {_text(entry.get('steady_call_seconds')):>13}"
             )
-        if report["suite"]:
-            print(
-                f"    AutoAttack members' seconds: {report['suite']['seconds']}, robust "
-                f"{report['suite']['robust_accuracy']:.3f}"
-            )
+
+
+def _text(value):
+    return "" if value is None else str(value)
+
+
+def _ms(pair):
+    return "/".join(f"{1e3 * v:.3f}" for v in pair)
 
 
 if __name__ == "__main__":
