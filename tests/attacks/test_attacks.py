@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import attacks
-from tf_metric_robust.attacks import objectives
+from tf_metric_robust.attacks import gradient_loop, objectives
 
 # Per-dtype slack for the ball check: x +- eps is itself rounded to the image dtype.
 _TOL = {tf.float32: 1e-6, tf.float16: 2e-3, tf.bfloat16: 1e-2}
@@ -249,13 +249,108 @@ def test_repeated_eager_calls_do_not_retrace(trained):
         attacks.fgsm(counting.logits, x[:16], y[:16], eps=eps)
         if i == 0:
             traced = counting.calls
-            assert traced == 3 + 1  # one trace each: 3 unrolled PGD steps, 1 FGSM step
+            # One trace: a loop body of UNROLL steps and one of a single step; FGSM (one step,
+            # no random start) is a setting of the same graph.
+            assert traced == gradient_loop.UNROLL + 1
+    # Step count, random start and eps are tensors of the same graph: still no retrace.
+    for steps in (1, 7, 40):
+        for random_start in (True, False):
+            attacks.pgd(
+                counting.logits,
+                x[:16],
+                y[:16],
+                eps=0.1,
+                step_size=0.01,
+                steps=steps,
+                random_start=random_start,
+            )
     assert counting.calls == traced
     # The cache holds model_fn owners weakly: dropping the wrapper frees it.
     owner = weakref.ref(counting)
     del counting
     gc.collect()
     assert owner() is None
+
+
+def test_tensor_steps_and_start_switch_equal_the_python_settings(trained):
+    """An evaluation passes steps and random_start as float32 tensors (shards.DYNAMIC_SETTINGS):
+    same result as the Python settings, eagerly and as symbolic tensors inside a tf.function."""
+    model_fn, x, y = trained
+    x, y = x[:16], y[:16]
+    seed = tf.constant([1, 2], tf.int64)
+
+    def run(steps, random_start):
+        return attacks.pgd(
+            model_fn,
+            x,
+            y,
+            eps=0.2,
+            step_size=0.05,
+            steps=steps,
+            random_start=random_start,
+            seed=seed,
+        )
+
+    traced = tf.function(run, autograph=False)
+    for steps, start in ((3, True), (6, False)):
+        expected = run(steps, start)
+        np.testing.assert_array_equal(
+            run(tf.constant(float(steps)), tf.constant(float(start))), expected
+        )
+        np.testing.assert_array_equal(
+            traced(tf.constant(float(steps)), tf.constant(float(start))), expected
+        )
+    assert np.any(run(3, True).numpy() != run(3, False).numpy())
+    with pytest.raises(ValueError, match="whole number"):
+        run(tf.constant(2.5), True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="whole number"):
+        traced(tf.constant(2.5), tf.constant(1.0))
+
+
+def test_graph_loop_equals_the_unrolled_steps(trained):
+    """The while_loop over unrolled blocks runs the same steps as a fully unrolled loop, bit for
+    bit, for step counts below, at and above the block size, with restarts and momentum."""
+    model_fn, x, y = trained
+    x, y = x[:16], y[:16]
+    threat = tuple(tf.constant(v) for v in (0.1, 0.0, 1.0))
+    seed = tf.constant([3, 4], tf.int64)
+
+    def run(steps, unroll, known, restarts=1, momentum=False, random_start=True):
+        def graph(steps_t):
+            return gradient_loop.attack_graph(
+                model_fn,
+                x,
+                y,
+                threat,
+                seed,
+                tf.constant(0.02),
+                tf.constant(1.0),
+                tf.constant(1.0),
+                tf.constant(random_start),
+                steps_t,
+                tf.constant(restarts),
+                norm="linf",
+                loss="ce",
+                targeted=False,
+                start="uniform",
+                momentum=momentum,
+                keep_best=restarts > 1,
+                unroll=unroll,
+            )
+
+        if known:
+            return tf.function(lambda: graph(tf.constant(steps)), autograph=False)().numpy()
+        return tf.function(graph, autograph=False)(tf.constant(steps)).numpy()
+
+    for steps in (1, 3, 4, 9):
+        reference = run(steps, unroll=steps, known=True)  # one unrolled Python loop
+        np.testing.assert_array_equal(run(steps, gradient_loop.UNROLL, known=False), reference)
+        np.testing.assert_array_equal(run(steps, 2, known=True), reference)
+    np.testing.assert_array_equal(
+        run(6, 6, True, restarts=2, momentum=True, random_start=False),
+        run(6, gradient_loop.UNROLL, False, restarts=2, momentum=True, random_start=False),
+    )
+    assert np.any(run(9, 9, True) != run(8, 8, True))  # the step count is honoured
 
 
 def test_model_fn_contract(trained):

@@ -56,6 +56,67 @@ def test_box_projection_is_the_exact_minimum(norm):
         assert size == pytest.approx(expected, rel=1e-6, abs=1e-9), row
 
 
+def _reference_projection_linf(t, w, b):
+    """fra31/auto-attack autoattack/fab_projections.py:7-60 (projection_linf, box [0, 1]) in
+    NumPy, line for line: the step d with w.(t + d) = b, t + d in [0, 1], smallest L-inf."""
+    w, b = w.copy(), b.copy()
+    sign = 2 * ((w * t).sum(1) - b >= 0) - 1
+    w *= sign[:, None]
+    b = b * sign
+    a = (w < 0).astype(t.dtype)
+    d = (a - t) * (w != 0)
+    p = a - t * (2 * a - 1)
+    indp = np.argsort(p, axis=1, kind="stable")
+    b = b - (w * t).sum(1)
+    b0 = (w * d).sum(1)
+    indp2 = indp[:, ::-1]
+    ws = np.take_along_axis(w, indp2, 1)
+    bs2 = -ws * np.take_along_axis(d, indp2, 1)
+    s = np.cumsum(np.abs(ws), axis=1)
+    sb = np.cumsum(bs2, axis=1) + b0[:, None]
+    b2 = sb[:, -1] - s[:, -1] * np.take_along_axis(p, indp[:, :1], 1)[:, 0]
+    c_l = b - b2 > 0
+    c2 = (b - b0 > 0) & ~c_l
+    dim = w.shape[1]
+    lb, ub = np.zeros(c2.sum()), np.full(c2.sum(), dim - 1.0)
+    indp_, sb_, s_, p_, b_ = indp[c2], sb[c2], s[c2], p[c2], b[c2]
+    for _ in range(int(np.ceil(np.log2(dim)))):
+        counter4 = np.floor((lb + ub) / 2)
+        counter2 = counter4.astype(int)[:, None]
+        indcurr = np.take_along_axis(indp_, dim - 1 - counter2, 1)
+        b2 = (
+            np.take_along_axis(sb_, counter2, 1)
+            - np.take_along_axis(s_, counter2, 1) * np.take_along_axis(p_, indcurr, 1)
+        )[:, 0]
+        c = b_ - b2 > 0
+        lb, ub = np.where(c, counter4, lb), np.where(c, ub, counter4)
+    lb = lb.astype(int)
+    if c_l.any():
+        lmbd = np.maximum((b[c_l] - sb[c_l, -1]) / (-s[c_l, -1]), 0)[:, None]
+        d[c_l] = (2 * a[c_l] - 1) * lmbd
+    rows = np.arange(c2.sum())
+    lmbd = np.maximum((b[c2] - sb[c2][rows, lb]) / (-s[c2][rows, lb]), 0)[:, None]
+    d[c2] = np.minimum(lmbd, d[c2]) * a[c2] + np.maximum(-lmbd, d[c2]) * (1 - a[c2])
+    return d * (w != 0)
+
+
+def test_box_projection_equals_the_reference_linf_projection():
+    """On fixed reachable hyperplanes in [0, 1]^D (D = 784, MNIST's size) our one-sort projection
+    gives the reference's step (its sort and binary search), current points and inputs stacked
+    as FAB-T projects them."""
+    rng = np.random.default_rng(5)
+    points = rng.uniform(0, 1, (48, 784))
+    w = rng.normal(size=(48, 784)) * (rng.uniform(size=(48, 784)) > 0.1)
+    b = np.sum(w * rng.uniform(0, 1, (48, 784)), axis=1)  # a point of the box on each plane
+    ours = fab.box_projection(
+        *(tf.constant(a, tf.float64) for a in (points, w, b)),
+        tf.zeros([48, 784], tf.float64),
+        tf.ones([48, 784], tf.float64),
+        "linf",
+    ).numpy()
+    np.testing.assert_allclose(ours, _reference_projection_linf(points, w, b), atol=1e-9)
+
+
 def test_unreachable_hyperplane_goes_as_far_as_the_box_allows():
     points = tf.constant([[0.5, 0.5]], tf.float64)
     w = tf.constant([[1.0, 1.0]], tf.float64)
@@ -126,6 +187,38 @@ def test_fab_targeted_keeps_the_threat_model_and_only_counts_points_within_eps()
     fooled = (x_adv.reshape(16, -1) @ weights + bias).argmax(1) != y
     np.testing.assert_array_equal(fooled, size.numpy() <= eps)
     np.testing.assert_array_equal(fab.fab_targeted(model, x, y, eps=0.0, steps=5).numpy(), x)
+
+
+def test_fooled_points_leave_the_target_loop():
+    """FAB-T runs a target only on the points not yet fooled within eps, and never on points
+    misclassified at x (fab_base.py:303-323): counted by the rows the model receives."""
+    model, weights, bias = _linear_model(4)
+    rows = tf.Variable(0, dtype=tf.int64)
+
+    def counting(images):
+        rows.assign_add(tf.cast(tf.shape(images)[0], tf.int64))
+        return model(images)
+
+    x = np.random.default_rng(6).uniform(0.3, 0.7, (20, 8, 8, 1)).astype(np.float32)
+    y = (x.reshape(20, -1) @ weights + bias).argmax(1)
+    y[:4] = (y[:4] + 1) % 10  # misclassified at x: never attacked
+    steps, correct = 10, 16
+
+    def received(**kwargs):
+        rows.assign(0)
+        x_adv = fab.fab_targeted(counting, x, y, steps=steps, num_target_classes=9, **kwargs)
+        return int(rows.numpy()), x_adv.numpy()
+
+    # Per attacked row and iteration: a gradient pass and a forward pass; plus the shape probe
+    # (1 row) and the clean pass (20 rows).
+    per_target = 2 * steps * correct
+    # eps = the whole box: the first target fools every correct point, the other 8 run on none.
+    count, x_adv = received(eps=1.0)
+    assert count == 1 + 20 + per_target
+    assert np.all((x_adv.reshape(20, -1) @ weights + bias).argmax(1) != y)
+    # eps = 0: nothing is ever fooled within eps, so every target runs on the 16 correct rows.
+    count, _ = received(eps=0.0)
+    assert count == 1 + 20 + 9 * per_target
 
 
 def test_bad_arguments_raise():

@@ -53,6 +53,105 @@ def test_mean_ci_and_paired_difference():
     assert stats.ratio_of_means({0: 300.0, 1: 500.0}, {0: 200.0, 1: 200.0}) == pytest.approx(2.0)
 
 
+def test_t80_matches_the_table_and_the_normal_limit():
+    assert stats.t80(1) == pytest.approx(1.3764, abs=1e-4)
+    assert stats.t80(4) == pytest.approx(0.9410, abs=1e-4)
+    assert stats.t80(60) == pytest.approx(0.8477, abs=2e-4)  # beyond the table (t tables)
+    assert stats.t80(10**6) == pytest.approx(0.841621, abs=1e-4)
+
+
+def test_mcnemar_exact_against_hand_computed_binomial_tails():
+    # b = 5, c = 2: p = 2 (C(7,0) + C(7,1) + C(7,2)) / 2^7 = 2 * 29 / 128.
+    test = stats.mcnemar(
+        [1] * 5 + [0] * 2 + [1] * 10 + [0] * 3, [0] * 5 + [1] * 2 + [1] * 10 + [0] * 3
+    )
+    assert (test["n"], test["b"], test["c"]) == (20, 5, 2)
+    assert test["p"] == pytest.approx(58 / 128) and test["difference"] == pytest.approx(3 / 20)
+    # b = 10, c = 0: p = 2 / 2^10; symmetric in the two models.
+    assert stats.mcnemar([1] * 10, [0] * 10)["p"] == pytest.approx(2 / 1024)
+    assert stats.mcnemar([0] * 10, [1] * 10)["p"] == pytest.approx(2 / 1024)
+    # b = c: p capped at 1; no discordant image: p = 1.
+    assert stats.mcnemar([1, 0], [0, 1])["p"] == 1.0 and stats.mcnemar([1, 1], [1, 1])["p"] == 1.0
+    with pytest.raises(ValueError, match="same images"):
+        stats.mcnemar([1, 0], [1])
+
+
+def test_mcnemar_agrees_with_scipy_binomtest():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for b, c in ((3, 11), (40, 25), (0, 6), (17, 17)):
+        ours = stats.mcnemar([1] * b + [0] * c, [0] * b + [1] * c)["p"]
+        assert ours == pytest.approx(scipy_stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+
+
+def test_min_detectable_difference_by_hand_and_its_power():
+    # k = 5 seeds, sd 0.01: (t(0.975, 4) + t(0.80, 4)) * 0.01 / sqrt(5) = 3.7174 * 0.0044721.
+    assert stats.min_detectable_difference(0.01, 5) == pytest.approx(0.016625, abs=2e-6)
+    # Adding n = 1000 images with 5% discordant: sqrt(0.01^2 / 5 + 0.05 / 1000) = sqrt(7e-5).
+    assert stats.min_detectable_difference(
+        0.01, 5, examples=1000, discordant=0.05
+    ) == pytest.approx(3.7174 * math.sqrt(7e-5), rel=1e-4)
+    with pytest.raises(ValueError, match="2 seeds"):
+        stats.min_detectable_difference(0.01, 1)
+    # The exact power of the two-sided paired t test at that difference (noncentral t) is 80%
+    # within 0.01 from k = 5 seeds on.
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for k in (5, 10, 30):
+        delta = stats.min_detectable_difference(0.02, k)
+        df, shift = k - 1, delta * math.sqrt(k) / 0.02
+        critical = scipy_stats.t.ppf(0.975, df)
+        power = scipy_stats.nct.sf(critical, df, shift) + scipy_stats.nct.cdf(-critical, df, shift)
+        assert power == pytest.approx(0.80, abs=0.01), k
+
+
+def test_paired_tests_pair_seeds_on_the_same_images(tmp_path):
+    """bin/compare's per-image tests from report.json per_example: McNemar per seed, the
+    detectable difference over seeds, shown in results.md; runs on other images do not pair."""
+    labels = [i % 10 for i in range(20)]
+
+    def fake(seed, entry, right):
+        model_dir = os.path.join(str(tmp_path), entry, f"seed{seed}")
+        _write(os.path.join(model_dir, "recipe.json"), {"mode": entry, "settings": {"seed": seed}})
+        result = _fake_report(0.9, sum(right) / 20, 0.5, 0.9, 0.5)
+        result["per_example"] = {
+            "labels": labels,
+            "clean_predictions": labels,
+            "predictions": {"pgd": [y if ok else (y + 1) % 10 for y, ok in zip(labels, right)]},
+            "suite_fooled_by": ["" if ok else "apgd_ce" for ok in right],
+        }
+        _write(os.path.join(model_dir, plan.REPORT), result)
+        _write(os.path.join(model_dir, plan.RECORD), {"entry": entry, "mode": entry, "seed": seed})
+
+    fake(0, "pgd", [1] * 10 + [0] * 10)
+    fake(0, "tla", [1] * 16 + [0] * 4)  # b = 6, c = 0
+    fake(1, "pgd", [1] * 10 + [0] * 10)
+    fake(1, "tla", [1] * 9 + [0] * 1 + [1] * 3 + [0] * 7)  # b = 3, c = 1
+    runs = [report.load_run(d) for d in report.find_runs(str(tmp_path))]
+    summary = report.write(str(tmp_path), runs, ["pgd", "tla"], "pgd")
+    tests = summary["tla"]["metrics"]["pgd_accuracy"]["paired_tests"]
+    assert tests["per_seed"]["0"]["b"] == 6 and tests["per_seed"]["0"]["c"] == 0
+    assert tests["per_seed"]["0"]["p"] == pytest.approx(2 / 64)
+    assert (tests["per_seed"]["1"]["b"], tests["per_seed"]["1"]["c"]) == (3, 1)
+    assert tests["per_seed"]["1"]["p"] == pytest.approx(2 * 5 / 16)
+    assert tests["seeds_below_0.05"] == 1
+    # Differences 0.30 and 0.10 (sd 0.1414), discordant 6/20 and 4/20 (mean 0.25), n = 20.
+    expected = (12.7062 + 1.3764) * math.sqrt(0.1414214**2 / 2 + 0.25 / 20)
+    assert tests["min_detectable_difference"] == pytest.approx(expected, rel=1e-4)
+    autoattack = summary["tla"]["metrics"]["autoattack_accuracy"]["paired_tests"]
+    assert autoattack["per_seed"]["0"]["b"] == 6
+    assert summary["tla"]["metrics"]["clean_accuracy"]["paired_tests"]["per_seed"]["0"]["p"] == 1.0
+    text = open(os.path.join(str(tmp_path), "results.md")).read()
+    assert "| tla | PGD-100 | 0: 6–0 (p 0.031); 1: 3–1 (p 0.62) |" in text
+    # Another image set (different labels) is not paired.
+    other = dict(runs[3], labels_digest="another")
+    assert (
+        report.paired_tests(
+            {1: (other["correct"]["pgd_accuracy"], other["labels_digest"])},
+            {1: (runs[1]["correct"]["pgd_accuracy"], runs[1]["labels_digest"])},
+        )
+        is None
+    )
+
+
 # Plan ----------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ report schema, and bin/evaluate end to end and on bad input (small CNN trained b
 
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
@@ -64,6 +65,10 @@ def test_normal_model_passes_every_check(normal):
     )
     assert report["attacks"]["pgd"]["accuracy"] < 0.2  # a natural model falls at eps 0.3
     assert not report["attacks"]["pgd_large_eps"]["counts_for_robust"]
+    for entry in report["attacks"].values():  # 60 examples in shards of 30: two step calls
+        assert entry["calls"] == 2
+        assert 0 < entry["steady_call_seconds"] and 0 < entry["first_call_seconds"]
+        assert entry["first_call_seconds"] + entry["steady_call_seconds"] <= entry["seconds"]
 
 
 def test_gradient_masking_is_flagged(trained, caplog):
@@ -108,6 +113,39 @@ def test_wrong_sign_attack_is_flagged(trained):
     assert result.report["attacks"]["pgd_large_eps"]["accuracy"] > 0.8
 
 
+def test_attack_leaving_the_ball_and_masking_at_the_data_are_flagged(trained):
+    """End to end with the short sanity runs: an attack whose result leaves the eps-ball fails
+    the bound check; a model whose gradient is zero exactly on the pixel grid (where the data
+    lie: a zero start never moves, a random start leaves the grid) fails the start-gap check."""
+    network, fns, x, y = trained
+    config = EvalConfig(
+        eps=0.3, step_size=0.1, steps=20, attacks=("pgd",), eps_sweep=(), steps_sweep=()
+    )
+
+    def leaking_pgd(model_fn, images, labels, *, eps, **kwargs):
+        x_adv = attacks.pgd(model_fn, images, labels, eps=eps, **kwargs)
+        return tf.clip_by_value(x_adv + 0.01 * tf.cast(eps > 0, tf.float32), 0.0, 1.0)
+
+    leaking_pgd.__signature__ = inspect.signature(attacks.pgd)
+    result = evaluate(
+        fns, (x, y), config, registry={**attacks.ATTACKS, "pgd": leaking_pgd}, batch_size=30
+    )
+    checks = _checks(result)
+    assert checks["inside_eps_ball_and_box"] is False and checks["eps_zero_is_clean"] is True
+
+    def masked_on_grid(images):
+        on_grid = tf.abs(images * 255 - tf.round(images * 255)) < 1e-3
+        return network(tf.where(on_grid, tf.stop_gradient(images), images), training=False)[
+            "logits"
+        ]
+
+    result = evaluate(masked_on_grid, (x, y), config, batch_size=30)
+    checks = _checks(result)
+    assert checks["random_vs_zero_start_gap"] is False, result.report["sanity"]
+    attacks_run = result.report["attacks"]
+    assert attacks_run["pgd_zero_start"]["accuracy"] > attacks_run["pgd_random_start"]["accuracy"]
+
+
 def test_plan_shares_equal_runs_and_marks_the_threat_model():
     plan = build_plan(TINY.resolve(), attacks.ATTACKS)
     assert plan.main == ["fgsm", "pgd", "pgd_cw", "mifgsm"]
@@ -115,7 +153,8 @@ def test_plan_shares_equal_runs_and_marks_the_threat_model():
     assert plan.specs["mifgsm"].kwargs["step_size"] == pytest.approx(0.1)  # eps / steps
     # PGD at eps with 3 steps = the eps sweep's 0.3 point = the steps sweep's 3 = random start.
     assert dict(plan.eps_sweep)[0.3] == dict(plan.steps_sweep)[3] == "pgd"
-    assert plan.roles["random_start"] == "pgd" and plan.roles["eps_zero"] == "pgd_eps0"
+    assert plan.roles["eps_zero"] == "pgd_eps0"
+    assert plan.specs["pgd_eps0"].kwargs["steps"] == 1
     assert not plan.specs[plan.roles["large_eps"]].counts_for_robust
     assert all(
         spec.counts_for_robust

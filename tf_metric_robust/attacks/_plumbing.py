@@ -147,8 +147,9 @@ def run_compiled(graph_fn, model_fn, static, *args):
 
     Inside an outer tf.function (e.g. a Keras train_step) the ops are built inline. Eagerly, one
     tf.function per (model_fn, graph_fn, static settings) is traced once and reused; `args` should
-    be tensors so that new eps or step values do not retrace. Traced without AutoGraph (faster
-    tracing of the unrolled loop): a model_fn with tensor-dependent Python control flow should be
+    be tensors so that new eps or step values do not retrace, and `static` should hold only what
+    changes the graph (the cache keys on it). Traced without AutoGraph (faster tracing; the
+    attacks build their loops with tf.while_loop themselves): a model_fn with tensor-dependent Python control flow should be
     a tf.function itself.
     """
     if tf.inside_function():

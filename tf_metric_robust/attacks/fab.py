@@ -15,8 +15,12 @@ closest linearised boundary of any other class instead, restarting from random p
 
 The box-constrained projection is solved exactly for L-inf and L2 (see `box_projection`): both
 reduce to finding where a nondecreasing piecewise-linear function reaches a level, one sort per
-row. One tf.function per call (cached per model_fn); a tf.while_loop runs the iterations.
+row, for the current point and the input together (one top_k over both). One tf.function per
+call (cached per model_fn); a tf.while_loop runs the iterations. As in the reference
+(fab_base.py:303-323), each target runs only on the points not yet fooled within eps.
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -48,14 +52,16 @@ def box_projection(points, w, b, lower, upper, norm):
         weight = tf.square(w)
         breakpoint = tf.math.divide_no_nan(room, tf.abs(w))
     breakpoint = tf.where(weight > 0, breakpoint, tf.zeros_like(breakpoint))
-    order = tf.argsort(breakpoint, axis=1)
-    sorted_points = tf.gather(breakpoint, order, batch_dims=1)
+    # One sort per row, the only one the exact answer needs: top_k of -p gives the ascending
+    # breakpoints and their order together (an argsort would sort, then gather p again).
+    dim = tf.shape(points)[1]
+    negated, order = tf.math.top_k(-breakpoint, k=dim, sorted=True)
+    sorted_points = -negated
     sorted_weights = tf.gather(weight, order, batch_dims=1)
     weighted = tf.cumsum(sorted_weights * sorted_points, axis=1)  # sum_{j <= k} a_j p_j
     remaining = tf.cumsum(sorted_weights, axis=1, reverse=True)  # sum_{j >= k} a_j
     reached = weighted + sorted_points * (remaining - sorted_weights)  # f(p_k)
     first = tf.reduce_sum(tf.cast(reached < level[:, None], tf.int32), axis=1)
-    dim = tf.shape(points)[1]
     inside = first < dim
     k = tf.minimum(first, dim - 1)
     below = tf.gather(weighted - sorted_weights * sorted_points, k, batch_dims=1)
@@ -83,8 +89,16 @@ def _boundary_step(logits_at, current, x0, y, difference, gradient, best, best_s
     its size), points flat [N, D]."""
     lower, upper = box
     offset = tf.reduce_sum(gradient * current, axis=1) - difference
-    to_current = box_projection(current, gradient, offset, lower, upper, norm)
-    to_input = box_projection(x0, gradient, offset, lower, upper, norm)
+    # The current point and the input projected in one call, as the reference (fab_base.py:191-194).
+    both = box_projection(
+        tf.concat([current, x0], 0),
+        tf.concat([gradient, gradient], 0),
+        tf.concat([offset, offset], 0),
+        tf.concat([lower, lower], 0),
+        tf.concat([upper, upper], 0),
+        norm,
+    )
+    to_current, to_input = tf.split(both, 2)
     size_current = tf.maximum(_size(to_current, norm), 1e-8)
     size_input = tf.maximum(_size(to_input, norm), 1e-8)
     alpha = tf.clip_by_value(size_current / (size_current + size_input), 0.0, ALPHA_MAX)
@@ -101,48 +115,69 @@ def _boundary_step(logits_at, current, x0, y, difference, gradient, best, best_s
     return moved, best, best_size
 
 
-def _fab_graph(model_fn, x, y, clip_min, clip_max, *, norm, steps, num_target_classes):
+def _target_run(logits_at, x0, y, target, lower, upper, best, best_size, *, norm, steps):
+    """`steps` FAB iterations toward `target` from x0 (rows [M, D]); the closest adversarial
+    point found and its size update (best [M, D], best_size [M])."""
+
+    def iteration(i, current, best, best_size):
+        with tf.GradientTape() as tape:
+            tape.watch(current)
+            logits = logits_at(current)
+            difference = tf.gather(logits, target, batch_dims=1) - tf.gather(
+                logits, y, batch_dims=1
+            )  # < 0 until t wins
+        gradient = tape.gradient(
+            difference, current, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+        return i + 1, *_boundary_step(
+            logits_at, current, x0, y, difference, gradient, best, best_size, (lower, upper), norm
+        )
+
+    _, _, best, best_size = tf.while_loop(
+        lambda i, *_: i < steps, iteration, (tf.constant(0), x0, best, best_size)
+    )
+    return best, best_size
+
+
+def _fab_graph(model_fn, x, y, clip_min, clip_max, done_within, *, norm, steps, num_target_classes):
     """Smallest adversarial points found over the target classes: (x_adv [N,...], size [N]);
-    size is inf (and x_adv = x) where no target succeeded."""
+    size is inf (and x_adv = x) where no target succeeded, 0 where x is misclassified.
+
+    As the reference's FAB-T (fab_base.py:303-323), a target runs only on the rows still to
+    attack: correctly classified at x and with no adversarial point found within `done_within`
+    (eps for fab_targeted; -1 keeps every row for the minimum norm over all targets).
+    """
     shape = tf.shape(x)
     x0 = tf.reshape(tf.cast(x, tf.float32), [shape[0], -1])
     lower = tf.fill(tf.shape(x0), tf.cast(clip_min, tf.float32))
     upper = tf.fill(tf.shape(x0), tf.cast(clip_max, tf.float32))
+    row_shape = tf.concat([[-1], shape[1:]], 0)
 
     def logits_at(flat):
-        return objectives.logits_of(model_fn, tf.cast(tf.reshape(flat, shape), x.dtype))
+        return objectives.logits_of(model_fn, tf.cast(tf.reshape(flat, row_shape), x.dtype))
 
-    ranked = tf.argsort(logits_at(x0), axis=-1, direction="DESCENDING")
-    best, best_size = x0, tf.fill([shape[0]], float("inf"))
+    clean = logits_at(x0)
+    ranked = tf.argsort(clean, axis=-1, direction="DESCENDING")
+    wrong = tf.not_equal(tf.argmax(clean, -1, output_type=y.dtype), y)
+    best = x0
+    best_size = tf.where(wrong, 0.0, float("inf"))
     for rank in range(1, num_target_classes + 1):
-        target = tf.cast(ranked[:, rank], y.dtype)
-
-        def iteration(i, current, best, best_size, target=target):
-            with tf.GradientTape() as tape:
-                tape.watch(current)
-                logits = logits_at(current)
-                difference = tf.gather(logits, target, batch_dims=1) - tf.gather(
-                    logits, y, batch_dims=1
-                )  # < 0 until t wins
-            gradient = tape.gradient(
-                difference, current, unconnected_gradients=tf.UnconnectedGradients.ZERO
-            )
-            return i + 1, *_boundary_step(
-                logits_at,
-                current,
-                x0,
-                y,
-                difference,
-                gradient,
-                best,
-                best_size,
-                (lower, upper),
-                norm,
-            )
-
-        _, _, best, best_size = tf.while_loop(
-            lambda i, *_: i < steps, iteration, (tf.constant(0), x0, best, best_size)
+        rows = tf.where(best_size > done_within)[:, 0]  # wrong rows have size 0: never attacked
+        pick = functools.partial(tf.gather, indices=rows)
+        new_best, new_size = _target_run(
+            logits_at,
+            pick(x0),
+            pick(y),
+            tf.cast(pick(ranked[:, rank]), y.dtype),
+            pick(lower),
+            pick(upper),
+            pick(best),
+            pick(best_size),
+            norm=norm,
+            steps=steps,
         )
+        best = tf.tensor_scatter_nd_update(best, rows[:, None], new_best)
+        best_size = tf.tensor_scatter_nd_update(best_size, rows[:, None], new_size)
     return tf.cast(tf.reshape(best, shape), x.dtype), best_size
 
 
@@ -153,12 +188,23 @@ def _check(norm, steps, num_target_classes):
 
 
 def fab_minimum_norm(
-    model_fn, x, y, *, norm="linf", steps=100, num_target_classes=9, clip_min=0.0, clip_max=1.0
+    model_fn,
+    x,
+    y,
+    *,
+    norm="linf",
+    steps=100,
+    num_target_classes=9,
+    clip_min=0.0,
+    clip_max=1.0,
+    done_within=-1.0,
 ):
     """FAB-T without a budget: (closest adversarial points, their L-inf/L2 distance [N]).
 
     Distances are inf where no target class was reached (those rows return x). Points that
-    are misclassified to begin with get distance 0. num_target_classes <= classes - 1.
+    are misclassified to begin with get distance 0 and are not attacked. num_target_classes <=
+    classes - 1. done_within: a row whose closest point so far lies within it is not attacked by
+    the later targets (fab_targeted passes eps; the default -1 runs every target on every row).
     """
     _check(norm, steps, num_target_classes)
     x, y = objectives.images_and_labels(x, y, clip_min, clip_max)
@@ -175,9 +221,9 @@ def fab_minimum_norm(
         y,
         tf.constant(clip_min, tf.float32),
         tf.constant(clip_max, tf.float32),
+        tf.cast(done_within, tf.float32),
     )
-    wrong = tf.not_equal(tf.argmax(objectives.logits_of(model_fn, x), -1, output_type=y.dtype), y)
-    return tf.where(_per_row(wrong, x), x, x_adv), tf.where(wrong, 0.0, size)
+    return x_adv, size
 
 
 def _per_row(mask, x):
@@ -215,6 +261,7 @@ def fab_targeted(
             num_target_classes=num_target_classes,
             clip_min=clip_min,
             clip_max=clip_max,
+            done_within=eps,
         )
     return tf.stop_gradient(tf.where(_per_row(size <= eps, x), x_adv, x))
 

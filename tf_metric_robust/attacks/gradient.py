@@ -18,31 +18,50 @@ from tf_metric_robust.attacks import _plumbing, objectives
 from tf_metric_robust.attacks.gradient_loop import attack_graph
 
 
-def _run(model_fn, x, y, *, eps, step_size, clip_min, clip_max, seed, decay=None, **static):
+def _run(
+    model_fn,
+    x,
+    y,
+    *,
+    eps,
+    step_size,
+    steps,
+    random_start,
+    clip_min,
+    clip_max,
+    seed,
+    decay=None,
+    start_scale=1.0,
+    restarts=1,
+    **static,
+):
     """Validates, converts arguments to tensors and runs the (cached) compiled loop.
 
     step_size None steps by eps (FGSM); decay None turns momentum off (PGD). `static`: the
-    loop's compile-time settings (gradient_loop.attack_graph): steps, norm, loss, targeted,
-    random_start, restarts (1), project_to_ball (True), and start_scale (1.0, a tensor there).
-    `steps` and `restarts` must be Python ints: they are unrolled into the graph. A callable loss
-    (a custom objective, adaptive.py) runs one start, like 'kl': no labels tell which one won.
+    loop's graph settings (gradient_loop.attack_graph): norm, loss, targeted, project_to_ball
+    (True). steps and restarts (Python ints), eps, step_size, decay, start_scale and whether a
+    random start is on go to the loop as tensors, so changing them does not retrace; a Gaussian
+    start (random_start a float) and restarts > 1 change the graph. A callable loss (a custom
+    objective, adaptive.py) runs one start, like 'kl': no labels tell which one won.
     """
-    start_scale = static.pop("start_scale", 1.0)
+    start = _start(random_start)
+    loss = static["loss"]
+    steps, checks = _steps(steps)
     static.update(
         targeted=bool(static["targeted"]),
-        random_start=_start(static["random_start"]),
+        start="gaussian" if isinstance(start, float) else "uniform",
         momentum=decay is not None,
+        keep_best=restarts != 1,
+        project_to_ball=static.get("project_to_ball", True),
     )
-    loss, restarts = static["loss"], static.get("restarts", 1)
     _plumbing.check_norm(static["norm"])
     if not callable(loss) and loss not in objectives.LOSSES:
         raise ValueError(f"loss must be one of {objectives.LOSSES}, got {loss!r}")
     if (callable(loss) or loss == "kl") and restarts != 1:
         raise ValueError(f"loss {loss!r} runs one start (restarts=1), got restarts={restarts!r}")
-    _plumbing.check_int("steps", static["steps"], 1)
     _plumbing.check_int("restarts", restarts, 1)
     decay = 0.0 if decay is None else decay
-    checks = _plumbing.check_number("decay", decay, 0.0, strict=False)
+    checks += _plumbing.check_number("decay", decay, 0.0, strict=False)
     checks += _plumbing.check_number("start_scale", start_scale, 0.0, strict=True)
     if step_size is not None:
         checks += _plumbing.check_number("step_size", step_size, 0.0, strict=True)
@@ -50,15 +69,43 @@ def _run(model_fn, x, y, *, eps, step_size, clip_min, clip_max, seed, decay=None
         x, y, eps, clip_min, clip_max, seed, "kl" if loss == "kl" else "ce", static["norm"]
     )
     step_size = eps if step_size is None else step_size
-    scalars = [tf.cast(v, tf.float32) for v in (step_size, decay, start_scale)]
+    start_size = start if static["start"] == "gaussian" else start_scale
+    scalars = [tf.cast(v, tf.float32) for v in (step_size, decay, start_size)]
+    start_on = tf.not_equal(start, 0) if tf.is_tensor(start) else tf.constant(bool(start))
+    counts = [start_on, steps, tf.constant(restarts, tf.int32)]
     with tf.control_dependencies(checks + eps_checks):
-        x_adv = _plumbing.run_compiled(attack_graph, model_fn, static, x, y, threat, seed, *scalars)
+        x_adv = _plumbing.run_compiled(
+            attack_graph, model_fn, static, x, y, threat, seed, *scalars, *counts
+        )
     # The result is data, not a function of the model weights (keeps outer tapes clean).
     return tf.stop_gradient(x_adv)
 
 
+def _steps(steps):
+    """(steps as an int32 scalar, run-time checks): a Python int >= 1, or a scalar tensor (an
+    evaluation passes its settings as float32 tensors, shards.DYNAMIC_SETTINGS) whose value
+    must be a whole number >= 1."""
+    if not tf.is_tensor(steps):
+        _plumbing.check_int("steps", steps, 1)
+        return tf.constant(steps, tf.int32), []
+    known = tf.get_static_value(steps)
+    if known is not None:
+        if np.ndim(known) != 0 or known != int(known) or known < 1:
+            raise ValueError(f"steps must be a whole number >= 1, got {known!r}")
+        return tf.constant(int(known), tf.int32), []
+    count = tf.cast(tf.round(tf.cast(steps, tf.float64)), tf.int32)
+    whole = tf.equal(tf.cast(count, tf.float64), tf.cast(steps, tf.float64))
+    return count, [
+        tf.debugging.assert_greater_equal(count, 1, message="steps must be >= 1"),
+        tf.debugging.Assert(whole, ["steps must be a whole number, got", steps]),
+    ]
+
+
 def _start(random_start):
-    """True/False, or a Gaussian start's std as a float > 0 (a bool is never read as a number)."""
+    """True/False, a Gaussian start's std as a float > 0 (a bool is never read as a number), or
+    a scalar tensor switching a uniform start on (!= 0) or off (0), which never retraces."""
+    if tf.is_tensor(random_start):
+        return random_start
     if isinstance(random_start, (bool, np.bool_)) or random_start is None:
         return bool(random_start)
     if not isinstance(random_start, numbers.Real) or not random_start > 0:
@@ -92,7 +139,9 @@ def pgd(
     y int labels [N] (the targets if `targeted`; with loss 'kl' the clean logits [N, C], TRADES'
     inner maximisation); eps, step_size on the image scale ([0, 1]); random_start True (uniform
     in the ball), False, or a float std: x + std N(0, 1) (TRADES, MART: TRADES_START_STD);
-    `restarts` random starts keep per example the successful / highest-loss result; seed None
+    `restarts` random starts keep per example the successful / highest-loss result; steps a
+    Python int or a scalar tensor holding a whole number, random_start also a scalar tensor
+    (!= 0: a uniform start): as tensors they never retrace (an evaluation passes them so); seed None
     (stateful random) or an int tensor [2] (stateless, reproducible). Fast training attacks:
     start_scale (> 0) sets the uniform start's radius to start_scale * eps (N-FGSM: 2);
     project_to_ball False keeps only the [clip_min, clip_max] clip (N-FGSM; see attacks/fast.py).

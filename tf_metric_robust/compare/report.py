@@ -9,8 +9,10 @@ in doubt in results.md. Stdlib only: `bin/compare --collect` needs no TensorFlow
 """
 
 import glob
+import hashlib
 import json
 import os
+import statistics
 import time
 
 from tf_metric_robust import atomic_io
@@ -72,6 +74,63 @@ def evaluation_numbers(report):
     return numbers, (f"PGD-{steps}" if steps else "PGD"), detector
 
 
+# Metrics whose per-example correctness report.json holds (per_example): McNemar's test pairs two
+# entries' runs of one seed image by image.
+PAIRED = ("clean_accuracy", "pgd_accuracy", "autoattack_accuracy")
+
+
+def per_example_correct(report):
+    """{metric of PAIRED: '0110...' (per test image, 1 = correct)} and a digest of the labels
+    (two runs pair only on the same images in the same order); ({}, None) without per_example."""
+    labels = _get(report, "per_example", "labels")
+    if not isinstance(labels, list):
+        return {}, None
+    columns = {
+        "clean_accuracy": _get(report, "per_example", "clean_predictions"),
+        "pgd_accuracy": _get(report, "per_example", "predictions", "pgd"),
+    }
+    correct = {
+        key: "".join("1" if p == label else "0" for p, label in zip(predictions, labels))
+        for key, predictions in columns.items()
+        if isinstance(predictions, list) and len(predictions) == len(labels)
+    }
+    fooled_by = _get(report, "per_example", "suite_fooled_by")  # '' = still correct
+    if isinstance(fooled_by, list) and len(fooled_by) == len(labels):
+        correct["autoattack_accuracy"] = "".join("0" if f else "1" for f in fooled_by)
+    digest = hashlib.sha256(json.dumps(labels).encode()).hexdigest()[:16]
+    return correct, digest
+
+
+def paired_tests(ours, theirs):
+    """McNemar per seed both entries ran on the same images, and the smallest difference the
+    design detects (stats.min_detectable_difference: the per-seed differences' sd, k seeds, n
+    images, the mean discordant fraction). ours, theirs: {seed: (correct string, labels digest)}
+    of one metric. None when no seed pairs."""
+    per_seed = {}
+    for seed in sorted(set(ours) & set(theirs)):
+        (a, digest_a), (b, digest_b) = ours[seed], theirs[seed]
+        if a and b and digest_a == digest_b:
+            per_seed[seed] = stats.mcnemar([c == "1" for c in a], [c == "1" for c in b])
+    if not per_seed:
+        return None
+    tests = list(per_seed.values())
+    differences = [t["difference"] for t in tests]
+    result = {
+        "per_seed": {str(seed): test for seed, test in per_seed.items()},
+        "seeds_below_0.05": sum(t["p"] < 0.05 for t in tests),
+        "min_detectable_difference": None,
+    }
+    if len(tests) >= 2:
+        n = tests[0]["n"]
+        result["min_detectable_difference"] = stats.min_detectable_difference(
+            statistics.stdev(differences),
+            len(tests),
+            examples=n,
+            discordant=statistics.fmean((t["b"] + t["c"]) / n for t in tests),
+        )
+    return result
+
+
 def failed_checks(report):
     """The sanity checks report.json records as failed ('passed' False; None is skipped), each
     with 'metrics': the METRICS keys it puts in doubt (DOUBTS, else every ATTACKED one)."""
@@ -96,6 +155,7 @@ def load_run(model_dir, entry=None):
     metrics = _read_json(os.path.join(model_dir, "metrics.json"))
     report = _read_json(os.path.join(model_dir, plan.REPORT))
     numbers, pgd_label, detector = evaluation_numbers(report or {})
+    correct, labels_digest = per_example_correct(report or {})
     train_seconds = record.get("train_seconds")
     if train_seconds is None and metrics:  # trained outside bin/compare
         train_seconds = metrics.get("train_seconds_this_run")
@@ -116,6 +176,8 @@ def load_run(model_dir, entry=None):
         "evaluated": report is not None,
         "numbers": numbers,
         "failed_sanity_checks": failed_checks(report or {}),
+        "correct": correct,
+        "labels_digest": labels_digest,
         "pgd_label": pgd_label,
         "detector": detector,
         "train_metrics": metrics,
@@ -176,6 +238,16 @@ def summarize(runs, entries, reference):
                     cell["ratio_to_reference"] = stats.ratio_of_means(ours, theirs)
                 else:
                     cell["difference_to_reference"] = stats.paired_difference(ours, theirs)
+                if key in PAIRED:
+                    cell["paired_tests"] = paired_tests(
+                        *(
+                            {
+                                r["seed"]: (r.get("correct", {}).get(key), r.get("labels_digest"))
+                                for r in by_entry[name]
+                            }
+                            for name in (entry, reference)
+                        )
+                    )
             row["metrics"][key] = cell
         summary[entry] = row
     return summary
@@ -195,7 +267,9 @@ def write(output, runs, entries, reference, command=None):
         "entries": list(entries),
         "pgd_attack": labels,
         "evaluated_examples": examples,
-        "confidence": "95% Student t over seeds; differences paired by seed",
+        "confidence": "95% Student t over seeds; differences paired by seed; McNemar's exact "
+        "test per seed on the same test images; smallest detectable difference at 80% power, "
+        "two-sided alpha 0.05",
         "summary": summary,
         "runs": runs,
     }
@@ -213,9 +287,12 @@ def write(output, runs, entries, reference, command=None):
 
 __all__ = [
     "ATTACKED",
+    "PAIRED",
     "DOUBTS",
     "evaluation_numbers",
     "failed_checks",
+    "paired_tests",
+    "per_example_correct",
     "find_runs",
     "load_run",
     "summarize",

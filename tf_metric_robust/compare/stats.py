@@ -1,8 +1,12 @@
-"""Means and 95% confidence intervals over seeds (Student t), stdlib only.
+"""Means and 95% confidence intervals over seeds (Student t), McNemar's exact test on the same
+test images, and the smallest difference a design can detect; stdlib only.
 
 With n seeds the interval is mean ± t(0.975, n-1) · s / sqrt(n), s the sample standard deviation;
 a difference to the reference entry is paired by seed (the same seed gives both runs the same
 initialisation and batch order), so its interval is the t interval of the per-seed differences.
+Two models evaluated on the same images are also paired per image: McNemar's exact test (McNemar,
+Psychometrika 1947; exact binomial form, e.g. Fagerland et al., BMC Med. Res. Methodol. 2013)
+uses only the discordant images.
 """
 
 import math
@@ -43,15 +47,58 @@ _T975 = (
     2.0423,
 )
 _Z975 = 1.959964
+# One-sided 80% quantiles t(0.80, df) for df = 1..30 (the same tables); beyond 30 Cornish-Fisher.
+_T80 = (
+    1.3764,
+    1.0607,
+    0.9785,
+    0.9410,
+    0.9195,
+    0.9057,
+    0.8960,
+    0.8889,
+    0.8834,
+    0.8791,
+    0.8755,
+    0.8726,
+    0.8702,
+    0.8681,
+    0.8662,
+    0.8647,
+    0.8633,
+    0.8620,
+    0.8610,
+    0.8600,
+    0.8591,
+    0.8583,
+    0.8575,
+    0.8569,
+    0.8562,
+    0.8557,
+    0.8551,
+    0.8546,
+    0.8542,
+    0.8538,
+)
+_Z80 = 0.841621
 
 
 def t975(df):
     """t quantile 0.975 (two-sided 95%) with df degrees of freedom (df >= 1)."""
+    return _t_quantile(df, _T975, _Z975)
+
+
+def t80(df):
+    """t quantile 0.80 (80% power) with df degrees of freedom (df >= 1)."""
+    return _t_quantile(df, _T80, _Z80)
+
+
+def _t_quantile(df, table, z):
+    """The table's value for df <= 30, else the Cornish-Fisher expansion around the normal z."""
     if df < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
+    if df <= len(table):
+        return table[df - 1]
     return (
         z
         + (z**3 + z) / (4 * df)
@@ -115,4 +162,52 @@ def ratio_of_means(values, reference):
     return sum(values[s] for s in seeds) / denominator
 
 
-__all__ = ["mean_ci", "paired_difference", "ratio_of_means", "t975"]
+def mcnemar(correct, reference_correct):
+    """McNemar's exact test of two models on the same images: per-example correctness lists
+    (bools or 0/1, image i of both lists the same image).
+
+    Returns {'n', 'b' (images only `correct` gets right), 'c' (only the reference gets right),
+    'difference' ((b - c) / n, the accuracy difference), 'p' (two-sided exact p: under equal
+    accuracies b ~ Binomial(b + c, 1/2); p = min(1, 2 P(X <= min(b, c))), 1 when b + c = 0)}.
+    """
+    if len(correct) != len(reference_correct):
+        raise ValueError(
+            f"McNemar pairs the same images: got {len(correct)} and {len(reference_correct)}"
+        )
+    b = sum(1 for a, r in zip(correct, reference_correct) if a and not r)
+    c = sum(1 for a, r in zip(correct, reference_correct) if r and not a)
+    m = b + c
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1))
+    p = 1.0 if m == 0 else min(1.0, 2 * tail / 2**m)  # exact integers, then one division
+    n = len(correct)
+    return {"n": n, "b": b, "c": c, "difference": (b - c) / n if n else None, "p": p}
+
+
+def min_detectable_difference(sd, seeds, examples=None, discordant=None):
+    """The smallest true difference in accuracy a seed-paired design detects with 80% power at
+    two-sided alpha 0.05: (t(0.975, k-1) + t(0.80, k-1)) · sqrt(sd² / k + v / n).
+
+    sd: the between-seed sd of the per-seed differences (the observed one); seeds: k >= 2.
+    examples, discordant: n test images and the fraction of them on which the two models
+    disagree in correctness; v = discordant is the per-image variance bound of a paired
+    difference (McNemar's, (b + c) / n), the test-set sampling term; None leaves it out (a fixed
+    test set). The sd term alone is the paired t test's formula (normal approximation to the
+    noncentral t, e.g. Cohen 1988 ch. 2; within 0.05 power of the exact value for k >= 5).
+    """
+    if seeds < 2:
+        raise ValueError(f"a between-seed sd needs >= 2 seeds, got {seeds}")
+    variance = sd**2 / seeds
+    if examples and discordant is not None:
+        variance += discordant / examples
+    return (t975(seeds - 1) + t80(seeds - 1)) * math.sqrt(variance)
+
+
+__all__ = [
+    "mcnemar",
+    "mean_ci",
+    "min_detectable_difference",
+    "paired_difference",
+    "ratio_of_means",
+    "t80",
+    "t975",
+]

@@ -125,6 +125,36 @@ def _differences_sentence(summary, reference):
     return text
 
 
+def _paired_lines(summary, reference, titles):
+    """The per-image tests: per entry and metric, McNemar's discordant counts and exact p per
+    seed, and the smallest difference the design detects at 80% power (report.paired_tests)."""
+    rows = []
+    for entry, row in summary.items():
+        if entry == reference:
+            continue
+        for (key, _, _), title in zip(METRICS, titles):
+            tests = row["metrics"][key].get("paired_tests")
+            if not tests:
+                continue
+            seeds = "; ".join(
+                f"{seed}: {t['b']}–{t['c']} (p {t['p']:.2g})"
+                for seed, t in tests["per_seed"].items()
+            )
+            mdd = tests["min_detectable_difference"]
+            rows.append([entry, title, seeds, "–" if mdd is None else f"{100 * mdd:.1f}"])
+    if not rows:
+        return []
+    return [
+        "",
+        f"The same test images, paired per image, against `{reference}` (McNemar's exact test per "
+        "seed: images only the entry gets right – images only the reference gets right, and the "
+        "two-sided p); the last column is the smallest difference in points this design (these "
+        "seeds, their spread, these images) detects with 80% power at two-sided alpha 0.05.",
+        "",
+        *_table(["entry", "metric", "seed: b–c (p)", "detectable (points)"], rows),
+    ]
+
+
 def markdown(summary, runs, reference, pgd_label="PGD"):
     """results.md: one table of means ± 95% CI, one of the paired differences to the reference,
     a marker on every number a failed sanity check puts in doubt and a footnote naming it."""
@@ -158,6 +188,7 @@ def markdown(summary, runs, reference, pgd_label="PGD"):
             _differences_sentence(summary, reference),
             "",
             *_table(["entry", *titles], differences),
+            *_paired_lines(summary, reference, titles),
         ]
     if notes:
         lines += [

@@ -9,6 +9,7 @@ import inspect
 import json
 
 from tf_metric_robust.config import UserError
+from tf_metric_robust.evaluation import sanity
 
 # Attacks that take the threat model's step settings; others (APGD, suites) get eps and norm only
 # and keep their own published defaults (e.g. APGD's 100 iterations, Croce & Hein 2020).
@@ -94,8 +95,7 @@ def build_plan(config, registry):
 
     Sweeps and checks use registry['pgd'] with CE loss: the eps sweep keeps `steps` and scales the
     step with eps; the steps sweep keeps eps and step_size; MI-FGSM starts at x and steps by
-    eps / steps (Dong et al. 2018); the large-eps check uses L-inf with step 2.5 * eps / steps
-    (Madry et al. 2018).
+    eps / steps (Dong et al. 2018); the sanity checks' runs are sanity.plan_runs'.
     """
     c = config
     plan = Plan(threat=(c.norm, c.eps))
@@ -130,22 +130,15 @@ def build_plan(config, registry):
         return c.step_size * eps / c.eps if eps > 0 and c.eps > 0 else c.step_size
 
     for eps in c.eps_sweep:
+        # At eps 0 every step count returns x: one step, shared with the eps-0 sanity check.
+        steps = {"steps": 1} if eps == 0 else {}
         plan.eps_sweep.append(
-            (eps, pgd("eps_sweep", f"pgd_eps{eps:.4g}", eps=eps, step_size=step_for(eps)))
+            (eps, pgd("eps_sweep", f"pgd_eps{eps:.4g}", eps=eps, step_size=step_for(eps), **steps))
         )
     for steps in c.steps_sweep:
         plan.steps_sweep.append((steps, pgd("steps_sweep", f"pgd_steps{steps}", steps=steps)))
-    plan.roles["eps_zero"] = pgd("sanity", "pgd_eps0", eps=0.0)
-    plan.roles["random_start"] = pgd("sanity", "pgd_random_start", random_start=True)
-    plan.roles["zero_start"] = pgd("sanity", "pgd_zero_start", random_start=False)
-    plan.roles["large_eps"] = pgd(
-        "sanity",
-        "pgd_large_eps",
-        eps=c.large_eps,
-        norm="linf",
-        step_size=2.5 * c.large_eps / c.steps,
-        random_start=True,
-    )
+    for role, name, changes in sanity.plan_runs(c):
+        plan.roles[role] = pgd("sanity", name, **changes)
     if c.detection:
         for eps in c.detection_eps:
             name = pgd(

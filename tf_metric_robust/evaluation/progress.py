@@ -4,6 +4,7 @@ passes print; the library itself never prints), so a long evaluation into a log 
 it is."""
 
 from tf_metric_robust.config import DETECTORS
+from tf_metric_robust.evaluation import sanity
 
 # Report groups of a plan's runs (plan.Plan.add) as the header and the run lines name them.
 PARTS = {
@@ -38,8 +39,8 @@ def header(config, plan, num_examples, suite_members=()):
         f"  attacks: {', '.join(plan.main)}",
         f"  eps sweep (PGD): eps {_numbers(c.eps_sweep)}",
         f"  steps sweep (PGD): steps {_numbers(c.steps_sweep, '{}')}",
-        f"  sanity checks (Carlini et al. 2019): their PGD runs at eps 0, random and zero start, "
-        f"linf eps {c.large_eps:.4g}",
+        f"  sanity checks (Carlini et al. 2019): their PGD runs at eps 0 (1 step), random and "
+        f"zero start and linf eps {c.large_eps:.4g} (PGD-{sanity.check_steps(c.steps)})",
     ]
     if c.suite != "none":
         lines.append(f"  AutoAttack ({c.suite_version}): {', '.join(suite_members)}")

@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, Literal, NotRequired, TypedDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: compile_seconds; attacks' calls, first_call_seconds, steady_call_seconds
 
 Number = float | int
 
@@ -69,6 +69,9 @@ class AttackEntry(TypedDict):
     counts_for_robust: bool
     max_bound_violation: float
     seconds: float
+    calls: int  # step calls (a shard per replica each); the first one traces the attack
+    first_call_seconds: float | None  # wall time of the first call, compile included
+    steady_call_seconds: float | None  # median wall time of the later calls
 
 
 class EpsPoint(TypedDict):
@@ -243,6 +246,7 @@ class Report(TypedDict):
     per_example: PerExample
     figures: dict[str, str]  # kind -> PNG file name beside the report
     seconds: float
+    compile_seconds: float  # tracing in `seconds`: per run, first call - median later call
     outputs: NotRequired[Outputs | None]  # bin/evaluate's files; None on a worker
 
 

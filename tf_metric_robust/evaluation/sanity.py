@@ -6,6 +6,11 @@ the model, and a random start changes little over a zero start.
 
 Each check is a dict {'name', 'passed' (True, False, or None when skipped), 'value', 'threshold',
 'detail'}; a failure means the evaluation, not the model, is suspect.
+
+The checks' own PGD runs (`plan_runs`) are the cheapest that show what each check must show, so
+together they cost at most half the main attack (PGD-100 on MNIST: 1 + 3 x 10 steps, 0.31x;
+bench/evaluate_cost.py measures it); runs that differ only in eps, step size, steps or the
+random start share one compiled graph (gradient_loop.py).
 """
 
 import logging
@@ -16,6 +21,39 @@ import tensorflow as tf
 from tf_metric_robust.attacks import objectives
 
 _LOG = logging.getLogger(__name__)
+
+
+def check_steps(steps):
+    """Steps of the start-gap and large-eps runs: as many as fit three of them and the eps-0
+    step into half the main attack's steps (1 + 3k <= steps / 2), at most 10, and at least 3 (or
+    the main attack's own count if smaller), so PGD from x is more than one gradient sign. With
+    Madry et al.'s step 2.5 eps / k, k steps cross the ball from either start."""
+    return max(min(steps, 3), min(10, (steps // 2 - 1) // 3))
+
+
+def plan_runs(config):
+    """The sanity checks' own PGD runs: [(role, name, changes to the threat model's PGD)].
+
+    eps_zero: an attack with eps 0 must return x (predictions = clean); that is the projection's
+    job, not the search's, so one step (from the random start, whose projection is checked too).
+    random_start / zero_start: the same short PGD (check_steps steps of 2.5 eps / k, Madry et
+    al. 2018) from a random point and from x; a large accuracy gap means gradients are masked at
+    the data points. large_eps: L-inf PGD at `large_eps`, the same short schedule, must drive
+    accuracy near 0. Costs 1 + 3 k steps, at most half the main attack's for steps >= 20
+    (PGD-100: 31 steps; PGD-20: 10).
+    """
+    c = config
+    k = check_steps(c.steps)
+
+    def short(eps, **changes):
+        return dict(eps=eps, steps=k, step_size=2.5 * eps / k, **changes)
+
+    return [
+        ("eps_zero", "pgd_eps0", dict(eps=0.0, steps=1)),
+        ("random_start", "pgd_random_start", short(c.eps, random_start=True)),
+        ("zero_start", "pgd_zero_start", short(c.eps, random_start=False)),
+        ("large_eps", "pgd_large_eps", short(c.large_eps, norm="linf", random_start=True)),
+    ]
 
 
 def gradient_stats(logits_fn, x, y, max_examples=100):

@@ -20,8 +20,9 @@ import tensorflow as tf
 from tf_metric_robust import seeds
 from tf_metric_robust.evaluation.shard_store import ShardStore
 
-# Settings passed to an attack as tensors: runs that differ only in these share one trace.
-DYNAMIC_SETTINGS = ("eps", "step_size")
+# Settings passed to an attack as (float32) tensors: runs that differ only in these share one
+# trace (the gradient attacks take steps and the random start's switch as tensors too).
+DYNAMIC_SETTINGS = ("eps", "step_size", "steps", "random_start")
 
 
 def run_id(name):
@@ -47,6 +48,7 @@ class ShardRunner:
         self.store = store or ShardStore()
         self.progress_bar = progress_bar
         self.seconds = {}
+        self.call_seconds = {}  # name -> wall seconds of each step call (the first one traces)
         self.resumed = 0  # own shards found already written (a re-run resuming)
         self._compiled = {}
 
@@ -95,7 +97,10 @@ class ShardRunner:
             for j in group:
                 padded = np.resize(shards[j], size)  # cyclic repeat: the same shape every call
                 inputs.append((x[padded], y[padded], seeds.key(self.seed, root, seed_id, j)))
-            for j, out in zip(group, self._call(step, inputs, params)):
+            called = time.perf_counter()
+            outputs = self._call(step, inputs, params)
+            self.call_seconds.setdefault(name, []).append(time.perf_counter() - called)
+            for j, out in zip(group, outputs):
                 self.store.save(name, j, {k: v[: len(shards[j])] for k, v in out.items()})
             if bar is not None:
                 bar.add(len(group))
