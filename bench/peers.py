@@ -5,7 +5,7 @@ Command: `make bench` installs the peers; alone: `pip install -e .[cpu,bench]` t
 [--rounds 5]`. Settings shared by all: small_cnn on 28x28x1, random weights and images, L-inf
 eps 0.3, step 0.01, 10 steps, random start, CE loss on the given labels, clip to [0, 1].
 
-  * ours: `attacks.pgd` (one cached tf.function, the 10 steps unrolled);
+  * ours: `attacks.pgd` (one cached tf.function: a graph loop over blocks of 4 unrolled steps);
   * cleverhans: `cleverhans.tf2.attacks.projected_gradient_descent` called eagerly as its docs
     show (a Python loop over a tf.function gradient), and the same call wrapped by the user in
     one tf.function;
