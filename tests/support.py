@@ -21,14 +21,12 @@ def command(script, *args):
 def run(script, *args, env=None, timeout=600, stdin=None):
     """Runs bin/<name> (or any script path below the root) to completion from the clone's root;
     returns the CompletedProcess with text stdout and stderr."""
+    return _complete(command(script, *args), env, timeout, stdin)
+
+
+def _complete(argv, env, timeout, stdin):
     return subprocess.run(
-        command(script, *args),
-        cwd=ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        argv, cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -46,15 +44,7 @@ def start(script, *args, env=None):
 
 def run_python(code, *args, env=None, timeout=300, stdin=None):
     """Runs `python -c code *args` from the clone's root; returns the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-c", code, *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _complete([sys.executable, "-c", code, *map(str, args)], env, timeout, stdin)
 
 
 def write_run_folder(model_dir, network=None, *, step=1, recipe=None, **checkpoint_items):

@@ -142,6 +142,22 @@ def _linear_model(seed, classes=10, dim=64):
     )
 
 
+def _closed_form_minimum(logits, y, weights, norm):
+    """Per row, the distance to the closest class boundary of logits W^T x + b (no box):
+    min_j (z_y - z_j) / ||w_y - w_j||_* with the dual norm (L1 for L-inf, L2 for L2)."""
+    dual = 1 if norm == "linf" else 2
+    return np.array(
+        [
+            min(
+                (row[label] - row[j]) / np.linalg.norm(weights[:, label] - weights[:, j], ord=dual)
+                for j in range(len(row))
+                if j != label
+            )
+            for row, label in zip(logits, y)
+        ]
+    )
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_linear_classifier_minimum_within_one_percent_of_closed_form(norm):
     """For logits W^T x + b the closest misclassified point is at min_j (z_y - z_j) /
@@ -152,18 +168,7 @@ def test_linear_classifier_minimum_within_one_percent_of_closed_form(norm):
     logits = x.reshape(32, -1) @ weights + bias
     y = logits.argmax(1)
     flat = x.reshape(32, -1)
-    dual = 1 if norm == "linf" else 2
-    closed_form = np.array(
-        [
-            min(
-                (logits[i, y[i]] - logits[i, j])
-                / np.linalg.norm(weights[:, y[i]] - weights[:, j], ord=dual)
-                for j in range(10)
-                if j != y[i]
-            )
-            for i in range(32)
-        ]
-    )
+    closed_form = _closed_form_minimum(logits, y, weights, norm)
     x_adv, size = fab.fab_minimum_norm(model, x, y, norm=norm, steps=100, num_target_classes=9)
     size = size.numpy()
     assert np.all(closed_form < 0.45)  # no coordinate moves 0.45: the box [0, 1] cannot bind
@@ -261,18 +266,7 @@ def test_untargeted_fab_reaches_the_closest_class_of_a_linear_classifier(norm):
     x = np.random.default_rng(1).uniform(0.45, 0.55, (32, 8, 8, 1)).astype(np.float32)
     logits = x.reshape(32, -1) @ weights + bias
     y = logits.argmax(1)
-    dual = 1 if norm == "linf" else 2
-    closed_form = np.array(
-        [
-            min(
-                (logits[i, y[i]] - logits[i, j])
-                / np.linalg.norm(weights[:, y[i]] - weights[:, j], ord=dual)
-                for j in range(10)
-                if j != y[i]
-            )
-            for i in range(32)
-        ]
-    )
+    closed_form = _closed_form_minimum(logits, y, weights, norm)
     eps = float(np.median(closed_form))
     x_adv = fab.fab_untargeted(model, x, y, eps=eps, norm=norm, steps=50, restarts=2, seed=3)
     x_adv = x_adv.numpy()
