@@ -101,7 +101,7 @@ def _reference_projection_linf(t, w, b):
 
 
 def test_box_projection_equals_the_reference_linf_projection():
-    """On fixed reachable hyperplanes in [0, 1]^D (D = 784, MNIST's size) our one-sort projection
+    """On fixed reachable hyperplanes in [0, 1]^D (D = 784, MNIST's size) our Newton projection
     gives the reference's step (its sort and binary search), current points and inputs stacked
     as FAB-T projects them."""
     rng = np.random.default_rng(5)
@@ -115,6 +115,26 @@ def test_box_projection_equals_the_reference_linf_projection():
         "linf",
     ).numpy()
     np.testing.assert_allclose(ours, _reference_projection_linf(points, w, b), atol=1e-9)
+
+
+def test_box_projection_is_exact_when_newton_must_cross_many_breakpoints():
+    """Weights falling threefold per coordinate and the root on the last of 12 segments: the
+    first Newton steps land far short of it (the heavy coordinates saturate first), so stopping
+    after a fixed few steps would leave the point short of the hyperplane."""
+    dim = 12
+    weights = 3.0 ** -np.arange(dim)
+    breakpoints = np.arange(1.0, dim + 1)  # the room of each coordinate: upper bound i + 1
+    root = dim - 0.5
+    level = np.sum(weights * np.minimum(root, breakpoints))
+    d = fab.box_projection(
+        tf.zeros([1, dim], tf.float64),
+        tf.constant(weights[None], tf.float64),
+        tf.constant([level], tf.float64),
+        tf.zeros([1, dim], tf.float64),
+        tf.constant(breakpoints[None], tf.float64),
+        "linf",
+    ).numpy()[0]
+    np.testing.assert_allclose(d, np.minimum(root, breakpoints), rtol=1e-9)
 
 
 def test_unreachable_hyperplane_goes_as_far_as_the_box_allows():
