@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tf_metric_robust import attacks
-from tf_metric_robust.attacks import gradient_loop, objectives
+from tf_metric_robust.attacks import fab, gradient_loop, objectives
 
 # Per-dtype slack for the ball check: x +- eps is itself rounded to the image dtype.
 _TOL = {tf.float32: 1e-6, tf.float16: 2e-3, tf.bfloat16: 1e-2}
@@ -249,9 +249,10 @@ def test_repeated_eager_calls_do_not_retrace(trained):
         attacks.fgsm(counting.logits, x[:16], y[:16], eps=eps)
         if i == 0:
             traced = counting.calls
-            # One trace: a loop body of UNROLL steps and one of a single step; FGSM (one step,
-            # no random start) is a setting of the same graph.
-            assert traced == gradient_loop.UNROLL + 1
+            # One trace: every step of the loop bodies calls the one separate function that
+            # holds the model's pass; FGSM (one step, no random start) is a setting of the same
+            # graph.
+            assert traced == 1
     # Step count, random start and eps are tensors of the same graph: still no retrace.
     for steps in (1, 7, 40):
         for random_start in (True, False):
@@ -351,6 +352,29 @@ def test_graph_loop_equals_the_unrolled_steps(trained):
         run(6, gradient_loop.UNROLL, False, restarts=2, momentum=True, random_start=False),
     )
     assert np.any(run(9, 9, True) != run(8, 8, True))  # the step count is honoured
+
+
+_LOOP_ATTACKS = {
+    "pgd": lambda f, x, y: attacks.pgd(f, x, y, eps=0.1, step_size=0.01, steps=10),  # 2 loop blocks
+    "apgd_ce": lambda f, x, y: attacks.apgd(f, x, y, eps=0.1, steps=3),
+    "apgd_t": lambda f, x, y: attacks.apgd_targeted(f, x, y, eps=0.1, steps=3),
+    "fab_t": lambda f, x, y: attacks.fab_targeted(f, x, y, eps=0.1, steps=3),
+    "fab_untargeted": lambda f, x, y: fab.fab_untargeted(f, x, y, eps=0.1, steps=3, restarts=1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LOOP_ATTACKS))
+def test_loop_attacks_take_model_gradients_in_separate_functions(trained, name):
+    """Inlined into a tf.while_loop body, the small CNN's MaxPoolGrad gets oneDNN's kernel in some
+    processes and the 10x slower Eigen one in others (attacks/_plumbing.separate_function): every
+    graph that holds one must be a function of its own, never inlined."""
+    model_fn, x, y = trained
+    run = tf.function(lambda images: _LOOP_ATTACKS[name](model_fn, images, y[:4]))
+    graph = run.get_concrete_function(x[:4]).graph.as_graph_def()
+    holders = [f for f in graph.library.function if any(n.op == "MaxPoolGrad" for n in f.node_def)]
+    assert holders, "the attack took no gradient of the small CNN"
+    assert all(f.attr["_noinline"].b for f in holders), [f.signature.name for f in holders]
+    assert not any(n.op == "MaxPoolGrad" for n in graph.node)
 
 
 def test_model_fn_contract(trained):

@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
+from tf_metric_robust.attacks import _plumbing, objectives
 
 LOSSES = ("ce", "dlr")
 _ALPHA = 0.75  # momentum weight of the new projected step (paper, Sec. 3.2)
@@ -103,6 +103,7 @@ def _single_run(
     pick = lambda cond, a, b: tf.where(expand(cond), a, b)
     project = lambda v: objectives.project(v, x, eps, norm, clip_min, clip_max)
 
+    @_plumbing.separate_function
     def evaluate(x_adv):
         grad = tf.zeros(tf.shape(x), tf.float32)
         for _ in range(eot_iter):  # unrolled: eot_iter is a small Python int (1, or 20)

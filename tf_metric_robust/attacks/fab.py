@@ -132,7 +132,8 @@ def _target_run(logits_at, x0, y, target, lower, upper, best, best_size, *, norm
     """`steps` FAB iterations toward `target` from x0 (rows [M, D]); the closest adversarial
     point found and its size update (best [M, D], best_size [M])."""
 
-    def iteration(i, current, best, best_size):
+    @_plumbing.separate_function
+    def difference_and_gradient(current):
         with tf.GradientTape() as tape:
             tape.watch(current)
             logits = logits_at(current)
@@ -142,6 +143,10 @@ def _target_run(logits_at, x0, y, target, lower, upper, best, best_size, *, norm
         gradient = tape.gradient(
             difference, current, unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
+        return difference, gradient
+
+    def iteration(i, current, best, best_size):
+        difference, gradient = difference_and_gradient(current)
         return i + 1, *_boundary_step(
             logits_at, current, x0, y, difference, gradient, best, best_size, (lower, upper), norm
         )
@@ -311,8 +316,12 @@ def _fab_untargeted_graph(model_fn, x, y, clip_min, clip_max, eps, seed, *, norm
     def logits_at(flat):
         return objectives.logits_of(model_fn, tf.cast(tf.reshape(flat, shape), x.dtype))
 
+    closest_boundary = _plumbing.separate_function(
+        lambda current: _closest_boundary(logits_at, current, y, norm)
+    )
+
     def iteration(i, current, best, best_size):
-        difference, gradient = _closest_boundary(logits_at, current, y, norm)
+        difference, gradient = closest_boundary(current)
         return i + 1, *_boundary_step(
             logits_at, current, x0, y, difference, gradient, best, best_size, (lower, upper), norm
         )

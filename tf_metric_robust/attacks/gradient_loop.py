@@ -6,16 +6,18 @@ L1-normalised gradients: Dong et al., CVPR 2018; N-FGSM's box-only steps: de Jor
 2022.
 
 Compile cost: the steps run as a graph loop (tf.while_loop) whose body unrolls UNROLL steps, plus
-a loop of single steps for the remainder, so a trace holds UNROLL + 1 gradient steps whatever the
-step count: PGD-100 compiles like PGD-5. A fully unrolled Python loop costs the same per step on
-CPU but its tracing and graph optimisation grow with the step count (bench/pgd_overhead.py
-measures both). The step count, the restarts, eps, the step size and the random start's on/off
-switch are tensors: changing them reuses the compiled graph.
+a loop of single steps for the remainder, so a trace holds UNROLL + 1 steps whatever the step
+count: PGD-100 compiles like PGD-5. Every step calls one separate graph function holding the
+model's forward and backward pass (_plumbing.separate_function: traced once, and oneDNN's kernels
+whatever the process). A fully unrolled Python loop costs the same per step on CPU but its tracing
+and graph optimisation grow with the step count (bench/pgd_overhead.py measures both). The step
+count, the restarts, eps, the step size and the random start's on/off switch are tensors:
+changing them reuses the compiled graph.
 """
 
 import tensorflow as tf
 
-from tf_metric_robust.attacks import objectives
+from tf_metric_robust.attacks import _plumbing, objectives
 
 # Steps unrolled per iteration of the step loop: amortises the loop's per-iteration cost while the
 # trace stays small (bench/pgd_overhead.py).
@@ -106,8 +108,8 @@ def attack_graph(
             return objectives.project(x_adv, x, eps, norm, clip_min, clip_max)
         return _clip_to_box(x_adv, clip_min, clip_max)
 
-    def step(state):
-        x_adv, accumulated = state
+    @_plumbing.separate_function
+    def objective_gradient(x_adv):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
             total = tf.reduce_sum(
@@ -115,10 +117,14 @@ def attack_graph(
             )
         # No gradient path (a stop_gradient quantiser, logits that ignore the input) is a zero
         # gradient, never None: the step below then leaves x_adv where it is.
-        grad = tf.cast(
+        return tf.cast(
             tape.gradient(total, x_adv, unconnected_gradients=tf.UnconnectedGradients.ZERO),
             tf.float32,
         )
+
+    def step(state):
+        x_adv, accumulated = state
+        grad = objective_gradient(x_adv)
         if momentum:
             accumulated = decay * accumulated + objectives.l1_normalize(grad)
             grad = accumulated
