@@ -89,7 +89,7 @@ def _network(model_dir):
     return network
 
 
-def _per_row_seconds(model, x, y, repeats=7):
+def _per_row_seconds(model, x, y, repeats=15, warmups=3):
     """Steady-state seconds per row of one compiled forward pass and one forward + input
     gradient of `model` (the counting wrapper itself, so the instrument is on both sides of the
     ratio) at x's batch size: {'forward', 'forward_backward'} -> (wall, process CPU)."""
@@ -107,7 +107,8 @@ def _per_row_seconds(model, x, y, repeats=7):
         return tape.gradient(loss, images)
 
     def timed(fn, *args):
-        fn(*args).numpy()  # trace
+        for _ in range(warmups):  # the trace, then calls until the thread pools are warm
+            fn(*args).numpy()
         runs = []
         for _ in range(repeats):
             runs.append(seconds(lambda: fn(*args).numpy()))
