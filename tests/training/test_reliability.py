@@ -172,6 +172,20 @@ def test_resume_is_exact_with_awp_and_ema(tmp_path, mnist5k_data_dir):
         assert json.load(f)["weights"] == "ema"
 
 
+def test_a_run_that_prepares_its_dataset_starts_from_the_same_weights(tmp_path, mnist5k_data_dir):
+    """Preparing mnist5k inside the run (tfds draws from Python's random) leaves the seeded
+    weights as they are: the same checkpoint as a run that finds the data prepared."""
+    extra = ("--train_steps=2", "--eval_every=2", "--noexport")
+    for name, data_dir in (("prepares", tmp_path / "empty_data_dir"), ("finds", mnist5k_data_dir)):
+        run = _train(tmp_path / name, data_dir, *extra)
+        assert run.returncode == 0, run.stderr[-3000:]
+    prepared = _variables(str(tmp_path / "prepares" / "checkpoints" / "ckpt-2"))
+    found = _variables(str(tmp_path / "finds" / "checkpoints" / "ckpt-2"))
+    assert sorted(prepared) == sorted(found)
+    for name, value in found.items():
+        np.testing.assert_array_equal(prepared[name], value, err_msg=name)
+
+
 # ------------------------------------------------------------------------------- the NaN guard
 def test_nan_loss_stops_with_one_line_and_saves_nothing_after_it(tmp_path, mnist5k_data_dir):
     run = _train(tmp_path, mnist5k_data_dir, "--mode=natural", fault="nan_loss_at_step:5")

@@ -190,7 +190,6 @@ def _train(config, output_dir, chief, start, report):
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything (it configures the
     # collective runtime), so the strategy comes before any data or model work.
     strategy = distribute.make_strategy(config.strategy, config.tpu)
-    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     if config.mixed_precision != "none":
@@ -198,6 +197,10 @@ def _train(config, output_dir, chief, start, report):
     distribute.check_batch_size(config.batch_size, strategy)
     eval_data = inputs.eval_input(config, config.eval_examples)
     inputs.check_train_input(config)
+    # Seeded after the input: preparing a tfds dataset draws from Python's random, which Keras'
+    # default initializer seeds come from, so a run that prepares its data would start from
+    # other weights than one that finds it prepared.
+    keras.utils.set_random_seed(config.seed)
     with strategy.scope():
         trainer = build_trainer(config)
         checkpoint = make_checkpoint(trainer)
