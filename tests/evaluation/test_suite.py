@@ -95,6 +95,17 @@ def test_suite_section_and_worst_case(normal):
     assert section["clean_accuracy"] == report["clean_accuracy"] > 0.8
     assert section["robust_accuracy"] == section["attack_accuracy"]["square"]
     assert sum(section["fooled_by"].values()) == round(40 * (1 - section["robust_accuracy"]))
+    # Each member's step calls: one shard of 40 where points were left to attack, none elsewhere.
+    left = section["clean_accuracy"]
+    for name in section["attacks"]:
+        times = section["call_times"][name]
+        assert times["calls"] == (1 if round(40 * left) else 0), name
+        if times["calls"]:
+            assert times["first_call_seconds"] > 0.0, name
+        else:
+            assert times["first_call_seconds"] is None, name
+        assert times["steady_call_seconds"] is None  # a single call has no steady state
+        left = section["attack_accuracy"][name]
     # APGD is compared with the evaluation's own PGD run.
     assert section["pgd_attack"] == "pgd"
     assert section["pgd_accuracy"] == report["attacks"]["pgd"]["accuracy"]

@@ -56,7 +56,7 @@ class AttackAccuracy:
                 "counts_for_robust": spec.counts_for_robust,
                 "max_bound_violation": evidence.runs["violations"][name],
                 "seconds": round(evidence.runs["seconds"][name], 3),
-                **call_times(evidence.runner.call_seconds.get(name, [])),
+                **evidence.runner.call_times(name),
             }
             for name, spec in plan.specs.items()
         }
@@ -185,19 +185,6 @@ def chosen(config):
     return [evaluator() for evaluator in EVALUATORS if wanted.get(evaluator, True)]
 
 
-def call_times(seconds):
-    """A run's compile cost made visible: its step calls' count, the first call's wall seconds
-    (tracing and graph optimisation included) and the median of the later calls (steady state);
-    None where there is no such call (every shard resumed, or a single call)."""
-    return {
-        "calls": len(seconds),
-        "first_call_seconds": round(seconds[0], 3) if seconds else None,
-        "steady_call_seconds": round(float(np.median(seconds[1:])), 3)
-        if len(seconds) > 1
-        else None,
-    }
-
-
 def sanity_section(checks):
     """report['sanity']: passed unless a check failed (a skipped one does not fail)."""
     return {"passed": all(c["passed"] is not False for c in checks), "checks": checks}
@@ -212,7 +199,6 @@ __all__ = [
     "Run",
     "SanityChecks",
     "Sweeps",
-    "call_times",
     "chosen",
     "sanity_section",
 ]

@@ -12,7 +12,8 @@ import types
 import typing
 from typing import Any, Literal, NotRequired, TypedDict
 
-SCHEMA_VERSION = 2  # 2: compile_seconds; attacks' calls, first_call_seconds, steady_call_seconds
+SCHEMA_VERSION = 3  # 2: compile_seconds; attacks' calls, first_call_seconds, steady_call_seconds
+# 3: the suite's call_times per member
 
 Number = float | int
 
@@ -91,6 +92,14 @@ class Sweeps(TypedDict):
     steps: list[StepsPoint]
 
 
+class CallTimes(TypedDict):
+    """An AutoAttack member's step calls (shards.ShardRunner.call_times), as AttackEntry's."""
+
+    calls: int
+    first_call_seconds: float | None
+    steady_call_seconds: float | None
+
+
 class Suite(TypedDict):
     """AutoAttack's result (suite.py): accuracy after each member, cumulative."""
 
@@ -112,6 +121,7 @@ class Suite(TypedDict):
     pgd_accuracy: float | None
     warnings: list[str]
     seconds: dict[str, float]
+    call_times: dict[str, CallTimes]  # per member; calls 0 where no point was left to attack
 
 
 class Check(TypedDict):

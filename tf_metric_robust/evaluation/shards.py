@@ -110,6 +110,19 @@ class ShardRunner:
             return {}
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
+    def call_times(self, name):
+        """A run's compile cost made visible: its step calls' count, the first call's wall
+        seconds (tracing and graph optimisation included) and the median of the later calls
+        (steady state); None where there is no such call (every shard resumed, or one call)."""
+        seconds = self.call_seconds.get(name, [])
+        return {
+            "calls": len(seconds),
+            "first_call_seconds": round(seconds[0], 3) if seconds else None,
+            "steady_call_seconds": round(float(np.median(seconds[1:])), 3)
+            if len(seconds) > 1
+            else None,
+        }
+
     def _step(self, key, fn):
         """One compiled function per trace key: strategy.run(fn) on every local replica."""
         if key not in self._compiled:

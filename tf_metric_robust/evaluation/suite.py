@@ -110,7 +110,7 @@ def run_suite(
     settings = dict(member_settings, version=config.suite_version, seed=config.seed)
     fooled_by = np.where(clean_predictions != y, "clean", "").astype(object)
     clean_accuracy = float(np.mean(fooled_by == ""))
-    attack_accuracy, seconds = {}, {}
+    attack_accuracy, seconds, call_times = {}, {}, {}
     for name in names:
         attack = member_attack(
             name,
@@ -140,6 +140,7 @@ def run_suite(
             fooled_by[rows[out["predictions"] != y[rows]]] = name
         attack_accuracy[name] = float(np.mean(fooled_by == ""))
         seconds[name] = runner.seconds.get(run, 0.0)
+        call_times[name] = runner.call_times(run)
         log_member(name, attack_accuracy[name], seconds[name])
         progress(
             progress_lines.timed(
@@ -162,6 +163,7 @@ def run_suite(
         "pgd_accuracy": pgd_accuracy,
         "warnings": list(warnings),
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "call_times": call_times,
     }
     return section, fooled_by, suite_checks(section)
 
