@@ -246,6 +246,26 @@ def test_fooled_points_leave_the_target_loop():
     assert count == 1 + 20 + 9 * per_target
 
 
+def test_the_model_is_traced_as_often_for_nine_targets_as_for_two():
+    """The targets run in a graph loop, so tracing does not grow with their number: a probe, the
+    clean pass, the gradient's function and the loop body's forward pass (a Python loop over the
+    targets traced the last two once per target: 6 calls for 2 targets, 20 for 9)."""
+    model, weights, bias = _linear_model(5)
+    x = np.random.default_rng(7).uniform(0.3, 0.7, (8, 8, 8, 1)).astype(np.float32)
+    y = (x.reshape(8, -1) @ weights + bias).argmax(1)
+    python_calls = {}
+    for targets in (2, 9):
+        calls = []
+
+        def counting(images, calls=calls):
+            calls.append(None)  # Python runs this only while tracing (and for the eager probe)
+            return model(images)
+
+        fab.fab_targeted(counting, x, y, eps=0.1, steps=3, num_target_classes=targets)
+        python_calls[targets] = len(calls)
+    assert python_calls == {2: 4, 9: 4}
+
+
 def test_bad_arguments_raise():
     model, _, _ = _linear_model(0)
     x, y = np.full((2, 8, 8, 1), 0.5, np.float32), np.array([0, 1])

@@ -16,9 +16,9 @@ closest linearised boundary of any other class instead, restarting from random p
 The box-constrained projection is solved exactly for L-inf and L2 (see `box_projection`): both
 reduce to finding where a nondecreasing, concave, piecewise-linear function reaches a level,
 which Newton's method reaches exactly in a few steps without sorting, for the current point and
-the input together. One tf.function per call (cached per model_fn); a tf.while_loop runs the
-iterations. As in the reference (fab_base.py:303-323), each target runs only on the points not
-yet fooled within eps.
+the input together. One tf.function per call (cached per model_fn); graph loops run the targets
+and the iterations, so the model is traced once per attack. As in the reference
+(fab_base.py:303-323), each target runs only on the points not yet fooled within eps.
 """
 
 import functools
@@ -174,18 +174,19 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, done_within, *, norm, steps, 
         return objectives.logits_of(model_fn, tf.cast(tf.reshape(flat, row_shape), x.dtype))
 
     clean = logits_at(x0)
-    ranked = tf.argsort(clean, axis=-1, direction="DESCENDING")
+    ranked = tf.cast(tf.argsort(clean, axis=-1, direction="DESCENDING"), y.dtype)
     wrong = tf.not_equal(tf.argmax(clean, -1, output_type=y.dtype), y)
-    best = x0
-    best_size = tf.where(wrong, 0.0, float("inf"))
-    for rank in range(1, num_target_classes + 1):
+
+    # One graph loop over the target ranks, not a Python loop: the model's pass is traced once
+    # per attack instead of once per target.
+    def next_target(rank, best, best_size):
         rows = tf.where(best_size > done_within)[:, 0]  # wrong rows have size 0: never attacked
         pick = functools.partial(tf.gather, indices=rows)
         new_best, new_size = _target_run(
             logits_at,
             pick(x0),
             pick(y),
-            tf.cast(pick(ranked[:, rank]), y.dtype),
+            pick(tf.gather(ranked, rank, axis=1)),
             lower,
             upper,
             pick(best),
@@ -195,6 +196,13 @@ def _fab_graph(model_fn, x, y, clip_min, clip_max, done_within, *, norm, steps, 
         )
         best = tf.tensor_scatter_nd_update(best, rows[:, None], new_best)
         best_size = tf.tensor_scatter_nd_update(best_size, rows[:, None], new_size)
+        return rank + 1, best, best_size
+
+    _, best, best_size = tf.while_loop(
+        lambda rank, *_: rank <= num_target_classes,
+        next_target,
+        (tf.constant(1), x0, tf.where(wrong, 0.0, float("inf"))),
+    )
     return tf.cast(tf.reshape(best, shape), x.dtype), best_size
 
 
