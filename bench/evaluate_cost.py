@@ -1,22 +1,27 @@
-"""Evaluation cost against its physical limit: wall time / the passes the model really receives.
+"""Evaluation cost against its physical limit: wall time / the same model calls made alone.
 
 Command: `.venv/bin/python bench/evaluate_cost.py [--examples=1000] [--batch_size=200]
-[--model_dir=DIR]`. Model: a run's network from --model_dir (e.g. `bin/train
---flagfile=configs/mnist5k.flags --model_dir=/tmp/evalcost_demo`), else small_cnn after 125
-natural Adam steps on the other MNIST-5k digits (seconds to train). Data: every 5th MNIST-5k digit
-(1000, 100 per class; the file is sorted by class), the first --examples of them (with
---model_dir they may include the run's training digits: the cost, not the accuracy, is measured).
+[--model_dir=DIR] [--plans=default,autoattack] [--repeats=1]`. Model: a run's network from
+--model_dir (e.g. `bin/train --flagfile=configs/mnist5k.flags --model_dir=/tmp/evalcost_demo`),
+else small_cnn after 125 natural Adam steps on the other MNIST-5k digits (seconds to train). Data:
+every 5th MNIST-5k digit (1000, 100 per class; the file is sorted by class), the first --examples
+of them (with --model_dir they may include the run's training digits: the cost, not the accuracy,
+is measured).
 
-The model is wrapped so that, in every compiled graph, it counts the rows of each forward pass
-and of each backward pass through its input (an identity with a custom gradient). The limit of
-an evaluation is forward_rows x t_forward + backward_rows x (t_forward_backward - t_forward),
-with t_* the steady-state seconds per row of one compiled forward pass and one forward + input
-gradient at --batch_size through the same wrapper, measured before and after each plan (their
-mean; the spread shows the load). Printed per plan (the default bin/evaluate plan; the same with
---suite=autoattack) and per part of it (one per progress line: each attack run, each AutoAttack
-member): wall / limit with compile and without it ((wall - the report's compile_seconds) /
-limit), and process CPU time / the same limit in CPU time (steadier on a shared machine). Goal: <= 1.3 without compile for the whole plan
-on 1000 digits.
+The model is wrapped so that, in every compiled graph, it records each call it receives: its
+number of rows, and whether a backward pass through its input followed (an identity with a
+custom gradient). The limit of a part of the plan (one per progress line: each attack run, each
+AutoAttack member) is the time of exactly those calls made again, right after the part, as
+steady-state compiled calls one after another (`Replay`): the passes and nothing else. Measured
+in the same minute as the part, the limit sees the machine as the part did: on this VM two
+identical 20-second FAB-T runs in a row took 18.5 and 25.2 s, a drift that per-row unit times
+measured before and after the plan could not follow. Printed per plan (the default bin/evaluate
+plan; the same with --suite=autoattack) and per part: wall / limit with compile and without it
+(the plan: wall - the report's compile_seconds; a part: wall - (its first call - its steady
+call), from the report's call times), and process CPU time / the limit's CPU time. With
+--repeats > 1 the plan runs again (each evaluation traces its own step functions) and each
+ratio is the median over the runs, their range beside it. Goal: <= 1.3 without compile for the
+whole plan on 1000 digits.
 """
 
 import argparse
@@ -36,34 +41,81 @@ GOAL = 1.3
 
 
 class CountingModel:
-    """network's {'logits', 'embedding'}, counting forward rows and backward rows in-graph."""
+    """network's {'logits', 'embedding'}, recording in-graph the calls it receives: per number
+    of rows, how many forward passes and how many backward passes through the input."""
 
-    def __init__(self, network):
+    def __init__(self, network, max_rows):
         self.network = network
-        self.forward = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.backward = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.max_rows = max_rows
+        self.forward = tf.Variable(tf.zeros([max_rows + 1], tf.int64), trainable=False)
+        self.backward = tf.Variable(tf.zeros([max_rows + 1], tf.int64), trainable=False)
 
     def __call__(self, images):
-        rows = tf.cast(tf.shape(images)[0], tf.int64)
+        rows = tf.shape(images)[0]
+        fits = tf.debugging.assert_less_equal(
+            rows, self.max_rows, message="a call has more rows than CountingModel's max_rows"
+        )
+        one = tf.constant([1], tf.int64)
 
         @tf.custom_gradient
         def counted(x):
             def grad(upstream):
-                with tf.control_dependencies([self.backward.assign_add(rows)]):
+                with tf.control_dependencies([self.backward.scatter_nd_add([[rows]], one)]):
                     return tf.identity(upstream)
 
-            with tf.control_dependencies([self.forward.assign_add(rows)]):
+            with tf.control_dependencies([fits, self.forward.scatter_nd_add([[rows]], one)]):
                 return tf.identity(x), grad
 
         return self.network(counted(images), training=False)
 
-    def counts(self, reset=False):
-        """(forward rows, backward rows) so far; reset: then back to 0."""
-        rows = int(self.forward.numpy()), int(self.backward.numpy())
-        if reset:
-            self.forward.assign(0)
-            self.backward.assign(0)
-        return rows
+    def calls(self):
+        """(forward calls, backward calls) so far, each an array indexed by rows."""
+        return self.forward.numpy().copy(), self.backward.numpy().copy()
+
+
+class Replay:
+    """The limit of a set of model calls: the same calls (rows, forward or forward + input
+    gradient) made one after another as steady-state compiled calls of the bare network, on
+    rows of the evaluation's images. One trace each (the batch dimension is dynamic, as in the
+    attacks' loops)."""
+
+    def __init__(self, network, x, y, max_rows):
+        repeats = -(-max_rows // len(x))
+        self.x = tf.constant(np.concatenate([x] * repeats)[:max_rows])
+        self.y = tf.constant(np.concatenate([y] * repeats)[:max_rows])
+        images = tf.TensorSpec([None, *x.shape[1:]], tf.float32)
+        labels = tf.TensorSpec([None], tf.int64)
+
+        @tf.function(input_signature=[images])
+        def forward(images):
+            return network(images, training=False)["logits"]
+
+        @tf.function(input_signature=[images, labels])
+        def forward_backward(images, labels):
+            with tf.GradientTape() as tape:
+                tape.watch(images)
+                logits = network(images, training=False)["logits"]
+                loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+            return tape.gradient(loss, images)
+
+        self.forward, self.forward_backward = forward, forward_backward
+        forward(self.x), forward_backward(self.x, self.y)  # the traces
+
+    def seconds(self, forward_calls, backward_calls):
+        """(wall, process CPU) seconds of the calls: forward_calls[r] passes of r rows, of which
+        backward_calls[r] with the input gradient (arrays indexed by rows)."""
+
+        def run():
+            out = tf.zeros([])
+            for rows in np.flatnonzero(forward_calls):
+                images, labels = self.x[:rows], self.y[:rows]
+                for _ in range(backward_calls[rows]):
+                    out = self.forward_backward(images, labels)
+                for _ in range(forward_calls[rows] - backward_calls[rows]):
+                    out = self.forward(images)
+            out.numpy()
+
+        return seconds(run)
 
 
 def _network(model_dir):
@@ -89,39 +141,38 @@ def _network(model_dir):
     return network
 
 
-def _per_row_seconds(model, x, y, repeats=15, warmups=3):
-    """Steady-state seconds per row of one compiled forward pass and one forward + input
-    gradient of `model` (the counting wrapper itself, so the instrument is on both sides of the
-    ratio) at x's batch size: {'forward', 'forward_backward'} -> (wall, process CPU)."""
+def _timed_plan(counting, replay, x, y, config, batch_size):
+    """One evaluation of (x, y) under `config`: (its report, its parts). A part is what ran up
+    to a progress line: (the line, its (wall, CPU) seconds, its limit's (wall, CPU) seconds,
+    its (forward rows, backward rows)); its limit is replayed as the line arrives, before the
+    next part starts, and its seconds exclude the replays."""
+    parts = []
+    last = {"calls": counting.calls(), "clock": (time.perf_counter(), time.process_time())}
 
-    @tf.function
-    def forward(images):
-        return model(images)["logits"]
+    def close_part(line):
+        clock = (time.perf_counter(), time.process_time())
+        calls = counting.calls()
+        forward, backward = (now - before for now, before in zip(calls, last["calls"]))
+        rows = tuple(int(np.dot(np.arange(len(c)), c)) for c in (forward, backward))
+        spent = tuple(now - before for now, before in zip(clock, last["clock"]))
+        parts.append((line, spent, replay.seconds(forward, backward), rows))
+        last["calls"], last["clock"] = calls, (time.perf_counter(), time.process_time())
 
-    @tf.function
-    def forward_backward(images, labels):
-        with tf.GradientTape() as tape:
-            tape.watch(images)
-            logits = model(images)["logits"]
-            loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
-        return tape.gradient(loss, images)
+    def progress(line):
+        if not line.startswith(" ") and not line.startswith("Evaluation plan"):
+            close_part(line)
 
-    def timed(fn, *args):
-        for _ in range(warmups):  # the trace, then calls until the thread pools are warm
-            fn(*args).numpy()
-        runs = []
-        for _ in range(repeats):
-            runs.append(seconds(lambda: fn(*args).numpy()))
-        return tuple(statistics.median(r[i] for r in runs) / len(x) for i in (0, 1))
-
-    return {"forward": timed(forward, x), "forward_backward": timed(forward_backward, x, y)}
+    report = evaluate(
+        counting, (x, y), config, dataset="mnist5k", batch_size=batch_size, progress=progress
+    ).report
+    close_part("(after the last line: the report)")
+    return report, parts
 
 
-def _limit(rows, unit, clock):
-    """The pass-count limit of (forward rows, backward rows) on `clock` (0 wall, 1 CPU)."""
-    forward, backward = rows
-    t_forward, t_both = unit["forward"][clock], unit["forward_backward"][clock]
-    return forward * t_forward + backward * (t_both - t_forward)
+def _ratio_text(values):
+    """The median of `values`, with their range when there are several."""
+    middle = f"{statistics.median(values):.2f}"
+    return middle if len(values) == 1 else f"{middle} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main():
@@ -130,6 +181,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=200)
     parser.add_argument("--model_dir", default=None)
     parser.add_argument("--plans", default="default,autoattack")
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     network = _network(args.model_dir)
     images, labels = data.read_mnist5k()
@@ -138,75 +190,76 @@ def main():
     y = labels[held_out][: args.examples].astype(np.int64)
     print(f"Evaluation cost: {len(y)} MNIST-5k digits, shards of {args.batch_size}")
     plans = {"default": EvalConfig(), "autoattack": EvalConfig(suite="autoattack")}
+    replay = Replay(network, x, y, args.batch_size)
     for name in args.plans.split(","):
-        counting = CountingModel(network)
-        unit = (
-            lambda: _per_row_seconds(  # noqa: E731
-                counting, tf.constant(x[: args.batch_size]), tf.constant(y[: args.batch_size])
-            )
-        )
-        before = unit()
-        counting.counts(reset=True)
-        marks = []  # (progress line, wall, CPU, forward rows, backward rows) after each part
-
-        def progress(line, counting=counting, marks=marks):
-            if not line.startswith(" ") and not line.startswith("Evaluation plan"):
-                marks.append((line, time.perf_counter(), time.process_time(), counting.counts()))
-
-        marks.append(("start", time.perf_counter(), time.process_time(), (0, 0)))
-        report = evaluate(
-            counting,
-            (x, y),
-            plans[name],
-            dataset="mnist5k",
-            batch_size=args.batch_size,
-            progress=progress,
-        ).report
-        wall = time.perf_counter() - marks[0][1]
-        cpu = time.process_time() - marks[0][2]
-        rows = counting.counts()
-        after = unit()
-        unit_mean = {k: tuple((a + b) / 2 for a, b in zip(before[k], after[k])) for k in before}
-        limit = [_limit(rows, unit_mean, clock) for clock in (0, 1)]
-        compile_s = report["compile_seconds"]
-        steady = (wall - compile_s) / limit[0]
+        counting = CountingModel(network, args.batch_size)
+        runs = [
+            _timed_plan(counting, replay, x, y, plans[name], args.batch_size)
+            for _ in range(args.repeats)
+        ]
+        report, parts = runs[0]
+        totals = []  # per repeat: wall, CPU, limit wall, limit CPU, compile
+        for run_report, run_parts in runs:
+            sums = [sum(part[i][clock] for part in run_parts) for i in (1, 2) for clock in (0, 1)]
+            totals.append((*sums, run_report["compile_seconds"]))
+        rows = tuple(sum(part[3][i] for part in parts) for i in (0, 1))
+        wall, cpu, limit_wall, limit_cpu, compile_s = totals[0]
+        steady = [(t[0] - t[4]) / t[2] for t in totals]
+        repeats = f" over {len(runs)} runs of the plan" if len(runs) > 1 else ""
+        print(f"{name}: {rows[0]} forward rows, {rows[1]} backward rows per run{repeats}")
         print(
-            f"{name}: {rows[0]} forward rows, {rows[1]} backward rows; per row forward "
-            f"{_ms(before['forward'])} -> {_ms(after['forward'])}, forward + input gradient "
-            f"{_ms(before['forward_backward'])} -> {_ms(after['forward_backward'])} ms "
-            "(wall, CPU; before -> after the plan)"
-        )
-        print(
-            f"  wall {wall:.1f} s (compile {compile_s:.1f} s), limit {limit[0]:.1f} s: "
-            f"wall / limit {wall / limit[0]:.2f}, without compile {steady:.2f} "
-            f"({'OK' if steady <= GOAL else 'MISSED'}, goal <= {GOAL}); CPU {cpu:.1f} s, "
-            f"limit {limit[1]:.1f} s: CPU / limit {cpu / limit[1]:.2f}; clean accuracy "
+            f"  first run: wall {wall:.1f} s (compile {compile_s:.1f} s), limit {limit_wall:.1f} s;"
+            f" CPU {cpu:.1f} s, limit {limit_cpu:.1f} s; clean accuracy "
             f"{report['clean_accuracy']:.3f}, robust {report['robust_accuracy']:.3f}"
         )
         print(
-            "  part (its progress line)                     wall s  wall/lim  CPU/lim  "
-            "first call s  steady call s"
+            f"  wall / limit {_ratio_text([t[0] / t[2] for t in totals])}, without compile "
+            f"{_ratio_text(steady)} ({'OK' if statistics.median(steady) <= GOAL else 'MISSED'}, "
+            f"goal <= {GOAL}); CPU / limit {_ratio_text([t[1] / t[3] for t in totals])}"
         )
-        for (_, wall0, cpu0, rows0), (line, wall1, cpu1, rows1) in zip(marks, marks[1:]):
-            part = (rows1[0] - rows0[0], rows1[1] - rows0[1])
-            part_limit = [_limit(part, unit_mean, clock) for clock in (0, 1)]
-            if part_limit[0] <= 0:
+        print(
+            "  part (its progress line)                     wall s  wall/lim          "
+            "without compile   CPU/lim           first call s  steady call s"
+        )
+        for index, (line, spent, _, part_rows) in enumerate(parts):
+            if not any(part_rows):
                 continue
-            run = line.split()[1] if line.startswith("[") else None
-            entry = report["attacks"].get(run, {})
+            ratios = {"wall": [], "steady": [], "cpu": []}
+            for run_report, run_parts in runs:
+                _, (wall, cpu), (limit_wall, limit_cpu), _ = run_parts[index]
+                ratios["wall"].append(wall / limit_wall)
+                ratios["steady"].append((wall - _compile(line, run_report)) / limit_wall)
+                ratios["cpu"].append(cpu / limit_cpu)
+            times = _call_times(line, report)
             print(
-                f"  {line[:44]:44s} {wall1 - wall0:6.1f}  {(wall1 - wall0) / part_limit[0]:8.2f}  "
-                f"{(cpu1 - cpu0) / part_limit[1]:7.2f}  {_text(entry.get('first_call_seconds')):>12}"
-                f"  {_text(entry.get('steady_call_seconds')):>13}"
+                f"  {line[:44]:44s} {spent[0]:6.1f}  {_ratio_text(ratios['wall']):16s}  "
+                f"{_ratio_text(ratios['steady']):16s}  {_ratio_text(ratios['cpu']):16s}  "
+                f"{_text(times.get('first_call_seconds')):>12}"
+                f"  {_text(times.get('steady_call_seconds')):>13}"
             )
+
+
+def _call_times(line, report):
+    """The report's call times of the run or AutoAttack member a progress line ends ({} if
+    none): '[k/n] name (...)' lines are plan runs, 'AutoAttack name: ...' lines members."""
+    words = line.split()
+    if line.startswith("["):
+        return report["attacks"].get(words[1], {})
+    if line.startswith("AutoAttack "):
+        return report["suite"]["call_times"].get(words[1].rstrip(":"), {})
+    return {}
+
+
+def _compile(line, report):
+    """Seconds of tracing in a part: its first call minus its steady call, where both exist."""
+    times = _call_times(line, report)
+    if times.get("steady_call_seconds") is None:
+        return 0.0
+    return max(0.0, times["first_call_seconds"] - times["steady_call_seconds"])
 
 
 def _text(value):
     return "" if value is None else str(value)
-
-
-def _ms(pair):
-    return "/".join(f"{1e3 * v:.3f}" for v in pair)
 
 
 if __name__ == "__main__":
