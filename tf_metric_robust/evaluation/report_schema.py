@@ -60,8 +60,18 @@ class ThreatModel(TypedDict):
     seed: int
 
 
-class AttackEntry(TypedDict):
-    """One run of the plan: its settings as called, accuracy, bound check and time."""
+class CallTimes(TypedDict):
+    """A run's step calls (shards.ShardRunner.call_times): of each plan run, of each AutoAttack
+    member."""
+
+    calls: int  # step calls (a shard per replica each); the first one traces the attack
+    first_call_seconds: float | None  # wall time of the first call, compile included
+    steady_call_seconds: float | None  # median wall time of the later calls
+
+
+class AttackEntry(CallTimes):
+    """One run of the plan: its settings as called, accuracy, bound check and time (and, from
+    CallTimes, its step calls)."""
 
     attack: str
     groups: list[str]  # the report parts it serves: attacks, eps_sweep, steps_sweep, sanity, ...
@@ -70,9 +80,6 @@ class AttackEntry(TypedDict):
     counts_for_robust: bool
     max_bound_violation: float
     seconds: float
-    calls: int  # step calls (a shard per replica each); the first one traces the attack
-    first_call_seconds: float | None  # wall time of the first call, compile included
-    steady_call_seconds: float | None  # median wall time of the later calls
 
 
 class EpsPoint(TypedDict):
@@ -90,14 +97,6 @@ class StepsPoint(TypedDict):
 class Sweeps(TypedDict):
     eps: list[EpsPoint]
     steps: list[StepsPoint]
-
-
-class CallTimes(TypedDict):
-    """An AutoAttack member's step calls (shards.ShardRunner.call_times), as AttackEntry's."""
-
-    calls: int
-    first_call_seconds: float | None
-    steady_call_seconds: float | None
 
 
 class Suite(TypedDict):
